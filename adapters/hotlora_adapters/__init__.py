@@ -1,0 +1,56 @@
+"""hotlora's adapter registry: names, the on-disk store, PEFT file validation and base compatibility.
+
+Torch-free by contract (stdlib + pydantic), so the HTTP layer, the CLI and the trainer's bookkeeping can
+use it without loading a model. PEFT operations that need torch live in `hotlora_adapters.runtime`,
+which this module never imports.
+"""
+
+from .compat import BaseSpec, check_compatible, find_mismatches
+from .errors import (
+    AdapterError,
+    AdapterNotFoundError,
+    IncompatibleAdapterError,
+    InvalidAdapterError,
+    InvalidAdapterNameError,
+)
+from .manifest import MANIFEST_FILENAME, AdapterSource, BlendSource, Manifest, manifest_json, read_manifest
+from .names import ADAPTER_NAME_PATTERN, is_valid_adapter_name, validate_adapter_name
+from .paths import default_home_dir, default_store_dir
+from .peft_config import CONFIG_FILENAME, AdapterConfig, read_adapter_config
+from .peft_files import WEIGHTS_FILENAME, AdapterFiles, inspect_adapter, read_tensor_shapes
+from .safetensors_header import SafetensorsHeader, TensorInfo, read_safetensors_header
+from .store import AdapterStore, StoredAdapter
+
+__all__ = [
+    "ADAPTER_NAME_PATTERN",
+    "CONFIG_FILENAME",
+    "MANIFEST_FILENAME",
+    "WEIGHTS_FILENAME",
+    "AdapterConfig",
+    "AdapterError",
+    "AdapterFiles",
+    "AdapterNotFoundError",
+    "AdapterSource",
+    "AdapterStore",
+    "BaseSpec",
+    "BlendSource",
+    "IncompatibleAdapterError",
+    "InvalidAdapterError",
+    "InvalidAdapterNameError",
+    "Manifest",
+    "SafetensorsHeader",
+    "StoredAdapter",
+    "TensorInfo",
+    "check_compatible",
+    "default_home_dir",
+    "default_store_dir",
+    "find_mismatches",
+    "inspect_adapter",
+    "is_valid_adapter_name",
+    "manifest_json",
+    "read_adapter_config",
+    "read_manifest",
+    "read_safetensors_header",
+    "read_tensor_shapes",
+    "validate_adapter_name",
+]

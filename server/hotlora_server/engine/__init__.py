@@ -1,0 +1,1 @@
+"""The engine: owns the model (torch lives here and nowhere above it)."""

@@ -1,0 +1,26 @@
+"""Decoding as a few plain functions (the shape of gpt-fast's `prefill` / `decode_one_token`).
+
+Adapter selection rides along as forward kwargs (PEFT's per-row `adapter_names`), so one call serves
+rows of different adapters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+
+@torch.inference_mode()
+def prefill(model: Any, input_ids: torch.Tensor, cache: DynamicCache, **forward_kwargs: Any) -> torch.Tensor:
+    """Run the prompt ([rows, tokens]) through the model, filling `cache`; return last logits [rows, vocab]."""
+    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **forward_kwargs)
+    return out.logits[:, -1, :]
+
+
+@torch.inference_mode()
+def decode_one_token(model: Any, tokens: torch.Tensor, cache: DynamicCache, **forward_kwargs: Any) -> torch.Tensor:
+    """One decoding step for every row ([rows] token ids); return next-token logits [rows, vocab]."""
+    out = model(input_ids=tokens[:, None], cache=cache, use_cache=True, **forward_kwargs)
+    return out.logits[:, -1, :]

@@ -1,0 +1,69 @@
+"""Domain errors shared by the engine and the HTTP layer.
+
+Each error knows its HTTP status and OpenAI error `type`/`code`, so the API maps every one of them to an
+OpenAI-shaped body in one place and the engine never needs to know about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class HotloraError(Exception):
+    """Base class: a failure a client should see as an OpenAI error body."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+
+class InvalidRequestError(HotloraError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class AuthenticationError(HotloraError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFoundError(HotloraError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class ConflictError(HotloraError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class PayloadTooLargeError(HotloraError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class ServiceUnavailableError(HotloraError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"

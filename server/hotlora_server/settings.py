@@ -1,0 +1,62 @@
+"""One typed settings object, built once from command-line flags and `HOTLORA_*` environment variables.
+
+Nothing reads the environment at import time: `Settings.build` takes the environment as an argument, so
+tests and embedders construct settings explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hotlora_adapters import default_home_dir, default_store_dir
+
+EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
+
+Quantize = Literal["nf4", "fp4", "int8", "none"]
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class Settings(BaseModel):
+    """Everything `hotlora serve` can be told; every field also reads `HOTLORA_<FIELD>`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | None = Field(None, description="HF folder, GGUF file or hub id; None: the embedded SmolLM2")
+    served_model_name: str | None = None
+    quantize: Quantize = "nf4"
+    device: Device = "auto"
+    dtype: DType = "auto"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = None
+    home: Path
+    adapters_dir: Path
+    max_n: int = Field(8, ge=1)
+    max_model_len: int | None = Field(None, ge=16)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where converted models (the embedded GGUF as safetensors) are cached."""
+        return self.home / "models"
+
+    @classmethod
+    def build(cls, flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+        """Flags win over `HOTLORA_*` variables, which win over defaults; `None` flags are 'not given'."""
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            env_value = env.get(f"HOTLORA_{name.upper()}")
+            if env_value not in (None, ""):
+                values[name] = env_value
+            if flags.get(name) is not None:
+                values[name] = flags[name]
+        home = Path(values["home"]).expanduser() if values.get("home") else default_home_dir(env)
+        values["home"] = home
+        store = values.get("adapters_dir") or default_store_dir({**env, "HOTLORA_HOME": str(home)})
+        values["adapters_dir"] = Path(store).expanduser()
+        return cls.model_validate(values)

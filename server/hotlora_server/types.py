@@ -1,0 +1,111 @@
+"""The engine contract: what the HTTP layer hands the engine and what it gets back.
+
+Plain dataclasses and a Protocol, no torch: the API depends on this module only, so it can be imported
+(and tested) without the model stack, and the engine behind it can change shape freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-row decoding options, already validated by the protocol layer."""
+
+    max_tokens: int | None = None  # None: up to the end of the context window
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One client request: `n` rows sharing one prompt and one model (base id or adapter name)."""
+
+    request_id: str
+    model: str
+    sampling: SamplingParams
+    messages: tuple[dict[str, str], ...] | None = None  # chat: rendered with the tokenizer's template
+    prompt: str | None = None  # raw completion
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ChoiceDelta:
+    """New text of one choice; `finish_reason` set on its last delta."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Sent once, last: real token counts (prompt once, completion summed over choices)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+GenerationEvent = ChoiceDelta | Usage
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One entry of /v1/models: the base (parent None) or an adapter on it."""
+
+    id: str
+    created: int
+    parent: str | None = None
+    quantization: str | None = None
+    context_length: int | None = None
+
+
+class EngineClient(Protocol):
+    """What the HTTP layer needs from the engine."""
+
+    @property
+    def served_model_name(self) -> str: ...
+
+    def is_ready(self) -> bool:
+        """True once the base model is loaded and the store's adapters are listed."""
+        ...
+
+    def list_models(self) -> list[ModelInfo]: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Stream the request's events; raises a `HotloraError` (before any event) for a bad request.
+
+        Closing the iterator early aborts the request: its rows leave the engine at the next step.
+        """
+        ...

@@ -1,0 +1,176 @@
+"""Fixtures for the server unit tests: a tiny random llama with the real SmolLM2 tokenizer, a real engine.
+
+The model is random (hidden size 64, two layers) so generation is fast on a CPU, but everything around it
+is real: the SmolLM2 tokenizer and chat template, the engine thread, the adapter store with a real PEFT
+LoRA adapter, and the FastAPI app driven through `TestClient`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TINY_NAME = "tiny"
+ADAPTER_NAME = "tiny-adapter"
+TINY_CONTEXT = 256
+API_KEY = "sk-test-key"
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer(smollm2_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+def _tiny_llama(vocab_size: int, tokenizer: Any) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=TINY_CONTEXT,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, real_tokenizer: Any) -> Path:
+    """A tiny random llama saved as an HF folder together with the real SmolLM2 tokenizer."""
+    from transformers import GenerationConfig
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model = _tiny_llama(len(real_tokenizer), real_tokenizer)
+    model.generation_config = GenerationConfig(
+        bos_token_id=real_tokenizer.bos_token_id,
+        eos_token_id=real_tokenizer.eos_token_id,
+        pad_token_id=real_tokenizer.pad_token_id,
+    )
+    model.save_pretrained(folder)
+    real_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def adapter_store(tmp_path_factory: pytest.TempPathFactory, real_tokenizer: Any) -> Path:
+    """An adapter store holding one real PEFT LoRA adapter (random A and B) for the tiny model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    store = tmp_path_factory.mktemp("adapter-store")
+    base = _tiny_llama(len(real_tokenizer), real_tokenizer)
+    torch.manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        peft_model.save_pretrained(str(store / ADAPTER_NAME))
+    return store
+
+
+def tiny_settings(tiny_dir: Path, home: Path, store: Path, **extra: Any) -> Any:
+    from hotlora_server.settings import Settings
+
+    flags = {
+        "model": str(tiny_dir),
+        "quantize": "none",
+        "device": "cpu",
+        "home": str(home),
+        "adapters_dir": str(store),
+        "served_model_name": TINY_NAME,
+        **extra,
+    }
+    return Settings.build(flags, {})
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_dir: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The real engine serving the tiny model, started and ready."""
+    from hotlora_server.engine.engine import Engine
+
+    engine = Engine(tiny_settings(tiny_dir, tmp_path_factory.mktemp("home"), adapter_store))
+    engine.start()
+    deadline = time.monotonic() + 120
+    while not engine.is_ready():
+        if engine.error is not None:
+            raise RuntimeError(f"the engine failed to start: {engine.error}") from engine.error
+        if time.monotonic() > deadline:
+            raise TimeoutError("the engine did not become ready in 120 s")
+        time.sleep(0.05)
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="session")
+def client(tiny_engine: Any) -> Iterator[Any]:
+    """A TestClient on the app without an API key."""
+    from fastapi.testclient import TestClient
+
+    from hotlora_server.api import create_app
+
+    with TestClient(create_app(tiny_engine)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def keyed_client(tiny_engine: Any) -> Iterator[Any]:
+    """A TestClient on an app over the same engine that requires `API_KEY`."""
+    from fastapi.testclient import TestClient
+
+    from hotlora_server.api import create_app
+
+    with TestClient(create_app(tiny_engine, api_key=API_KEY)) as test_client:
+        yield test_client
+
+
+def sse_events(response: Any) -> list[Any]:
+    """The `data:` payloads of an SSE response, JSON-decoded except the final `[DONE]`."""
+    events: list[Any] = []
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:") :].strip()
+        events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def assert_error(response: Any, status: int, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """`response` is an OpenAI-shaped error with `status`; return its `error` object."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str) and error["type"]
+    if param is not None:
+        assert error["param"] == param or param in error["message"], error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+@pytest.fixture(scope="session")
+def sse() -> Any:
+    return sse_events
+
+
+@pytest.fixture(scope="session")
+def openai_error() -> Any:
+    return assert_error

@@ -1,0 +1,150 @@
+"""Settings.build precedence and the `hotlora` command line: flags > HOTLORA_* env > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hotlora_server import cli
+from hotlora_server.settings import Settings
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = Settings.build({}, {"HOTLORA_HOME": str(tmp_path)})
+    assert settings.model is None
+    assert settings.quantize == "nf4"
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8000
+    assert settings.api_key is None
+    assert settings.max_n == 8
+    assert settings.home == tmp_path
+    assert settings.models_dir == tmp_path / "models"
+
+
+def test_flag_beats_env_beats_default(tmp_path: Path) -> None:
+    env = {"HOTLORA_HOME": str(tmp_path), "HOTLORA_PORT": "9001", "HOTLORA_QUANTIZE": "int8"}
+    assert Settings.build({}, {"HOTLORA_HOME": str(tmp_path)}).port == 8000
+    from_env = Settings.build({}, env)
+    assert from_env.port == 9001 and from_env.quantize == "int8"
+    from_flags = Settings.build({"port": 1234, "quantize": "none"}, env)
+    assert from_flags.port == 1234 and from_flags.quantize == "none"
+
+
+def test_none_flags_and_empty_env_mean_not_given(tmp_path: Path) -> None:
+    settings = Settings.build({"port": None, "api_key": None}, {"HOTLORA_HOME": str(tmp_path), "HOTLORA_PORT": "",
+                                                                 "HOTLORA_API_KEY": "from-env"})  # fmt: skip
+    assert settings.port == 8000
+    assert settings.api_key == "from-env"
+
+
+def test_adapters_dir_defaults_to_home_adapters(tmp_path: Path) -> None:
+    assert Settings.build({}, {"HOTLORA_HOME": str(tmp_path)}).adapters_dir == tmp_path / "adapters"
+    flag_home = tmp_path / "flag-home"
+    assert Settings.build({"home": str(flag_home)}, {"HOTLORA_HOME": str(tmp_path)}).adapters_dir == flag_home / "adapters"
+
+
+def test_home_defaults_under_the_user_home(tmp_path: Path) -> None:
+    settings = Settings.build({}, {"HOME": str(tmp_path)})
+    assert settings.home == tmp_path / ".local/share/hotlora"
+    assert settings.adapters_dir == tmp_path / ".local/share/hotlora/adapters"
+
+
+def test_adapters_dir_env_and_flag(tmp_path: Path) -> None:
+    env = {"HOTLORA_HOME": str(tmp_path), "HOTLORA_ADAPTERS_DIR": str(tmp_path / "env-store")}
+    assert Settings.build({}, env).adapters_dir == tmp_path / "env-store"
+    assert Settings.build({"adapters_dir": str(tmp_path / "flag-store")}, env).adapters_dir == tmp_path / "flag-store"
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    settings = Settings.build({}, {"HOTLORA_HOME": str(tmp_path)})
+    with pytest.raises(Exception):  # noqa: B017, PT011 - pydantic's frozen-instance error
+        settings.port = 1  # type: ignore[misc]
+
+
+def test_parser_serve_flags() -> None:
+    args = cli.build_parser().parse_args(
+        ["serve", "--model", "x", "--quantize", "none", "--port", "1", "--api-key", "k", "--adapters-dir", "d",
+         "--served-model-name", "n", "--max-n", "3"]
+    )  # fmt: skip
+    assert args.command == "serve"
+    assert args.model == "x"
+    assert args.quantize == "none"
+    assert args.port == 1
+    assert args.api_key == "k"
+    assert args.adapters_dir == "d"
+    assert args.served_model_name == "n"
+    assert args.max_n == 3
+    assert args.host is None  # not given: the env or the default decides
+
+
+def test_parsed_flags_become_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
+    monkeypatch.setenv("HOTLORA_PORT", "9999")
+    monkeypatch.setenv("HOTLORA_HOST", "0.0.0.0")
+    args = cli.build_parser().parse_args(
+        ["serve", "--model", "x", "--quantize", "none", "--port", "1", "--api-key", "k", "--adapters-dir",
+         str(tmp_path / "d"), "--served-model-name", "n", "--max-n", "3"]
+    )  # fmt: skip
+    settings = cli._settings(args)
+    assert settings.model == "x"
+    assert settings.quantize == "none"
+    assert settings.port == 1  # the flag beats HOTLORA_PORT
+    assert settings.host == "0.0.0.0"  # the env beats the default
+    assert settings.api_key == "k"
+    assert settings.adapters_dir == tmp_path / "d"
+    assert settings.served_model_name == "n"
+    assert settings.max_n == 3
+    assert settings.home == tmp_path
+
+
+def test_parser_fetch() -> None:
+    args = cli.build_parser().parse_args(["fetch", "--model", "m", "--quantize", "nf4"])
+    assert args.command == "fetch" and args.model == "m"
+
+
+def test_parser_rejects_bad_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(["serve", "--quantize", "q3"])
+    assert exc.value.code == 2
+    assert "--quantize" in capsys.readouterr().err
+
+
+def test_parser_requires_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([])
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [("HOTLORA_PORT", "abc", "port"), ("HOTLORA_PORT", "70000", "port"), ("HOTLORA_QUANTIZE", "q3", "quantize"),
+     ("HOTLORA_MAX_N", "0", "max_n"), ("HOTLORA_DEVICE", "tpu", "device")],
+)  # fmt: skip
+def test_invalid_env_exits_with_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, field: str
+) -> None:
+    monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve"])
+    message = exc.value.code
+    assert isinstance(message, str), "SystemExit must carry the message, not a status"
+    assert message.startswith("hotlora: invalid settings")
+    assert field in message
+    assert "Traceback" not in message
+
+
+def test_invalid_flag_value_exits_with_a_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", "--max-n", "0"])
+    assert isinstance(exc.value.code, str) and "max_n" in exc.value.code
+
+
+def test_fetch_reports_a_missing_model_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    assert cli.main(["fetch", "--model", str(empty)]) == 1
+    assert "config.json" in capsys.readouterr().err

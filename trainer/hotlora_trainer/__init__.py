@@ -1,0 +1,1 @@
+"""hotlora's trainer: a JSONL dataset in, a registered LoRA adapter out (see the trainer issue)."""
