@@ -67,7 +67,7 @@ def main() -> int:
         print("gpu_check: skipped, no CUDA device on this machine (--device cpu measures the CPU)")
         return 0
 
-    from live_server import save_random_lora, start_server, stop_server
+    from live_server import save_random_lora, serving
 
     from hotlora_server.engine.loader import resolve_model
     from hotlora_server.settings import Settings
@@ -80,20 +80,14 @@ def main() -> int:
         serve_args = ["--device", args.device, "--home", str(home), "--adapters-dir", str(store)]
         if args.model:
             serve_args += ["--model", args.model, "--served-model-name", "base"]
-        server = start_server(serve_args, Path(tmp) / "server.log")
-        try:
-            with httpx.Client(base_url=server.base_url, timeout=300) as client:
-                base_id = client.get("/v1/models").json()["data"][0]["id"]
-                timed_chat(client, base_id, 8)  # warm-up: CUDA context, kernels
-                name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
-                print(f"device: {name}, torch {torch.__version__}")
-                for model in (base_id, "gpu-lora"):
-                    text, tokens, seconds = timed_chat(client, model, args.max_tokens)
-                    print(f"{model:>24}: {tokens} tokens in {seconds:.2f}s = {tokens / seconds:.1f} tokens/s; {text[:60]!r}")
-        finally:
-            stop_server(server)
-            log = server.output()
-            print("server log (tail):", *log.splitlines()[-5:], sep="\n  ")
+        with serving(serve_args, Path(tmp) / "server.log") as server, httpx.Client(base_url=server.base_url, timeout=300) as client:
+            base_id = client.get("/v1/models").json()["data"][0]["id"]
+            timed_chat(client, base_id, 8)  # warm-up: CUDA context, kernels
+            name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+            print(f"device: {name}, torch {torch.__version__}")
+            for model in (base_id, "gpu-lora"):
+                text, tokens, seconds = timed_chat(client, model, args.max_tokens)
+                print(f"{model:>24}: {tokens} tokens in {seconds:.2f}s = {tokens / seconds:.1f} tokens/s; {text[:60]!r}")
         baseline = baseline_tokens_per_s(Path(model_dir), args.max_tokens, torch.device(args.device))
         print(f"{'transformers generate':>24}: {baseline:.1f} tokens/s (same model, 4-bit, this process)")
     return 0

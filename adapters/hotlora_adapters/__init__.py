@@ -8,7 +8,9 @@ which this module never imports.
 from .compat import BaseSpec, check_compatible, find_mismatches
 from .errors import (
     AdapterError,
+    AdapterExistsError,
     AdapterNotFoundError,
+    AdapterPathError,
     IncompatibleAdapterError,
     InvalidAdapterError,
     InvalidAdapterNameError,
@@ -19,7 +21,8 @@ from .paths import default_home_dir, default_store_dir
 from .peft_config import CONFIG_FILENAME, AdapterConfig, read_adapter_config
 from .peft_files import WEIGHTS_FILENAME, AdapterFiles, inspect_adapter, read_tensor_shapes
 from .safetensors_header import SafetensorsHeader, TensorInfo, read_safetensors_header
-from .store import AdapterStore, StoredAdapter
+from .store import AdapterStore, StoredAdapter, adapter_version
+from .watch import StoreChange, StoreWatcher
 
 __all__ = [
     "ADAPTER_NAME_PATTERN",
@@ -28,8 +31,10 @@ __all__ = [
     "WEIGHTS_FILENAME",
     "AdapterConfig",
     "AdapterError",
+    "AdapterExistsError",
     "AdapterFiles",
     "AdapterNotFoundError",
+    "AdapterPathError",
     "AdapterSource",
     "AdapterStore",
     "BaseSpec",
@@ -39,8 +44,11 @@ __all__ = [
     "InvalidAdapterNameError",
     "Manifest",
     "SafetensorsHeader",
+    "StoreChange",
+    "StoreWatcher",
     "StoredAdapter",
     "TensorInfo",
+    "adapter_version",
     "check_compatible",
     "default_home_dir",
     "default_store_dir",

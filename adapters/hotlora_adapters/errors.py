@@ -24,6 +24,14 @@ class AdapterNotFoundError(AdapterError, LookupError):
     """No adapter of that name is in the store."""
 
 
+class AdapterExistsError(AdapterError):
+    """An adapter (or some other entry) already has that name in the store and overwrite was not asked for."""
+
+
+class AdapterPathError(AdapterError, ValueError):
+    """A path given for import lies outside the folders the store may read from (after resolving symlinks)."""
+
+
 class InvalidAdapterError(AdapterError, ValueError):
     """A folder that is not a usable PEFT LoRA adapter; the message says why and where."""
 

@@ -8,16 +8,24 @@ Unknown fields are kept (`extra="allow"`) so a manifest written by a newer hotlo
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InvalidAdapterError
 from .names import validate_adapter_name
+from .tensor_keys import parse_tensor_key
+
+if TYPE_CHECKING:
+    from .compat import BaseSpec
+    from .peft_files import AdapterFiles
 
 MANIFEST_FILENAME = "hotlora.json"
 MANIFEST_VERSION = 1
+UNKNOWN_BASE_MODEL = "unknown"
 
 AdapterSource = Literal["trained", "imported", "blend"]
 
@@ -58,12 +66,75 @@ class Manifest(BaseModel):
     dataset_hash: str | None = None
     eval_metrics: dict[str, Any] | None = None
     sources: list[BlendSource] = Field(default_factory=list)
+    blend_method: str | None = None
+    density: float | None = None
     disabled: bool = False
 
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
         return validate_adapter_name(value)
+
+    @classmethod
+    def for_adapter(
+        cls,
+        name: str,
+        files: AdapterFiles,
+        *,
+        source: AdapterSource,
+        base: BaseSpec | None = None,
+        base_model: str | None = None,
+        sources: Sequence[BlendSource | Mapping[str, Any]] = (),
+        blend_method: str | None = None,
+        density: float | None = None,
+        recipe: dict[str, Any] | None = None,
+        dataset_hash: str | None = None,
+        eval_metrics: dict[str, Any] | None = None,
+        created: int | None = None,
+        disabled: bool = False,
+    ) -> Manifest:
+        """The manifest of a validated adapter folder, its LoRA facts taken from the files.
+
+        `base_model` defaults to the config's `base_model_name_or_path`, else `base.architecture`, else
+        "unknown"; `base_fingerprint` is `base.fingerprint()` when a base is given; `created` is now.
+        """
+        config = files.config
+        resolved_base_model = base_model or config.base_model_name_or_path
+        if not resolved_base_model:
+            resolved_base_model = base.architecture if base is not None else UNKNOWN_BASE_MODEL
+        return cls(
+            name=name,
+            base_model=resolved_base_model,
+            base_fingerprint=base.fingerprint() if base is not None else None,
+            r=config.r,
+            lora_alpha=config.lora_alpha,
+            target_modules=_target_modules(files),
+            created=int(time.time()) if created is None else created,
+            source=source,
+            recipe=recipe,
+            dataset_hash=dataset_hash,
+            eval_metrics=eval_metrics,
+            sources=[s if isinstance(s, BlendSource) else BlendSource.model_validate(s) for s in sources],
+            blend_method=blend_method,
+            density=density,
+            disabled=disabled,
+        )
+
+
+def _target_modules(files: AdapterFiles) -> list[str]:
+    """The config's target_modules as a list (a regex stays one entry); without any, the LoRA modules'
+    last name components as found in the weights."""
+    targets = files.config.target_modules
+    if isinstance(targets, str):
+        return [targets]
+    if targets:
+        return sorted(targets)
+    found = set()
+    for key in files.tensor_shapes:
+        parsed = parse_tensor_key(key)
+        if parsed is not None and parsed.role.is_lora:
+            found.add(parsed.module.rsplit(".", 1)[-1])
+    return sorted(found)
 
 
 def read_manifest(adapter_dir: Path) -> Manifest | None:

@@ -1,4 +1,5 @@
-"""The `hotlora` command: `serve` runs the OpenAI-compatible server, `fetch` prepares the model cache."""
+"""The `hotlora` command: `serve` runs the OpenAI-compatible server, `fetch` prepares the model cache,
+`chat` talks to a running server (the client package's terminal chat), `train` runs the trainer."""
 
 from __future__ import annotations
 
@@ -35,11 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* ($HOTLORA_API_KEY)")
     serve.add_argument("--adapters-dir", help="adapter store (default $HOTLORA_HOME/adapters)")
+    serve.add_argument("--allow-adapter-dir", action="append",
+                       help="a folder adapters may be loaded from by path (repeatable; the store is always allowed)")  # fmt: skip
+    serve.add_argument("--max-loaded-adapters", type=int,
+                       help="adapters and blends kept in memory at once, least recently used evicted (default 8)")  # fmt: skip
+    serve.add_argument("--merge-policy", choices=["auto", "never", "always"],
+                       help="merge an adapter into dense weights for speed: always, auto (after it had "
+                            "2 requests in a row to itself) or never (default: outputs then never depend on "
+                            "merge state)")  # fmt: skip
     serve.add_argument("--max-n", type=int, help="largest `n` a request may ask for (default 8)")
     serve.add_argument("--max-model-len", type=int, help="cap the context window (default: the model's)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     fetch = sub.add_parser("fetch", help="resolve and cache the model (converts the embedded GGUF once)")
     _model_flags(fetch)
+    # `hotlora chat ARGS` is dispatched by `main` before parsing; listed here for `hotlora --help`.
+    sub.add_parser("chat", add_help=False, help="chat with a running server in the terminal (`hotlora chat --help`)")
+    sub.add_parser("train", add_help=False, help="train a LoRA adapter into the store (`hotlora train --help`)")
     return parser
 
 
@@ -90,10 +102,35 @@ def fetch(settings: Settings) -> int:
     return 0
 
 
+def chat(argv: Sequence[str]) -> int:
+    """`hotlora chat`: the client package's terminal chat (`hotlora-chat`), which speaks only HTTP."""
+    try:
+        from hotlora_client.terminal import main as chat_main
+    except ImportError:
+        print("hotlora: `hotlora chat` needs the client package: pip install ./clients/python", file=sys.stderr)
+        return 1
+    return chat_main(list(argv), prog="hotlora chat")
+
+
+def train(argv: Sequence[str]) -> int:
+    """`hotlora train`: the trainer (`hotlora-train`) in its own process, so the server never imports it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "hotlora_trainer", *argv])
+    return 1  # not reached: execv replaces this process
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["chat"]:  # its options are the chat's own, so argparse does not see them
+        return chat(argv[1:])
+    if argv[:1] == ["train"]:  # likewise: the trainer parses its own options
+        return train(argv[1:])
     args = build_parser().parse_args(argv)
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # bitsandbytes suggests, at import, an optional CPU kernel that only the Hugging Face hub serves
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     if args.command == "serve":
         return serve(settings)
     return fetch(settings)

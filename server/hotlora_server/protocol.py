@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .types import DENSITY_METHODS, AdapterInfo, BlendMethod, BlendSpec
+
 log = logging.getLogger(__name__)
 
 MAX_STOP_SEQUENCES = 4
@@ -76,9 +78,72 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
+Density = Annotated[float, Field(gt=0.0, le=1.0)]
+MAX_BLEND_COMPONENTS = 8
 
 
-class _SamplingFields(_Lenient):
+class BlendComponent(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    weight: float = 1.0
+
+
+class _BlendFields(BaseModel):
+    """hotlora's extension: blend stored adapters per request (`extra_body` in the `openai` SDK)."""
+
+    adapters: Annotated[list[BlendComponent], Field(min_length=1, max_length=MAX_BLEND_COMPONENTS)] | None = None
+    blend_method: BlendMethod | None = None
+    density: Density | None = None
+
+    def blend_spec(self, model: str) -> BlendSpec | None:
+        """The blend this request asks for: the `adapters` field, or a `a*0.7+b*0.3` model string."""
+        components = [(c.name, c.weight) for c in self.adapters] if self.adapters else parse_blend_model(model)
+        if components is None:
+            if self.blend_method is not None or self.density is not None:
+                raise ValueError("`blend_method` and `density` apply only to a blend of adapters")
+            return None
+        return make_blend(components, self.blend_method or "cat", self.density)
+
+
+def parse_blend_model(model: str) -> list[tuple[str, float]] | None:
+    """`"piglatin*0.7+yoda*0.3"` → [("piglatin", 0.7), ("yoda", 0.3)]; None for a plain model id.
+
+    A weight defaults to 1 (`"a+b"`). Adapter names cannot contain `*` or `+`, so this is unambiguous.
+    """
+    if "*" not in model and "+" not in model:
+        return None
+    components: list[tuple[str, float]] = []
+    for part in model.split("+"):
+        name, star, weight = part.strip().partition("*")
+        try:
+            value = float(weight) if star else 1.0
+        except ValueError:
+            raise ValueError(f"blend `{model}`: weight `{weight}` of `{name}` is not a number") from None
+        components.append((name.strip(), value))
+    return components
+
+
+def make_blend(components: list[tuple[str, float]], method: str, density: float | None) -> BlendSpec:
+    """Validate a blend: names present and distinct, finite weights, `density` where the method needs it."""
+    if not components or len(components) > MAX_BLEND_COMPONENTS:
+        raise ValueError(f"a blend combines 1 to {MAX_BLEND_COMPONENTS} adapters")
+    names = [name for name, _ in components]
+    if any(not name for name in names):
+        raise ValueError("every blended adapter needs a name")
+    if len(set(names)) != len(names):
+        raise ValueError("each adapter may appear only once in a blend")
+    for name, weight in components:
+        if not math.isfinite(weight):
+            raise ValueError(f"the weight of `{name}` must be a finite number")
+    if all(weight == 0 for _, weight in components):
+        raise ValueError("at least one blend weight must be non-zero")
+    if method in DENSITY_METHODS and density is None:
+        raise ValueError(f"blend method `{method}` needs `density` (the fraction of weights kept, 0 < density <= 1)")
+    if method not in DENSITY_METHODS and density is not None:
+        raise ValueError(f"`density` applies only to the blend methods {', '.join(DENSITY_METHODS)}")
+    return BlendSpec(components=tuple(components), method=method, density=density)  # type: ignore[arg-type]
+
+
+class _SamplingFields(_BlendFields, _Lenient):
     """Fields shared by chat and text completions."""
 
     model: Annotated[str, Field(min_length=1)]
@@ -117,6 +182,7 @@ class _SamplingFields(_Lenient):
                 raise ValueError(f"`{name}`: {feature} is not supported by this server")
         if self.stream_options is not None and not self.stream:
             raise ValueError("`stream_options` is only allowed when `stream` is true")
+        self.blend_spec(self.model)  # a malformed blend is a 400 like any other invalid field
         return self
 
     def stop_sequences(self) -> tuple[str, ...]:
@@ -271,6 +337,77 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- adapter management ------------------------------------------------------------------------------
+
+
+class AdapterLoadRequest(_Lenient):
+    name: Annotated[str, Field(min_length=1)]
+    path: Annotated[str, Field(min_length=1)] | None = None
+
+
+class LoadLoraAdapterRequest(_Lenient):
+    """vLLM's `POST /v1/load_lora_adapter`."""
+
+    lora_name: Annotated[str, Field(min_length=1)]
+    lora_path: Annotated[str, Field(min_length=1)] | None = None
+
+
+class UnloadLoraAdapterRequest(_Lenient):
+    """vLLM's `POST /v1/unload_lora_adapter`."""
+
+    lora_name: Annotated[str, Field(min_length=1)]
+
+
+class BlendSaveRequest(_Lenient):
+    name: Annotated[str, Field(min_length=1)]
+    adapters: Annotated[list[BlendComponent], Field(min_length=1, max_length=MAX_BLEND_COMPONENTS)]
+    method: BlendMethod = "cat"
+    density: Density | None = None
+
+    @model_validator(mode="after")
+    def _check_blend(self) -> BlendSaveRequest:
+        self.blend_spec()
+        return self
+
+    def blend_spec(self) -> BlendSpec:
+        return make_blend([(c.name, c.weight) for c in self.adapters], self.method, self.density)
+
+
+class AdapterCard(BaseModel):
+    id: str
+    object: Literal["adapter"] = "adapter"
+    status: Literal["resident", "available", "disabled", "invalid"]
+    created: int
+    size_bytes: int
+    version: str
+    manifest: dict[str, Any] | None = None
+    error: str | None = None
+
+    @classmethod
+    def of(cls, info: AdapterInfo) -> AdapterCard:
+        return cls(
+            id=info.name,
+            status=info.status,
+            created=info.created,
+            size_bytes=info.size_bytes,
+            version=info.version,
+            manifest=info.manifest,
+            error=info.error,
+        )
+
+
+class AdapterDeleted(BaseModel):
+    id: str
+    object: Literal["adapter"] = "adapter"
+    deleted: bool  # removed from the store (`purge`), not only unloaded and disabled
+    status: Literal["disabled", "deleted"]
+
+
+class AdapterList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdapterCard]
 
 
 class ErrorDetail(BaseModel):

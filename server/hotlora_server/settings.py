@@ -6,6 +6,7 @@ tests and embedders construct settings explicitly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,9 @@ EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
 Quantize = Literal["nf4", "fp4", "int8", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+_PATH_LISTS = {"allow_adapter_dir"}  # list settings: `os.pathsep`-separated in the environment
 
 
 class Settings(BaseModel):
@@ -36,6 +40,9 @@ class Settings(BaseModel):
     api_key: str | None = None
     home: Path
     adapters_dir: Path
+    allow_adapter_dir: tuple[Path, ...] = ()
+    max_loaded_adapters: int = Field(8, ge=1)
+    merge_policy: Literal["auto", "never", "always"] = "never"
     max_n: int = Field(8, ge=1)
     max_model_len: int | None = Field(None, ge=16)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -52,7 +59,7 @@ class Settings(BaseModel):
         for name in cls.model_fields:
             env_value = env.get(f"HOTLORA_{name.upper()}")
             if env_value not in (None, ""):
-                values[name] = env_value
+                values[name] = env_value.split(os.pathsep) if name in _PATH_LISTS else env_value
             if flags.get(name) is not None:
                 values[name] = flags[name]
         home = Path(values["home"]).expanduser() if values.get("home") else default_home_dir(env)

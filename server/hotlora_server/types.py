@@ -28,9 +28,30 @@ class SamplingParams:
     top_logprobs: int = 0
 
 
+BlendMethod = Literal["cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+BLEND_METHODS: tuple[str, ...] = ("cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+DENSITY_METHODS: tuple[str, ...] = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
+
+
+@dataclass(frozen=True)
+class BlendSpec:
+    """A weighted combination of stored adapters (PEFT's `add_weighted_adapter`)."""
+
+    components: tuple[tuple[str, float], ...]  # (adapter name, weight), in the client's order
+    method: BlendMethod = "cat"
+    density: float | None = None
+
+    def label(self) -> str:
+        """The canonical model string, e.g. `a*0.7+b*0.3`."""
+        return "+".join(f"{name}*{weight:g}" for name, weight in self.components)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One client request: `n` rows sharing one prompt and one model (base id or adapter name)."""
+    """One client request: `n` rows sharing one prompt and one target (base, adapter or blend).
+
+    `model` is what the client sent (echoed in responses); `blend`, when set, is what to run.
+    """
 
     request_id: str
     model: str
@@ -38,6 +59,7 @@ class GenerationRequest:
     messages: tuple[dict[str, str], ...] | None = None  # chat: rendered with the tokenizer's template
     prompt: str | None = None  # raw completion
     n: int = 1
+    blend: BlendSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +113,22 @@ class ModelInfo:
     context_length: int | None = None
 
 
+AdapterStatus = Literal["resident", "available", "disabled", "invalid"]
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """One adapter of the store as `GET /v1/adapters` shows it."""
+
+    name: str
+    status: AdapterStatus
+    created: int
+    size_bytes: int
+    version: str
+    manifest: dict[str, object] | None = None
+    error: str | None = None
+
+
 class EngineClient(Protocol):
     """What the HTTP layer needs from the engine."""
 
@@ -108,4 +146,18 @@ class EngineClient(Protocol):
 
         Closing the iterator early aborts the request: its rows leave the engine at the next step.
         """
+        ...
+
+    def list_adapters(self) -> list[AdapterInfo]: ...
+
+    async def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
+        """Import `path` as `name` (when given), enable it and make it resident now."""
+        ...
+
+    async def unload_adapter(self, name: str, purge: bool = False) -> None:
+        """Unload and disable `name` (it stays on disk), or delete it from the store with `purge`."""
+        ...
+
+    async def save_blend(self, name: str, blend: BlendSpec) -> AdapterInfo:
+        """Build `blend` and register it in the store as adapter `name`."""
         ...

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import ADAPTER, API_KEY, RunningServer, save_random_lora, start_server, stop_server
+from live_server import ADAPTER, API_KEY, RunningServer, save_random_lora, serving
 
 
 @pytest.fixture(scope="session")
@@ -23,11 +23,8 @@ def server(
 ) -> Iterator[RunningServer]:
     """The server every integration test talks to (4-bit, API key required)."""
     log = tmp_path_factory.mktemp("logs") / "server.log"
-    running = start_server(
-        ["--home", str(hotlora_home), "--adapters-dir", str(adapter_store), "--api-key", API_KEY], log
-    )
-    yield running
-    stop_server(running)
+    with serving(["--home", str(hotlora_home), "--adapters-dir", str(adapter_store), "--api-key", API_KEY], log) as running:
+        yield running
 
 
 @pytest.fixture

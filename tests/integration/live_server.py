@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 import os
 import socket
 import subprocess
@@ -73,7 +75,17 @@ def stop_server(server: RunningServer) -> None:
         server.process.kill()
 
 
-def save_random_lora(model_dir: Path, target: Path, seed: int = 0) -> None:
+@contextmanager
+def serving(args: list[str], log: Path) -> Iterator[RunningServer]:
+    """A running server for the duration of a `with` block."""
+    server = start_server(args, log)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def save_random_lora(model_dir: Path, target: Path, seed: int = 0, r: int = 8, strength: float = 1.0) -> None:
     """A real PEFT LoRA adapter for SmolLM2 (all linear layers, random non-zero B: it changes the output).
 
     Its config names the hub id, as an adapter trained elsewhere would: compatibility must be judged by
@@ -85,8 +97,13 @@ def save_random_lora(model_dir: Path, target: Path, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(target)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(base, config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(strength)  # < 1: a gentle adapter that nudges the base instead of replacing it
+    model.save_pretrained(target)
     config_path = target / "adapter_config.json"
     data = json.loads(config_path.read_text())
     data["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"

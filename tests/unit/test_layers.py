@@ -27,6 +27,8 @@ TORCH_FREE_MODULES = (
     "hotlora_server.types",
     "hotlora_server.errors",
     "hotlora_adapters",
+    "hotlora_client",
+    "hotlora_client.terminal",
 )
 
 
@@ -52,7 +54,8 @@ def test_import_contracts_are_kept() -> None:
 def test_the_contracts_say_what_the_design_says() -> None:
     # lint-imports passes on a weakened contract too; pin down the rules themselves.
     assert IMPORTLINTER.get("include_external_packages") is True, "needed to forbid torch & co."
-    assert set(IMPORTLINTER["root_packages"]) >= {"hotlora_server", "hotlora_adapters", "hotlora_trainer"}
+    roots = {"hotlora_server", "hotlora_adapters", "hotlora_trainer", "hotlora_client"}
+    assert set(IMPORTLINTER["root_packages"]) >= roots
 
     independent = CONTRACTS["server-trainer-independent"]
     assert independent["type"] == "independence"
@@ -67,6 +70,11 @@ def test_the_contracts_say_what_the_design_says() -> None:
         ),
         ("adapter-registry-torch-free", set(), {"torch", "transformers", "peft"}),
         ("adapter-package-init-torch-free", {"hotlora_adapters"}, {"torch", "transformers", "peft"}),
+        (
+            "client-speaks-only-http",
+            {"hotlora_client"},
+            {"hotlora_server", "hotlora_adapters", "hotlora_trainer"} | set(MODEL_STACK),
+        ),
     ):
         contract = CONTRACTS[contract_id]
         assert contract["type"] == "forbidden", contract_id

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from ..errors import ServiceUnavailableError
 from ..types import EngineClient
+from .adapters import build_adapter_router
 from .auth import bearer_guard
 from .errors import error_response, install_error_handlers
 from .routes import build_router
@@ -25,7 +26,9 @@ def create_app(engine: EngineClient, api_key: str | None = None) -> FastAPI:
             return error_response(ServiceUnavailableError("the model is still loading", retry_after=2))
         return JSONResponse({"status": "ok", "model": engine.served_model_name})
 
-    app.include_router(build_router(engine), prefix="/v1", dependencies=[Depends(bearer_guard(api_key))])
+    guard = [Depends(bearer_guard(api_key))]
+    app.include_router(build_router(engine), prefix="/v1", dependencies=guard)
+    app.include_router(build_adapter_router(engine), prefix="/v1", dependencies=guard)
     return app
 
 

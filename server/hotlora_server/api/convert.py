@@ -7,7 +7,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from .. import protocol as p
-from ..types import ChoiceDelta, GenerationRequest, SamplingParams, TokenLogprob
+from ..errors import InvalidRequestError
+from ..types import BlendSpec, ChoiceDelta, GenerationRequest, SamplingParams, TokenLogprob
 from ..types import Usage as EngineUsage
 
 
@@ -29,18 +30,32 @@ def _sampling(req: p._SamplingFields, max_tokens: int | None, logprobs: bool, to
     )
 
 
-def chat_request(req: p.ChatCompletionRequest, request_id: str) -> GenerationRequest:
+def _blend(req: p._SamplingFields, base_id: str) -> BlendSpec | None:
+    if req.adapters and req.model != base_id:
+        raise InvalidRequestError(
+            f"`adapters` blends adapters on the base model: set `model` to '{base_id}' (or use a model "
+            "string such as 'a*0.7+b*0.3' instead)",
+            param="model",
+        )
+    return req.blend_spec(req.model)
+
+
+def chat_request(req: p.ChatCompletionRequest, request_id: str, base_id: str) -> GenerationRequest:
     messages = tuple({"role": m.template_role(), "content": m.text()} for m in req.messages)
     sampling = _sampling(req, req.token_limit(), bool(req.logprobs), req.top_logprobs or 0)
-    return GenerationRequest(request_id=request_id, model=req.model, sampling=sampling, messages=messages, n=req.n or 1)
+    return GenerationRequest(
+        request_id=request_id, model=req.model, sampling=sampling, messages=messages, n=req.n or 1,
+        blend=_blend(req, base_id),
+    )  # fmt: skip
 
 
-def completion_request(req: p.CompletionRequest, request_id: str) -> GenerationRequest:
+def completion_request(req: p.CompletionRequest, request_id: str, base_id: str) -> GenerationRequest:
     wants_logprobs = req.logprobs is not None
     sampling = _sampling(req, req.max_tokens, wants_logprobs, req.logprobs or 0)
     return GenerationRequest(
-        request_id=request_id, model=req.model, sampling=sampling, prompt=req.prompt_text(), n=req.n or 1
-    )
+        request_id=request_id, model=req.model, sampling=sampling, prompt=req.prompt_text(), n=req.n or 1,
+        blend=_blend(req, base_id),
+    )  # fmt: skip
 
 
 def usage(u: EngineUsage) -> p.Usage:

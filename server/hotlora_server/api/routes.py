@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
@@ -15,6 +16,7 @@ from ..types import ChoiceDelta, EngineClient, GenerationEvent, GenerationReques
 from . import convert as c
 from .errors import error_body
 
+log = logging.getLogger(__name__)
 ChunkBuilder = Callable[[GenerationEvent], list[dict]]
 
 
@@ -56,6 +58,9 @@ def _sse(first: GenerationEvent, events: AsyncIterator[GenerationEvent], build: 
                     yield {"data": json.dumps(chunk, ensure_ascii=False)}
         except HotloraError as exc:
             yield {"data": json.dumps(error_body(exc.message, exc.type, exc.param, exc.code))}
+        except Exception:  # headers are sent: report in-band, and still end the stream properly
+            log.exception("stream failed")
+            yield {"data": json.dumps(error_body("internal server error", "server_error"))}
         finally:
             await events.aclose()  # a vanished client cancels generation at the next step
         yield {"data": "[DONE]"}
@@ -83,7 +88,7 @@ def build_router(engine: EngineClient) -> APIRouter:
     @router.post("/chat/completions", response_model=None)
     async def chat_completions(body: p.ChatCompletionRequest) -> JSONResponse | EventSourceResponse:
         rid, created = c.new_id("chatcmpl"), c.now()
-        first, events = await _start(engine, c.chat_request(body, rid))
+        first, events = await _start(engine, c.chat_request(body, rid, engine.served_model_name))
         if body.stream:
             return _sse(first, events, _chat_chunks(rid, created, body.model, body.include_usage()))
         choices, usage = await _collect(first, events)
@@ -107,7 +112,7 @@ def build_router(engine: EngineClient) -> APIRouter:
     @router.post("/completions", response_model=None)
     async def completions(body: p.CompletionRequest) -> JSONResponse | EventSourceResponse:
         rid, created = c.new_id("cmpl"), c.now()
-        first, events = await _start(engine, c.completion_request(body, rid))
+        first, events = await _start(engine, c.completion_request(body, rid, engine.served_model_name))
         if body.stream:
             builder = _completion_chunks(rid, created, body.model, body.logprobs is not None, body.include_usage())
             return _sse(first, events, builder)

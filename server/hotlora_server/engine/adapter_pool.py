@@ -1,44 +1,59 @@
-"""Adapters resident in the model: found in the store, checked against the base, loaded on first use.
+"""Adapters resident in the model: found in the store, checked against the base, loaded on demand.
 
-Adapters are served unmerged: PEFT's per-row `adapter_names` lets one forward pass mix the base and any
-number of adapters, so requests for different adapters never disturb each other and the base weights
-are never touched.
+Adapters are served unmerged by default: PEFT's per-row `adapter_names` lets one forward pass mix the base
+and any number of adapters, so requests for different adapters never disturb each other and the base
+weights are never touched. The pool keeps at most `max_resident` adapters and blends (LRU), never evicts
+one a request is using, loads a re-registered adapter's new weights under a new key (requests in flight
+finish on the old ones), and may merge one adapter for speed (see `merging`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import itertools
 import logging
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from peft import PeftModel
 
 from hotlora_adapters import AdapterError, AdapterStore, StoredAdapter, check_compatible
 
-from ..errors import InvalidRequestError, NotFoundError
-from .bnb_cpu import unpack_cpu_weights
+from ..errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
+from ..types import DENSITY_METHODS, BlendSpec
+from .bnb_cpu import packing_held
 from .loader import LoadedModel
+from .merging import MergedAdapter, NotMergeable, merge
 
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+_MIXED = "__mixed__"  # rows of several targets: PEFT routes each row by `adapter_names`
+MergePolicy = Literal["auto", "never", "always"]
+AUTO_MERGE_AFTER = 2  # `auto` merges an adapter once this many consecutive requests used it alone
 
 
 class AdapterCatalog:
     """The store's adapters that fit the served base, re-read on demand and checked once per version."""
 
     def __init__(self, store: AdapterStore, loaded: LoadedModel) -> None:
-        self._store = store
+        self.store = store
         self._loaded = loaded
-        self._verdicts: dict[tuple[str, int, float], str | None] = {}  # (name, size, mtime) -> refusal
+        self._verdicts: dict[tuple[str, str], str | None] = {}  # (name, version) -> refusal
 
-    def _refusal(self, entry: StoredAdapter) -> str | None:
+    def refusal(self, entry: StoredAdapter) -> str | None:
+        """Why `entry` cannot be served on this base, or None."""
         if entry.error is not None:
             return entry.error
-        key = (entry.name, entry.size_bytes, entry.path.stat().st_mtime)
+        key = (entry.name, entry.version)
         if key not in self._verdicts:
             try:
-                check_compatible(self._store.load_files(entry.name), self._loaded.spec)
+                check_compatible(self.store.load_files(entry.name), self._loaded.spec)
                 self._verdicts[key] = None
             except AdapterError as exc:
                 self._verdicts[key] = str(exc)
@@ -47,53 +62,357 @@ class AdapterCatalog:
 
     def servable(self) -> list[StoredAdapter]:
         """Enabled adapters of the store that fit the base, in name order."""
-        return [a for a in self._store.list() if not a.disabled and self._refusal(a) is None]
+        return [a for a in self.store.list() if not a.disabled and self.refusal(a) is None]
 
     def get(self, name: str) -> StoredAdapter:
         """The adapter called `name`, or a 404 naming what exists / a 400 saying why it cannot be served."""
         try:
-            entry = self._store.get(name)
+            entry = self.store.get(name)
         except AdapterError:
             entry = None
-        if entry is None or entry.disabled:
+        if entry is not None and entry.disabled:
+            raise NotFoundError(
+                f"adapter '{name}' is disabled; enable it with POST /v1/adapters {{\"name\": \"{name}\"}}",
+                param="model",
+            )
+        if entry is None:
             known = [self._loaded.name] + [a.name for a in self.servable()]
             raise NotFoundError(
                 f"The model '{name}' does not exist. Available models: {', '.join(known)}", param="model"
             )
-        refusal = self._refusal(entry)
+        refusal = self.refusal(entry)
         if refusal is not None:
             raise InvalidRequestError(f"adapter '{name}' cannot be served on this base: {refusal}", param="model")
         return entry
 
+    def check_blend(self, blend: BlendSpec) -> None:
+        """Refuse a blend whose method needs equal ranks when the ranks differ, naming them."""
+        entries = [self.get(name) for name, _ in blend.components]
+        if blend.method in ("linear", *DENSITY_METHODS) and len(blend.components) > 1:
+            ranks = {e.name: _max_rank(e) for e in entries}
+            if len(set(ranks.values())) > 1:
+                listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
+                raise InvalidRequestError(
+                    f"blend method '{blend.method}' needs adapters of equal rank ({listed}); "
+                    "use 'cat' (exact, any ranks) or 'svd'",
+                    param="blend_method",
+                )
+
+
+def _max_rank(entry: StoredAdapter) -> int:
+    config = entry.config
+    assert config is not None  # servable entries have a readable config
+    return max([config.r, *(config.rank_pattern or {}).values()])
+
+
+@dataclass
+class _Resident:
+    """One adapter or blend loaded into the PeftModel under the internal name `key`."""
+
+    key: str
+    label: str  # what clients call it: an adapter name or a blend string
+    kind: Literal["adapter", "blend"]
+    sources: dict[str, str]  # store adapter -> the version it was built from
+    refs: int = 0
+    stale: bool = False  # superseded or removed: dropped as soon as no request uses it
+
+
+@dataclass
+class PoolStats:
+    loads: int = 0
+    evictions: int = 0
+    unloads: int = 0
+    blends: int = 0
+    merges: int = 0
+    unmerges: int = 0
+    merge_refusals: int = 0
+
+
+@dataclass
+class _MergeState:
+    merged: MergedAdapter | None = None
+    kernel_error: float | None = None  # max |logit| difference of the dense vs the quantized base
+    streak_key: str | None = None
+    streak: int = 0
+    unmergeable: set[str] = field(default_factory=set)
+
 
 class AdapterPool:
-    """Owns the served module: the base model, wrapped in a `PeftModel` once the first adapter loads."""
+    """Owns the served module: the base model, wrapped in a `PeftModel` once the first adapter loads.
 
-    def __init__(self, loaded: LoadedModel, catalog: AdapterCatalog) -> None:
+    Used only from the engine thread.
+    """
+
+    def __init__(
+        self, loaded: LoadedModel, catalog: AdapterCatalog, max_resident: int, merge_policy: MergePolicy
+    ) -> None:
         self._loaded = loaded
         self._catalog = catalog
+        self._max_resident = max_resident
+        self._merge_policy = merge_policy
         self.model: Any = loaded.model
-        self._resident: set[str] = set()
+        self._resident: OrderedDict[tuple[Any, ...], _Resident] = OrderedDict()  # LRU order
+        self._keys = (f"a{i}" for i in itertools.count())  # PEFT names: adapter names may contain "."
+        self._merge = _MergeState()
+        self.stats = PoolStats()
+        self.resident: frozenset[str] = frozenset()
+        self._active: str | None = None  # what `prepare` last activated; None: unknown (PEFT changed it)
 
-    def activate(self, name: str) -> str:
-        """Make `name` (the base id or an adapter) ready to run; return its PEFT adapter name."""
-        if name == self._loaded.name:
+    # -- what requests use --------------------------------------------------------------------------
+
+    @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
+    def acquire(self, model: str, blend: BlendSpec | None) -> str:
+        """Make the request's target resident and pin it; return its PEFT adapter name (or BASE)."""
+        if blend is not None:
+            resident = self._blend(blend)
+        elif model == self._loaded.name:
             return BASE
-        entry = self._catalog.get(name)
-        if name not in self._resident:
-            log.info("loading adapter %s from %s", name, entry.path)
-            with torch.inference_mode():  # the model's tensors were made in inference mode; so are these
-                unpack_cpu_weights(self.model)  # PEFT calls state_dict(): see bnb_cpu
-                if isinstance(self.model, PeftModel):
-                    self.model.load_adapter(str(entry.path), adapter_name=name)
-                else:
-                    self.model = PeftModel.from_pretrained(self._loaded.model, str(entry.path), adapter_name=name)
-            self.model.eval()
-            self._resident.add(name)
-        return name
+        else:
+            resident = self._adapter(model)
+        resident.refs += 1
+        self._evict()
+        return resident.key
+
+    @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
+    def release(self, key: str) -> None:
+        if key == BASE:
+            return
+        resident = self._by_key(key)
+        resident.refs -= 1
+        if resident.stale and resident.refs == 0:
+            self._drop(resident)
 
     def forward_kwargs(self, adapter_names: list[str]) -> dict[str, Any]:
-        """Per-row adapter selection for one forward pass."""
-        if not isinstance(self.model, PeftModel):
+        """Per-row adapter selection for one forward pass (rows of a merged adapter run as the base).
+
+        Nothing when `prepare` made one target active for every row: PEFT's per-row routing installs
+        hooks on every layer at every step (measured here: about a quarter of a SmolLM2 decode step).
+        """
+        if not isinstance(self.model, PeftModel) or self._active != _MIXED:
             return {}
-        return {"adapter_names": adapter_names}
+        return {"adapter_names": [self._routed(name) for name in adapter_names]}
+
+    def _routed(self, key: str) -> str:
+        return BASE if self._merge.merged is not None and key == self._merge.merged.key else key
+
+    @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
+    def prepare(self, keys: Iterable[str]) -> None:
+        """Apply the merge policy before a step that runs `keys` (one request's rows, for now)."""
+        distinct = set(keys)
+        alone = next(iter(distinct)) if len(distinct) == 1 else None
+        state = self._merge
+        state.streak = state.streak + 1 if alone is not None and alone == state.streak_key else 1
+        state.streak_key = alone
+        wanted = None
+        if alone not in (None, BASE) and alone not in state.unmergeable:
+            if self._merge_policy == "always" or (
+                self._merge_policy == "auto" and state.streak >= AUTO_MERGE_AFTER
+            ):
+                wanted = alone
+        if (state.merged.key if state.merged else None) != wanted:
+            self._unmerge()
+            if wanted is not None:
+                self._merge_key(wanted)
+        self._activate(self._routed(alone) if alone is not None else _MIXED)
+
+    def _activate(self, target: str) -> None:
+        """Make `target` (an adapter key, BASE, or _MIXED for per-row routing) what PEFT runs."""
+        if not isinstance(self.model, PeftModel) or target == self._active:
+            return
+        tuner = self.model.base_model
+        if target == BASE:
+            tuner.disable_adapter_layers()
+        else:
+            tuner.enable_adapter_layers()
+            if target is not _MIXED:
+                tuner.set_adapter(target, inference_mode=True)
+        self._active = target
+
+    # -- management ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
+    def load(self, name: str) -> None:
+        """Load `name` now (or confirm it is resident), so its first request pays nothing."""
+        self._adapter(name)
+        self._evict()
+
+    @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
+    def invalidate(self, name: str, current: str | None = None) -> None:
+        """`name` changed to version `current` (None: removed or disabled): drop whatever was built from
+        another version, at once if idle, else when its last request finishes."""
+        for resident in list(self._resident.values()):
+            if name in resident.sources and resident.sources[name] != current:
+                resident.stale = True
+                if resident.refs == 0:
+                    self._drop(resident)
+        self._update_resident()
+
+    def _update_resident(self) -> None:
+        """Publish which store adapters are loaded, as one immutable value other threads may read."""
+        self.resident = frozenset(r.label for r in self._resident.values() if r.kind == "adapter" and not r.stale)
+
+    @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
+    def save_blend(self, blend: BlendSpec, target: Path) -> Path:
+        """Write `blend` as a PEFT folder under `target`; return the folder."""
+        resident = self._blend(blend)
+        resident.refs += 1
+        try:
+            with packing_held(self.model):  # save_pretrained calls state_dict(): see bnb_cpu
+                self.model.save_pretrained(str(target), selected_adapters=[resident.key])
+        finally:
+            self.release(resident.key)
+        folder = target / resident.key
+        return folder if folder.is_dir() else target
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _by_key(self, key: str) -> _Resident:
+        return next(r for r in self._resident.values() if r.key == key)
+
+    def _touch(self, cache_key: tuple[Any, ...]) -> _Resident | None:
+        resident = self._resident.get(cache_key)
+        if resident is not None:
+            self._resident.move_to_end(cache_key)
+        return resident
+
+    def _adapter(self, name: str) -> _Resident:
+        entry = self._catalog.get(name)
+        resident = self._touch(("adapter", name, entry.version))
+        if resident is not None:
+            return resident
+        key, entry = self._load_consistent(entry)
+        self.invalidate(name, entry.version)  # older versions: requests in flight finish on them
+        self.stats.loads += 1
+        resident = _Resident(key=key, label=name, kind="adapter", sources={name: entry.version})
+        self._resident[("adapter", name, entry.version)] = resident
+        self._update_resident()
+        return resident
+
+    def _load_consistent(self, entry: StoredAdapter) -> tuple[str, StoredAdapter]:
+        """Load `entry` under a new key; if it was re-registered while PEFT read it, read it again."""
+        for _ in range(3):
+            key = next(self._keys)
+            log.info("loading adapter %s from %s", entry.name, entry.path)
+            with packing_held(self._loaded.model):  # PEFT calls state_dict(): see bnb_cpu
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(entry.path), adapter_name=key)
+                else:
+                    self.model = PeftModel.from_pretrained(self._loaded.model, str(entry.path), adapter_name=key)
+            self.model.eval()
+            self._active = None
+            if self._catalog.store.versions().get(entry.name) == entry.version:
+                return key, entry
+            self.model.delete_adapter(key)  # a mix of two versions may have been read
+            entry = self._catalog.get(entry.name)
+        raise ServiceUnavailableError(f"adapter '{entry.name}' keeps changing on disk; retry", retry_after=1)
+
+    def _blend(self, blend: BlendSpec) -> _Resident:
+        self._catalog.check_blend(blend)
+        sources = [self._adapter(name) for name, _ in blend.components]
+        versions = {name: source.sources[name] for (name, _), source in zip(blend.components, sources, strict=True)}
+        cache_key = ("blend", blend.components, tuple(versions.values()), blend.method, blend.density)
+        resident = self._touch(cache_key)
+        if resident is not None:
+            return resident
+        for source in sources:  # pinned while the blend is built from them
+            source.refs += 1
+        key = next(self._keys)
+        try:
+            torch.manual_seed(0)  # DARE prunes at random: build the same blend the same way every time
+            with packing_held(self.model):
+                self.model.add_weighted_adapter(
+                    adapters=[s.key for s in sources],
+                    weights=[weight for _, weight in blend.components],
+                    adapter_name=key,
+                    combination_type=blend.method,
+                    density=blend.density,
+                )
+        except (ValueError, TypeError, RuntimeError) as exc:
+            if key in self.model.peft_config:
+                self.model.delete_adapter(key)
+            raise InvalidRequestError(f"cannot blend {blend.label()} with '{blend.method}': {exc}", param="model") from exc
+        finally:
+            for source in sources:
+                self.release(source.key)
+        self._active = None
+        self.stats.blends += 1
+        log.info("built blend %s (%s) as %s", blend.label(), blend.method, key)
+        resident = _Resident(key=key, label=blend.label(), kind="blend", sources=versions)
+        self._resident[cache_key] = resident
+        return resident
+
+    def _evict(self) -> None:
+        """Drop least recently used idle entries beyond the limit (pinned ones may exceed it briefly)."""
+        idle = [r for r in self._resident.values() if r.refs == 0]
+        for resident in idle[: max(0, len(self._resident) - self._max_resident)]:
+            log.info("evicting %s (least recently used)", resident.label)
+            self.stats.evictions += 1
+            self._drop(resident)
+
+    def _drop(self, resident: _Resident) -> None:
+        if self._merge.merged is not None and self._merge.merged.key == resident.key:
+            self._unmerge()
+        for cache_key, entry in list(self._resident.items()):
+            if entry is resident:
+                del self._resident[cache_key]
+        self.model.delete_adapter(resident.key)
+        self._active = None
+        self.stats.unloads += 1
+        self._update_resident()
+        _release_memory()
+
+    def _merge_key(self, key: str) -> None:
+        """Merge `key` if the merged model predicts what the unmerged one does, up to the rounding the
+        quantized kernel itself makes (the dense base vs the quantized base on the same probe)."""
+        resident = self._by_key(key)
+        self._activate(_MIXED)  # the probes below route rows by `adapter_names`
+        probe = self._loaded.tokenizer(MERGE_PROBE, return_tensors="pt").input_ids.to(self._loaded.device)
+
+        def logits(adapter: str) -> torch.Tensor:
+            return self.model(input_ids=probe, adapter_names=[adapter]).logits.float()
+
+        expected, base = logits(key), logits(BASE)
+        try:
+            if self._merge.kernel_error is None:
+                dense_base = merge(self.model, key, self._loaded.dtype, delta_scale=0.0)
+                self._merge.kernel_error = float((logits(BASE) - base).abs().max())
+                dense_base.unmerge()
+            merged = merge(self.model, key, self._loaded.dtype)
+        except NotMergeable as exc:
+            self._refuse_merge(resident, exc)
+            return
+        diff = float((logits(BASE) - expected).abs().max())
+        tolerance = 3 * self._merge.kernel_error + 1e-3 * float(expected.abs().max())
+        if diff > tolerance:
+            merged.unmerge()
+            self._refuse_merge(resident, NotMergeable(f"merged logits differ by {diff:.3g} (> {tolerance:.3g})"))
+            return
+        self._merge.merged = merged
+        self.stats.merges += 1
+        log.info("merged %s for speed (merges so far: %d)", resident.label, self.stats.merges)
+
+    def _refuse_merge(self, resident: _Resident, reason: NotMergeable) -> None:
+        log.info("serving %s unmerged: %s", resident.label, reason)
+        self._merge.unmergeable.add(resident.key)
+        self.stats.merge_refusals += 1
+
+    def _unmerge(self) -> None:
+        if self._merge.merged is not None:
+            self._merge.merged.unmerge()
+            self._merge.merged = None
+            self.stats.unmerges += 1
+            _release_memory()
+
+
+MERGE_PROBE = "Verify the merge: the quick brown fox jumps over the lazy dog."
+
+
+def _release_memory() -> None:
+    """Give freed tensors back to the OS, so many load/unload cycles do not grow the process."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the allocator keeps its own counsel
+        pass

@@ -8,22 +8,35 @@ asyncio queue. Closing the stream early sets the job's cancel flag; the engine d
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 from transformers import DynamicCache
 
-from hotlora_adapters import AdapterStore
+from hotlora_adapters import AdapterStore, StoreChange, StoreWatcher
 
 from ..errors import ContextLengthExceededError, HotloraError, InvalidRequestError, ServiceUnavailableError
 from ..settings import Settings
-from ..types import ChoiceDelta, GenerationEvent, GenerationRequest, ModelInfo, TokenLogprob, TopLogprob, Usage
+from ..types import (
+    AdapterInfo,
+    BlendSpec,
+    ChoiceDelta,
+    GenerationEvent,
+    GenerationRequest,
+    ModelInfo,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from .adapter_pool import AdapterCatalog, AdapterPool
+from .admin import AdapterAdmin
 from .generate import decode_one_token, prefill
 from .loader import LoadedModel, load_model
 from .prompts import chat_prompt_ids, completion_prompt_ids, stop_token_ids
@@ -31,6 +44,15 @@ from .sampling import RowSampler, logprobs_of, sample_batch
 from .text import IncrementalDetokenizer, StopMatcher, token_bytes
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class _Control:
+    """A management task (load, unload, blend) run in the engine thread, between requests."""
+
+    fn: Callable[[], Any]
+    done: Callable[[Any, BaseException | None], None]
 
 
 @dataclass
@@ -99,11 +121,13 @@ class Engine:
     def __init__(self, settings: Settings, on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self._settings = settings
         self._on_fatal = on_fatal
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs: queue.Queue[_Job | _Control | None] = queue.Queue()
         self._ready = threading.Event()
         self._loaded: LoadedModel | None = None
         self._catalog: AdapterCatalog | None = None
         self._pool: AdapterPool | None = None
+        self._admin: AdapterAdmin | None = None
+        self._watcher: StoreWatcher | None = None
         self._stop_ids: frozenset[int] = frozenset()
         self._created = int(time.time())
         self._thread = threading.Thread(target=self._run, name="hotlora-engine", daemon=True)
@@ -155,12 +179,51 @@ class Engine:
         finally:
             job.cancelled.set()
 
+    def resident_adapters(self) -> frozenset[str]:
+        """Store adapters loaded in memory now (a snapshot, safe from any thread)."""
+        return self._pool.resident if self._pool is not None else frozenset()
+
+    def list_adapters(self) -> list[AdapterInfo]:
+        return self._require_admin().list_adapters()
+
+    async def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
+        return await self._require_admin().load(name, path)
+
+    async def unload_adapter(self, name: str, purge: bool = False) -> None:
+        await self._require_admin().unload(name, purge)
+
+    async def save_blend(self, name: str, blend: BlendSpec) -> AdapterInfo:
+        return await self._require_admin().save_blend(name, blend)
+
+    async def call(self, fn: Callable[[AdapterPool], T]) -> T:
+        """Run `fn(pool)` in the engine thread, between requests, and return its result here."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            def settle() -> None:
+                if future.cancelled():
+                    return
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+
+            loop.call_soon_threadsafe(settle)
+
+        pool = self._pool
+        assert pool is not None
+        self._jobs.put(_Control(fn=lambda: fn(pool), done=done))
+        return await future
+
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
         self._jobs.put(None)
         self._thread.join(timeout)
 
@@ -171,10 +234,17 @@ class Engine:
             raise ServiceUnavailableError("the model is still loading; retry shortly", retry_after=2)
         return self._loaded, self._catalog
 
+    def _require_admin(self) -> AdapterAdmin:
+        self._require_ready()
+        assert self._admin is not None
+        return self._admin
+
     def _prepare(self, request: GenerationRequest) -> _Job:
         loaded, catalog = self._require_ready()
-        if request.model != loaded.name:
-            catalog.get(request.model)  # 404 / 400 before anything is queued
+        if request.blend is not None:  # 404 / 400 before anything is queued
+            catalog.check_blend(request.blend)
+        elif request.model != loaded.name:
+            catalog.get(request.model)
         if request.n > self._settings.max_n:
             raise InvalidRequestError(f"n must be at most {self._settings.max_n} (--max-n)", param="n")
         if request.messages is not None:
@@ -207,6 +277,9 @@ class Engine:
                 self._on_fatal(exc)
             return
         while (job := self._jobs.get()) is not None:
+            if isinstance(job, _Control):
+                self._control(job)
+                continue
             if job.cancelled.is_set():
                 continue
             try:
@@ -217,6 +290,25 @@ class Engine:
                 log.exception("request %s failed", job.request.request_id)
                 job.emit(HotloraError(f"internal error while generating: {type(exc).__name__}: {exc}"))
 
+    @staticmethod
+    def _control(task: _Control) -> None:
+        try:
+            result = task.fn()
+        except Exception as exc:  # reported to the caller, who maps it to an error response
+            if not isinstance(exc, HotloraError):
+                log.exception("adapter management task failed")
+            task.done(None, exc)
+        else:
+            task.done(result, None)
+
+    def _on_store_change(self, changes: list[StoreChange]) -> None:
+        """The watcher saw adapters appear, change or vanish: drop stale copies (in the engine thread)."""
+        for change in changes:
+            log.info("store: %s %s", change.name, change.kind)
+            if change.kind != "added" and self._pool is not None:
+                invalidate = functools.partial(self._pool.invalidate, change.name, change.version)
+                self._jobs.put(_Control(fn=invalidate, done=lambda *_: None))
+
     def _load(self) -> None:
         started = time.perf_counter()
         loaded = load_model(self._settings)
@@ -224,7 +316,12 @@ class Engine:
         catalog = AdapterCatalog(store, loaded)
         adapters = [a.name for a in catalog.servable()]
         self._loaded, self._catalog = loaded, catalog
-        self._pool = AdapterPool(loaded, catalog)
+        settings = self._settings
+        self._pool = AdapterPool(loaded, catalog, settings.max_loaded_adapters, settings.merge_policy)
+        self._admin = AdapterAdmin(self, catalog, loaded, settings.allow_adapter_dir)
+        self._watcher = StoreWatcher(store)
+        self._watcher.poll()  # what is there now is known; later polls report changes
+        self._watcher.start(self._on_store_change)
         self._stop_ids = stop_token_ids(loaded.tokenizer, loaded.model.generation_config.eos_token_id)
         torch.manual_seed(0)
         log.info(
@@ -235,9 +332,18 @@ class Engine:
         self._ready.set()
 
     def _serve(self, job: _Job) -> None:
-        loaded, pool = self._loaded, self._pool
-        assert loaded is not None and pool is not None
-        adapter = pool.activate(job.request.model)
+        pool = self._pool
+        assert pool is not None
+        adapter = pool.acquire(job.request.model, job.request.blend)
+        try:
+            self._generate(job, pool, adapter)
+        finally:
+            pool.release(adapter)
+
+    def _generate(self, job: _Job, pool: AdapterPool, adapter: str) -> None:
+        loaded = self._loaded
+        assert loaded is not None
+        pool.prepare([adapter])
         model = pool.model
         cache = DynamicCache(config=loaded.model.config)
         ids = torch.tensor([job.prompt_ids], device=loaded.device)

@@ -163,16 +163,9 @@ def base_spec(model: torch.nn.Module) -> BaseSpec:
     return BaseSpec(architecture=model.config.model_type, module_shapes=shapes)
 
 
-def _quiet_libraries() -> None:
-    """Keep the server log about the server: no weight-loading progress bars, and no bitsandbytes hint
-    about an optional CPU kernel that can only come from the Hugging Face hub."""
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-
 def load_model(settings: Settings) -> LoadedModel:
     """Load the base model for serving: quantized, on its device, in eval mode."""
-    _quiet_libraries()
+    transformers.utils.logging.disable_progress_bar()  # the server log is about the server
     name, source = resolve_model(settings)
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)

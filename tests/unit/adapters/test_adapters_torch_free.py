@@ -16,7 +16,16 @@ store = h.AdapterStore(h.default_store_dir({"HOTLORA_HOME": sys.argv[1]}))
 [adapter] = store.list()
 assert adapter.error is None, adapter.error
 files = store.load_files(adapter.name)
-h.check_compatible(files, h.BaseSpec("llama", {"model.q": (8, 4)}))
+base = h.BaseSpec("llama", {"model.q": (8, 4)})
+h.check_compatible(files, base)
+# the write side and the change feed are torch-free too
+watcher = h.StoreWatcher(store)
+assert [c.kind for c in watcher.poll()] == ["added"]
+copy = store.register("copy", adapter.path, base=base)
+assert copy.usable and copy.manifest.base_fingerprint == base.fingerprint(), copy
+assert store.set_disabled("copy", True).disabled
+store.delete("copy")
+assert [(c.kind, c.name) for c in watcher.poll()] == []  # added and removed between two looks
 print("ok", adapter.name)
 """
 

@@ -1,0 +1,87 @@
+"""The built-in Pig Latin task, end to end, as a user runs it: wall time, peak memory, accuracy vs the base.
+
+    python bench/train_piglatin.py [--store DIR] [--home DIR] [-- extra `hotlora train` options]
+
+Runs `hotlora train --task piglatin --name piglatin-bench` (the default recipe unless options are given
+after `--`) as a subprocess into a throw-away store (or `--store`), times the whole command — model
+loading, training, both greedy evaluations over the 120 sentences of lists 61-72 and registration
+included — and prints the figures recorded in the adapter's manifest. Not a test: on the 2-core dev
+machine it takes about 20 minutes. Target (the trainer issue): under 20 minutes, word accuracy >= 80%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+NAME = "piglatin-bench"
+
+
+def hotlora_train() -> list[str]:
+    script = Path(sys.executable).parent / "hotlora"
+    return [str(script), "train"] if script.is_file() else [sys.executable, "-m", "hotlora_trainer"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", type=Path, help="adapter store to register into (default: a temporary one)")
+    parser.add_argument("--home", type=Path, help="HOTLORA_HOME for the converted model (default: the usual one)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="options after `--` go to hotlora train")
+    args = parser.parse_args()
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+
+    with tempfile.TemporaryDirectory(prefix="hotlora-bench-") as tmp:
+        store = args.store or Path(tmp) / "store"
+        cmd = [*hotlora_train(), "--task", "piglatin", "--name", NAME, "--adapters-dir", str(store), "--overwrite",
+               *(["--home", str(args.home)] if args.home else []), *extra]  # fmt: skip
+        print("$", " ".join(cmd), flush=True)
+        started = time.monotonic()
+        result = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        wall = time.monotonic() - started
+        if result.returncode != 0:
+            print(f"hotlora train failed with exit status {result.returncode}", file=sys.stderr)
+            return result.returncode
+        manifest = json.loads((store / NAME / "hotlora.json").read_text())
+
+    scores = manifest["eval_metrics"]["piglatin"]
+    training = manifest["training"]
+    figures = {
+        "command_wall_time_s": round(wall, 1),
+        "train_runtime_s": training["train_runtime_s"],
+        "device": training["device"],
+        "peak_memory_bytes": training["peak_memory_bytes"],
+        "peak_memory_kind": training["peak_memory_kind"],
+        "memory_estimate_bytes": training["memory_estimate"]["total"],
+        "train_loss": manifest["eval_metrics"]["train_loss"],
+        "eval_loss": manifest["eval_metrics"]["eval_loss"],
+        "adapter": scores["adapter"],
+        "base": scores["base"],
+        "recipe": manifest["recipe"],
+        "cpu_count": os.cpu_count(),
+    }
+    gib = 1024**3
+    print()
+    print(f"whole command:      {wall / 60:.1f} min (training {training['train_runtime_s'] / 60:.1f} min, "
+          f"{training['global_step']} steps on {training['device']}, {os.cpu_count()} CPU cores)")  # fmt: skip
+    print(f"peak memory:        {training['peak_memory_bytes'] / gib:.2f} GiB ({training['peak_memory_kind']}); "
+          f"estimated {training['memory_estimate']['total'] / gib:.2f} GiB")  # fmt: skip
+    print(f"losses:             train {figures['train_loss']:.3f}, eval {figures['eval_loss']:.3f}")
+    print(f"word accuracy:      adapter {scores['adapter']['word_accuracy']:.1%}   base {scores['base']['word_accuracy']:.1%}")
+    print(f"exact match:        adapter {scores['adapter']['exact_match']:.1%}   base {scores['base']['exact_match']:.1%}")
+    target = wall <= 20 * 60 and scores["adapter"]["word_accuracy"] >= 0.8
+    print(f"target (<= 20 min, word accuracy >= 80%): {'met' if target else 'NOT met'}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

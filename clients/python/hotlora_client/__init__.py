@@ -1,0 +1,71 @@
+"""hotlora's Python client: chat with LoRA adapters and blends, stream, and manage the adapter store.
+
+    from hotlora_client import Client
+
+    with Client() as client:  # $HOTLORA_BASE_URL (default http://127.0.0.1:8000), $HOTLORA_API_KEY
+        print(client.chat("Hello!", adapter="piglatin", max_tokens=64).text)
+
+`AsyncClient` has the same methods, awaited. Errors are in `hotlora_client.errors`; `hotlora-chat` is the
+terminal chat.
+"""
+
+from ._client import Adapters, AsyncClient, AsyncStream, Client, Models, Stream
+from ._version import __version__
+from .errors import (
+    AdapterNotReadyError,
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    HotloraError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RateLimitError,
+    ServerError,
+)
+from .types import (
+    Adapter,
+    AdapterDeleted,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    ErrorDetail,
+    Health,
+    Model,
+    Usage,
+)
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "Adapter",
+    "AdapterDeleted",
+    "AdapterNotReadyError",
+    "Adapters",
+    "AsyncClient",
+    "AsyncStream",
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "Client",
+    "Completion",
+    "ConflictError",
+    "ErrorDetail",
+    "Health",
+    "HotloraError",
+    "Model",
+    "Models",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "RateLimitError",
+    "ServerError",
+    "Stream",
+    "Usage",
+    "__version__",
+]

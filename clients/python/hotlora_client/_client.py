@@ -1,0 +1,335 @@
+"""`Client` and `AsyncClient`: one surface over blocking and async httpx.
+
+All of the logic is in `_core`'s plan functions. Each API method is declared once, as an `_Endpoint`
+over its plan, and means "run this plan" on either client: `Client._run` performs the plan's steps with
+blocking httpx and `time.sleep`, `AsyncClient._run` with async httpx and `asyncio.sleep`. Only the
+generation methods (`chat`, `complete`) are spelled out per client, for their `stream=True` typing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
+
+import httpx
+
+from . import _core
+from ._core import C
+from .types import ChatCompletion, ChatCompletionChunk, Completion, Messages, Usage
+
+if TYPE_CHECKING:
+    from typing import Self, Unpack
+
+    from .types import ChatParams, CompletionParams
+
+__all__ = ["Adapters", "AsyncClient", "AsyncStream", "Client", "Models", "Stream"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+ClientT = TypeVar("ClientT", "Client", "AsyncClient")
+Timeout = float | httpx.Timeout | None
+
+
+class _Part(Generic[ClientT]):
+    """A client or one of its parts (`models`, `adapters`): what endpoints are declared on."""
+
+    _client: ClientT
+
+
+class _Endpoint(Generic[P, T]):
+    """A `_core` plan function as a method: blocking on a `Client` (and its parts), awaitable on an
+    `AsyncClient`. The plan's signature (less its `config`) and docstring are the method's."""
+
+    def __init__(self, plan: Callable[Concatenate[_core.Config, P], _core.Plan[T]]) -> None:
+        self._plan = plan
+        self._name = plan.__name__
+        self.__doc__ = plan.__doc__
+        signature = inspect.signature(plan)
+        result = signature.return_annotation  # "Plan[Adapter]" (a string: annotations are postponed)
+        if isinstance(result, str) and result.startswith("Plan[") and result.endswith("]"):
+            result = result[len("Plan[") : -1]
+        self.__signature__ = signature.replace(
+            parameters=list(signature.parameters.values())[1:], return_annotation=result
+        )
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, part: None, owner: type) -> Self: ...
+    @overload
+    def __get__(self, part: _Part[Client], owner: type) -> Callable[P, T]: ...
+    @overload
+    def __get__(self, part: _Part[AsyncClient], owner: type) -> Callable[P, Awaitable[T]]: ...
+    def __get__(self, part: _Part[Any] | None, owner: type) -> Any:
+        if part is None:
+            return self
+        client, plan = part._client, self._plan
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return client._run(plan(client._config, *args, **kwargs))
+
+        method.__name__ = method.__qualname__ = self._name
+        method.__doc__ = self.__doc__
+        method.__signature__ = self.__signature__  # type: ignore[attr-defined]
+        return method
+
+
+class Models(_Part[ClientT]):
+    """`client.models`: the base model and its adapters, as `/v1/models` lists them."""
+
+    def __init__(self, client: ClientT) -> None:
+        self._client = client
+
+    list = _Endpoint(_core.list_models)
+    get = _Endpoint(_core.get_model)
+
+
+class Adapters(_Part[ClientT]):
+    """`client.adapters`: the server's adapter store (needs the API key when the server has one)."""
+
+    def __init__(self, client: ClientT) -> None:
+        self._client = client
+
+    list = _Endpoint(_core.list_adapters)
+    get = _Endpoint(_core.get_adapter)
+    load = _Endpoint(_core.load_adapter)
+    unload = _Endpoint(_core.unload_adapter)
+    blend = _Endpoint(_core.blend_adapters)
+    wait_until_ready = _Endpoint(_core.wait_until_ready)
+
+
+class _BaseClient(_Part[ClientT]):
+    health = _Endpoint(_core.health)
+
+    def __init__(self, base_url: str | None, api_key: str | None, timeout: Timeout, max_retries: int) -> None:
+        self._config = _core.Config.build(base_url, api_key, timeout, max_retries)
+        self._client = self  # type: ignore[assignment]
+        self.models: Models[ClientT] = Models(self._client)
+        self.adapters: Adapters[ClientT] = Adapters(self._client)
+
+    @property
+    def base_url(self) -> str:
+        return self._config.base_url
+
+
+# -- the blocking client ---------------------------------------------------------------------------------------
+
+
+class Client(_BaseClient["Client"]):
+    """A hotlora server, over blocking HTTP.
+
+    `base_url` defaults to `$HOTLORA_BASE_URL`, else http://127.0.0.1:8000 (a trailing `/v1` is fine);
+    `api_key` to `$HOTLORA_API_KEY` — both read now, when the client is built. Connection failures, 429
+    and 503 are retried up to `max_retries` times with backoff, honouring `Retry-After`; other errors
+    raise at once (`hotlora_client.errors`). `timeout` is in seconds (or an `httpx.Timeout`).
+
+    `client.chat(...)`, `client.complete(...)`, `client.health()`, `client.models.list()/get(id)`,
+    `client.adapters.list()/get/load/unload/blend/wait_until_ready`. Close it, or use it in a `with`.
+    """
+
+    def __init__(
+        self, base_url: str | None = None, api_key: str | None = None, timeout: Timeout = None, max_retries: int = 2
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, max_retries)
+        self._http = httpx.Client(**self._config.http_options())
+
+    @overload
+    def chat(
+        self, messages: Messages, *, stream: Literal[False] = False, **params: Unpack[ChatParams]
+    ) -> ChatCompletion: ...
+    @overload
+    def chat(
+        self, messages: Messages, *, stream: Literal[True], **params: Unpack[ChatParams]
+    ) -> Stream[ChatCompletionChunk]: ...
+    def chat(self, messages: Messages, *, stream: bool = False, **params: Any) -> Any:
+        """A chat completion. `messages`: a list of `{"role", "content"}` dicts, or a text (one user turn).
+        The target: `model=` (the base id, an adapter's name or `"a*0.7+b*0.3"`), `adapter="name"`, or
+        `blend={"a": 0.7, "b": 0.3}` (with `blend_method=`, `density=`); none of them: the base model.
+        The other keyword arguments are OpenAI's (`max_tokens`, `temperature`, `seed`, `stop`, …).
+        With `stream=True`, a `Stream` of chunks (`.text_stream` for the text alone)."""
+        return self._run(_core.chat(self._config, messages, stream, params))
+
+    @overload
+    def complete(
+        self, prompt: str, *, stream: Literal[False] = False, **params: Unpack[CompletionParams]
+    ) -> Completion: ...
+    @overload
+    def complete(
+        self, prompt: str, *, stream: Literal[True], **params: Unpack[CompletionParams]
+    ) -> Stream[Completion]: ...
+    def complete(self, prompt: str, *, stream: bool = False, **params: Any) -> Any:
+        """A raw text completion (`/v1/completions`) of `prompt`; the options are `chat`'s."""
+        return self._run(_core.complete(self._config, prompt, stream, params))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _run(self, plan: _core.Plan[Any]) -> Any:
+        runner = _core.Runner(plan)
+        for op in runner:
+            with runner.step():
+                runner.reply(self._sleep(op.seconds) if isinstance(op, _core.Sleep) else self._send(op))
+        return Stream(runner.result, self.base_url) if isinstance(runner.result, _core.Streaming) else runner.result
+
+    @staticmethod
+    def _sleep(seconds: float) -> None:
+        time.sleep(seconds)
+
+    def _send(self, op: _core.Send) -> httpx.Response:
+        response = self._http.send(op.request(self._http), stream=op.stream)
+        if op.stream and response.is_error:
+            response.read()
+        return response
+
+
+# -- the async client -----------------------------------------------------------------------------------------------
+
+
+class AsyncClient(_BaseClient["AsyncClient"]):
+    """`Client` for asyncio: the same methods and options, awaited; streams are `AsyncStream`s."""
+
+    def __init__(
+        self, base_url: str | None = None, api_key: str | None = None, timeout: Timeout = None, max_retries: int = 2
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, max_retries)
+        self._http = httpx.AsyncClient(**self._config.http_options())
+
+    @overload
+    async def chat(
+        self, messages: Messages, *, stream: Literal[False] = False, **params: Unpack[ChatParams]
+    ) -> ChatCompletion: ...
+    @overload
+    async def chat(
+        self, messages: Messages, *, stream: Literal[True], **params: Unpack[ChatParams]
+    ) -> AsyncStream[ChatCompletionChunk]: ...
+    async def chat(self, messages: Messages, *, stream: bool = False, **params: Any) -> Any:
+        """See `Client.chat`; with `stream=True`, an `AsyncStream`."""
+        return await self._run(_core.chat(self._config, messages, stream, params))
+
+    @overload
+    async def complete(
+        self, prompt: str, *, stream: Literal[False] = False, **params: Unpack[CompletionParams]
+    ) -> Completion: ...
+    @overload
+    async def complete(
+        self, prompt: str, *, stream: Literal[True], **params: Unpack[CompletionParams]
+    ) -> AsyncStream[Completion]: ...
+    async def complete(self, prompt: str, *, stream: bool = False, **params: Any) -> Any:
+        """See `Client.complete`."""
+        return await self._run(_core.complete(self._config, prompt, stream, params))
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _run(self, plan: _core.Plan[Any]) -> Any:
+        runner = _core.Runner(plan)
+        for op in runner:
+            with runner.step():
+                runner.reply(await (asyncio.sleep(op.seconds) if isinstance(op, _core.Sleep) else self._send(op)))
+        return (
+            AsyncStream(runner.result, self.base_url) if isinstance(runner.result, _core.Streaming) else runner.result
+        )
+
+    async def _send(self, op: _core.Send) -> httpx.Response:
+        response = await self._http.send(op.request(self._http), stream=op.stream)
+        if op.stream and response.is_error:
+            await response.aread()
+        return response
+
+
+# -- streams ---------------------------------------------------------------------------------------------------------
+
+
+class _StreamBase(Generic[C]):
+    def __init__(self, streaming: _core.Streaming[C], base_url: str) -> None:
+        self.response = streaming.response
+        self._decoder: _core.StreamDecoder[C] = streaming.decoder
+        self._base_url = base_url
+
+    @property
+    def text(self) -> str:
+        """The first choice's text received so far (all of it once the stream is consumed)."""
+        return self._decoder.text
+
+    @property
+    def usage(self) -> Usage | None:
+        """Token usage, once received (ask for it with `stream_options={"include_usage": True}`)."""
+        return self._decoder.usage
+
+
+class Stream(_StreamBase[C]):
+    """The chunks of a streamed answer as they arrive. Iterate it once (or its `.text_stream`); it closes
+    itself at the end; `close()` it, or use it in a `with`, to stop early. An error frame in the stream
+    raises the matching `APIStatusError`, a cut-short stream `APIConnectionError`."""
+
+    def __iter__(self) -> Iterator[C]:
+        try:
+            with _core.stream_transport_errors(self._base_url):
+                for line in self.response.iter_lines():
+                    yield from self._decoder.feed(line)
+                    if self._decoder.done:
+                        return
+                yield from self._decoder.end()
+        finally:
+            self.response.close()
+
+    @property
+    def text_stream(self) -> Iterator[str]:
+        """Only the first choice's new text, piece by piece."""
+        return (chunk.text for chunk in self if chunk.text)
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncStream(_StreamBase[C]):
+    """`Stream` for `AsyncClient`: `async for chunk in stream`, `async for text in stream.text_stream`."""
+
+    async def __aiter__(self) -> AsyncIterator[C]:
+        try:
+            with _core.stream_transport_errors(self._base_url):
+                async for line in self.response.aiter_lines():
+                    for chunk in self._decoder.feed(line):
+                        yield chunk
+                    if self._decoder.done:
+                        return
+                for chunk in self._decoder.end():
+                    yield chunk
+        finally:
+            await self.response.aclose()
+
+    @property
+    def text_stream(self) -> AsyncIterator[str]:
+        """Only the first choice's new text, piece by piece."""
+        return (chunk.text async for chunk in self if chunk.text)
+
+    async def close(self) -> None:
+        await self.response.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,262 @@
+"""Typed models of what a hotlora server answers (OpenAI's shapes plus hotlora's), and the call options.
+
+The models accept fields they do not know, so a newer server does not break an older client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypedDict
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "Adapter",
+    "AdapterDeleted",
+    "AssistantMessage",
+    "Blend",
+    "BlendMethod",
+    "ChatChoice",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatParams",
+    "ChoiceLogprobs",
+    "ChunkChoice",
+    "Completion",
+    "CompletionChoice",
+    "CompletionLogprobs",
+    "CompletionParams",
+    "Delta",
+    "ErrorDetail",
+    "GenerationParams",
+    "Health",
+    "Message",
+    "Messages",
+    "Model",
+    "TokenLogprob",
+    "TopLogprob",
+    "Usage",
+]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+# -- generation --------------------------------------------------------------------------------------
+
+
+class Usage(_Wire):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TopLogprob(_Wire):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChoiceLogprobs(_Wire):
+    content: list[TokenLogprob] | None = None
+
+
+class AssistantMessage(_Wire):
+    role: str = "assistant"
+    content: str
+
+
+class ChatChoice(_Wire):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = None  # "stop" or "length"
+
+
+class ChatCompletion(_Wire):
+    """`POST /v1/chat/completions`. `.text` is the first choice's reply."""
+
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].message.content if self.choices else ""
+
+
+class Delta(_Wire):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChunkChoice(_Wire):
+    index: int
+    delta: Delta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_Wire):
+    """One streamed piece of a chat completion; the last one carries `usage` (with `include_usage`)."""
+
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The new text of the first choice in this chunk ("" when it has none)."""
+        return next((c.delta.content or "" for c in self.choices if c.index == 0), "")
+
+
+class CompletionLogprobs(_Wire):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None = None
+    text_offset: list[int]
+
+
+class CompletionChoice(_Wire):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class Completion(_Wire):
+    """`POST /v1/completions`, and each streamed piece of one. `.text` is the first choice's text."""
+
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+    @property
+    def text(self) -> str:
+        return next((c.text for c in self.choices if c.index == 0), "")
+
+
+# -- models and adapters ------------------------------------------------------------------------------
+
+
+class Model(_Wire):
+    """An entry of `/v1/models`: the base model (`parent` None) or an adapter on it (`parent` = base id)."""
+
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "hotlora"
+    root: str | None = None
+    parent: str | None = None
+    quantization: str | None = None
+    max_model_len: int | None = None
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.parent is not None
+
+
+class Adapter(_Wire):
+    """An adapter in the server's store. `status`: resident (in memory), available (servable, loaded on
+    first use), disabled (unloaded; `adapters.load` enables it again) or invalid (`error` says why)."""
+
+    id: str
+    object: str = "adapter"
+    status: str
+    created: int
+    size_bytes: int
+    version: str
+    manifest: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.id
+
+    @property
+    def ready(self) -> bool:
+        """Whether a chat request may use it now."""
+        return self.status in ("resident", "available")
+
+
+class AdapterDeleted(_Wire):
+    """The answer to `adapters.unload`: `deleted` when purged from the store, else only disabled."""
+
+    id: str
+    object: str = "adapter"
+    deleted: bool
+    status: str
+
+
+class Health(_Wire):
+    status: str
+    model: str | None = None
+
+
+class ErrorDetail(_Wire):
+    message: str
+    type: str | None = None
+    param: str | None = None
+    code: str | None = None
+
+
+# -- call options --------------------------------------------------------------------------------------
+
+BlendMethod = Literal["cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+Blend = Mapping[str, float] | Sequence[tuple[str, float]]
+"""Adapter weights: `{"piglatin": 0.7, "yoda": 0.3}` or `[("piglatin", 0.7), ("yoda", 0.3)]`."""
+Message = Mapping[str, Any]
+"""A chat message: `{"role": "user", "content": "..."}` (role system, developer, user or assistant)."""
+Messages = str | Sequence[Message]
+"""A conversation, or one text sent as a single user message."""
+
+
+class GenerationParams(TypedDict, total=False):
+    """Options of `chat` and `complete`. Pick the target with at most one of `model` (the base's id, an
+    adapter's name or a blend string `"a*0.7+b*0.3"`), `adapter` or `blend`; none means the base model.
+    Anything else the server accepts can go in `extra_body`."""
+
+    model: str
+    adapter: str
+    blend: Blend
+    blend_method: BlendMethod  # default "cat", the exact weighted sum
+    density: float  # for ties, dare_linear, dare_ties, magnitude_prune
+    max_tokens: int
+    temperature: float
+    top_p: float
+    n: int
+    stop: str | list[str]
+    seed: int
+    presence_penalty: float
+    frequency_penalty: float
+    user: str
+    stream_options: dict[str, bool]  # {"include_usage": True}: the last chunk carries `usage`
+    extra_body: Mapping[str, Any]
+
+
+class ChatParams(GenerationParams, total=False):
+    max_completion_tokens: int
+    logprobs: bool
+    top_logprobs: int
+    response_format: dict[str, Any]
+
+
+class CompletionParams(GenerationParams, total=False):
+    logprobs: int

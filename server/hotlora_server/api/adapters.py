@@ -1,0 +1,50 @@
+"""Adapter management routes: hotlora's `/v1/adapters` and vLLM's load/unload aliases."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+
+from .. import protocol as p
+from ..errors import NotFoundError
+from ..types import EngineClient
+
+
+def build_adapter_router(engine: EngineClient) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/adapters")
+    async def list_adapters() -> p.AdapterList:
+        return p.AdapterList(data=[p.AdapterCard.of(info) for info in engine.list_adapters()])
+
+    @router.get("/adapters/{name}")
+    async def get_adapter(name: str) -> p.AdapterCard:
+        for info in engine.list_adapters():
+            if info.name == name:
+                return p.AdapterCard.of(info)
+        raise NotFoundError(f"adapter '{name}' is not in the store", param="name", code="adapter_not_found")
+
+    @router.post("/adapters")
+    async def load_adapter(body: p.AdapterLoadRequest) -> p.AdapterCard:
+        return p.AdapterCard.of(await engine.load_adapter(body.name, body.path))
+
+    @router.delete("/adapters/{name}")
+    async def unload_adapter(name: str, purge: bool = False) -> p.AdapterDeleted:
+        await engine.unload_adapter(name, purge=purge)
+        return p.AdapterDeleted(id=name, deleted=purge, status="deleted" if purge else "disabled")
+
+    @router.post("/adapters/blend")
+    async def save_blend(body: p.BlendSaveRequest) -> p.AdapterCard:
+        return p.AdapterCard.of(await engine.save_blend(body.name, body.blend_spec()))
+
+    @router.post("/load_lora_adapter", response_class=PlainTextResponse)
+    async def vllm_load(body: p.LoadLoraAdapterRequest) -> str:
+        await engine.load_adapter(body.lora_name, body.lora_path)
+        return f"Success: LoRA adapter '{body.lora_name}' added successfully."
+
+    @router.post("/unload_lora_adapter", response_class=PlainTextResponse)
+    async def vllm_unload(body: p.UnloadLoraAdapterRequest) -> str:
+        await engine.unload_adapter(body.lora_name)
+        return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+
+    return router

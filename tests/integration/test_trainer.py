@@ -1,0 +1,77 @@
+"""The trainer end to end: `hotlora train` on the real SmolLM2, into the store of a running server.
+
+A few steps on a tiny dataset (seconds, not minutes): when the command returns, the running server
+already serves the new adapter, and its answer differs from the base model's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from live_server import API_KEY, BASE_ID, hotlora_cmd, start_server, stop_server
+
+pytestmark = pytest.mark.integration
+
+SENTENCES = [
+    "The birch canoe slid on the smooth planks.",
+    "Glue the sheet to the dark blue background.",
+    "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.",
+]
+PIG = [
+    "ethay irchbay anoecay idslay onway ethay oothsmay anksplay.",
+    "ueglay ethay eetshay otay ethay arkday ueblay ackgroundbay.",
+    "esethay aysday away ickenchay eglay isway away areray ishday.",
+    "iceray isway oftenway ervedsay inway oundray owlsbay.",
+]
+QUESTION = "A large size in stockings is hard to sell."
+
+
+def chat(client: httpx.Client, model: str) -> str:
+    response = client.post("/v1/chat/completions", json={
+        "model": model, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 24,
+    })  # fmt: skip
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["message"]["content"]
+
+
+def test_trained_adapter_is_served_when_the_command_returns(
+    tmp_path: Path, hotlora_home: Path, smollm2_dir: Path
+) -> None:
+    store = tmp_path / "store"
+    data = tmp_path / "piglatin.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": s}, {"role": "assistant", "content": p}]})
+                            + "\n" for s, p in zip(SENTENCES, PIG, strict=True)))  # fmt: skip
+    server = start_server(["--home", str(hotlora_home), "--adapters-dir", str(store), "--api-key", API_KEY],
+                          tmp_path / "server.log")  # fmt: skip
+    try:
+        with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as client:
+            base_answer = chat(client, BASE_ID)
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOTLORA_API_KEY": API_KEY}
+            result = subprocess.run(
+                [*hotlora_cmd(), "train", "--data", str(data), "--name", "pig", "--home", str(hotlora_home),
+                 "--adapters-dir", str(store), "--server", server.base_url, "--max-steps", "2", "--batch-size", "2",
+                 "--learning-rate", "5e-3", "--max-seq-length", "96", "--save-steps", "1000", "--no-progress"],
+                capture_output=True, text=True, env=env, timeout=600,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert f"{server.base_url} serves 'pig'" in result.stdout
+            curl = [line for line in result.stdout.splitlines() if line.startswith("curl ")]
+            assert curl and '"model": "pig"' in curl[0] and "$HOTLORA_API_KEY" in curl[0]
+
+            # servable the moment the command returned: no waiting here
+            assert "pig" in [m["id"] for m in client.get("/v1/models").json()["data"]]
+            assert chat(client, "pig") != base_answer
+            assert chat(client, BASE_ID) == base_answer  # the base is untouched
+
+            manifest = json.loads((store / "pig" / "hotlora.json").read_text())
+            assert manifest["source"] == "trained" and manifest["base_model"] == BASE_ID
+            assert manifest["eval_metrics"]["train_loss"] > 0
+            assert (store / "pig" / "loss.png").is_file()
+    finally:
+        stop_server(server)

@@ -1,0 +1,57 @@
+"""The 4-bit CPU packing workaround on a tiny llama in nf4: PEFT operations leave the base exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+
+from hotlora_server.engine.bnb_cpu import _packed_states, packing_held, unpack_cpu_weights
+from hotlora_server.engine.loader import quantization_config
+
+
+@pytest.fixture
+def packed_tiny(tiny_dir: Path):  # noqa: ANN201 - a 4-bit LlamaForCausalLM whose weights bitsandbytes packed
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=quantization_config("nf4", torch.float32))
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.inference_mode():
+        reference = model(ids).logits
+    if not list(_packed_states(model)):
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes does not pack, nothing to keep exact")
+    return model, ids, reference
+
+
+def test_state_dict_inside_packing_held_changes_nothing(packed_tiny) -> None:  # noqa: ANN001
+    model, ids, reference = packed_tiny
+    with torch.inference_mode():
+        with packing_held(model):
+            model.state_dict()
+        assert list(_packed_states(model))  # still packed: no conversion happened
+        assert torch.equal(model(ids).logits, reference)
+
+
+def test_unpack_is_an_exact_inverse(packed_tiny) -> None:  # noqa: ANN001
+    model, ids, reference = packed_tiny
+    with torch.inference_mode():
+        assert unpack_cpu_weights(model) > 0
+        assert not list(_packed_states(model))
+        model.state_dict()  # standard layout now: bitsandbytes has nothing to unpack
+        assert torch.equal(model(ids).logits, reference)  # packs again, identically
+
+
+def test_adapter_load_keeps_the_base_exact(packed_tiny, adapter_store: Path) -> None:  # noqa: ANN001
+    model, ids, reference = packed_tiny
+    (adapter,) = [p for p in adapter_store.iterdir() if not p.name.startswith(".")]
+    with torch.inference_mode():
+        with packing_held(model):
+            peft_model = PeftModel.from_pretrained(model, str(adapter), adapter_name="x")
+        base = peft_model(input_ids=ids, adapter_names=["__base__"]).logits
+        adapted = peft_model(input_ids=ids, adapter_names=["x"]).logits
+        assert torch.equal(base, reference)
+        assert not torch.equal(adapted, reference)
+        assert unpack_cpu_weights(peft_model) > 0  # through the LoRA wrappers, each weight once
+        assert torch.equal(peft_model(input_ids=ids, adapter_names=["__base__"]).logits, reference)

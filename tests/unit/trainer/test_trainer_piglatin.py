@@ -1,0 +1,76 @@
+"""The built-in Pig Latin task: the course's rules, the Harvard split by list, and the scoring."""
+
+from __future__ import annotations
+
+import pytest
+
+from hotlora_trainer import piglatin
+from hotlora_trainer.piglatin import score, to_pig_latin, word_to_pig_latin
+
+
+@pytest.mark.parametrize(
+    ("english", "pig"),
+    [
+        ("pig", "igpay"),
+        ("string", "ingstray"),
+        ("eat", "eatway"),
+        ("don't", "onday' tay"),
+        ("Yellow", "ellowyay"),  # y is a consonant; lower-cased
+        ("rhythm", "rhythmay"),  # no vowel at all: the whole word is its consonant cluster
+        ("The birch canoe slid on the smooth planks.", "ethay irchbay anoecay idslay onway ethay oothsmay anksplay."),
+        ("When you hear the bell, come quickly.", "enwhay ouyay earhay ethay ellbay, omecay uicklyqay."),
+        ("It's easy to tell the depth of a well.", "itway' say easyway otay elltay ethay epthday ofway away ellway."),
+        ("  Spaces   collapse  ", "acesspay ollapsecay"),
+    ],
+)
+def test_course_examples(english: str, pig: str) -> None:
+    assert to_pig_latin(english) == pig
+
+
+def test_word_rules() -> None:
+    for vowel_word in ("apple", "egg", "ice", "oak", "up"):
+        assert word_to_pig_latin(vowel_word) == vowel_word + "way"
+    assert word_to_pig_latin("Chair") == "airchay"
+
+
+def test_leading_punctuation_stands_alone() -> None:
+    assert to_pig_latin('"Hello," she said.') == '" ellohay," eshay aidsay.'
+
+
+def test_harvard_split_by_list() -> None:
+    train, evaluation = piglatin.split_sentences()
+    assert len(train) == 600 and len(evaluation) == 120
+    assert {s.list_number for s in train} == set(range(1, 61))
+    assert {s.list_number for s in evaluation} == set(range(61, 73))
+    assert not {s.text for s in train} & {s.text for s in evaluation}
+    assert train[0].text == "The birch canoe slid on the smooth planks."
+
+
+def test_task_dataset_is_chat_rows_of_bare_sentences() -> None:
+    dataset = piglatin.task_dataset()
+    assert dataset.format == "messages" and dataset.chat
+    assert len(dataset.rows) == 600 and len(dataset.eval_rows) == 120
+    first = dataset.rows[0].data["messages"]
+    assert first == [
+        {"role": "user", "content": "The birch canoe slid on the smooth planks."},
+        {"role": "assistant", "content": "ethay irchbay anoecay idslay onway ethay oothsmay anksplay."},
+    ]
+    assert dataset.sha256 == piglatin.sentences_sha256()
+
+
+def test_the_sentences_ship_inside_the_package() -> None:
+    from importlib import resources
+
+    data = resources.files("hotlora_trainer").joinpath("data", "harvard_sentences.tsv")
+    assert data.is_file()
+    assert len(data.read_text(encoding="utf-8").splitlines()) == 721
+
+
+def test_score_exact_and_word_accuracy() -> None:
+    refs = ["ethay irchbay anoecay.", "igpay eatway"]
+    assert score(refs, refs).as_dict() == {"exact_match": 1.0, "word_accuracy": 1.0, "sentences": 2, "words": 5}
+    result = score(["ethay irchbay anoe.", "  igpay   eatway "], refs)
+    assert result.exact_match == 0.5  # whitespace is normalized, a wrong word is not
+    assert result.word_accuracy == pytest.approx(4 / 5)
+    shifted = score(["xx ethay irchbay anoecay.", ""], refs)  # words are compared position by position
+    assert shifted.word_accuracy == 0.0 and shifted.exact_match == 0.0

@@ -1,0 +1,128 @@
+"""The built-in task: English -> Pig Latin over the 720 Harvard sentences, split by list.
+
+The rules (the course's): a word that starts with a vowel (a, e, i, o, u) gets "way" appended; otherwise
+its leading consonants move to the end, then "ay" ("pig" -> "igpay", "string" -> "ingstray",
+"eat" -> "eatway"); everything is lower-cased and "y" counts as a consonant. A sentence is split with
+`re.findall(r"\\w+|[^\\s\\w]+")`, the words are joined by single spaces, and punctuation tokens stick to
+the word before them ("don't" -> "onday' tay").
+
+Lists 1-60 (600 sentences) are for training and lists 61-72 (120 sentences) for evaluation, never mixed.
+The user message is the bare English sentence and the reply is its Pig Latin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+from .data import Dataset, rows_from
+
+TASK = "piglatin"
+VOWELS = frozenset("aeiou")
+TOKEN = re.compile(r"\w+|[^\s\w]+")
+WORD = re.compile(r"\w+")
+TRAIN_LISTS = range(1, 61)
+EVAL_LISTS = range(61, 73)
+SENTENCES_FILE = "harvard_sentences.tsv"
+
+
+def word_to_pig_latin(word: str) -> str:
+    """One word: "pig" -> "igpay", "eat" -> "eatway", "rhythm" -> "rhythmay" (no vowel: all consonants)."""
+    word = word.lower()
+    if not word:
+        return word
+    if word[0] in VOWELS:
+        return word + "way"
+    for i, ch in enumerate(word):
+        if ch in VOWELS:
+            return word[i:] + word[:i] + "ay"
+    return word + "ay"
+
+
+def to_pig_latin(sentence: str) -> str:
+    """A sentence: "The birch canoe slid." -> "ethay irchbay anoecay idslay." """
+    out: list[str] = []
+    for token in TOKEN.findall(sentence):
+        if WORD.fullmatch(token):
+            out.append(word_to_pig_latin(token))
+        elif out:
+            out[-1] += token  # punctuation sticks to the word before it
+        else:
+            out.append(token)
+    return " ".join(out)
+
+
+@dataclass(frozen=True)
+class Sentence:
+    list_number: int
+    text: str
+
+
+def harvard_sentences() -> list[Sentence]:
+    """The 720 Harvard sentences shipped with the package, in order, with their list numbers."""
+    raw = resources.files("hotlora_trainer").joinpath("data", SENTENCES_FILE).read_text(encoding="utf-8")
+    sentences: list[Sentence] = []
+    for line in raw.splitlines()[1:]:  # header: list<TAB>sentence
+        if line.strip():
+            number, text = line.split("\t", 1)
+            sentences.append(Sentence(int(number), text.strip()))
+    return sentences
+
+
+def sentences_sha256() -> str:
+    data = resources.files("hotlora_trainer").joinpath("data", SENTENCES_FILE).read_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def split_sentences() -> tuple[list[Sentence], list[Sentence]]:
+    """(training sentences: lists 1-60, evaluation sentences: lists 61-72)."""
+    sentences = harvard_sentences()
+    train = [s for s in sentences if s.list_number in TRAIN_LISTS]
+    evaluation = [s for s in sentences if s.list_number in EVAL_LISTS]
+    return train, evaluation
+
+
+def example(sentence: str) -> dict[str, list[dict[str, str]]]:
+    """One chat example: the bare English sentence from the user, its Pig Latin from the assistant."""
+    return {"messages": [{"role": "user", "content": sentence}, {"role": "assistant", "content": to_pig_latin(sentence)}]}
+
+
+def task_dataset() -> Dataset:
+    """The task as a dataset: training rows from lists 1-60, evaluation rows from lists 61-72."""
+    train, evaluation = split_sentences()
+    source = f"task:{TASK}"
+    train_ds = rows_from([example(s.text) for s in train], source)
+    eval_ds = rows_from([example(s.text) for s in evaluation], source)
+    return Dataset(train_ds.format, train_ds.rows, source, sentences_sha256(), len(train) + len(evaluation),
+                   eval_ds.rows)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Score:
+    """Exact match per sentence and per word (position by position against the reference's words)."""
+
+    exact_match: float
+    word_accuracy: float
+    sentences: int
+    words: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"exact_match": self.exact_match, "word_accuracy": self.word_accuracy,
+                "sentences": self.sentences, "words": self.words}  # fmt: skip
+
+
+def score(predictions: Sequence[str], references: Sequence[str]) -> Score:
+    """Compare generated Pig Latin with the references (whitespace-normalized, case-sensitive)."""
+    if len(predictions) != len(references):
+        raise ValueError("predictions and references differ in number")
+    exact = words = correct = 0
+    for pred, ref in zip(predictions, references, strict=True):
+        pred_words, ref_words = pred.split(), ref.split()
+        exact += pred_words == ref_words
+        words += len(ref_words)
+        correct += sum(p == r for p, r in zip(pred_words, ref_words, strict=False))
+    n = len(references)
+    return Score(exact / n if n else 0.0, correct / words if words else 0.0, n, words)
