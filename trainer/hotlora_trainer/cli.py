@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -121,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .runner import train
 
+    def terminated(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt  # clean up as for Ctrl-C: nothing half-registered, no temp files left
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         train(config, out=out, progress_bar=not args.no_progress)
     except TrainError as e:

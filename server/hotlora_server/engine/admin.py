@@ -128,7 +128,7 @@ class AdapterAdmin:
     def _describe(self, name: str) -> AdapterInfo:
         return self._info(self._store.get(name), self._engine.resident_adapters())
 
-    def _info(self, entry: StoredAdapter, resident: set[str]) -> AdapterInfo:
+    def _info(self, entry: StoredAdapter, resident: frozenset[str]) -> AdapterInfo:
         refusal = self._catalog.refusal(entry)
         if entry.disabled:
             status = "disabled"

@@ -323,7 +323,6 @@ class Engine:
         self._watcher.poll()  # what is there now is known; later polls report changes
         self._watcher.start(self._on_store_change)
         self._stop_ids = stop_token_ids(loaded.tokenizer, loaded.model.generation_config.eos_token_id)
-        torch.manual_seed(0)
         log.info(
             "serving %s (%s, %s, %s) in %.1fs; adapters in %s: %s",
             loaded.name, loaded.quantization, loaded.device, str(loaded.dtype).removeprefix("torch."),

@@ -191,3 +191,29 @@ def test_hotlora_home_and_store_from_the_environment(tmp_path: Path, tiny_base: 
     env = {"HOTLORA_HOME": str(tmp_path / "h"), "HOTLORA_ADAPTERS_DIR": str(tmp_path / "s"), "HOME": os.environ["HOME"]}
     result = train(config, env=env, out=lambda _: None, progress_bar=False)
     assert result.adapter_path == tmp_path / "s" / "envbot"
+
+
+def test_sigterm_mid_training_cleans_up_like_ctrl_c(tmp_path: Path, tiny_base: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = write_jsonl(tmp_path / "d.jsonl", [chat_row(s, to_pig_latin(s)) for s in SENTENCES])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hotlora_trainer", "--data", str(data), "--name", "bot", "--base", str(tiny_base),
+         "--home", str(tmp_path / "home"), "--adapters-dir", str(tmp_path / "store"), "--device", "cpu",
+         "--max-steps", "100000", "--save-steps", "100000", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("training:"):
+            break
+    time.sleep(1.0)  # a few steps in
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "nothing was registered" in err
+    assert store_entries(tmp_path) == []
+    assert not (tmp_path / "home" / "runs").exists()
