@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 from .compat import BaseSpec, find_mismatches
+from .confine import same_entry, inside, outside, resolve_inside, refuse_escaping_symlinks
 from .errors import (
     AdapterError,
     AdapterExistsError,
@@ -237,23 +238,23 @@ class AdapterStore:
             name = Path(os.path.abspath(given)).name
         validate_adapter_name(name)
         in_store = self.root / name
-        if _same_entry(given, in_store):
+        if same_entry(given, in_store):
             files = inspect_adapter(in_store)
             if base is not None:
                 _check_fits(files, base, in_store)
             return self.get(name)
 
         roots = self._import_roots(allowed_roots)
-        folder = _resolve_inside(given, roots)
-        _refuse_escaping_symlinks(given, folder, roots)
+        folder = resolve_inside(given, roots)
+        refuse_escaping_symlinks(given, folder, roots)
         files = inspect_adapter(folder)
         if base is not None:
             _check_fits(files, base, given)
         plan: list[tuple[str, Path]] = []
         for filename in _copy_plan(folder):
             real = (folder / filename).resolve(strict=True)
-            if not _inside(real, roots):  # already refused above; re-checked on what is actually copied
-                raise AdapterPathError(f"{given / filename} resolves to {real}, {_outside(roots)}")
+            if not inside(real, roots):  # already refused above; re-checked on what is actually copied
+                raise AdapterPathError(f"{given / filename} resolves to {real}, {outside(roots)}")
             plan.append((filename, real))
         return self._register(name, given, plan, files, manifest=None, overwrite=overwrite, base=base)
 
@@ -520,60 +521,6 @@ def _replace_manifest(folder: Path, manifest: Manifest) -> None:
         remove_entry(tmp)
         raise
     fsync_dir(folder)
-
-
-def _same_entry(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _inside(path: Path, roots: Sequence[Path]) -> bool:
-    return any(path.is_relative_to(root) for root in roots)
-
-
-def _outside(roots: Sequence[Path]) -> str:
-    listed = ", ".join(str(root) for root in roots)
-    return f"which is outside the folders adapters may be imported from ({listed})"
-
-
-def _resolve_inside(given: Path, roots: Sequence[Path]) -> Path:
-    """`given` fully resolved, if that lies inside `roots`; else `AdapterPathError` (missing or not)."""
-    try:
-        lexical = given.resolve(strict=False)
-    except (OSError, RuntimeError) as e:  # a symlink loop
-        raise AdapterPathError(f"cannot resolve {given}: {e}") from e
-    if not _inside(lexical, roots):
-        shown = f"{given}" if lexical == given else f"{given} resolves to {lexical},"
-        raise AdapterPathError(f"{shown} {_outside(roots)}")
-    try:
-        resolved = given.resolve(strict=True)
-    except FileNotFoundError:
-        raise InvalidAdapterError("no such adapter folder", path=given) from None
-    except (OSError, RuntimeError) as e:
-        raise AdapterPathError(f"cannot resolve {given}: {e}") from e
-    if not _inside(resolved, roots):  # changed between the two looks
-        raise AdapterPathError(f"{given} resolves to {resolved}, {_outside(roots)}")
-    if not resolved.is_dir():
-        raise InvalidAdapterError("not a folder", path=given)
-    return resolved
-
-
-def _refuse_escaping_symlinks(given: Path, folder: Path, roots: Sequence[Path]) -> None:
-    """Refuse a folder holding any symlink (at any depth) whose target lies outside `roots`."""
-    for dirpath, dirnames, filenames in os.walk(folder):  # does not descend into symlinked folders
-        for entry in dirnames + filenames:
-            path = Path(dirpath) / entry
-            if not path.is_symlink():
-                continue
-            try:
-                target = path.resolve(strict=False)
-            except (OSError, RuntimeError) as e:
-                raise AdapterPathError(f"cannot resolve the symlink {path}: {e}") from e
-            if not _inside(target, roots):
-                shown = given / path.relative_to(folder)
-                raise AdapterPathError(f"{shown} is a symlink to {target}, {_outside(roots)}")
 
 
 def _describe(name: str, path: Path) -> StoredAdapter:
