@@ -41,10 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-loaded-adapters", type=int,
                        help="adapters and blends kept in memory at once, least recently used evicted (default 8)")  # fmt: skip
     serve.add_argument("--merge-policy", choices=["auto", "never", "always"],
-                       help="merge an adapter into dense weights for speed: always, auto (after it had "
-                            "2 requests in a row to itself) or never (default: outputs then never depend on "
+                       help="merge an adapter into dense weights for speed: always, auto (once it had the "
+                            "whole batch to itself for 64 steps) or never (default: outputs then never depend on "
                             "merge state)")  # fmt: skip
     serve.add_argument("--max-n", type=int, help="largest `n` a request may ask for (default 8)")
+    serve.add_argument("--max-num-seqs", type=int,
+                       help="rows (requests x n) decoded together in the running batch; more wait (default 32)")  # fmt: skip
+    serve.add_argument("--max-num-batched-tokens", type=int,
+                       help="prompt tokens prefilled per batch step: longer prompts are prefilled in chunks "
+                            "between decode steps (default 512)")  # fmt: skip
     serve.add_argument("--max-model-len", type=int, help="cap the context window (default: the model's)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     fetch = sub.add_parser("fetch", help="resolve and cache the model (converts the embedded GGUF once)")

@@ -44,6 +44,8 @@ class Settings(BaseModel):
     max_loaded_adapters: int = Field(8, ge=1)
     merge_policy: Literal["auto", "never", "always"] = "never"
     max_n: int = Field(8, ge=1)
+    max_num_seqs: int = Field(32, ge=1, description="rows decoded together in the running batch")
+    max_num_batched_tokens: int = Field(512, ge=16, description="prompt tokens prefilled per batch step")
     max_model_len: int | None = Field(None, ge=16)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

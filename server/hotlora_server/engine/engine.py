@@ -2,7 +2,9 @@
 
 `generate` validates and tokenizes in the caller (cheap, and a bad request fails before anything is
 queued), then hands a job to the engine thread and streams its events back through a per-request
-asyncio queue. Closing the stream early sets the job's cancel flag; the engine drops it at the next step.
+asyncio queue. The engine thread alternates between taking what arrived (jobs for the scheduler,
+management tasks run at once, between batch steps) and one scheduler step; it sleeps when idle.
+Closing a stream early sets the job's cancel flag; the scheduler drops its rows at the next step.
 """
 
 from __future__ import annotations
@@ -14,34 +16,20 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import torch
-from transformers import DynamicCache
 
 from hotlora_adapters import AdapterStore, StoreChange, StoreWatcher
 
 from ..errors import ContextLengthExceededError, HotloraError, InvalidRequestError, ServiceUnavailableError
 from ..settings import Settings
-from ..types import (
-    AdapterInfo,
-    BlendSpec,
-    ChoiceDelta,
-    GenerationEvent,
-    GenerationRequest,
-    ModelInfo,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
-)
+from ..types import AdapterInfo, BlendSpec, GenerationEvent, GenerationRequest, ModelInfo, Usage
 from .adapter_pool import AdapterCatalog, AdapterPool
 from .admin import AdapterAdmin
-from .generate import decode_one_token, prefill
+from .attention import use_batch_invariant_attention
 from .loader import LoadedModel, load_model
 from .prompts import chat_prompt_ids, completion_prompt_ids, stop_token_ids
-from .sampling import RowSampler, logprobs_of, sample_batch
-from .text import IncrementalDetokenizer, StopMatcher, token_bytes
+from .scheduler import Job, Scheduler
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,86 +37,26 @@ T = TypeVar("T")
 
 @dataclass
 class _Control:
-    """A management task (load, unload, blend) run in the engine thread, between requests."""
+    """A management task (load, unload, blend) run in the engine thread, between batch steps."""
 
     fn: Callable[[], Any]
     done: Callable[[Any, BaseException | None], None]
 
 
-@dataclass
-class _Job:
-    request: GenerationRequest
-    prompt_ids: list[int]
-    max_new_tokens: int
-    emit: Callable[[GenerationEvent | HotloraError], None]
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-class _Row:
-    """One choice being generated: sampler, detokenizer and stop matcher of a single row."""
-
-    def __init__(self, index: int, job: _Job, loaded: LoadedModel) -> None:
-        self.index = index
-        self.job = job
-        self.sampler = RowSampler.create(job.request.sampling, index)
-        self.detok = IncrementalDetokenizer(loaded.tokenizer)
-        self.stops = StopMatcher(job.request.sampling.stop)
-        self.generated = 0
-        self.last_token = -1
-
-    def step(self, token: int, logits: torch.Tensor, loaded: LoadedModel, stop_ids: frozenset[int]) -> bool:
-        """Account for one sampled token, emit its text; return True when this row is finished."""
-        self.generated += 1
-        self.last_token = token
-        params = self.job.request.sampling
-        if token in stop_ids:
-            self._emit(self.detok.flush(), [], finish="stop", flush=True)
-            return True
-        logprobs = self._logprobs(token, logits, loaded) if params.logprobs else []
-        text, hit = self.stops.feed(self.detok.add(token))
-        if hit:
-            self._emit(text, logprobs, finish="stop")
-            return True
-        if self.generated >= self.job.max_new_tokens:
-            self._emit(text, logprobs, finish="length", flush=True)
-            return True
-        if text or logprobs:
-            self._emit(text, logprobs)
-        return False
-
-    def _emit(self, text: str, logprobs: list[TokenLogprob], finish: str | None = None, flush: bool = False) -> None:
-        if flush:
-            tail, hit = self.stops.feed(self.detok.flush())
-            text += tail if hit else tail + self.stops.flush()
-        self.job.emit(ChoiceDelta(index=self.index, text=text, logprobs=logprobs, finish_reason=finish))  # type: ignore[arg-type]
-
-    def _logprobs(self, token: int, logits: torch.Tensor, loaded: LoadedModel) -> list[TokenLogprob]:
-        tok = loaded.tokenizer
-        value, alternatives = logprobs_of(logits, token, self.job.request.sampling.top_logprobs)
-
-        def piece(token_id: int) -> tuple[str, list[int]]:
-            raw = token_bytes(tok, token_id)
-            return raw.decode("utf-8", errors="replace"), list(raw)
-
-        text, raw = piece(token)
-        top = [TopLogprob(token=t, logprob=lp, bytes=b) for (t, b), lp in ((piece(i), lp) for i, lp in alternatives)]
-        return [TokenLogprob(token=text, logprob=value, bytes=raw, top_logprobs=top)]
-
-
 class Engine:
-    """Implements `EngineClient`: loads the model in its own thread, then serves jobs one at a time."""
+    """Implements `EngineClient`: loads the model in its own thread, then serves jobs in one running batch."""
 
     def __init__(self, settings: Settings, on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self._settings = settings
         self._on_fatal = on_fatal
-        self._jobs: queue.Queue[_Job | _Control | None] = queue.Queue()
+        self._jobs: queue.Queue[Job | _Control | None] = queue.Queue()
         self._ready = threading.Event()
         self._loaded: LoadedModel | None = None
         self._catalog: AdapterCatalog | None = None
         self._pool: AdapterPool | None = None
         self._admin: AdapterAdmin | None = None
+        self._scheduler: Scheduler | None = None
         self._watcher: StoreWatcher | None = None
-        self._stop_ids: frozenset[int] = frozenset()
         self._created = int(time.time())
         self._thread = threading.Thread(target=self._run, name="hotlora-engine", daemon=True)
         self.error: BaseException | None = None
@@ -239,7 +167,7 @@ class Engine:
         assert self._admin is not None
         return self._admin
 
-    def _prepare(self, request: GenerationRequest) -> _Job:
+    def _prepare(self, request: GenerationRequest) -> Job:
         loaded, catalog = self._require_ready()
         if request.blend is not None:  # 404 / 400 before anything is queued
             catalog.check_blend(request.blend)
@@ -263,7 +191,7 @@ class Engine:
                 f"{wanted or 1} in the completion). Please reduce the length of the {param} or completion.",
                 param=param,
             )
-        return _Job(request=request, prompt_ids=prompt_ids, max_new_tokens=wanted or room, emit=lambda _: None)
+        return Job(request=request, prompt_ids=prompt_ids, max_new_tokens=wanted or room, emit=lambda _: None)
 
     # -- engine thread ------------------------------------------------------------------------------
 
@@ -276,19 +204,31 @@ class Engine:
             if self._on_fatal:
                 self._on_fatal(exc)
             return
-        while (job := self._jobs.get()) is not None:
-            if isinstance(job, _Control):
-                self._control(job)
-                continue
-            if job.cancelled.is_set():
-                continue
+        scheduler = self._scheduler
+        assert scheduler is not None
+        while self._take_arrivals(block=scheduler.idle):
+            scheduler.step()
+        scheduler.fail_all(ServiceUnavailableError("the server is shutting down", retry_after=1))
+
+    def _take_arrivals(self, block: bool) -> bool:
+        """Hand arrived jobs to the scheduler and run arrived management tasks; False once told to stop."""
+        scheduler = self._scheduler
+        assert scheduler is not None
+        try:
+            item = self._jobs.get(block=block)
+        except queue.Empty:
+            return True
+        while True:
+            if item is None:
+                return False
+            if isinstance(item, _Control):
+                self._control(item)
+            else:
+                scheduler.add(item)
             try:
-                self._serve(job)
-            except HotloraError as exc:
-                job.emit(exc)
-            except Exception as exc:  # one failed request must not take the engine down
-                log.exception("request %s failed", job.request.request_id)
-                job.emit(HotloraError(f"internal error while generating: {type(exc).__name__}: {exc}"))
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                return True
 
     @staticmethod
     def _control(task: _Control) -> None:
@@ -312,6 +252,7 @@ class Engine:
     def _load(self) -> None:
         started = time.perf_counter()
         loaded = load_model(self._settings)
+        use_batch_invariant_attention(loaded.model)
         store = AdapterStore(self._settings.adapters_dir)
         catalog = AdapterCatalog(store, loaded)
         adapters = [a.name for a in catalog.servable()]
@@ -322,49 +263,13 @@ class Engine:
         self._watcher = StoreWatcher(store)
         self._watcher.poll()  # what is there now is known; later polls report changes
         self._watcher.start(self._on_store_change)
-        self._stop_ids = stop_token_ids(loaded.tokenizer, loaded.model.generation_config.eos_token_id)
+        stop_ids = stop_token_ids(loaded.tokenizer, loaded.model.generation_config.eos_token_id)
+        self._scheduler = Scheduler(
+            loaded, self._pool, stop_ids, settings.max_num_seqs, settings.max_num_batched_tokens
+        )
         log.info(
             "serving %s (%s, %s, %s) in %.1fs; adapters in %s: %s",
             loaded.name, loaded.quantization, loaded.device, str(loaded.dtype).removeprefix("torch."),
             time.perf_counter() - started, self._settings.adapters_dir, ", ".join(adapters) or "none",
         )  # fmt: skip
         self._ready.set()
-
-    def _serve(self, job: _Job) -> None:
-        pool = self._pool
-        assert pool is not None
-        adapter = pool.acquire(job.request.model, job.request.blend)
-        try:
-            self._generate(job, pool, adapter)
-        finally:
-            pool.release(adapter)
-
-    def _generate(self, job: _Job, pool: AdapterPool, adapter: str) -> None:
-        loaded = self._loaded
-        assert loaded is not None
-        pool.prepare([adapter])
-        model = pool.model
-        cache = DynamicCache(config=loaded.model.config)
-        ids = torch.tensor([job.prompt_ids], device=loaded.device)
-        logits = prefill(model, ids, cache, **pool.forward_kwargs([adapter]))
-        n = job.request.n
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-            logits = logits.expand(n, -1)
-        all_rows = [_Row(i, job, loaded) for i in range(n)]
-        rows = list(all_rows)
-        while rows and not job.cancelled.is_set():
-            tokens = sample_batch([r.sampler for r in rows], logits)
-            keep = [i for i, (row, token) in enumerate(zip(rows, tokens, strict=True))
-                    if not row.step(token, logits[i], loaded, self._stop_ids)]  # fmt: skip
-            if len(keep) < len(rows):
-                rows = [rows[i] for i in keep]
-                if not rows:
-                    break
-                cache.batch_select_indices(torch.tensor(keep, device=loaded.device))
-                logits = logits[keep]
-            last = torch.tensor([r.last_token for r in rows], device=loaded.device)
-            logits = decode_one_token(model, last, cache, **pool.forward_kwargs([adapter] * len(rows)))
-        if not job.cancelled.is_set():
-            generated = sum(r.generated for r in all_rows)
-            job.emit(Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=generated))

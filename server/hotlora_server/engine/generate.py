@@ -1,7 +1,7 @@
 """Decoding as a few plain functions (the shape of gpt-fast's `prefill` / `decode_one_token`).
 
-Adapter selection rides along as forward kwargs (PEFT's per-row `adapter_names`), so one call serves
-rows of different adapters.
+Extra forward kwargs carry the per-step inputs of a padded batch (attention mask, positions) and, for
+adapters served through PEFT's own path, its per-row `adapter_names`.
 """
 
 from __future__ import annotations

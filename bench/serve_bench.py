@@ -1,0 +1,434 @@
+"""Serving throughput and latency: hotlora against `transformers serve` and a naive PEFT loop.
+
+    python bench/serve_bench.py [--quick] [--tokens 64] [--rounds 3] [--only hotlora,transformers,naive]
+                                [--home DIR] [--keep-logs]
+
+One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
+- hotlora (`hotlora serve`, 8 random store adapters, r=16): c=1 base; c=16 base; c=16 spread over the
+  8 adapters; c=16 over 4 blends (`lora0*0.5+lora1*0.5`, ...);
+- `transformers serve --continuous-batching --quantization bnb-4bit` on the same converted base folder:
+  c=1 and c=16 base (its bnb-4bit is nf4 with double quantization, hotlora's without);
+- naive: in this process, one request at a time, PEFT `set_adapter` + `model.generate`, over the same
+  request list as hotlora's "c=16, 8 adapters".
+
+Every request is a greedy (temperature 0) streamed chat asking for a long story, capped at --tokens
+(32 with --quick). A workload at concurrency c runs c clients, each sending its next request as soon as
+its previous one ends, until the list of max(c, 4) x --rounds requests is used up. Each system and model
+gets a short warm-up request first (adapters loaded, blends built, continuous batching started).
+
+The table's numbers:
+- tokens/request: mean completion tokens actually produced (from the usage chunk, not the cap);
+- output tok/s: all completion tokens of the workload / its wall time;
+- TTFT: from sending a request to its first content chunk. For naive, whose requests queue behind each
+  other, a request counts as sent when one of c=16 simulated clients would send it (at the start, or
+  when the request c places before it ended), so its TTFT includes the wait, as a server's would;
+- ITL: the gaps between successive content chunks of a request, pooled over all requests (naive: the
+  gaps between tokens, timed by a generate streamer).
+
+The ratios below the table are the serving targets, each computed from this run with PASS/FAIL. The
+markdown goes to stdout, bench/results/serve_bench-<UTC time>.md and bench/results/serve_bench-latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+from live_server import BASE_ID, RunningServer, free_port, save_random_lora, serving, stop_server  # noqa: E402
+
+from hotlora_adapters import AdapterStore  # noqa: E402
+
+SYSTEMS = {"hotlora": "hotlora", "transformers": "transformers serve", "naive": "naive (sequential PEFT)"}
+CONCURRENCY = 16
+MIN_REQUESTS = 4  # per round, so that c=1 has a few samples too
+ADAPTERS = tuple(f"lora{i}" for i in range(8))
+BLENDS = tuple(f"lora{i}*0.5+lora{i + 1}*0.5" for i in range(0, len(ADAPTERS), 2))
+TOPICS = ("a lighthouse keeper", "a dragon who cannot fly", "a lost robot", "two rival bakers",
+          "a ship in a storm", "a haunted library", "a clockmaker's apprentice", "a desert caravan")
+
+Request = tuple[str, list[dict[str, str]]]  # model, messages
+
+
+@dataclass(frozen=True)
+class Workload:
+    label: str
+    concurrency: int
+    models: tuple[str, ...]  # request i asks for models[i % len(models)]
+
+    def requests(self, rounds: int) -> list[Request]:
+        """The (model, messages) of every request, in the order clients take them."""
+        count = max(self.concurrency, MIN_REQUESTS) * rounds
+        return [(self.models[i % len(self.models)], story_prompt(i)) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Sample:
+    sent: float  # perf_counter() when the request was (or would have been) sent
+    stamps: list[float]  # perf_counter() at each content chunk (naive: each token)
+    tokens: int  # completion tokens produced
+
+
+@dataclass(frozen=True)
+class Summary:
+    system: str  # a key of SYSTEMS
+    label: str
+    concurrency: int
+    requests: int
+    tokens_per_request: float
+    tokens_per_s: float
+    ttft: tuple[float, float]  # p50, p95 in seconds
+    itl: tuple[float, float]  # p50, p95 in seconds
+
+
+@dataclass(frozen=True)
+class Skipped:
+    system: str
+    reason: str
+
+
+class Unavailable(RuntimeError):
+    """A system cannot run here; the message says why."""
+
+
+def story_prompt(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]}."}]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile, linearly interpolated between the closest ranks (NaN for no values)."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize(system: str, workload: Workload, samples: list[Sample], wall: float) -> Summary:
+    ttfts = [s.stamps[0] - s.sent for s in samples]
+    gaps = [b - a for s in samples for a, b in zip(s.stamps, s.stamps[1:])]
+    tokens = sum(s.tokens for s in samples)
+    return Summary(
+        system, workload.label, workload.concurrency, len(samples), tokens / len(samples), tokens / wall,
+        (percentile(ttfts, 50), percentile(ttfts, 95)), (percentile(gaps, 50), percentile(gaps, 95)),
+    )
+
+
+async def stream_chat(client: httpx.AsyncClient, model: str, messages: list[dict[str, str]], tokens: int) -> Sample:
+    """One greedy streamed chat: when each content chunk arrived, and the usage's completion tokens."""
+    body = {"model": model, "messages": messages, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    sent = time.perf_counter()
+    stamps: list[float] = []
+    produced: int | None = None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{model}: HTTP {response.status_code}: {(await response.aread()).decode()}")
+        async for line in response.aiter_lines():
+            payload = line.removeprefix("data:").strip()
+            if not line.startswith("data:") or payload == "[DONE]":
+                continue
+            chunk = json.loads(payload)
+            if "error" in chunk:
+                raise RuntimeError(f"{model}: error in stream: {chunk['error']}")
+            if any(choice["delta"].get("content") for choice in chunk.get("choices", [])):
+                stamps.append(time.perf_counter())
+            if chunk.get("usage"):
+                produced = chunk["usage"]["completion_tokens"]
+    if not stamps or produced is None:
+        raise RuntimeError(f"{model}: the stream ended without content or usage")
+    return Sample(sent, stamps, produced)
+
+
+async def run_clients(
+    base_url: str, requests: list[Request], concurrency: int, tokens: int
+) -> tuple[list[Sample], float]:
+    """`concurrency` clients share the request list; the samples and the wall time."""
+    pending = iter(requests)
+    samples: list[Sample] = []
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+
+        async def client_loop() -> None:
+            for model, messages in pending:
+                samples.append(await stream_chat(client, model, messages, tokens))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+        return samples, time.perf_counter() - started
+
+
+def bench_server(system: str, base_url: str, workloads: list[Workload], rounds: int, tokens: int) -> list[Summary]:
+    models = dict.fromkeys(m for w in workloads for m in w.models)
+    asyncio.run(run_clients(base_url, [(m, story_prompt(0)) for m in models], 1, 2))  # warm-up
+    summaries = []
+    for workload in workloads:
+        samples, wall = asyncio.run(run_clients(base_url, workload.requests(rounds), workload.concurrency, tokens))
+        summaries.append(summarize(system, workload, samples, wall))
+    return summaries
+
+
+def model_folder(home: Path) -> Path:
+    """The converted safetensors folder of the embedded base, as hotlora loads it (converted once)."""
+    from hotlora_server.engine.loader import resolve_model
+    from hotlora_server.settings import Settings
+
+    return Path(resolve_model(Settings.build({"home": str(home)}, {}))[1])
+
+
+def bench_hotlora(home: Path, library: Path, store: Path, logs: Path, rounds: int, tokens: int) -> list[Summary]:
+    for name in ADAPTERS:
+        AdapterStore(store).register(name, library / name)
+    # room for the 8 adapters and the 4 blends, so that none is evicted while measured
+    args = ["--home", str(home), "--adapters-dir", str(store), "--max-loaded-adapters", "16",
+            "--log-level", "warning"]
+    workloads = [Workload("base", 1, (BASE_ID,)), Workload("base", CONCURRENCY, (BASE_ID,)),
+                 Workload("8 adapters", CONCURRENCY, ADAPTERS), Workload("4 blends", CONCURRENCY, BLENDS)]
+    with serving(args, logs / "hotlora.log") as server:
+        return bench_server("hotlora", server.base_url, workloads, rounds, tokens)
+
+
+@contextmanager
+def transformers_serving(model_dir: Path, log: Path, timeout: float = 300) -> Iterator[RunningServer]:
+    """`transformers serve` with continuous batching on `model_dir` in 4-bit, on hotlora's device and dtype."""
+    from transformers.utils.import_utils import is_serve_available
+
+    from hotlora_server.engine.loader import pick_device, pick_dtype
+
+    cli = Path(sys.executable).parent / "transformers"
+    if not is_serve_available() or not cli.is_file():
+        raise Unavailable("needs the transformers CLI with fastapi, uvicorn, openai and pydantic "
+                          "(pip install 'transformers[serving]')")
+    device = pick_device("auto")
+    dtype = str(pick_dtype("auto", device)).removeprefix("torch.")
+    port = free_port()
+    cmd = [str(cli), "serve", str(model_dir), "--continuous-batching", "--quantization", "bnb-4bit",
+           "--device", device.type, "--dtype", dtype, "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as handle:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    server = RunningServer(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.monotonic() + timeout
+        while not healthy(server):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                last = (server.output().strip().splitlines() or ["(no output)"])[-1]
+                raise Unavailable(f"transformers serve did not start (exit code {proc.poll()}): {last}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        stop_server(server)
+
+
+def healthy(server: RunningServer) -> bool:
+    try:
+        return httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def bench_transformers(model_dir: Path, logs: Path, rounds: int, tokens: int) -> list[Summary]:
+    model = str(model_dir)  # a server started with a model answers only to that exact name
+    workloads = [Workload("base", 1, (model,)), Workload("base", CONCURRENCY, (model,))]
+    with transformers_serving(model_dir, logs / "transformers.log") as server:
+        return bench_server("transformers", server.base_url, workloads, rounds, tokens)
+
+
+def bench_naive(home: Path, library: Path, rounds: int, tokens: int) -> list[Summary]:
+    """One request at a time in this process: `set_adapter`, then `generate` with a token-timing streamer."""
+    import torch
+    from peft import PeftModel
+    from transformers.generation.streamers import BaseStreamer
+
+    from hotlora_server.engine.loader import load_model
+    from hotlora_server.settings import Settings
+
+    class TokenClock(BaseStreamer):
+        """Times each generated token (`generate` first puts the prompt, which is skipped)."""
+
+        def __init__(self) -> None:
+            self.puts: list[float] = []
+
+        def put(self, value: Any) -> None:
+            self.puts.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    loaded = load_model(Settings.build({"home": str(home)}, {}))
+    # Every adapter is loaded before the first forward: on AVX512-BF16 CPUs bitsandbytes repacks the
+    # 4-bit weights then, and PEFT loads after that would corrupt them (see engine/bnb_cpu.py).
+    model = PeftModel.from_pretrained(loaded.model, library / ADAPTERS[0], adapter_name=ADAPTERS[0])
+    for name in ADAPTERS[1:]:
+        model.load_adapter(library / name, adapter_name=name)
+
+    def generate(adapter: str, messages: list[dict[str, str]], max_tokens: int) -> list[float]:
+        model.set_adapter(adapter)
+        inputs = loaded.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(loaded.device)
+        clock = TokenClock()
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False, streamer=clock)
+        return clock.puts[1:]
+
+    workload = Workload("8 adapters", CONCURRENCY, ADAPTERS)
+    generate(ADAPTERS[0], story_prompt(0), 2)  # warm-up
+    samples: list[Sample] = []
+    ended: list[float] = []
+    started = time.perf_counter()
+    for i, (adapter, messages) in enumerate(workload.requests(rounds)):
+        sent = ended[i - CONCURRENCY] if i >= CONCURRENCY else started
+        stamps = generate(adapter, messages, tokens)
+        ended.append(time.perf_counter())
+        samples.append(Sample(sent, stamps, len(stamps)))
+    return [summarize("naive", workload, samples, time.perf_counter() - started)]
+
+
+def results_table(rows: list[Summary | Skipped]) -> list[str]:
+    lines = ["| system | workload | c | requests | tokens/request | output tok/s | TTFT p50 (s) | TTFT p95 (s) "
+             "| ITL p50 (ms) | ITL p95 (ms) |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for row in rows:
+        if isinstance(row, Skipped):
+            lines.append(f"| {SYSTEMS[row.system]} | skipped: {row.reason} | | | | | | | | |")
+            continue
+        lines.append(f"| {SYSTEMS[row.system]} | {row.label} | {row.concurrency} | {row.requests} "
+                     f"| {row.tokens_per_request:.1f} | {row.tokens_per_s:.1f} | {row.ttft[0]:.2f} | {row.ttft[1]:.2f} "
+                     f"| {row.itl[0] * 1000:.0f} | {row.itl[1] * 1000:.0f} |")
+    return lines
+
+
+def targets_table(rows: list[Summary | Skipped]) -> list[str]:
+    """The serving targets, each from this run's rows: value, goal, PASS/FAIL (n/a when a row is missing)."""
+    by_key = {(r.system, r.label, r.concurrency): r for r in rows if isinstance(r, Summary)}
+    c = CONCURRENCY
+    hot_base1, hot_base, hot_adapters = ("hotlora", "base", 1), ("hotlora", "base", c), ("hotlora", "8 adapters", c)
+    ratios = [
+        (f"hotlora c={c} 8 adapters / hotlora c={c} base", hot_adapters, hot_base, 0.8),
+        (f"hotlora c={c} 8 adapters / naive", hot_adapters, ("naive", "8 adapters", c), 5.0),
+        (f"hotlora c={c} base / transformers serve c={c}", hot_base, ("transformers", "base", c), 1.3),
+        ("hotlora c=1 / transformers serve c=1", hot_base1, ("transformers", "base", 1), 1.3),
+    ]
+    lines = ["| target (output tok/s ratio or latency) | value | goal | result |", "|---|--:|--:|---|"]
+    for name, top, bottom, goal in ratios:
+        if top in by_key and bottom in by_key:
+            value = by_key[top].tokens_per_s / by_key[bottom].tokens_per_s
+            lines.append(f"| {name} | {value:.2f}x | ≥ {goal}x | {'PASS' if value >= goal else 'FAIL'} |")
+        else:
+            lines.append(f"| {name} | | ≥ {goal}x | n/a (not run) |")
+    worst = max((r.ttft[1] for k, r in by_key.items() if k[0] == "hotlora" and k[2] == c), default=None)
+    if worst is None:
+        lines.append(f"| hotlora TTFT p95, worst c={c} workload | | ≤ 1 s | n/a (not run) |")
+    else:
+        verdict = "PASS" if worst <= 1.0 else "FAIL"
+        lines.append(f"| hotlora TTFT p95, worst c={c} workload | {worst:.2f} s | ≤ 1 s | {verdict} |")
+    return lines
+
+
+def machine_header(stamp: str) -> list[str]:
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+               platform.processor() or "unknown")
+    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    packages = ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "peft", "bitsandbytes"))
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    dirty = " (uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return [f"# serve_bench {stamp}", "",
+            f"- machine: {cpu}, {os.cpu_count()} cores, {ram_gib:.0f} GiB RAM, GPU: {gpu}",
+            f"- packages: {packages}",
+            f"- commit: {git('rev-parse', '--short', 'HEAD')}{dirty}",
+            f"- command: `{shlex.join(['python', *sys.argv])}`"]
+
+
+def system_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = set(names) - set(SYSTEMS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    return names
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one round of requests, 32 tokens each")
+    parser.add_argument("--tokens", type=int, help="max tokens per request (default 64, 32 with --quick)")
+    parser.add_argument("--rounds", type=int, help="requests per workload: max(c, 4) x rounds (default 3; 1 with --quick)")
+    parser.add_argument("--only", type=system_list, action="extend",
+                        help=f"systems to run, a comma list or repeated: {', '.join(SYSTEMS)} (default: all)")
+    parser.add_argument("--home", type=Path,
+                        help="hotlora home with the converted base (default: a temporary one, converted afresh)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their folder is printed)")
+    args = parser.parse_args()
+    args.tokens = args.tokens or (32 if args.quick else 64)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.only = args.only or list(SYSTEMS)
+    return args
+
+
+def run_systems(args: argparse.Namespace, root: Path, logs: Path) -> list[Summary | Skipped]:
+    home = (args.home or root / "home").resolve()
+    model_dir = model_folder(home)
+    library = root / "library"
+    if {"hotlora", "naive"} & set(args.only):
+        for i, name in enumerate(ADAPTERS):
+            save_random_lora(model_dir, library / name, seed=i, r=16, strength=0.25)
+    rows: list[Summary | Skipped] = []
+    if "hotlora" in args.only:
+        rows += bench_hotlora(home, library, root / "store", logs, args.rounds, args.tokens)
+    if "transformers" in args.only:
+        try:
+            rows += bench_transformers(model_dir, logs, args.rounds, args.tokens)
+        except Unavailable as exc:
+            rows.append(Skipped("transformers", str(exc)))
+    if "naive" in args.only:
+        rows += bench_naive(home, library, args.rounds, args.tokens)
+    return rows
+
+
+def main() -> int:
+    args = parse_args()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    with tempfile.TemporaryDirectory(prefix="serve_bench-") as tmp:
+        logs = Path(tempfile.mkdtemp(prefix="serve_bench-logs-")) if args.keep_logs else Path(tmp)
+        rows = run_systems(args, Path(tmp), logs)
+    report = "\n".join([*machine_header(stamp), "", *results_table(rows), "", *targets_table(rows)]) + "\n"
+    print(report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"serve_bench-{stamp}.md").write_text(report)
+    (RESULTS / "serve_bench-latest.md").write_text(report)
+    if args.keep_logs:
+        print(f"server logs kept in {logs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Continuous batching: requests join the running batch after their prefill and leave when done.
+
+Each scheduler step (in the engine thread) first spends up to `max_num_batched_tokens` prompt tokens on
+prefilling waiting requests in arrival order — a long prompt is prefilled in chunks of that size over
+several steps, so it never stalls the rows already decoding for long — then runs one decode step over
+every running row. A row carries its own adapter (or blend, or the base), sampling parameters, seed, stop sequences and
+token budget; rows of one request (`n`) share its prefill. Cancelled requests leave at the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from ..errors import HotloraError
+from ..types import ChoiceDelta, GenerationEvent, GenerationRequest, TokenLogprob, TopLogprob, Usage
+from .adapter_pool import AdapterPool
+from .batch_cache import BatchCache
+from .generate import decode_one_token, prefill
+from .loader import LoadedModel
+from .sampling import RowSampler, logprobs_of, sample_batch
+from .text import IncrementalDetokenizer, StopMatcher, token_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One request: its prompt, what it may generate, and where its events go."""
+
+    request: GenerationRequest
+    prompt_ids: list[int]
+    max_new_tokens: int
+    emit: Callable[[GenerationEvent | HotloraError], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    key: str | None = None  # the pinned PEFT adapter key, once admitted
+    cache: DynamicCache | None = None  # its own cache while prefilling
+    prefilled: int = 0  # prompt tokens run so far
+    rows: list[Row] = field(default_factory=list)
+    failed: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.failed or self.cancelled.is_set() or all(row.finished for row in self.rows)
+
+
+class Row:
+    """One choice being generated: sampler, detokenizer and stop matcher of a single row."""
+
+    def __init__(self, index: int, job: Job, loaded: LoadedModel) -> None:
+        self.index = index
+        self.job = job
+        self.sampler = RowSampler.create(job.request.sampling, index)
+        self.detok = IncrementalDetokenizer(loaded.tokenizer)
+        self.stops = StopMatcher(job.request.sampling.stop)
+        self.generated = 0
+        self.last_token = -1
+        self.finished = False
+
+    def step(self, token: int, logits: torch.Tensor, loaded: LoadedModel, stop_ids: frozenset[int]) -> None:
+        """Account for one sampled token and emit its text; set `finished` when the row is done."""
+        self.generated += 1
+        self.last_token = token
+        params = self.job.request.sampling
+        if token in stop_ids:
+            self._emit(self.detok.flush(), [], finish="stop", flush=True)
+            return
+        logprobs = self._logprobs(token, logits, loaded) if params.logprobs else []
+        text, hit = self.stops.feed(self.detok.add(token))
+        if hit:
+            self._emit(text, logprobs, finish="stop")
+        elif self.generated >= self.job.max_new_tokens:
+            self._emit(text, logprobs, finish="length", flush=True)
+        elif text or logprobs:
+            self._emit(text, logprobs)
+
+    def _emit(self, text: str, logprobs: list[TokenLogprob], finish: str | None = None, flush: bool = False) -> None:
+        if flush:
+            tail, hit = self.stops.feed(self.detok.flush())
+            text += tail if hit else tail + self.stops.flush()
+        self.finished = finish is not None
+        self.job.emit(ChoiceDelta(index=self.index, text=text, logprobs=logprobs, finish_reason=finish))  # type: ignore[arg-type]
+
+    def _logprobs(self, token: int, logits: torch.Tensor, loaded: LoadedModel) -> list[TokenLogprob]:
+        tok = loaded.tokenizer
+        value, alternatives = logprobs_of(logits, token, self.job.request.sampling.top_logprobs)
+
+        def piece(token_id: int) -> tuple[str, list[int]]:
+            raw = token_bytes(tok, token_id)
+            return raw.decode("utf-8", errors="replace"), list(raw)
+
+        text, raw = piece(token)
+        top = [TopLogprob(token=t, logprob=lp, bytes=b) for (t, b), lp in ((piece(i), lp) for i, lp in alternatives)]
+        return [TokenLogprob(token=text, logprob=value, bytes=raw, top_logprobs=top)]
+
+
+class Scheduler:
+    """The waiting queue and the running batch; driven by the engine thread, one `step` at a time."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        pool: AdapterPool,
+        stop_ids: frozenset[int],
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+    ) -> None:
+        self._loaded = loaded
+        self._pool = pool
+        self._stop_ids = stop_ids
+        self._max_rows = max_num_seqs
+        self._token_budget = max_num_batched_tokens
+        self.waiting: deque[Job] = deque()
+        self.running: list[Row] = []
+        self._batch = BatchCache()
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.running
+
+    def add(self, job: Job) -> None:
+        self.waiting.append(job)
+
+    def step(self) -> None:
+        """Prefill what the token budget allows, then decode one token for every running row."""
+        self._prefill_waiting()
+        self._compact()
+        if self.running:
+            self._decode()
+            self._compact()
+
+    def fail_all(self, error: HotloraError) -> None:
+        """Fail every request (the engine is stopping)."""
+        for job in [*self.waiting, *{id(r.job): r.job for r in self.running}.values()]:
+            self._fail(job, error)
+        self.waiting.clear()
+        self._compact()
+
+    # -- prefill ------------------------------------------------------------------------------------
+
+    def _prefill_waiting(self) -> None:
+        """Prefill chunks of waiting prompts, in arrival order, while they fit this step's token budget."""
+        budget = self._token_budget
+        while self.waiting:
+            job = self.waiting[0]
+            if job.cancelled.is_set():
+                self._finish(self.waiting.popleft())
+                continue
+            if job.key is None:
+                if self.running and len(self.running) + job.request.n > self._max_rows:
+                    return  # wait for rows to leave
+                if not self._admit(job):
+                    self.waiting.popleft()
+                    continue
+            if min(self._token_budget, len(job.prompt_ids) - job.prefilled) > budget:
+                return  # the next chunk waits for the next step
+            try:
+                budget -= self._prefill_chunk(job)
+            except Exception as exc:  # this request's failure must not take the others down
+                if self.waiting and self.waiting[0] is job:
+                    self.waiting.popleft()
+                self._fail(job, _internal(job, exc))
+
+    def _admit(self, job: Job) -> bool:
+        """Pin the job's adapter (loading it if needed); False if that failed (the job got the error)."""
+        try:
+            job.key = self._pool.acquire(job.request.model, job.request.blend)
+        except HotloraError as exc:
+            self._fail(job, exc)
+            return False
+        except Exception as exc:  # a broken adapter fails its request, not the engine
+            self._fail(job, _internal(job, exc))
+            return False
+        job.cache = DynamicCache(config=self._loaded.model.config)
+        return True
+
+    def _prefill_chunk(self, job: Job) -> int:
+        """Run the next chunk of the job's prompt; when it is complete, start its rows. Returns tokens run.
+
+        Chunks are cut at fixed offsets (multiples of the budget), never where another request's prefill
+        left the budget: the cut changes the arithmetic, and a request's output must not depend on others.
+        """
+        assert job.key is not None and job.cache is not None
+        chunk = job.prompt_ids[job.prefilled : job.prefilled + self._token_budget]
+        ids = torch.tensor([chunk], device=self._loaded.device)
+        with self._pool.routing([job.key]) as kwargs:
+            logits = prefill(self._pool.model, ids, job.cache, **kwargs)
+        job.prefilled += len(chunk)
+        if job.prefilled == len(job.prompt_ids):
+            self.waiting.popleft()
+            self._start_rows(job, logits)
+        return len(chunk)
+
+    def _start_rows(self, job: Job, logits: torch.Tensor) -> None:
+        n = job.request.n
+        job.rows = [Row(i, job, self._loaded) for i in range(n)]
+        assert job.cache is not None
+        self._batch.join(job.cache, n)
+        job.cache = None
+        self.running.extend(job.rows)
+        self._sample(job.rows, logits.expand(n, -1))
+
+    # -- decode -------------------------------------------------------------------------------------
+
+    def _decode(self) -> None:
+        rows = self.running
+        device = self._loaded.device
+        tokens = torch.tensor([row.last_token for row in rows], device=device)
+        mask, positions = self._batch.step_inputs(device)
+        keys = [row.job.key for row in rows]
+        try:
+            with self._pool.routing(keys) as kwargs:  # type: ignore[arg-type]
+                logits = decode_one_token(
+                    self._pool.model, tokens, self._batch.cache, attention_mask=mask, position_ids=positions, **kwargs
+                )
+        except Exception as exc:  # a failed batch step fails the requests in it; the engine keeps serving
+            log.exception("decode step failed for %d rows", len(rows))
+            for job in {id(r.job): r.job for r in rows}.values():
+                self._fail(job, _internal(job, exc))
+            return
+        self._batch.advance()
+        self._sample(rows, logits)
+
+    def _sample(self, rows: list[Row], logits: torch.Tensor) -> None:
+        tokens = sample_batch([row.sampler for row in rows], logits)
+        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            if row.job.done:
+                continue
+            try:
+                row.step(token, logits[i], self._loaded, self._stop_ids)
+            except Exception as exc:  # e.g. detokenization: fail this request only
+                self._fail(row.job, _internal(row.job, exc))
+
+    def _compact(self) -> None:
+        """Drop finished and cancelled rows from the batch; finish requests whose rows are all done."""
+        keep = [i for i, row in enumerate(self.running) if not (row.finished or row.job.done)]
+        if len(keep) == len(self.running):
+            return
+        kept = set(keep)
+        leaving = {id(r.job): r.job for i, r in enumerate(self.running) if i not in kept}
+        self._batch.keep(keep)
+        self.running = [self.running[i] for i in keep]
+        for job in leaving.values():
+            if job.done:
+                self._finish(job)
+
+    # -- ending requests ----------------------------------------------------------------------------
+
+    def _finish(self, job: Job) -> None:
+        """Report usage (unless the client left or the job failed) and unpin its adapter."""
+        if not job.failed and not job.cancelled.is_set() and job.rows:
+            generated = sum(row.generated for row in job.rows)
+            job.emit(Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=generated))
+        self._release(job)
+
+    def _fail(self, job: Job, error: HotloraError) -> None:
+        if job.failed:
+            return
+        job.failed = True
+        job.emit(error)
+        if not any(row.job is job for row in self.running):
+            self._release(job)  # otherwise its rows release it when they leave the batch
+
+    def _release(self, job: Job) -> None:
+        if job.key is not None:
+            self._pool.release(job.key)
+            job.key = None
+        job.cache = None
+
+
+def _internal(job: Job, exc: Exception) -> HotloraError:
+    log.exception("request %s failed", job.request.request_id, exc_info=exc)
+    return HotloraError(f"internal error while generating: {type(exc).__name__}: {exc}")

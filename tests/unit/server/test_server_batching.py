@@ -1,0 +1,267 @@
+"""Continuous batching on the tiny llama: stacked LoRA vs PEFT, the left-padded batch cache, the scheduler.
+
+PEFT is the reference: the stacked deltas must give what PEFT's own per-row routing gives, and a row's
+logits in a padded mixed batch must be those it gets alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import ADAPTER_NAME, TINY_NAME, _tiny_llama, tiny_settings
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import DynamicCache
+
+from hotlora_server.engine.batch_cache import BatchCache
+from hotlora_server.engine.lora_stack import LoraStack
+from hotlora_server.types import ChoiceDelta, GenerationRequest, SamplingParams, Usage
+
+BASE = "__base__"
+
+
+@pytest.fixture(scope="module")
+def peft_model(real_tokenizer: Any) -> PeftModel:
+    """The tiny llama with three random adapters of different ranks and a `cat` blend of two of them."""
+    base = _tiny_llama(len(real_tokenizer), real_tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(1)
+        model = get_peft_model(base, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False), "a")
+        for name, r, targets in (("b", 4, "all-linear"), ("c", 8, ["q_proj", "v_proj"])):
+            model.add_adapter(name, LoraConfig(r=r, lora_alpha=3 * r, target_modules=targets, init_lora_weights=False))
+        model.add_weighted_adapter(["a", "b"], [0.7, 0.4], "ab", combination_type="cat")
+    return model.eval()
+
+
+def _peft_logits(model: PeftModel, ids: torch.Tensor, keys: list[str]) -> torch.Tensor:
+    model.base_model.enable_adapter_layers()
+    with torch.inference_mode():
+        return model(input_ids=ids, adapter_names=keys).logits
+
+
+def _stacked_logits(model: PeftModel, stack: LoraStack, ids: torch.Tensor, keys: list[str]) -> torch.Tensor:
+    assert stack.covers(model, set(keys) - {BASE})
+    model.base_model.disable_adapter_layers()  # PEFT passes the base through; the stack adds the deltas
+    try:
+        with torch.inference_mode(), stack.rows(keys, BASE):
+            return model(input_ids=ids).logits
+    finally:
+        model.base_model.enable_adapter_layers()
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [["a", "b", BASE, "c", "ab", "a"], ["b", "b"], ["ab"], [BASE, BASE], ["c", BASE]],
+    ids=["mixed", "one-adapter", "blend", "base-only", "partial-targets"],
+)
+def test_stacked_lora_matches_peft(peft_model: PeftModel, keys: list[str]) -> None:
+    ids = torch.randint(0, 1000, (len(keys), 7), generator=torch.Generator().manual_seed(0))
+    expected = _peft_logits(peft_model, ids, keys)
+    got = _stacked_logits(peft_model, LoraStack(torch.float32), ids, keys)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_stack_follows_adapter_changes_and_skips_dora(peft_model: PeftModel) -> None:
+    stack = LoraStack(torch.float32)
+    assert stack.covers(peft_model, {"a", "b", "c", "ab"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model.add_adapter("d", LoraConfig(r=2, target_modules=["q_proj"], use_dora=True, init_lora_weights=False))
+    try:
+        stack.invalidate()
+        assert stack.covers(peft_model, {"a"}) and not stack.covers(peft_model, {"a", "d"})
+        ids = torch.randint(0, 1000, (2, 5), generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(
+            _stacked_logits(peft_model, stack, ids, ["a", BASE]), _peft_logits(peft_model, ids, ["a", BASE])
+        )
+    finally:
+        peft_model.delete_adapter("d")
+        stack.invalidate()
+
+
+def test_hooks_add_nothing_outside_a_routed_forward(peft_model: PeftModel) -> None:
+    stack = LoraStack(torch.float32)
+    assert stack.covers(peft_model, {"a"})
+    ids = torch.randint(0, 1000, (1, 5), generator=torch.Generator().manual_seed(2))
+    peft_model.base_model.disable_adapter_layers()
+    try:
+        with torch.inference_mode(), peft_model.disable_adapter():
+            base = peft_model(input_ids=ids).logits
+        with torch.inference_mode():
+            torch.testing.assert_close(peft_model(input_ids=ids).logits, base)
+    finally:
+        peft_model.base_model.enable_adapter_layers()
+
+
+@torch.inference_mode()
+def test_padded_batch_matches_each_row_alone(peft_model: PeftModel) -> None:
+    """Rows of different lengths join and leave a running batch; every step's logits equal the row alone."""
+    model = peft_model.get_base_model()
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 1000, (1, n), generator=gen) for n in (9, 3, 14, 5)]
+
+    def alone(prompt: torch.Tensor, steps: list[int]) -> list[torch.Tensor]:
+        cache = DynamicCache(config=model.config)
+        model(input_ids=prompt, cache=cache)
+        out = []
+        for token in steps:
+            out.append(model(input_ids=torch.tensor([[token]]), cache=cache).logits[0, -1])
+        return out
+
+    batch = BatchCache()
+    tokens = [[11, 12, 13, 14, 15, 16], [21, 22, 23, 24, 25, 26], [31, 32, 33, 34], [41, 42, 43, 44, 45]]
+    expected = [alone(p, t) for p, t in zip(prompts, tokens, strict=True)]
+    running: list[int] = []  # prompt index of each batch row
+    done = [0, 0, 0, 0]
+    schedule = {0: [0, 1], 1: [2], 3: [3]}  # step -> prompts joining before it
+    for step in range(12):
+        for index in schedule.get(step, []):
+            cache = DynamicCache(config=model.config)
+            model(input_ids=prompts[index], cache=cache)
+            batch.join(cache, 1)
+            running.append(index)
+        leaving = [row for row, index in enumerate(running) if done[index] == len(tokens[index])]
+        if leaving:
+            batch.keep([row for row in range(len(running)) if row not in leaving])
+            running = [index for row, index in enumerate(running) if row not in leaving]
+        if not running:
+            break
+        ids = torch.tensor([[tokens[index][done[index]]] for index in running])
+        mask, positions = batch.step_inputs(torch.device("cpu"))
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=batch.cache).logits[:, -1]
+        batch.advance()
+        for row, index in enumerate(running):
+            torch.testing.assert_close(logits[row], expected[index][done[index]], rtol=1e-4, atol=1e-4)
+            done[index] += 1
+    assert done == [len(t) for t in tokens]
+    assert batch.rows == 0 and batch.cache is None
+
+
+def _request(model: str, content: str, n: int = 1, **sampling: Any) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=str(uuid.uuid4()),
+        model=model,
+        messages=({"role": "user", "content": content},),
+        sampling=SamplingParams(**{"max_tokens": 12, "temperature": 0.0, **sampling}),
+        n=n,
+    )
+
+
+async def _collect(engine: Any, request: GenerationRequest) -> tuple[dict[int, str], Usage]:
+    texts: dict[int, str] = {}
+    async for event in engine.generate(request):
+        if isinstance(event, ChoiceDelta):
+            texts[event.index] = texts.get(event.index, "") + event.text
+        elif isinstance(event, Usage):
+            return texts, event
+    raise AssertionError("no usage event")
+
+
+REQUESTS = [
+    (TINY_NAME, "hello there", {}),
+    (ADAPTER_NAME, "a somewhat longer prompt about lighthouses and storms at sea", {}),
+    (TINY_NAME, "x", {"max_tokens": 3}),
+    (ADAPTER_NAME, "seeded sampling", {"temperature": 0.9, "seed": 7, "n": 2}),
+    (TINY_NAME, "stop early", {"stop": ("e",)}),
+    (ADAPTER_NAME, "short", {"max_tokens": 20}),
+]
+
+
+def _outputs(engine: Any, concurrently: bool) -> list[tuple[dict[int, str], int]]:
+    async def run() -> list[tuple[dict[int, str], Usage]]:
+        requests = [_request(model, text, **extra) for model, text, extra in REQUESTS]
+        if concurrently:
+            return list(await asyncio.gather(*(_collect(engine, r) for r in requests)))
+        return [await _collect(engine, r) for r in requests]
+
+    return [(texts, usage.completion_tokens) for texts, usage in asyncio.run(run())]
+
+
+def test_outputs_do_not_depend_on_the_batch(tiny_engine: Any) -> None:
+    """Greedy and seeded rows, base and adapter, stops and budgets: alone == all in one batch."""
+    alone = _outputs(tiny_engine, concurrently=False)
+    assert len(alone[3][0]) == 2 and alone[3][0][0] != alone[3][0][1]  # n=2 rows sample apart
+    assert alone[2][1] == 3  # max_tokens honoured
+    assert _outputs(tiny_engine, concurrently=True) == alone
+
+
+@pytest.mark.parametrize("extra", [{"max_num_batched_tokens": 16}, {"max_num_seqs": 2}], ids=["chunked-prefill", "queued"])
+def test_chunked_prefill_and_waiting_rows_give_the_same_outputs(
+    tiny_engine: Any, tiny_dir: Path, adapter_store: Path, tmp_path: Path, extra: dict[str, int]
+) -> None:
+    from hotlora_server.engine.engine import Engine
+
+    expected = _outputs(tiny_engine, concurrently=True)
+    engine = Engine(tiny_settings(tiny_dir, tmp_path, adapter_store, **extra))
+    engine.start()
+    try:
+        while not engine.is_ready():
+            assert engine.error is None
+            engine._ready.wait(0.05)
+        assert _outputs(engine, concurrently=True) == expected
+    finally:
+        engine.stop()
+
+
+def test_a_cancelled_stream_leaves_and_the_others_finish(tiny_engine: Any) -> None:
+    async def run() -> tuple[dict[int, str], Usage]:
+        long = _request(TINY_NAME, "never mind", max_tokens=200)
+        stream = tiny_engine.generate(long)
+        await anext(stream)
+        other = asyncio.create_task(_collect(tiny_engine, _request(ADAPTER_NAME, "still here", max_tokens=30)))
+        await stream.aclose()  # the client went away
+        return await other
+
+    texts, usage = asyncio.run(run())
+    assert usage.completion_tokens > 0 and texts[0]
+    assert tiny_engine._scheduler.idle
+
+
+class _Zeros(torch.nn.Module):
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], self.features)
+
+
+@torch.inference_mode()
+def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(peft_model: PeftModel) -> None:
+    """What batch invariance rests on: the stacked deltas and the attention give a row the same bits."""
+    from hotlora_server.engine.attention import batch_invariant_attention
+
+    stack = LoraStack(torch.float32)
+    keys = ["a", BASE, "ab", "c", "a"]
+    x = torch.randn(len(keys), 1, 64, generator=torch.Generator().manual_seed(4))
+    assert stack.covers(peft_model, set(keys) - {BASE})
+    layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    dense_base = layer.base_layer  # float32 GEMMs differ by row count; the 4-bit kernel served does not
+    layer.base_layer = _Zeros(dense_base.out_features)
+    peft_model.base_model.disable_adapter_layers()
+    try:
+        with stack.rows(keys, BASE):
+            together = layer(x)  # the deltas alone
+        assert together.abs().sum() > 0 and torch.equal(together[1], torch.zeros_like(together[1]))
+        for row, key in enumerate(keys):
+            with stack.rows([key], BASE):
+                assert torch.equal(layer(x[row : row + 1]), together[row : row + 1]), key
+    finally:
+        layer.base_layer = dense_base
+        peft_model.base_model.enable_adapter_layers()
+
+    gen = torch.Generator().manual_seed(5)
+    module = peft_model.get_base_model().model.layers[0].self_attn
+    query = torch.randn(3, 4, 1, 16, generator=gen)
+    keys_, values = torch.randn(3, 2, 9, 16, generator=gen), torch.randn(3, 2, 9, 16, generator=gen)
+    mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., :4] = False  # row 1 is left-padded by 4
+    out, _ = batch_invariant_attention(module, query, keys_, values, mask, scaling=0.25)
+    alone, _ = batch_invariant_attention(module, query[1:2], keys_[1:2, :, 4:], values[1:2, :, 4:], None, scaling=0.25)
+    assert torch.equal(out[1:2], alone)
