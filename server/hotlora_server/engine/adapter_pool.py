@@ -2,9 +2,10 @@
 
 Adapters are served unmerged by default: one forward pass mixes the base and any number of adapters row by
 row (`lora_stack`, or PEFT's per-row `adapter_names` for adapters the stack cannot express), so requests
-for different adapters never disturb each other and the base weights are never touched. The pool keeps at most `max_resident` adapters and blends (LRU), never evicts
-one a request is using, loads a re-registered adapter's new weights under a new key (requests in flight
-finish on the old ones), and may merge one adapter for speed (see `merging`).
+for different adapters never disturb each other and the base weights are never touched. The pool keeps at
+most `max_resident` adapters and blends (LRU), never evicts one a request is using, loads a re-registered
+adapter's new weights under a new key (requests in flight finish on the old ones), and may merge one
+adapter for speed (see `merging`).
 """
 
 from __future__ import annotations

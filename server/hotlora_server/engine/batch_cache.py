@@ -32,14 +32,11 @@ class BatchCache:
     def rows(self) -> int:
         return int(self.pad.shape[0])
 
-    def join(self, cache: DynamicCache, repeats: int) -> None:
-        """Append the rows of a freshly prefilled `cache` (one prompt), repeated `repeats` times."""
-        if repeats > 1:
-            cache.batch_repeat_interleave(repeats)
+    def join(self, cache: DynamicCache, pad: torch.Tensor) -> None:
+        """Append the rows of a freshly prefilled, left-padded `cache` (row `i` padded by `pad[i]`)."""
         length = cache.get_seq_length()
         if self.cache is None:
-            self.cache, self.length = cache, length
-            self.pad = torch.zeros(repeats, dtype=torch.long)
+            self.cache, self.length, self.pad = cache, length, pad.clone()
             return
         width = max(self.length, length)
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
@@ -47,8 +44,7 @@ class BatchCache:
             mine.values = torch.cat(
                 [_pad_left(mine.values, width - self.length), _pad_left(theirs.values, width - length)]
             )
-        new = torch.full((repeats,), width - length, dtype=torch.long)
-        self.pad = torch.cat([self.pad + (width - self.length), new])
+        self.pad = torch.cat([self.pad + (width - self.length), pad + (width - length)])
         self.length = width
 
     def keep(self, rows: list[int]) -> None:

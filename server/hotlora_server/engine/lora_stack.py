@@ -8,10 +8,12 @@ likewise (`B: [out, R]`); adapter `k` owns the columns `[start_k, stop_k)`. One 
 
     delta = ((x @ A.T) * mask) @ B.T
 
-where `mask` keeps each row's own columns (base rows: none). The shapes never depend on which adapters
-the batch uses, and the row count is padded to at least `MIN_ROWS`: float32 GEMMs give bit-identical
-rows for any row count from there on (below it BLAS switches kernels), so a row's delta is the same alone
-or in any batch — which matters because the 4-bit kernel's bf16 rounding amplifies any last-bit change.
+where `mask` keeps each row's own columns (base rows: none): one decode step, whatever the mix. A prefill
+(many tokens per row, compute-bound) instead runs each adapter's own columns over its own rows only. The
+shapes never depend on what else is in the batch, and the row count is padded to at least `MIN_ROWS`:
+float32 GEMMs give bit-identical rows for any row count from there on (below it BLAS switches kernels),
+so a row's delta is the same alone or in any batch — which matters because the 4-bit kernel's bf16
+rounding amplifies any last-bit change.
 PEFT still loads, blends and saves the adapters and stays the reference the tests compare against;
 adapters this cannot express exactly (DoRA, LoRA biases, embedding or `modules_to_save` layers) are
 served through PEFT's own path.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,15 +56,40 @@ class _LayerStack:
             self.b[:, start : start + a.shape[0]] = b.to(dtype)
 
     def hook(self, stack: LoraStack, _module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
-        mask = stack.mask
-        if mask is None or self.a is None or self.b is None:
+        route = stack.route
+        if route is None or self.a is None or self.b is None:
             return None
-        x = args[0].to(self.a.dtype)
-        rows = x.shape[0]
-        if x.shape[1] == 1 and rows < MIN_ROWS:  # a decode step: pad to row-invariant GEMM sizes
-            x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, MIN_ROWS - rows))
-        hidden = torch.nn.functional.linear(x, self.a) * mask[: x.shape[0]]
-        return output + torch.nn.functional.linear(hidden, self.b)[:rows].to(output.dtype)
+        x = args[0]
+        if x.shape[1] == 1:  # a decode step: all slots at once, each row masked to its own
+            delta = _rows_invariant(x[:, 0].to(self.a.dtype), self.a, self.b, route.mask)
+            return output + delta[:, None].to(output.dtype)
+        for start, stop, index in route.groups:  # a prefill: each adapter's own columns for its rows only
+            rows = x.index_select(0, index)
+            flat = rows.reshape(-1, rows.shape[-1]).to(self.a.dtype)
+            delta = _rows_invariant(flat, self.a[start:stop], self.b[:, start:stop])
+            output = output.index_add(0, index, delta.view(*rows.shape[:2], -1).to(output.dtype))
+        return output
+
+
+def _rows_invariant(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`((x @ a.T) * mask) @ b.T` for `[rows, in]` x, with rows padded to `MIN_ROWS` so that no row's
+    result depends on how many rows there are."""
+    count = x.shape[0]
+    if count < MIN_ROWS:
+        x = torch.nn.functional.pad(x, (0, 0, 0, MIN_ROWS - count))
+        mask = None if mask is None else torch.nn.functional.pad(mask, (0, 0, 0, MIN_ROWS - count))
+    hidden = torch.nn.functional.linear(x, a)
+    if mask is not None:
+        hidden = hidden * mask
+    return torch.nn.functional.linear(hidden, b)[:count]
+
+
+@dataclass
+class _Route:
+    """Which rows get which adapter during one forward."""
+
+    mask: torch.Tensor  # [rows, R]: 1 on each row's own columns (decode)
+    groups: list[tuple[int, int, torch.Tensor]]  # (start, stop, row indices) per adapter (prefill)
 
 
 class LoraStack:
@@ -74,7 +102,7 @@ class LoraStack:
         self._stale = True
         self._device = torch.device("cpu")
         self._width = 0  # R: the stacked rank of all slots
-        self.mask: torch.Tensor | None = None  # [rows (padded), 1, R], set only inside `rows`
+        self.route: _Route | None = None  # set only inside `rows`
 
     def invalidate(self) -> None:
         """Adapters were loaded or deleted: rebuild the stacks before the next forward that needs them."""
@@ -92,16 +120,19 @@ class LoraStack:
         if all(key == base for key in keys):
             yield
             return
-        mask = torch.zeros(max(len(keys), MIN_ROWS), 1, self._width, dtype=self._dtype)
+        mask = torch.zeros(len(keys), self._width, dtype=self._dtype)
+        rows_of: dict[str, list[int]] = {}
         for row, key in enumerate(keys):
             if key != base:
                 start, stop = self._slots[key]
-                mask[row, 0, start:stop] = 1
-        self.mask = mask.to(self._device)
+                mask[row, start:stop] = 1
+                rows_of.setdefault(key, []).append(row)
+        groups = [(*self._slots[key], torch.tensor(rows, device=self._device)) for key, rows in rows_of.items()]
+        self.route = _Route(mask.to(self._device), groups)
         try:
             yield
         finally:
-            self.mask = None
+            self.route = None
 
     @torch.no_grad()
     def _rebuild(self, model: Any) -> None:

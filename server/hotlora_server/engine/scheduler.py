@@ -47,7 +47,8 @@ class Job:
 
     @property
     def done(self) -> bool:
-        return self.failed or self.cancelled.is_set() or all(row.finished for row in self.rows)
+        """Nothing more to generate: failed, cancelled, or every started row finished."""
+        return self.failed or self.cancelled.is_set() or (bool(self.rows) and all(row.finished for row in self.rows))
 
 
 class Row:
@@ -145,24 +146,45 @@ class Scheduler:
     # -- prefill ------------------------------------------------------------------------------------
 
     def _prefill_waiting(self) -> None:
-        """Prefill chunks of waiting prompts, in arrival order, while they fit this step's token budget."""
-        budget = self._token_budget
+        """Prefill waiting prompts in arrival order while they fit this step's token budget.
+
+        Prompts that fit one chunk are prefilled together in one padded forward; a longer prompt is
+        prefilled alone in chunks cut at fixed offsets (multiples of the budget), never where another
+        request left the budget: the cut changes the arithmetic, and no output may depend on others.
+        """
+        budget, rows = self._token_budget, len(self.running)
+        group: list[Job] = []
         while self.waiting:
             job = self.waiting[0]
             if job.cancelled.is_set():
                 self._finish(self.waiting.popleft())
                 continue
             if job.key is None:
-                if self.running and len(self.running) + job.request.n > self._max_rows:
-                    return  # wait for rows to leave
+                if rows and rows + job.request.n > self._max_rows:
+                    break  # wait for rows to leave
                 if not self._admit(job):
                     self.waiting.popleft()
                     continue
-            if min(self._token_budget, len(job.prompt_ids) - job.prefilled) > budget:
-                return  # the next chunk waits for the next step
-            try:
-                budget -= self._prefill_chunk(job)
-            except Exception as exc:  # this request's failure must not take the others down
+            remaining = len(job.prompt_ids) - job.prefilled
+            if min(remaining, self._token_budget) > budget:
+                break  # waits for the next step
+            if remaining <= self._token_budget and not job.prefilled:
+                group.append(self.waiting.popleft())
+            elif group:
+                break  # the group goes first: arrival order
+            else:
+                self._guarded([job], lambda job=job: self._prefill_chunk(job))
+            budget -= min(remaining, self._token_budget)
+            rows += job.request.n
+        if group:
+            self._guarded(group, lambda: self._prefill_group(group))
+
+    def _guarded(self, jobs: list[Job], prefill_step: Callable[[], None]) -> None:
+        """Run a prefill; if it fails, fail only the requests it was for."""
+        try:
+            prefill_step()
+        except Exception as exc:  # these requests' failure must not take the others down
+            for job in jobs:
                 if self.waiting and self.waiting[0] is job:
                     self.waiting.popleft()
                 self._fail(job, _internal(job, exc))
@@ -177,16 +199,30 @@ class Scheduler:
         except Exception as exc:  # a broken adapter fails its request, not the engine
             self._fail(job, _internal(job, exc))
             return False
-        job.cache = DynamicCache(config=self._loaded.model.config)
         return True
 
-    def _prefill_chunk(self, job: Job) -> int:
-        """Run the next chunk of the job's prompt; when it is complete, start its rows. Returns tokens run.
+    def _prefill_group(self, jobs: list[Job]) -> None:
+        """Prefill whole prompts together, left-padded to the longest, and start their rows."""
+        lengths = torch.tensor([len(job.prompt_ids) for job in jobs])
+        width = int(lengths.max())
+        pad = width - lengths
+        ids = torch.tensor([[0] * int(p) + job.prompt_ids for p, job in zip(pad, jobs, strict=True)])
+        columns = torch.arange(width)[None, :]
+        device = self._loaded.device
+        mask = (columns >= pad[:, None]).long().to(device)
+        positions = (columns - pad[:, None]).clamp(min=0).to(device)
+        cache = DynamicCache(config=self._loaded.model.config)
+        with self._pool.routing([job.key for job in jobs]) as kwargs:  # type: ignore[misc]
+            logits = prefill(
+                self._pool.model, ids.to(device), cache, attention_mask=mask, position_ids=positions, **kwargs
+            )
+        self._start_rows(jobs, cache, pad, logits)
 
-        Chunks are cut at fixed offsets (multiples of the budget), never where another request's prefill
-        left the budget: the cut changes the arithmetic, and a request's output must not depend on others.
-        """
-        assert job.key is not None and job.cache is not None
+    def _prefill_chunk(self, job: Job) -> None:
+        """Run the next chunk of a long prompt in the job's own cache; after the last, start its rows."""
+        assert job.key is not None
+        if job.cache is None:
+            job.cache = DynamicCache(config=self._loaded.model.config)
         chunk = job.prompt_ids[job.prefilled : job.prefilled + self._token_budget]
         ids = torch.tensor([chunk], device=self._loaded.device)
         with self._pool.routing([job.key]) as kwargs:
@@ -194,17 +230,20 @@ class Scheduler:
         job.prefilled += len(chunk)
         if job.prefilled == len(job.prompt_ids):
             self.waiting.popleft()
-            self._start_rows(job, logits)
-        return len(chunk)
+            cache, job.cache = job.cache, None
+            self._start_rows([job], cache, torch.zeros(1, dtype=torch.long), logits)
 
-    def _start_rows(self, job: Job, logits: torch.Tensor) -> None:
-        n = job.request.n
-        job.rows = [Row(i, job, self._loaded) for i in range(n)]
-        assert job.cache is not None
-        self._batch.join(job.cache, n)
-        job.cache = None
-        self.running.extend(job.rows)
-        self._sample(job.rows, logits.expand(n, -1))
+    def _start_rows(self, jobs: list[Job], cache: DynamicCache, pad: torch.Tensor, logits: torch.Tensor) -> None:
+        """Join prefilled prompts (one cache row each, left-padded by `pad`) to the batch as `n` rows each."""
+        index = torch.tensor([i for i, job in enumerate(jobs) for _ in range(job.request.n)])
+        cache.batch_select_indices(index.to(self._loaded.device))
+        self._batch.join(cache, pad[index])
+        rows: list[Row] = []
+        for job in jobs:
+            job.rows = [Row(i, job, self._loaded) for i in range(job.request.n)]
+            rows.extend(job.rows)
+        self.running.extend(rows)
+        self._sample(rows, logits[index.to(logits.device)])
 
     # -- decode -------------------------------------------------------------------------------------
 

@@ -124,7 +124,7 @@ def test_padded_batch_matches_each_row_alone(peft_model: PeftModel) -> None:
         for index in schedule.get(step, []):
             cache = DynamicCache(config=model.config)
             model(input_ids=prompts[index], cache=cache)
-            batch.join(cache, 1)
+            batch.join(cache, torch.zeros(1, dtype=torch.long))
             running.append(index)
         leaving = [row for row, index in enumerate(running) if done[index] == len(tokens[index])]
         if leaving:
