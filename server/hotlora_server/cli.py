@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-num-batched-tokens", type=int,
                        help="prompt tokens prefilled per batch step: longer prompts are prefilled in chunks "
                             "between decode steps (default 512)")  # fmt: skip
+    serve.add_argument("--max-queue", type=int,
+                       help="requests that may wait for a place in the running batch; beyond it the server "
+                            "answers 429 with Retry-After at once (default 64)")  # fmt: skip
     serve.add_argument("--max-model-len", type=int, help="cap the context window (default: the model's)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     fetch = sub.add_parser("fetch", help="resolve and cache the model (converts the embedded GGUF once)")

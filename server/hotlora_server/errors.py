@@ -63,6 +63,14 @@ class PayloadTooLargeError(HotloraError):
     code = "payload_too_large"
 
 
+class OverloadedError(HotloraError):
+    """Too many requests already wait for the running batch: retry after `Retry-After` seconds."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "overloaded"
+
+
 class ServiceUnavailableError(HotloraError):
     status = 503
     type = "server_error"

@@ -46,6 +46,7 @@ class Settings(BaseModel):
     max_n: int = Field(8, ge=1)
     max_num_seqs: int = Field(32, ge=1, description="rows decoded together in the running batch")
     max_num_batched_tokens: int = Field(512, ge=16, description="prompt tokens prefilled per batch step")
+    max_queue: int = Field(64, ge=1, description="requests waiting for the running batch before 429")
     max_model_len: int | None = Field(None, ge=16)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

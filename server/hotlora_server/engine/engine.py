@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 
 from hotlora_adapters import AdapterStore, StoreChange, StoreWatcher
 
-from ..errors import ContextLengthExceededError, HotloraError, InvalidRequestError, ServiceUnavailableError
+from ..errors import (
+    ContextLengthExceededError,
+    HotloraError,
+    InvalidRequestError,
+    OverloadedError,
+    ServiceUnavailableError,
+)
 from ..settings import Settings
 from ..types import AdapterInfo, BlendSpec, GenerationEvent, GenerationRequest, ModelInfo, Usage
 from .adapter_pool import AdapterCatalog, AdapterPool
@@ -107,6 +113,11 @@ class Engine:
         finally:
             job.cancelled.set()
 
+    def waiting(self) -> int:
+        """Requests queued for the running batch and not in it yet (read from any thread; approximate)."""
+        scheduler = self._scheduler
+        return self._jobs.qsize() + (len(scheduler.waiting) if scheduler is not None else 0)
+
     def resident_adapters(self) -> frozenset[str]:
         """Store adapters loaded in memory now (a snapshot, safe from any thread)."""
         return self._pool.resident if self._pool is not None else frozenset()
@@ -169,6 +180,11 @@ class Engine:
 
     def _prepare(self, request: GenerationRequest) -> Job:
         loaded, catalog = self._require_ready()
+        if self.waiting() >= self._settings.max_queue:  # refuse at once rather than slow everyone down
+            raise OverloadedError(
+                f"{self._settings.max_queue} requests are already waiting (--max-queue); retry shortly",
+                retry_after=1,
+            )
         if request.blend is not None:  # 404 / 400 before anything is queued
             catalog.check_blend(request.blend)
         elif request.model != loaded.name:

@@ -265,3 +265,49 @@ def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(peft_model: Pe
     out, _ = batch_invariant_attention(module, query, keys_, values, mask, scaling=0.25)
     alone, _ = batch_invariant_attention(module, query[1:2], keys_[1:2, :, 4:], values[1:2, :, 4:], None, scaling=0.25)
     assert torch.equal(out[1:2], alone)
+
+
+def test_requests_beyond_max_queue_get_429_at_once(
+    tiny_dir: Path, adapter_store: Path, tmp_path: Path, openai_error: Any
+) -> None:
+    """With one waiting place taken, the next request is refused at once with Retry-After; the queued
+    one is served when the engine moves on."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from hotlora_server.api import create_app
+    from hotlora_server.engine.engine import Engine
+
+    engine = Engine(tiny_settings(tiny_dir, tmp_path, adapter_store, max_queue=1))
+    engine.start()
+    entered, gate = threading.Event(), threading.Event()
+    results: list[Any] = []
+
+    def hold_engine() -> None:  # a management task occupies the engine thread until `gate` opens
+        asyncio.run(engine.call(lambda _pool: (entered.set(), gate.wait(60))))
+
+    def queued_request() -> None:
+        results.append(asyncio.run(_collect(engine, _request(TINY_NAME, "I wait", max_tokens=5))))
+
+    try:
+        assert engine._ready.wait(120)
+        holder = threading.Thread(target=hold_engine)
+        holder.start()
+        assert entered.wait(30)
+        queued = threading.Thread(target=queued_request)
+        queued.start()
+        while engine.waiting() < 1:
+            queued.join(0.01)
+        body = {"model": TINY_NAME, "messages": [{"role": "user", "content": "refused"}], "max_tokens": 5}
+        with TestClient(create_app(engine)) as client:
+            refused = client.post("/v1/chat/completions", json=body)
+        error = openai_error(refused, 429, code="overloaded")
+        assert "--max-queue" in error["message"] and refused.headers["Retry-After"] == "1"
+        gate.set()
+        holder.join(30)
+        queued.join(30)
+        assert results and results[0][1].completion_tokens > 0
+    finally:
+        gate.set()
+        engine.stop()
