@@ -138,7 +138,7 @@ class Scheduler:
 
     def fail_all(self, error: HotloraError) -> None:
         """Fail every request (the engine is stopping)."""
-        for job in [*self.waiting, *{id(r.job): r.job for r in self.running}.values()]:
+        for job in [*self.waiting, *_jobs_of(self.running)]:
             self._fail(job, error)
         self.waiting.clear()
         self._compact()
@@ -260,7 +260,7 @@ class Scheduler:
                 )
         except Exception as exc:  # a failed batch step fails the requests in it; the engine keeps serving
             log.exception("decode step failed for %d rows", len(rows))
-            for job in {id(r.job): r.job for r in rows}.values():
+            for job in _jobs_of(rows):
                 self._fail(job, _internal(job, exc))
             return
         self._batch.advance()
@@ -282,10 +282,10 @@ class Scheduler:
         if len(keep) == len(self.running):
             return
         kept = set(keep)
-        leaving = {id(r.job): r.job for i, r in enumerate(self.running) if i not in kept}
+        leaving = _jobs_of([r for i, r in enumerate(self.running) if i not in kept])
         self._batch.keep(keep)
         self.running = [self.running[i] for i in keep]
-        for job in leaving.values():
+        for job in leaving:
             if job.done:
                 self._finish(job)
 
@@ -311,6 +311,11 @@ class Scheduler:
             self._pool.release(job.key)
             job.key = None
         job.cache = None
+
+
+def _jobs_of(rows: list[Row]) -> list[Job]:
+    """The requests `rows` belong to, each once, in row order."""
+    return list({id(row.job): row.job for row in rows}.values())
 
 
 def _internal(job: Job, exc: Exception) -> HotloraError:
