@@ -34,10 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
-import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -46,19 +43,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-
-from live_server import BASE_ID, RunningServer, free_port, save_random_lora, serving, stop_server  # noqa: E402
-
-from hotlora_adapters import AdapterStore  # noqa: E402
+from _common import machine_header, model_folder, percentile, publish, random_adapters, register_all
+from live_server import BASE_ID, RunningServer, free_port, serving, stop_server
 
 SYSTEMS = {"hotlora": "hotlora", "transformers": "transformers serve", "naive": "naive (sequential PEFT)"}
 CONCURRENCY = 16
@@ -114,17 +104,6 @@ class Unavailable(RuntimeError):
 
 def story_prompt(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]}."}]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile, linearly interpolated between the closest ranks (NaN for no values)."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def summarize(system: str, workload: Workload, samples: list[Sample], wall: float) -> Summary:
@@ -191,17 +170,8 @@ def bench_server(system: str, base_url: str, workloads: list[Workload], rounds: 
     return summaries
 
 
-def model_folder(home: Path) -> Path:
-    """The converted safetensors folder of the embedded base, as hotlora loads it (converted once)."""
-    from hotlora_server.engine.loader import resolve_model
-    from hotlora_server.settings import Settings
-
-    return Path(resolve_model(Settings.build({"home": str(home)}, {}))[1])
-
-
 def bench_hotlora(home: Path, library: Path, store: Path, logs: Path, rounds: int, tokens: int) -> list[Summary]:
-    for name in ADAPTERS:
-        AdapterStore(store).register(name, library / name)
+    register_all(store, library, ADAPTERS)
     # room for the 8 adapters and the 4 blends, so that none is evicted while measured
     args = ["--home", str(home), "--adapters-dir", str(store), "--max-loaded-adapters", "16",
             "--log-level", "warning"]
@@ -348,27 +318,6 @@ def targets_table(rows: list[Summary | Skipped]) -> list[str]:
     return lines
 
 
-def machine_header(stamp: str) -> list[str]:
-    import torch
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-               platform.processor() or "unknown")
-    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    packages = ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "peft", "bitsandbytes"))
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    dirty = " (uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
-    return [f"# serve_bench {stamp}", "",
-            f"- machine: {cpu}, {os.cpu_count()} cores, {ram_gib:.0f} GiB RAM, GPU: {gpu}",
-            f"- packages: {packages}",
-            f"- commit: {git('rev-parse', '--short', 'HEAD')}{dirty}",
-            f"- command: `{shlex.join(['python', *sys.argv])}`"]
-
-
 def system_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = set(names) - set(SYSTEMS)
@@ -399,8 +348,7 @@ def run_systems(args: argparse.Namespace, root: Path, logs: Path) -> list[Summar
     model_dir = model_folder(home)
     library = root / "library"
     if {"hotlora", "naive"} & set(args.only):
-        for i, name in enumerate(ADAPTERS):
-            save_random_lora(model_dir, library / name, seed=i, r=16, strength=0.25)
+        random_adapters(model_dir, library, ADAPTERS)
     rows: list[Summary | Skipped] = []
     if "hotlora" in args.only:
         rows += bench_hotlora(home, library, root / "store", logs, args.rounds, args.tokens)
@@ -420,11 +368,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="serve_bench-") as tmp:
         logs = Path(tempfile.mkdtemp(prefix="serve_bench-logs-")) if args.keep_logs else Path(tmp)
         rows = run_systems(args, Path(tmp), logs)
-    report = "\n".join([*machine_header(stamp), "", *results_table(rows), "", *targets_table(rows)]) + "\n"
-    print(report)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"serve_bench-{stamp}.md").write_text(report)
-    (RESULTS / "serve_bench-latest.md").write_text(report)
+    report = "\n".join([*machine_header("serve_bench", stamp), "", *results_table(rows), "", *targets_table(rows)])
+    publish("serve_bench", stamp, report + "\n")
     if args.keep_logs:
         print(f"server logs kept in {logs}")
     return 0

@@ -15,6 +15,7 @@ from .errors import (
     InvalidAdapterError,
     InvalidAdapterNameError,
 )
+from .finite import check_finite, nonfinite_tensors
 from .manifest import MANIFEST_FILENAME, AdapterSource, BlendSource, Manifest, manifest_json, read_manifest
 from .names import ADAPTER_NAME_PATTERN, is_valid_adapter_name, validate_adapter_name
 from .paths import default_home_dir, default_store_dir
@@ -50,12 +51,14 @@ __all__ = [
     "TensorInfo",
     "adapter_version",
     "check_compatible",
+    "check_finite",
     "default_home_dir",
     "default_store_dir",
     "find_mismatches",
     "inspect_adapter",
     "is_valid_adapter_name",
     "manifest_json",
+    "nonfinite_tensors",
     "read_adapter_config",
     "read_manifest",
     "read_safetensors_header",

@@ -36,7 +36,7 @@ def resolve_inside(given: Path, roots: Sequence[Path]) -> Path:
     except (OSError, RuntimeError) as e:  # a symlink loop
         raise AdapterPathError(f"cannot resolve {given}: {e}") from e
     if not inside(lexical, roots):
-        shown = f"{given}" if lexical == given else f"{given} resolves to {lexical},"
+        shown = f"{given}," if lexical == given else f"{given} resolves to {lexical},"
         raise AdapterPathError(f"{shown} {outside(roots)}")
     try:
         resolved = given.resolve(strict=True)

@@ -35,8 +35,13 @@ def validate_adapter_name(name: str) -> str:
         raise InvalidAdapterNameError(f"adapter name must be a string, got {type(name).__name__}; {_RULE}")
     problem = _problem(name)
     if problem is not None:
-        raise InvalidAdapterNameError(f"invalid adapter name {name!r}: {problem}; {_RULE}")
+        raise InvalidAdapterNameError(f"invalid adapter name {_shown(name)}: {problem}; {_RULE}")
     return name
+
+
+def _shown(name: str) -> str:
+    """The name as quoted in an error: a hostile 10,000-character name is not echoed in full."""
+    return repr(name) if len(name) <= MAX_ADAPTER_NAME_LENGTH else f"{name[:MAX_ADAPTER_NAME_LENGTH]!r}..."
 
 
 def _problem(name: str) -> str | None:

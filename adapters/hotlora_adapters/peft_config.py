@@ -20,6 +20,9 @@ CONFIG_FILENAME = "adapter_config.json"
 LORA_PEFT_TYPE = "LORA"
 # `auto_mapping.parent_library` is a module PEFT's AutoPeftModel imports; only these are trusted.
 _TRUSTED_LIBRARIES = ("transformers", "peft")
+# LoRA initialisations that only set the LoRA weights (which the saved weights then replace). Every other
+# one (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA) also rewrites the base model's weights as PEFT loads the adapter.
+_SERVABLE_INITS = ("gaussian", "eva", "orthogonal", "mica")
 _MODEL_TYPE_FROM_LIBRARY = re.compile(r"transformers\.models\.(?P<model_type>[A-Za-z0-9_]+)\.modeling_\w+")
 
 
@@ -96,7 +99,8 @@ def read_adapter_config(adapter_dir: Path) -> AdapterConfig:
 
 
 def _refuse_code_loading(raw: dict[str, Any], adapter_dir: Path) -> None:
-    """Refuse configs that would make PEFT or transformers import or run code named by the file."""
+    """Refuse configs that would make PEFT or transformers import or run code named by the file, or
+    make loading rewrite the base model that every other request shares."""
     if raw.get("trust_remote_code"):
         raise InvalidAdapterError(
             f"{CONFIG_FILENAME} asks for trust_remote_code; remote code is refused", path=adapter_dir
@@ -113,6 +117,14 @@ def _refuse_code_loading(raw: dict[str, Any], adapter_dir: Path) -> None:
                 "only transformers/peft model classes are allowed",
                 path=adapter_dir,
             )
+    init = raw.get("init_lora_weights", True)
+    if not isinstance(init, bool) and init not in _SERVABLE_INITS:
+        raise InvalidAdapterError(
+            f"{CONFIG_FILENAME} has init_lora_weights {init!r}: loading it would make PEFT rewrite the base "
+            "model's weights; save the adapter converted to plain LoRA (PEFT's save_pretrained with "
+            "path_initial_model_for_weight_conversion)",
+            path=adapter_dir,
+        )
     if raw.get("megatron_config"):
         raise InvalidAdapterError(
             f"{CONFIG_FILENAME} sets megatron_config (PEFT would import the module named by megatron_core); "

@@ -43,10 +43,11 @@ class TensorInfo:
 
 @dataclass(frozen=True, slots=True)
 class SafetensorsHeader:
-    """The parsed header of one safetensors file."""
+    """The parsed header of one safetensors file; tensor offsets count from `data_start`."""
 
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
+    data_start: int
 
 
 def read_safetensors_header(path: Path) -> SafetensorsHeader:
@@ -72,10 +73,10 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
             raw = f.read(header_len)
     except OSError as e:
         raise InvalidAdapterError(f"cannot read {path.name}: {e.strerror or e}", path=path.parent) from e
-    return _parse_header(path, raw, data_len=file_size - 8 - header_len)
+    return _parse_header(path, raw, data_start=8 + header_len, data_len=file_size - 8 - header_len)
 
 
-def _parse_header(path: Path, raw: bytes, *, data_len: int) -> SafetensorsHeader:
+def _parse_header(path: Path, raw: bytes, *, data_start: int, data_len: int) -> SafetensorsHeader:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -89,7 +90,7 @@ def _parse_header(path: Path, raw: bytes, *, data_len: int) -> SafetensorsHeader
 
     tensors = {name: _parse_entry(path, name, entry) for name, entry in header.items()}
     _check_layout(path, tensors, data_len)
-    return SafetensorsHeader(tensors=tensors, metadata=dict(metadata))
+    return SafetensorsHeader(tensors=tensors, metadata=dict(metadata), data_start=data_start)
 
 
 def _parse_entry(path: Path, name: str, entry: object) -> TensorInfo:

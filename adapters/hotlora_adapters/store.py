@@ -30,6 +30,7 @@ from .errors import (
     IncompatibleAdapterError,
     InvalidAdapterError,
 )
+from .finite import check_finite
 from .fsutil import copy_file_synced, exchange, fsync_dir, remove_entry, rename_noreplace, write_file_synced
 from .manifest import MANIFEST_FILENAME, Manifest, manifest_json, read_manifest
 from .names import is_valid_adapter_name, validate_adapter_name
@@ -171,6 +172,7 @@ class AdapterStore:
     def load_files(self, name: str) -> AdapterFiles:
         """Validated files of adapter `name`, ready to hand to PEFT; raises if missing or unusable.
 
+        Unlike `list`, which reads headers only, this reads the weights too and refuses NaN/Inf values.
         Read again if the adapter was replaced while being read, so config and header are of one version.
         Callers that then hand `files.path` to PEFT can do the same: compare `version_of(name)` before and
         after loading, and load again when it changed.
@@ -180,6 +182,7 @@ class AdapterStore:
             before = adapter_version(path)
             try:
                 files = inspect_adapter(path)
+                check_finite(path)
             except InvalidAdapterError:
                 if adapter_version(path) != before:
                     continue  # replaced or deleted mid-read: look again
@@ -203,7 +206,8 @@ class AdapterStore:
 
         Validates the name, the files (`inspect_adapter`) and, with `base`, the fit (`check_compatible`)
         before writing anything. Copies `adapter_config.json`, `adapter_model.safetensors` and harmless
-        extras (README.md, *.json, *.png; never pickles) into a hidden temp folder in the store, writes
+        extras (README.md, *.json, *.png; never pickles) into a hidden temp folder in the store, refuses
+        NaN/Inf weights in that copy (what would be served), writes
         `hotlora.json` (`manifest` with its name set to `name` and, if it has none, `base`'s
         fingerprint; else one derived from the config with source "imported"), fsyncs, and publishes with
         one rename. An existing `name` raises `AdapterExistsError` unless `overwrite`, which swaps old for
@@ -234,12 +238,15 @@ class AdapterStore:
         A path that already is `<store>/<name>` is only validated (and checked against `base`).
         """
         given = Path(path)
+        if "\x00" in str(given):  # the OS refuses such a path with a ValueError, not an OSError
+            raise AdapterPathError(f"the path {str(given)!r} contains a NUL character")
         if name is None:
             name = Path(os.path.abspath(given)).name
         validate_adapter_name(name)
         in_store = self.root / name
         if same_entry(given, in_store):
             files = inspect_adapter(in_store)
+            check_finite(in_store)
             if base is not None:
                 _check_fits(files, base, in_store)
             return self.get(name)
@@ -335,6 +342,7 @@ class AdapterStore:
                 for filename, src in plan:
                     copy_file_synced(src, tmp / filename)
                 copied = _inspect_copy(tmp, source)  # what will be served is the copy, not the source
+                check_finite(tmp, shown_as=source)
                 if base is not None:
                     _check_fits(copied, base, source)
                 write_file_synced(tmp / MANIFEST_FILENAME, text)

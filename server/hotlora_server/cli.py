@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
+from .logs import configure_logging
 from .settings import Settings
 
 log = logging.getLogger("hotlora")
@@ -54,7 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests that may wait for a place in the running batch; beyond it the server "
                             "answers 429 with Retry-After at once (default 64)")  # fmt: skip
     serve.add_argument("--max-model-len", type=int, help="cap the context window (default: the model's)")
+    serve.add_argument("--max-body-bytes", type=int,
+                       help="largest request body in bytes; larger ones get 413 (default 16 MiB)")  # fmt: skip
+    serve.add_argument("--metrics-public", action="store_true", default=None,
+                       help="serve /metrics without the API key (for a Prometheus scraper)")  # fmt: skip
+    serve.add_argument("--shutdown-timeout", type=float,
+                       help="on SIGTERM, seconds to let in-flight requests finish before exiting (default 30)")  # fmt: skip
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["text", "json"],
+                       help="text lines, or one JSON object per line with the request id (default text)")  # fmt: skip
     fetch = sub.add_parser("fetch", help="resolve and cache the model (converts the embedded GGUF once)")
     _model_flags(fetch)
     # `hotlora chat ARGS` is dispatched by `main` before parsing; listed here for `hotlora --help`.
@@ -73,10 +83,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def serve(settings: Settings) -> int:
+    """Serve until SIGINT/SIGTERM; then stop accepting connections, let in-flight requests finish (up to
+    `--shutdown-timeout`), stop the engine and exit 0."""
     import uvicorn
+    from sse_starlette.sse import AppStatus
 
     from .api import create_app
     from .engine.engine import Engine
+
+    # sse-starlette ends every open stream at the first signal; uvicorn's graceful shutdown drains instead
+    AppStatus.disable_automatic_graceful_drain()
 
     server: uvicorn.Server | None = None
 
@@ -85,11 +101,17 @@ def serve(settings: Settings) -> int:
             server.should_exit = True
 
     engine = Engine(settings, on_fatal=fatal)
-    app = create_app(engine, api_key=settings.api_key)
+    app = create_app(engine, api_key=settings.api_key, metrics_public=settings.metrics_public,
+                     max_body_bytes=settings.max_body_bytes)  # fmt: skip
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=10)  # fmt: skip
+                            log_config=None, access_log=False,  # our access log carries the request id
+                            timeout_graceful_shutdown=settings.shutdown_timeout)  # fmt: skip
     server = uvicorn.Server(config)
     engine.start()
+    # uvicorn drains, then re-raises SIGINT/SIGTERM into the handlers it found: with these, the engine
+    # stops and the command exits 0 rather than dying by the signal (or with a KeyboardInterrupt trace)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     server.run()
     engine.stop()
     if engine.error is not None:
@@ -136,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return train(argv[1:])
     args = build_parser().parse_args(argv)
     settings = _settings(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     # bitsandbytes suggests, at import, an optional CPU kernel that only the Hugging Face hub serves
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     if args.command == "serve":

@@ -11,7 +11,9 @@ import logging
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hotlora_adapters import validate_adapter_name
 
 from .types import DENSITY_METHODS, AdapterInfo, BlendMethod, BlendSpec
 
@@ -40,15 +42,28 @@ class _Lenient(BaseModel):
 # -- requests ---------------------------------------------------------------------------------------
 
 
+def _characters_only(value: str) -> str:
+    """JSON's `"\\ud800"` decodes to a lone surrogate: not a character, and tokenizers and UTF-8 fail on it."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"contains an unpaired surrogate at position {exc.start}, which is not a character") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_characters_only)]  # free text that reaches the model or the logs
+
+
 class TextPart(_Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None
+    content: Text | list[TextPart]
+    name: Text | None = None
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -78,12 +93,14 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
+# a name that may become a folder in the store: refused with the naming rule before anything looks it up
+AdapterName = Annotated[str, AfterValidator(validate_adapter_name)]
 Density = Annotated[float, Field(gt=0.0, le=1.0)]
 MAX_BLEND_COMPONENTS = 8
 
 
 class BlendComponent(_Strict):
-    name: Annotated[str, Field(min_length=1)]
+    name: AdapterName
     weight: float = 1.0
 
 
@@ -123,12 +140,10 @@ def parse_blend_model(model: str) -> list[tuple[str, float]] | None:
 
 
 def make_blend(components: list[tuple[str, float]], method: str, density: float | None) -> BlendSpec:
-    """Validate a blend: names present and distinct, finite weights, `density` where the method needs it."""
+    """Validate a blend: valid, distinct adapter names, finite weights, `density` where the method needs it."""
     if not components or len(components) > MAX_BLEND_COMPONENTS:
         raise ValueError(f"a blend combines 1 to {MAX_BLEND_COMPONENTS} adapters")
-    names = [name for name, _ in components]
-    if any(not name for name in names):
-        raise ValueError("every blended adapter needs a name")
+    names = [validate_adapter_name(name) for name, _ in components]
     if len(set(names)) != len(names):
         raise ValueError("each adapter may appear only once in a blend")
     for name, weight in components:
@@ -152,11 +167,11 @@ class _SamplingFields(_BlendFields, _Lenient):
     n: PositiveInt | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Text | list[Text] | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None  # a signed 64-bit integer
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    user: str | None = None
+    user: Text | None = None
 
     @field_validator("stop")
     @classmethod
@@ -166,13 +181,6 @@ class _SamplingFields(_BlendFields, _Lenient):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty")
-        return value
-
-    @field_validator("seed")
-    @classmethod
-    def _check_seed(cls, value: int | None) -> int | None:
-        if value is not None and not -(2**63) <= value < 2**63:
-            raise ValueError("seed must fit in a signed 64-bit integer")
         return value
 
     @model_validator(mode="after")
@@ -214,11 +222,11 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
     max_tokens: PositiveInt | None = 16  # OpenAI's default for /v1/completions
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: bool | None = None
-    suffix: str | None = None
+    suffix: Text | None = None
     best_of: PositiveInt | None = None
 
     @model_validator(mode="after")
@@ -343,25 +351,25 @@ class ModelList(BaseModel):
 
 
 class AdapterLoadRequest(_Lenient):
-    name: Annotated[str, Field(min_length=1)]
+    name: AdapterName
     path: Annotated[str, Field(min_length=1)] | None = None
 
 
 class LoadLoraAdapterRequest(_Lenient):
     """vLLM's `POST /v1/load_lora_adapter`."""
 
-    lora_name: Annotated[str, Field(min_length=1)]
+    lora_name: AdapterName
     lora_path: Annotated[str, Field(min_length=1)] | None = None
 
 
 class UnloadLoraAdapterRequest(_Lenient):
     """vLLM's `POST /v1/unload_lora_adapter`."""
 
-    lora_name: Annotated[str, Field(min_length=1)]
+    lora_name: AdapterName
 
 
 class BlendSaveRequest(_Lenient):
-    name: Annotated[str, Field(min_length=1)]
+    name: AdapterName
     adapters: Annotated[list[BlendComponent], Field(min_length=1, max_length=MAX_BLEND_COMPONENTS)]
     method: BlendMethod = "cat"
     density: Density | None = None

@@ -48,7 +48,11 @@ class Settings(BaseModel):
     max_num_batched_tokens: int = Field(512, ge=16, description="prompt tokens prefilled per batch step")
     max_queue: int = Field(64, ge=1, description="requests waiting for the running batch before 429")
     max_model_len: int | None = Field(None, ge=16)
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body; beyond it 413")
+    metrics_public: bool = Field(False, description="serve /metrics without the API key")
+    shutdown_timeout: float = Field(30.0, ge=0, description="seconds SIGTERM waits for in-flight requests")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
 
     @property
     def models_dir(self) -> Path:

@@ -129,6 +129,24 @@ class AdapterInfo:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine's state and counters since start, for `/metrics` (read from any thread)."""
+
+    requests_running: int  # requests with rows in the running batch
+    requests_waiting: int  # queued or prefilling, not in the batch yet
+    batch_rows: int  # rows in the running batch
+    decode_steps: int
+    decoded_rows: int  # sum of the batch sizes of all decode steps
+    prefill_tokens: int
+    requests_aborted: int  # the client went away before the end
+    requests_failed: int  # ended by an error inside the engine
+    adapters_resident: int  # store adapters and blends in memory
+    adapter_loads: int
+    adapter_evictions: int
+    adapter_merges: int
+
+
 class EngineClient(Protocol):
     """What the HTTP layer needs from the engine."""
 
@@ -140,6 +158,8 @@ class EngineClient(Protocol):
         ...
 
     def list_models(self) -> list[ModelInfo]: ...
+
+    def stats(self) -> EngineStats: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Stream the request's events; raises a `HotloraError` (before any event) for a bad request.

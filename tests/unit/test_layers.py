@@ -1,7 +1,7 @@
 """The layer rules of DESIGN.md: import-linter contracts (pyproject.toml) and a torch-free import check.
 
 - server and trainer never import each other; the adapter package imports neither;
-- the server's protocol/api/types/errors/settings and the adapter registry import no model stack;
+- the server's protocol/api/types/errors/settings/metrics/logs and the adapter registry import no model stack;
 - and, at run time, those modules import with torch & co. made unimportable.
 """
 
@@ -26,6 +26,8 @@ TORCH_FREE_MODULES = (
     "hotlora_server.api",
     "hotlora_server.types",
     "hotlora_server.errors",
+    "hotlora_server.metrics",
+    "hotlora_server.logs",
     "hotlora_adapters",
     "hotlora_client",
     "hotlora_client.terminal",
@@ -65,7 +67,7 @@ def test_the_contracts_say_what_the_design_says() -> None:
         ("adapters-below-server-and-trainer", {"hotlora_adapters"}, {"hotlora_server", "hotlora_trainer"}),
         (
             "server-http-layer-torch-free",
-            {f"hotlora_server.{m}" for m in ("protocol", "api", "types", "errors", "settings")},
+            {f"hotlora_server.{m}" for m in ("protocol", "api", "types", "errors", "settings", "metrics", "logs")},
             set(MODEL_STACK) | {"hotlora_server.engine"},
         ),
         ("adapter-registry-torch-free", set(), {"torch", "transformers", "peft"}),

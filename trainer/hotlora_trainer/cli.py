@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--bias", choices=["none", "all", "lora_only"], help="which biases train (default none)")
     lora.add_argument("--use-rslora", action="store_true", default=None, help="scale by alpha/sqrt(r)")
     lora.add_argument("--init-lora-weights", choices=["default", "gaussian", "pissa", "olora", "loftq"],
-                      help="initialization (default: B = 0); pissa/olora/loftq derive it from the base weights")  # fmt: skip
+                      help="initialization (default: B = 0); pissa/olora derive it from the base weights (saved "
+                           "as plain LoRA); loftq is refused: it needs a base of its own")  # fmt: skip
     lora.add_argument("--modules-to-save", nargs="+", metavar="NAME", help="modules trained in full and saved")
 
     tr = p.add_argument_group("training (TRL SFTConfig)")

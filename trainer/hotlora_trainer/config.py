@@ -127,10 +127,11 @@ class TrainConfig(BaseModel):
             raise ValueError("give exactly one of --data FILE.jsonl and --task piglatin")
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ValueError("--target-modules is empty")
-        if self.init_lora_weights == "loftq" and self.qlora:
+        if self.init_lora_weights == "loftq":
             raise ValueError(
-                "--init-lora-weights loftq quantizes the base itself: use it without --qlora "
-                "(or use --qlora with default/gaussian initialization)"
+                "--init-lora-weights loftq trains the adapter against a base it rewrites (quantized with the "
+                "adapter's start taken out), but a hotlora server serves every adapter on the one unmodified "
+                "base: use --qlora with default or gaussian initialization instead"
             )
         if self.init_lora_weights in ("pissa", "olora") and self.qlora:
             raise ValueError(

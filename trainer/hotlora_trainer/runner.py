@@ -186,7 +186,7 @@ def _run(
 ) -> None:
     import datasets
     import torch
-    from peft import LoftQConfig, LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
     from trl import SFTConfig, SFTTrainer
@@ -215,12 +215,9 @@ def _run(
 
     if config.qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    lora_kwargs = config.lora_kwargs()
-    if config.init_lora_weights == "loftq":
-        lora_kwargs["loftq_config"] = LoftQConfig(loftq_bits=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora_kwargs))
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **config.lora_kwargs()))
     init_dir: Path | None = None
     if config.init_lora_weights in ("pissa", "olora") and main:
         # PiSSA/OLoRA move the adapter's initial value out of the base weights; saving relative to that

@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ..errors import ServiceUnavailableError
+from ..metrics import Metrics
 from ..types import EngineClient
 from .adapters import build_adapter_router
 from .auth import bearer_guard
 from .errors import error_response, install_error_handlers
+from .limits import BodyLimitMiddleware
+from .observe import RequestObserver
+from .openapi import ERROR_RESPONSES, PLAIN_TEXT
 from .routes import build_router
 
 
-def create_app(engine: EngineClient, api_key: str | None = None) -> FastAPI:
-    """The OpenAI-compatible app; `/v1/*` requires `api_key` as a bearer token when one is given."""
+def create_app(
+    engine: EngineClient,
+    api_key: str | None = None,
+    *,
+    metrics_public: bool = False,
+    max_body_bytes: int | None = None,
+) -> FastAPI:
+    """The OpenAI-compatible app. With `api_key`, every route but `/health` (and `/metrics` when
+    `metrics_public`) requires it as a bearer token; bodies over `max_body_bytes` get 413 (None: no limit)."""
     from .. import __version__
 
-    app = FastAPI(title="hotlora", version=__version__)
+    keyed = {"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}  # guarded below
+    app = FastAPI(title="hotlora", version=__version__, responses=ERROR_RESPONSES, **keyed)
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)  # inside the observer: 413s are counted
+    metrics = Metrics(engine.stats)
+    app.add_middleware(RequestObserver, metrics=metrics)
 
     @app.get("/health", response_model=None)
     async def health() -> JSONResponse:
@@ -27,8 +42,20 @@ def create_app(engine: EngineClient, api_key: str | None = None) -> FastAPI:
         return JSONResponse({"status": "ok", "model": engine.served_model_name})
 
     guard = [Depends(bearer_guard(api_key))]
-    app.include_router(build_router(engine), prefix="/v1", dependencies=guard)
-    app.include_router(build_adapter_router(engine), prefix="/v1", dependencies=guard)
+
+    @app.get("/metrics", response_class=Response, responses=PLAIN_TEXT, dependencies=[] if metrics_public else guard)
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    if api_key:  # the schema needs the key too; the docs pages cannot send it, so they are off
+
+        @app.get("/openapi.json", dependencies=guard, include_in_schema=False)
+        async def openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+    app.include_router(build_router(engine, metrics), dependencies=guard)
+    app.include_router(build_adapter_router(engine), dependencies=guard)
     return app
 
 

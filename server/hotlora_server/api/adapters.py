@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 
 from .. import protocol as p
 from ..errors import NotFoundError
 from ..types import EngineClient
+from .openapi import PLAIN_TEXT
 
 
 def build_adapter_router(engine: EngineClient) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(prefix="/v1")  # in the route paths: metrics label requests by them
 
     @router.get("/adapters")
     async def list_adapters() -> p.AdapterList:
         return p.AdapterList(data=[p.AdapterCard.of(info) for info in engine.list_adapters()])
 
-    @router.get("/adapters/{name}")
-    async def get_adapter(name: str) -> p.AdapterCard:
+    # `:path` lets a name holding `/` (also sent as `%2F`) reach the name check and get its 400
+    @router.get("/adapters/{name:path}")
+    async def get_adapter(name: p.AdapterName) -> p.AdapterCard:
         for info in engine.list_adapters():
             if info.name == name:
                 return p.AdapterCard.of(info)
@@ -28,8 +30,8 @@ def build_adapter_router(engine: EngineClient) -> APIRouter:
     async def load_adapter(body: p.AdapterLoadRequest) -> p.AdapterCard:
         return p.AdapterCard.of(await engine.load_adapter(body.name, body.path))
 
-    @router.delete("/adapters/{name}")
-    async def unload_adapter(name: str, purge: bool = False) -> p.AdapterDeleted:
+    @router.delete("/adapters/{name:path}")
+    async def unload_adapter(name: p.AdapterName, purge: bool = False) -> p.AdapterDeleted:
         await engine.unload_adapter(name, purge=purge)
         return p.AdapterDeleted(id=name, deleted=purge, status="deleted" if purge else "disabled")
 
@@ -37,14 +39,14 @@ def build_adapter_router(engine: EngineClient) -> APIRouter:
     async def save_blend(body: p.BlendSaveRequest) -> p.AdapterCard:
         return p.AdapterCard.of(await engine.save_blend(body.name, body.blend_spec()))
 
-    @router.post("/load_lora_adapter", response_class=PlainTextResponse)
-    async def vllm_load(body: p.LoadLoraAdapterRequest) -> str:
+    @router.post("/load_lora_adapter", response_class=Response, responses=PLAIN_TEXT)
+    async def vllm_load(body: p.LoadLoraAdapterRequest) -> PlainTextResponse:
         await engine.load_adapter(body.lora_name, body.lora_path)
-        return f"Success: LoRA adapter '{body.lora_name}' added successfully."
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
-    @router.post("/unload_lora_adapter", response_class=PlainTextResponse)
-    async def vllm_unload(body: p.UnloadLoraAdapterRequest) -> str:
+    @router.post("/unload_lora_adapter", response_class=Response, responses=PLAIN_TEXT)
+    async def vllm_unload(body: p.UnloadLoraAdapterRequest) -> PlainTextResponse:
         await engine.unload_adapter(body.lora_name)
-        return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
     return router

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from .. import protocol as p
 from ..errors import InvalidRequestError
 from ..types import BlendSpec, ChoiceDelta, GenerationRequest, SamplingParams, TokenLogprob
 from ..types import Usage as EngineUsage
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def _sampling(req: p._SamplingFields, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:

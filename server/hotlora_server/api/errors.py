@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,8 @@ from ..protocol import ErrorDetail, ErrorResponse
 log = logging.getLogger(__name__)
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "bytes", "dict", "list", "none"}
+_NOT_AN_OBJECT = {"missing", "model_attributes_type", "model_type", "dict_type"}
+_Problem = tuple[str | None, str, bool]  # param, message, whether it is only a type mismatch
 _HTTP_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error"}
 
 
@@ -30,19 +33,53 @@ def error_response(exc: HotloraError) -> JSONResponse:
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     """One readable line per problem, e.g. `temperature: Input should be less than or equal to 2`."""
-    lines: list[str] = []
-    first_param: str | None = None
-    for err in exc.errors()[:5]:
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        # pydantic names the union branch it tried (`str`, `list[...]`); the user only cares about the field
-        loc = [p for p in loc if p not in _TYPE_TAGS and "[" not in p and not p.startswith("function-")]
-        param = ".".join(loc) or None
-        first_param = first_param or param
-        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        if err.get("type") == "json_invalid":
-            msg = f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
-        lines.append(f"{param}: {msg}" if param else msg)
-    return "; ".join(lines), first_param
+    problems = [_problem(err) for err in exc.errors()]
+    problems = [p for p in problems if not _other_branch(p, problems)][:5]
+    lines = [f"{param}: {msg}" if param else msg for param, msg, _ in problems]
+    return "; ".join(lines), next((param for param, _, _ in problems if param), None)
+
+
+def _problem(err: dict[str, Any]) -> _Problem:
+    loc = [str(p) for p in err.get("loc", ())[1:]]  # after the location: `body`, `query` or `path`
+    # pydantic names the union branch it tried (`str`, `list[...]`); the user only cares about the field
+    loc = [p for p in loc if p not in _TYPE_TAGS and "[" not in p and not p.startswith("function-")]
+    param = ".".join(loc) or None
+    kind = str(err.get("type", ""))
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind == "json_invalid":  # its loc is the character offset, not a field
+        reason, offset = err.get("ctx", {}).get("error", "parse error"), loc[0] if loc else "?"
+        param, msg = None, f"the body is not valid JSON ({reason} at character {offset})"
+    elif not loc and kind in _NOT_AN_OBJECT:
+        msg = _not_an_object_message(err)
+    return param, msg, kind.endswith("_type")
+
+
+def _other_branch(problem: _Problem, problems: list[_Problem]) -> bool:
+    """A union's wrong-type branch (`content` is not a list) next to the real problem of the branch that
+    matched (a string that is not text): only the real problem is worth saying."""
+    param, _, mismatch = problem
+    prefix = f"{param}."
+    return mismatch and any(not m and (p == param or (p or "").startswith(prefix)) for p, _, m in problems)
+
+
+def _not_an_object_message(err: dict[str, Any]) -> str:
+    """The body as a whole is not an object: say what the server expected instead of pydantic's wording."""
+    if err.get("type") == "missing":
+        return "the request body is empty: send a JSON object"
+    if isinstance(err.get("input"), bytes):  # FastAPI parses JSON only under a JSON content type
+        return "the request body must be JSON sent with 'Content-Type: application/json'"
+    return "the request body must be a JSON object"
+
+
+def _unparsable_body_message(cause: BaseException) -> str:
+    """FastAPI turns every body parse failure into one vague 400; name the actual cause."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not valid UTF-8 (byte {cause.start}: {cause.reason})"
+    if isinstance(cause, RecursionError):
+        return "the body's JSON is nested too deeply"
+    if isinstance(cause, ValueError):  # e.g. an integer with more digits than Python converts
+        return f"the body is not valid JSON ({cause})"
+    return "the body could not be parsed as JSON"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -58,7 +95,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
-        if exc.status_code == 404:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            message = _unparsable_body_message(exc.__cause__)
+        elif exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"

@@ -12,9 +12,12 @@ from sse_starlette import EventSourceResponse
 
 from .. import protocol as p
 from ..errors import HotloraError, NotFoundError, ServiceUnavailableError
+from ..logs import request_id
+from ..metrics import Metrics
 from ..types import ChoiceDelta, EngineClient, GenerationEvent, GenerationRequest, ModelInfo, Usage
 from . import convert as c
 from .errors import error_body
+from .openapi import streamed
 
 log = logging.getLogger(__name__)
 ChunkBuilder = Callable[[GenerationEvent], list[dict]]
@@ -31,9 +34,11 @@ def _card(info: ModelInfo, base: str) -> p.ModelCard:
     )
 
 
-async def _start(engine: EngineClient, request: GenerationRequest) -> tuple[GenerationEvent, AsyncIterator[GenerationEvent]]:
+async def _start(
+    engine: EngineClient, metrics: Metrics, request: GenerationRequest
+) -> tuple[GenerationEvent, AsyncIterator[GenerationEvent]]:
     """Wait for the first event, so that a bad request fails with its status before any byte is streamed."""
-    events = engine.generate(request)
+    events = metrics.timed(engine.generate(request))
     try:
         first = await anext(events)
     except BaseException:
@@ -68,8 +73,8 @@ def _sse(first: GenerationEvent, events: AsyncIterator[GenerationEvent], build: 
     return EventSourceResponse(frames(), ping=15)
 
 
-def build_router(engine: EngineClient) -> APIRouter:
-    router = APIRouter()
+def build_router(engine: EngineClient, metrics: Metrics) -> APIRouter:
+    router = APIRouter(prefix="/v1")  # in the route paths: metrics label requests by them
 
     @router.get("/models")
     async def list_models() -> p.ModelList:
@@ -85,10 +90,10 @@ def build_router(engine: EngineClient) -> APIRouter:
         known = ", ".join(m.id for m in models)
         raise NotFoundError(f"The model '{model_id}' does not exist. Available models: {known}", param="model")
 
-    @router.post("/chat/completions", response_model=None)
+    @router.post("/chat/completions", response_model=None, responses=streamed(p.ChatCompletion))
     async def chat_completions(body: p.ChatCompletionRequest) -> JSONResponse | EventSourceResponse:
-        rid, created = c.new_id("chatcmpl"), c.now()
-        first, events = await _start(engine, c.chat_request(body, rid, engine.served_model_name))
+        rid, created = f"chatcmpl-{request_id.get()}", c.now()
+        first, events = await _start(engine, metrics, c.chat_request(body, request_id.get(), engine.served_model_name))
         if body.stream:
             return _sse(first, events, _chat_chunks(rid, created, body.model, body.include_usage()))
         choices, usage = await _collect(first, events)
@@ -109,10 +114,10 @@ def build_router(engine: EngineClient) -> APIRouter:
         )
         return JSONResponse(result.model_dump())
 
-    @router.post("/completions", response_model=None)
+    @router.post("/completions", response_model=None, responses=streamed(p.Completion))
     async def completions(body: p.CompletionRequest) -> JSONResponse | EventSourceResponse:
-        rid, created = c.new_id("cmpl"), c.now()
-        first, events = await _start(engine, c.completion_request(body, rid, engine.served_model_name))
+        rid, created = f"cmpl-{request_id.get()}", c.now()
+        first, events = await _start(engine, metrics, c.completion_request(body, request_id.get(), engine.served_model_name))
         if body.stream:
             builder = _completion_chunks(rid, created, body.model, body.logprobs is not None, body.include_usage())
             return _sse(first, events, builder)

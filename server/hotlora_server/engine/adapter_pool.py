@@ -24,7 +24,14 @@ from typing import Any, Literal
 import torch
 from peft import PeftModel
 
-from hotlora_adapters import AdapterError, AdapterStore, StoredAdapter, check_compatible
+from hotlora_adapters import (
+    AdapterError,
+    AdapterNotFoundError,
+    AdapterStore,
+    InvalidAdapterNameError,
+    StoredAdapter,
+    check_compatible,
+)
 
 from ..errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from ..types import DENSITY_METHODS, BlendSpec
@@ -68,10 +75,17 @@ class AdapterCatalog:
         return [a for a in self.store.list() if not a.disabled and self.refusal(a) is None]
 
     def get(self, name: str) -> StoredAdapter:
-        """The adapter called `name`, or a 404 naming what exists / a 400 saying why it cannot be served."""
+        """The adapter called `name`, or a 404 naming what exists / a 400 saying why it cannot be served
+        (a `model` that cannot even be an adapter's name gets the 400, with the naming rule)."""
         try:
-            entry = self.store.get(name)
-        except AdapterError:
+            entry: StoredAdapter | None = self.store.get(name)
+        except InvalidAdapterNameError as exc:
+            raise InvalidRequestError(
+                f"`model` is neither the base model '{self._loaded.name}', a blend ('a*0.7+b*0.3') nor an "
+                f"adapter: {exc}",
+                param="model",
+            ) from None
+        except AdapterNotFoundError:
             entry = None
         if entry is not None and entry.disabled:
             raise NotFoundError(
@@ -279,6 +293,16 @@ class AdapterPool:
 
     # -- internals ----------------------------------------------------------------------------------
 
+    def _delete(self, key: str) -> None:
+        """Delete a PEFT adapter and leave a model that runs: PEFT keeps a deleted name active when none
+        or several remain, and its forward then fails on it; with none left, the base is unwrapped."""
+        self.model.delete_adapter(key)
+        if not self.model.peft_config:
+            self.model = self.model.unload()  # the LoRA layers go; the next load wraps the base again
+        elif self.model.active_adapter not in self.model.peft_config:
+            self.model.active_adapter = next(iter(self.model.peft_config))
+        self._model_changed()
+
     def _model_changed(self) -> None:
         """PEFT added or deleted an adapter: what it runs and the stacked weights must be set up again."""
         self._active = None
@@ -320,7 +344,7 @@ class AdapterPool:
             self._model_changed()
             if self._catalog.store.versions().get(entry.name) == entry.version:
                 return key, entry
-            self.model.delete_adapter(key)  # a mix of two versions may have been read
+            self._delete(key)  # a mix of two versions may have been read
             entry = self._catalog.get(entry.name)
         raise ServiceUnavailableError(f"adapter '{entry.name}' keeps changing on disk; retry", retry_after=1)
 
@@ -347,8 +371,7 @@ class AdapterPool:
                 )
         except (ValueError, TypeError, RuntimeError) as exc:
             if key in self.model.peft_config:
-                self.model.delete_adapter(key)
-                self._model_changed()
+                self._delete(key)
             raise InvalidRequestError(f"cannot blend {blend.label()} with '{blend.method}': {exc}", param="model") from exc
         finally:
             for source in sources:
@@ -374,8 +397,7 @@ class AdapterPool:
         for cache_key, entry in list(self._resident.items()):
             if entry is resident:
                 del self._resident[cache_key]
-        self.model.delete_adapter(resident.key)
-        self._model_changed()
+        self._delete(resident.key)
         self.stats.unloads += 1
         self._update_resident()
         _release_memory()

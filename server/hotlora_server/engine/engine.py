@@ -29,13 +29,13 @@ from ..errors import (
     ServiceUnavailableError,
 )
 from ..settings import Settings
-from ..types import AdapterInfo, BlendSpec, GenerationEvent, GenerationRequest, ModelInfo, Usage
-from .adapter_pool import AdapterCatalog, AdapterPool
+from ..types import AdapterInfo, BlendSpec, EngineStats, GenerationEvent, GenerationRequest, ModelInfo, Usage
+from .adapter_pool import AdapterCatalog, AdapterPool, PoolStats
 from .admin import AdapterAdmin
 from .attention import use_batch_invariant_attention
 from .loader import LoadedModel, load_model
 from .prompts import chat_prompt_ids, completion_prompt_ids, stop_token_ids
-from .scheduler import Job, Scheduler
+from .scheduler import Job, Scheduler, SchedulerStats
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -117,6 +117,25 @@ class Engine:
         """Requests queued for the running batch and not in it yet (read from any thread; approximate)."""
         scheduler = self._scheduler
         return self._jobs.qsize() + (len(scheduler.waiting) if scheduler is not None else 0)
+
+    def stats(self) -> EngineStats:
+        """Counters and gauges for `/metrics`; plain reads of numbers the engine thread writes."""
+        batch = self._scheduler.stats if self._scheduler is not None else SchedulerStats()
+        pool = self._pool.stats if self._pool is not None else PoolStats()
+        return EngineStats(
+            requests_running=batch.requests_running,
+            requests_waiting=self.waiting(),
+            batch_rows=batch.batch_rows,
+            decode_steps=batch.decode_steps,
+            decoded_rows=batch.decoded_rows,
+            prefill_tokens=batch.prefill_tokens,
+            requests_aborted=batch.requests_aborted,
+            requests_failed=batch.requests_failed,
+            adapters_resident=len(self.resident_adapters()),
+            adapter_loads=pool.loads + pool.blends,
+            adapter_evictions=pool.evictions,
+            adapter_merges=pool.merges,
+        )
 
     def resident_adapters(self) -> frozenset[str]:
         """Store adapters loaded in memory now (a snapshot, safe from any thread)."""

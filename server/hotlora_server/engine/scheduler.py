@@ -101,6 +101,19 @@ class Row:
         return [TokenLogprob(token=text, logprob=value, bytes=raw, top_logprobs=top)]
 
 
+@dataclass
+class SchedulerStats:
+    """Counters since start and the batch's size after the last step; written by the engine thread only."""
+
+    requests_running: int = 0
+    batch_rows: int = 0
+    decode_steps: int = 0
+    decoded_rows: int = 0
+    prefill_tokens: int = 0
+    requests_aborted: int = 0
+    requests_failed: int = 0
+
+
 class Scheduler:
     """The waiting queue and the running batch; driven by the engine thread, one `step` at a time."""
 
@@ -120,6 +133,7 @@ class Scheduler:
         self.waiting: deque[Job] = deque()
         self.running: list[Row] = []
         self._batch = BatchCache()
+        self.stats = SchedulerStats()
 
     @property
     def idle(self) -> bool:
@@ -129,12 +143,22 @@ class Scheduler:
         self.waiting.append(job)
 
     def step(self) -> None:
-        """Prefill what the token budget allows, then decode one token for every running row."""
-        self._prefill_waiting()
-        self._compact()
-        if self.running:
-            self._decode()
+        """Prefill what the token budget allows, then decode one token for every running row.
+
+        Failures of one request's prefill, sampling or text are contained where they happen; anything
+        else that escapes a step fails the requests in the batch, which is then started afresh.
+        """
+        try:
+            self._prefill_waiting()
             self._compact()
+            if self.running:
+                self._decode()
+                self._compact()
+        except Exception as exc:  # the batch's state is unknown now: end its requests, keep serving
+            log.exception("batch step failed; failing the %d requests in the batch", len(_jobs_of(self.running)))
+            self._reset_batch(exc)
+        self.stats.requests_running = len(_jobs_of(self.running))
+        self.stats.batch_rows = len(self.running)
 
     def fail_all(self, error: HotloraError) -> None:
         """Fail every request (the engine is stopping)."""
@@ -142,6 +166,14 @@ class Scheduler:
             self._fail(job, error)
         self.waiting.clear()
         self._compact()
+
+    def _reset_batch(self, exc: Exception) -> None:
+        """Fail every request in the running batch and start with an empty one."""
+        jobs = _jobs_of(self.running)
+        self.running = []
+        self._batch = BatchCache()
+        for job in jobs:
+            self._fail(job, _internal(job, exc))
 
     # -- prefill ------------------------------------------------------------------------------------
 
@@ -212,6 +244,7 @@ class Scheduler:
         mask = (columns >= pad[:, None]).long().to(device)
         positions = (columns - pad[:, None]).clamp(min=0).to(device)
         cache = DynamicCache(config=self._loaded.model.config)
+        self.stats.prefill_tokens += int(lengths.sum())
         with self._pool.routing([job.key for job in jobs]) as kwargs:  # type: ignore[misc]
             logits = prefill(
                 self._pool.model, ids.to(device), cache, attention_mask=mask, position_ids=positions, **kwargs
@@ -225,6 +258,7 @@ class Scheduler:
             job.cache = DynamicCache(config=self._loaded.model.config)
         chunk = job.prompt_ids[job.prefilled : job.prefilled + self._token_budget]
         ids = torch.tensor([chunk], device=self._loaded.device)
+        self.stats.prefill_tokens += len(chunk)
         with self._pool.routing([job.key]) as kwargs:
             logits = prefill(self._pool.model, ids, job.cache, **kwargs)
         job.prefilled += len(chunk)
@@ -264,6 +298,8 @@ class Scheduler:
                 self._fail(job, _internal(job, exc))
             return
         self._batch.advance()
+        self.stats.decode_steps += 1
+        self.stats.decoded_rows += len(rows)
         self._sample(rows, logits)
 
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> None:
@@ -293,7 +329,9 @@ class Scheduler:
 
     def _finish(self, job: Job) -> None:
         """Report usage (unless the client left or the job failed) and unpin its adapter."""
-        if not job.failed and not job.cancelled.is_set() and job.rows:
+        if job.cancelled.is_set() and not job.failed:
+            self.stats.requests_aborted += 1
+        elif not job.failed and job.rows:
             generated = sum(row.generated for row in job.rows)
             job.emit(Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=generated))
         self._release(job)
@@ -302,6 +340,7 @@ class Scheduler:
         if job.failed:
             return
         job.failed = True
+        self.stats.requests_failed += 1
         job.emit(error)
         if not any(row.job is job for row in self.running):
             self._release(job)  # otherwise its rows release it when they leave the batch
@@ -319,5 +358,5 @@ def _jobs_of(rows: list[Row]) -> list[Job]:
 
 
 def _internal(job: Job, exc: Exception) -> HotloraError:
-    log.exception("request %s failed", job.request.request_id, exc_info=exc)
+    log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc, extra={"request_id": job.request.request_id})
     return HotloraError(f"internal error while generating: {type(exc).__name__}: {exc}")

@@ -83,7 +83,8 @@ def test_outside_is_refused(store: AdapterStore, allowed: Path, outside: Path, m
     with pytest.raises(AdapterPathError) as info:
         store.import_adapter(source, allowed_roots=[allowed])
     message = str(info.value)
-    assert str(source) in message and str(allowed.resolve()) in message and str(store.root.resolve()) in message
+    assert message.startswith(f"{source}, which is outside the folders adapters may be imported from")
+    assert str(allowed.resolve()) in message and str(store.root.resolve()) in message
     assert isinstance(info.value, AdapterError)
     assert visible(store) == []
 
@@ -158,6 +159,13 @@ def test_missing_paths(store: AdapterStore, allowed: Path, outside: Path) -> Non
         store.import_adapter(allowed / "nope", allowed_roots=[allowed])
     with pytest.raises(AdapterPathError):  # outside: refused without saying whether it exists
         store.import_adapter(outside / "nope", allowed_roots=[allowed])
+
+
+def test_a_nul_byte_in_the_path_is_refused_as_a_path_error(store: AdapterStore, allowed: Path) -> None:
+    # the OS cannot even be asked about such a path: os.stat raises ValueError, not OSError
+    with pytest.raises(AdapterPathError, match="NUL character"):
+        store.import_adapter(allowed / "pig\x00x", "pig", allowed_roots=[allowed])
+    assert visible(store) == []
 
 
 def test_a_file_is_not_a_folder(store: AdapterStore, allowed: Path) -> None:

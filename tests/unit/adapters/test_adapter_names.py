@@ -40,6 +40,13 @@ def test_refused_with_reason_and_rule(name: str, problem: str) -> None:
     assert not is_valid_adapter_name(name)
 
 
+def test_a_hostile_length_is_not_echoed_in_full() -> None:
+    with pytest.raises(InvalidAdapterNameError) as info:
+        validate_adapter_name("a" * 1000)
+    message = str(info.value)
+    assert "it is 1000 characters long" in message and len(message) < 300
+
+
 def test_is_a_value_error_and_non_strings_refused() -> None:
     assert issubclass(InvalidAdapterNameError, ValueError)
     with pytest.raises(InvalidAdapterNameError, match="must be a string"):

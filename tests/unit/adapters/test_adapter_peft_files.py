@@ -23,8 +23,9 @@ def test_all_linear_is_saved_expanded(adapter_dir: Path) -> None:
     assert isinstance(targets, list) and "model.layers.0.self_attn.q_proj" in targets
 
 
-def test_pickle_only_is_refused(tmp_path: Path, adapter_dir: Path) -> None:
-    (adapter_dir / "adapter_model.safetensors").rename(adapter_dir / "adapter_model.bin")
+@pytest.mark.parametrize("suffix", ["bin", "pt", "pth", "pkl"])
+def test_pickle_only_is_refused(adapter_dir: Path, suffix: str) -> None:
+    (adapter_dir / "adapter_model.safetensors").rename(adapter_dir / f"adapter_model.{suffix}")
     with pytest.raises(InvalidAdapterError, match="pickle weights are refused: loading them runs code; convert with safetensors"):
         inspect_adapter(adapter_dir)
 
@@ -73,12 +74,23 @@ def test_bad_field_type_refused(adapter_dir: Path, edit_adapter_config) -> None:
         ({"auto_mapping": "nonsense"}, "custom code"),
         ({"trust_remote_code": True}, "trust_remote_code"),
         ({"megatron_config": {"x": 1}, "megatron_core": "evil.module"}, "megatron"),
+        ({"init_lora_weights": "pissa"}, "rewrite the base model's weights"),
+        ({"init_lora_weights": "pissa_niter_4"}, "rewrite the base model's weights"),
+        ({"init_lora_weights": "olora"}, "rewrite the base model's weights"),
+        ({"init_lora_weights": "loftq", "loftq_config": {"loftq_bits": 4}}, "rewrite the base model's weights"),
+        ({"init_lora_weights": "some-future-init"}, "init_lora_weights 'some-future-init'"),
     ],
 )
 def test_code_loading_configs_refused(adapter_dir: Path, edit_adapter_config, changes: dict, message: str) -> None:
     edit_adapter_config(adapter_dir, **changes)
     with pytest.raises(InvalidAdapterError, match=message):
         inspect_adapter(adapter_dir)
+
+
+@pytest.mark.parametrize("init", [True, False, "gaussian", "eva", "orthogonal"])
+def test_inits_that_touch_only_the_lora_weights_are_fine(adapter_dir: Path, edit_adapter_config, init: object) -> None:
+    edit_adapter_config(adapter_dir, init_lora_weights=init)
+    assert inspect_adapter(adapter_dir).config.model_extra["init_lora_weights"] == init  # type: ignore[index]
 
 
 def test_unknown_config_fields_pass_through(adapter_dir: Path, edit_adapter_config) -> None:

@@ -11,6 +11,7 @@ import json
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,22 +100,31 @@ def tiny_settings(tiny_dir: Path, home: Path, store: Path, **extra: Any) -> Any:
     return Settings.build(flags, {})
 
 
+@contextmanager
+def running_engine(settings: Any) -> Iterator[Any]:
+    """A real engine over `settings`, started and ready; stopped on exit."""
+    from hotlora_server.engine.engine import Engine
+
+    engine = Engine(settings)
+    engine.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not engine.is_ready():
+            if engine.error is not None:
+                raise RuntimeError(f"the engine failed to start: {engine.error}") from engine.error
+            if time.monotonic() > deadline:
+                raise TimeoutError("the engine did not become ready in 120 s")
+            time.sleep(0.05)
+        yield engine
+    finally:
+        engine.stop()
+
+
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_dir: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The real engine serving the tiny model, started and ready."""
-    from hotlora_server.engine.engine import Engine
-
-    engine = Engine(tiny_settings(tiny_dir, tmp_path_factory.mktemp("home"), adapter_store))
-    engine.start()
-    deadline = time.monotonic() + 120
-    while not engine.is_ready():
-        if engine.error is not None:
-            raise RuntimeError(f"the engine failed to start: {engine.error}") from engine.error
-        if time.monotonic() > deadline:
-            raise TimeoutError("the engine did not become ready in 120 s")
-        time.sleep(0.05)
-    yield engine
-    engine.stop()
+    with running_engine(tiny_settings(tiny_dir, tmp_path_factory.mktemp("home"), adapter_store)) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="session")

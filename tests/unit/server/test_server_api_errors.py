@@ -196,9 +196,12 @@ def test_unknown_model_is_404(client: Any, openai_error: Any) -> None:
     assert TINY_NAME in error["message"] and ADAPTER_NAME in error["message"]
 
 
-def test_invalid_adapter_name_is_404_not_500(client: Any, openai_error: Any) -> None:
-    error = openai_error(client.post(CHAT, json=_chat_body(model="../../etc/passwd")), 404)
-    assert "../../etc/passwd" in error["message"]
+def test_a_model_that_cannot_be_an_adapter_name_is_400(client: Any, openai_error: Any) -> None:
+    # neither the base id, a valid adapter name nor a blend: a bad request, not an unknown model
+    error = openai_error(client.post(CHAT, json=_chat_body(model="../../etc/passwd")), 400, param="model")
+    assert error["type"] == "invalid_request_error"
+    assert "../../etc/passwd" in error["message"] and "path separator" in error["message"]
+    assert "an adapter name is 1 to 64 characters" in error["message"]
 
 
 # -- auth --------------------------------------------------------------------------------------------

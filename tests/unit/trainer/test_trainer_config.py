@@ -61,7 +61,7 @@ def test_defaults() -> None:
         ({"name": "x"}, "exactly one of --data"),
         ({"name": "x", "data": "d", "task": "piglatin"}, "exactly one of --data"),
         ({"name": "x", "data": "d", "lora_dropout": 1.5}, "lora_dropout"),
-        ({"name": "x", "data": "d", "qlora": True, "init_lora_weights": "loftq"}, "without --qlora"),
+        ({"name": "x", "data": "d", "init_lora_weights": "loftq"}, "one unmodified base"),
         ({"name": "x", "data": "d", "qlora": True, "init_lora_weights": "pissa"}, "drop --qlora"),
         ({"name": "x", "data": "d", "server": "localhost:8000"}, r"http\(s\) URL"),
         ({"name": "x", "data": "d", "optim": "sgd"}, "optim"),

@@ -1,0 +1,489 @@
+"""Soak: many streamed chats at once over base, adapters and blends while adapters come and go.
+
+    python bench/soak.py [--quick] [--requests 400] [--concurrency 32] [--max-tokens 32] [--churn-every 3]
+                         [--request-timeout 120] [--deadline 1800] [--max-rss-growth 10]
+                         [--max-loaded-adapters 16] [--home DIR] [--keep-logs]
+
+Starts `hotlora serve` on a loopback port with 6 random r=16 adapters in a temporary store: 4 steady ones
+and 2 churn ones. --requests streamed chats go to it, --concurrency at a time, spread in turn over the base,
+the 4 steady adapters, 4 blends of them (`steady0*0.5+steady1*0.5`, ...) and the 2 churn adapters. The
+server keeps up to --max-loaded-adapters resident: the default 16 holds all 10, so the soak measures the
+churn below; 8 (the server's default) adds LRU eviction under load. Even requests are greedy, odd ones sampled with a seed. Meanwhile, every --churn-every seconds, one
+churn adapter in turn is unloaded (`DELETE /v1/adapters/{name}`) or loaded again (`POST /v1/adapters`).
+
+Every response is checked against the wire contract: a 200 is an SSE stream of chat.completion.chunk objects
+for the requested model (or ends in an in-band error object), one finish_reason, a usage chunk with
+1 <= completion_tokens <= --max-tokens (and == it for `length`), never fewer tokens than content chunks, then
+`data: [DONE]`; any other status carries an OpenAI error object (429/503 also `Retry-After`). A request
+without `[DONE]` within --request-timeout is hung. A churn adapter's 404 (or in-band error) while it is
+disabled is the expected, clean failure; on any other model an error is unexpected.
+
+The server's resident memory (VmRSS) is sampled once the warm-up (the first 10% of requests, at least two
+per model) has finished, every second after, and at the end: flat means end/warm-up growth below
+--max-rss-growth percent. After the load, `/metrics` must show `hotlora_requests_running` and
+`hotlora_requests_waiting` back at 0 (n/a where it answers 404) and `/health` 200. The markdown goes to
+stdout, bench/results/soak-<UTC time>.md and bench/results/soak-latest.md; the exit code is 1 if a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import httpx
+from _common import REPO, machine_header, model_folder, percentile, publish, random_adapters, register_all
+from live_server import BASE_ID, RunningServer, serving
+from prometheus_client.parser import text_string_to_metric_families
+
+STEADY = tuple(f"steady{i}" for i in range(4))
+CHURN = ("churn0", "churn1")
+BLENDS = tuple(f"{a}*0.5+{b}*0.5" for a, b in zip(STEADY, STEADY[1:] + STEADY[:1]))
+MIX = (BASE_ID, *STEADY, *BLENDS, *CHURN)  # request i asks for MIX[i % len(MIX)]
+PROMPTS = ("Tell me a short story about a lighthouse keeper.", "What is the capital of France?",
+           "List three uses for a paperclip.", "Explain photosynthesis to a child.", "Write a haiku about rain.")
+GAUGES = ("hotlora_requests_running", "hotlora_requests_waiting")
+MIB = 2**20
+
+Kind = Literal["ok", "error", "in-band", "hung", "malformed"]
+
+
+class Malformed(Exception):
+    """A response that breaks the wire contract; the message says how."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    model: str
+    status: int | None  # None: no response head arrived
+    kind: Kind  # ok; error: a clean error status; in-band: an error frame in a 200 stream
+    detail: str = ""  # the error's type, or what was wrong
+    latency: float | None = None  # request sent -> [DONE]
+    ttft: float | None = None  # request sent -> first content chunk
+    tokens: int = 0  # completion tokens (usage)
+
+    @property
+    def server_error(self) -> bool:
+        """A 5xx, also one reported in-band after the 200 head was sent."""
+        return (self.status or 0) >= 500 or (self.kind == "in-band" and self.detail == "server_error")
+
+    @property
+    def expected(self) -> bool:
+        """A clean failure the soak provokes: a churn adapter while disabled, or backpressure."""
+        if self.kind == "ok":
+            return True
+        if self.kind not in ("error", "in-band") or self.server_error:
+            return False
+        return self.status == 429 or (self.model in CHURN and (self.status == 404 or self.kind == "in-band"))
+
+
+@dataclass(frozen=True)
+class ChurnCall:
+    action: Literal["unload", "load"]
+    name: str
+    status: int | None  # None: the call itself failed
+    seconds: float
+
+
+@dataclass
+class RssWatch:
+    """The server's resident memory: at the end of the warm-up, every second after, and at the end."""
+
+    pid: int
+    warm: int | None = None
+    end: int | None = None
+    samples: list[int] = field(default_factory=list)
+
+    def read(self) -> int | None:
+        """VmRSS in bytes; None once the process is gone (an unreaped one has no VmRSS)."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except FileNotFoundError:
+            return None
+        return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), None)
+
+    def sample(self) -> int | None:
+        value = self.read()
+        if value is not None:
+            self.samples.append(value)
+        return value
+
+    def mark_warm(self) -> None:
+        self.warm = self.sample()
+
+    def mark_end(self) -> None:
+        self.end = self.sample()
+
+    async def sample_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            if self.warm is not None:
+                self.sample()
+
+    def growth(self) -> float | None:
+        """End over warm-up, in percent (None without both)."""
+        return (self.end / self.warm - 1) * 100 if self.warm and self.end else None
+
+
+@dataclass
+class Run:
+    outcomes: list[Outcome]
+    planned: int
+    wall: float
+    churn: list[ChurnCall]
+    rss: RssWatch
+    exit_code: int | None  # the server's, if it exited during the load
+    gauges: dict[str, float] | None  # None: the server has no /metrics
+    health: int | None
+
+
+def request_body(i: int, model: str, max_tokens: int) -> dict[str, object]:
+    sampling = {"temperature": 0} if i % 2 == 0 else {"temperature": 0.8, "top_p": 0.95, "seed": i}
+    return {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}, **sampling}
+
+
+def error_type(data: object) -> str:
+    """The type of an OpenAI error object `{"error": {"message", "type", "param", "code"}}`."""
+    error = data.get("error") if isinstance(data, dict) else None
+    if not (isinstance(error, dict) and {"message", "type", "param", "code"} <= error.keys()
+            and isinstance(error["message"], str) and isinstance(error["type"], str)):
+        raise Malformed(f"not an OpenAI error object: {json.dumps(data)[:200]}")
+    return error["type"]
+
+
+def sse_payloads(lines: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """The `data:` payloads of an SSE stream (comments such as keep-alive pings skipped), up to `[DONE]`."""
+    payloads = []
+    for stamp, line in lines:
+        name, _, value = line.partition(":")
+        if not line or line.startswith(":") or name in ("event", "id", "retry"):
+            continue
+        if name != "data":
+            raise Malformed(f"not an SSE line: {line[:200]!r}")
+        if payloads and payloads[-1][1] == "[DONE]":
+            raise Malformed("data after [DONE]")
+        payloads.append((stamp, value.removeprefix(" ")))
+    if not payloads or payloads[-1][1] != "[DONE]":
+        raise Malformed("the stream does not end with data: [DONE]")
+    return payloads[:-1]
+
+
+def check_stream(lines: list[tuple[float, str]], model: str, max_tokens: int) -> tuple[float | None, int, str]:
+    """Validate a 200 stream: when its first content arrived, its completion tokens, its in-band error type."""
+    ids: set[object] = set()
+    first: float | None = None
+    contents = 0
+    finish: str | None = None
+    usage: dict | None = None
+    payloads = sse_payloads(lines)
+    for n, (stamp, payload) in enumerate(payloads):
+        try:
+            chunk = json.loads(payload)
+        except json.JSONDecodeError:
+            raise Malformed(f"a data line is not JSON: {payload[:200]!r}") from None
+        if isinstance(chunk, dict) and "error" in chunk:
+            if n != len(payloads) - 1:
+                raise Malformed("the stream goes on after an error frame")
+            return first, 0, error_type(chunk)
+        if not (isinstance(chunk, dict) and chunk.get("object") == "chat.completion.chunk"
+                and chunk.get("model") == model and isinstance(chunk.get("created"), int)
+                and isinstance(chunk.get("choices"), list)):
+            raise Malformed(f"not a chat.completion.chunk for {model!r}: {payload[:200]}")
+        ids.add(chunk.get("id"))
+        if usage is not None:
+            raise Malformed("a chunk after the usage chunk")
+        if chunk.get("usage") is not None:
+            if chunk["choices"]:
+                raise Malformed("the usage chunk has choices")
+            usage = chunk["usage"]
+            continue
+        for choice in chunk["choices"]:
+            if choice.get("index") != 0 or not isinstance(choice.get("delta"), dict):
+                raise Malformed(f"a choice without index 0 and a delta: {choice}")
+            if n == 0 and choice["delta"].get("role") != "assistant":
+                raise Malformed("the first chunk does not give the assistant role")
+            if finish is not None:
+                raise Malformed("the choice goes on after its finish_reason")
+            if choice["delta"].get("content"):
+                contents += 1
+                first = first or stamp
+            finish = choice.get("finish_reason")
+            if finish not in (None, "stop", "length"):
+                raise Malformed(f"finish_reason {finish!r}")
+    if len(ids) != 1 or not isinstance(next(iter(ids)), str):
+        raise Malformed(f"chunk ids {ids}, not one id")
+    if finish is None:
+        raise Malformed("no finish_reason")
+    if not (isinstance(usage, dict) and all(isinstance(usage.get(k), int) for k in
+                                            ("prompt_tokens", "completion_tokens", "total_tokens"))):
+        raise Malformed(f"no well-formed usage chunk: {usage}")
+    tokens = usage["completion_tokens"]
+    if usage["total_tokens"] != usage["prompt_tokens"] + tokens or usage["prompt_tokens"] < 1:
+        raise Malformed(f"inconsistent usage {usage}")
+    if not 1 <= tokens <= max_tokens or (finish == "length" and tokens != max_tokens) or contents > tokens:
+        raise Malformed(f"usage.completion_tokens {tokens} for {contents} content chunks, "
+                        f"finish_reason {finish}, max_tokens {max_tokens}")
+    return first, tokens, ""
+
+
+def refusal(model: str, response: httpx.Response, body: bytes) -> Outcome:
+    """Judge a non-200 answer: an OpenAI error object, and `Retry-After` on 429 and 503."""
+    status = response.status_code
+    try:
+        kind = error_type(json.loads(body))
+        if status in (429, 503) and "retry-after" not in response.headers:
+            raise Malformed("no Retry-After header")
+    except (Malformed, ValueError) as exc:
+        return Outcome(model, status, "malformed", f"HTTP {status}: {exc} (body {body[:200]!r})")
+    return Outcome(model, status, "error", kind)
+
+
+async def one_request(client: httpx.AsyncClient, i: int, model: str, max_tokens: int, timeout: float) -> Outcome:
+    """Send request i and judge what comes back; one without `[DONE]` after `timeout` seconds is hung."""
+    sent = time.perf_counter()
+    lines: list[tuple[float, str]] = []
+    status: int | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            body = request_body(i, model, max_tokens)
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                status = response.status_code
+                if status != 200:
+                    return refusal(model, response, await response.aread())
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    return Outcome(model, status, "malformed", f"content-type {response.headers.get('content-type')}")
+                async for line in response.aiter_lines():
+                    lines.append((time.perf_counter(), line))
+    except (TimeoutError, httpx.TimeoutException):
+        return Outcome(model, status, "hung", f"no [DONE] after {timeout:g} s ({len(lines)} lines received)")
+    except httpx.HTTPError as exc:
+        return Outcome(model, status, "malformed", f"the connection failed: {exc!r}")
+    done = time.perf_counter()
+    try:
+        first, tokens, error = check_stream(lines, model, max_tokens)
+    except Malformed as exc:
+        return Outcome(model, status, "malformed", str(exc))
+    ttft = None if first is None else first - sent
+    if error:
+        return Outcome(model, status, "in-band", error, ttft=ttft)
+    return Outcome(model, status, "ok", latency=done - sent, ttft=ttft, tokens=tokens)
+
+
+async def churn(client: httpx.AsyncClient, every: float, calls: list[ChurnCall]) -> None:
+    """Every `every` seconds unload, or load again, one churn adapter in turn, until cancelled."""
+    enabled = dict.fromkeys(CHURN, True)
+    for name in itertools.cycle(CHURN):
+        await asyncio.sleep(every)
+        started = time.perf_counter()
+        try:
+            if enabled[name]:
+                response = await client.delete(f"/v1/adapters/{name}")
+            else:
+                response = await client.post("/v1/adapters", json={"name": name})
+            status: int | None = response.status_code
+        except httpx.HTTPError:
+            status = None
+        calls.append(ChurnCall("unload" if enabled[name] else "load", name, status, time.perf_counter() - started))
+        if status == 200:
+            enabled[name] = not enabled[name]
+
+
+async def settle(client: httpx.AsyncClient) -> dict[str, float] | None:
+    """The running and waiting gauges once both read 0, or as they are 5 s after the load; None without /metrics."""
+    values: dict[str, float] = {}
+    for _ in range(10):
+        response = await client.get("/metrics")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        values = {sample.name: sample.value for family in text_string_to_metric_families(response.text)
+                  for sample in family.samples if sample.name in GAUGES}
+        if all(values.get(name) == 0 for name in GAUGES):
+            break
+        await asyncio.sleep(0.5)
+    return values
+
+
+async def soak(server: RunningServer, args: argparse.Namespace, deadline: float) -> Run:
+    """The load with adapter churn and memory sampling, then the server's state once it is over."""
+    rss = RssWatch(server.process.pid)
+    outcomes: list[Outcome] = []
+    calls: list[ChurnCall] = []
+    pending = enumerate(itertools.islice(itertools.cycle(MIX), args.requests))
+    warmup = min(args.requests, max(args.requests // 10, 2 * len(MIX)))
+    timeout = httpx.Timeout(args.request_timeout)
+    limits = httpx.Limits(max_connections=args.concurrency)
+    async with (httpx.AsyncClient(base_url=server.base_url, timeout=timeout, limits=limits) as client,
+                httpx.AsyncClient(base_url=server.base_url, timeout=timeout) as admin):
+
+        async def worker() -> None:
+            for i, model in pending:
+                if time.monotonic() > deadline:
+                    return
+                outcomes.append(await one_request(client, i, model, args.max_tokens, args.request_timeout))
+                if len(outcomes) == warmup:
+                    rss.mark_warm()
+
+        background = [asyncio.create_task(churn(admin, args.churn_every, calls)),
+                      asyncio.create_task(rss.sample_every(1.0))]
+        started = time.perf_counter()
+        try:
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+        wall = time.perf_counter() - started
+        exit_code = server.process.poll()
+        if exit_code is not None:
+            return Run(outcomes, args.requests, wall, calls, rss, exit_code, {}, None)
+        gauges = await settle(admin)
+        rss.mark_end()
+        health = (await admin.get("/health")).status_code
+    return Run(outcomes, args.requests, wall, calls, rss, None, gauges, health)
+
+
+def seconds_pair(values: list[float]) -> str:
+    return f"{percentile(values, 50):.2f} / {percentile(values, 95):.2f} s"
+
+
+def mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / MIB:.0f}"
+
+
+def summary_table(run: Run, args: argparse.Namespace) -> list[str]:
+    done = run.outcomes
+    ok = [o for o in done if o.kind == "ok"]
+    statuses = Counter(o.status for o in done if o.kind == "error")
+    churn_404 = sum(o.status == 404 and o.model in CHURN for o in done if o.kind == "error")
+    in_band = [o for o in done if o.kind == "in-band"]
+    tokens = sum(o.tokens for o in ok)
+    calls = Counter(c.action for c in run.churn)
+    slowest = max((c.seconds for c in run.churn), default=0.0)
+    growth = run.rss.growth()
+    gauges = "n/a (no /metrics)" if run.gauges is None else " / ".join(
+        f"{run.gauges[name]:g}" if name in run.gauges else "missing" for name in GAUGES)
+    rows = [
+        ("requests sent / planned", f"{len(done)} / {run.planned}"),
+        ("concurrency; max tokens per request", f"{args.concurrency}; {args.max_tokens}"),
+        ("duration", f"{run.wall:.1f} s"),
+        ("throughput", f"{len(done) / run.wall:.2f} req/s, {tokens / run.wall:.1f} output tok/s"),
+        ("200, complete and well-formed", str(len(ok))),
+        ("404, churn adapter disabled (expected)", str(churn_404)),
+        ("404, other", str(statuses[404] - churn_404)),
+        ("429", str(statuses[429])),
+        ("other 4xx", str(sum(n for s, n in statuses.items() if s and 400 <= s < 500 and s not in (404, 429)))),
+        ("5xx (also in-band server_error)", str(sum(o.server_error for o in done))),
+        ("in-band errors: churn adapters / others",
+         f"{sum(o.model in CHURN for o in in_band)} / {sum(o.model not in CHURN for o in in_band)}"),
+        (f"hung (no [DONE] within {args.request_timeout:g} s)", str(sum(o.kind == "hung" for o in done))),
+        ("malformed", str(sum(o.kind == "malformed" for o in done))),
+        ("latency p50 / p95 (sent to [DONE], 200s)", seconds_pair([o.latency for o in ok if o.latency is not None])),
+        ("TTFT p50 / p95 (200s)", seconds_pair([o.ttft for o in ok if o.ttft is not None])),
+        ("adapter churn", f"{calls['unload']} unloads, {calls['load']} loads, "
+                          f"{sum(c.status != 200 for c in run.churn)} failed, slowest {slowest:.2f} s"),
+        ("server RSS after warm-up / end / max (MiB)",
+         f"{mib(run.rss.warm)} / {mib(run.rss.end)} / {mib(max(run.rss.samples, default=None))}"
+         + ("" if growth is None else f" ({growth:+.1f}%)")),
+        ("gauges running / waiting after the load", gauges),
+        ("/health after the load", "server exited" if run.exit_code is not None else str(run.health)),
+    ]
+    return ["| figure | value |", "|---|--:|", *(f"| {name} | {value} |" for name, value in rows)]
+
+
+def checks(run: Run, args: argparse.Namespace) -> list[tuple[str, bool | None]]:
+    """Each soak criterion and whether this run meets it (None: cannot be judged here)."""
+    done = run.outcomes
+    growth = run.rss.growth()
+    return [
+        ("zero 5xx (also in-band server_error)", not any(o.server_error for o in done)),
+        ("zero hung requests", not any(o.kind == "hung" for o in done)),
+        ("zero malformed responses", not any(o.kind == "malformed" for o in done)),
+        ("no errors but a disabled churn adapter's or a 429",
+         not any(o.kind in ("error", "in-band") and not o.expected for o in done)),
+        ("adapters unloaded and loaded during the load, every call 200",
+         bool(run.churn) and all(c.status == 200 for c in run.churn)),
+        (f"server RSS flat after warm-up (growth < {args.max_rss_growth:g}%)",
+         growth is not None and growth < args.max_rss_growth),
+        ("running and waiting gauges back to 0",
+         None if run.gauges is None else all(run.gauges.get(name) == 0 for name in GAUGES)),
+        ("server still up, /health 200", run.exit_code is None and run.health == 200),
+        ("every request sent before the deadline", len(done) == run.planned),
+    ]
+
+
+def problems(run: Run) -> list[str]:
+    """The distinct failures that were not expected, most frequent first (the first 10)."""
+    seen = Counter(f"{o.model}: HTTP {o.status}, {o.kind}: {o.detail}" for o in run.outcomes if not o.expected)
+    return [f"- {text} (x{n})" for text, n in seen.most_common(10)]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="48 requests at concurrency 16, 10 minutes at most")
+    parser.add_argument("--requests", type=int, help="streamed chats to send (default 400; 48 with --quick)")
+    parser.add_argument("--concurrency", type=int, help="requests in flight at once (default 32; 16 with --quick)")
+    parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request (default 32)")
+    parser.add_argument("--churn-every", type=float, default=3.0,
+                        help="seconds between two adapter unloads/loads (default 3)")
+    parser.add_argument("--request-timeout", type=float, default=120.0,
+                        help="seconds before a request without [DONE] counts as hung (default 120)")
+    parser.add_argument("--deadline", type=float,
+                        help="seconds from the start after which no new request is sent (default 1800; 600 with "
+                             "--quick); the run then ends within --request-timeout more")
+    parser.add_argument("--max-rss-growth", type=float, default=10.0,
+                        help="percent of RSS growth from warm-up to end still counted as flat (default 10)")
+    parser.add_argument("--max-loaded-adapters", type=int, default=16,
+                        help="the server's resident adapters and blends (default 16: all of the soak's)")
+    parser.add_argument("--home", type=Path, default=REPO / ".pytest_cache" / "hotlora-home",
+                        help="hotlora home with the converted base (default .pytest_cache/hotlora-home)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the server's log (its folder is printed)")
+    args = parser.parse_args()
+    args.requests = args.requests or (48 if args.quick else 400)
+    args.concurrency = args.concurrency or (16 if args.quick else 32)
+    args.deadline = args.deadline or (600.0 if args.quick else 1800.0)
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    deadline = time.monotonic() + args.deadline
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    home = args.home.resolve()
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        root = Path(tmp)
+        logs = Path(tempfile.mkdtemp(prefix="soak-logs-")) if args.keep_logs else root
+        random_adapters(model_folder(home), root / "library", STEADY + CHURN)
+        register_all(root / "store", root / "library", STEADY + CHURN)
+        server_args = ["--home", str(home), "--adapters-dir", str(root / "store"), "--log-level", "info",
+                       "--max-loaded-adapters", str(args.max_loaded_adapters)]
+        with serving(server_args, logs / "hotlora.log") as server:
+            run = asyncio.run(soak(server, args, deadline))
+        log_tail = server.output().splitlines()[-40:]
+    verdicts = checks(run, args)
+    lines = ["| check | result |", "|---|---|"]
+    lines += [f"| {name} | {'n/a' if ok is None else 'PASS' if ok else 'FAIL'} |" for name, ok in verdicts]
+    failures = problems(run)
+    report = [*machine_header("soak", stamp), "", *summary_table(run, args), "", *lines]
+    report += ["", "Unexpected failures:", *failures] if failures else []
+    publish("soak", stamp, "\n".join(report) + "\n")
+    passed = all(ok is not False for _, ok in verdicts)
+    if not passed:
+        print("The server log's last lines:", *log_tail, sep="\n", file=sys.stderr)
+    if args.keep_logs:
+        print(f"server log kept in {logs}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
