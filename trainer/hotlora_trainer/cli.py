@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="HF model folder, .gguf file or hub id (default: the embedded SmolLM2-135M-Instruct)")
 
     lora = p.add_argument_group("LoRA (PEFT LoraConfig)")
-    lora.add_argument("--r", type=int, help="rank (default 16)")
-    lora.add_argument("--lora-alpha", type=int, help="scaling numerator: alpha/r (default 32)")
+    lora.add_argument("--r", type=int, help="rank (default 16; --task piglatin: 64)")
+    lora.add_argument("--lora-alpha", type=int, help="scaling numerator: alpha/r (default 32; --task piglatin: 128)")
     lora.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (default 0)")
     lora.add_argument("--target-modules", nargs="+", metavar="NAME",
                       help="module names (or one regex); default all-linear: every linear layer but the output")  # fmt: skip
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--modules-to-save", nargs="+", metavar="NAME", help="modules trained in full and saved")
 
     tr = p.add_argument_group("training (TRL SFTConfig)")
-    tr.add_argument("--epochs", type=float, help="num_train_epochs (default 3)")
+    tr.add_argument("--epochs", type=float, help="num_train_epochs (default 3; --task piglatin: 5)")
     tr.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
     tr.add_argument("--learning-rate", type=float, help="default 2e-4 (--task piglatin: 2e-3)")
     tr.add_argument("--batch-size", type=int, help="per_device_train_batch_size (default 8)")

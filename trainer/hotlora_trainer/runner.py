@@ -28,6 +28,7 @@ from . import piglatin
 from .base_model import (
     EMBEDDED_MODEL_NAME,
     base_spec,
+    bf16_autocast,
     compute_dtype_name,
     load_for_training,
     load_tokenizer,
@@ -200,8 +201,7 @@ def _run(
     if kind == "cpu":
         threads = cpu_threads(config.torch_threads)
         torch.set_num_threads(threads)
-        out(f"using {threads} CPU thread(s) (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
-            "--threads to choose)")  # fmt: skip
+        out(f"using {threads} CPU thread(s) of {os.cpu_count()} cores (idle ones; --threads to choose)")
     out(f"loading {resolved.base_id} on {device}{' in 4-bit NF4 (QLoRA)' if config.qlora else ''}")
     model = load_for_training(resolved.source, device=device, qlora=config.qlora,
                               attn_implementation=config.attn_implementation)  # fmt: skip
@@ -252,7 +252,7 @@ def _run(
         save_steps=config.save_steps,
         save_total_limit=1,
         report_to="none",
-        bf16=kind == "cuda",
+        bf16=bf16_autocast(kind, config.qlora),
         fp16=False,
         use_cpu=kind == "cpu",
         disable_tqdm=not progress_bar,
@@ -321,7 +321,8 @@ def _run(
         "training": {
             "wall_time_s": round(wall, 1), "train_runtime_s": round(train_runtime, 1),
             "global_step": trainer.state.global_step, "device": kind,
-            "compute_dtype": compute_dtype_name(kind), "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
+            "compute_dtype": compute_dtype_name(kind), "bf16_autocast": bf16_autocast(kind, config.qlora),
+            "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
             "memory_estimate": result.estimate.as_dict(), "versions": _versions(),
         },
     }  # fmt: skip
@@ -367,8 +368,28 @@ def cpu_threads(requested: int | None) -> int:
 
     if requested:
         return requested
-    idle = (os.cpu_count() or 1) - os.getloadavg()[0]
-    return max(1, min(torch.get_num_threads(), int(idle + 0.5)))
+    return max(1, min(torch.get_num_threads(), int(idle_cores() + 0.5)))
+
+
+def idle_cores(sample_s: float = 0.5) -> float:
+    """Cores idle now, from /proc/stat over `sample_s` (Linux); elsewhere cores minus the 1-minute load
+    average, which still counts a load that ended minutes ago (and so once halved a run's threads here)."""
+    cores = os.cpu_count() or 1
+    try:
+        before = _cpu_times()
+        time.sleep(sample_s)
+        after = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return cores - os.getloadavg()[0]
+    total = sum(after) - sum(before)
+    idle = (after[3] + after[4]) - (before[3] + before[4])  # idle + iowait
+    return cores * idle / total if total > 0 else float(cores)
+
+
+def _cpu_times() -> list[int]:
+    """The aggregate `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal (jiffies)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        return [int(field) for field in f.readline().split()[1:9]]
 
 
 def check_module_names(config: TrainConfig, model: Any) -> None:
