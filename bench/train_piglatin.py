@@ -75,6 +75,9 @@ def main() -> int:
           f"estimated {training['memory_estimate']['total'] / gib:.2f} GiB")  # fmt: skip
     print(f"losses:             train {figures['train_loss']:.3f}, eval {figures['eval_loss']:.3f}")
     print(f"word accuracy:      adapter {scores['adapter']['word_accuracy']:.1%}   base {scores['base']['word_accuracy']:.1%}")
+    for kind in ("seen", "unseen"):
+        print(f"  words {kind + ' in training:':19} adapter {scores['adapter'][f'{kind}_word_accuracy']:.1%}   "
+              f"base {scores['base'][f'{kind}_word_accuracy']:.1%}")  # fmt: skip
     print(f"exact match:        adapter {scores['adapter']['exact_match']:.1%}   base {scores['base']['exact_match']:.1%}")
     target = wall <= 20 * 60 and scores["adapter"]["word_accuracy"] >= 0.8
     print(f"target (<= 20 min, word accuracy >= 80%): {'met' if target else 'NOT met'}")

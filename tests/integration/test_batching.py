@@ -1,8 +1,9 @@
 """Continuous batching with the real 4-bit SmolLM2: a request's output is the same alone and in a full batch.
 
-The server gets four adapters of different ranks and strengths; sixteen greedy requests over the base,
-the adapters and a blend run one at a time, then all at once (joining the running batch at different
-steps, with prompts of different lengths), and every text must be identical.
+The server gets five adapters of different ranks and strengths (one wide enough that the stacked LoRA
+spreads them over three blocks); sixteen greedy requests over the base, the adapters and a blend run one
+at a time, then all at once (joining the running batch at different steps, with prompts of different
+lengths), and every text must be identical.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ PROMPTS = [
     "List five fruits.",
     "What is the capital of France, and why is it famous?",
 ]
-MODELS = [BASE_ID, "r8", "r16", "gentle", "r4", "r8*0.5+r16*0.5", BASE_ID, "r8"]
+MODELS = [BASE_ID, "r8", "r16", "gentle", "r4", "wide", "r8*0.5+r16*0.5", "r8"]
 
 
 @pytest.fixture(scope="module")
 def batching(tmp_path_factory: pytest.TempPathFactory, hotlora_home: Path, smollm2_dir: Path) -> Iterator[RunningServer]:
     store = tmp_path_factory.mktemp("batch-store")
-    for name, seed, rank, strength in (("r8", 11, 8, 0.5), ("r16", 12, 16, 0.5), ("gentle", 13, 8, 0.25), ("r4", 14, 4, 1.0)):
+    for name, seed, rank, strength in (("r8", 11, 8, 0.5), ("r16", 12, 16, 0.5), ("gentle", 13, 8, 0.25), ("r4", 14, 4, 1.0),
+                                       ("wide", 15, 112, 0.25)):
         save_random_lora(smollm2_dir, store / name, seed=seed, r=rank, strength=strength)
     log = tmp_path_factory.mktemp("batch-logs") / "server.log"
     with serving(["--home", str(hotlora_home), "--adapters-dir", str(store)], log) as running:

@@ -102,27 +102,48 @@ def task_dataset() -> Dataset:
 
 @dataclass(frozen=True)
 class Score:
-    """Exact match per sentence and per word (position by position against the reference's words)."""
+    """Exact match per sentence and per word (position by position against the reference's words), the
+    latter also split by whether the word occurs in the training references: memorized vs generalized."""
 
     exact_match: float
     word_accuracy: float
     sentences: int
     words: int
+    seen_word_accuracy: float
+    unseen_word_accuracy: float
+    unseen_words: int
 
     def as_dict(self) -> dict[str, float | int]:
         return {"exact_match": self.exact_match, "word_accuracy": self.word_accuracy,
-                "sentences": self.sentences, "words": self.words}  # fmt: skip
+                "sentences": self.sentences, "words": self.words,
+                "seen_word_accuracy": self.seen_word_accuracy, "unseen_word_accuracy": self.unseen_word_accuracy,
+                "unseen_words": self.unseen_words}  # fmt: skip
 
 
-def score(predictions: Sequence[str], references: Sequence[str]) -> Score:
-    """Compare generated Pig Latin with the references (whitespace-normalized, case-sensitive)."""
+def _bare(word: str) -> str:
+    return "".join(WORD.findall(word))
+
+
+def score(predictions: Sequence[str], references: Sequence[str], training: Sequence[str] = ()) -> Score:
+    """Compare generated Pig Latin with the references (whitespace-normalized, case-sensitive); a reference
+    word is "seen" when it occurs (punctuation aside) in one of the `training` references."""
     if len(predictions) != len(references):
         raise ValueError("predictions and references differ in number")
-    exact = words = correct = 0
+    known = {_bare(word) for ref in training for word in ref.split()}
+    exact = 0
+    right = {True: 0, False: 0}  # seen -> correct words
+    total = {True: 0, False: 0}  # seen -> words
     for pred, ref in zip(predictions, references, strict=True):
         pred_words, ref_words = pred.split(), ref.split()
         exact += pred_words == ref_words
-        words += len(ref_words)
-        correct += sum(p == r for p, r in zip(pred_words, ref_words, strict=False))
-    n = len(references)
-    return Score(exact / n if n else 0.0, correct / words if words else 0.0, n, words)
+        for i, word in enumerate(ref_words):
+            seen = _bare(word) in known
+            total[seen] += 1
+            right[seen] += i < len(pred_words) and pred_words[i] == word
+    n, words = len(references), total[True] + total[False]
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else 0.0
+
+    return Score(ratio(exact, n), ratio(right[True] + right[False], words), n, words,
+                 ratio(right[True], total[True]), ratio(right[False], total[False]), total[False])  # fmt: skip

@@ -341,7 +341,7 @@ def _quiet(_: str) -> None:
 def _evaluate_task(model: Any, tokenizer: Any, config: TrainConfig, out: Callable[[str], None]) -> tuple[dict[str, Any], list[dict[str, str]]]:
     from .evaluate import generate_replies
 
-    _, sentences = piglatin.split_sentences()
+    training, sentences = piglatin.split_sentences()
     sources = [s.text for s in sentences]
     references = [piglatin.to_pig_latin(s) for s in sources]
     longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
@@ -351,9 +351,10 @@ def _evaluate_task(model: Any, tokenizer: Any, config: TrainConfig, out: Callabl
     on_cuda = next(model.parameters()).device.type == "cuda"
     replies = generate_replies(model, tokenizer, sources, max_new_tokens=budget,
                                batch_size=len(sources) if on_cuda else 40)  # fmt: skip
-    score = piglatin.score(replies, references)
-    out(f"  {score.sentences} sentences in {time.monotonic() - t0:.0f} s: word accuracy {score.word_accuracy:.1%}, "
-        f"exact match {score.exact_match:.1%}")  # fmt: skip
+    score = piglatin.score(replies, references, [piglatin.to_pig_latin(s.text) for s in training])
+    out(f"  {score.sentences} sentences in {time.monotonic() - t0:.0f} s: word accuracy {score.word_accuracy:.1%} "
+        f"(words seen in training {score.seen_word_accuracy:.1%}, the {score.unseen_words} unseen "
+        f"{score.unseen_word_accuracy:.1%}), exact match {score.exact_match:.1%}")  # fmt: skip
     samples = [{"input": s, "reference": r, "output": o} for s, r, o in zip(sources, references, replies, strict=True)]
     return score.as_dict(), samples[:20]
 

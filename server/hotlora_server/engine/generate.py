@@ -11,11 +11,14 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from .prefill_gemm import prefilling
+
 
 @torch.inference_mode()
 def prefill(model: Any, input_ids: torch.Tensor, cache: DynamicCache, **forward_kwargs: Any) -> torch.Tensor:
     """Run the prompt ([rows, tokens]) through the model, filling `cache`; return last logits [rows, vocab]."""
-    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **forward_kwargs)
+    with prefilling():
+        out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **forward_kwargs)
     return out.logits[:, -1, :]
 
 

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from hotlora_adapters import BaseSpec
 
 from ..settings import EMBEDDED_MODEL_NAME, Settings
+from . import prefill_gemm
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,8 @@ def load_model(settings: Settings) -> LoadedModel:
             "hub (or a cached copy); otherwise pass a local folder or a .gguf file with --model."
         ) from exc
     model.eval()
+    if qconfig is not None and device.type == "cpu":
+        log.info("prefill through bf16 GEMMs for %d 4-bit layers", prefill_gemm.install(model))
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:
         if settings.max_model_len > context:

@@ -1,19 +1,21 @@
-"""Every row's LoRA delta for every resident adapter in two matmuls per layer (Punica/S-LoRA, plain torch).
+"""Every row's LoRA delta for every resident adapter in a few matmuls per layer (Punica/S-LoRA, plain torch).
 
 PEFT's mixed-batch path (`adapter_names`) loops over the adapters of a batch in every layer and routes
 rows through hooks it installs at each forward: with 8 adapters in a batch of 16 that loop costs more
-than the base model (measured: 59 vs 207 tokens/s). Here each LoRA layer keeps the A matrices of all
-stackable resident adapters concatenated along the rank (`A: [R, in]`) and the B matrices, pre-scaled,
-likewise (`B: [out, R]`); adapter `k` owns the columns `[start_k, stop_k)`. One forward of a batch is
+than the base model (measured: 59 vs 207 tokens/s). Here each LoRA layer keeps the A matrices of the
+stackable resident adapters concatenated along the rank (`A: [W, in]`) and the B matrices, pre-scaled,
+likewise (`B: [out, W]`), in blocks of about `BLOCK` columns; adapter `k` owns the columns
+`[start_k, stop_k)` of one block. One decode step of a batch is, for each block some row uses,
 
-    delta = ((x @ A.T) * mask) @ B.T
+    delta += ((x @ A.T) * mask) @ B.T
 
-where `mask` keeps each row's own columns (base rows: none): one decode step, whatever the mix. A prefill
-(many tokens per row, compute-bound) instead runs each adapter's own columns over its own rows only. The
-shapes never depend on what else is in the batch, and the row count is padded to at least `MIN_ROWS`:
-float32 GEMMs give bit-identical rows for any row count from there on (below it BLAS switches kernels),
-so a row's delta is the same alone or in any batch — which matters because the 4-bit kernel's bf16
-rounding amplifies any last-bit change.
+where `mask` keeps each row's own columns (other rows: none, so their delta is an exact zero). The LoRA
+cost follows the blocks a batch uses, not everything resident. A prefill (many tokens per row,
+compute-bound) instead runs each adapter's own columns over its own rows only. The shapes never depend
+on what else is in the batch, and the row count is padded to at least `MIN_ROWS`: float32 GEMMs give
+bit-identical rows for any row count from there on (below it BLAS switches kernels), so a row's delta is
+the same alone or in any batch — which matters because the 4-bit kernel's bf16 rounding amplifies any
+last-bit change.
 PEFT still loads, blends and saves the adapters and stays the reference the tests compare against;
 adapters this cannot express exactly (DoRA, LoRA biases, embedding or `modules_to_save` layers) are
 served through PEFT's own path.
@@ -32,6 +34,16 @@ from peft.utils import ModulesToSaveWrapper
 
 
 MIN_ROWS = 16  # where this CPU's BLAS stops switching float32 GEMM kernels by row count (measured)
+BLOCK = 128  # columns per block: 8 adapters of rank 16 (fewer, larger GEMMs vs skipping unused ones)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """An adapter's columns: `[start, stop)` of block `block`."""
+
+    block: int
+    start: int
+    stop: int
 
 
 class _LayerStack:
@@ -39,36 +51,45 @@ class _LayerStack:
 
     def __init__(self, layer: LoraLayer) -> None:
         self.layer = layer
-        self.a: torch.Tensor | None = None  # [R, in]
-        self.b: torch.Tensor | None = None  # [out, R], scaling folded in
+        self.blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # per block: A [W, in], B [out, W] scaled
 
-    def rebuild(self, slots: dict[str, tuple[int, int]], total: int, dtype: torch.dtype) -> None:
+    def rebuild(self, slots: dict[str, _Slot], widths: list[int], dtype: torch.dtype) -> None:
         base = self.layer.get_base_layer()
         device = next(p.device for p in self.layer.parameters())
-        self.a = torch.zeros(total, base.in_features, dtype=dtype, device=device)
-        self.b = torch.zeros(base.out_features, total, dtype=dtype, device=device)
-        for key, (start, _) in slots.items():
+        self.blocks = [
+            (
+                torch.zeros(width, base.in_features, dtype=dtype, device=device),
+                torch.zeros(base.out_features, width, dtype=dtype, device=device),
+            )
+            for width in widths
+        ]
+        for key, slot in slots.items():
             if key not in self.layer.lora_A:
                 continue  # the adapter does not target this layer: its columns stay zero
+            a_block, b_block = self.blocks[slot.block]
             a = self.layer.lora_A[key].weight
             b = self.layer.lora_B[key].weight * self.layer.scaling[key]
-            self.a[start : start + a.shape[0]] = a.to(dtype)
-            self.b[:, start : start + a.shape[0]] = b.to(dtype)
+            a_block[slot.start : slot.start + a.shape[0]] = a.to(dtype)
+            b_block[:, slot.start : slot.start + a.shape[0]] = b.to(dtype)
 
     def hook(self, stack: LoraStack, _module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
         route = stack.route
-        if route is None or self.a is None or self.b is None:
+        if route is None or not self.blocks:
             return None
         x = args[0]
-        if x.shape[1] == 1:  # a decode step: all slots at once, each row masked to its own
-            delta = _rows_invariant(x[:, 0].to(self.a.dtype), self.a, self.b, route.mask)
-            return output + delta[:, None].to(output.dtype)
-        for start, stop, index in route.groups:  # a prefill: each adapter's own columns for its rows only
+        if x.shape[1] == 1:  # a decode step: each used block at once, each row masked to its own columns
+            flat = x[:, 0].to(stack.dtype)
+            for block, mask in route.masks:
+                a, b = self.blocks[block]
+                output.add_(_rows_invariant(flat, a, b, mask)[:, None].to(output.dtype))
+            return output
+        for slot, index in route.groups:  # a prefill: each adapter's own columns for its rows only
+            a, b = self.blocks[slot.block]
             rows = x.index_select(0, index)
-            flat = rows.reshape(-1, rows.shape[-1]).to(self.a.dtype)
-            delta = _rows_invariant(flat, self.a[start:stop], self.b[:, start:stop])
-            output = output.index_add(0, index, delta.view(*rows.shape[:2], -1).to(output.dtype))
-        return output
+            flat = rows.reshape(-1, rows.shape[-1]).to(stack.dtype)
+            delta = _rows_invariant(flat, a[slot.start : slot.stop], b[:, slot.start : slot.stop])
+            output.index_add_(0, index, delta.view(*rows.shape[:2], -1).to(output.dtype))  # in place: a copy per
+        return output  # adapter of a prefill's whole output cost more than the LoRA itself
 
 
 def _rows_invariant(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,20 +109,20 @@ def _rows_invariant(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mask: tor
 class _Route:
     """Which rows get which adapter during one forward."""
 
-    mask: torch.Tensor  # [rows, R]: 1 on each row's own columns (decode)
-    groups: list[tuple[int, int, torch.Tensor]]  # (start, stop, row indices) per adapter (prefill)
+    masks: list[tuple[int, torch.Tensor]]  # (block, [rows, W] 1 on each row's own columns) per used block
+    groups: list[tuple[_Slot, torch.Tensor]]  # (columns, row indices) per adapter (prefill)
 
 
 class LoraStack:
     """Stacked LoRA weights of a `PeftModel`'s stackable adapters, applied by forward hooks on its layers."""
 
     def __init__(self, dtype: torch.dtype) -> None:
-        self._dtype = dtype
+        self.dtype = dtype
         self._layers: dict[int, _LayerStack] = {}  # id(LoraLayer) -> its stack
-        self._slots: dict[str, tuple[int, int]] = {}  # adapter key -> its columns
+        self._slots: dict[str, _Slot] = {}  # adapter key -> its columns
+        self._widths: list[int] = []  # columns of each block
         self._stale = True
         self._device = torch.device("cpu")
-        self._width = 0  # R: the stacked rank of all slots
         self.route: _Route | None = None  # set only inside `rows`
 
     def invalidate(self) -> None:
@@ -120,15 +141,19 @@ class LoraStack:
         if all(key == base for key in keys):
             yield
             return
-        mask = torch.zeros(len(keys), self._width, dtype=self._dtype)
+        masks: dict[int, torch.Tensor] = {}
         rows_of: dict[str, list[int]] = {}
         for row, key in enumerate(keys):
             if key != base:
-                start, stop = self._slots[key]
-                mask[row, start:stop] = 1
+                slot = self._slots[key]
+                if slot.block not in masks:
+                    masks[slot.block] = torch.zeros(len(keys), self._widths[slot.block], dtype=self.dtype)
+                masks[slot.block][row, slot.start : slot.stop] = 1
                 rows_of.setdefault(key, []).append(row)
-        groups = [(*self._slots[key], torch.tensor(rows, device=self._device)) for key, rows in rows_of.items()]
-        self.route = _Route(mask.to(self._device), groups)
+        self.route = _Route(
+            [(block, mask.to(self._device)) for block, mask in sorted(masks.items())],
+            [(self._slots[key], torch.tensor(rows, device=self._device)) for key, rows in rows_of.items()],
+        )
         try:
             yield
         finally:
@@ -137,24 +162,24 @@ class LoraStack:
     @torch.no_grad()
     def _rebuild(self, model: Any) -> None:
         layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-        keys = sorted({k for layer in layers for k in layer.lora_A} | {k for layer in layers for k in layer.lora_embedding_A})
+        present = {k for layer in layers for k in layer.lora_A}
         unstackable = _unstackable(model, layers)
-        offset = 0
-        self._slots = {}
-        for key in keys:
-            if key in unstackable:
+        self._slots, self._widths = {}, []
+        for key in model.peft_config:  # load order: adapters loaded together share blocks
+            if key not in present or key in unstackable:
                 continue
             rank = max(layer.lora_A[key].weight.shape[0] for layer in layers if key in layer.lora_A)
-            self._slots[key] = (offset, offset + rank)
-            offset += rank
+            if not self._widths or self._widths[-1] + rank > max(BLOCK, rank):
+                self._widths.append(0)
+            self._slots[key] = _Slot(len(self._widths) - 1, self._widths[-1], self._widths[-1] + rank)
+            self._widths[-1] += rank
         for layer in layers:
             if id(layer) not in self._layers and _over_linear(layer):
                 stack = _LayerStack(layer)
                 layer.register_forward_hook(lambda m, a, o, s=stack: s.hook(self, m, a, o))
                 self._layers[id(layer)] = stack
         for stack in self._layers.values():
-            stack.rebuild(self._slots, offset, self._dtype)
-        self._width = offset
+            stack.rebuild(self._slots, self._widths, self.dtype)
         self._device = next(model.parameters()).device
         self._stale = False
 

@@ -19,6 +19,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import DynamicCache
 
 from hotlora_server.engine.batch_cache import BatchCache
+from hotlora_server.engine import lora_stack
 from hotlora_server.engine.lora_stack import LoraStack
 from hotlora_server.types import ChoiceDelta, GenerationRequest, SamplingParams, Usage
 
@@ -55,16 +56,34 @@ def _stacked_logits(model: PeftModel, stack: LoraStack, ids: torch.Tensor, keys:
         model.base_model.enable_adapter_layers()
 
 
+@pytest.fixture(params=[lora_stack.BLOCK, 6], ids=["one-block", "blocks"])
+def stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> LoraStack:
+    """A fresh stack; with 6-column blocks the fixture's adapters spread over three blocks."""
+    monkeypatch.setattr(lora_stack, "BLOCK", request.param)
+    return LoraStack(torch.float32)
+
+
 @pytest.mark.parametrize(
     "keys",
     [["a", "b", BASE, "c", "ab", "a"], ["b", "b"], ["ab"], [BASE, BASE], ["c", BASE]],
     ids=["mixed", "one-adapter", "blend", "base-only", "partial-targets"],
 )
-def test_stacked_lora_matches_peft(peft_model: PeftModel, keys: list[str]) -> None:
+def test_stacked_lora_matches_peft(peft_model: PeftModel, stack: LoraStack, keys: list[str]) -> None:
     ids = torch.randint(0, 1000, (len(keys), 7), generator=torch.Generator().manual_seed(0))
     expected = _peft_logits(peft_model, ids, keys)
-    got = _stacked_logits(peft_model, LoraStack(torch.float32), ids, keys)
+    got = _stacked_logits(peft_model, stack, ids, keys)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_batch_computes_only_the_blocks_its_adapters_use(peft_model: PeftModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks fill in load order (a: r2 and b: r4 share one, c: r8 exceeds 6 and gets its own, then ab)."""
+    monkeypatch.setattr(lora_stack, "BLOCK", 6)
+    stack = LoraStack(torch.float32)
+    assert stack.covers(peft_model, {"a", "b", "c", "ab"})
+    for keys, blocks in ((["a", "b", BASE], [0]), (["c", BASE], [1]), (["ab", "a"], [0, 2]), ([BASE], [])):
+        with stack.rows(keys, BASE):
+            used = [block for block, _ in stack.route.masks] if stack.route else []
+        assert used == blocks, keys
 
 
 def test_stack_follows_adapter_changes_and_skips_dora(peft_model: PeftModel) -> None:
@@ -233,11 +252,11 @@ class _Zeros(torch.nn.Module):
 
 
 @torch.inference_mode()
-def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(peft_model: PeftModel) -> None:
-    """What batch invariance rests on: the stacked deltas and the attention give a row the same bits."""
+def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(peft_model: PeftModel, stack: LoraStack) -> None:
+    """What batch invariance rests on: the stacked deltas (also when other rows bring other blocks) and
+    the attention give a row the same bits."""
     from hotlora_server.engine.attention import batch_invariant_attention
 
-    stack = LoraStack(torch.float32)
     keys = ["a", BASE, "ab", "c", "a"]
     x = torch.randn(len(keys), 1, 64, generator=torch.Generator().manual_seed(4))
     assert stack.covers(peft_model, set(keys) - {BASE})

@@ -68,9 +68,20 @@ def test_the_sentences_ship_inside_the_package() -> None:
 
 def test_score_exact_and_word_accuracy() -> None:
     refs = ["ethay irchbay anoecay.", "igpay eatway"]
-    assert score(refs, refs).as_dict() == {"exact_match": 1.0, "word_accuracy": 1.0, "sentences": 2, "words": 5}
+    assert score(refs, refs).as_dict() == {"exact_match": 1.0, "word_accuracy": 1.0, "sentences": 2, "words": 5,
+                                           "seen_word_accuracy": 0.0, "unseen_word_accuracy": 1.0, "unseen_words": 5}
     result = score(["ethay irchbay anoe.", "  igpay   eatway "], refs)
     assert result.exact_match == 0.5  # whitespace is normalized, a wrong word is not
     assert result.word_accuracy == pytest.approx(4 / 5)
     shifted = score(["xx ethay irchbay anoecay.", ""], refs)  # words are compared position by position
     assert shifted.word_accuracy == 0.0 and shifted.exact_match == 0.0
+
+
+def test_score_splits_words_seen_in_training_from_unseen() -> None:
+    """Memorized vs generalized: punctuation aside, a reference word is seen if a training reference has it."""
+    refs = ["ethay irchbay anoecay.", "igpay eatway"]
+    result = score(["ethay irchbay anoe.", "igpay atway"], refs, training=["anoecay ethay", "eatway!"])
+    assert result.unseen_words == 2  # irchbay, igpay
+    assert result.seen_word_accuracy == pytest.approx(1 / 3)  # ethay right; anoecay. and eatway wrong
+    assert result.unseen_word_accuracy == 1.0
+    assert result.word_accuracy == pytest.approx(3 / 5)
