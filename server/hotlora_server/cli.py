@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-num-batched-tokens", type=int,
                        help="prompt tokens prefilled per batch step: longer prompts are prefilled in chunks "
                             "between decode steps (default 512)")  # fmt: skip
+    serve.add_argument("--cpu-prefill", choices=["bf16", "4bit"],
+                       help="4-bit base on a CPU with native bf16: prefill through bf16 GEMMs on dequantized "
+                            "weights (bf16, default: several times faster; keeps a second copy of the 4-bit "
+                            "weights, half a byte per weight) or bitsandbytes' 4-bit kernel (4bit)")  # fmt: skip
     serve.add_argument("--max-queue", type=int,
                        help="requests that may wait for a place in the running batch; beyond it the server "
                             "answers 429 with Retry-After at once (default 64)")  # fmt: skip

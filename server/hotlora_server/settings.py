@@ -46,6 +46,9 @@ class Settings(BaseModel):
     max_n: int = Field(8, ge=1)
     max_num_seqs: int = Field(32, ge=1, description="rows decoded together in the running batch")
     max_num_batched_tokens: int = Field(512, ge=16, description="prompt tokens prefilled per batch step")
+    cpu_prefill: Literal["bf16", "4bit"] = Field(
+        "bf16", description="how a 4-bit base prefills on a CPU with native bf16 (see engine/prefill_gemm.py)"
+    )
     max_queue: int = Field(64, ge=1, description="requests waiting for the running batch before 429")
     max_model_len: int | None = Field(None, ge=16)
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body; beyond it 413")

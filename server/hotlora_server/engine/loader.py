@@ -183,7 +183,7 @@ def load_model(settings: Settings) -> LoadedModel:
             "hub (or a cached copy); otherwise pass a local folder or a .gguf file with --model."
         ) from exc
     model.eval()
-    if qconfig is not None and device.type == "cpu":
+    if qconfig is not None and device.type == "cpu" and settings.cpu_prefill == "bf16":
         log.info("prefill through bf16 GEMMs for %d 4-bit layers", prefill_gemm.install(model))
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import bitsandbytes as bnb
 import pytest
 import torch
+from conftest import tiny_settings
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from hotlora_server.engine import prefill_gemm
 from hotlora_server.engine.attention import use_batch_invariant_attention
 from hotlora_server.engine.generate import prefill
-from hotlora_server.engine.loader import quantization_config
+from hotlora_server.engine.loader import load_model, quantization_config
 
 
 def test_a_rows_tiled_result_does_not_depend_on_the_other_rows() -> None:
@@ -59,3 +61,14 @@ def test_prefill_is_batch_invariant_and_close_to_the_4bit_kernel(tiny_4bit) -> N
 def test_install_is_a_no_op_without_4bit_layers(tiny_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
     assert prefill_gemm.install(model) == 0
+
+
+@pytest.mark.parametrize(("cpu_prefill", "expected"), [("bf16", True), ("4bit", False)])
+def test_the_server_installs_the_prefill_path_unless_told_not_to(
+    tiny_dir: Path, tmp_path: Path, cpu_prefill: str, expected: bool
+) -> None:
+    settings = tiny_settings(tiny_dir, tmp_path, tmp_path / "store", quantize="nf4", cpu_prefill=cpu_prefill)
+    layers = [m for m in load_model(settings).model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    if expected and not getattr(layers[0], "support_avx512bf16_for_cpu", False):
+        pytest.skip("this CPU has no AVX512-BF16: no prefill path to install")
+    assert layers and all(("forward" in vars(m)) == expected for m in layers)

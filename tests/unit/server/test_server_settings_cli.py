@@ -18,6 +18,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.port == 8000
     assert settings.api_key is None
     assert settings.max_n == 8
+    assert settings.cpu_prefill == "bf16"
     assert settings.home == tmp_path
     assert settings.models_dir == tmp_path / "models"
 
@@ -65,9 +66,10 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
 def test_parser_serve_flags() -> None:
     args = cli.build_parser().parse_args(
         ["serve", "--model", "x", "--quantize", "none", "--port", "1", "--api-key", "k", "--adapters-dir", "d",
-         "--served-model-name", "n", "--max-n", "3"]
+         "--served-model-name", "n", "--max-n", "3", "--cpu-prefill", "4bit"]
     )  # fmt: skip
     assert args.command == "serve"
+    assert args.cpu_prefill == "4bit"
     assert args.model == "x"
     assert args.quantize == "none"
     assert args.port == 1
@@ -84,9 +86,10 @@ def test_parsed_flags_become_settings(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("HOTLORA_HOST", "0.0.0.0")
     args = cli.build_parser().parse_args(
         ["serve", "--model", "x", "--quantize", "none", "--port", "1", "--api-key", "k", "--adapters-dir",
-         str(tmp_path / "d"), "--served-model-name", "n", "--max-n", "3"]
+         str(tmp_path / "d"), "--served-model-name", "n", "--max-n", "3", "--cpu-prefill", "4bit"]
     )  # fmt: skip
     settings = cli._settings(args)
+    assert settings.cpu_prefill == "4bit"
     assert settings.model == "x"
     assert settings.quantize == "none"
     assert settings.port == 1  # the flag beats HOTLORA_PORT
