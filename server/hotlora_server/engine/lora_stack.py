@@ -88,8 +88,8 @@ class _LayerStack:
             rows = x.index_select(0, index)
             flat = rows.reshape(-1, rows.shape[-1]).to(stack.dtype)
             delta = _rows_invariant(flat, a[slot.start : slot.stop], b[:, slot.start : slot.stop])
-            output.index_add_(0, index, delta.view(*rows.shape[:2], -1).to(output.dtype))  # in place: a copy per
-        return output  # adapter of a prefill's whole output cost more than the LoRA itself
+            output.index_add_(0, index, delta.view(*rows.shape[:2], -1).to(output.dtype))  # no copy per adapter
+        return output
 
 
 def _rows_invariant(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -18,8 +18,8 @@ from conftest import ADAPTER_NAME, TINY_NAME, _tiny_llama, tiny_settings
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import DynamicCache
 
-from hotlora_server.engine.batch_cache import BatchCache
 from hotlora_server.engine import lora_stack
+from hotlora_server.engine.batch_cache import BatchCache
 from hotlora_server.engine.lora_stack import LoraStack
 from hotlora_server.types import ChoiceDelta, GenerationRequest, SamplingParams, Usage
 
