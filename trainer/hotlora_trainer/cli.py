@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--modules-to-save", nargs="+", metavar="NAME", help="modules trained in full and saved")
 
     tr = p.add_argument_group("training (TRL SFTConfig)")
-    tr.add_argument("--epochs", type=float, help="num_train_epochs (default 3; --task piglatin: 5)")
+    tr.add_argument("--epochs", type=float, help="num_train_epochs (default 3; --task piglatin: 1 over its 3000 rows)")
     tr.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
     tr.add_argument("--learning-rate", type=float, help="default 2e-4 (--task piglatin: 2e-3)")
     tr.add_argument("--batch-size", type=int, help="per_device_train_batch_size (default 8)")

@@ -8,11 +8,20 @@ the word before them ("don't" -> "onday' tay").
 
 Lists 1-60 (600 sentences) are for training and lists 61-72 (120 sentences) for evaluation, never mixed.
 The user message is the bare English sentence and the reply is its Pig Latin.
+
+Training also sees made-up sentences: words of the training lists in random order. On the real sentences
+alone the adapter recites (final train loss 0.015 vs eval loss 0.82): it continues a memorized Pig Latin
+sentence instead of converting the word in front of it, so the evaluation lists' new contexts break even
+words it knows. In a random word order nothing but the source word predicts its reply, which teaches the
+conversion itself (measured on lists 61-72, same number of steps: word accuracy 75.3% -> 80.3%, words seen
+in training 92.8% -> 97.0%, unseen ones 14.9% -> 22.6%; another draw of the made-up sentences: 81.5%).
+Their words come from the training lists only: the evaluation lists stay unseen.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +36,7 @@ WORD = re.compile(r"\w+")
 TRAIN_LISTS = range(1, 61)
 EVAL_LISTS = range(61, 73)
 SENTENCES_FILE = "harvard_sentences.tsv"
+MADE_UP_PER_SENTENCE = 4  # made-up sentences per training sentence (600 real + 2400 made-up rows)
 
 
 def word_to_pig_latin(word: str) -> str:
@@ -90,11 +100,26 @@ def example(sentence: str) -> dict[str, list[dict[str, str]]]:
     return {"messages": [{"role": "user", "content": sentence}, {"role": "assistant", "content": to_pig_latin(sentence)}]}
 
 
-def task_dataset() -> Dataset:
-    """The task as a dataset: training rows from lists 1-60, evaluation rows from lists 61-72."""
+def made_up_sentences(train: Sequence[Sentence], count: int, seed: int) -> list[str]:
+    """`count` made-up sentences, each as many words long as a training sentence (in turn), of words drawn
+    uniformly from the training sentences' distinct words, capitalized and ending in a full stop."""
+    rng = random.Random(seed)
+    vocabulary = sorted({word.lower() for s in train for word in WORD.findall(s.text)})
+    made_up: list[str] = []
+    for i in range(count):
+        length = len(WORD.findall(train[i % len(train)].text))
+        text = " ".join(rng.choice(vocabulary) for _ in range(length))
+        made_up.append(text[0].upper() + text[1:] + ".")
+    return made_up
+
+
+def task_dataset(seed: int = 0) -> Dataset:
+    """The task as a dataset: training rows from lists 1-60 (the real sentences, then made-up ones from
+    their words, drawn with `seed`), evaluation rows from lists 61-72."""
     train, evaluation = split_sentences()
     source = f"task:{TASK}"
-    train_ds = rows_from([example(s.text) for s in train], source)
+    made_up = made_up_sentences(train, MADE_UP_PER_SENTENCE * len(train), seed)
+    train_ds = rows_from([example(text) for text in [s.text for s in train] + made_up], source)
     eval_ds = rows_from([example(s.text) for s in evaluation], source)
     return Dataset(train_ds.format, train_ds.rows, source, sentences_sha256(), len(train) + len(evaluation),
                    eval_ds.rows)  # fmt: skip

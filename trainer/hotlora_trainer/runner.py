@@ -461,7 +461,7 @@ def _load_dataset(config: TrainConfig) -> Dataset:
     if config.task is not None:
         if config.eval_split:
             raise ConfigError("--eval-split does not apply to --task piglatin: its evaluation lists are fixed (61-72)")
-        return piglatin.task_dataset()
+        return piglatin.task_dataset(config.seed)
     assert config.data is not None
     return load_jsonl(config.data).split(config.eval_split, config.seed)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 
 from hotlora_trainer import piglatin
@@ -49,13 +51,33 @@ def test_harvard_split_by_list() -> None:
 def test_task_dataset_is_chat_rows_of_bare_sentences() -> None:
     dataset = piglatin.task_dataset()
     assert dataset.format == "messages" and dataset.chat
-    assert len(dataset.rows) == 600 and len(dataset.eval_rows) == 120
+    assert len(dataset.rows) == 600 * (1 + piglatin.MADE_UP_PER_SENTENCE) and len(dataset.eval_rows) == 120
     first = dataset.rows[0].data["messages"]
     assert first == [
         {"role": "user", "content": "The birch canoe slid on the smooth planks."},
         {"role": "assistant", "content": "ethay irchbay anoecay idslay onway ethay oothsmay anksplay."},
     ]
     assert dataset.sha256 == piglatin.sentences_sha256()
+    for row in dataset.rows:  # every reply is the rules' Pig Latin of its user message
+        user, assistant = (m["content"] for m in row.data["messages"])
+        assert assistant == to_pig_latin(user)
+
+
+def words(texts: Iterable[str]) -> set[str]:
+    return {w.lower() for t in texts for w in piglatin.WORD.findall(t)}
+
+
+def test_made_up_sentences_use_only_training_words() -> None:
+    """The evaluation lists must stay unseen: a made-up sentence's words all come from lists 1-60."""
+    train, evaluation = piglatin.split_sentences()
+    eval_only = words(s.text for s in evaluation) - words(s.text for s in train)
+    assert len(eval_only) > 100  # the lists do have words of their own
+    made_up = piglatin.made_up_sentences(train, 2400, seed=0)
+    assert len(made_up) == 2400 and not words(made_up) & eval_only
+    assert len(words(made_up)) > 0.9 * len(words(s.text for s in train))  # drawn from the whole vocabulary
+    assert [len(piglatin.WORD.findall(t)) for t in made_up[:600]] == [len(piglatin.WORD.findall(s.text)) for s in train]
+    assert all(t[0].isupper() and t.endswith(".") for t in made_up)
+    assert made_up == piglatin.made_up_sentences(train, 2400, seed=0) != piglatin.made_up_sentences(train, 2400, seed=1)
 
 
 def test_the_sentences_ship_inside_the_package() -> None:

@@ -155,7 +155,7 @@ def test_piglatin_task_records_adapter_and_base_scores(tmp_path: Path, tiny_base
     for who in ("adapter", "base"):
         assert scores[who]["sentences"] == 120 and 0.0 <= scores[who]["word_accuracy"] <= 1.0
     assert manifest["dataset"]["source"] == "task:piglatin"
-    assert manifest["dataset"]["train_rows"] == 600 and manifest["dataset"]["eval_rows"] == 120
+    assert manifest["dataset"]["train_rows"] == 3000 and manifest["dataset"]["eval_rows"] == 120  # 600 real, 2400 made up
     assert manifest["recipe"]["task"] == "piglatin"
     assert "The birch canoe" not in result.curl  # the sample is an evaluation sentence (lists 61-72)
 
