@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="4-bit base on a CPU with native bf16: prefill through bf16 GEMMs on dequantized "
                             "weights (bf16, default: several times faster; keeps a second copy of the 4-bit "
                             "weights, half a byte per weight) or bitsandbytes' 4-bit kernel (4bit)")  # fmt: skip
+    serve.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                       help="reuse the KV cache of prompt prefixes already computed (the system turn, shared "
+                            "context) across requests of the same adapter (default on)")  # fmt: skip
     serve.add_argument("--max-queue", type=int,
                        help="requests that may wait for a place in the running batch; beyond it the server "
                             "answers 429 with Retry-After at once (default 64)")  # fmt: skip

@@ -25,7 +25,8 @@ _GAUGES = {
 _COUNTERS = {
     "decode_steps": "Decode steps run (one token for every running row).",
     "decoded_rows": "Rows over all decode steps; divided by decode steps: the mean batch size.",
-    "prefill_tokens": "Prompt tokens prefilled.",
+    "prefill_tokens": "Prompt tokens prefilled (run through the model).",
+    "prefix_cache_hit_tokens": "Prompt tokens whose keys and values came from the prefix cache instead.",
     "requests_aborted": "Requests whose client went away before the end; their rows left the batch.",
     "requests_failed": "Requests ended by an error inside the engine.",
     "adapter_loads": "Adapters loaded into memory and blends built.",

@@ -49,6 +49,7 @@ class Settings(BaseModel):
     cpu_prefill: Literal["bf16", "4bit"] = Field(
         "bf16", description="how a 4-bit base prefills on a CPU with native bf16 (see engine/prefill_gemm.py)"
     )
+    enable_prefix_caching: bool = Field(True, description="reuse the KV of prompt prefixes already computed")
     max_queue: int = Field(64, ge=1, description="requests waiting for the running batch before 429")
     max_model_len: int | None = Field(None, ge=16)
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body; beyond it 413")

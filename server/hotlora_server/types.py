@@ -138,7 +138,8 @@ class EngineStats:
     batch_rows: int  # rows in the running batch
     decode_steps: int
     decoded_rows: int  # sum of the batch sizes of all decode steps
-    prefill_tokens: int
+    prefill_tokens: int  # prompt tokens run through the model
+    prefix_cache_hit_tokens: int  # prompt tokens whose KV came from the prefix cache
     requests_aborted: int  # the client went away before the end
     requests_failed: int  # ended by an error inside the engine
     adapters_resident: int  # store adapters and blends in memory

@@ -3,7 +3,10 @@
 The server gets five adapters of different ranks and strengths (one wide enough that the stacked LoRA
 spreads them over three blocks); sixteen greedy requests over the base, the adapters and a blend run one
 at a time, then all at once (joining the running batch at different steps, with prompts of different
-lengths), and every text must be identical.
+lengths), and every text must be identical. Prefix caching is on (the default): one at a time, the first
+request of each adapter prefills its whole prompt and later ones reuse cached blocks (the system turn, or
+all but the tail of a prompt seen before), so the texts also show that a cached prefix gives what a full
+prefill gives.
 """
 
 from __future__ import annotations

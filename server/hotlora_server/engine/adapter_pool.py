@@ -221,6 +221,11 @@ class AdapterPool:
         self._activate(next(iter(distinct)) if len(distinct) == 1 else _MIXED)
         yield {"adapter_names": routed} if self._active == _MIXED else {}
 
+    @property
+    def merged(self) -> bool:
+        """Whether an adapter is merged into the base weights now (what the base computes differs)."""
+        return self._merge.merged is not None
+
     def _routed(self, key: str) -> str:
         return BASE if self._merge.merged is not None and key == self._merge.merged.key else key
 

@@ -34,6 +34,7 @@ from .adapter_pool import AdapterCatalog, AdapterPool, PoolStats
 from .admin import AdapterAdmin
 from .attention import use_batch_invariant_attention
 from .loader import LoadedModel, load_model
+from .prefix_cache import PrefixCache
 from .prompts import chat_prompt_ids, completion_prompt_ids, stop_token_ids
 from .scheduler import Job, Scheduler, SchedulerStats
 
@@ -129,6 +130,7 @@ class Engine:
             decode_steps=batch.decode_steps,
             decoded_rows=batch.decoded_rows,
             prefill_tokens=batch.prefill_tokens,
+            prefix_cache_hit_tokens=batch.prefix_cache_hit_tokens,
             requests_aborted=batch.requests_aborted,
             requests_failed=batch.requests_failed,
             adapters_resident=len(self.resident_adapters()),
@@ -299,8 +301,9 @@ class Engine:
         self._watcher.poll()  # what is there now is known; later polls report changes
         self._watcher.start(self._on_store_change)
         stop_ids = stop_token_ids(loaded.tokenizer, loaded.model.generation_config.eos_token_id)
+        prefixes = PrefixCache() if settings.enable_prefix_caching else None
         self._scheduler = Scheduler(
-            loaded, self._pool, stop_ids, settings.max_num_seqs, settings.max_num_batched_tokens
+            loaded, self._pool, stop_ids, settings.max_num_seqs, settings.max_num_batched_tokens, prefixes
         )
         log.info(
             "serving %s (%s, %s, %s) in %.1fs; adapters in %s: %s",

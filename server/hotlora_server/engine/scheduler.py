@@ -23,6 +23,7 @@ from ..types import ChoiceDelta, GenerationEvent, GenerationRequest, TokenLogpro
 from .adapter_pool import AdapterPool
 from .batch_cache import BatchCache
 from .generate import decode_one_token, prefill
+from .prefix_cache import LayerKV, PrefixCache
 from .loader import LoadedModel
 from .sampling import RowSampler, logprobs_of, sample_batch
 from .text import IncrementalDetokenizer, StopMatcher, token_bytes
@@ -110,6 +111,7 @@ class SchedulerStats:
     decode_steps: int = 0
     decoded_rows: int = 0
     prefill_tokens: int = 0
+    prefix_cache_hit_tokens: int = 0
     requests_aborted: int = 0
     requests_failed: int = 0
 
@@ -124,12 +126,14 @@ class Scheduler:
         stop_ids: frozenset[int],
         max_num_seqs: int,
         max_num_batched_tokens: int,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         self._loaded = loaded
         self._pool = pool
         self._stop_ids = stop_ids
         self._max_rows = max_num_seqs
         self._token_budget = max_num_batched_tokens
+        self._prefix = prefix_cache
         self.waiting: deque[Job] = deque()
         self.running: list[Row] = []
         self._batch = BatchCache()
@@ -234,22 +238,41 @@ class Scheduler:
         return True
 
     def _prefill_group(self, jobs: list[Job]) -> None:
-        """Prefill whole prompts together, left-padded to the longest, and start their rows."""
-        lengths = torch.tensor([len(job.prompt_ids) for job in jobs])
-        width = int(lengths.max())
-        pad = width - lengths
-        ids = torch.tensor([[0] * int(p) + job.prompt_ids for p, job in zip(pad, jobs, strict=True)])
-        columns = torch.arange(width)[None, :]
+        """Prefill whole prompts together and start their rows.
+
+        A prompt whose first blocks are in the prefix cache runs only the rest: the batch's cache starts
+        with every row's cached prefix left-padded to the longest, the new tokens follow left-padded too,
+        and afterwards each row's valid columns are moved to the end so that the batch stays left-padded.
+        """
         device = self._loaded.device
-        mask = (columns >= pad[:, None]).long().to(device)
-        positions = (columns - pad[:, None]).clamp(min=0).to(device)
-        cache = DynamicCache(config=self._loaded.model.config)
-        self.stats.prefill_tokens += int(lengths.sum())
-        with self._pool.routing([job.key for job in jobs]) as kwargs:  # type: ignore[misc]
-            logits = prefill(
-                self._pool.model, ids.to(device), cache, attention_mask=mask, position_ids=positions, **kwargs
-            )
-        self._start_rows(jobs, cache, pad, logits)
+        keys = [job.key for job in jobs]
+        with self._pool.routing(keys) as kwargs:  # type: ignore[arg-type]
+            prefixes = self._prefix if self._prefix is not None and not self._pool.merged else None
+            hits = [prefixes.lookup(job.key, job.prompt_ids) if prefixes else (0, None) for job in jobs]  # type: ignore[arg-type]
+            held = torch.tensor([count for count, _ in hits])
+            lengths = torch.tensor([len(job.prompt_ids) for job in jobs]) - held
+            width, past = int(lengths.max()), int(held.max())
+            pad = width - lengths
+            ids = torch.tensor([[0] * int(p) + job.prompt_ids[int(h) :] for p, h, job in zip(pad, held, jobs, strict=True)])
+            columns = torch.arange(past + width)[None, :]
+            valid = (columns >= (past - held)[:, None]) & ((columns < past) | (columns >= past + pad[:, None]))
+            positions = (columns[:, past:] - past - pad[:, None]).clamp(min=0) + held[:, None]
+            cache = DynamicCache(config=self._loaded.model.config)
+            if past:
+                _fill_past(cache, hits, past, device)
+            self.stats.prefill_tokens += int(lengths.sum())
+            self.stats.prefix_cache_hit_tokens += int(held.sum())
+            logits = prefill(self._pool.model, ids.to(device), cache, attention_mask=valid.long().to(device),
+                             position_ids=positions.to(device), **kwargs)  # fmt: skip
+        if past:
+            _left_align(cache, valid.to(device))
+        total_pad = past + pad - held
+        if prefixes is not None:
+            for i, job in enumerate(jobs):
+                start = int(total_pad[i])
+                kv = [(layer.keys[i : i + 1, :, start:], layer.values[i : i + 1, :, start:]) for layer in cache.layers]
+                prefixes.store(job.key, job.prompt_ids, kv)  # type: ignore[arg-type]
+        self._start_rows(jobs, cache, total_pad, logits)
 
     def _prefill_chunk(self, job: Job) -> None:
         """Run the next chunk of a long prompt in the job's own cache; after the last, start its rows."""
@@ -350,6 +373,28 @@ class Scheduler:
             self._pool.release(job.key)
             job.key = None
         job.cache = None
+
+
+def _fill_past(cache: DynamicCache, hits: list[tuple[int, LayerKV | None]], past: int, device: torch.device) -> None:
+    """Put every row's cached prefix KV, left-padded to `past` columns, into the empty `cache`."""
+    sample = next(layers for _, layers in hits if layers is not None)
+    for index, (keys, values) in enumerate(sample):
+        shape = (len(hits), keys.shape[1], past, keys.shape[3])
+        k = torch.zeros(shape, dtype=keys.dtype, device=device)
+        v = torch.zeros(shape, dtype=values.dtype, device=device)
+        for row, (count, layers) in enumerate(hits):
+            if layers is not None:
+                k[row, :, past - count :] = layers[index][0][0]
+                v[row, :, past - count :] = layers[index][1][0]
+        cache.update(k, v, index)
+
+
+def _left_align(cache: DynamicCache, valid: torch.Tensor) -> None:
+    """Move each row's `valid` columns (`[rows, columns]`) to the end, keeping their order: left padding."""
+    order = torch.argsort(valid.int(), dim=1, stable=True)
+    for layer in cache.layers:
+        index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+        layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
 
 
 def _jobs_of(rows: list[Row]) -> list[Job]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ADAPTER_NAME, TINY_NAME, _tiny_llama, tiny_settings
+from conftest import ADAPTER_NAME, TINY_NAME, _tiny_llama, running_engine, tiny_settings
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import DynamicCache
 
@@ -192,9 +192,9 @@ REQUESTS = [
 ]
 
 
-def _outputs(engine: Any, concurrently: bool) -> list[tuple[dict[int, str], int]]:
+def _outputs(engine: Any, concurrently: bool, cases: list[tuple[str, str, dict[str, Any]]] = REQUESTS) -> list[tuple[dict[int, str], int]]:
     async def run() -> list[tuple[dict[int, str], Usage]]:
-        requests = [_request(model, text, **extra) for model, text, extra in REQUESTS]
+        requests = [_request(model, text, **extra) for model, text, extra in cases]
         if concurrently:
             return list(await asyncio.gather(*(_collect(engine, r) for r in requests)))
         return [await _collect(engine, r) for r in requests]
@@ -330,3 +330,31 @@ def test_requests_beyond_max_queue_get_429_at_once(
     finally:
         gate.set()
         engine.stop()
+
+
+SHARED = "Read this log of the lighthouse and the storms at sea, every night of the winter, then answer. " * 3
+PREFIXED = [
+    *REQUESTS,
+    (TINY_NAME, SHARED + "Which night was worst?", {}),
+    (ADAPTER_NAME, SHARED + "Which night was calmest?", {}),
+    (TINY_NAME, SHARED + "How many storms?", {"max_tokens": 5}),
+]
+
+
+@pytest.mark.parametrize("quantize", ["none", "nf4"])
+def test_prefix_cache_gives_the_outputs_of_a_full_prefill(
+    tiny_dir: Path, adapter_store: Path, tmp_path: Path, quantize: str
+) -> None:
+    """Prompts sharing the system turn, some also a long user text, reuse its KV (cached prefixes of different
+    lengths in one prefill, per adapter); the outputs are those without the cache."""
+    with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store, quantize=quantize,
+                                      enable_prefix_caching=False)) as engine:  # fmt: skip
+        expected = _outputs(engine, concurrently=True, cases=PREFIXED)
+        assert engine._scheduler._prefix is None
+    with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store, quantize=quantize)) as engine:
+        stats = engine._scheduler.stats
+        assert _outputs(engine, concurrently=False, cases=PREFIXED) == expected  # alone: fills, then hits
+        filled = stats.prefix_cache_hit_tokens
+        assert filled > 16 * len(PREFIXED)  # the shared user text too, not only the system turn
+        assert _outputs(engine, concurrently=True, cases=PREFIXED) == expected  # all in one batch
+        assert stats.prefix_cache_hit_tokens > filled

@@ -42,7 +42,7 @@ def test_metrics_count_requests_tokens_and_latencies(client: Any) -> None:
     assert delta("hotlora_time_to_first_token_seconds_count") == 1
     assert delta("hotlora_inter_token_latency_seconds_count") == usage["completion_tokens"] - 1
     assert delta("hotlora_decode_steps_total") >= usage["completion_tokens"] - 1
-    assert delta("hotlora_prefill_tokens_total") == usage["prompt_tokens"]
+    assert delta("hotlora_prefill_tokens_total") + delta("hotlora_prefix_cache_hit_tokens_total") == usage["prompt_tokens"]
     for gauge in ("hotlora_requests_running", "hotlora_requests_waiting", "hotlora_batch_rows"):
         assert after[(gauge, ())] == 0, gauge  # nothing in flight once the response is back
     assert after[("hotlora_adapters_resident", ())] >= 0

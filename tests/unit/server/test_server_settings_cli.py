@@ -19,6 +19,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.api_key is None
     assert settings.max_n == 8
     assert settings.cpu_prefill == "bf16"
+    assert settings.enable_prefix_caching is True
     assert settings.home == tmp_path
     assert settings.models_dir == tmp_path / "models"
 
@@ -86,10 +87,12 @@ def test_parsed_flags_become_settings(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("HOTLORA_HOST", "0.0.0.0")
     args = cli.build_parser().parse_args(
         ["serve", "--model", "x", "--quantize", "none", "--port", "1", "--api-key", "k", "--adapters-dir",
-         str(tmp_path / "d"), "--served-model-name", "n", "--max-n", "3", "--cpu-prefill", "4bit"]
+         str(tmp_path / "d"), "--served-model-name", "n", "--max-n", "3", "--cpu-prefill", "4bit",
+         "--no-enable-prefix-caching"]
     )  # fmt: skip
     settings = cli._settings(args)
     assert settings.cpu_prefill == "4bit"
+    assert settings.enable_prefix_caching is False
     assert settings.model == "x"
     assert settings.quantize == "none"
     assert settings.port == 1  # the flag beats HOTLORA_PORT
