@@ -4,7 +4,8 @@ Each scheduler step (in the engine thread) first spends up to `max_num_batched_t
 prefilling waiting requests in arrival order — a long prompt is prefilled in chunks of that size over
 several steps, so it never stalls the rows already decoding for long — then runs one decode step over
 every running row. A row carries its own adapter (or blend, or the base), sampling parameters, seed, stop sequences and
-token budget; rows of one request (`n`) share its prefill. Cancelled requests leave at the next step.
+token budget; rows of one request (`n`) share its prefill, which starts from the prompt's longest cached
+prefix when prefix caching is on. Cancelled requests leave at the next step.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from ..types import ChoiceDelta, GenerationEvent, GenerationRequest, TokenLogpro
 from .adapter_pool import AdapterPool
 from .batch_cache import BatchCache
 from .generate import decode_one_token, prefill
-from .prefix_cache import LayerKV, PrefixCache
 from .loader import LoadedModel
+from .prefix_cache import LayerKV, PrefixCache
 from .sampling import RowSampler, logprobs_of, sample_batch
 from .text import IncrementalDetokenizer, StopMatcher, token_bytes
 
