@@ -37,10 +37,11 @@ class PrefixCache:
         """(cached prefix length, its per-layer KV concatenated) for the longest cached run of `ids`'s blocks."""
         found: list[LayerKV] = []
         for end in range(BLOCK, len(ids), BLOCK):  # `end < len(ids)`: the last token always runs
-            block = self._blocks.get((key, tuple(ids[:end])))
+            name = (key, tuple(ids[:end]))
+            block = self._blocks.get(name)
             if block is None:
                 break
-            self._blocks.move_to_end((key, tuple(ids[:end])))
+            self._blocks.move_to_end(name)
             found.append(block)
         if not found:
             return 0, None

@@ -256,17 +256,17 @@ class Scheduler:
             pad = width - lengths
             ids = torch.tensor([[0] * int(p) + job.prompt_ids[int(h) :] for p, h, job in zip(pad, held, jobs, strict=True)])
             columns = torch.arange(past + width)[None, :]
-            valid = (columns >= (past - held)[:, None]) & ((columns < past) | (columns >= past + pad[:, None]))
+            valid = ((columns >= (past - held)[:, None]) & ((columns < past) | (columns >= past + pad[:, None]))).to(device)
             positions = (columns[:, past:] - past - pad[:, None]).clamp(min=0) + held[:, None]
             cache = DynamicCache(config=self._loaded.model.config)
             if past:
                 _fill_past(cache, hits, past, device)
             self.stats.prefill_tokens += int(lengths.sum())
             self.stats.prefix_cache_hit_tokens += int(held.sum())
-            logits = prefill(self._pool.model, ids.to(device), cache, attention_mask=valid.long().to(device),
+            logits = prefill(self._pool.model, ids.to(device), cache, attention_mask=valid.long(),
                              position_ids=positions.to(device), **kwargs)  # fmt: skip
         if past:
-            _left_align(cache, valid.to(device))
+            _left_align(cache, valid)
         total_pad = past + pad - held
         if prefixes is not None:
             for i, job in enumerate(jobs):
