@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from hotlora_adapters import BaseSpec
 
 from ..settings import EMBEDDED_MODEL_NAME, Settings
-from . import prefill_gemm
+from . import bnb_cpu, prefill_gemm
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,10 @@ def load_model(settings: Settings) -> LoadedModel:
             "hub (or a cached copy); otherwise pass a local folder or a .gguf file with --model."
         ) from exc
     model.eval()
-    if qconfig is not None and device.type == "cpu" and settings.cpu_prefill == "bf16":
-        log.info("prefill through bf16 GEMMs for %d 4-bit layers", prefill_gemm.install(model))
+    if qconfig is not None and device.type == "cpu":
+        log.info("decode calls the packed 4-bit kernel directly in %d layers", bnb_cpu.install_packed_decode(model))
+        if settings.cpu_prefill == "bf16":
+            log.info("prefill through bf16 GEMMs for %d 4-bit layers", prefill_gemm.install(model))
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:
         if settings.max_model_len > context:

@@ -24,6 +24,8 @@ import bitsandbytes as bnb
 import torch
 from bitsandbytes.functional import dequantize_4bit
 
+from .bnb_cpu import packs_on_cpu
+
 TILE = 64  # rows per GEMM call
 _prefilling: ContextVar[bool] = ContextVar("hotlora_prefilling", default=False)
 
@@ -71,12 +73,7 @@ def install(model: torch.nn.Module) -> int:
     return how many. Call before the first forward (which packs the weights)."""
     count = 0
     for module in model.modules():
-        if (
-            isinstance(module, bnb.nn.Linear4bit)
-            and module.weight.device.type == "cpu"
-            and getattr(module, "support_avx512bf16_for_cpu", False)
-            and not getattr(module.weight.quant_state, "packing_format_for_cpu", False)
-        ):
+        if packs_on_cpu(module) and not getattr(module.weight.quant_state, "packing_format_for_cpu", False):
             module.forward = _PrefillPath(module).forward  # type: ignore[method-assign]
             count += 1
     return count

@@ -51,6 +51,13 @@ class PrefixCache:
         ]
         return BLOCK * len(found), layers
 
+    def cached(self, key: str, ids: list[int]) -> int:
+        """How many leading tokens of `ids` `lookup` would return now; changes nothing (the LRU order neither)."""
+        end = BLOCK
+        while end < len(ids) and (key, tuple(ids[:end])) in self._blocks:
+            end += BLOCK
+        return end - BLOCK
+
     def store(self, key: str, ids: list[int], layers: LayerKV) -> None:
         """Keep the blocks of `ids` not cached yet; `layers` holds its KV, `[1, kv_heads, len(ids), dim]`."""
         for end in range(BLOCK, len(ids), BLOCK):

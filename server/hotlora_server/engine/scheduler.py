@@ -185,9 +185,10 @@ class Scheduler:
     def _prefill_waiting(self) -> None:
         """Prefill waiting prompts in arrival order while they fit this step's token budget.
 
-        Prompts that fit one chunk are prefilled together in one padded forward; a longer prompt is
-        prefilled alone in chunks cut at fixed offsets (multiples of the budget), never where another
-        request left the budget: the cut changes the arithmetic, and no output may depend on others.
+        Prompts that fit one chunk are prefilled together in one padded forward, each costing the budget
+        only the tokens it computes (as in vLLM, a cached prefix is free); a longer prompt is prefilled
+        alone in chunks cut at fixed offsets (multiples of the budget), never where another request left
+        the budget: the cut changes the arithmetic, and no output may depend on others.
         """
         budget, rows = self._token_budget, len(self.running)
         group: list[Job] = []
@@ -203,18 +204,28 @@ class Scheduler:
                     self.waiting.popleft()
                     continue
             remaining = len(job.prompt_ids) - job.prefilled
-            if min(remaining, self._token_budget) > budget:
+            whole = remaining <= self._token_budget and not job.prefilled
+            cost = remaining - self._cached(job) if whole else min(remaining, self._token_budget)
+            if cost > budget:
                 break  # waits for the next step
-            if remaining <= self._token_budget and not job.prefilled:
+            if whole:
                 group.append(self.waiting.popleft())
             elif group:
                 break  # the group goes first: arrival order
             else:
                 self._guarded([job], lambda job=job: self._prefill_chunk(job))
-            budget -= min(remaining, self._token_budget)
+            budget -= cost
             rows += job.request.n
         if group:
             self._guarded(group, lambda: self._prefill_group(group))
+
+    def _prefixes(self) -> PrefixCache | None:
+        """The prefix cache while it applies (not while an adapter is merged into the base)."""
+        return self._prefix if self._prefix is not None and not self._pool.merged else None
+
+    def _cached(self, job: Job) -> int:
+        prefixes = self._prefixes()
+        return prefixes.cached(job.key, job.prompt_ids) if prefixes is not None and job.key is not None else 0
 
     def _guarded(self, jobs: list[Job], prefill_step: Callable[[], None]) -> None:
         """Run a prefill; if it fails, fail only the requests it was for."""
@@ -248,7 +259,7 @@ class Scheduler:
         device = self._loaded.device
         keys = [job.key for job in jobs]
         with self._pool.routing(keys) as kwargs:  # type: ignore[arg-type]
-            prefixes = self._prefix if self._prefix is not None and not self._pool.merged else None
+            prefixes = self._prefixes()
             hits = [prefixes.lookup(job.key, job.prompt_ids) if prefixes else (0, None) for job in jobs]  # type: ignore[arg-type]
             held = torch.tensor([count for count, _ in hits])
             lengths = torch.tensor([len(job.prompt_ids) for job in jobs]) - held

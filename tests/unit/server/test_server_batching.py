@@ -7,6 +7,7 @@ logits in a padded mixed batch must be those it gets alone.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -291,7 +292,6 @@ def test_requests_beyond_max_queue_get_429_at_once(
 ) -> None:
     """With one waiting place taken, the next request is refused at once with Retry-After; the queued
     one is served when the engine moves on."""
-    import threading
 
     from fastapi.testclient import TestClient
 
@@ -358,3 +358,36 @@ def test_prefix_cache_gives_the_outputs_of_a_full_prefill(
         assert filled > 16 * len(PREFIXED)  # the shared user text too, not only the system turn
         assert _outputs(engine, concurrently=True, cases=PREFIXED) == expected  # all in one batch
         assert stats.prefix_cache_hit_tokens > filled
+
+
+def test_a_cached_prefix_costs_the_prefill_budget_nothing(
+    tiny_dir: Path, adapter_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in vLLM, only the tokens a prompt computes count against --max-num-batched-tokens: prompts that
+    fit one step only without their cached prefix are still prefilled together, in one forward."""
+    from hotlora_server.engine.scheduler import Scheduler
+
+    prompts = [SHARED + question for question in ("Which night was worst?", "Which night was calmest?", "How many?")]
+    with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store)) as engine:
+        lengths = [asyncio.run(_collect(engine, _request(TINY_NAME, p)))[1].prompt_tokens for p in prompts]
+    groups: list[int] = []
+    prefill_group = Scheduler._prefill_group
+    monkeypatch.setattr(Scheduler, "_prefill_group", lambda self, jobs: (groups.append(len(jobs)), prefill_group(self, jobs))[1])
+
+    async def burst(engine: Any) -> None:  # all three queued while a management task holds the engine thread
+        gate = threading.Event()
+        holder = asyncio.create_task(engine.call(lambda _pool: gate.wait(60)))
+        tasks = [asyncio.create_task(_collect(engine, _request(TINY_NAME, p))) for p in prompts]
+        while engine._jobs.qsize() < len(prompts):
+            await asyncio.sleep(0.01)
+        gate.set()
+        await holder
+        await asyncio.gather(*tasks)
+
+    with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store, max_num_batched_tokens=max(lengths))) as engine:
+        asyncio.run(_collect(engine, _request(TINY_NAME, prompts[0])))  # caches the shared blocks
+        cached = engine._scheduler.stats.prefix_cache_hit_tokens
+        asyncio.run(burst(engine))
+        hits = engine._scheduler.stats.prefix_cache_hit_tokens - cached
+    assert sum(lengths[:2]) > max(lengths) >= sum(lengths) - hits  # two do not fit in full; all three do cached
+    assert groups == [1, 3]

@@ -1,14 +1,22 @@
-"""The 4-bit CPU packing workaround on a tiny llama in nf4: PEFT operations leave the base exact."""
+"""The 4-bit CPU packing on a tiny llama in nf4: PEFT operations leave the base exact; the direct kernel
+call gives bitsandbytes' own bits."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import bitsandbytes as bnb
 import pytest
 import torch
 from peft import PeftModel
 
-from hotlora_server.engine.bnb_cpu import _packed_states, packing_held, unpack_cpu_weights
+from hotlora_server.engine.bnb_cpu import (
+    PackedDecode,
+    _packed_states,
+    install_packed_decode,
+    packing_held,
+    unpack_cpu_weights,
+)
 from hotlora_server.engine.loader import quantization_config
 
 
@@ -55,3 +63,20 @@ def test_adapter_load_keeps_the_base_exact(packed_tiny, adapter_store: Path) -> 
         assert not torch.equal(adapted, reference)
         assert unpack_cpu_weights(peft_model) > 0  # through the LoRA wrappers, each weight once
         assert torch.equal(peft_model(input_ids=ids, adapter_names=["__base__"]).logits, reference)
+
+
+def test_packed_decode_gives_the_bits_of_bitsandbytes_own_forward(packed_tiny) -> None:  # noqa: ANN001
+    model, ids, reference = packed_tiny
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert install_packed_decode(model) == len(layers) > 0
+    assert all(isinstance(m.forward, PackedDecode) for m in layers)
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        assert torch.equal(model(ids).logits, reference)
+        for layer in layers:
+            for shape in ((1, 1), (3, 1), (2, 9)):  # decode rows, and a prefill-shaped input
+                x = torch.randn(*shape, layer.in_features, generator=generator)
+                assert torch.equal(layer(x), bnb.nn.Linear4bit.forward(layer, x))
+        unpack_cpu_weights(model)  # standard layout: bitsandbytes' forward packs again, then the direct call
+        assert torch.equal(model(ids).logits, reference)
+        assert torch.equal(model(ids).logits, reference)

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from hotlora_server.engine import prefill_gemm
 from hotlora_server.engine.attention import use_batch_invariant_attention
+from hotlora_server.engine.bnb_cpu import PackedDecode
 from hotlora_server.engine.generate import prefill
 from hotlora_server.engine.loader import load_model, quantization_config
 
@@ -69,6 +70,9 @@ def test_the_server_installs_the_prefill_path_unless_told_not_to(
 ) -> None:
     settings = tiny_settings(tiny_dir, tmp_path, tmp_path / "store", quantize="nf4", cpu_prefill=cpu_prefill)
     layers = [m for m in load_model(settings).model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    if expected and not getattr(layers[0], "support_avx512bf16_for_cpu", False):
-        pytest.skip("this CPU has no AVX512-BF16: no prefill path to install")
-    assert layers and all(("forward" in vars(m)) == expected for m in layers)
+    if not getattr(layers[0], "support_avx512bf16_for_cpu", False):
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes' own kernel serves, nothing to install")
+    prefill_paths = [getattr(m.forward, "__self__", None) for m in layers]
+    assert layers and all(isinstance(p, prefill_gemm._PrefillPath) == expected for p in prefill_paths)
+    decodes = [p.decode if expected else m.forward for p, m in zip(prefill_paths, layers, strict=True)]
+    assert all(isinstance(d, PackedDecode) for d in decodes)  # decode steps call the kernel directly either way

@@ -1,4 +1,5 @@
-"""The prefix cache's bookkeeping: blocks by adapter and tokens, longest run, never the last token, LRU."""
+"""The prefix cache's bookkeeping: blocks by adapter and tokens, longest run, never the last token, LRU,
+and the count the prefill budget uses."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ def test_a_prompt_reuses_the_longest_run_of_cached_blocks_but_never_its_last_tok
     assert cache.lookup("a", ids[: 2 * BLOCK])[0] == BLOCK  # a prompt of exactly 2 blocks runs its last one
     assert cache.lookup("a", [*ids[:BLOCK], 999, *ids[BLOCK + 1 :]])[0] == BLOCK  # differs in block 2
     assert cache.lookup("b", ids) == (0, None)  # another adapter computes other keys and values
+    assert [cache.cached(key, prompt) for key, prompt in (("a", ids), ("a", ids[: 2 * BLOCK]), ("b", ids))] == [
+        3 * BLOCK, BLOCK, 0,
+    ]  # fmt: skip
 
 
 def test_least_recently_used_blocks_leave_first_within_the_capacity() -> None:
@@ -33,6 +37,7 @@ def test_least_recently_used_blocks_leave_first_within_the_capacity() -> None:
     cache.store("a", first, kv(BLOCK + 1))
     cache.store("a", second, kv(BLOCK + 1))
     assert cache.lookup("a", first)[0] == BLOCK  # now the most recently used
+    assert cache.cached("a", second) == BLOCK  # counting does not make `second` recently used
     cache.store("b", first, kv(BLOCK + 1))
     assert cache.size == 2 * one_block
     assert cache.lookup("a", second)[0] == 0 and cache.lookup("a", first)[0] == BLOCK
