@@ -4,12 +4,66 @@ Rows have different lengths, so the cache is left-padded: row `i` holds its toke
 `length - pad[i]` positions, and the attention mask hides its first `pad[i]`. Every row writes its next
 token at the same column, which keeps a decode step one plain forward over `[rows, 1]` input ids with
 per-row positions. Joining pads the shorter side; leaving trims columns that every remaining row pads.
+A decode step writes its column in place into room kept after the cache (`_GrowingLayer`), instead of
+`DynamicLayer`'s `torch.cat` of the whole cache in every layer at every step.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+ROOM = 64  # columns of room added whenever a layer's buffer is full or was replaced
+
+
+class _GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views into buffers with room for more columns.
+
+    Anything may still assign `keys`/`values` (joining rows, leaving rows, trimming): the next update
+    sees that they are no longer views of its buffers and copies them into new ones, once.
+    """
+
+    def __init__(self, layer: DynamicLayer) -> None:
+        super().__init__()
+        self.keys, self.values, self.is_initialized = layer.keys, layer.values, layer.is_initialized
+        if layer.is_initialized:
+            self.device = layer.device
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length, new = self.get_seq_length(), key_states.shape[-2]
+        if not self._holds(length + new):
+            self._buffers = (
+                _with_room(self.keys, key_states, length + new + ROOM),
+                _with_room(self.values, value_states, length + new + ROOM),
+            )
+        keys, values = self._buffers
+        keys[:, :, length : length + new] = key_states
+        values[:, :, length : length + new] = value_states
+        self.keys, self.values = keys[:, :, : length + new], values[:, :, : length + new]
+        return self.keys, self.values
+
+    def _holds(self, columns: int) -> bool:
+        """Whether `keys`/`values` are still the start of the buffers and those have `columns` columns."""
+        if self._buffers is None or self.keys.dim() != 4:
+            return False
+        return all(
+            mine.data_ptr() == buffer.data_ptr() and mine.shape[:2] == buffer.shape[:2] and buffer.shape[2] >= columns
+            for mine, buffer in zip((self.keys, self.values), self._buffers, strict=True)
+        )
+
+
+def _with_room(tensor: torch.Tensor, like: torch.Tensor, columns: int) -> torch.Tensor:
+    """A buffer of `columns` columns, rows and heads as `like`'s, that starts with `tensor`'s columns (if any)."""
+    buffer = like.new_empty(*like.shape[:2], columns, like.shape[3])
+    if tensor.numel():
+        buffer[:, :, : tensor.shape[2]] = tensor
+    return buffer
 
 
 def _pad_left(tensor: torch.Tensor, columns: int) -> torch.Tensor:
@@ -36,6 +90,7 @@ class BatchCache:
         """Append the rows of a freshly prefilled, left-padded `cache` (row `i` padded by `pad[i]`)."""
         length = cache.get_seq_length()
         if self.cache is None:
+            cache.layers = [_GrowingLayer(layer) if type(layer) is DynamicLayer else layer for layer in cache.layers]
             self.cache, self.length, self.pad = cache, length, pad.clone()
             return
         width = max(self.length, length)

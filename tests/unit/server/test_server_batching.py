@@ -18,9 +18,10 @@ import torch
 from conftest import ADAPTER_NAME, TINY_NAME, _tiny_llama, running_engine, tiny_settings
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from hotlora_server.engine import lora_stack
-from hotlora_server.engine.batch_cache import BatchCache
+from hotlora_server.engine.batch_cache import ROOM, BatchCache, _GrowingLayer
 from hotlora_server.engine.lora_stack import LoraStack
 from hotlora_server.types import ChoiceDelta, GenerationRequest, SamplingParams, Usage
 
@@ -117,6 +118,35 @@ def test_hooks_add_nothing_outside_a_routed_forward(peft_model: PeftModel) -> No
             torch.testing.assert_close(peft_model(input_ids=ids).logits, base)
     finally:
         peft_model.base_model.enable_adapter_layers()
+
+
+def test_a_growing_layer_appends_in_place_and_follows_any_reassignment() -> None:
+    """The batch cache's layers hold what `DynamicLayer` holds, through decode steps, rows leaving and
+    columns trimmed; a step writes into the room after the cache instead of copying it."""
+    gen = torch.Generator().manual_seed(0)
+
+    def kv(rows: int, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(rows, 2, columns, 4, generator=gen), torch.randn(rows, 2, columns, 4, generator=gen)
+
+    plain = DynamicLayer()
+    plain.update(*kv(3, 5))
+    grown = _GrowingLayer(plain)
+
+    def steps(count: int, rows: int) -> set[int]:
+        buffers = set()
+        for _ in range(count):
+            new = kv(rows, 1)
+            expected, got = plain.update(*new), grown.update(*new)
+            assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+            buffers.add(grown.keys.data_ptr())
+        return buffers
+
+    assert len(steps(ROOM, 3)) == 1  # one buffer, with room for every step
+    assert len(steps(2, 3)) == 2  # full: the first step moves the cache into a larger buffer
+    for layer in (plain, grown):  # as when rows leave: a row dropped, then columns no row needs
+        layer.batch_select_indices(torch.tensor([0, 2]))
+        layer.keys, layer.values = layer.keys[:, :, 2:], layer.values[:, :, 2:]
+    assert len(steps(3, 2)) == 1
 
 
 @torch.inference_mode()
