@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-num-seqs", type=int,
                        help="rows (requests x n) decoded together in the running batch; more wait (default 32)")  # fmt: skip
     serve.add_argument("--max-num-batched-tokens", type=int,
-                       help="prompt tokens prefilled per batch step: longer prompts are prefilled in chunks "
-                            "between decode steps (default 512)")  # fmt: skip
+                       help="prompt tokens prefilled per batch step (cached prefix tokens are free): longer "
+                            "prompts are prefilled in chunks between decode steps (default 512)")  # fmt: skip
     serve.add_argument("--cpu-prefill", choices=["bf16", "4bit"],
                        help="4-bit base on a CPU with native bf16: prefill through bf16 GEMMs on dequantized "
                             "weights (bf16, default: several times faster; keeps a second copy of the 4-bit "
