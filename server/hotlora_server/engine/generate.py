@@ -16,9 +16,15 @@ from .prefill_gemm import prefilling
 
 @torch.inference_mode()
 def prefill(model: Any, input_ids: torch.Tensor, cache: DynamicCache, **forward_kwargs: Any) -> torch.Tensor:
-    """Run the prompt ([rows, tokens]) through the model, filling `cache`; return last logits [rows, vocab]."""
+    """Run the prompt ([rows, tokens]) through the model, filling `cache`; return last logits [rows, vocab].
+
+    The last position is kept by index, not `logits_to_keep=1`: that slice leaves the `lm_head` input
+    strided, and torch then multiplies row by row, reading the whole output embedding once per row
+    (measured for 11 rows on SmolLM2's 49152 x 576: 41-44 ms strided, 14-21 ms contiguous).
+    """
+    last = torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)
     with prefilling():
-        out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **forward_kwargs)
+        out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=last, **forward_kwargs)
     return out.logits[:, -1, :]
 
 
