@@ -84,12 +84,12 @@ class _LayerStack:
                 a, b = self.blocks[block]
                 output.add_(_rows_invariant(flat, a, b, mask)[:, None].to(output.dtype))
             return output
-        for slot, index in route.groups:  # a prefill: each adapter's own columns for its rows only
+        for slot, start, stop in route.runs:  # a prefill: each adapter's own columns for its rows only
             a, b = self.blocks[slot.block]
-            rows = x.index_select(0, index)
+            rows = x[start:stop]
             flat = rows.reshape(-1, rows.shape[-1]).to(stack.dtype)
             delta = _rows_invariant(flat, a[:, slot.start : slot.stop], b[slot.start : slot.stop])
-            output.index_add_(0, index, delta.view(*rows.shape[:2], -1).to(output.dtype))  # no copy per adapter
+            output[start:stop].add_(delta.view(*rows.shape[:2], -1).to(output.dtype))
         return output
 
 
@@ -111,7 +111,7 @@ class _Route:
     """Which rows get which adapter during one forward."""
 
     masks: list[tuple[int, torch.Tensor]]  # (block, [rows, W] 1 on each row's own columns) per used block
-    groups: list[tuple[_Slot, torch.Tensor]]  # (columns, row indices) per adapter (prefill)
+    runs: list[tuple[_Slot, int, int]]  # (columns, first row, end row) per run of rows of one adapter (prefill)
 
 
 class LoraStack:
@@ -138,23 +138,27 @@ class LoraStack:
 
     @contextmanager
     def rows(self, keys: list[str], base: str) -> Iterator[None]:
-        """One forward pass in which row `i` gets adapter `keys[i]`'s delta (`base`: none); needs `covers`."""
+        """One forward pass in which row `i` gets adapter `keys[i]`'s delta (`base`: none); needs `covers`.
+
+        A prefill runs once per run of consecutive rows with one adapter, on a slice of the batch: callers
+        keep an adapter's rows together (any order is right, only slower).
+        """
         if all(key == base for key in keys):
             yield
             return
         masks: dict[int, torch.Tensor] = {}
-        rows_of: dict[str, list[int]] = {}
+        runs: list[tuple[_Slot, int, int]] = []
         for row, key in enumerate(keys):
             if key != base:
                 slot = self._slots[key]
                 if slot.block not in masks:
                     masks[slot.block] = torch.zeros(len(keys), self._widths[slot.block], dtype=self.dtype)
                 masks[slot.block][row, slot.start : slot.stop] = 1
-                rows_of.setdefault(key, []).append(row)
-        self.route = _Route(
-            [(block, mask.to(self._device)) for block, mask in sorted(masks.items())],
-            [(self._slots[key], torch.tensor(rows, device=self._device)) for key, rows in rows_of.items()],
-        )
+                if runs and runs[-1][0] == slot and runs[-1][2] == row:
+                    runs[-1] = (slot, runs[-1][1], row + 1)
+                else:
+                    runs.append((slot, row, row + 1))
+        self.route = _Route([(block, mask.to(self._device)) for block, mask in sorted(masks.items())], runs)
         try:
             yield
         finally:

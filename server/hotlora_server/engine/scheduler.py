@@ -257,6 +257,7 @@ class Scheduler:
         and afterwards each row's valid columns are moved to the end so that the batch stays left-padded.
         """
         device = self._loaded.device
+        jobs = sorted(jobs, key=lambda job: job.key or "")  # an adapter's rows together: one LoRA slice each
         keys = [job.key for job in jobs]
         with self._pool.routing(keys) as kwargs:  # type: ignore[arg-type]
             prefixes = self._prefixes()

@@ -77,6 +77,14 @@ def test_stacked_lora_matches_peft(peft_model: PeftModel, stack: LoraStack, keys
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_prefill_runs_each_adapter_once_per_run_of_its_rows(peft_model: PeftModel) -> None:
+    stack = LoraStack(torch.float32)
+    assert stack.covers(peft_model, {"a", "b"})
+    with stack.rows(["a", "a", "b", BASE, "b"], BASE):
+        assert stack.route is not None
+        assert [(start, stop) for _, start, stop in stack.route.runs] == [(0, 2), (2, 3), (4, 5)]
+
+
 def test_a_batch_computes_only_the_blocks_its_adapters_use(peft_model: PeftModel, monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks fill in load order (a: r2 and b: r4 share one, c: r8 exceeds 6 and gets its own, then ab)."""
     monkeypatch.setattr(lora_stack, "BLOCK", 6)
