@@ -4,9 +4,9 @@ PEFT's mixed-batch path (`adapter_names`) loops over the adapters of a batch in 
 rows through hooks it installs at each forward: with 8 adapters in a batch of 16 that loop costs more
 than the base model (measured: 59 vs 207 tokens/s). Here each LoRA layer keeps the A matrices of the
 stackable resident adapters concatenated along the rank and the B matrices, pre-scaled, likewise, both
-stored transposed (`A.T: [in, W]`, `B.T: [W, out]`: plain `mm` on them takes half the time of `linear` on
-the untransposed ones at these sizes, measured), in blocks of about `BLOCK` columns; adapter `k` owns the
-columns `[start_k, stop_k)` of one block. One decode step of a batch is, for each block some row uses,
+stored transposed (`A.T: [in, W]`, `B.T: [W, out]`: plain `mm` on them beats `linear` on the untransposed
+ones at these sizes, measured 23.5 vs 27.7 ms per 16-row step over 8 adapters), in blocks of about `BLOCK`
+columns; adapter `k` owns the columns `[start_k, stop_k)` of one block. One decode step of a batch is, for each block some row uses,
 
     delta += ((x @ A.T) * mask) @ B.T
 
