@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="4-bit base on a CPU with native bf16: prefill through bf16 GEMMs on dequantized "
                             "weights (bf16, default: several times faster; keeps a second copy of the 4-bit "
                             "weights, half a byte per weight) or bitsandbytes' 4-bit kernel (4bit)")  # fmt: skip
+    serve.add_argument("--cpu-prefill-cache-gb", type=float,
+                       help="with --cpu-prefill bf16: GiB of dequantized bf16 weights kept so that a prefill "
+                            "neither dequantizes nor reorders them (2 bytes per weight, in place of the 4-bit "
+                            "copy; 0: dequantize at every prefill; default 1)")  # fmt: skip
     serve.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                        help="reuse the KV cache of prompt prefixes already computed (the system turn, shared "
                             "context) across requests of the same adapter (default on)")  # fmt: skip

@@ -49,6 +49,9 @@ class Settings(BaseModel):
     cpu_prefill: Literal["bf16", "4bit"] = Field(
         "bf16", description="how a 4-bit base prefills on a CPU with native bf16 (see engine/prefill_gemm.py)"
     )
+    cpu_prefill_cache_gb: float = Field(
+        1.0, ge=0, description="GiB of dequantized bf16 weights kept for the bf16 CPU prefill (0: dequantize each time)"
+    )
     enable_prefix_caching: bool = Field(True, description="reuse the KV of prompt prefixes already computed")
     max_queue: int = Field(64, ge=1, description="requests waiting for the running batch before 429")
     max_model_len: int | None = Field(None, ge=16)

@@ -186,7 +186,8 @@ def load_model(settings: Settings) -> LoadedModel:
     if qconfig is not None and device.type == "cpu":
         log.info("decode calls the packed 4-bit kernel directly in %d layers", bnb_cpu.install_packed_decode(model))
         if settings.cpu_prefill == "bf16":
-            log.info("prefill through bf16 GEMMs for %d 4-bit layers", prefill_gemm.install(model))
+            layers, cached = prefill_gemm.install(model, int(settings.cpu_prefill_cache_gb * 2**30))
+            log.info("prefill through bf16 GEMMs for %d 4-bit layers, %d with cached weights", layers, cached)
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:
         if settings.max_model_len > context:

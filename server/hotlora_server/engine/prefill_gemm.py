@@ -11,14 +11,19 @@ therefore runs on tiles of exactly `TILE` rows, the last one zero-padded: a prom
 bits alone or prefilled beside others, which batch invariance needs.
 Dequantizing needs bitsandbytes' standard layout, which its CPU kernel replaces with a packed one at the
 first forward: a copy of the standard-layout 4-bit data is kept (half a byte per weight).
+Within a memory budget (`--cpu-prefill-cache-gb`) a layer keeps its dequantized bf16 weight instead, reordered
+once into oneDNN's blocked layout (as inductor does for frozen CPU linears): its prefill GEMMs then neither
+dequantize nor reorder the weight (measured on SmolLM2 over 8 adapters, alternating in one process: a
+14-prompt group 339 → 284 ms, a lone prompt 147 → 114 ms, medians), with the same bits as `linear`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import partial
 
 import bitsandbytes as bnb
 import torch
@@ -40,40 +45,62 @@ def prefilling() -> Iterator[None]:
         _prefilling.reset(token)
 
 
-def tiled_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`x @ weight.T` for `[rows, in]` x, in GEMMs of exactly `TILE` rows each."""
+def tiled(x: torch.Tensor, multiply: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """`multiply` applied to `[rows, in]` x in calls of exactly `TILE` rows each."""
     rows = x.shape[0]
     if rows % TILE:
         x = torch.nn.functional.pad(x, (0, 0, 0, TILE - rows % TILE))
-    return torch.cat([torch.nn.functional.linear(tile, weight) for tile in x.split(TILE)])[:rows]
+    return torch.cat([multiply(tile) for tile in x.split(TILE)])[:rows]
+
+
+def tiled_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`x @ weight.T` for `[rows, in]` x, in GEMMs of exactly `TILE` rows each."""
+    return tiled(x, partial(torch.nn.functional.linear, weight=weight))
+
+
+def packed_linear(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`x @ weight.T` through oneDNN, with `weight` reordered once for `TILE`-row inputs."""
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, TILE)
+    return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
 
 
 class _PrefillPath:
-    """One 4-bit layer's standard-layout weight and the forward that uses it while prefilling."""
+    """One 4-bit layer's prefill weight (cached, or its standard-layout 4-bit data) and the forward using it."""
 
-    def __init__(self, module: bnb.nn.Linear4bit) -> None:
+    def __init__(self, module: bnb.nn.Linear4bit, cache: bool) -> None:
         self.module = module
-        self.data = module.weight.data.clone()
+        self.decode = module.forward
         self.state = copy.deepcopy(module.weight.quant_state)
         self.state.dtype = torch.bfloat16  # dequantize straight to bf16: 19 ms for SmolLM2, not 48 via fp32
-        self.decode = module.forward
+        self.data = None if cache else module.weight.data.clone()
+        self.cached = packed_linear(dequantize_4bit(module.weight.data, self.state)) if cache else None
+
+    def multiply(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This prefill's tile GEMM: on the cached weight, or on the weight dequantized now."""
+        if self.cached is not None:
+            return self.cached
+        return partial(torch.nn.functional.linear, weight=dequantize_4bit(self.data, self.state))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _prefilling.get():
             return self.decode(x)
-        weight = dequantize_4bit(self.data, self.state)
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        out = tiled_linear(flat, weight).to(x.dtype).view(*x.shape[:-1], -1)
+        out = tiled(flat, self.multiply()).to(x.dtype).view(*x.shape[:-1], -1)
         bias = self.module.bias
         return out if bias is None else out + bias.to(x.dtype)
 
 
-def install(model: torch.nn.Module) -> int:
-    """Give every 4-bit layer of `model` that bitsandbytes runs with its packed CPU kernel the prefill path;
-    return how many. Call before the first forward (which packs the weights)."""
-    count = 0
+def install(model: torch.nn.Module, cache_bytes: int) -> tuple[int, int]:
+    """Give every 4-bit layer of `model` that bitsandbytes runs with its packed CPU kernel the prefill path,
+    caching the bf16 weight of each layer that still fits `cache_bytes`; return (layers, of them cached).
+    Call before the first forward (which packs the weights)."""
+    count = cached = 0
+    cache = torch.backends.mkldnn.is_available()
     for module in model.modules():
         if packs_on_cpu(module) and not getattr(module.weight.quant_state, "packing_format_for_cpu", False):
-            module.forward = _PrefillPath(module).forward  # type: ignore[method-assign]
-            count += 1
-    return count
+            size = module.in_features * module.out_features * torch.bfloat16.itemsize
+            fits = cache and size <= cache_bytes
+            module.forward = _PrefillPath(module, fits).forward  # type: ignore[method-assign]
+            cache_bytes -= size if fits else 0
+            count, cached = count + 1, cached + fits
+    return count, cached

@@ -29,39 +29,61 @@ def test_a_rows_tiled_result_does_not_depend_on_the_other_rows() -> None:
     torch.testing.assert_close(together.float(), (rows.float() @ weight.float().T), rtol=2e-2, atol=2e-2)
 
 
-@pytest.fixture
-def tiny_4bit(tiny_dir: Path):  # noqa: ANN201 - a 4-bit tiny llama with the prefill path installed
+def tiny_4bit(tiny_dir: Path, cache_bytes: int) -> tuple[torch.nn.Module, int]:
+    """A 4-bit tiny llama with the prefill path installed, and how many of its layers cache their weight."""
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=quantization_config("nf4", torch.float32))
-    installed = prefill_gemm.install(model.eval())
+    installed, cached = prefill_gemm.install(model.eval(), cache_bytes)
     if not installed:
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes runs its generic path, no prefill path")
     use_batch_invariant_attention(model)
-    return model
+    return model, cached
 
 
+def run_prefill(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The last position's logits and the KV cache a prefill of `ids` leaves."""
+    cache = DynamicCache(config=model.config)
+    logits = prefill(model, ids, cache)
+    return logits, [t for layer in cache.layers for t in (layer.keys, layer.values)]
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 2**30], ids=["dequantizing", "cached"])
 @torch.inference_mode()
-def test_prefill_is_batch_invariant_and_close_to_the_4bit_kernel(tiny_4bit) -> None:  # noqa: ANN001
-    model = tiny_4bit
+def test_prefill_is_batch_invariant_and_close_to_the_4bit_kernel(tiny_dir: Path, cache_bytes: int) -> None:
+    model, _ = tiny_4bit(tiny_dir, cache_bytes)
     gen = torch.Generator().manual_seed(1)
     prompts = torch.randint(0, 1000, (5, 13), generator=gen)
-
-    def run(ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        cache = DynamicCache(config=model.config)
-        logits = prefill(model, ids, cache)
-        return logits, [t for layer in cache.layers for t in (layer.keys, layer.values)]
-
-    logits, kv = run(prompts)
+    logits, kv = run_prefill(model, prompts)
     for row in range(5):  # the KV cache a prompt leaves is the same bits alone and beside others
-        _, alone = run(prompts[row : row + 1])
+        _, alone = run_prefill(model, prompts[row : row + 1])
         assert all(torch.equal(a[0], b[row]) for a, b in zip(alone, kv, strict=True)), row
     kernel = model(input_ids=prompts).logits[:, -1]  # outside a prefill: bitsandbytes' own kernel
     assert not torch.equal(kernel, logits)  # the prefill path really ran
     torch.testing.assert_close(logits, kernel, rtol=0.05, atol=0.05)
 
 
+@torch.inference_mode()
+def test_cached_weights_prefill_the_same_bits_and_only_within_the_budget(tiny_dir: Path) -> None:
+    dequantizing, none = tiny_4bit(tiny_dir, 0)
+    layers = [m for m in dequantizing.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    first_two = sum(m.in_features * m.out_features * 2 for m in layers[:2])
+    cached, two = tiny_4bit(tiny_dir, first_two + 1)
+    assert (none, two) == (0, 2)
+    paths = [m.forward.__self__ for m in cached.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert [p.cached is not None for p in paths] == [True, True] + [False] * (len(paths) - 2)
+    assert paths[0].data is None and paths[2].data is not None  # a cached layer keeps no second 4-bit copy
+    everything, count = tiny_4bit(tiny_dir, 2**30)
+    assert count == len(layers)
+    ids = torch.randint(0, 1000, (3, 70), generator=torch.Generator().manual_seed(2))  # two tiles
+    reference = run_prefill(dequantizing, ids)
+    for model in (cached, everything):
+        logits, kv = run_prefill(model, ids)
+        assert torch.equal(logits, reference[0])
+        assert all(torch.equal(a, b) for a, b in zip(kv, reference[1], strict=True))
+
+
 def test_install_is_a_no_op_without_4bit_layers(tiny_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
-    assert prefill_gemm.install(model) == 0
+    assert prefill_gemm.install(model, 2**30) == (0, 0)
 
 
 @pytest.mark.parametrize(("cpu_prefill", "expected"), [("bf16", True), ("4bit", False)])
@@ -74,5 +96,6 @@ def test_the_server_installs_the_prefill_path_unless_told_not_to(
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes' own kernel serves, nothing to install")
     prefill_paths = [getattr(m.forward, "__self__", None) for m in layers]
     assert layers and all(isinstance(p, prefill_gemm._PrefillPath) == expected for p in prefill_paths)
+    assert all(p.cached is not None for p in prefill_paths if expected)  # the default budget holds them all
     decodes = [p.decode if expected else m.forward for p, m in zip(prefill_paths, layers, strict=True)]
     assert all(isinstance(d, PackedDecode) for d in decodes)  # decode steps call the kernel directly either way
