@@ -3,7 +3,8 @@
 `generate` validates and tokenizes in the caller (cheap, and a bad request fails before anything is
 queued), then hands a job to the engine thread and streams its events back through a per-request
 asyncio queue. The engine thread alternates between taking what arrived (jobs for the scheduler,
-management tasks run at once, between batch steps) and one scheduler step; it sleeps when idle.
+management tasks run at once, between batch steps) and one scheduler step, which takes arrivals again
+between its prefills; it sleeps when idle.
 Closing a stream early sets the job's cancel flag; the scheduler drops its rows at the next step.
 """
 
@@ -67,6 +68,7 @@ class Engine:
         self._created = int(time.time())
         self._thread = threading.Thread(target=self._run, name="hotlora-engine", daemon=True)
         self.error: BaseException | None = None
+        self._stopping = False  # the stop sentinel was taken
 
     # -- EngineClient -------------------------------------------------------------------------------
 
@@ -244,19 +246,22 @@ class Engine:
         scheduler = self._scheduler
         assert scheduler is not None
         while self._take_arrivals(block=scheduler.idle):
-            scheduler.step()
+            scheduler.step(arrivals=lambda: self._take_arrivals(block=False))
         scheduler.fail_all(ServiceUnavailableError("the server is shutting down", retry_after=1))
 
     def _take_arrivals(self, block: bool) -> bool:
         """Hand arrived jobs to the scheduler and run arrived management tasks; False once told to stop."""
         scheduler = self._scheduler
         assert scheduler is not None
+        if self._stopping:
+            return False
         try:
             item = self._jobs.get(block=block)
         except queue.Empty:
             return True
         while True:
             if item is None:
+                self._stopping = True
                 return False
             if isinstance(item, _Control):
                 self._control(item)

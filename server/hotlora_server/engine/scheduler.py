@@ -147,14 +147,16 @@ class Scheduler:
     def add(self, job: Job) -> None:
         self.waiting.append(job)
 
-    def step(self) -> None:
+    def step(self, arrivals: Callable[[], object]) -> None:
         """Prefill what the token budget allows, then decode one token for every running row.
+
+        `arrivals` is called after each prefill to add what arrived meanwhile (see `_prefill_waiting`).
 
         Failures of one request's prefill, sampling or text are contained where they happen; anything
         else that escapes a step fails the requests in the batch, which is then started afresh.
         """
         try:
-            self._prefill_waiting()
+            self._prefill_waiting(arrivals)
             self._compact()
             if self.running:
                 self._decode()
@@ -182,15 +184,24 @@ class Scheduler:
 
     # -- prefill ------------------------------------------------------------------------------------
 
-    def _prefill_waiting(self) -> None:
+    def _prefill_waiting(self, arrivals: Callable[[], object]) -> None:
         """Prefill waiting prompts in arrival order while they fit this step's token budget.
 
         Prompts that fit one chunk are prefilled together in one padded forward, each costing the budget
         only the tokens it computes (as in vLLM, a cached prefix is free); a longer prompt is prefilled
         alone in chunks cut at fixed offsets (multiples of the budget), never where another request left
-        the budget: the cut changes the arithmetic, and no output may depend on others.
+        the budget: the cut changes the arithmetic, and no output may depend on others. Prompts that
+        arrived during a prefill get what is left of the budget before the decode step, so that a burst
+        whose first requests found the engine idle does not wait a decode step for the rest.
         """
-        budget, rows = self._token_budget, len(self.running)
+        budget = self._token_budget
+        while budget and (spent := self._prefill_some(budget)):
+            budget -= spent
+            arrivals()
+
+    def _prefill_some(self, budget: int) -> int:
+        """One group (or one chunk) of `_prefill_waiting` within `budget`; the budget it spent."""
+        rows, start = len(self.running), budget
         group: list[Job] = []
         while self.waiting:
             job = self.waiting[0]
@@ -214,10 +225,12 @@ class Scheduler:
                 break  # the group goes first: arrival order
             else:
                 self._guarded([job], lambda job=job: self._prefill_chunk(job))
+                return cost
             budget -= cost
             rows += job.request.n
         if group:
             self._guarded(group, lambda: self._prefill_group(group))
+        return start - budget
 
     def _prefixes(self) -> PrefixCache | None:
         """The prefix cache while it applies (not while an adapter is merged into the base)."""

@@ -23,6 +23,7 @@ from transformers.cache_utils import DynamicLayer
 from hotlora_server.engine import lora_stack
 from hotlora_server.engine.batch_cache import ROOM, BatchCache, _GrowingLayer
 from hotlora_server.engine.lora_stack import LoraStack
+from hotlora_server.errors import HotloraError
 from hotlora_server.types import ChoiceDelta, GenerationRequest, SamplingParams, Usage
 
 BASE = "__base__"
@@ -429,3 +430,82 @@ def test_a_cached_prefix_costs_the_prefill_budget_nothing(
         hits = engine._scheduler.stats.prefix_cache_hit_tokens - cached
     assert sum(lengths[:2]) > max(lengths) >= sum(lengths) - hits  # two do not fit in full; all three do cached
     assert groups == [1, 3]
+
+
+
+class _HeldFirstPrefill:
+    """Records the engine's prefill groups and decode steps, holding the first prefill until `release`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from hotlora_server.engine.scheduler import Scheduler
+
+        self.steps: list[str] = []
+        self.started, self.release = threading.Event(), threading.Event()
+        prefill_group, decode = Scheduler._prefill_group, Scheduler._decode
+
+        def watched_prefill(scheduler: Scheduler, jobs: list[Any]) -> None:
+            self.steps.append(f"prefill {len(jobs)}")
+            if len(self.steps) == 1:
+                self.started.set()
+                assert self.release.wait(60)
+            prefill_group(scheduler, jobs)
+
+        def watched_decode(scheduler: Scheduler) -> None:
+            self.steps.append(f"decode {len(scheduler.running)}")
+            decode(scheduler)
+
+        monkeypatch.setattr(Scheduler, "_prefill_group", watched_prefill)
+        monkeypatch.setattr(Scheduler, "_decode", watched_decode)
+
+    async def first_started(self) -> None:
+        while not self.started.is_set():
+            await asyncio.sleep(0.01)
+
+
+async def _queued(engine: Any, count: int) -> None:
+    while engine._jobs.qsize() < count:
+        await asyncio.sleep(0.01)
+
+
+def test_prompts_arriving_during_a_prefill_are_prefilled_before_the_decode_step(
+    tiny_dir: Path, tmp_path: Path, adapter_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst whose first request finds the engine idle: the rest, queued while that one prefills, get the
+    step's remaining budget at once instead of waiting a decode step."""
+    held = _HeldFirstPrefill(monkeypatch)
+
+    async def burst(engine: Any) -> list[tuple[dict[int, str], Usage]]:
+        first = asyncio.create_task(_collect(engine, _request(TINY_NAME, "Tell me a story.")))
+        await held.first_started()
+        rest = [asyncio.create_task(_collect(engine, _request(TINY_NAME, f"Count to {i}."))) for i in range(3)]
+        await _queued(engine, len(rest))
+        held.release.set()
+        return await asyncio.gather(first, *rest)
+
+    with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store)) as engine:
+        results = asyncio.run(burst(engine))
+    assert held.steps[:3] == ["prefill 1", "prefill 3", "decode 4"]
+    assert all(usage.completion_tokens == 12 for _, usage in results)
+
+
+def test_a_stop_taken_between_prefills_still_stops_the_engine(
+    tiny_dir: Path, tmp_path: Path, adapter_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = _HeldFirstPrefill(monkeypatch)
+
+    async def stop_during_prefill(engine: Any) -> BaseException:
+        first = asyncio.create_task(_collect(engine, _request(TINY_NAME, "Tell me a story.")))
+        await held.first_started()
+        stopping = threading.Thread(target=engine.stop, kwargs={"timeout": 60})
+        stopping.start()
+        await _queued(engine, 1)  # the stop is queued behind the running prefill
+        held.release.set()
+        await asyncio.to_thread(stopping.join, 60)
+        with pytest.raises(HotloraError) as failed:
+            await first
+        return failed.value
+
+    with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store)) as engine:
+        error = asyncio.run(stop_during_prefill(engine))
+        assert not engine._thread.is_alive()
+    assert "shutting down" in str(error)
