@@ -1,7 +1,7 @@
 """Continuous batching: requests join the running batch after their prefill and leave when done.
 
 Each scheduler step (in the engine thread) first spends up to `max_num_batched_tokens` prompt tokens on
-prefilling waiting requests in arrival order — a long prompt is prefilled in chunks of that size over
+prefilling waiting requests in arrival order, those that arrive meanwhile included — a long prompt is prefilled in chunks of that size over
 several steps, so it never stalls the rows already decoding for long — then runs one decode step over
 every running row. A row carries its own adapter (or blend, or the base), sampling parameters, seed, stop sequences and
 token budget; rows of one request (`n`) share its prefill, which starts from the prompt's longest cached
@@ -30,6 +30,8 @@ from .sampling import RowSampler, logprobs_of, sample_batch
 from .text import IncrementalDetokenizer, StopMatcher, token_bytes
 
 log = logging.getLogger(__name__)
+
+PREFILLS_PER_STEP = 2  # prefill forwards before a decode step: a burst's first arrivals, then the rest
 
 
 @dataclass
@@ -191,12 +193,14 @@ class Scheduler:
         only the tokens it computes (as in vLLM, a cached prefix is free); a longer prompt is prefilled
         alone in chunks cut at fixed offsets (multiples of the budget), never where another request left
         the budget: the cut changes the arithmetic, and no output may depend on others. Prompts that
-        arrived during a prefill get what is left of the budget before the decode step, so that a burst
-        whose first requests found the engine idle does not wait a decode step for the rest.
+        arrived during a prefill get what is left of the budget in a second forward before the decode
+        step, so that a burst whose first requests found the engine idle does not wait a decode step for
+        the rest; no more than that, or a trickle of arrivals would hold the running rows' next token
+        for many small prefills, each paying a prefill's fixed cost.
         """
-        budget = self._token_budget
-        while budget and (spent := self._prefill_some(budget)):
-            budget -= spent
+        budget, forwards = self._token_budget, 0
+        while budget and forwards < PREFILLS_PER_STEP and (spent := self._prefill_some(budget)):
+            budget, forwards = budget - spent, forwards + 1
             arrivals()
 
     def _prefill_some(self, budget: int) -> int:

@@ -7,6 +7,8 @@ logits in a padded mixed batch must be those it gets alone.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import shutil
 import threading
 import uuid
 import warnings
@@ -24,7 +26,7 @@ from hotlora_server.engine import lora_stack
 from hotlora_server.engine.batch_cache import ROOM, BatchCache, _GrowingLayer
 from hotlora_server.engine.lora_stack import LoraStack
 from hotlora_server.errors import HotloraError
-from hotlora_server.types import ChoiceDelta, GenerationRequest, SamplingParams, Usage
+from hotlora_server.types import BlendSpec, ChoiceDelta, GenerationRequest, SamplingParams, Usage
 
 BASE = "__base__"
 
@@ -95,6 +97,34 @@ def test_a_batch_computes_only_the_blocks_its_adapters_use(peft_model: PeftModel
         with stack.rows(keys, BASE):
             used = [block for block, _ in stack.route.masks] if stack.route else []
         assert used == blocks, keys
+
+
+def test_a_lower_group_fills_the_blocks_first(peft_model: PeftModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the blend `ab` grouped before the rest: ab (r6) fills block 0, then a: r2 and b: r4, then c."""
+    monkeypatch.setattr(lora_stack, "BLOCK", 6)
+    stack = LoraStack(torch.float32, group=lambda key: 0 if key == "ab" else 1)
+    assert stack.covers(peft_model, {"a", "b", "c", "ab"})
+    for keys, blocks in ((["ab", BASE], [0]), (["a", "b"], [1]), (["c", "ab"], [0, 2])):
+        with stack.rows(keys, BASE):
+            assert [block for block, _ in stack.route.masks] == blocks, keys
+
+
+def test_the_pool_stacks_blends_after_plain_adapters(tiny_dir: Path, tmp_path: Path, adapter_store: Path) -> None:
+    """Loaded in the order x, y, the blend x+y, z: the stacked blocks hold x, y, z, then the blend."""
+    store = tmp_path / "store"
+    for name in ("x", "y", "z"):
+        shutil.copytree(adapter_store / ADAPTER_NAME, store / name)
+    blend = BlendSpec(components=(("x", 0.5), ("y", 0.5)))
+    with running_engine(tiny_settings(tiny_dir, tmp_path, store)) as engine:
+        asyncio.run(_collect(engine, dataclasses.replace(_request(blend.label(), "Hi"), blend=blend)))
+        asyncio.run(_collect(engine, _request("z", "Hi")))
+        pool = engine._pool
+        assert pool._stack.covers(pool.model, set())
+        labels = {r.key: r.label for r in pool._resident.values()}
+        slots = pool._stack._slots
+        assert [labels[key] for key in sorted(slots, key=lambda key: (slots[key].block, slots[key].start))] == [
+            "x", "y", "z", blend.label()
+        ]
 
 
 def test_stack_follows_adapter_changes_and_skips_dora(peft_model: PeftModel) -> None:
@@ -433,21 +463,24 @@ def test_a_cached_prefix_costs_the_prefill_budget_nothing(
 
 
 
-class _HeldFirstPrefill:
-    """Records the engine's prefill groups and decode steps, holding the first prefill until `release`."""
+class _HeldPrefills:
+    """Records the engine's prefill groups and decode steps, holding prefill `i` (of the first `count`)
+    until `release[i]` is set."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int = 1) -> None:
         from hotlora_server.engine.scheduler import Scheduler
 
         self.steps: list[str] = []
-        self.started, self.release = threading.Event(), threading.Event()
+        self.started = [threading.Event() for _ in range(count)]
+        self.release = [threading.Event() for _ in range(count)]
         prefill_group, decode = Scheduler._prefill_group, Scheduler._decode
 
         def watched_prefill(scheduler: Scheduler, jobs: list[Any]) -> None:
+            index = sum(step.startswith("prefill") for step in self.steps)
             self.steps.append(f"prefill {len(jobs)}")
-            if len(self.steps) == 1:
-                self.started.set()
-                assert self.release.wait(60)
+            if index < count:
+                self.started[index].set()
+                assert self.release[index].wait(60)
             prefill_group(scheduler, jobs)
 
         def watched_decode(scheduler: Scheduler) -> None:
@@ -457,8 +490,8 @@ class _HeldFirstPrefill:
         monkeypatch.setattr(Scheduler, "_prefill_group", watched_prefill)
         monkeypatch.setattr(Scheduler, "_decode", watched_decode)
 
-    async def first_started(self) -> None:
-        while not self.started.is_set():
+    async def wait_started(self, index: int) -> None:
+        while not self.started[index].is_set():
             await asyncio.sleep(0.01)
 
 
@@ -472,14 +505,14 @@ def test_prompts_arriving_during_a_prefill_are_prefilled_before_the_decode_step(
 ) -> None:
     """A burst whose first request finds the engine idle: the rest, queued while that one prefills, get the
     step's remaining budget at once instead of waiting a decode step."""
-    held = _HeldFirstPrefill(monkeypatch)
+    held = _HeldPrefills(monkeypatch)
 
     async def burst(engine: Any) -> list[tuple[dict[int, str], Usage]]:
         first = asyncio.create_task(_collect(engine, _request(TINY_NAME, "Tell me a story.")))
-        await held.first_started()
+        await held.wait_started(0)
         rest = [asyncio.create_task(_collect(engine, _request(TINY_NAME, f"Count to {i}."))) for i in range(3)]
         await _queued(engine, len(rest))
-        held.release.set()
+        held.release[0].set()
         return await asyncio.gather(first, *rest)
 
     with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store)) as engine:
@@ -488,18 +521,41 @@ def test_prompts_arriving_during_a_prefill_are_prefilled_before_the_decode_step(
     assert all(usage.completion_tokens == 12 for _, usage in results)
 
 
+def test_a_step_prefills_at_most_twice_before_decoding(
+    tiny_dir: Path, tmp_path: Path, adapter_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trickle of arrivals, one during each prefill: the third waits for the running rows' decode step."""
+    held = _HeldPrefills(monkeypatch, count=2)
+
+    async def trickle(engine: Any) -> list[tuple[dict[int, str], Usage]]:
+        tasks = []
+        for index, prompt in enumerate(("Tell me a story.", "Count to 3.", "Name a colour.")):
+            tasks.append(asyncio.create_task(_collect(engine, _request(TINY_NAME, prompt))))
+            if index:
+                await _queued(engine, 1)
+                held.release[index - 1].set()
+            if index < 2:
+                await held.wait_started(index)
+        return await asyncio.gather(*tasks)
+
+    with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store)) as engine:
+        results = asyncio.run(trickle(engine))
+    assert held.steps[:4] == ["prefill 1", "prefill 1", "decode 2", "prefill 1"]
+    assert all(usage.completion_tokens == 12 for _, usage in results)
+
+
 def test_a_stop_taken_between_prefills_still_stops_the_engine(
     tiny_dir: Path, tmp_path: Path, adapter_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    held = _HeldFirstPrefill(monkeypatch)
+    held = _HeldPrefills(monkeypatch)
 
     async def stop_during_prefill(engine: Any) -> BaseException:
         first = asyncio.create_task(_collect(engine, _request(TINY_NAME, "Tell me a story.")))
-        await held.first_started()
+        await held.wait_started(0)
         stopping = threading.Thread(target=engine.stop, kwargs={"timeout": 60})
         stopping.start()
         await _queued(engine, 1)  # the stop is queued behind the running prefill
-        held.release.set()
+        held.release[0].set()
         await asyncio.to_thread(stopping.join, 60)
         with pytest.raises(HotloraError) as failed:
             await first
