@@ -188,6 +188,7 @@ def load_model(settings: Settings) -> LoadedModel:
         if settings.cpu_prefill == "bf16":
             layers, cached = prefill_gemm.install(model, int(settings.cpu_prefill_cache_gb * 2**30))
             log.info("prefill through bf16 GEMMs for %d 4-bit layers, %d with cached weights", layers, cached)
+            prefill_gemm.warm_up(model)
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:
         if settings.max_model_len > context:

@@ -99,3 +99,14 @@ def test_the_server_installs_the_prefill_path_unless_told_not_to(
     assert all(p.cached is not None for p in prefill_paths if expected)  # the default budget holds them all
     decodes = [p.decode if expected else m.forward for p, m in zip(prefill_paths, layers, strict=True)]
     assert all(isinstance(d, PackedDecode) for d in decodes)  # decode steps call the kernel directly either way
+
+
+def test_warm_up_runs_the_prefill_path_and_leaves_the_weights_unpacked(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = tiny_4bit(tiny_dir, 2**30)
+    calls: list[int] = []
+    tiled = prefill_gemm.tiled
+    monkeypatch.setattr(prefill_gemm, "tiled", lambda x, multiply: (calls.append(x.shape[0]), tiled(x, multiply))[1])
+    prefill_gemm.warm_up(model)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert calls == [4] * len(layers)  # every 4-bit layer once, through its prefill GEMM
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
