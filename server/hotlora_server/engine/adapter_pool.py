@@ -316,7 +316,7 @@ class AdapterPool:
     def _stack_group(self, key: str) -> int:
         """Blends after plain adapters in the stacked blocks: a blend is served in place of its sources, so
         a batch of blends reads their blocks only, not the sources' too (measured in-process, 16 rows
-        over 4 blends built in turn: two blocks per decode step, 179 ms, against one)."""
+        over 4 blends built in turn: 179 ms per decode step with two blocks, 146 ms with one)."""
         return int(any(r.key == key and r.kind == "blend" for r in self._resident.values()))
 
     def _by_key(self, key: str) -> _Resident:

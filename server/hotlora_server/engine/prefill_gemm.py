@@ -11,9 +11,9 @@ therefore runs on tiles of exactly `TILE` rows, the last one zero-padded: a prom
 bits alone or prefilled beside others, which batch invariance needs.
 Dequantizing needs bitsandbytes' standard layout, which its CPU kernel replaces with a packed one at the
 first forward: a copy of the standard-layout 4-bit data is kept (half a byte per weight).
-Within a memory budget (`--cpu-prefill-cache-gb`) a layer keeps its dequantized bf16 weight instead, reordered
-once into oneDNN's blocked layout (as inductor does for frozen CPU linears): its prefill GEMMs then neither
-dequantize nor reorder the weight (measured on SmolLM2 over 8 adapters, alternating in one process: a
+Within a memory budget (`--cpu-prefill-cache-gb`) a layer keeps its dequantized bf16 weight instead,
+reordered once into oneDNN's blocked layout (as inductor does for frozen CPU linears): its prefill GEMMs
+then neither dequantize nor reorder the weight (measured on SmolLM2 over 8 adapters, alternating in one process: a
 14-prompt group 339 → 284 ms, a lone prompt 147 → 114 ms, medians), with the same bits as `linear`.
 """
 
@@ -112,9 +112,8 @@ def warm_up(model: torch.nn.Module) -> None:
 
     The first bf16 GEMMs of a process sometimes give other bits than every later call (measured with the
     embedded model: 2 of 8 fresh servers answered their first greedy request differently from later
-    identical ones, cached weights or not; 0 of 24 after a warm-up prefill), which breaks the promise that an
-    output does not depend on when it was asked.
+    identical ones, cached weights or not; 0 of 24 after a warm-up prefill), which breaks the promise
+    that an output does not depend on when it was asked.
     """
     with prefilling():
         model(input_ids=torch.zeros((1, 4), dtype=torch.long, device=next(model.parameters()).device))
-

@@ -1,9 +1,9 @@
 """Continuous batching: requests join the running batch after their prefill and leave when done.
 
 Each scheduler step (in the engine thread) first spends up to `max_num_batched_tokens` prompt tokens on
-prefilling waiting requests in arrival order, those that arrive meanwhile included — a long prompt is prefilled in chunks of that size over
-several steps, so it never stalls the rows already decoding for long — then runs one decode step over
-every running row. A row carries its own adapter (or blend, or the base), sampling parameters, seed, stop sequences and
+prefilling waiting requests in arrival order, those that arrive meanwhile included — a long prompt is
+prefilled in chunks of that size over several steps, so it never stalls the rows already decoding for
+long — then runs one decode step over every running row. A row carries its own adapter (or blend, or the base), sampling parameters, seed, stop sequences and
 token budget; rows of one request (`n`) share its prefill, which starts from the prompt's longest cached
 prefix when prefix caching is on. Cancelled requests leave at the next step.
 """
