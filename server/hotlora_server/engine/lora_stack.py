@@ -5,8 +5,9 @@ rows through hooks it installs at each forward: with 8 adapters in a batch of 16
 than the base model (measured: 59 vs 207 tokens/s). Here each LoRA layer keeps the A matrices of the
 stackable resident adapters concatenated along the rank and the B matrices, pre-scaled, likewise, both
 stored transposed (`A.T: [in, W]`, `B.T: [W, out]`: plain `mm` on them beats `linear` on the untransposed
-ones at these sizes, measured 23.5 vs 27.7 ms per 16-row step over 8 adapters), in blocks of about `BLOCK`
-columns; adapter `k` owns the columns `[start_k, stop_k)` of one block. One decode step of a batch is, for each block some row uses,
+ones at these sizes, measured 23.5 vs 27.7 ms per 16-row step over 8 adapters), in blocks of about
+`BLOCK` columns; adapter `k` owns the columns `[start_k, stop_k)` of one block. One decode step of a
+batch is, for each block some row uses,
 
     delta += ((x @ A.T) * mask) @ B.T
 

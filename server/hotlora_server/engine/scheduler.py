@@ -3,8 +3,8 @@
 Each scheduler step (in the engine thread) first spends up to `max_num_batched_tokens` prompt tokens on
 prefilling waiting requests in arrival order, those that arrive meanwhile included — a long prompt is
 prefilled in chunks of that size over several steps, so it never stalls the rows already decoding for
-long — then runs one decode step over every running row. A row carries its own adapter (or blend, or the base), sampling parameters, seed, stop sequences and
-token budget; rows of one request (`n`) share its prefill, which starts from the prompt's longest cached
+long — then runs one decode step over every running row. A row carries its own adapter (or blend, or
+the base), sampling parameters, seed, stop sequences and token budget; rows of one request (`n`) share its prefill, which starts from the prompt's longest cached
 prefix when prefix caching is on. Cancelled requests leave at the next step.
 """
 
@@ -152,7 +152,7 @@ class Scheduler:
     def step(self, arrivals: Callable[[], object]) -> None:
         """Prefill what the token budget allows, then decode one token for every running row.
 
-        `arrivals` is called after each prefill to add what arrived meanwhile (see `_prefill_waiting`).
+        `arrivals` is called between prefills to add what arrived meanwhile (see `_prefill_waiting`).
 
         Failures of one request's prefill, sampling or text are contained where they happen; anything
         else that escapes a step fails the requests in the batch, which is then started afresh.
@@ -198,10 +198,14 @@ class Scheduler:
         the rest; no more than that, or a trickle of arrivals would hold the running rows' next token
         for many small prefills, each paying a prefill's fixed cost.
         """
-        budget, forwards = self._token_budget, 0
-        while budget and forwards < PREFILLS_PER_STEP and (spent := self._prefill_some(budget)):
-            budget, forwards = budget - spent, forwards + 1
-            arrivals()
+        budget = self._token_budget
+        for forward in range(PREFILLS_PER_STEP):
+            if forward:
+                arrivals()
+            spent = self._prefill_some(budget)
+            budget -= spent
+            if not spent or not budget:
+                return
 
     def _prefill_some(self, budget: int) -> int:
         """One group (or one chunk) of `_prefill_waiting` within `budget`; the budget it spent."""
