@@ -3,8 +3,9 @@
 bitsandbytes' CPU kernel for 4-bit weights dequantizes and multiplies in one pass at about the same cost
 per row for any number of rows: right for a decode step (a few rows), slow for a prefill (hundreds of
 rows; measured on SmolLM2's 210 layers: 1.09 s for 640 tokens, against 0.14 s for bf16 GEMMs on the
-dequantized weights, AMX here, plus 19 ms to dequantize them; 82 ms vs 44 ms for one 40-token prompt). So during a prefill each 4-bit layer dequantizes its weight to bf16 and
-multiplies by GEMM, as bitsandbytes itself does on CUDA for inputs of more than one row.
+dequantized weights, AMX here, plus 19 ms to dequantize them; 82 ms vs 44 ms for one 40-token prompt).
+So during a prefill each 4-bit layer dequantizes its weight to bf16 and multiplies by GEMM, as
+bitsandbytes itself does on CUDA for inputs of more than one row.
 A bf16 GEMM's kernel depends on its row count, so a row's result would depend on how many rows share the
 call (measured) — but not on the other rows or on its place in a call of a fixed size. Every prefill GEMM
 therefore runs on tiles of exactly `TILE` rows, the last one zero-padded: a prompt's KV cache is the same

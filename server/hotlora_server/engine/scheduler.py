@@ -4,8 +4,9 @@ Each scheduler step (in the engine thread) first spends up to `max_num_batched_t
 prefilling waiting requests in arrival order, those that arrive meanwhile included — a long prompt is
 prefilled in chunks of that size over several steps, so it never stalls the rows already decoding for
 long — then runs one decode step over every running row. A row carries its own adapter (or blend, or
-the base), sampling parameters, seed, stop sequences and token budget; rows of one request (`n`) share its prefill, which starts from the prompt's longest cached
-prefix when prefix caching is on. Cancelled requests leave at the next step.
+the base), sampling parameters, seed, stop sequences and token budget; rows of one request (`n`) share
+its prefill, which starts from the prompt's longest cached prefix when prefix caching is on. Cancelled
+requests leave at the next step.
 """
 
 from __future__ import annotations

@@ -356,6 +356,40 @@ def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(peft_model: Pe
     assert torch.equal(out[1:2], alone)
 
 
+class _Rowwise(torch.nn.Module):
+    """A base layer whose output rows depend on their own input row only, bit for bit (and are not zero)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.weights = torch.linspace(-1, 1, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., :1] * self.weights
+
+
+@pytest.mark.parametrize("tokens", [1, 3], ids=["decode", "prefill"])
+@torch.inference_mode()
+def test_deltas_from_min_rows_on_give_each_row_its_bits_alone(peft_model: PeftModel, stack: LoraStack, tokens: int) -> None:
+    """From `MIN_ROWS` rows the deltas accumulate into the base output in one GEMM; a row still gets the
+    bits it gets alone (padded, its product added)."""
+    keys = ["a"] * (lora_stack.MIN_ROWS + 1) + ["ab", "ab", BASE, "c"]  # runs of 17 (x tokens), 2, 1 rows
+    x = torch.randn(len(keys), tokens, 64, generator=torch.Generator().manual_seed(6))
+    assert stack.covers(peft_model, set(keys) - {BASE})
+    layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    dense_base = layer.base_layer
+    layer.base_layer = _Rowwise(dense_base.out_features)
+    peft_model.base_model.disable_adapter_layers()
+    try:
+        with stack.rows(keys, BASE):
+            together = layer(x)
+        for row, key in enumerate(keys):
+            with stack.rows([key], BASE):
+                assert torch.equal(layer(x[row : row + 1]), together[row : row + 1]), (row, key)
+    finally:
+        layer.base_layer = dense_base
+        peft_model.base_model.enable_adapter_layers()
+
+
 def test_requests_beyond_max_queue_get_429_at_once(
     tiny_dir: Path, adapter_store: Path, tmp_path: Path, openai_error: Any
 ) -> None:
