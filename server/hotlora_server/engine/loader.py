@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from hotlora_adapters import BaseSpec
 
 from ..settings import EMBEDDED_MODEL_NAME, Settings
-from . import bnb_cpu, prefill_gemm
+from . import bnb_cpu, logits, prefill_gemm
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,8 @@ def load_model(settings: Settings) -> LoadedModel:
             "hub (or a cached copy); otherwise pass a local folder or a .gguf file with --model."
         ) from exc
     model.eval()
+    if logits.install(model):
+        log.info("logits of few rows through a transposed copy of the output layer (row-invariant)")
     if qconfig is not None and device.type == "cpu":
         log.info("decode calls the packed 4-bit kernel directly in %d layers", bnb_cpu.install_packed_decode(model))
         if settings.cpu_prefill == "bf16":
