@@ -319,3 +319,29 @@ def test_valid_but_unknown_names_stay_404(admin: Any, openai_error: Any) -> None
     openai_error(admin.delete("/v1/adapters/no-such-adapter"), 404)
     chat = admin.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 1})
     openai_error(chat, 404, code="model_not_found")
+
+
+def test_the_catalog_reads_an_adapter_again_only_when_it_changed(
+    tiny_dir: Path, adapter_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request looks its adapter up: a few `stat`s, unless the folder changed since the last read."""
+    from hotlora_server.errors import NotFoundError
+
+    store = tmp_path / "store"
+    shutil.copytree(adapter_store / ADAPTER_NAME, store / "x")
+    with running_engine(tiny_settings(tiny_dir, tmp_path, store)) as engine:
+        _, catalog = engine._require_ready()
+        reads: list[str] = []
+        read = catalog.store.get
+        monkeypatch.setattr(catalog.store, "get", lambda name: reads.append(name) or read(name))
+        first = catalog.get("x")
+        seen = len(reads)
+        assert catalog.get("x") is first and catalog.get("x") is first and len(reads) == seen
+        catalog.store.set_disabled("x", True)
+        with pytest.raises(NotFoundError, match="disabled"):
+            catalog.get("x")
+        catalog.store.set_disabled("x", False)
+        assert catalog.get("x").version != first.version
+        catalog.store.delete("x")
+        with pytest.raises(NotFoundError, match="does not exist"):
+            catalog.get("x")
