@@ -15,6 +15,10 @@ of the padded row), of a 16-row step unchanged.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from .lora_stack import MIN_ROWS
@@ -29,6 +33,12 @@ class RowInvariantLogits:
     def __init__(self, module: torch.nn.Linear) -> None:
         self.module = module
         self.weight_t = module.weight.detach().T.contiguous()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A copy of the layer gets the plain forward: PEFT copies it for an adapter with its own `lm_head`
+        (`modules_to_save`) and loads that adapter's weight into the copy, of which this copy knows nothing."""
+        module = copy.deepcopy(self.module, memo)
+        return type(module).forward.__get__(module)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])

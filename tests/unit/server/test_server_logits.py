@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from pathlib import Path
 
 import torch
@@ -60,3 +61,17 @@ def test_the_server_installs_row_invariant_logits(tiny_dir: Path, tmp_path: Path
     head = load_model(tiny_settings(tiny_dir, tmp_path, tmp_path / "store")).model.get_output_embeddings()
     assert isinstance(head.forward, logits.RowInvariantLogits)
     assert torch.equal(head.forward.weight_t, head.weight.T)
+
+
+@torch.inference_mode()
+def test_a_copy_of_the_layer_computes_with_the_weight_loaded_into_it() -> None:
+    """As PEFT does for an adapter that saves its own `lm_head`: deep-copy the layer, load other weights."""
+    model = _Tied()
+    assert logits.install(model)
+    hidden = torch.randn(3, 576, generator=torch.Generator().manual_seed(2))
+    before = model.lm_head(hidden)
+    copied = deepcopy(model.lm_head)
+    copied.load_state_dict({"weight": model.lm_head.weight * 2})
+    torch.testing.assert_close(copied(hidden), before * 2)
+    torch.testing.assert_close(copied(hidden[:1]), before[:1] * 2)
+    assert torch.equal(model.lm_head(hidden), before)
