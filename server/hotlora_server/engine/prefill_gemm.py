@@ -14,8 +14,9 @@ Dequantizing needs bitsandbytes' standard layout, which its CPU kernel replaces 
 first forward: a copy of the standard-layout 4-bit data is kept (half a byte per weight).
 Within a memory budget (`--cpu-prefill-cache-gb`) a layer keeps its dequantized bf16 weight instead,
 reordered once into oneDNN's blocked layout (as inductor does for frozen CPU linears): its prefill GEMMs
-then neither dequantize nor reorder the weight (measured on SmolLM2 over 8 adapters, alternating in one process: a
-14-prompt group 339 → 284 ms, a lone prompt 147 → 114 ms, medians), with the same bits as `linear`.
+then neither dequantize nor reorder the weight (measured on SmolLM2 over 8 adapters, alternating in one
+process: a 14-prompt group 339 → 284 ms, a lone prompt 147 → 114 ms, medians), with the same bits as
+`linear`.
 """
 
 from __future__ import annotations

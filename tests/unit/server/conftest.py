@@ -184,3 +184,21 @@ def sse() -> Any:
 @pytest.fixture(scope="session")
 def openai_error() -> Any:
     return assert_error
+
+
+@pytest.fixture(scope="module")
+def peft_model(real_tokenizer: Any) -> Any:
+    """The tiny llama with three random adapters of different ranks and a `cat` blend of two of them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base = _tiny_llama(len(real_tokenizer), real_tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(1)
+        model = get_peft_model(base, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False), "a")
+        for name, r, targets in (("b", 4, "all-linear"), ("c", 8, ["q_proj", "v_proj"])):
+            model.add_adapter(name, LoraConfig(r=r, lora_alpha=3 * r, target_modules=targets, init_lora_weights=False))
+        model.add_weighted_adapter(["a", "b"], [0.7, 0.4], "ab", combination_type="cat")
+    return model.eval()
+

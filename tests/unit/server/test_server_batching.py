@@ -1,7 +1,6 @@
-"""Continuous batching on the tiny llama: stacked LoRA vs PEFT, the left-padded batch cache, the scheduler.
+"""Continuous batching on the tiny llama: the left-padded batch cache, the scheduler, the engine's outputs.
 
-PEFT is the reference: the stacked deltas must give what PEFT's own per-row routing gives, and a row's
-logits in a padded mixed batch must be those it gets alone.
+A row's logits in a padded mixed batch must be those it gets alone (stacked LoRA: test_server_lora_stack).
 """
 
 from __future__ import annotations
@@ -11,102 +10,19 @@ import dataclasses
 import shutil
 import threading
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import ADAPTER_NAME, TINY_NAME, _tiny_llama, running_engine, tiny_settings
-from peft import LoraConfig, PeftModel, get_peft_model
+from conftest import ADAPTER_NAME, TINY_NAME, running_engine, tiny_settings
+from peft import PeftModel
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from hotlora_server.engine import lora_stack
 from hotlora_server.engine.batch_cache import ROOM, BatchCache, _GrowingLayer
-from hotlora_server.engine.lora_stack import LoraStack
 from hotlora_server.errors import HotloraError
 from hotlora_server.types import BlendSpec, ChoiceDelta, GenerationRequest, SamplingParams, Usage
-
-BASE = "__base__"
-
-
-@pytest.fixture(scope="module")
-def peft_model(real_tokenizer: Any) -> PeftModel:
-    """The tiny llama with three random adapters of different ranks and a `cat` blend of two of them."""
-    base = _tiny_llama(len(real_tokenizer), real_tokenizer)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(1)
-        model = get_peft_model(base, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False), "a")
-        for name, r, targets in (("b", 4, "all-linear"), ("c", 8, ["q_proj", "v_proj"])):
-            model.add_adapter(name, LoraConfig(r=r, lora_alpha=3 * r, target_modules=targets, init_lora_weights=False))
-        model.add_weighted_adapter(["a", "b"], [0.7, 0.4], "ab", combination_type="cat")
-    return model.eval()
-
-
-def _peft_logits(model: PeftModel, ids: torch.Tensor, keys: list[str]) -> torch.Tensor:
-    model.base_model.enable_adapter_layers()
-    with torch.inference_mode():
-        return model(input_ids=ids, adapter_names=keys).logits
-
-
-def _stacked_logits(model: PeftModel, stack: LoraStack, ids: torch.Tensor, keys: list[str]) -> torch.Tensor:
-    assert stack.covers(model, set(keys) - {BASE})
-    model.base_model.disable_adapter_layers()  # PEFT passes the base through; the stack adds the deltas
-    try:
-        with torch.inference_mode(), stack.rows(keys, BASE):
-            return model(input_ids=ids).logits
-    finally:
-        model.base_model.enable_adapter_layers()
-
-
-@pytest.fixture(params=[lora_stack.BLOCK, 6], ids=["one-block", "blocks"])
-def stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> LoraStack:
-    """A fresh stack; with 6-column blocks the fixture's adapters spread over three blocks."""
-    monkeypatch.setattr(lora_stack, "BLOCK", request.param)
-    return LoraStack(torch.float32)
-
-
-@pytest.mark.parametrize(
-    "keys",
-    [["a", "b", BASE, "c", "ab", "a"], ["b", "b"], ["ab"], [BASE, BASE], ["c", BASE]],
-    ids=["mixed", "one-adapter", "blend", "base-only", "partial-targets"],
-)
-def test_stacked_lora_matches_peft(peft_model: PeftModel, stack: LoraStack, keys: list[str]) -> None:
-    ids = torch.randint(0, 1000, (len(keys), 7), generator=torch.Generator().manual_seed(0))
-    expected = _peft_logits(peft_model, ids, keys)
-    got = _stacked_logits(peft_model, stack, ids, keys)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-
-
-def test_a_prefill_runs_each_adapter_once_per_run_of_its_rows(peft_model: PeftModel) -> None:
-    stack = LoraStack(torch.float32)
-    assert stack.covers(peft_model, {"a", "b"})
-    with stack.rows(["a", "a", "b", BASE, "b"], BASE):
-        assert stack.route is not None
-        assert [(start, stop) for _, start, stop in stack.route.runs] == [(0, 2), (2, 3), (4, 5)]
-
-
-def test_a_batch_computes_only_the_blocks_its_adapters_use(peft_model: PeftModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blocks fill in load order (a: r2 and b: r4 share one, c: r8 exceeds 6 and gets its own, then ab)."""
-    monkeypatch.setattr(lora_stack, "BLOCK", 6)
-    stack = LoraStack(torch.float32)
-    assert stack.covers(peft_model, {"a", "b", "c", "ab"})
-    for keys, blocks in ((["a", "b", BASE], [0]), (["c", BASE], [1]), (["ab", "a"], [0, 2]), ([BASE], [])):
-        with stack.rows(keys, BASE):
-            used = [block for block, _ in stack.route.masks] if stack.route else []
-        assert used == blocks, keys
-
-
-def test_a_lower_group_fills_the_blocks_first(peft_model: PeftModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the blend `ab` grouped before the rest: ab (r6) fills block 0, then a: r2 and b: r4, then c."""
-    monkeypatch.setattr(lora_stack, "BLOCK", 6)
-    stack = LoraStack(torch.float32, group=lambda key: 0 if key == "ab" else 1)
-    assert stack.covers(peft_model, {"a", "b", "c", "ab"})
-    for keys, blocks in ((["ab", BASE], [0]), (["a", "b"], [1]), (["c", "ab"], [0, 2])):
-        with stack.rows(keys, BASE):
-            assert [block for block, _ in stack.route.masks] == blocks, keys
 
 
 def test_the_pool_stacks_blends_after_plain_adapters(tiny_dir: Path, tmp_path: Path, adapter_store: Path) -> None:
@@ -125,38 +41,6 @@ def test_the_pool_stacks_blends_after_plain_adapters(tiny_dir: Path, tmp_path: P
         assert [labels[key] for key in sorted(slots, key=lambda key: (slots[key].block, slots[key].start))] == [
             "x", "y", "z", blend.label()
         ]
-
-
-def test_stack_follows_adapter_changes_and_skips_dora(peft_model: PeftModel) -> None:
-    stack = LoraStack(torch.float32)
-    assert stack.covers(peft_model, {"a", "b", "c", "ab"})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        peft_model.add_adapter("d", LoraConfig(r=2, target_modules=["q_proj"], use_dora=True, init_lora_weights=False))
-    try:
-        stack.invalidate()
-        assert stack.covers(peft_model, {"a"}) and not stack.covers(peft_model, {"a", "d"})
-        ids = torch.randint(0, 1000, (2, 5), generator=torch.Generator().manual_seed(1))
-        torch.testing.assert_close(
-            _stacked_logits(peft_model, stack, ids, ["a", BASE]), _peft_logits(peft_model, ids, ["a", BASE])
-        )
-    finally:
-        peft_model.delete_adapter("d")
-        stack.invalidate()
-
-
-def test_hooks_add_nothing_outside_a_routed_forward(peft_model: PeftModel) -> None:
-    stack = LoraStack(torch.float32)
-    assert stack.covers(peft_model, {"a"})
-    ids = torch.randint(0, 1000, (1, 5), generator=torch.Generator().manual_seed(2))
-    peft_model.base_model.disable_adapter_layers()
-    try:
-        with torch.inference_mode(), peft_model.disable_adapter():
-            base = peft_model(input_ids=ids).logits
-        with torch.inference_mode():
-            torch.testing.assert_close(peft_model(input_ids=ids).logits, base)
-    finally:
-        peft_model.base_model.enable_adapter_layers()
 
 
 def test_a_growing_layer_appends_in_place_and_follows_any_reassignment() -> None:
@@ -310,84 +194,6 @@ def test_a_cancelled_stream_leaves_and_the_others_finish(tiny_engine: Any) -> No
     texts, usage = asyncio.run(run())
     assert usage.completion_tokens > 0 and texts[0]
     assert tiny_engine._scheduler.idle
-
-
-class _Zeros(torch.nn.Module):
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.features = features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.new_zeros(*x.shape[:-1], self.features)
-
-
-@torch.inference_mode()
-def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(peft_model: PeftModel, stack: LoraStack) -> None:
-    """What batch invariance rests on: the stacked deltas (also when other rows bring other blocks) and
-    the attention give a row the same bits."""
-    from hotlora_server.engine.attention import batch_invariant_attention
-
-    keys = ["a", BASE, "ab", "c", "a"]
-    x = torch.randn(len(keys), 1, 64, generator=torch.Generator().manual_seed(4))
-    assert stack.covers(peft_model, set(keys) - {BASE})
-    layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
-    dense_base = layer.base_layer  # float32 GEMMs differ by row count; the 4-bit kernel served does not
-    layer.base_layer = _Zeros(dense_base.out_features)
-    peft_model.base_model.disable_adapter_layers()
-    try:
-        with stack.rows(keys, BASE):
-            together = layer(x)  # the deltas alone
-        assert together.abs().sum() > 0 and torch.equal(together[1], torch.zeros_like(together[1]))
-        for row, key in enumerate(keys):
-            with stack.rows([key], BASE):
-                assert torch.equal(layer(x[row : row + 1]), together[row : row + 1]), key
-    finally:
-        layer.base_layer = dense_base
-        peft_model.base_model.enable_adapter_layers()
-
-    gen = torch.Generator().manual_seed(5)
-    module = peft_model.get_base_model().model.layers[0].self_attn
-    query = torch.randn(3, 4, 1, 16, generator=gen)
-    keys_, values = torch.randn(3, 2, 9, 16, generator=gen), torch.randn(3, 2, 9, 16, generator=gen)
-    mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
-    mask[1, ..., :4] = False  # row 1 is left-padded by 4
-    out, _ = batch_invariant_attention(module, query, keys_, values, mask, scaling=0.25)
-    alone, _ = batch_invariant_attention(module, query[1:2], keys_[1:2, :, 4:], values[1:2, :, 4:], None, scaling=0.25)
-    assert torch.equal(out[1:2], alone)
-
-
-class _Rowwise(torch.nn.Module):
-    """A base layer whose output rows depend on their own input row only, bit for bit (and are not zero)."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.weights = torch.linspace(-1, 1, features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[..., :1] * self.weights
-
-
-@pytest.mark.parametrize("tokens", [1, 3], ids=["decode", "prefill"])
-@torch.inference_mode()
-def test_deltas_from_min_rows_on_give_each_row_its_bits_alone(peft_model: PeftModel, stack: LoraStack, tokens: int) -> None:
-    """From `MIN_ROWS` rows the deltas accumulate into the base output in one GEMM; a row still gets the
-    bits it gets alone (padded, its product added)."""
-    keys = ["a"] * (lora_stack.MIN_ROWS + 1) + ["ab", "ab", BASE, "c"]  # runs of 17 (x tokens), 2, 1 rows
-    x = torch.randn(len(keys), tokens, 64, generator=torch.Generator().manual_seed(6))
-    assert stack.covers(peft_model, set(keys) - {BASE})
-    layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
-    dense_base = layer.base_layer
-    layer.base_layer = _Rowwise(dense_base.out_features)
-    peft_model.base_model.disable_adapter_layers()
-    try:
-        with stack.rows(keys, BASE):
-            together = layer(x)
-        for row, key in enumerate(keys):
-            with stack.rows([key], BASE):
-                assert torch.equal(layer(x[row : row + 1]), together[row : row + 1]), (row, key)
-    finally:
-        layer.base_layer = dense_base
-        peft_model.base_model.enable_adapter_layers()
 
 
 def test_requests_beyond_max_queue_get_429_at_once(

@@ -101,7 +101,9 @@ def test_the_server_installs_the_prefill_path_unless_told_not_to(
     assert all(isinstance(d, PackedDecode) for d in decodes)  # decode steps call the kernel directly either way
 
 
-def test_warm_up_runs_the_prefill_path_and_leaves_the_weights_unpacked(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_warm_up_runs_the_prefill_path_and_leaves_the_weights_unpacked(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, _ = tiny_4bit(tiny_dir, 2**30)
     calls: list[int] = []
     tiled = prefill_gemm.tiled
