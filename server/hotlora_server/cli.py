@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --cpu-prefill bf16: GiB of dequantized bf16 weights kept so that a prefill "
                             "neither dequantizes nor reorders them (2 bytes per weight, in place of the 4-bit "
                             "copy; 0: dequantize at every prefill; default 1)")  # fmt: skip
+    serve.add_argument("--cpu-lora-kernel", action=argparse.BooleanOptionalAction, default=None,
+                       help="CPU decode steps: each row's LoRA delta through its own adapter only, in a C "
+                            "kernel compiled once with the system compiler (default on; without a compiler, "
+                            "or off, through torch: every row times all adapters of its block)")  # fmt: skip
     serve.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                        help="reuse the KV cache of prompt prefixes already computed (the system turn, shared "
                             "context) across requests of the same adapter (default on)")  # fmt: skip

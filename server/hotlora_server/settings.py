@@ -52,6 +52,9 @@ class Settings(BaseModel):
     cpu_prefill_cache_gb: float = Field(
         1.0, ge=0, description="GiB of dequantized bf16 weights kept for the bf16 CPU prefill (0: dequantize each time)"
     )
+    cpu_lora_kernel: bool = Field(
+        True, description="CPU decode: each row's LoRA delta through a compiled kernel (see engine/lora_kernel.py)"
+    )
     enable_prefix_caching: bool = Field(True, description="reuse the KV of prompt prefixes already computed")
     max_queue: int = Field(64, ge=1, description="requests waiting for the running batch before 429")
     max_model_len: int | None = Field(None, ge=16)
@@ -65,6 +68,11 @@ class Settings(BaseModel):
     def models_dir(self) -> Path:
         """Where converted models (the embedded GGUF as safetensors) are cached."""
         return self.home / "models"
+
+    @property
+    def kernels_dir(self) -> Path:
+        """Where kernels compiled for this machine are cached."""
+        return self.home / "kernels"
 
     @classmethod
     def build(cls, flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:

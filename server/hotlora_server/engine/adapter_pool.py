@@ -186,7 +186,7 @@ class AdapterPool:
         self.stats = PoolStats()
         self.resident: frozenset[str] = frozenset()
         self._active: str | None = None  # what PEFT runs now; None: unknown (PEFT changed it)
-        self._stack = LoraStack(loaded.dtype, group=self._stack_group)
+        self._stack = LoraStack(loaded.dtype, group=self._stack_group, kernel=loaded.lora_kernel)
 
     # -- what requests use --------------------------------------------------------------------------
 
@@ -213,8 +213,10 @@ class AdapterPool:
             self._drop(resident)
 
     @contextmanager
-    def routing(self, keys: list[str]) -> Iterator[dict[str, Any]]:
+    def routing(self, keys: list[str], decode: bool) -> Iterator[dict[str, Any]]:
         """One forward pass in which row `i` runs `keys[i]` (adapter keys or BASE); yields its kwargs.
+
+        `decode`: a decode step (one token per row), else a prefill.
 
         Stackable adapters (plain LoRA, the normal case) are applied by `LoraStack` with PEFT's layers
         passing the base through; a batch holding any other kind goes through PEFT's per-row routing.
@@ -227,7 +229,7 @@ class AdapterPool:
         distinct = set(routed)
         if self._stack.covers(self.model, distinct - {BASE}):
             self._activate(BASE)
-            with self._stack.rows(routed, BASE):
+            with self._stack.rows(routed, BASE, decode):
                 yield {}
             return
         self._activate(next(iter(distinct)) if len(distinct) == 1 else _MIXED)

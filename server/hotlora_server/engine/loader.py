@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from hotlora_adapters import BaseSpec
 
 from ..settings import EMBEDDED_MODEL_NAME, Settings
-from . import bnb_cpu, logits, prefill_gemm
+from . import bnb_cpu, logits, lora_kernel, prefill_gemm
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class LoadedModel:
     dtype: torch.dtype
     context_length: int
     spec: BaseSpec
+    lora_kernel: lora_kernel.LoraKernel | None = None  # CPU float32 decode's LoRA deltas; None: torch's
 
 
 def embedded_gguf() -> Path:
@@ -191,6 +192,9 @@ def load_model(settings: Settings) -> LoadedModel:
             layers, cached = prefill_gemm.install(model, int(settings.cpu_prefill_cache_gb * 2**30))
             log.info("prefill through bf16 GEMMs for %d 4-bit layers, %d with cached weights", layers, cached)
             prefill_gemm.warm_up(model)
+    kernel = None
+    if settings.cpu_lora_kernel and device.type == "cpu" and dtype == torch.float32:
+        kernel = lora_kernel.build(settings.kernels_dir)
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:
         if settings.max_model_len > context:
@@ -206,4 +210,5 @@ def load_model(settings: Settings) -> LoadedModel:
         dtype=dtype,
         context_length=context,
         spec=base_spec(model),
+        lora_kernel=kernel,
     )

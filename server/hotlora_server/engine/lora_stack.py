@@ -6,18 +6,18 @@ than the base model (measured: 59 vs 207 tokens/s). Here each LoRA layer keeps t
 stackable resident adapters concatenated along the rank and the B matrices, pre-scaled, likewise, both
 stored transposed (`A.T: [in, W]`, `B.T: [W, out]`: plain `mm` on them beats `linear` on the untransposed
 ones at these sizes, measured 23.5 vs 27.7 ms per 16-row step over 8 adapters), in blocks of about
-`BLOCK` columns; adapter `k` owns the columns `[start_k, stop_k)` of one block. One decode step of a
-batch is, for each block some row uses,
+`BLOCK` columns; adapter `k` owns the columns `[start_k, stop_k)` of one block. A prefill (many tokens per
+row, compute-bound) runs each adapter's own columns over its own rows only. A decode step on a float32
+CPU goes through `lora_kernel` (each row times its own columns, in C); otherwise, for each block some row
+uses,
 
     delta += ((x @ A.T) * mask) @ B.T
 
 where `mask` keeps each row's own columns (other rows: none, so their delta is an exact zero). The LoRA
-cost follows the blocks a batch uses, not everything resident. A prefill (many tokens per row,
-compute-bound) instead runs each adapter's own columns over its own rows only. The shapes never depend
-on what else is in the batch, and the row count is padded to at least `MIN_ROWS`: float32 GEMMs give
-bit-identical rows for any row count from there on (below it BLAS switches kernels), so a row's delta is
-the same alone or in any batch — which matters because the 4-bit kernel's bf16 rounding amplifies any
-last-bit change.
+cost follows the blocks a batch uses, not everything resident. The shapes never depend on what else is
+in the batch, and the row count is padded to at least `MIN_ROWS`: float32 GEMMs give bit-identical rows
+for any row count from there on (below it BLAS switches kernels), so a row's delta is the same alone or
+in any batch — which matters because the 4-bit kernel's bf16 rounding amplifies any last-bit change.
 PEFT still loads, blends and saves the adapters and stays the reference the tests compare against;
 adapters this cannot express exactly (DoRA, LoRA biases, embedding or `modules_to_save` layers) are
 served through PEFT's own path.
@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
+
+from .lora_kernel import LoraKernel
 
 
 MIN_ROWS = 16  # where this CPU's BLAS stops switching float32 GEMM kernels by row count (measured)
@@ -80,11 +82,14 @@ class _LayerStack:
             return None
         x = args[0]
         output = output.contiguous()  # the deltas are added through views of it
-        if x.shape[1] == 1:  # a decode step: each used block at once, each row masked to its own columns
-            flat = x[:, 0].to(stack.dtype)
-            for block, mask in route.masks:
+        if route.step is not None:  # a decode step: [rows, 1, features]
+            x = x.to(stack.dtype).contiguous()  # no copy in the usual case
+            for block, plan in route.step:
                 a, b = self.blocks[block]
-                _add_delta(output[:, 0], flat, a, b, mask)
+                if stack.kernel is not None:
+                    stack.kernel(output, x, a, b, plan)
+                else:
+                    _add_delta(output[:, 0], x[:, 0], a, b, plan)
             return output
         for slot, start, stop in route.runs:  # a prefill: each adapter's own columns for its rows only
             a, b = self.blocks[slot.block]
@@ -121,7 +126,8 @@ def _add_delta(
 class _Route:
     """Which rows get which adapter during one forward."""
 
-    masks: list[tuple[int, torch.Tensor]]  # (block, [rows, W] 1 on each row's own columns; 0 on padding rows)
+    step: list[tuple[int, torch.Tensor]] | None  # a decode step: per block used, the kernel's items or the
+    # torch path's [rows, W] mask (1 on each row's own columns, 0 on padding rows); None: a prefill
     runs: list[tuple[_Slot, int, int]]  # (columns, first row, end row) per run of rows of one adapter (prefill)
 
 
@@ -132,8 +138,11 @@ class LoraStack:
     blocks its adapters span, so adapters likely to be served together belong in the same blocks.
     """
 
-    def __init__(self, dtype: torch.dtype, group: Callable[[str], int] = lambda key: 0) -> None:
+    def __init__(
+        self, dtype: torch.dtype, group: Callable[[str], int] = lambda key: 0, kernel: LoraKernel | None = None
+    ) -> None:
         self.dtype = dtype
+        self.kernel = kernel  # decode steps' deltas, each row through its own columns (CPU, float32)
         self._group = group
         self._layers: dict[int, _LayerStack] = {}  # id(LoraLayer) -> its stack
         self._slots: dict[str, _Slot] = {}  # adapter key -> its columns
@@ -153,33 +162,36 @@ class LoraStack:
         return keys <= self._slots.keys()
 
     @contextmanager
-    def rows(self, keys: list[str], base: str) -> Iterator[None]:
+    def rows(self, keys: list[str], base: str, decode: bool) -> Iterator[None]:
         """One forward pass in which row `i` gets adapter `keys[i]`'s delta (`base`: none); needs `covers`.
 
-        A prefill runs once per run of consecutive rows with one adapter, on a slice of the batch: callers
-        keep an adapter's rows together (any order is right, only slower).
+        `decode`: one token per row (else a prefill). A prefill runs once per run of consecutive rows with
+        one adapter, on a slice of the batch: callers keep an adapter's rows together (any order is right,
+        only slower).
         """
         if all(key == base for key in keys):
             yield
             return
-        masks: dict[int, torch.Tensor] = {}
-        runs: list[tuple[_Slot, int, int]] = []
-        for row, key in enumerate(keys):
-            if key != base:
-                slot = self._slots[key]
-                if slot.block not in masks:
-                    padded = max(len(keys), MIN_ROWS)
-                    masks[slot.block] = torch.zeros(padded, self._widths[slot.block], dtype=self.dtype)
-                masks[slot.block][row, slot.start : slot.stop] = 1
-                if runs and runs[-1][0] == slot and runs[-1][2] == row:
-                    runs[-1] = (slot, runs[-1][1], row + 1)
-                else:
-                    runs.append((slot, row, row + 1))
-        self.route = _Route([(block, mask.to(self._device)) for block, mask in sorted(masks.items())], runs)
+        slots = [None if key == base else self._slots[key] for key in keys]
+        self.route = _Route(self._step(slots), []) if decode else _Route(None, _runs(slots))
         try:
             yield
         finally:
             self.route = None
+
+    def _step(self, slots: list[_Slot | None]) -> list[tuple[int, torch.Tensor]]:
+        """Per block some row uses, what a decode step's hook needs for it (kernel items or torch mask)."""
+        step = []
+        for block in sorted({slot.block for slot in slots if slot is not None}):
+            columns = [(s.start, s.stop) if s is not None and s.block == block else (0, 0) for s in slots]
+            if self.kernel is not None:
+                step.append((block, self.kernel.items(columns)))
+                continue
+            mask = torch.zeros(max(len(slots), MIN_ROWS), self._widths[block], dtype=self.dtype)
+            for row, (start, stop) in enumerate(columns):
+                mask[row, start:stop] = 1
+            step.append((block, mask.to(self._device)))
+        return step
 
     @torch.no_grad()
     def _rebuild(self, model: Any) -> None:
@@ -204,6 +216,19 @@ class LoraStack:
             stack.rebuild(self._slots, self._widths, self.dtype)
         self._device = next(model.parameters()).device
         self._stale = False
+
+
+def _runs(slots: list[_Slot | None]) -> list[tuple[_Slot, int, int]]:
+    """(columns, first row, end row) per run of consecutive rows with one adapter."""
+    runs: list[tuple[_Slot, int, int]] = []
+    for row, slot in enumerate(slots):
+        if slot is None:
+            continue
+        if runs and runs[-1][0] == slot and runs[-1][2] == row:
+            runs[-1] = (slot, runs[-1][1], row + 1)
+        else:
+            runs.append((slot, row, row + 1))
+    return runs
 
 
 def _over_linear(layer: LoraLayer) -> bool:

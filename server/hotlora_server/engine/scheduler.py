@@ -281,7 +281,7 @@ class Scheduler:
         device = self._loaded.device
         jobs = sorted(jobs, key=lambda job: job.key or "")  # an adapter's rows together: one LoRA slice each
         keys = [job.key for job in jobs]
-        with self._pool.routing(keys) as kwargs:  # type: ignore[arg-type]
+        with self._pool.routing(keys, decode=False) as kwargs:  # type: ignore[arg-type]
             prefixes = self._prefixes()
             hits = [prefixes.lookup(job.key, job.prompt_ids) if prefixes else (0, None) for job in jobs]  # type: ignore[arg-type]
             held = torch.tensor([count for count, _ in hits])
@@ -317,7 +317,7 @@ class Scheduler:
         chunk = job.prompt_ids[job.prefilled : job.prefilled + self._token_budget]
         ids = torch.tensor([chunk], device=self._loaded.device)
         self.stats.prefill_tokens += len(chunk)
-        with self._pool.routing([job.key]) as kwargs:
+        with self._pool.routing([job.key], decode=False) as kwargs:
             logits = prefill(self._pool.model, ids, job.cache, **kwargs)
         job.prefilled += len(chunk)
         if job.prefilled == len(job.prompt_ids):
@@ -346,7 +346,7 @@ class Scheduler:
         mask, positions = self._batch.step_inputs(device)
         keys = [row.job.key for row in rows]
         try:
-            with self._pool.routing(keys) as kwargs:  # type: ignore[arg-type]
+            with self._pool.routing(keys, decode=True) as kwargs:  # type: ignore[arg-type]
                 logits = decode_one_token(
                     self._pool.model, tokens, self._batch.cache, attention_mask=mask, position_ids=positions, **kwargs
                 )

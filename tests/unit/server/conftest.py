@@ -202,3 +202,21 @@ def peft_model(real_tokenizer: Any) -> Any:
         model.add_weighted_adapter(["a", "b"], [0.7, 0.4], "ab", combination_type="cat")
     return model.eval()
 
+
+def needs_compiler() -> None:
+    """Skip where the machine has no C compiler: the server serves LoRA decode deltas through torch there."""
+    from hotlora_server.engine import lora_kernel
+
+    if lora_kernel.compiler() is None:
+        pytest.skip("no C compiler here: the server serves LoRA decode deltas through torch")
+
+
+@pytest.fixture(scope="session")
+def lora_decode_kernel(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The compiled LoRA decode kernel (built once for the session)."""
+    from hotlora_server.engine import lora_kernel
+
+    needs_compiler()
+    kernel = lora_kernel.build(tmp_path_factory.mktemp("kernels"))
+    assert kernel is not None, "a compiler is present, yet the kernel did not build (see the log)"
+    return kernel

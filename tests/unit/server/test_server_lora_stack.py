@@ -28,17 +28,22 @@ def _stacked_logits(model: PeftModel, stack: LoraStack, ids: torch.Tensor, keys:
     assert stack.covers(model, set(keys) - {BASE})
     model.base_model.disable_adapter_layers()  # PEFT passes the base through; the stack adds the deltas
     try:
-        with torch.inference_mode(), stack.rows(keys, BASE):
+        with torch.inference_mode(), stack.rows(keys, BASE, decode=ids.shape[1] == 1):
             return model(input_ids=ids).logits
     finally:
         model.base_model.enable_adapter_layers()
 
 
-@pytest.fixture(params=[lora_stack.BLOCK, 6], ids=["one-block", "blocks"])
+@pytest.fixture(
+    params=[(lora_stack.BLOCK, False), (6, False), (lora_stack.BLOCK, True), (6, True)],
+    ids=["one-block", "blocks", "one-block-kernel", "blocks-kernel"],
+)
 def stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> LoraStack:
-    """A fresh stack; with 6-column blocks the fixture's adapters spread over three blocks."""
-    monkeypatch.setattr(lora_stack, "BLOCK", request.param)
-    return LoraStack(torch.float32)
+    """A fresh stack, decoding through torch or the compiled kernel; with 6-column blocks the fixture's
+    adapters spread over three blocks."""
+    block, kernel = request.param
+    monkeypatch.setattr(lora_stack, "BLOCK", block)
+    return LoraStack(torch.float32, kernel=request.getfixturevalue("lora_decode_kernel") if kernel else None)
 
 
 @pytest.mark.parametrize(
@@ -46,8 +51,9 @@ def stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Lo
     [["a", "b", BASE, "c", "ab", "a"], ["b", "b"], ["ab"], [BASE, BASE], ["c", BASE]],
     ids=["mixed", "one-adapter", "blend", "base-only", "partial-targets"],
 )
-def test_stacked_lora_matches_peft(peft_model: PeftModel, stack: LoraStack, keys: list[str]) -> None:
-    ids = torch.randint(0, 1000, (len(keys), 7), generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("tokens", [7, 1], ids=["prefill", "decode"])
+def test_stacked_lora_matches_peft(peft_model: PeftModel, stack: LoraStack, keys: list[str], tokens: int) -> None:
+    ids = torch.randint(0, 1000, (len(keys), tokens), generator=torch.Generator().manual_seed(0))
     expected = _peft_logits(peft_model, ids, keys)
     got = _stacked_logits(peft_model, stack, ids, keys)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
@@ -56,7 +62,7 @@ def test_stacked_lora_matches_peft(peft_model: PeftModel, stack: LoraStack, keys
 def test_a_prefill_runs_each_adapter_once_per_run_of_its_rows(peft_model: PeftModel) -> None:
     stack = LoraStack(torch.float32)
     assert stack.covers(peft_model, {"a", "b"})
-    with stack.rows(["a", "a", "b", BASE, "b"], BASE):
+    with stack.rows(["a", "a", "b", BASE, "b"], BASE, decode=False):
         assert stack.route is not None
         assert [(start, stop) for _, start, stop in stack.route.runs] == [(0, 2), (2, 3), (4, 5)]
 
@@ -67,8 +73,8 @@ def test_a_batch_computes_only_the_blocks_its_adapters_use(peft_model: PeftModel
     stack = LoraStack(torch.float32)
     assert stack.covers(peft_model, {"a", "b", "c", "ab"})
     for keys, blocks in ((["a", "b", BASE], [0]), (["c", BASE], [1]), (["ab", "a"], [0, 2]), ([BASE], [])):
-        with stack.rows(keys, BASE):
-            used = [block for block, _ in stack.route.masks] if stack.route else []
+        with stack.rows(keys, BASE, decode=True):
+            used = [block for block, _ in stack.route.step or []] if stack.route else []
         assert used == blocks, keys
 
 
@@ -78,8 +84,8 @@ def test_a_lower_group_fills_the_blocks_first(peft_model: PeftModel, monkeypatch
     stack = LoraStack(torch.float32, group=lambda key: 0 if key == "ab" else 1)
     assert stack.covers(peft_model, {"a", "b", "c", "ab"})
     for keys, blocks in ((["ab", BASE], [0]), (["a", "b"], [1]), (["c", "ab"], [0, 2])):
-        with stack.rows(keys, BASE):
-            assert [block for block, _ in stack.route.masks] == blocks, keys
+        with stack.rows(keys, BASE, decode=True):
+            assert [block for block, _ in stack.route.step or []] == blocks, keys
 
 
 def test_stack_follows_adapter_changes_and_skips_dora(peft_model: PeftModel) -> None:
@@ -137,11 +143,11 @@ def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(peft_model: Pe
     layer.base_layer = _Zeros(dense_base.out_features)
     peft_model.base_model.disable_adapter_layers()
     try:
-        with stack.rows(keys, BASE):
+        with stack.rows(keys, BASE, decode=True):
             together = layer(x)  # the deltas alone
         assert together.abs().sum() > 0 and torch.equal(together[1], torch.zeros_like(together[1]))
         for row, key in enumerate(keys):
-            with stack.rows([key], BASE):
+            with stack.rows([key], BASE, decode=True):
                 assert torch.equal(layer(x[row : row + 1]), together[row : row + 1]), key
     finally:
         layer.base_layer = dense_base
@@ -182,10 +188,10 @@ def test_deltas_from_min_rows_on_give_each_row_its_bits_alone(peft_model: PeftMo
     layer.base_layer = _Rowwise(dense_base.out_features)
     peft_model.base_model.disable_adapter_layers()
     try:
-        with stack.rows(keys, BASE):
+        with stack.rows(keys, BASE, decode=tokens == 1):
             together = layer(x)
         for row, key in enumerate(keys):
-            with stack.rows([key], BASE):
+            with stack.rows([key], BASE, decode=tokens == 1):
                 assert torch.equal(layer(x[row : row + 1]), together[row : row + 1]), (row, key)
     finally:
         layer.base_layer = dense_base
