@@ -86,10 +86,14 @@ class _LayerStack:
             x = x.to(stack.dtype).contiguous()  # no copy in the usual case
             for block, plan in route.step:
                 a, b = self.blocks[block]
-                if stack.kernel is not None:
-                    stack.kernel(output, x, a, b, plan)
-                else:
+                if stack.kernel is None:
                     _add_delta(output[:, 0], x[:, 0], a, b, plan)
+                elif output.dtype == torch.float32:
+                    stack.kernel(output, x, a, b, plan)
+                else:  # a base layer with other outputs: the delta in float32, rounded once
+                    delta = torch.zeros(output.shape, dtype=torch.float32)
+                    stack.kernel(delta, x, a, b, plan)
+                    output += delta.to(output.dtype)
             return output
         for slot, start, stop in route.runs:  # a prefill: each adapter's own columns for its rows only
             a, b = self.blocks[slot.block]
@@ -142,7 +146,8 @@ class LoraStack:
         self, dtype: torch.dtype, group: Callable[[str], int] = lambda key: 0, kernel: LoraKernel | None = None
     ) -> None:
         self.dtype = dtype
-        self.kernel = kernel  # decode steps' deltas, each row through its own columns (CPU, float32)
+        # decode steps' deltas, each row through its own columns: it reads float32 through raw pointers
+        self.kernel = kernel if dtype == torch.float32 else None
         self._group = group
         self._layers: dict[int, _LayerStack] = {}  # id(LoraLayer) -> its stack
         self._slots: dict[str, _Slot] = {}  # adapter key -> its columns

@@ -167,12 +167,13 @@ def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(peft_model: Pe
 class _Rowwise(torch.nn.Module):
     """A base layer whose output rows depend on their own input row only, bit for bit (and are not zero)."""
 
-    def __init__(self, features: int) -> None:
+    def __init__(self, features: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.weights = torch.linspace(-1, 1, features)
+        self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[..., :1] * self.weights
+        return (x[..., :1] * self.weights).to(self.dtype)
 
 
 @pytest.mark.parametrize("tokens", [1, 3], ids=["decode", "prefill"])
@@ -196,3 +197,28 @@ def test_deltas_from_min_rows_on_give_each_row_its_bits_alone(peft_model: PeftMo
     finally:
         layer.base_layer = dense_base
         peft_model.base_model.enable_adapter_layers()
+
+
+@torch.inference_mode()
+def test_the_decode_kernel_adds_into_base_outputs_of_another_dtype(peft_model: PeftModel, lora_decode_kernel: object) -> None:
+    """A base layer that returns bf16 gets the kernel's float32 delta rounded once, as the torch path does."""
+    keys = ["a", BASE, "ab"]
+    x = torch.randn(len(keys), 1, 64, generator=torch.Generator().manual_seed(7))
+    stacks = {kernel is None: LoraStack(torch.float32, kernel=kernel) for kernel in (None, lora_decode_kernel)}  # type: ignore[arg-type]
+    assert all(stack.covers(peft_model, {"a", "ab"}) for stack in stacks.values())
+    layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    dense_base = layer.base_layer
+    layer.base_layer = _Rowwise(dense_base.out_features, torch.bfloat16)
+    peft_model.base_model.disable_adapter_layers()
+    try:
+        got = {}
+        for torch_path, stack in stacks.items():
+            with stack.rows(keys, BASE, decode=True):
+                got[torch_path] = layer(x)
+        base = layer.base_layer(x)
+    finally:
+        layer.base_layer = dense_base
+        peft_model.base_model.enable_adapter_layers()
+    assert got[False].dtype == torch.bfloat16
+    torch.testing.assert_close(got[False], got[True])
+    assert torch.equal(got[False][1], base[1]) and not torch.equal(got[False][0], base[0])
