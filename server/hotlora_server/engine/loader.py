@@ -195,6 +195,8 @@ def load_model(settings: Settings) -> LoadedModel:
     kernel = None
     if settings.cpu_lora_kernel and device.type == "cpu" and dtype == torch.float32:
         kernel = lora_kernel.build(settings.kernels_dir)
+        if kernel is not None:
+            log.info("LoRA decode deltas through the compiled kernel (%s)", settings.kernels_dir)
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:
         if settings.max_model_len > context:
