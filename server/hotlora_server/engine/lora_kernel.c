@@ -15,7 +15,7 @@ typedef float v8 __attribute__((vector_size(32), aligned(4)));
 #define STORE(p, v) memcpy((p), &(v), sizeof(v))
 
 /* h[0..lanes) of up to two rows: sum over i of x[i] * a[i * width + 0..lanes), in four partial sums
- * (i mod 4) added pairwise at the end. */
+ * (i mod 4) added pairwise at the end; lanes 16 and 8 for most of a rank, 1 for what is left. */
 #define SHRINK(type, lanes)                                                                          \
     static void shrink_##lanes(const float *a, int64_t width, int64_t in_features,                   \
                                const float *const *xs, int n, float *const *hs)                      \
@@ -43,20 +43,7 @@ typedef float v8 __attribute__((vector_size(32), aligned(4)));
 
 SHRINK(v16, 16)
 SHRINK(v8, 8)
-
-/* The columns of a rank that is not a multiple of 8, one at a time, in the same four partial sums. */
-static void shrink_1(const float *a, int64_t width, int64_t in_features, const float *const *xs, int n,
-                     float *const *hs)
-{
-    for (int r = 0; r < n; r++) {
-        float acc[4] = {0, 0, 0, 0};
-        int64_t i = 0;
-        for (; i + 4 <= in_features; i += 4)
-            for (int p = 0; p < 4; p++) acc[p] += xs[r][i + p] * a[(i + p) * width];
-        for (; i < in_features; i++) acc[0] += xs[r][i] * a[i * width];
-        *hs[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    }
-}
+SHRINK(float, 1)
 
 /* out[c] += sum over j of h[j] * b[j * out_features + c], j in order, for up to two rows. */
 static void expand(const float *b, int64_t out_features, int64_t rank, const float *const *hs, int n,

@@ -83,16 +83,16 @@ def compiler() -> str | None:
 
 def build(cache_dir: Path) -> LoraKernel | None:
     """The kernel, compiled into `cache_dir` if this machine has no build of it yet; None without a compiler."""
-    compiler_ = compiler()
-    if compiler_ is None:
+    cc = compiler()
+    if cc is None:
         log.warning("no C compiler (cc): LoRA decode deltas go through torch (slower with many adapters)")
         return None
     digest = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), *FLAGS, compiler_, _cpu_identity()]).encode()
+        "\0".join([SOURCE.read_text(), *FLAGS, cc, _cpu_identity()]).encode()
     ).hexdigest()[:16]
     target = cache_dir / f"lora_kernel-{digest}.so"
     for _ in range(2):  # a cached library that does not load (truncated, foreign) is built again once
-        if not target.is_file() and not _compile(compiler_, target):
+        if not target.is_file() and not _compile(cc, target):
             return None
         try:
             return LoraKernel(ctypes.CDLL(str(target)))
