@@ -1,11 +1,14 @@
 """Serving throughput and latency: hotlora against `transformers serve` and a naive PEFT loop.
 
-    python bench/serve_bench.py [--quick] [--tokens 64] [--rounds 3] [--only hotlora,transformers,naive]
-                                [--home DIR] [--keep-logs]
+    python bench/serve_bench.py [--quick] [--tokens 64] [--rounds 3]
+                                [--only hotlora,hotlora-other,transformers,naive] [--home DIR] [--keep-logs]
 
 One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
 - hotlora (`hotlora serve`, 8 random store adapters, r=16): c=1 base; c=16 base; c=16 spread over the
   8 adapters; c=16 over 4 blends (`lora0*0.5+lora1*0.5`, ...);
+- hotlora-other: the same server with the other 4-bit path for this CPU (`--cpu-4bit`): bitsandbytes
+  where hotlora picks its own fixed-order kernel (a CPU without AVX512-BF16: the path served before that
+  kernel), else hotlora's kernel: c=1 base and c=16 base;
 - `transformers serve --continuous-batching --quantization bnb-4bit` on the same converted base folder:
   c=1 and c=16 base (its bnb-4bit is nf4 with double quantization, hotlora's without);
 - naive: in this process, one request at a time, PEFT `set_adapter` + `model.generate`, over the same
@@ -50,7 +53,8 @@ import httpx
 from _common import machine_header, model_folder, percentile, publish, random_adapters, register_all
 from live_server import BASE_ID, RunningServer, free_port, serving, stop_server
 
-SYSTEMS = {"hotlora": "hotlora", "transformers": "transformers serve", "naive": "naive (sequential PEFT)"}
+SYSTEMS = {"hotlora": "hotlora", "hotlora-other": "hotlora, other 4-bit path", "transformers": "transformers serve",
+           "naive": "naive (sequential PEFT)"}
 CONCURRENCY = 16
 MIN_REQUESTS = 4  # per round, so that c=1 has a few samples too
 ADAPTERS = tuple(f"lora{i}" for i in range(8))
@@ -160,6 +164,12 @@ async def run_clients(
         return samples, time.perf_counter() - started
 
 
+def served_kernel(base_url: str) -> str:
+    """How the server runs its base's layers (its /v1/models), for the report."""
+    base = httpx.get(f"{base_url}/v1/models", timeout=10).json()["data"][0]
+    return f"{base.get('kernel')}; batch invariant: {base.get('batch_invariant')}"
+
+
 def bench_server(system: str, base_url: str, workloads: list[Workload], rounds: int, tokens: int) -> list[Summary]:
     models = dict.fromkeys(m for w in workloads for m in w.models)
     asyncio.run(run_clients(base_url, [(m, story_prompt(0)) for m in models], 1, 2))  # warm-up
@@ -170,15 +180,30 @@ def bench_server(system: str, base_url: str, workloads: list[Workload], rounds: 
     return summaries
 
 
-def bench_hotlora(home: Path, library: Path, store: Path, logs: Path, rounds: int, tokens: int) -> list[Summary]:
+def bench_hotlora(
+    home: Path, library: Path, store: Path, logs: Path, rounds: int, tokens: int, kernels: dict[str, str], other: bool
+) -> list[Summary]:
+    """hotlora as it serves by default, or (`other`) with the 4-bit path it does not pick on this CPU."""
     register_all(store, library, ADAPTERS)
     # room for the 8 adapters and the 4 blends, so that none is evicted while measured
     args = ["--home", str(home), "--adapters-dir", str(store), "--max-loaded-adapters", "16",
             "--log-level", "warning"]
-    workloads = [Workload("base", 1, (BASE_ID,)), Workload("base", CONCURRENCY, (BASE_ID,)),
-                 Workload("8 adapters", CONCURRENCY, ADAPTERS), Workload("4 blends", CONCURRENCY, BLENDS)]
-    with serving(args, logs / "hotlora.log") as server:
-        return bench_server("hotlora", server.base_url, workloads, rounds, tokens)
+    workloads = [Workload("base", 1, (BASE_ID,)), Workload("base", CONCURRENCY, (BASE_ID,))]
+    if other:
+        args += ["--cpu-4bit", other_4bit_path()]
+    else:
+        workloads += [Workload("8 adapters", CONCURRENCY, ADAPTERS), Workload("4 blends", CONCURRENCY, BLENDS)]
+    system = "hotlora-other" if other else "hotlora"
+    with serving(args, logs / f"{system}.log") as server:
+        kernels[system] = served_kernel(server.base_url)
+        return bench_server(system, server.base_url, workloads, rounds, tokens)
+
+
+def other_4bit_path() -> str:
+    """The `--cpu-4bit` value hotlora does not pick here: bitsandbytes where it has no fused kernel."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    return "hotlora" if has_avx512bf16() else "bitsandbytes"
 
 
 @contextmanager
@@ -296,8 +321,11 @@ def targets_table(rows: list[Summary | Skipped]) -> list[str]:
     by_key = {(r.system, r.label, r.concurrency): r for r in rows if isinstance(r, Summary)}
     c = CONCURRENCY
     hot_base1, hot_base, hot_adapters = ("hotlora", "base", 1), ("hotlora", "base", c), ("hotlora", "8 adapters", c)
+    other1, other = ("hotlora-other", "base", 1), ("hotlora-other", "base", c)
     ratios = [
         (f"hotlora c={c} 8 adapters / hotlora c={c} base", hot_adapters, hot_base, 0.8),
+        ("hotlora c=1 / hotlora, other 4-bit path c=1", hot_base1, other1, 4.0),
+        (f"hotlora c={c} base / hotlora, other 4-bit path c={c}", hot_base, other, 2.0),
         (f"hotlora c={c} 8 adapters / naive", hot_adapters, ("naive", "8 adapters", c), 5.0),
         (f"hotlora c={c} base / transformers serve c={c}", hot_base, ("transformers", "base", c), 1.3),
         ("hotlora c=1 / transformers serve c=1", hot_base1, ("transformers", "base", 1), 1.3),
@@ -343,15 +371,16 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run_systems(args: argparse.Namespace, root: Path, logs: Path) -> list[Summary | Skipped]:
+def run_systems(args: argparse.Namespace, root: Path, logs: Path, kernels: dict[str, str]) -> list[Summary | Skipped]:
     home = (args.home or root / "home").resolve()
     model_dir = model_folder(home)
     library = root / "library"
-    if {"hotlora", "naive"} & set(args.only):
+    if {"hotlora", "hotlora-other", "naive"} & set(args.only):
         random_adapters(model_dir, library, ADAPTERS)
     rows: list[Summary | Skipped] = []
-    if "hotlora" in args.only:
-        rows += bench_hotlora(home, library, root / "store", logs, args.rounds, args.tokens)
+    for system in ("hotlora", "hotlora-other"):
+        if system in args.only:
+            rows += bench_hotlora(home, library, root / "store", logs, args.rounds, args.tokens, kernels, system != "hotlora")
     if "transformers" in args.only:
         try:
             rows += bench_transformers(model_dir, logs, args.rounds, args.tokens)
@@ -367,8 +396,10 @@ def main() -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     with tempfile.TemporaryDirectory(prefix="serve_bench-") as tmp:
         logs = Path(tempfile.mkdtemp(prefix="serve_bench-logs-")) if args.keep_logs else Path(tmp)
-        rows = run_systems(args, Path(tmp), logs)
-    report = "\n".join([*machine_header("serve_bench", stamp), "", *results_table(rows), "", *targets_table(rows)])
+        kernels: dict[str, str] = {}
+        rows = run_systems(args, Path(tmp), logs, kernels)
+    served = [f"- {SYSTEMS[system]}: {kernel}" for system, kernel in kernels.items()]
+    report = "\n".join([*machine_header("serve_bench", stamp), *served, "", *results_table(rows), "", *targets_table(rows)])
     publish("serve_bench", stamp, report + "\n")
     if args.keep_logs:
         print(f"server logs kept in {logs}")

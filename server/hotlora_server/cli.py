@@ -60,10 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --cpu-prefill bf16: GiB of dequantized bf16 weights kept so that a prefill "
                             "neither dequantizes nor reorders them (2 bytes per weight, in place of the 4-bit "
                             "copy; 0: dequantize at every prefill; default 1)")  # fmt: skip
-    serve.add_argument("--cpu-lora-kernel", action=argparse.BooleanOptionalAction, default=None,
-                       help="CPU decode steps: each row's LoRA delta through its own adapter only, in a C "
-                            "kernel compiled once with the system compiler (default on; without a compiler, "
-                            "or off, through torch: every row times all adapters of its block)")  # fmt: skip
+    serve.add_argument("--cpu-kernels", action=argparse.BooleanOptionalAction, default=None,
+                       help="on a CPU: hotlora's fixed-order kernels (4-bit layers where bitsandbytes has no "
+                            "fused kernel, logits, LoRA deltas), compiled once with the system C compiler; "
+                            "batch invariance needs them (default on; without a compiler, or off: torch and "
+                            "bitsandbytes alone)")  # fmt: skip
+    serve.add_argument("--cpu-4bit", choices=["auto", "bitsandbytes", "hotlora"],
+                       help="4-bit layers on a CPU: bitsandbytes' fused kernel (fast only with AVX512-BF16; "
+                            "elsewhere it dequantizes every weight at every forward) or hotlora's fixed-order "
+                            "4-bit kernel (default auto: bitsandbytes where its kernel is fused, else hotlora)")  # fmt: skip
     serve.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                        help="reuse the KV cache of prompt prefixes already computed (the system turn, shared "
                             "context) across requests of the same adapter (default on)")  # fmt: skip

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client import generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .types import ChoiceDelta, EngineStats, GenerationEvent, Usage
@@ -49,6 +49,8 @@ class EngineCollector(Collector):
             yield GaugeMetricFamily(f"hotlora_{name}", doc, value=getattr(stats, name))
         for name, doc in _COUNTERS.items():
             yield CounterMetricFamily(f"hotlora_{name}", doc, value=getattr(stats, name))
+        if stats.model_info:
+            yield InfoMetricFamily("hotlora_model", "The served base model and how it runs here.", value=stats.model_info)
 
 
 class Metrics:

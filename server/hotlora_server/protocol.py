@@ -340,6 +340,8 @@ class ModelCard(BaseModel):
     parent: str | None = None
     quantization: str | None = None
     max_model_len: int | None = None
+    kernel: str | None = None  # hotlora: how the base's layers multiply on this machine
+    batch_invariant: bool | None = None  # hotlora: whether an output is independent of its batch
 
 
 class ModelList(BaseModel):

@@ -52,8 +52,11 @@ class Settings(BaseModel):
     cpu_prefill_cache_gb: float = Field(
         1.0, ge=0, description="GiB of dequantized bf16 weights kept for the bf16 CPU prefill (0: dequantize each time)"
     )
-    cpu_lora_kernel: bool = Field(
-        True, description="CPU decode: each row's LoRA delta through a compiled kernel (see engine/lora_kernel.py)"
+    cpu_kernels: bool = Field(
+        True, description="the CPU's fixed-order kernels, compiled once (batch invariance needs them; engine/cpu)"
+    )
+    cpu_4bit: Literal["auto", "bitsandbytes", "hotlora"] = Field(
+        "auto", description="4-bit layers on a CPU: bitsandbytes' fused kernel or hotlora's (auto: the fast one)"
     )
     enable_prefix_caching: bool = Field(True, description="reuse the KV of prompt prefixes already computed")
     max_queue: int = Field(64, ge=1, description="requests waiting for the running batch before 429")

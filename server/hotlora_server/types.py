@@ -111,6 +111,8 @@ class ModelInfo:
     parent: str | None = None
     quantization: str | None = None
     context_length: int | None = None
+    kernel: str | None = None  # how the base's layers multiply on this machine
+    batch_invariant: bool | None = None
 
 
 AdapterStatus = Literal["resident", "available", "disabled", "invalid"]
@@ -146,6 +148,7 @@ class EngineStats:
     adapter_loads: int
     adapter_evictions: int
     adapter_merges: int
+    model_info: dict[str, str] = field(default_factory=dict)  # what is served, how: labels of one series
 
 
 class EngineClient(Protocol):

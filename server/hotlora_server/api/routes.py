@@ -31,6 +31,8 @@ def _card(info: ModelInfo, base: str) -> p.ModelCard:
         parent=info.parent,
         quantization=info.quantization,
         max_model_len=info.context_length,
+        kernel=info.kernel,
+        batch_invariant=info.batch_invariant,
     )
 
 

@@ -35,7 +35,7 @@ from hotlora_adapters import (
 
 from ..errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from ..types import DENSITY_METHODS, BlendSpec
-from .bnb_cpu import packing_held
+from .cpu.bnb import packing_held
 from .loader import LoadedModel
 from .lora_stack import LoraStack
 from .merging import MergedAdapter, NotMergeable, merge
@@ -186,7 +186,7 @@ class AdapterPool:
         self.stats = PoolStats()
         self.resident: frozenset[str] = frozenset()
         self._active: str | None = None  # what PEFT runs now; None: unknown (PEFT changed it)
-        self._stack = LoraStack(loaded.dtype, group=self._stack_group, kernel=loaded.lora_kernel)
+        self._stack = LoraStack(loaded.dtype, group=self._stack_group, kernels=loaded.kernels)
 
     # -- what requests use --------------------------------------------------------------------------
 

@@ -86,6 +86,8 @@ class Engine:
             created=self._created,
             quantization=loaded.quantization,
             context_length=loaded.context_length,
+            kernel=loaded.kernel,
+            batch_invariant=loaded.batch_invariant,
         )
         adapters = [
             ModelInfo(
@@ -94,6 +96,8 @@ class Engine:
                 parent=loaded.name,
                 quantization=loaded.quantization,
                 context_length=loaded.context_length,
+                kernel=loaded.kernel,
+                batch_invariant=loaded.batch_invariant,
             )
             for a in catalog.servable()
         ]
@@ -139,7 +143,20 @@ class Engine:
             adapter_loads=pool.loads + pool.blends,
             adapter_evictions=pool.evictions,
             adapter_merges=pool.merges,
+            model_info=self._model_info(),
         )
+
+    def _model_info(self) -> dict[str, str]:
+        loaded = self._loaded
+        if loaded is None:
+            return {}
+        return {
+            "model": loaded.name,
+            "device": loaded.device.type,
+            "quantization": loaded.quantization,
+            "kernel": loaded.kernel,
+            "batch_invariant": str(loaded.batch_invariant).lower(),
+        }
 
     def resident_adapters(self) -> frozenset[str]:
         """Store adapters loaded in memory now (a snapshot, safe from any thread)."""
@@ -312,7 +329,7 @@ class Engine:
         )
         log.info(
             "serving %s (%s, %s, %s) in %.1fs; adapters in %s: %s",
-            loaded.name, loaded.quantization, loaded.device, str(loaded.dtype).removeprefix("torch."),
+            loaded.name, loaded.kernel, loaded.device, str(loaded.dtype).removeprefix("torch."),
             time.perf_counter() - started, self._settings.adapters_dir, ", ".join(adapters) or "none",
         )  # fmt: skip
         self._ready.set()

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .prefill_gemm import prefilling
+from .phase import prefilling
 
 
 @torch.inference_mode()

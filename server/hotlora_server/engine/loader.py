@@ -25,7 +25,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from hotlora_adapters import BaseSpec
 
 from ..settings import EMBEDDED_MODEL_NAME, Settings
-from . import bnb_cpu, logits, lora_kernel, prefill_gemm
+from . import cpu
+from .cpu.kernels import CpuKernels
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ class LoadedModel:
     dtype: torch.dtype
     context_length: int
     spec: BaseSpec
-    lora_kernel: lora_kernel.LoraKernel | None = None  # CPU float32 decode's LoRA deltas; None: torch's
+    kernels: CpuKernels | None = None  # the CPU's fixed-order kernels; None: torch's own ops
+    kernel: str = ""  # how the base's layers multiply (the path chosen at load)
+    batch_invariant: bool = False  # whether a request's output is independent of its batch
 
 
 def embedded_gguf() -> Path:
@@ -184,19 +187,14 @@ def load_model(settings: Settings) -> LoadedModel:
             "hub (or a cached copy); otherwise pass a local folder or a .gguf file with --model."
         ) from exc
     model.eval()
-    if logits.install(model):
-        log.info("logits of few rows through a transposed copy of the output layer (row-invariant)")
-    if qconfig is not None and device.type == "cpu":
-        log.info("decode calls the packed 4-bit kernel directly in %d layers", bnb_cpu.install_packed_decode(model))
-        if settings.cpu_prefill == "bf16":
-            layers, cached = prefill_gemm.install(model, int(settings.cpu_prefill_cache_gb * 2**30))
-            log.info("prefill through bf16 GEMMs for %d 4-bit layers, %d with cached weights", layers, cached)
-            prefill_gemm.warm_up(model)
-    kernel = None
-    if settings.cpu_lora_kernel and device.type == "cpu" and dtype == torch.float32:
-        kernel = lora_kernel.build(settings.kernels_dir)
-        if kernel is not None:
-            log.info("LoRA decode deltas through the compiled kernel (%s)", settings.kernels_dir)
+    if device.type == "cpu":
+        try:
+            path = cpu.install(model, settings, dtype)
+        except cpu.CpuPathError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        kernels, kernel, invariant = path.kernels, path.kernel, path.batch_invariant
+    else:
+        kernels, kernel, invariant = None, f"{settings.quantize} ({'bitsandbytes' if qconfig else 'torch'}, {device.type})", False
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:
         if settings.max_model_len > context:
@@ -212,5 +210,7 @@ def load_model(settings: Settings) -> LoadedModel:
         dtype=dtype,
         context_length=context,
         spec=base_spec(model),
-        lora_kernel=kernel,
+        kernels=kernels,
+        kernel=kernel,
+        batch_invariant=invariant,
     )

@@ -1,23 +1,20 @@
-"""Every row's LoRA delta for every resident adapter in a few matmuls per layer (Punica/S-LoRA, plain torch).
+"""Every row's LoRA delta for every resident adapter in a few matmuls per layer (Punica/S-LoRA).
 
 PEFT's mixed-batch path (`adapter_names`) loops over the adapters of a batch in every layer and routes
 rows through hooks it installs at each forward: with 8 adapters in a batch of 16 that loop costs more
 than the base model (measured: 59 vs 207 tokens/s). Here each LoRA layer keeps the A matrices of the
 stackable resident adapters concatenated along the rank and the B matrices, pre-scaled, likewise, both
-stored transposed (`A.T: [in, W]`, `B.T: [W, out]`: plain `mm` on them beats `linear` on the untransposed
-ones at these sizes, measured 23.5 vs 27.7 ms per 16-row step over 8 adapters), in blocks of about
-`BLOCK` columns; adapter `k` owns the columns `[start_k, stop_k)` of one block. A prefill (many tokens per
-row, compute-bound) runs each adapter's own columns over its own rows only. A decode step on a float32
-CPU goes through `lora_kernel` (each row times its own columns, in C); otherwise, for each block some row
-uses,
+stored transposed (`A.T: [in, W]`, `B.T: [W, out]`), in blocks of about `BLOCK` columns; adapter `k`
+owns the columns `[start_k, stop_k)` of one block. A prefill (many tokens per row, compute-bound) runs
+each adapter's own columns over its own rows only; a decode step multiplies each row by its own
+adapter's columns. On a float32 CPU both go through the fixed-order kernels (`cpu.kernels`: a row's
+delta has the same bits alone and in any batch, by construction); elsewhere through torch, a decode
+step for each block some row uses as
 
     delta += ((x @ A.T) * mask) @ B.T
 
 where `mask` keeps each row's own columns (other rows: none, so their delta is an exact zero). The LoRA
-cost follows the blocks a batch uses, not everything resident. The shapes never depend on what else is
-in the batch, and the row count is padded to at least `MIN_ROWS`: float32 GEMMs give bit-identical rows
-for any row count from there on (below it BLAS switches kernels), so a row's delta is the same alone or
-in any batch — which matters because the 4-bit kernel's bf16 rounding amplifies any last-bit change.
+cost follows the blocks a batch uses, not everything resident.
 PEFT still loads, blends and saves the adapters and stays the reference the tests compare against;
 adapters this cannot express exactly (DoRA, LoRA biases, embedding or `modules_to_save` layers) are
 served through PEFT's own path.
@@ -34,10 +31,9 @@ import torch
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 
-from .lora_kernel import LoraKernel
+from .cpu.kernels import CpuKernels, decode_items
 
 
-MIN_ROWS = 16  # where this CPU's BLAS stops switching float32 GEMM kernels by row count (measured)
 BLOCK = 128  # columns per block: 8 adapters of rank 16 (fewer, larger GEMMs vs skipping unused ones)
 
 
@@ -82,48 +78,37 @@ class _LayerStack:
             return None
         x = args[0]
         output = output.contiguous()  # the deltas are added through views of it
+        kernels = stack.kernels
         if route.step is not None:  # a decode step: [rows, 1, features]
             x = x.to(stack.dtype).contiguous()  # no copy in the usual case
             for block, plan in route.step:
                 a, b = self.blocks[block]
-                if stack.kernel is None:
-                    _add_delta(output[:, 0], x[:, 0], a, b, plan)
+                if kernels is None:
+                    output[:, 0] += (((x[:, 0] @ a) * plan) @ b).to(output.dtype)
                 elif output.dtype == torch.float32:
-                    stack.kernel(output, x, a, b, plan)
+                    kernels.lora_decode(output, x, a, b, plan)
                 else:  # a base layer with other outputs: the delta in float32, rounded once
                     delta = torch.zeros(output.shape, dtype=torch.float32)
-                    stack.kernel(delta, x, a, b, plan)
+                    kernels.lora_decode(delta, x, a, b, plan)
                     output += delta.to(output.dtype)
             return output
         for slot, start, stop in route.runs:  # a prefill: each adapter's own columns for its rows only
             a, b = self.blocks[slot.block]
+            a, b = a[:, slot.start : slot.stop], b[slot.start : slot.stop]
             flat = x[start:stop].reshape(-1, x.shape[-1]).to(stack.dtype)
             out = output[start:stop].view(flat.shape[0], -1)
-            _add_delta(out, flat, a[:, slot.start : slot.stop], b[slot.start : slot.stop])
+            if kernels is None:
+                out += ((flat @ a) @ b).to(out.dtype)
+                continue
+            hidden = torch.empty(flat.shape[0], a.shape[1], dtype=torch.float32)
+            kernels.gemm_nn(flat, a, hidden, accumulate=False)
+            if out.dtype == torch.float32:
+                kernels.gemm_nn(hidden, b, out, accumulate=True)
+            else:  # the delta in float32, rounded once
+                delta = torch.empty(out.shape, dtype=torch.float32)
+                kernels.gemm_nn(hidden, b, delta, accumulate=False)
+                out += delta.to(out.dtype)
         return output
-
-
-def _add_delta(
-    out: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor, mask: torch.Tensor | None = None
-) -> None:
-    """`out += ((x @ a_t) * mask) @ b_t` for `[rows, in]` x, with rows padded to `MIN_ROWS` so that no
-    row's result depends on how many rows there are (`mask`: already as many rows as the padded x).
-
-    From `MIN_ROWS` rows on, a float32 second GEMM accumulates into `out` (`addmm_`): the same bits as
-    adding its product (tested; a lower-precision product would be rounded twice), without a temporary
-    and a second pass over the output (measured in-process over 8 adapters, medians: 15-prompt prefills
-    115 -> 99 ms in these deltas, 16-row decode steps 112 -> 109 ms).
-    """
-    count = x.shape[0]
-    if count < MIN_ROWS:
-        x = torch.nn.functional.pad(x, (0, 0, 0, MIN_ROWS - count))
-    hidden = torch.mm(x, a_t)
-    if mask is not None:
-        hidden.mul_(mask)
-    if count >= MIN_ROWS and out.dtype == hidden.dtype == torch.float32:  # one rounding either way
-        out.addmm_(hidden, b_t)
-    else:
-        out.add_(torch.mm(hidden, b_t)[:count].to(out.dtype))
 
 
 @dataclass
@@ -131,7 +116,7 @@ class _Route:
     """Which rows get which adapter during one forward."""
 
     step: list[tuple[int, torch.Tensor]] | None  # a decode step: per block used, the kernel's items or the
-    # torch path's [rows, W] mask (1 on each row's own columns, 0 on padding rows); None: a prefill
+    # torch path's [rows, W] mask (1 on each row's own columns); None: a prefill
     runs: list[tuple[_Slot, int, int]]  # (columns, first row, end row) per run of rows of one adapter (prefill)
 
 
@@ -143,11 +128,10 @@ class LoraStack:
     """
 
     def __init__(
-        self, dtype: torch.dtype, group: Callable[[str], int] = lambda key: 0, kernel: LoraKernel | None = None
+        self, dtype: torch.dtype, group: Callable[[str], int] = lambda key: 0, kernels: CpuKernels | None = None
     ) -> None:
         self.dtype = dtype
-        # decode steps' deltas, each row through its own columns: it reads float32 through raw pointers
-        self.kernel = kernel if dtype == torch.float32 else None
+        self.kernels = kernels if dtype == torch.float32 else None  # they read float32 through raw pointers
         self._group = group
         self._layers: dict[int, _LayerStack] = {}  # id(LoraLayer) -> its stack
         self._slots: dict[str, _Slot] = {}  # adapter key -> its columns
@@ -189,10 +173,10 @@ class LoraStack:
         step = []
         for block in sorted({slot.block for slot in slots if slot is not None}):
             columns = [(s.start, s.stop) if s is not None and s.block == block else (0, 0) for s in slots]
-            if self.kernel is not None:
-                step.append((block, self.kernel.items(columns)))
+            if self.kernels is not None:
+                step.append((block, decode_items(columns)))
                 continue
-            mask = torch.zeros(max(len(slots), MIN_ROWS), self._widths[block], dtype=self.dtype)
+            mask = torch.zeros(len(slots), self._widths[block], dtype=self.dtype)
             for row, (start, stop) in enumerate(columns):
                 mask[row, start:stop] = 1
             step.append((block, mask.to(self._device)))

@@ -16,7 +16,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from peft.utils.integrations import dequantize_bnb_weight
 
-from .bnb_cpu import unpack_cpu_weights
+from .cpu.bnb import unpack_cpu_weights
 
 
 class NotMergeable(ValueError):

@@ -204,19 +204,20 @@ def peft_model(real_tokenizer: Any) -> Any:
 
 
 def needs_compiler() -> None:
-    """Skip where the machine has no C compiler: the server serves LoRA decode deltas through torch there."""
-    from hotlora_server.engine import lora_kernel
+    """Skip where the machine has no C compiler: the server runs without its CPU kernels there (and says
+    that batch invariance is off)."""
+    from hotlora_server.engine.cpu import kernels
 
-    if lora_kernel.compiler() is None:
-        pytest.skip("no C compiler here: the server serves LoRA decode deltas through torch")
+    if kernels.compiler() is None:
+        pytest.skip("no C compiler here: the server runs without its fixed-order CPU kernels")
 
 
 @pytest.fixture(scope="session")
-def lora_decode_kernel(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The compiled LoRA decode kernel (built once for the session)."""
-    from hotlora_server.engine import lora_kernel
+def cpu_kernels(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The compiled CPU kernels (built once for the session)."""
+    from hotlora_server.engine.cpu import kernels
 
     needs_compiler()
-    kernel = lora_kernel.build(tmp_path_factory.mktemp("kernels"))
-    assert kernel is not None, "a compiler is present, yet the kernel did not build (see the log)"
-    return kernel
+    built = kernels.build(tmp_path_factory.mktemp("kernels"))
+    assert built is not None, "a compiler is present, yet the kernels did not build (see the log)"
+    return built

@@ -1,7 +1,8 @@
-"""Stacked LoRA (Punica/S-LoRA in plain torch) against PEFT on the tiny llama, and its batch invariance.
+"""Stacked LoRA (Punica/S-LoRA) against PEFT on the tiny llama, and its batch invariance.
 
-PEFT is the reference: the stacked deltas must give what PEFT's own per-row routing gives, and a row's
-delta must be the same bits alone and in any batch.
+PEFT is the reference: the stacked deltas, through torch or the CPU's fixed-order kernels, must give
+what PEFT's own per-row routing gives; through the kernels a row's delta must also be the same bits
+alone and in any batch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel
 
 from hotlora_server.engine import lora_stack
+from hotlora_server.engine.cpu.kernels import CpuKernels
 from hotlora_server.engine.lora_stack import LoraStack
 
 BASE = "__base__"
@@ -39,11 +41,18 @@ def _stacked_logits(model: PeftModel, stack: LoraStack, ids: torch.Tensor, keys:
     ids=["one-block", "blocks", "one-block-kernel", "blocks-kernel"],
 )
 def stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> LoraStack:
-    """A fresh stack, decoding through torch or the compiled kernel; with 6-column blocks the fixture's
-    adapters spread over three blocks."""
+    """A fresh stack, through torch or the compiled kernels; with 6-column blocks the fixture's adapters
+    spread over three blocks."""
     block, kernel = request.param
     monkeypatch.setattr(lora_stack, "BLOCK", block)
-    return LoraStack(torch.float32, kernel=request.getfixturevalue("lora_decode_kernel") if kernel else None)
+    return LoraStack(torch.float32, kernels=request.getfixturevalue("cpu_kernels") if kernel else None)
+
+
+@pytest.fixture(params=[lora_stack.BLOCK, 6], ids=["one-block", "blocks"])
+def kernel_stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, cpu_kernels: CpuKernels) -> LoraStack:
+    """A fresh stack through the compiled kernels: the batch-invariant one."""
+    monkeypatch.setattr(lora_stack, "BLOCK", request.param)
+    return LoraStack(torch.float32, kernels=cpu_kernels)
 
 
 @pytest.mark.parametrize(
@@ -130,16 +139,17 @@ class _Zeros(torch.nn.Module):
 
 
 @torch.inference_mode()
-def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(peft_model: PeftModel, stack: LoraStack) -> None:
+def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(peft_model: PeftModel, kernel_stack: LoraStack) -> None:
     """What batch invariance rests on: the stacked deltas (also when other rows bring other blocks) and
     the attention give a row the same bits."""
+    stack = kernel_stack
     from hotlora_server.engine.attention import batch_invariant_attention
 
     keys = ["a", BASE, "ab", "c", "a"]
     x = torch.randn(len(keys), 1, 64, generator=torch.Generator().manual_seed(4))
     assert stack.covers(peft_model, set(keys) - {BASE})
     layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
-    dense_base = layer.base_layer  # float32 GEMMs differ by row count; the 4-bit kernel served does not
+    dense_base = layer.base_layer  # BLAS's float32 GEMMs differ by row count; the served kernels do not
     layer.base_layer = _Zeros(dense_base.out_features)
     peft_model.base_model.disable_adapter_layers()
     try:
@@ -178,10 +188,11 @@ class _Rowwise(torch.nn.Module):
 
 @pytest.mark.parametrize("tokens", [1, 3], ids=["decode", "prefill"])
 @torch.inference_mode()
-def test_deltas_from_min_rows_on_give_each_row_its_bits_alone(peft_model: PeftModel, stack: LoraStack, tokens: int) -> None:
-    """From `MIN_ROWS` rows the deltas accumulate into the base output in one GEMM; a row still gets the
-    bits it gets alone (padded, its product added)."""
-    keys = ["a"] * (lora_stack.MIN_ROWS + 1) + ["ab", "ab", BASE, "c"]  # runs of 17 (x tokens), 2, 1 rows
+def test_each_row_gets_the_bits_it_gets_alone(peft_model: PeftModel, kernel_stack: LoraStack, tokens: int) -> None:
+    """Through the kernels, in long and short runs of one adapter (a prefill's GEMMs then have 51, 6 and 3
+    rows: across the kernel's row tiles), a row's output equals its output alone."""
+    stack = kernel_stack
+    keys = ["a"] * 17 + ["ab", "ab", BASE, "c"]
     x = torch.randn(len(keys), tokens, 64, generator=torch.Generator().manual_seed(6))
     assert stack.covers(peft_model, set(keys) - {BASE})
     layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
@@ -200,11 +211,12 @@ def test_deltas_from_min_rows_on_give_each_row_its_bits_alone(peft_model: PeftMo
 
 
 @torch.inference_mode()
-def test_the_decode_kernel_adds_into_base_outputs_of_another_dtype(peft_model: PeftModel, lora_decode_kernel: object) -> None:
-    """A base layer that returns bf16 gets the kernel's float32 delta rounded once, as the torch path does."""
+@pytest.mark.parametrize("tokens", [1, 3], ids=["decode", "prefill"])
+def test_the_kernels_add_into_base_outputs_of_another_dtype(peft_model: PeftModel, cpu_kernels: CpuKernels, tokens: int) -> None:
+    """A base layer that returns bf16 gets the kernels' float32 delta rounded once, as the torch path does."""
     keys = ["a", BASE, "ab"]
-    x = torch.randn(len(keys), 1, 64, generator=torch.Generator().manual_seed(7))
-    stacks = {kernel is None: LoraStack(torch.float32, kernel=kernel) for kernel in (None, lora_decode_kernel)}  # type: ignore[arg-type]
+    x = torch.randn(len(keys), tokens, 64, generator=torch.Generator().manual_seed(7))
+    stacks = {kernels is None: LoraStack(torch.float32, kernels=kernels) for kernels in (None, cpu_kernels)}
     assert all(stack.covers(peft_model, {"a", "ab"}) for stack in stacks.values())
     layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
     dense_base = layer.base_layer
@@ -213,7 +225,7 @@ def test_the_decode_kernel_adds_into_base_outputs_of_another_dtype(peft_model: P
     try:
         got = {}
         for torch_path, stack in stacks.items():
-            with stack.rows(keys, BASE, decode=True):
+            with stack.rows(keys, BASE, decode=tokens == 1):
                 got[torch_path] = layer(x)
         base = layer.base_layer(x)
     finally:

@@ -21,7 +21,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.cpu_prefill == "bf16"
     assert settings.cpu_prefill_cache_gb == 1.0
     assert settings.enable_prefix_caching is True
-    assert settings.cpu_lora_kernel is True
+    assert settings.cpu_kernels is True
+    assert settings.cpu_4bit == "auto"
     assert settings.home == tmp_path
     assert settings.models_dir == tmp_path / "models"
     assert settings.kernels_dir == tmp_path / "kernels"
@@ -91,10 +92,11 @@ def test_parsed_flags_become_settings(tmp_path: Path, monkeypatch: pytest.Monkey
     args = cli.build_parser().parse_args(
         ["serve", "--model", "x", "--quantize", "none", "--port", "1", "--api-key", "k", "--adapters-dir",
          str(tmp_path / "d"), "--served-model-name", "n", "--max-n", "3", "--cpu-prefill", "4bit",
-         "--no-enable-prefix-caching", "--cpu-prefill-cache-gb", "0.5", "--no-cpu-lora-kernel"]
+         "--no-enable-prefix-caching", "--cpu-prefill-cache-gb", "0.5", "--no-cpu-kernels", "--cpu-4bit", "hotlora"]
     )  # fmt: skip
     settings = cli._settings(args)
-    assert settings.cpu_lora_kernel is False
+    assert settings.cpu_kernels is False
+    assert settings.cpu_4bit == "hotlora"
     assert settings.cpu_prefill == "4bit"
     assert settings.cpu_prefill_cache_gb == 0.5
     assert settings.enable_prefix_caching is False

@@ -10,9 +10,9 @@ import torch
 from conftest import tiny_settings
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from hotlora_server.engine import prefill_gemm
+from hotlora_server.engine.cpu import prefill_gemm
 from hotlora_server.engine.attention import use_batch_invariant_attention
-from hotlora_server.engine.bnb_cpu import PackedDecode
+from hotlora_server.engine.cpu.bnb import PackedDecode
 from hotlora_server.engine.generate import prefill
 from hotlora_server.engine.loader import load_model, quantization_config
 

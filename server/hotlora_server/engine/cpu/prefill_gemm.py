@@ -22,29 +22,17 @@ process: a 14-prompt group 339 → 284 ms, a lone prompt 147 → 114 ms, medians
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from functools import partial
 
 import bitsandbytes as bnb
 import torch
 from bitsandbytes.functional import dequantize_4bit
 
-from .bnb_cpu import packs_on_cpu
+from ..phase import is_prefilling, prefilling
+from .bnb import packs_on_cpu
 
 TILE = 64  # rows per GEMM call
-_prefilling: ContextVar[bool] = ContextVar("hotlora_prefilling", default=False)
-
-
-@contextmanager
-def prefilling() -> Iterator[None]:
-    """Forwards inside run their prefill path (no effect on models without `install`)."""
-    token = _prefilling.set(True)
-    try:
-        yield
-    finally:
-        _prefilling.reset(token)
 
 
 def tiled(x: torch.Tensor, multiply: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -84,7 +72,7 @@ class _PrefillPath:
         return partial(torch.nn.functional.linear, weight=dequantize_4bit(self.data, self.state))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _prefilling.get():
+        if not is_prefilling():
             return self.decode(x)
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
         out = tiled(flat, self.multiply()).to(x.dtype).view(*x.shape[:-1], -1)

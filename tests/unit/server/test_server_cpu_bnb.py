@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from hotlora_server.engine.bnb_cpu import (
+from hotlora_server.engine.cpu.bnb import (
     PackedDecode,
     _packed_states,
     install_packed_decode,

@@ -1,0 +1,88 @@
+"""The CPU wing: everything CPU-specific on the forward path, chosen once at load by `install`.
+
+What runs where, and why:
+- 4-bit base layers: bitsandbytes' fused kernel where it has one (AVX512-BF16), with bf16 prefill GEMMs
+  (`prefill_gemm`); elsewhere hotlora's fixed-order 4-bit kernel (`linear4`), because bitsandbytes'
+  fallback dequantizes the whole weight at every forward. `--cpu-4bit` forces either.
+- float32 linear layers (the output layer; every layer with `--quantize none`): the fixed-order kernel.
+- LoRA deltas: `lora_stack` takes the kernels from `CpuPath.kernels`.
+All of these come from one compiled library (`kernels`); without a C compiler (or `--no-cpu-kernels`)
+the server runs on bitsandbytes and BLAS alone and says that batch invariance is off.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ...settings import Settings
+from . import bnb, kernels, linear, linear4, prefill_gemm
+
+log = logging.getLogger(__name__)
+
+
+class CpuPathError(RuntimeError):
+    """A path the settings force cannot run on this machine."""
+
+
+@dataclass(frozen=True)
+class CpuPath:
+    """What `install` chose: the kernels library, the 4-bit path, and whether outputs are batch-invariant."""
+
+    kernels: kernels.CpuKernels | None
+    kernel: str  # how the base's layers multiply, as /v1/models shows it
+    batch_invariant: bool
+
+
+def install(model: torch.nn.Module, settings: Settings, dtype: torch.dtype) -> CpuPath:
+    """Choose and install the CPU forward path for `model` (loaded on the CPU, before its first forward)."""
+    lib = kernels.build(settings.kernels_dir) if settings.cpu_kernels and dtype == torch.float32 else None
+    if settings.cpu_4bit == "hotlora" and lib is None:
+        raise CpuPathError(
+            "--cpu-4bit hotlora needs the compiled CPU kernels: a C compiler (cc), float32 compute and "
+            "--cpu-kernels (see the warnings above)"
+        )
+    path = _install_linears(model, settings, lib)
+    if lib is not None and linear.install_output(model, lib):
+        log.info("logits through the fixed-order kernel (%s)", lib.path.name)
+    if lib is None:
+        log.warning(
+            "batch invariance is off: without the compiled CPU kernels a request's output may depend on "
+            "what else shares its batch (%s)", "disabled by --no-cpu-kernels" if not settings.cpu_kernels else "see above"
+        )  # fmt: skip
+    log.info("CPU path: %s; batch invariant: %s", path.kernel, "yes" if path.batch_invariant else "no")
+    return path
+
+
+def _install_linears(model: torch.nn.Module, settings: Settings, lib: kernels.CpuKernels | None) -> CpuPath:
+    if settings.quantize == "none":
+        if lib is None:
+            return CpuPath(None, "float32 (BLAS)", False)
+        count = linear.install_all(model, lib)
+        return CpuPath(lib, f"float32 (hotlora fixed-order kernel, {count} layers)", True)
+    if settings.quantize == "int8":
+        log.warning("int8 on the CPU runs bitsandbytes' own path: not batch-invariant")
+        return CpuPath(lib, "int8 (bitsandbytes)", False)
+    fused = [m for m in model.modules() if bnb.packs_on_cpu(m)]
+    use_bnb = settings.cpu_4bit == "bitsandbytes" or (settings.cpu_4bit == "auto" and (fused or lib is None))
+    if not use_bnb:
+        assert lib is not None
+        taken, layers = linear4.install(model, lib)
+        if taken < layers:
+            log.warning("%d of %d 4-bit layers have a layout the kernel does not take: bitsandbytes runs them", layers - taken, layers)
+        why = "bitsandbytes has no fused kernel for this CPU" if not fused else "--cpu-4bit hotlora"
+        return CpuPath(lib, f"{settings.quantize} (hotlora fixed-order 4-bit kernel: {why})", taken == layers)
+    if not fused:
+        log.warning(
+            "4-bit layers through bitsandbytes' CPU fallback, which dequantizes every weight at every forward "
+            "(slow; not batch-invariant): %s", "--cpu-4bit bitsandbytes" if settings.cpu_4bit == "bitsandbytes" else "no C compiler"
+        )  # fmt: skip
+        return CpuPath(lib, f"{settings.quantize} (bitsandbytes, dequantized at every forward)", False)
+    log.info("decode calls bitsandbytes' fused 4-bit kernel directly in %d layers", bnb.install_packed_decode(model))
+    if settings.cpu_prefill == "bf16":
+        layers, cached = prefill_gemm.install(model, int(settings.cpu_prefill_cache_gb * 2**30))
+        log.info("prefill through bf16 GEMMs for %d 4-bit layers, %d with cached weights", layers, cached)
+        prefill_gemm.warm_up(model)
+    return CpuPath(lib, f"{settings.quantize} (bitsandbytes fused AVX512-BF16 kernel)", lib is not None)

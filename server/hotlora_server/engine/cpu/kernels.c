@@ -1,0 +1,455 @@
+/* The CPU's fixed-order products, built and called by kernels.py.
+ *
+ * Every output element is summed in one order that depends only on the length of its sum: never on how
+ * many rows or columns share the call, which tile or thread computes it, or which copy of a loop ran.
+ * So a row's result has the same bits alone and in any batch, on any CPU this compiles for (the bits
+ * differ between CPUs with other vector widths, which is fine: a server runs on one).
+ *
+ *   hotlora_gemm_nt   y = x @ w.T, w [N, K] float32 (the output layer's logits)
+ *   hotlora_gemm_q4   y = x @ dequant(w).T for bitsandbytes' 4-bit layout (the base's layers)
+ *   hotlora_gemm_nn   y (+)= x @ w, w [K, N] float32 (a prefill's LoRA deltas on the stacked blocks)
+ *   hotlora_lora_decode  a decode step's LoRA deltas, each row through its own adapter's columns only
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- A small vector layer: LANES floats per vector, one rounding per multiply-add (spelled out:
+ * compilers contract `a += b * c` into a fused multiply-add in some copies of a loop and not in others,
+ * and a row's bits must not depend on which copy computed it). ---- */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define LANES 16
+typedef __m512 vf;
+typedef __m512i vi;
+static inline vf vload(const float *p) { return _mm512_loadu_ps(p); }
+static inline void vstore(float *p, vf v) { _mm512_storeu_ps(p, v); }
+static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vsplat(float s) { return _mm512_set1_ps(s); }
+static inline vf vzero(void) { return _mm512_setzero_ps(); }
+static inline vi bytes_u32(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
+static inline vi high4(vi q) { return _mm512_srli_epi32(q, 4); }
+static inline vi low4(vi q) { return _mm512_and_si512(q, _mm512_set1_epi32(15)); }
+typedef struct { vf t; } lut_t;
+static inline lut_t lut_make(const float *code) { return (lut_t){_mm512_loadu_ps(code)}; }
+static inline vf lut16(lut_t lut, vi idx) { return _mm512_permutexvar_ps(idx, lut.t); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define LANES 8
+typedef __m256 vf;
+typedef __m256i vi;
+static inline vf vload(const float *p) { return _mm256_loadu_ps(p); }
+static inline void vstore(float *p, vf v) { _mm256_storeu_ps(p, v); }
+static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vsplat(float s) { return _mm256_set1_ps(s); }
+static inline vf vzero(void) { return _mm256_setzero_ps(); }
+static inline vi bytes_u32(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+static inline vi high4(vi q) { return _mm256_srli_epi32(q, 4); }
+static inline vi low4(vi q) { return _mm256_and_si256(q, _mm256_set1_epi32(15)); }
+typedef struct { vf lo, hi; } lut_t;
+static inline lut_t lut_make(const float *code) { return (lut_t){_mm256_loadu_ps(code), _mm256_loadu_ps(code + 8)}; }
+static inline vf lut16(lut_t lut, vi idx)
+{
+    const vf lo = _mm256_permutevar8x32_ps(lut.lo, idx), hi = _mm256_permutevar8x32_ps(lut.hi, idx);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28))); /* bit 3: the sign */
+}
+#else /* portable: the compiler vectorizes what it can */
+#define LANES 4
+typedef float vf __attribute__((vector_size(16)));
+typedef int32_t vi __attribute__((vector_size(16)));
+static inline vf vload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf vfma(vf a, vf b, vf c)
+{
+    for (int l = 0; l < LANES; l++) c[l] = __builtin_fmaf(a[l], b[l], c[l]);
+    return c;
+}
+static inline vf vmul(vf a, vf b) { return a * b; }
+static inline vf vadd(vf a, vf b) { return a + b; }
+static inline vf vsplat(float s) { return (vf){s, s, s, s}; }
+static inline vf vzero(void) { return (vf){0, 0, 0, 0}; }
+static inline vi bytes_u32(const uint8_t *p) { return (vi){p[0], p[1], p[2], p[3]}; }
+static inline vi high4(vi q) { return q >> 4; }
+static inline vi low4(vi q) { return q & 15; }
+typedef struct { const float *code; } lut_t;
+static inline lut_t lut_make(const float *code) { return (lut_t){code}; }
+static inline vf lut16(lut_t lut, vi idx)
+{
+    return (vf){lut.code[idx[0]], lut.code[idx[1]], lut.code[idx[2]], lut.code[idx[3]]};
+}
+#endif
+
+int32_t hotlora_lanes(void) { return LANES; }
+
+/* The lanes of `v` added in order. */
+static inline float hsum(vf v)
+{
+    float lanes[LANES], s = 0.0f;
+    vstore(lanes, v);
+    for (int l = 0; l < LANES; l++) s += lanes[l];
+    return s;
+}
+
+static inline int tile_size(int64_t left, int size) { return left < size ? (int)left : size; }
+
+/* ---- y = x @ w.T, w [N, K] with contiguous rows: per element, lane l sums k = l, l + LANES, ... in
+ * order, the lanes are added in order, then the k past the last whole vector, in order. ---- */
+
+#define NT_MR 4
+#define NT_NC 3
+
+#define NT_TILE(MR, NC)                                                                               \
+    static void nt_##MR##_##NC(const float *x, int64_t ldx, const float *w, int64_t ldw, float *y,   \
+                               int64_t ldy, int64_t K)                                               \
+    {                                                                                                 \
+        vf acc[MR][NC];                                                                               \
+        for (int r = 0; r < MR; r++)                                                                  \
+            for (int c = 0; c < NC; c++) acc[r][c] = vzero();                                         \
+        int64_t k = 0;                                                                                \
+        for (; k + LANES <= K; k += LANES) {                                                          \
+            vf wv[NC];                                                                                \
+            for (int c = 0; c < NC; c++) wv[c] = vload(w + c * ldw + k);                              \
+            for (int r = 0; r < MR; r++) {                                                            \
+                const vf xv = vload(x + r * ldx + k);                                                 \
+                for (int c = 0; c < NC; c++) acc[r][c] = vfma(xv, wv[c], acc[r][c]);                  \
+            }                                                                                         \
+        }                                                                                             \
+        for (int r = 0; r < MR; r++)                                                                  \
+            for (int c = 0; c < NC; c++) {                                                            \
+                float s = hsum(acc[r][c]);                                                            \
+                for (int64_t t = k; t < K; t++) s = __builtin_fmaf(x[r * ldx + t], w[c * ldw + t], s); \
+                y[r * ldy + c] = s;                                                                   \
+            }                                                                                         \
+    }
+
+#define NT_ROWS(NC) NT_TILE(1, NC) NT_TILE(2, NC) NT_TILE(3, NC) NT_TILE(4, NC)
+NT_ROWS(1)
+NT_ROWS(2)
+NT_ROWS(3)
+
+typedef void (*nt_fn)(const float *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
+static const nt_fn NT[NT_MR][NT_NC] = {
+    {nt_1_1, nt_1_2, nt_1_3}, {nt_2_1, nt_2_2, nt_2_3}, {nt_3_1, nt_3_2, nt_3_3}, {nt_4_1, nt_4_2, nt_4_3}};
+
+void hotlora_gemm_nt(const float *x, int64_t ldx, const float *w, int64_t ldw, float *y, int64_t ldy,
+                     int64_t M, int64_t N, int64_t K, int32_t threads)
+{
+    const int64_t mt = (M + NT_MR - 1) / NT_MR, nt = (N + NT_NC - 1) / NT_NC;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (mt * nt > 1 && M * N * K >= 65536)
+    for (int64_t j = 0; j < nt; j++)
+        for (int64_t i = 0; i < mt; i++) {
+            const int64_t m0 = i * NT_MR, n0 = j * NT_NC;
+            NT[tile_size(M - m0, NT_MR) - 1][tile_size(N - n0, NT_NC) - 1](
+                x + m0 * ldx, ldx, w + n0 * ldw, ldw, y + m0 * ldy + n0, ldy, K);
+        }
+}
+
+/* ---- y = x @ dequant(w).T for bitsandbytes' 4-bit layout: w [N * K / 2] bytes, element 2i in the high
+ * nibble of byte i and 2i + 1 in the low one, value code[nibble] * absmax[element / blocksize] (rounded
+ * once, as bitsandbytes dequantizes). K is a multiple of blocksize, blocksize of 2 * LANES (the caller
+ * checks). x is split into its even and odd columns (xe, xo: [M, K / 2]); per element, lane l adds the
+ * even then the odd product of each chunk of 2 * LANES columns in order, then the lanes in order. ---- */
+
+#define Q4_MR 4
+#define Q4_NC 2
+
+#define Q4_TILE(MR, NC)                                                                               \
+    static void q4_##MR##_##NC(const float *xe, const float *xo, int64_t ldx, const uint8_t *w,      \
+                               const float *absmax, lut_t lut, int64_t blocksize, float *y,          \
+                               int64_t ldy, int64_t K)                                               \
+    {                                                                                                 \
+        vf acc[MR][NC];                                                                               \
+        for (int r = 0; r < MR; r++)                                                                  \
+            for (int c = 0; c < NC; c++) acc[r][c] = vzero();                                         \
+        const int64_t half = K / 2, blocks = K / blocksize, step = blocksize / 2;                     \
+        for (int64_t b = 0; b < blocks; b++) {                                                        \
+            vf scale[NC];                                                                             \
+            for (int c = 0; c < NC; c++) scale[c] = vsplat(absmax[c * blocks + b]);                  \
+            for (int64_t k = b * step; k < (b + 1) * step; k += LANES) {                              \
+                vf whi[NC], wlo[NC];                                                                  \
+                for (int c = 0; c < NC; c++) {                                                        \
+                    const vi q = bytes_u32(w + c * half + k);                                         \
+                    whi[c] = vmul(lut16(lut, high4(q)), scale[c]);                                    \
+                    wlo[c] = vmul(lut16(lut, low4(q)), scale[c]);                                     \
+                }                                                                                     \
+                for (int r = 0; r < MR; r++) {                                                        \
+                    const vf e = vload(xe + r * ldx + k), o = vload(xo + r * ldx + k);                \
+                    for (int c = 0; c < NC; c++) acc[r][c] = vfma(o, wlo[c], vfma(e, whi[c], acc[r][c])); \
+                }                                                                                     \
+            }                                                                                         \
+        }                                                                                             \
+        for (int r = 0; r < MR; r++)                                                                  \
+            for (int c = 0; c < NC; c++) y[r * ldy + c] = hsum(acc[r][c]);                           \
+    }
+
+#define Q4_ROWS(NC) Q4_TILE(1, NC) Q4_TILE(2, NC) Q4_TILE(3, NC) Q4_TILE(4, NC)
+Q4_ROWS(1)
+Q4_ROWS(2)
+
+typedef void (*q4_fn)(const float *, const float *, int64_t, const uint8_t *, const float *, lut_t, int64_t,
+                      float *, int64_t, int64_t);
+static const q4_fn Q4[Q4_MR][Q4_NC] = {{q4_1_1, q4_1_2}, {q4_2_1, q4_2_2}, {q4_3_1, q4_3_2}, {q4_4_1, q4_4_2}};
+
+/* Many rows: each thread dequantizes a few columns once, in the order the tiles above compute them, and
+ * runs every row over them. Per element the same operations in the same order as `q4_*`, so a row has
+ * the same bits whichever of the two computed it. */
+#define QP_MR 6
+#define QP_NC 2
+#define QP_MIN_ROWS 8
+
+static void q4_dequant(const uint8_t *w, const float *absmax, lut_t lut, int64_t blocksize, int64_t K, float *out)
+{
+    const int64_t step = blocksize / 2;
+    for (int64_t k = 0; k < K / 2; k += LANES) {
+        const vi q = bytes_u32(w + k);
+        const vf scale = vsplat(absmax[k / step]);
+        vstore(out + 2 * k, vmul(lut16(lut, high4(q)), scale));
+        vstore(out + 2 * k + LANES, vmul(lut16(lut, low4(q)), scale));
+    }
+}
+
+#define QP_TILE(MR, NC)                                                                               \
+    static void qp_##MR##_##NC(const float *xe, const float *xo, int64_t ldx, const float *wd,       \
+                               float *y, int64_t ldy, int64_t K)                                     \
+    {                                                                                                 \
+        vf acc[MR][NC];                                                                               \
+        for (int r = 0; r < MR; r++)                                                                  \
+            for (int c = 0; c < NC; c++) acc[r][c] = vzero();                                         \
+        for (int64_t k = 0; k < K / 2; k += LANES) {                                                  \
+            vf whi[NC], wlo[NC];                                                                      \
+            for (int c = 0; c < NC; c++) {                                                            \
+                whi[c] = vload(wd + c * K + 2 * k);                                                   \
+                wlo[c] = vload(wd + c * K + 2 * k + LANES);                                           \
+            }                                                                                         \
+            for (int r = 0; r < MR; r++) {                                                            \
+                const vf e = vload(xe + r * ldx + k), o = vload(xo + r * ldx + k);                    \
+                for (int c = 0; c < NC; c++) acc[r][c] = vfma(o, wlo[c], vfma(e, whi[c], acc[r][c])); \
+            }                                                                                         \
+        }                                                                                             \
+        for (int r = 0; r < MR; r++)                                                                  \
+            for (int c = 0; c < NC; c++) y[r * ldy + c] = hsum(acc[r][c]);                           \
+    }
+
+#define QP_ROWS(NC) QP_TILE(1, NC) QP_TILE(2, NC) QP_TILE(3, NC) QP_TILE(4, NC) QP_TILE(5, NC) QP_TILE(6, NC)
+QP_ROWS(1)
+QP_ROWS(2)
+
+typedef void (*qp_fn)(const float *, const float *, int64_t, const float *, float *, int64_t, int64_t);
+static const qp_fn QP[QP_MR][QP_NC] = {{qp_1_1, qp_1_2}, {qp_2_1, qp_2_2}, {qp_3_1, qp_3_2},
+                                       {qp_4_1, qp_4_2}, {qp_5_1, qp_5_2}, {qp_6_1, qp_6_2}};
+
+/* Returns 0, or -1 when out of memory (y is then undefined). */
+int32_t hotlora_gemm_q4(const float *x, int64_t ldx, const uint8_t *w, const float *absmax, const float *code,
+                        int64_t blocksize, float *y, int64_t ldy, int64_t M, int64_t N, int64_t K, int32_t threads)
+{
+    const int64_t half = K / 2, blocks = K / blocksize;
+    const lut_t lut = lut_make(code);
+    float *xe = malloc((size_t)(M * K) * sizeof(float)), *xo = xe ? xe + M * half : NULL;
+    if (xe == NULL) return -1;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < half; k++) {
+            xe[m * half + k] = x[m * ldx + 2 * k];
+            xo[m * half + k] = x[m * ldx + 2 * k + 1];
+        }
+    int32_t status = 0;
+    if (M >= QP_MIN_ROWS) {
+        const int64_t nt = (N + QP_NC - 1) / QP_NC;
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t j = 0; j < nt; j++) {
+            const int64_t n0 = j * QP_NC;
+            const int nc = tile_size(N - n0, QP_NC);
+            float *wd = malloc((size_t)(nc * K) * sizeof(float));
+            if (wd == NULL) {
+                status = -1;
+                continue;
+            }
+            for (int c = 0; c < nc; c++)
+                q4_dequant(w + (n0 + c) * half, absmax + (n0 + c) * blocks, lut, blocksize, K, wd + c * K);
+            for (int64_t m0 = 0; m0 < M; m0 += QP_MR)
+                QP[tile_size(M - m0, QP_MR) - 1][nc - 1](xe + m0 * half, xo + m0 * half, half, wd, y + m0 * ldy + n0, ldy, K);
+            free(wd);
+        }
+    } else {
+        const int64_t mt = (M + Q4_MR - 1) / Q4_MR, nt = (N + Q4_NC - 1) / Q4_NC;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (mt * nt > 1)
+        for (int64_t j = 0; j < nt; j++)
+            for (int64_t i = 0; i < mt; i++) {
+                const int64_t m0 = i * Q4_MR, n0 = j * Q4_NC;
+                Q4[tile_size(M - m0, Q4_MR) - 1][tile_size(N - n0, Q4_NC) - 1](
+                    xe + m0 * half, xo + m0 * half, half, w + n0 * half, absmax + n0 * blocks, lut, blocksize,
+                    y + m0 * ldy + n0, ldy, K);
+            }
+    }
+    free(xe);
+    return status;
+}
+
+/* ---- y (=|+=) x @ w, w [K, N] row-major with row stride ldw: per element, one multiply-add per k, k in
+ * order, from zero; `accumulate` adds the sum to y once at the end. ---- */
+
+#define NN_MR 6
+#define NN_NR (2 * LANES)
+
+#define NN_TILE(MR)                                                                                   \
+    static void nn_##MR(const float *x, int64_t ldx, const float *w, int64_t ldw, float *y,          \
+                        int64_t ldy, int64_t K, int accumulate)                                      \
+    {                                                                                                 \
+        vf acc[MR][2];                                                                                \
+        for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = vzero();                                 \
+        for (int64_t k = 0; k < K; k++) {                                                             \
+            const vf w0 = vload(w + k * ldw), w1 = vload(w + k * ldw + LANES);                        \
+            for (int r = 0; r < MR; r++) {                                                            \
+                const vf xr = vsplat(x[r * ldx + k]);                                                 \
+                acc[r][0] = vfma(xr, w0, acc[r][0]);                                                  \
+                acc[r][1] = vfma(xr, w1, acc[r][1]);                                                  \
+            }                                                                                         \
+        }                                                                                             \
+        for (int r = 0; r < MR; r++)                                                                  \
+            for (int j = 0; j < 2; j++) {                                                             \
+                float *p = y + r * ldy + j * LANES;                                                   \
+                vstore(p, accumulate ? vadd(vload(p), acc[r][j]) : acc[r][j]);                        \
+            }                                                                                         \
+    }
+
+NN_TILE(1)
+NN_TILE(2)
+NN_TILE(3)
+NN_TILE(4)
+NN_TILE(5)
+NN_TILE(6)
+
+typedef void (*nn_fn)(const float *, int64_t, const float *, int64_t, float *, int64_t, int64_t, int);
+static const nn_fn NN[NN_MR] = {nn_1, nn_2, nn_3, nn_4, nn_5, nn_6};
+
+/* Returns 0, or -1 when out of memory (y is then partly updated). */
+int32_t hotlora_gemm_nn(const float *x, int64_t ldx, const float *w, int64_t ldw, float *y, int64_t ldy,
+                        int64_t M, int64_t N, int64_t K, int32_t accumulate, int32_t threads)
+{
+    const int64_t mt = (M + NN_MR - 1) / NN_MR, nt = (N + NN_NR - 1) / NN_NR;
+    int32_t status = 0;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (mt * nt > 1 && M * N * K >= 65536)
+    for (int64_t j = 0; j < nt; j++)
+        for (int64_t i = 0; i < mt; i++) {
+            const int64_t m0 = i * NN_MR, n0 = j * NN_NR;
+            const int mr = tile_size(M - m0, NN_MR);
+            const int64_t cols = N - n0 < NN_NR ? N - n0 : NN_NR;
+            if (cols == NN_NR) {
+                NN[mr - 1](x + m0 * ldx, ldx, w + n0, ldw, y + m0 * ldy + n0, ldy, K, accumulate);
+                continue;
+            }
+            /* the last columns: the same tile on zero-padded copies */
+            float *wp = calloc((size_t)K * NN_NR, sizeof(float)), yp[NN_MR * NN_NR];
+            if (wp == NULL) {
+                status = -1;
+                continue;
+            }
+            for (int64_t k = 0; k < K; k++) memcpy(wp + k * NN_NR, w + k * ldw + n0, cols * sizeof(float));
+            for (int r = 0; r < mr; r++) memcpy(yp + r * NN_NR, y + (m0 + r) * ldy + n0, cols * sizeof(float));
+            NN[mr - 1](x + m0 * ldx, ldx, wp, NN_NR, yp, NN_NR, K, accumulate);
+            for (int r = 0; r < mr; r++) memcpy(y + (m0 + r) * ldy + n0, yp + r * NN_NR, cols * sizeof(float));
+            free(wp);
+        }
+    return status;
+}
+
+/* ---- A decode step's LoRA deltas, each row through its own adapter's columns only (Punica's BGMV, on
+ * CPU). The layout is lora_stack.py's: a block's A.T is [in, width] and its B.T, pre-scaled,
+ * [width, out], both row-major float32; an adapter owns the columns [start, stop). ---- */
+
+/* h[0..n) of up to two rows, n = LANES or 1: sum over i of x[i] * a[i * width + 0..n), in four partial
+ * sums (i mod 4) added pairwise at the end. */
+#define SHRINK(name, type, load, fma, zero, store, sum4)                                                  \
+    static void name(const float *a, int64_t width, int64_t in_features, const float *const *xs, int n, \
+                     float *const *hs)                                                                \
+    {                                                                                                 \
+        type acc[2][4];                                                                               \
+        for (int r = 0; r < 2; r++)                                                                   \
+            for (int p = 0; p < 4; p++) acc[r][p] = zero;                                             \
+        int64_t i = 0;                                                                                \
+        for (; i + 4 <= in_features; i += 4) {                                                        \
+            const type a0 = load(a + i * width), a1 = load(a + (i + 1) * width);                      \
+            const type a2 = load(a + (i + 2) * width), a3 = load(a + (i + 3) * width);                \
+            for (int r = 0; r < n; r++) {                                                             \
+                const float *x = xs[r];                                                               \
+                acc[r][0] = fma(x[i], a0, acc[r][0]);                                                 \
+                acc[r][1] = fma(x[i + 1], a1, acc[r][1]);                                             \
+                acc[r][2] = fma(x[i + 2], a2, acc[r][2]);                                             \
+                acc[r][3] = fma(x[i + 3], a3, acc[r][3]);                                             \
+            }                                                                                         \
+        }                                                                                             \
+        for (int r = 0; r < n; r++) {                                                                 \
+            for (int64_t t = i; t < in_features; t++) acc[r][0] = fma(xs[r][t], load(a + t * width), acc[r][0]); \
+            store(hs[r], sum4(acc[r]));                                                               \
+        }                                                                                             \
+    }
+
+static inline float load1(const float *p) { return *p; }
+static inline void store1(float *p, float v) { *p = v; }
+static inline float fma1(float x, float a, float acc) { return __builtin_fmaf(x, a, acc); }
+static inline float sum1(const float *acc) { return (acc[0] + acc[1]) + (acc[2] + acc[3]); }
+static inline vf fmav(float x, vf a, vf acc) { return vfma(vsplat(x), a, acc); }
+static inline vf sumv(const vf *acc) { return vadd(vadd(acc[0], acc[1]), vadd(acc[2], acc[3])); }
+
+SHRINK(shrink_vec, vf, vload, fmav, vzero(), vstore, sumv)
+SHRINK(shrink_one, float, load1, fma1, 0.0f, store1, sum1)
+
+/* out[c] += sum over j of h[j] * b[j * out_features + c], j in order, for up to two rows. */
+static void expand(const float *b, int64_t out_features, int64_t rank, const float *const *hs, int n,
+                   float *const *outs)
+{
+    int64_t c = 0;
+    for (; c + LANES <= out_features; c += LANES) {
+        vf acc[2];
+        for (int r = 0; r < n; r++) acc[r] = vload(outs[r] + c);
+        for (int64_t j = 0; j < rank; j++) {
+            const vf bj = vload(b + j * out_features + c);
+            for (int r = 0; r < n; r++) acc[r] = vfma(vsplat(hs[r][j]), bj, acc[r]);
+        }
+        for (int r = 0; r < n; r++) vstore(outs[r] + c, acc[r]);
+    }
+    for (; c < out_features; c++)
+        for (int r = 0; r < n; r++) {
+            float acc = outs[r][c];
+            for (int64_t j = 0; j < rank; j++) acc = __builtin_fmaf(hs[r][j], b[j * out_features + c], acc);
+            outs[r][c] = acc;
+        }
+}
+
+/* items: `count` rows of int32 {start, stop, row, second row or -1}: one or two rows of one adapter each.
+ * out[row, :] += (x[row, :] @ a_t[:, start:stop]) @ b_t[start:stop, :] for every row of every item.
+ * Returns 0, or -1 (and changes nothing) when an item names columns outside [0, width) or rows outside
+ * [0, rows). */
+int32_t hotlora_lora_decode(const float *x, int64_t x_stride, int64_t in_features, const float *a_t,
+                            const float *b_t, int64_t width, int64_t out_features, float *out,
+                            int64_t out_stride, int64_t rows, const int32_t *items, int32_t count, int32_t threads)
+{
+    for (int32_t item = 0; item < count; item++) {
+        const int32_t *it = items + 4 * item;
+        if (it[0] < 0 || it[1] < it[0] || it[1] > width || it[2] < 0 || it[2] >= rows || it[3] < -1 || it[3] >= rows)
+            return -1;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads) if (count > 1)
+    for (int32_t item = 0; item < count; item++) {
+        const int32_t *it = items + 4 * item;
+        const int64_t start = it[0], rank = it[1] - it[0];
+        const int n = it[3] < 0 ? 1 : 2;
+        float h[2][rank > 0 ? rank : 1];
+        const float *xs[2];
+        float *outs[2];
+        for (int r = 0; r < n; r++) {
+            xs[r] = x + (int64_t)it[2 + r] * x_stride;
+            outs[r] = out + (int64_t)it[2 + r] * out_stride;
+        }
+        int64_t j = 0;
+        for (; j + LANES <= rank; j += LANES)
+            shrink_vec(a_t + start + j, width, in_features, xs, n, (float *[]){h[0] + j, h[1] + j});
+        for (; j < rank; j++)
+            shrink_one(a_t + start + j, width, in_features, xs, n, (float *[]){h[0] + j, h[1] + j});
+        expand(b_t + start * out_features, out_features, rank, (const float *const[]){h[0], h[1]}, n, outs);
+    }
+    return 0;
+}

@@ -1,0 +1,205 @@
+"""The CPU's fixed-order products (`kernels.c`), compiled once per machine and called through `ctypes`.
+
+Batch invariance — a request's output does not depend on what else shares its batch — needs every
+product on the forward path to give a row the same bits whatever the row count. BLAS does not promise
+that: its kernels change with the shape, and which shapes change them differs between CPUs (a transposed
+output layer and padded LoRA GEMMs held on an AVX-512 CPU and failed on an AVX2 one). These kernels sum
+each output element in one fixed order of their own, so the guarantee holds by construction on any CPU.
+
+The library is compiled with the system C compiler (`-march=native`) into a cache folder, named by a hash
+of the source, flags, compiler and CPU; without a compiler there is no library and the server says that
+batch invariance is off. Every call checks shapes, dtypes and layouts first and raises `ValueError`, so a
+wrong call cannot read or write outside its tensors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
+_I64, _I32, _PTR = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
+
+
+def _cpu_identity() -> str:
+    """What `-march=native` compiles for: the first CPU's model and feature flags."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return platform.processor() or platform.machine()
+    return "\n".join(line for line in first.splitlines() if line.split(":")[0].strip() in ("model name", "flags"))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _rows(t: torch.Tensor, name: str, dtype: torch.dtype = torch.float32) -> None:
+    """A 2-d CPU tensor of `dtype` whose rows are contiguous (any row stride)."""
+    _check(t.dim() == 2 and t.device.type == "cpu", f"{name}: expected a 2-d CPU tensor, got {tuple(t.shape)}")
+    _check(t.dtype == dtype, f"{name}: expected {dtype}, got {t.dtype}")
+    _check(t.stride(1) == 1 and t.stride(0) >= t.shape[1], f"{name}: rows must be contiguous")
+
+
+class CpuKernels:
+    """The compiled library's entry points, each checking its arguments before the call."""
+
+    def __init__(self, library: ctypes.CDLL, path: Path) -> None:
+        self.path = path
+        self.lanes: int = library.hotlora_lanes()  # floats per vector the library was compiled for
+        self._nt = library.hotlora_gemm_nt
+        self._nt.argtypes = [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _I32]
+        self._nt.restype = None
+        self._q4 = library.hotlora_gemm_q4
+        self._q4.argtypes = [_PTR, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _I32]
+        self._q4.restype = _I32
+        self._nn = library.hotlora_gemm_nn
+        self._nn.argtypes = [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _I32, _I32]
+        self._nn.restype = _I32
+        self._decode = library.hotlora_lora_decode
+        self._decode.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I32, _I32]
+        self._decode.restype = _I32
+
+    def gemm_nt(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """`x @ w.T` for float32 `x` `[M, K]` and `w` `[N, K]`: the output layer's logits."""
+        _rows(x, "x")
+        _rows(w, "w")
+        _check(x.shape[1] == w.shape[1], f"x has {x.shape[1]} features, w {w.shape[1]}")
+        (m, k), n = x.shape, w.shape[0]
+        y = torch.empty(m, n, dtype=torch.float32)
+        if m and n:
+            self._nt(x.data_ptr(), x.stride(0), w.data_ptr(), w.stride(0), y.data_ptr(), n, m, n, k, torch.get_num_threads())
+        return y
+
+    def q4_fits(self, in_features: int, blocksize: int) -> bool:
+        """Whether `gemm_q4` takes a layer of `in_features` quantized in blocks of `blocksize`."""
+        return blocksize % (2 * self.lanes) == 0 and in_features % blocksize == 0
+
+    def gemm_q4(
+        self, x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, n: int
+    ) -> torch.Tensor:
+        """`x @ W.T` for float32 `x` `[M, K]` and the `[n, K]` weight W in bitsandbytes' 4-bit layout
+        (`packed`: K * n / 2 bytes; `absmax`: one float32 per `blocksize` elements; `code`: 16 values)."""
+        _rows(x, "x")
+        m, k = x.shape
+        _check(self.q4_fits(k, blocksize), f"{k} features in blocks of {blocksize}: not a 4-bit layout this kernel takes")
+        _check(packed.dtype == torch.uint8 and packed.is_contiguous() and packed.numel() * 2 == n * k, "packed: wrong size or layout")
+        _check(absmax.dtype == torch.float32 and absmax.is_contiguous() and absmax.numel() == n * k // blocksize, "absmax: wrong size")
+        _check(code.dtype == torch.float32 and code.is_contiguous() and code.numel() == 16, "code: expected 16 float32 values")
+        _check(all(t.device.type == "cpu" for t in (packed, absmax, code)), "4-bit weights must be on the CPU")
+        y = torch.empty(m, n, dtype=torch.float32)
+        if m and n:
+            status = self._q4(
+                x.data_ptr(), x.stride(0), packed.data_ptr(), absmax.data_ptr(), code.data_ptr(), blocksize,
+                y.data_ptr(), n, m, n, k, torch.get_num_threads(),
+            )  # fmt: skip
+            if status:
+                raise MemoryError("the 4-bit kernel could not allocate its buffers")
+        return y
+
+    def gemm_nn(self, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
+        """`out = x @ w` (`accumulate`: `out += x @ w`, the product added once), float32 `x` `[M, K]`,
+        `w` `[K, N]` and `out` `[M, N]`, each with contiguous rows (`w` may be a column slice)."""
+        for t, name in ((x, "x"), (w, "w"), (out, "out")):
+            _rows(t, name)
+        (m, k), n = x.shape, w.shape[1]
+        _check(w.shape[0] == k and tuple(out.shape) == (m, n), f"shapes {tuple(x.shape)} @ {tuple(w.shape)} -> {tuple(out.shape)}")
+        if m and n and self._nn(
+            x.data_ptr(), x.stride(0), w.data_ptr(), w.stride(0), out.data_ptr(), out.stride(0), m, n, k,
+            int(accumulate), torch.get_num_threads(),
+        ):  # fmt: skip
+            raise MemoryError("the LoRA prefill kernel could not allocate its buffers")
+
+    def lora_decode(self, out: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor, items: torch.Tensor) -> None:
+        """`out[row] += (x[row] @ a_t[:, start:stop]) @ b_t[start:stop]` for each item's rows.
+
+        `out` `[rows, ..., out]` and `x` `[rows, ..., in]` float32, one row each (`[rows, 1, features]` in
+        a decode step), row `r` at `r * stride(0)` with its features contiguous; `a_t` `[in, W]` and `b_t`
+        `[W, out]` contiguous float32; `items` `[n, 4]` int32 `(start, stop, row, second row or -1)` from
+        `decode_items` (the kernel refuses items outside the block or the batch). Checks cost about a
+        microsecond: this runs once per LoRA layer per decode step.
+        """
+        _check(out.dtype == x.dtype == a_t.dtype == b_t.dtype == torch.float32, "lora_decode takes float32 only")
+        _check(a_t.dim() == b_t.dim() == 2 and a_t.is_contiguous() and b_t.is_contiguous(), "blocks: contiguous 2-d")
+        (inner, width), outer = a_t.shape, b_t.shape[1]
+        _check(b_t.shape[0] == width and x.shape[-1] == inner and out.shape[-1] == outer, "block and row shapes differ")
+        _check(x.stride(-1) == 1 and out.stride(-1) == 1, "features must be contiguous")
+        _check(x.numel() == x.shape[0] * inner and out.numel() == out.shape[0] * outer, "one row of features per row")
+        _check(items.dtype == torch.int32 and items.is_contiguous() and items.dim() == 2 and items.shape[1] == 4, "items: [n, 4] int32")
+        if self._decode(
+            x.data_ptr(), x.stride(0), inner, a_t.data_ptr(), b_t.data_ptr(), width, outer, out.data_ptr(),
+            out.stride(0), min(x.shape[0], out.shape[0]), items.data_ptr(), items.shape[0], torch.get_num_threads(),
+        ):  # fmt: skip
+            raise ValueError("lora_decode: an item names columns outside the block or rows outside the batch")
+
+
+def decode_items(slots: list[tuple[int, int]]) -> torch.Tensor:
+    """`lora_decode`'s items for rows whose adapter columns are `slots[row]` (`(0, 0)`: none): rows of one
+    adapter in pairs, which read its weights once."""
+    by_slot: dict[tuple[int, int], list[int]] = {}
+    for row, slot in enumerate(slots):
+        if slot[1] > slot[0]:
+            by_slot.setdefault(slot, []).append(row)
+    items = [
+        [start, stop, rows[i], rows[i + 1] if i + 1 < len(rows) else -1]
+        for (start, stop), rows in by_slot.items()
+        for i in range(0, len(rows), 2)
+    ]
+    return torch.tensor(items, dtype=torch.int32).reshape(-1, 4)
+
+
+def compiler() -> str | None:
+    """The C compiler builds use: `$CC`, else `cc` or `gcc` on the PATH."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build(cache_dir: Path) -> CpuKernels | None:
+    """The library, compiled into `cache_dir` if this machine has no build of it yet; None without a
+    working compiler (the reason is logged)."""
+    cc = compiler()
+    if cc is None:
+        log.warning("no C compiler (cc): the CPU's fixed-order kernels are not available")
+        return None
+    digest = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, cc, _cpu_identity()]).encode()).hexdigest()[:16]
+    target = cache_dir / f"kernels-{digest}.so"
+    for _ in range(2):  # a cached library that does not load (truncated, foreign) is built again once
+        if not target.is_file() and not _compile(cc, target):
+            return None
+        try:
+            return CpuKernels(ctypes.CDLL(str(target)), target)
+        except (OSError, AttributeError) as exc:
+            log.warning("cannot load %s (%s); building it again", target, exc)
+            target.unlink(missing_ok=True)
+    return None
+
+
+def _compile(compiler: str, target: Path) -> bool:
+    """Compile into a temporary file renamed into place, so a concurrent start never loads half a library."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if done.returncode == 0:
+            os.replace(tmp, target)
+            return True
+        reason = done.stderr[-2000:]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        reason = str(exc)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    log.warning("compiling the CPU kernels with %s failed:\n%s", compiler, reason)
+    return False

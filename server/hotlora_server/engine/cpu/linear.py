@@ -1,0 +1,72 @@
+"""float32 linear layers through the fixed-order kernel: a row's output has the same bits at any row
+count, so a token does not depend on how many rows share its step.
+
+BLAS's `x @ W.T` picks other kernels for other row counts, and where it switches differs between CPUs
+(a trick that kept the output layer's bits on an AVX-512 CPU failed on an AVX2 one). `CpuKernels.gemm_nt`
+reads the `[out, in]` weight as it is, so SmolLM2's output layer stays tied to its input embedding
+without a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .kernels import CpuKernels
+
+
+class FixedOrderLinear:
+    """A float32 `Linear` layer's forward through `CpuKernels.gemm_nt` (torch's for inputs that need
+    gradients, which only training has)."""
+
+    def __init__(self, module: torch.nn.Linear, kernels: CpuKernels) -> None:
+        self.module = module
+        self.kernels = kernels
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A copy of the layer gets the plain forward: PEFT copies the output layer for an adapter that
+        saves its own (`modules_to_save`) and loads that adapter's weight into the copy."""
+        module = copy.deepcopy(self.module, memo)
+        return type(module).forward.__get__(module)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            return torch.nn.functional.linear(x, self.module.weight, self.module.bias)
+        rows = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        if rows.stride(-1) != 1:
+            rows = rows.contiguous()
+        out = self.kernels.gemm_nt(rows, self.module.weight)
+        if self.module.bias is not None:
+            out = out + self.module.bias
+        return out.to(x.dtype).view(*x.shape[:-1], -1)
+
+
+def _takes(module: torch.nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return (
+        type(module) is torch.nn.Linear
+        and weight is not None
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and weight.is_contiguous()
+    )
+
+
+def install_output(model: torch.nn.Module, kernels: CpuKernels) -> bool:
+    """Route `model`'s output layer through `FixedOrderLinear`; False where it does not apply."""
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    if not _takes(head):
+        return False
+    head.forward = FixedOrderLinear(head, kernels)  # type: ignore[method-assign]
+    return True
+
+
+def install_all(model: torch.nn.Module, kernels: CpuKernels) -> int:
+    """Route every float32 `Linear` layer of `model` through `FixedOrderLinear`; return how many."""
+    layers = [m for m in model.modules() if _takes(m)]
+    for module in layers:
+        module.forward = FixedOrderLinear(module, kernels)  # type: ignore[method-assign]
+    return len(layers)

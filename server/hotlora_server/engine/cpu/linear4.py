@@ -1,0 +1,67 @@
+"""A 4-bit base's layers through the fixed-order kernel, on CPUs where bitsandbytes has no fast kernel.
+
+bitsandbytes (0.50) runs 4-bit layers on the CPU with a fused kernel only where the CPU has AVX512-BF16;
+elsewhere (AVX2-only x86, ARM) every forward dequantizes the whole weight to float32 and multiplies it
+with BLAS, which is slow at decode sizes and gives a row other bits at other row counts.
+`CpuKernels.gemm_q4` multiplies by the same 4-bit weights, dequantized in registers with bitsandbytes'
+own rounding (`code[nibble] * absmax` in float32), in a fixed order: the same quantized base and
+adapter semantics, batch-invariant by construction. The weight stays in bitsandbytes' layout, so PEFT,
+merging and `state_dict()` see the module they expect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import bitsandbytes as bnb
+import torch
+
+from .kernels import CpuKernels
+
+
+class FixedOrder4bit:
+    """A `Linear4bit` layer's forward through `CpuKernels.gemm_q4` (bitsandbytes' for inputs that need
+    gradients, which only training has)."""
+
+    def __init__(self, module: bnb.nn.Linear4bit, kernels: CpuKernels) -> None:
+        self.module = module
+        self.kernels = kernels
+        self.fallback: Callable[[torch.Tensor], torch.Tensor] = module.forward
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            return self.fallback(x)
+        weight = self.module.weight
+        state = weight.quant_state  # type: ignore[attr-defined]
+        rows = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        if rows.stride(-1) != 1:
+            rows = rows.contiguous()
+        out = self.kernels.gemm_q4(rows, weight.data, state.absmax, state.code, state.blocksize, state.shape[0])
+        result = out.to(x.dtype).view(*x.shape[:-1], -1)
+        bias = self.module.bias
+        return result if bias is None else result + bias.to(x.dtype)
+
+
+def takes(module: torch.nn.Module, kernels: CpuKernels) -> bool:
+    """Whether `module` is a CPU 4-bit layer `gemm_q4` can run: plain float32 absmax (no double
+    quantization), a uint8 weight, and a block size that fits the kernel's vectors."""
+    if not isinstance(module, bnb.nn.Linear4bit) or module.weight.device.type != "cpu":
+        return False
+    state = getattr(module.weight, "quant_state", None)
+    return (
+        state is not None
+        and not state.nested
+        and module.weight.dtype == torch.uint8
+        and state.absmax.dtype == torch.float32
+        and state.code.dtype == torch.float32
+        and kernels.q4_fits(module.in_features, state.blocksize)
+    )
+
+
+def install(model: torch.nn.Module, kernels: CpuKernels) -> tuple[int, int]:
+    """Give every 4-bit layer of `model` that the kernel `takes` its forward; return (taken, 4-bit layers)."""
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    taken = [m for m in layers if takes(m, kernels)]
+    for module in taken:
+        module.forward = FixedOrder4bit(module, kernels)  # type: ignore[method-assign]
+    return len(taken), len(layers)

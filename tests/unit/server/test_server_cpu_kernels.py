@@ -1,0 +1,239 @@
+"""The CPU's fixed-order kernels: their numbers against float64, a row's bits alone and in any batch
+(the guarantee batch invariance rests on, on any CPU), their argument checks, and how they are built."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import bitsandbytes.functional as bnbf
+import pytest
+import torch
+
+from hotlora_server.engine.cpu import kernels
+from hotlora_server.engine.cpu.kernels import CpuKernels, decode_items
+
+from conftest import needs_compiler
+
+NONE = (0, 0)
+# row slices of a 20-row call: single rows, tile edges (4 and 6 rows) and the 4-bit kernel's switch to
+# dequantized column panels at 8 rows, on either side
+SLICES = [(0, 1), (5, 6), (19, 20), (0, 2), (3, 7), (0, 7), (1, 9), (4, 16), (0, 13), (2, 20)]
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request: pytest.FixtureRequest) -> object:
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+# -- logits and dense layers: x @ w.T ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("k", "n"), [(576, 1000), (64, 49), (37, 45), (5, 3)], ids=["aligned", "vector", "tails", "tiny"])
+def test_gemm_nt_matches_float64_and_gives_each_row_its_bits_alone(cpu_kernels: CpuKernels, threads: int, k: int, n: int) -> None:
+    x, w = torch.randn(20, k, generator=_gen(0)), torch.randn(n, k, generator=_gen(1))
+    together = cpu_kernels.gemm_nt(x, w)
+    torch.testing.assert_close(together.double(), x.double() @ w.double().T, rtol=1e-5, atol=1e-4)
+    for start, stop in SLICES:
+        assert torch.equal(cpu_kernels.gemm_nt(x[start:stop], w), together[start:stop]), (start, stop)
+
+
+def test_gemm_nt_takes_rows_with_a_stride(cpu_kernels: CpuKernels) -> None:
+    wide = torch.randn(6, 100, generator=_gen(2))
+    w = torch.randn(9, 64, generator=_gen(3))
+    assert torch.equal(cpu_kernels.gemm_nt(wide[:, :64], w), cpu_kernels.gemm_nt(wide[:, :64].contiguous(), w))
+
+
+# -- the 4-bit base: x @ dequant(W).T ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize(("n", "k", "blocksize"), [(96, 576, 64), (40, 1536, 64), (18, 256, 128)])
+def test_gemm_q4_matches_bitsandbytes_dequantized_weight(
+    cpu_kernels: CpuKernels, threads: int, quant_type: str, n: int, k: int, blocksize: int
+) -> None:
+    """Against float64 products with the weight bitsandbytes itself dequantizes; rows alone, in panels
+    (8 rows and more) and in direct tiles give the same bits."""
+    packed, state = bnbf.quantize_4bit(torch.randn(n, k, generator=_gen(4)), blocksize=blocksize, quant_type=quant_type)
+    dense = bnbf.dequantize_4bit(packed, state).double()
+    x = torch.randn(20, k, generator=_gen(5))
+    together = cpu_kernels.gemm_q4(x, packed, state.absmax, state.code, blocksize, n)
+    torch.testing.assert_close(together.double(), x.double() @ dense.T, rtol=1e-5, atol=1e-3)
+    for start, stop in SLICES:
+        alone = cpu_kernels.gemm_q4(x[start:stop], packed, state.absmax, state.code, blocksize, n)
+        assert torch.equal(alone, together[start:stop]), (start, stop)
+
+
+def test_gemm_q4_refuses_what_it_cannot_read(cpu_kernels: CpuKernels) -> None:
+    packed, state = bnbf.quantize_4bit(torch.randn(8, 128, generator=_gen(6)), blocksize=64, quant_type="nf4")
+    x = torch.randn(2, 128)
+    for bad in (
+        lambda: cpu_kernels.gemm_q4(x, packed, state.absmax, state.code, 64, 9),  # more rows than the data
+        lambda: cpu_kernels.gemm_q4(x, packed, state.absmax[:-1], state.code, 64, 8),
+        lambda: cpu_kernels.gemm_q4(x, packed, state.absmax, state.code, 32, 8),  # absmax of another size
+        lambda: cpu_kernels.gemm_q4(x[:, :100], packed, state.absmax, state.code, 64, 8),
+        lambda: cpu_kernels.gemm_q4(x.double(), packed, state.absmax, state.code, 64, 8),
+        lambda: cpu_kernels.gemm_q4(x, packed, state.absmax, state.code[:8], 64, 8),
+    ):
+        with pytest.raises(ValueError):
+            bad()
+    assert not cpu_kernels.q4_fits(100, 50) and cpu_kernels.q4_fits(128, 64)
+
+
+# -- a prefill's LoRA deltas: x @ w on column slices of the stacked blocks ------------------------------
+
+
+@pytest.mark.parametrize(("k", "n"), [(64, 16), (576, 40), (16, 1536), (7, 5)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_gemm_nn_matches_float64_and_gives_each_row_its_bits_alone(
+    cpu_kernels: CpuKernels, threads: int, k: int, n: int, accumulate: bool
+) -> None:
+    x = torch.randn(20, k, generator=_gen(7))
+    block = torch.randn(k, n + 9, generator=_gen(8))
+    w = block[:, 3 : 3 + n]  # a slice of a wider block, as the stack passes an adapter's columns
+    start = torch.randn(20, n, generator=_gen(9))
+    together = start.clone()
+    cpu_kernels.gemm_nn(x, w, together, accumulate)
+    expected = x.double() @ w.double() + (start.double() if accumulate else 0)
+    torch.testing.assert_close(together.double(), expected, rtol=1e-5, atol=1e-4)
+    for lo, hi in SLICES:
+        alone = start[lo:hi].clone()
+        cpu_kernels.gemm_nn(x[lo:hi], w, alone, accumulate)
+        assert torch.equal(alone, together[lo:hi]), (lo, hi)
+
+
+def test_gemm_nn_checks_shapes(cpu_kernels: CpuKernels) -> None:
+    with pytest.raises(ValueError):
+        cpu_kernels.gemm_nn(torch.randn(3, 8), torch.randn(9, 4), torch.empty(3, 4), False)
+    with pytest.raises(ValueError):
+        cpu_kernels.gemm_nn(torch.randn(3, 8), torch.randn(8, 4), torch.empty(2, 4), False)
+    with pytest.raises(ValueError):
+        cpu_kernels.gemm_nn(torch.randn(3, 8), torch.randn(8, 4).T, torch.empty(3, 8), False)
+
+
+# -- a decode step's LoRA deltas ----------------------------------------------------------------------
+
+
+def _case(rank: int, inputs: int, outputs: int, slots: list[tuple[int, int]], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """x, a_t, b_t (three adapters' columns wide, plus a spare column) and a non-zero output to add into."""
+    gen = _gen(seed)
+    width = 3 * rank + 1
+    return (
+        torch.randn(len(slots), inputs, generator=gen),
+        torch.randn(inputs, width, generator=gen) * 0.1,
+        torch.randn(width, outputs, generator=gen) * 0.1,
+        torch.randn(len(slots), outputs, generator=gen),
+    )
+
+
+@pytest.mark.parametrize("rank", [16, 32, 8, 12, 3])
+@pytest.mark.parametrize(("inputs", "outputs"), [(64, 48), (37, 19)], ids=["aligned", "tails"])
+def test_each_row_gets_its_own_adapters_delta(cpu_kernels: CpuKernels, rank: int, inputs: int, outputs: int) -> None:
+    """Against float64 `(x @ A.T[:, slot]) @ B.T[slot]`, for ranks and sizes on and off the vector widths;
+    rows without an adapter are left exactly as they were."""
+    first, second = (rank + 1, 2 * rank + 1), (0, rank)  # one adapter not at column 0
+    slots = [first, NONE, second, first, first, second, NONE]
+    x, a_t, b_t, out = _case(rank, inputs, outputs, slots)
+    expected = out.double().clone()
+    for row, (start, stop) in enumerate(slots):
+        expected[row] += (x[row].double() @ a_t[:, start:stop].double()) @ b_t[start:stop].double()
+    got = out.clone()
+    cpu_kernels.lora_decode(got, x, a_t, b_t, decode_items(slots))
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[1], out[1]) and torch.equal(got[6], out[6])
+
+
+def test_a_rows_delta_has_the_same_bits_alone_and_in_any_batch(cpu_kernels: CpuKernels, threads: int) -> None:
+    """Alone, paired with another row of its adapter, among others, on one thread or several."""
+    slots = [(0, 16), (16, 32), (0, 16), (0, 16), (32, 40), NONE, (16, 32), (0, 16), (32, 40)]
+    x, a_t, b_t, out = _case(16, 576, 192, slots, seed=1)
+    together = out.clone()
+    cpu_kernels.lora_decode(together, x, a_t, b_t, decode_items(slots))
+    reversed_ = out.flip(0).clone()
+    cpu_kernels.lora_decode(reversed_, x.flip(0), a_t, b_t, decode_items(slots[::-1]))
+    for row, slot in enumerate(slots):
+        alone = out[row : row + 1].clone()
+        cpu_kernels.lora_decode(alone, x[row : row + 1], a_t, b_t, decode_items([slot]))
+        assert torch.equal(alone[0], together[row]), row
+        assert torch.equal(reversed_.flip(0)[row], together[row]), row
+
+
+def test_items_outside_the_block_or_the_batch_are_refused_and_change_nothing(cpu_kernels: CpuKernels) -> None:
+    slots = [(0, 16), (16, 32)]
+    x, a_t, b_t, out = _case(16, 64, 48, slots, seed=2)
+    for items in ([[0, 60, 0, -1]], [[8, 4, 0, -1]], [[0, 16, 2, -1]], [[0, 16, 0, 5]], [[-1, 16, 0, -1]]):
+        got = out.clone()
+        with pytest.raises(ValueError):
+            cpu_kernels.lora_decode(got, x, a_t, b_t, torch.tensor(items, dtype=torch.int32))
+        assert torch.equal(got, out)
+    with pytest.raises(ValueError):
+        cpu_kernels.lora_decode(out, x, a_t, b_t.T.contiguous(), decode_items(slots))
+
+
+def test_rows_of_one_adapter_go_in_pairs() -> None:
+    items = decode_items([(0, 4), (4, 8), (0, 4), NONE, (0, 4)])
+    assert items.dtype == torch.int32
+    assert items.tolist() == [[0, 4, 0, 2], [0, 4, 4, -1], [4, 8, 1, -1]]
+    assert decode_items([NONE]).shape == (0, 4)
+
+
+# -- the library ---------------------------------------------------------------------------------------
+
+
+def test_the_library_is_compiled_once_and_then_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    needs_compiler()
+    assert kernels.build(tmp_path) is not None
+    built = list(tmp_path.iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
+    assert kernels.build(tmp_path) is not None
+
+
+def test_a_broken_cached_library_is_built_again(tmp_path: Path) -> None:
+    needs_compiler()
+    assert kernels.build(tmp_path / "first") is not None
+    (built,) = (tmp_path / "first").iterdir()
+    broken = tmp_path / "second" / built.name  # another path: this process has the first one loaded
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a library")
+    assert kernels.build(broken.parent) is not None
+    assert broken.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_the_portable_build_gives_the_same_guarantee(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled for a baseline x86-64 (no AVX: the vector layer's portable branch, as on a CPU this file
+    has no intrinsics for), the kernels still give each row its bits alone."""
+    needs_compiler()
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the baseline build is x86-64's")
+    monkeypatch.setattr(kernels, "FLAGS", tuple(f if f != "-march=native" else "-march=x86-64" for f in kernels.FLAGS))
+    portable = kernels.build(tmp_path)
+    assert portable is not None and portable.lanes == 4
+    x, w = torch.randn(11, 72, generator=_gen(10)), torch.randn(30, 72, generator=_gen(11))
+    together = portable.gemm_nt(x, w)
+    assert all(torch.equal(portable.gemm_nt(x[i : i + 1], w), together[i : i + 1]) for i in range(11))
+    packed, state = bnbf.quantize_4bit(torch.randn(10, 64, generator=_gen(12)), blocksize=64, quant_type="nf4")
+    together = portable.gemm_q4(x[:, :64], packed, state.absmax, state.code, 64, 10)
+    assert all(torch.equal(portable.gemm_q4(x[i : i + 1, :64], packed, state.absmax, state.code, 64, 10), together[i : i + 1]) for i in range(11))
+    torch.testing.assert_close(together.double(), x[:, :64].double() @ bnbf.dequantize_4bit(packed, state).double().T, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("compiler", ["false", "/nonexistent/cc"], ids=["fails", "missing"])
+def test_without_a_working_compiler_there_are_no_kernels_and_no_debris(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, compiler: str
+) -> None:
+    monkeypatch.setenv("CC", compiler)
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
+        assert kernels.build(tmp_path) is None
+    assert "kernels" in caplog.text
+    assert list(tmp_path.iterdir()) == []
