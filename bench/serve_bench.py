@@ -181,10 +181,9 @@ def bench_server(system: str, base_url: str, workloads: list[Workload], rounds: 
 
 
 def bench_hotlora(
-    home: Path, library: Path, store: Path, logs: Path, rounds: int, tokens: int, kernels: dict[str, str], other: bool
+    home: Path, store: Path, logs: Path, rounds: int, tokens: int, kernels: dict[str, str], other: bool
 ) -> list[Summary]:
     """hotlora as it serves by default, or (`other`) with the 4-bit path it does not pick on this CPU."""
-    register_all(store, library, ADAPTERS)
     # room for the 8 adapters and the 4 blends, so that none is evicted while measured
     args = ["--home", str(home), "--adapters-dir", str(store), "--max-loaded-adapters", "16",
             "--log-level", "warning"]
@@ -378,9 +377,11 @@ def run_systems(args: argparse.Namespace, root: Path, logs: Path, kernels: dict[
     if {"hotlora", "hotlora-other", "naive"} & set(args.only):
         random_adapters(model_dir, library, ADAPTERS)
     rows: list[Summary | Skipped] = []
+    if {"hotlora", "hotlora-other"} & set(args.only):
+        register_all(root / "store", library, ADAPTERS)
     for system in ("hotlora", "hotlora-other"):
         if system in args.only:
-            rows += bench_hotlora(home, library, root / "store", logs, args.rounds, args.tokens, kernels, system != "hotlora")
+            rows += bench_hotlora(home, root / "store", logs, args.rounds, args.tokens, kernels, system != "hotlora")
     if "transformers" in args.only:
         try:
             rows += bench_transformers(model_dir, logs, args.rounds, args.tokens)

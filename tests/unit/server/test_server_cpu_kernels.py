@@ -65,23 +65,27 @@ def test_gemm_q4_matches_bitsandbytes_dequantized_weight(
     packed, state = bnbf.quantize_4bit(torch.randn(n, k, generator=_gen(4)), blocksize=blocksize, quant_type=quant_type)
     dense = bnbf.dequantize_4bit(packed, state).double()
     x = torch.randn(20, k, generator=_gen(5))
-    together = cpu_kernels.gemm_q4(x, packed, state.absmax, state.code, blocksize, n)
+    weight = cpu_kernels.q4_weight(packed, state.absmax, state.code, blocksize, n)
+    together = cpu_kernels.gemm_q4(x, weight)
     torch.testing.assert_close(together.double(), x.double() @ dense.T, rtol=1e-5, atol=1e-3)
     for start, stop in SLICES:
-        alone = cpu_kernels.gemm_q4(x[start:stop], packed, state.absmax, state.code, blocksize, n)
+        alone = cpu_kernels.gemm_q4(x[start:stop], weight)
         assert torch.equal(alone, together[start:stop]), (start, stop)
 
 
 def test_gemm_q4_refuses_what_it_cannot_read(cpu_kernels: CpuKernels) -> None:
     packed, state = bnbf.quantize_4bit(torch.randn(8, 128, generator=_gen(6)), blocksize=64, quant_type="nf4")
     x = torch.randn(2, 128)
+    weight = cpu_kernels.q4_weight(packed, state.absmax, state.code, 64, 8)
     for bad in (
-        lambda: cpu_kernels.gemm_q4(x, packed, state.absmax, state.code, 64, 9),  # more rows than the data
-        lambda: cpu_kernels.gemm_q4(x, packed, state.absmax[:-1], state.code, 64, 8),
-        lambda: cpu_kernels.gemm_q4(x, packed, state.absmax, state.code, 32, 8),  # absmax of another size
-        lambda: cpu_kernels.gemm_q4(x[:, :100], packed, state.absmax, state.code, 64, 8),
-        lambda: cpu_kernels.gemm_q4(x.double(), packed, state.absmax, state.code, 64, 8),
-        lambda: cpu_kernels.gemm_q4(x, packed, state.absmax, state.code[:8], 64, 8),
+        lambda: cpu_kernels.q4_weight(packed, state.absmax, state.code, 64, 9),  # rows the data cannot hold
+        lambda: cpu_kernels.q4_weight(packed, state.absmax[:-1], state.code, 64, 8),
+        lambda: cpu_kernels.q4_weight(packed, state.absmax, state.code, 32, 8),  # absmax of another size
+        lambda: cpu_kernels.q4_weight(packed, state.absmax, state.code[:8], 64, 8),
+        lambda: cpu_kernels.q4_weight(packed.float(), state.absmax, state.code, 64, 8),
+        lambda: cpu_kernels.gemm_q4(x[:, :100], weight),
+        lambda: cpu_kernels.gemm_q4(x.double(), weight),
+        lambda: cpu_kernels.gemm_q4(x.T, weight),
     ):
         with pytest.raises(ValueError):
             bad()
@@ -223,8 +227,9 @@ def test_the_portable_build_gives_the_same_guarantee(tmp_path: Path, monkeypatch
     together = portable.gemm_nt(x, w)
     assert all(torch.equal(portable.gemm_nt(x[i : i + 1], w), together[i : i + 1]) for i in range(11))
     packed, state = bnbf.quantize_4bit(torch.randn(10, 64, generator=_gen(12)), blocksize=64, quant_type="nf4")
-    together = portable.gemm_q4(x[:, :64], packed, state.absmax, state.code, 64, 10)
-    assert all(torch.equal(portable.gemm_q4(x[i : i + 1, :64], packed, state.absmax, state.code, 64, 10), together[i : i + 1]) for i in range(11))
+    weight = portable.q4_weight(packed, state.absmax, state.code, 64, 10)
+    together = portable.gemm_q4(x[:, :64], weight)
+    assert all(torch.equal(portable.gemm_q4(x[i : i + 1, :64], weight), together[i : i + 1]) for i in range(11))
     torch.testing.assert_close(together.double(), x[:, :64].double() @ bnbf.dequantize_4bit(packed, state).double().T, rtol=1e-5, atol=1e-3)
 
 

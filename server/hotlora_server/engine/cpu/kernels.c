@@ -31,7 +31,7 @@ static inline vf vsplat(float s) { return _mm512_set1_ps(s); }
 static inline vf vzero(void) { return _mm512_setzero_ps(); }
 static inline vi bytes_u32(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 static inline vi high4(vi q) { return _mm512_srli_epi32(q, 4); }
-static inline vi low4(vi q) { return _mm512_and_si512(q, _mm512_set1_epi32(15)); }
+static inline vi low4(vi q) { return q; } /* lut16 reads bits 0-3 only */
 typedef struct { vf t; } lut_t;
 static inline lut_t lut_make(const float *code) { return (lut_t){_mm512_loadu_ps(code)}; }
 static inline vf lut16(lut_t lut, vi idx) { return _mm512_permutexvar_ps(idx, lut.t); }
@@ -49,13 +49,13 @@ static inline vf vsplat(float s) { return _mm256_set1_ps(s); }
 static inline vf vzero(void) { return _mm256_setzero_ps(); }
 static inline vi bytes_u32(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
 static inline vi high4(vi q) { return _mm256_srli_epi32(q, 4); }
-static inline vi low4(vi q) { return _mm256_and_si256(q, _mm256_set1_epi32(15)); }
+static inline vi low4(vi q) { return q; } /* lut16 reads bits 0-3 only */
 typedef struct { vf lo, hi; } lut_t;
 static inline lut_t lut_make(const float *code) { return (lut_t){_mm256_loadu_ps(code), _mm256_loadu_ps(code + 8)}; }
 static inline vf lut16(lut_t lut, vi idx)
 {
     const vf lo = _mm256_permutevar8x32_ps(lut.lo, idx), hi = _mm256_permutevar8x32_ps(lut.hi, idx);
-    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28))); /* bit 3: the sign */
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28))); /* bit 3 to the sign */
 }
 #else /* portable: the compiler vectorizes what it can */
 #define LANES 4

@@ -88,26 +88,28 @@ class CpuKernels:
         """Whether `gemm_q4` takes a layer of `in_features` quantized in blocks of `blocksize`."""
         return blocksize % (2 * self.lanes) == 0 and in_features % blocksize == 0
 
-    def gemm_q4(
-        self, x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, n: int
-    ) -> torch.Tensor:
-        """`x @ W.T` for float32 `x` `[M, K]` and the `[n, K]` weight W in bitsandbytes' 4-bit layout
-        (`packed`: K * n / 2 bytes; `absmax`: one float32 per `blocksize` elements; `code`: 16 values)."""
-        _rows(x, "x")
-        m, k = x.shape
+    def q4_weight(self, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, n: int) -> Q4Weight:
+        """The `[n, K]` weight W in bitsandbytes' 4-bit layout, checked once for `gemm_q4` (`packed`:
+        n * K / 2 bytes; `absmax`: one float32 per `blocksize` elements; `code`: 16 float32 values)."""
+        _check(packed.dtype == torch.uint8 and packed.is_contiguous() and n > 0, "packed: expected contiguous uint8")
+        k = packed.numel() * 2 // n
+        _check(k * n == packed.numel() * 2, f"packed: {packed.numel()} bytes do not hold {n} rows")
         _check(self.q4_fits(k, blocksize), f"{k} features in blocks of {blocksize}: not a 4-bit layout this kernel takes")
-        _check(packed.dtype == torch.uint8 and packed.is_contiguous() and packed.numel() * 2 == n * k, "packed: wrong size or layout")
         _check(absmax.dtype == torch.float32 and absmax.is_contiguous() and absmax.numel() == n * k // blocksize, "absmax: wrong size")
         _check(code.dtype == torch.float32 and code.is_contiguous() and code.numel() == 16, "code: expected 16 float32 values")
         _check(all(t.device.type == "cpu" for t in (packed, absmax, code)), "4-bit weights must be on the CPU")
-        y = torch.empty(m, n, dtype=torch.float32)
-        if m and n:
-            status = self._q4(
-                x.data_ptr(), x.stride(0), packed.data_ptr(), absmax.data_ptr(), code.data_ptr(), blocksize,
-                y.data_ptr(), n, m, n, k, torch.get_num_threads(),
-            )  # fmt: skip
-            if status:
-                raise MemoryError("the 4-bit kernel could not allocate its buffers")
+        return Q4Weight(packed, absmax, code, blocksize, n, k)
+
+    def gemm_q4(self, x: torch.Tensor, weight: Q4Weight) -> torch.Tensor:
+        """`x @ W.T` for float32 `x` `[M, K]` with contiguous rows (checked at every call: a few
+        attribute reads, as this runs once per 4-bit layer per forward)."""
+        if not (x.dtype == torch.float32 and x.dim() == 2 and x.stride(1) == 1 and x.device.type == "cpu"):
+            _rows(x, "x")  # raises with the reason
+        m, k = x.shape
+        _check(k == weight.in_features and x.stride(0) >= k, f"x has {k} features, the weight {weight.in_features}")
+        y = torch.empty(m, weight.out_features, dtype=torch.float32)
+        if m and self._q4(x.data_ptr(), x.stride(0), *weight.pointers, y.data_ptr(), *weight.sizes(m), torch.get_num_threads()):
+            raise MemoryError("the 4-bit kernel could not allocate its buffers")
         return y
 
     def gemm_nn(self, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
@@ -144,6 +146,20 @@ class CpuKernels:
             out.stride(0), min(x.shape[0], out.shape[0]), items.data_ptr(), items.shape[0], torch.get_num_threads(),
         ):  # fmt: skip
             raise ValueError("lora_decode: an item names columns outside the block or rows outside the batch")
+
+
+class Q4Weight:
+    """A 4-bit weight `CpuKernels.q4_weight` checked: it keeps the tensors alive while its pointers are used."""
+
+    def __init__(self, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, n: int, k: int) -> None:
+        self.tensors = (packed, absmax, code)
+        self.out_features, self.in_features = n, k
+        self.pointers = (packed.data_ptr(), absmax.data_ptr(), code.data_ptr(), blocksize)
+
+    def sizes(self, rows: int) -> tuple[int, int, int, int]:
+        """`ldy, M, N, K` after the output pointer, as `hotlora_gemm_q4` takes them."""
+        n = self.out_features
+        return n, rows, n, self.in_features
 
 
 def decode_items(slots: list[tuple[int, int]]) -> torch.Tensor:

@@ -16,30 +16,37 @@ from collections.abc import Callable
 import bitsandbytes as bnb
 import torch
 
-from .kernels import CpuKernels
+from .kernels import CpuKernels, Q4Weight
 
 
 class FixedOrder4bit:
     """A `Linear4bit` layer's forward through `CpuKernels.gemm_q4` (bitsandbytes' for inputs that need
-    gradients, which only training has)."""
+    gradients, which only training has). The weight is checked once and again only when its data moves."""
 
     def __init__(self, module: bnb.nn.Linear4bit, kernels: CpuKernels) -> None:
         self.module = module
         self.kernels = kernels
         self.fallback: Callable[[torch.Tensor], torch.Tensor] = module.forward
+        self.weight = self._prepare()
+
+    def _prepare(self) -> Q4Weight:
+        weight = self.module.weight
+        state = weight.quant_state  # type: ignore[attr-defined]
+        return self.kernels.q4_weight(weight.data, state.absmax, state.code, state.blocksize, state.shape[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad and torch.is_grad_enabled():
             return self.fallback(x)
-        weight = self.module.weight
-        state = weight.quant_state  # type: ignore[attr-defined]
-        rows = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        if rows.stride(-1) != 1:
-            rows = rows.contiguous()
-        out = self.kernels.gemm_q4(rows, weight.data, state.absmax, state.code, state.blocksize, state.shape[0])
-        result = out.to(x.dtype).view(*x.shape[:-1], -1)
+        if self.module._parameters["weight"].data_ptr() != self.weight.pointers[0]:
+            self.weight = self._prepare()
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.dtype != torch.float32 or rows.stride(-1) != 1:
+            rows = rows.to(torch.float32).contiguous()
+        out = self.kernels.gemm_q4(rows, self.weight).view(*x.shape[:-1], -1)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
         bias = self.module.bias
-        return result if bias is None else result + bias.to(x.dtype)
+        return out if bias is None else out + bias.to(x.dtype)
 
 
 def takes(module: torch.nn.Module, kernels: CpuKernels) -> bool:
