@@ -55,21 +55,23 @@ def test_gemm_nt_takes_rows_with_a_stride(cpu_kernels: CpuKernels) -> None:
 # -- the 4-bit base: x @ dequant(W).T ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("prefill", [False, True], ids=["decode", "prefill"])
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize(("n", "k", "blocksize"), [(96, 576, 64), (40, 1536, 64), (18, 256, 128)])
 def test_gemm_q4_matches_bitsandbytes_dequantized_weight(
-    cpu_kernels: CpuKernels, threads: int, quant_type: str, n: int, k: int, blocksize: int
+    cpu_kernels: CpuKernels, threads: int, quant_type: str, n: int, k: int, blocksize: int, prefill: bool
 ) -> None:
-    """Against float64 products with the weight bitsandbytes itself dequantizes; rows alone, in panels
-    (8 rows and more) and in direct tiles give the same bits."""
+    """Against float64 products with the weight bitsandbytes itself dequantizes; within each kernel
+    (decode: direct tiles below 8 rows, panels from 8; prefill: panels) a row alone and among others
+    gives the same bits."""
     packed, state = bnbf.quantize_4bit(torch.randn(n, k, generator=_gen(4)), blocksize=blocksize, quant_type=quant_type)
     dense = bnbf.dequantize_4bit(packed, state).double()
     x = torch.randn(20, k, generator=_gen(5))
     weight = cpu_kernels.q4_weight(packed, state.absmax, state.code, blocksize, n)
-    together = cpu_kernels.gemm_q4(x, weight)
+    together = cpu_kernels.gemm_q4(x, weight, prefill)
     torch.testing.assert_close(together.double(), x.double() @ dense.T, rtol=1e-5, atol=1e-3)
     for start, stop in SLICES:
-        alone = cpu_kernels.gemm_q4(x[start:stop], weight)
+        alone = cpu_kernels.gemm_q4(x[start:stop], weight, prefill)
         assert torch.equal(alone, together[start:stop]), (start, stop)
 
 

@@ -6,7 +6,8 @@
  * differ between CPUs with other vector widths, which is fine: a server runs on one).
  *
  *   hotlora_gemm_nt   y = x @ w.T, w [N, K] float32 (the output layer's logits)
- *   hotlora_gemm_q4   y = x @ dequant(w).T for bitsandbytes' 4-bit layout (the base's layers)
+ *   hotlora_gemm_q4   y = x @ dequant(w).T for bitsandbytes' 4-bit layout (the base's layers, decode)
+ *   hotlora_gemm_q4_prefill  the same for a prefill's many rows, in panels
  *   hotlora_gemm_nn   y (+)= x @ w, w [K, N] float32 (a prefill's LoRA deltas on the stacked blocks)
  *   hotlora_lora_decode  a decode step's LoRA deltas, each row through its own adapter's columns only
  */
@@ -353,6 +354,48 @@ int32_t hotlora_gemm_nn(const float *x, int64_t ldx, const float *w, int64_t ldw
             for (int r = 0; r < mr; r++) memcpy(y + (m0 + r) * ldy + n0, yp + r * NN_NR, cols * sizeof(float));
             free(wp);
         }
+    return status;
+}
+
+/* ---- A prefill's 4-bit products: y = x @ dequant(w).T with the weight dequantized (bitsandbytes'
+ * rounding) into panels of NN_NR columns and multiplied by the tiles above, each row one multiply-add
+ * per k in order. Faster for the hundreds of rows of a prefill than `hotlora_gemm_q4`, whose order it
+ * does not share: a prefill always takes this one, a decode step the other, so either way a row's bits
+ * do not depend on the other rows. Returns 0, or -1 when out of memory. ---- */
+int32_t hotlora_gemm_q4_prefill(const float *x, int64_t ldx, const uint8_t *w, const float *absmax,
+                                const float *code, int64_t blocksize, float *y, int64_t ldy, int64_t M,
+                                int64_t N, int64_t K, int32_t threads)
+{
+    const int64_t nt = (N + NN_NR - 1) / NN_NR, half = K / 2, blocks = K / blocksize;
+    int32_t status = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) if (nt > 1)
+    for (int64_t j = 0; j < nt; j++) {
+        const int64_t n0 = j * NN_NR, cols = N - n0 < NN_NR ? N - n0 : NN_NR;
+        float *panel = calloc((size_t)K * NN_NR, sizeof(float)), yp[NN_MR * NN_NR];
+        if (panel == NULL) {
+            status = -1;
+            continue;
+        }
+        for (int64_t c = 0; c < cols; c++) {
+            const uint8_t *row = w + (n0 + c) * half;
+            const float *scales = absmax + (n0 + c) * blocks;
+            for (int64_t i = 0; i < half; i++) {
+                const float scale = scales[2 * i / blocksize];
+                panel[2 * i * NN_NR + c] = code[row[i] >> 4] * scale;
+                panel[(2 * i + 1) * NN_NR + c] = code[row[i] & 15] * scale;
+            }
+        }
+        for (int64_t m0 = 0; m0 < M; m0 += NN_MR) {
+            const int mr = tile_size(M - m0, NN_MR);
+            if (cols == NN_NR) {
+                NN[mr - 1](x + m0 * ldx, ldx, panel, NN_NR, y + m0 * ldy + n0, ldy, K, 0);
+                continue;
+            }
+            NN[mr - 1](x + m0 * ldx, ldx, panel, NN_NR, yp, NN_NR, K, 0);
+            for (int r = 0; r < mr; r++) memcpy(y + (m0 + r) * ldy + n0, yp + r * NN_NR, cols * sizeof(float));
+        }
+        free(panel);
+    }
     return status;
 }
 

@@ -66,6 +66,9 @@ class CpuKernels:
         self._q4 = library.hotlora_gemm_q4
         self._q4.argtypes = [_PTR, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _I32]
         self._q4.restype = _I32
+        self._q4_prefill = library.hotlora_gemm_q4_prefill
+        self._q4_prefill.argtypes = self._q4.argtypes
+        self._q4_prefill.restype = _I32
         self._nn = library.hotlora_gemm_nn
         self._nn.argtypes = [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _I32, _I32]
         self._nn.restype = _I32
@@ -100,15 +103,17 @@ class CpuKernels:
         _check(all(t.device.type == "cpu" for t in (packed, absmax, code)), "4-bit weights must be on the CPU")
         return Q4Weight(packed, absmax, code, blocksize, n, k)
 
-    def gemm_q4(self, x: torch.Tensor, weight: Q4Weight) -> torch.Tensor:
+    def gemm_q4(self, x: torch.Tensor, weight: Q4Weight, prefill: bool = False) -> torch.Tensor:
         """`x @ W.T` for float32 `x` `[M, K]` with contiguous rows (checked at every call: a few
-        attribute reads, as this runs once per 4-bit layer per forward)."""
+        attribute reads, as this runs once per 4-bit layer per forward). `prefill`: the panel kernel,
+        faster for many rows; a row's bits differ between the two, so a caller keeps each phase on one."""
         if not (x.dtype == torch.float32 and x.dim() == 2 and x.stride(1) == 1 and x.device.type == "cpu"):
             _rows(x, "x")  # raises with the reason
         m, k = x.shape
         _check(k == weight.in_features and x.stride(0) >= k, f"x has {k} features, the weight {weight.in_features}")
         y = torch.empty(m, weight.out_features, dtype=torch.float32)
-        if m and self._q4(x.data_ptr(), x.stride(0), *weight.pointers, y.data_ptr(), *weight.sizes(m), torch.get_num_threads()):
+        fn = self._q4_prefill if prefill else self._q4
+        if m and fn(x.data_ptr(), x.stride(0), *weight.pointers, y.data_ptr(), *weight.sizes(m), torch.get_num_threads()):
             raise MemoryError("the 4-bit kernel could not allocate its buffers")
         return y
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import bitsandbytes as bnb
 import torch
 
+from ..phase import is_prefilling
 from .kernels import CpuKernels, Q4Weight
 
 
@@ -42,7 +43,7 @@ class FixedOrder4bit:
         rows = x.reshape(-1, x.shape[-1])
         if rows.dtype != torch.float32 or rows.stride(-1) != 1:
             rows = rows.to(torch.float32).contiguous()
-        out = self.kernels.gemm_q4(rows, self.weight).view(*x.shape[:-1], -1)
+        out = self.kernels.gemm_q4(rows, self.weight, prefill=is_prefilling()).view(*x.shape[:-1], -1)
         if out.dtype != x.dtype:
             out = out.to(x.dtype)
         bias = self.module.bias
