@@ -36,6 +36,9 @@ class BaseSpec:
 
     architecture: str
     module_shapes: Mapping[str, tuple[int, int]]
+    # the transformers module folder of the base's class, what PEFT's `auto_mapping` records: `gemma3`
+    # for model type `gemma3_text` (not fingerprinted: adapters registered before it keep their prints)
+    library: str = ""
 
     def __post_init__(self) -> None:
         shapes = {str(name): (int(shape[0]), int(shape[1])) for name, shape in self.module_shapes.items()}
@@ -73,7 +76,7 @@ def find_mismatches(files: AdapterFiles, base: BaseSpec) -> list[str]:
     config = files.config
     mismatches: list[str] = []
     arch = config.architecture
-    if arch is not None and _norm_arch(arch) != _norm_arch(base.architecture):
+    if arch is not None and _norm_arch(arch) not in {_norm_arch(base.architecture), _norm_arch(base.library)}:
         mismatches.append(
             f"the adapter was made for a {arch!r} model (adapter_config.json auto_mapping), "
             f"the base is {base.architecture!r}"

@@ -124,14 +124,24 @@ def resolve_base(base: str | None, models_dir: Path) -> ResolvedBase:
 
 
 def meta_model(source: Path | str, attn_implementation: str = "sdpa") -> Any:
-    """The base model's module tree with no weights (meta device): shapes, names, parameter counts."""
+    """The base model's module tree with no weights (meta device): shapes, names, parameter counts.
+
+    A family without SDPA (Gemma 2, whose attention caps its scores) gets eager attention instead;
+    `model.config._attn_implementation` says which the training will use.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(source)
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+        try:
+            return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+        except ValueError:
+            if attn_implementation != "sdpa":
+                raise
+            log.info("%s has no SDPA attention: training with eager attention", type(config).__name__)
+            return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
 
 
 def base_spec(model: Any) -> BaseSpec:
@@ -144,7 +154,8 @@ def base_spec(model: Any) -> BaseSpec:
             shapes[name] = (module.out_features, module.in_features)
         elif isinstance(module, torch.nn.Embedding):
             shapes[name] = (module.num_embeddings, module.embedding_dim)
-    return BaseSpec(architecture=model.config.model_type, module_shapes=shapes)
+    library = type(model).__module__.split(".")
+    return BaseSpec(model.config.model_type, shapes, library[2] if library[:2] == ["transformers", "models"] else "")
 
 
 def model_shape(model: Any) -> ModelShape:

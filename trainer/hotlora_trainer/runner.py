@@ -101,6 +101,8 @@ def train(
     load_device = f"cuda:{local_rank}" if device == "cuda" and world > 1 else device
     _check_optional_deps(config, device)
     meta = meta_model(resolved.source, config.attn_implementation)
+    if meta.config._attn_implementation != config.attn_implementation:  # eager where the family has no SDPA
+        config = config.model_copy(update={"attn_implementation": meta.config._attn_implementation})
     spec = base_spec(meta)
     shape = model_shape(meta)
     check_module_names(config, meta)

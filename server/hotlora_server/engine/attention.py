@@ -29,11 +29,13 @@ def batch_invariant_attention(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
+    softcap: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function contract: `[rows, heads, q, dim]` in, `[rows, q, heads, dim]` out.
 
-    `attention_mask` is SDPA's boolean `[rows, 1, q, keys]` (True: may attend) or None for plain causal.
+    `attention_mask` is SDPA's boolean `[rows, 1, q, keys]` (True: may attend) or None for plain causal;
+    `softcap` caps the scores as `softcap * tanh(scores / softcap)` (Gemma 2's attention softcapping).
     """
     rows, heads, q_len, dim = query.shape
     keys = key.shape[2]
@@ -49,6 +51,8 @@ def batch_invariant_attention(
         stop = min(start + QUERY_BLOCK, q_len)
         q = query[:, :, start:stop].double().reshape(rows, kv_heads, group * (stop - start), dim)
         scores = torch.matmul(q, k).view(rows, kv_heads, group, stop - start, keys) * scale
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
         allowed = attention_mask[:, :, None, start:stop]  # [rows, 1, 1, block, keys]
         scores = scores.masked_fill(~allowed, torch.finfo(torch.float64).min)  # padding rows stay finite
         probs = torch.softmax(scores, dim=-1).view(rows, kv_heads, group * (stop - start), keys)

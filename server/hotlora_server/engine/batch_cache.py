@@ -17,6 +17,13 @@ from transformers.cache_utils import DynamicLayer
 ROOM = 64  # columns of room added whenever a layer's buffer is full or was replaced
 
 
+def new_cache() -> DynamicCache:
+    """A cache of full layers for one prefill. Sliding-window layers keep every column too (their attention
+    mask still limits what a query sees), so rows join, leave and move columns in every layer alike; the
+    price is memory beyond the window on prompts longer than it."""
+    return DynamicCache()
+
+
 class _GrowingLayer(DynamicLayer):
     """A `DynamicLayer` whose keys and values are views into buffers with room for more columns.
 

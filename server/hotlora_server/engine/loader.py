@@ -165,7 +165,8 @@ def base_spec(model: torch.nn.Module) -> BaseSpec:
             shapes[name] = (module.out_features, module.in_features)
         elif isinstance(module, torch.nn.Embedding):
             shapes[name] = (module.num_embeddings, module.embedding_dim)
-    return BaseSpec(architecture=model.config.model_type, module_shapes=shapes)
+    library = type(model).__module__.split(".")
+    return BaseSpec(model.config.model_type, shapes, library[2] if library[:2] == ["transformers", "models"] else "")
 
 
 def load_model(settings: Settings) -> LoadedModel:

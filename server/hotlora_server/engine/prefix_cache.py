@@ -8,9 +8,9 @@ Entries are least recently used first out, within `capacity` bytes. Prompts long
 budget (prefilled alone, in chunks) neither use nor fill it, and nothing does while an adapter is merged
 into the base weights (the base computes something else then).
 
-Batch invariance holds: prefill GEMMs run on fixed-size row tiles and attention in float64, so a prefix's
-keys and values are the same bits computed alone, within a longer prompt or within a batch — the prompt
-gets the same KV from the cache as it would compute.
+Batch invariance holds: every product of a prefill is row-invariant and attention runs in float64, so a
+prefix's keys and values are the same bits computed alone, within a longer prompt or within a batch —
+the prompt gets the same KV from the cache as it would compute.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from transformers import DynamicCache
 from ..errors import HotloraError
 from ..types import ChoiceDelta, GenerationEvent, GenerationRequest, TokenLogprob, TopLogprob, Usage
 from .adapter_pool import AdapterPool
-from .batch_cache import BatchCache
+from .batch_cache import BatchCache, new_cache
 from .generate import decode_one_token, prefill
 from .loader import LoadedModel
 from .prefix_cache import LayerKV, PrefixCache
@@ -275,8 +275,11 @@ class Scheduler:
         """Prefill whole prompts together and start their rows.
 
         A prompt whose first blocks are in the prefix cache runs only the rest: the batch's cache starts
-        with every row's cached prefix left-padded to the longest, the new tokens follow left-padded too,
-        and afterwards each row's valid columns are moved to the end so that the batch stays left-padded.
+        with every row's cached prefix left-padded to the longest, and the new tokens follow. Every row
+        runs as many new tokens as the longest (a row reuses less of its cached prefix when that is what
+        it takes; the forward computes that many columns for every row anyway), so no row has padding
+        between its prefix and its new tokens: each row's tokens are one run at the end of the cache, and
+        a sliding window counted in columns is counted in tokens.
         """
         device = self._loaded.device
         jobs = sorted(jobs, key=lambda job: job.key or "")  # an adapter's rows together: one LoRA slice each
@@ -284,24 +287,25 @@ class Scheduler:
         with self._pool.routing(keys, decode=False) as kwargs:  # type: ignore[arg-type]
             prefixes = self._prefixes()
             hits = [prefixes.lookup(job.key, job.prompt_ids) if prefixes else (0, None) for job in jobs]  # type: ignore[arg-type]
+            full = torch.tensor([len(job.prompt_ids) for job in jobs])
+            width = int((full - torch.tensor([count for count, _ in hits])).max())
+            hits = [_shorten(hit, max(0, int(n) - width)) for hit, n in zip(hits, full, strict=True)]
             held = torch.tensor([count for count, _ in hits])
-            lengths = torch.tensor([len(job.prompt_ids) for job in jobs]) - held
-            width, past = int(lengths.max()), int(held.max())
-            pad = width - lengths
+            lengths = full - held
+            past = int(held.max())
+            pad = width - lengths  # non-zero only for rows without a cached prefix
             ids = torch.tensor([[0] * int(p) + job.prompt_ids[int(h) :] for p, h, job in zip(pad, held, jobs, strict=True)])
             columns = torch.arange(past + width)[None, :]
-            valid = ((columns >= (past - held)[:, None]) & ((columns < past) | (columns >= past + pad[:, None]))).to(device)
+            total_pad = past + width - full  # each row's tokens are the last `full` columns
+            valid = (columns >= total_pad[:, None]).to(device)
             positions = (columns[:, past:] - past - pad[:, None]).clamp(min=0) + held[:, None]
-            cache = DynamicCache(config=self._loaded.model.config)
+            cache = new_cache()
             if past:
                 _fill_past(cache, hits, past, device)
             self.stats.prefill_tokens += int(lengths.sum())
             self.stats.prefix_cache_hit_tokens += int(held.sum())
             logits = prefill(self._pool.model, ids.to(device), cache, attention_mask=valid.long(),
                              position_ids=positions.to(device), **kwargs)  # fmt: skip
-        if past:
-            _left_align(cache, valid)
-        total_pad = past + pad - held
         if prefixes is not None:
             for i, job in enumerate(jobs):
                 start = int(total_pad[i])
@@ -313,7 +317,7 @@ class Scheduler:
         """Run the next chunk of a long prompt in the job's own cache; after the last, start its rows."""
         assert job.key is not None
         if job.cache is None:
-            job.cache = DynamicCache(config=self._loaded.model.config)
+            job.cache = new_cache()
         chunk = job.prompt_ids[job.prefilled : job.prefilled + self._token_budget]
         ids = torch.tensor([chunk], device=self._loaded.device)
         self.stats.prefill_tokens += len(chunk)
@@ -424,12 +428,14 @@ def _fill_past(cache: DynamicCache, hits: list[tuple[int, LayerKV | None]], past
         cache.update(k, v, index)
 
 
-def _left_align(cache: DynamicCache, valid: torch.Tensor) -> None:
-    """Move each row's `valid` columns (`[rows, columns]`) to the end, keeping their order: left padding."""
-    order = torch.argsort(valid.int(), dim=1, stable=True)
-    for layer in cache.layers:
-        index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
-        layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
+def _shorten(hit: tuple[int, LayerKV | None], at_most: int) -> tuple[int, LayerKV | None]:
+    """A prefix-cache hit cut to its first `at_most` tokens."""
+    count, layers = hit
+    if layers is None or count <= at_most:
+        return hit
+    if at_most == 0:
+        return 0, None
+    return at_most, [(k[:, :, :at_most], v[:, :, :at_most]) for k, v in layers]
 
 
 def _jobs_of(rows: list[Row]) -> list[Job]:

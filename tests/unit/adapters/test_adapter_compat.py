@@ -61,6 +61,10 @@ def test_architecture_recorded_by_peft_is_checked(adapter_dir: Path, tiny_base_s
     assert find_mismatches(inspect_adapter(adapter_dir), other) == [
         "the adapter was made for a 'llama' model (adapter_config.json auto_mapping), the base is 'mistral'"
     ]
+    # PEFT records the module folder (`gemma3`), not the model type (`gemma3_text`): the base says both
+    folder = BaseSpec(architecture="llama_text", module_shapes=tiny_base_spec.module_shapes, library="llama")
+    assert find_mismatches(inspect_adapter(adapter_dir), folder) == []
+    assert folder.fingerprint() == BaseSpec("llama_text", tiny_base_spec.module_shapes).fingerprint()
 
 
 def test_untargeted_weights_and_wrong_rank(adapter_dir: Path, edit_adapter_config, tiny_base_spec: BaseSpec) -> None:

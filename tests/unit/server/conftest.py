@@ -120,6 +120,34 @@ def running_engine(settings: Any) -> Iterator[Any]:
         engine.stop()
 
 
+def chat_request(model: str, content: str, n: int = 1, **sampling: Any) -> Any:
+    """An engine request: one user turn, greedy and 12 tokens unless `sampling` says otherwise."""
+    import uuid
+
+    from hotlora_server.types import GenerationRequest, SamplingParams
+
+    return GenerationRequest(
+        request_id=str(uuid.uuid4()),
+        model=model,
+        messages=({"role": "user", "content": content},),
+        sampling=SamplingParams(**{"max_tokens": 12, "temperature": 0.0, **sampling}),
+        n=n,
+    )
+
+
+async def collect(engine: Any, request: Any) -> tuple[dict[int, str], Any]:
+    """A request's text per choice index and its usage, read from the engine's event stream."""
+    from hotlora_server.types import ChoiceDelta, Usage
+
+    texts: dict[int, str] = {}
+    async for event in engine.generate(request):
+        if isinstance(event, ChoiceDelta):
+            texts[event.index] = texts.get(event.index, "") + event.text
+        elif isinstance(event, Usage):
+            return texts, event
+    raise AssertionError("no usage event")
+
+
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_dir: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The real engine serving the tiny model, started and ready."""

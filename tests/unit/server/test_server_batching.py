@@ -9,20 +9,19 @@ import asyncio
 import dataclasses
 import shutil
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import ADAPTER_NAME, TINY_NAME, running_engine, tiny_settings
+from conftest import ADAPTER_NAME, TINY_NAME, chat_request, collect, running_engine, tiny_settings
 from peft import PeftModel
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from hotlora_server.engine.batch_cache import ROOM, BatchCache, _GrowingLayer
 from hotlora_server.errors import HotloraError
-from hotlora_server.types import BlendSpec, ChoiceDelta, GenerationRequest, SamplingParams, Usage
+from hotlora_server.types import BlendSpec, Usage
 
 
 def test_the_pool_stacks_blends_after_plain_adapters(tiny_dir: Path, tmp_path: Path, adapter_store: Path) -> None:
@@ -32,8 +31,8 @@ def test_the_pool_stacks_blends_after_plain_adapters(tiny_dir: Path, tmp_path: P
         shutil.copytree(adapter_store / ADAPTER_NAME, store / name)
     blend = BlendSpec(components=(("x", 0.5), ("y", 0.5)))
     with running_engine(tiny_settings(tiny_dir, tmp_path, store)) as engine:
-        asyncio.run(_collect(engine, dataclasses.replace(_request(blend.label(), "Hi"), blend=blend)))
-        asyncio.run(_collect(engine, _request("z", "Hi")))
+        asyncio.run(collect(engine, dataclasses.replace(chat_request(blend.label(), "Hi"), blend=blend)))
+        asyncio.run(collect(engine, chat_request("z", "Hi")))
         pool = engine._pool
         assert pool._stack.covers(pool.model, set())
         labels = {r.key: r.label for r in pool._resident.values()}
@@ -116,26 +115,6 @@ def test_padded_batch_matches_each_row_alone(peft_model: PeftModel) -> None:
     assert batch.rows == 0 and batch.cache is None
 
 
-def _request(model: str, content: str, n: int = 1, **sampling: Any) -> GenerationRequest:
-    return GenerationRequest(
-        request_id=str(uuid.uuid4()),
-        model=model,
-        messages=({"role": "user", "content": content},),
-        sampling=SamplingParams(**{"max_tokens": 12, "temperature": 0.0, **sampling}),
-        n=n,
-    )
-
-
-async def _collect(engine: Any, request: GenerationRequest) -> tuple[dict[int, str], Usage]:
-    texts: dict[int, str] = {}
-    async for event in engine.generate(request):
-        if isinstance(event, ChoiceDelta):
-            texts[event.index] = texts.get(event.index, "") + event.text
-        elif isinstance(event, Usage):
-            return texts, event
-    raise AssertionError("no usage event")
-
-
 REQUESTS = [
     (TINY_NAME, "hello there", {}),
     (ADAPTER_NAME, "a somewhat longer prompt about lighthouses and storms at sea", {}),
@@ -148,10 +127,10 @@ REQUESTS = [
 
 def _outputs(engine: Any, concurrently: bool, cases: list[tuple[str, str, dict[str, Any]]] = REQUESTS) -> list[tuple[dict[int, str], int]]:
     async def run() -> list[tuple[dict[int, str], Usage]]:
-        requests = [_request(model, text, **extra) for model, text, extra in cases]
+        requests = [chat_request(model, text, **extra) for model, text, extra in cases]
         if concurrently:
-            return list(await asyncio.gather(*(_collect(engine, r) for r in requests)))
-        return [await _collect(engine, r) for r in requests]
+            return list(await asyncio.gather(*(collect(engine, r) for r in requests)))
+        return [await collect(engine, r) for r in requests]
 
     return [(texts, usage.completion_tokens) for texts, usage in asyncio.run(run())]
 
@@ -184,10 +163,10 @@ def test_chunked_prefill_and_waiting_rows_give_the_same_outputs(
 
 def test_a_cancelled_stream_leaves_and_the_others_finish(tiny_engine: Any) -> None:
     async def run() -> tuple[dict[int, str], Usage]:
-        long = _request(TINY_NAME, "never mind", max_tokens=200)
+        long = chat_request(TINY_NAME, "never mind", max_tokens=200)
         stream = tiny_engine.generate(long)
         await anext(stream)
-        other = asyncio.create_task(_collect(tiny_engine, _request(ADAPTER_NAME, "still here", max_tokens=30)))
+        other = asyncio.create_task(collect(tiny_engine, chat_request(ADAPTER_NAME, "still here", max_tokens=30)))
         await stream.aclose()  # the client went away
         return await other
 
@@ -216,7 +195,7 @@ def test_requests_beyond_max_queue_get_429_at_once(
         asyncio.run(engine.call(lambda _pool: (entered.set(), gate.wait(60))))
 
     def queued_request() -> None:
-        results.append(asyncio.run(_collect(engine, _request(TINY_NAME, "I wait", max_tokens=5))))
+        results.append(asyncio.run(collect(engine, chat_request(TINY_NAME, "I wait", max_tokens=5))))
 
     try:
         assert engine._ready.wait(120)
@@ -278,7 +257,7 @@ def test_a_cached_prefix_costs_the_prefill_budget_nothing(
 
     prompts = [SHARED + question for question in ("Which night was worst?", "Which night was calmest?", "How many?")]
     with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store)) as engine:
-        lengths = [asyncio.run(_collect(engine, _request(TINY_NAME, p)))[1].prompt_tokens for p in prompts]
+        lengths = [asyncio.run(collect(engine, chat_request(TINY_NAME, p)))[1].prompt_tokens for p in prompts]
     groups: list[int] = []
     prefill_group = Scheduler._prefill_group
     monkeypatch.setattr(Scheduler, "_prefill_group", lambda self, jobs: (groups.append(len(jobs)), prefill_group(self, jobs))[1])
@@ -286,7 +265,7 @@ def test_a_cached_prefix_costs_the_prefill_budget_nothing(
     async def burst(engine: Any) -> None:  # all three queued while a management task holds the engine thread
         gate = threading.Event()
         holder = asyncio.create_task(engine.call(lambda _pool: gate.wait(60)))
-        tasks = [asyncio.create_task(_collect(engine, _request(TINY_NAME, p))) for p in prompts]
+        tasks = [asyncio.create_task(collect(engine, chat_request(TINY_NAME, p))) for p in prompts]
         while engine._jobs.qsize() < len(prompts):
             await asyncio.sleep(0.01)
         gate.set()
@@ -294,7 +273,7 @@ def test_a_cached_prefix_costs_the_prefill_budget_nothing(
         await asyncio.gather(*tasks)
 
     with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store, max_num_batched_tokens=max(lengths))) as engine:
-        asyncio.run(_collect(engine, _request(TINY_NAME, prompts[0])))  # caches the shared blocks
+        asyncio.run(collect(engine, chat_request(TINY_NAME, prompts[0])))  # caches the shared blocks
         cached = engine._scheduler.stats.prefix_cache_hit_tokens
         asyncio.run(burst(engine))
         hits = engine._scheduler.stats.prefix_cache_hit_tokens - cached
@@ -348,9 +327,9 @@ def test_prompts_arriving_during_a_prefill_are_prefilled_before_the_decode_step(
     held = _HeldPrefills(monkeypatch)
 
     async def burst(engine: Any) -> list[tuple[dict[int, str], Usage]]:
-        first = asyncio.create_task(_collect(engine, _request(TINY_NAME, "Tell me a story.")))
+        first = asyncio.create_task(collect(engine, chat_request(TINY_NAME, "Tell me a story.")))
         await held.wait_started(0)
-        rest = [asyncio.create_task(_collect(engine, _request(TINY_NAME, f"Count to {i}."))) for i in range(3)]
+        rest = [asyncio.create_task(collect(engine, chat_request(TINY_NAME, f"Count to {i}."))) for i in range(3)]
         await _queued(engine, len(rest))
         held.release[0].set()
         return await asyncio.gather(first, *rest)
@@ -370,7 +349,7 @@ def test_a_step_prefills_at_most_twice_before_decoding(
     async def trickle(engine: Any) -> list[tuple[dict[int, str], Usage]]:
         tasks = []
         for index, prompt in enumerate(("Tell me a story.", "Count to 3.", "Name a colour.")):
-            tasks.append(asyncio.create_task(_collect(engine, _request(TINY_NAME, prompt))))
+            tasks.append(asyncio.create_task(collect(engine, chat_request(TINY_NAME, prompt))))
             if index:
                 await _queued(engine, 1)
                 held.release[index - 1].set()
@@ -390,7 +369,7 @@ def test_a_stop_taken_between_prefills_still_stops_the_engine(
     held = _HeldPrefills(monkeypatch)
 
     async def stop_during_prefill(engine: Any) -> BaseException:
-        first = asyncio.create_task(_collect(engine, _request(TINY_NAME, "Tell me a story.")))
+        first = asyncio.create_task(collect(engine, chat_request(TINY_NAME, "Tell me a story.")))
         await held.wait_started(0)
         stopping = threading.Thread(target=engine.stop, kwargs={"timeout": 60})
         stopping.start()
