@@ -5,6 +5,7 @@ use it without loading a model. PEFT operations that need torch live in `hotlora
 which this module never imports.
 """
 
+from .chat_templates import ChatTemplateError, resolve_chat_template
 from .compat import BaseSpec, check_compatible, find_mismatches
 from .errors import (
     AdapterError,
@@ -40,6 +41,7 @@ __all__ = [
     "AdapterStore",
     "BaseSpec",
     "BlendSource",
+    "ChatTemplateError",
     "IncompatibleAdapterError",
     "InvalidAdapterError",
     "InvalidAdapterNameError",
@@ -63,5 +65,6 @@ __all__ = [
     "read_manifest",
     "read_safetensors_header",
     "read_tensor_shapes",
+    "resolve_chat_template",
     "validate_adapter_name",
 ]

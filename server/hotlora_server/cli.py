@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* ($HOTLORA_API_KEY)")
+    serve.add_argument("--chat-template",
+                       help="the chat template for models without one (or to replace it): `chatml` (built in), "
+                            "a Jinja file, or the template itself; train with the same one")  # fmt: skip
     serve.add_argument("--adapters-dir", help="adapter store (default $HOTLORA_HOME/adapters)")
     serve.add_argument("--allow-adapter-dir", action="append",
                        help="a folder adapters may be loaded from by path (repeatable; the store is always allowed)")  # fmt: skip

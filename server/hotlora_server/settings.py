@@ -32,6 +32,7 @@ class Settings(BaseModel):
 
     model: str | None = Field(None, description="HF folder, GGUF file or hub id; None: the embedded SmolLM2")
     served_model_name: str | None = None
+    chat_template: str | None = Field(None, description="chatml, a Jinja file, or a template (vLLM's flag)")
     quantize: Quantize = "nf4"
     device: Device = "auto"
     dtype: DType = "auto"

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hotlora_adapters import BaseSpec
+from hotlora_adapters import BaseSpec, ChatTemplateError, resolve_chat_template
 
-from .errors import BaseModelError
+from .errors import BaseModelError, ConfigError
 from .memory import ModelShape
 
 log = logging.getLogger(__name__)
@@ -210,13 +210,20 @@ def bf16_autocast(device: str, qlora: bool) -> bool:
     return device == "cpu" and not qlora and bool(getattr(torch.cpu, "_is_avx512_bf16_supported", bool)())
 
 
-def load_tokenizer(source: Path | str) -> Any:
+def load_tokenizer(source: Path | str, chat_template: str | None = None) -> Any:
+    """The base's tokenizer, with `chat_template` (`--chat-template`: the server's rule) when given."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
         raise BaseModelError(f"cannot load the tokenizer of {source}: {e}") from e
+    if chat_template is not None:
+        try:
+            tokenizer.chat_template = resolve_chat_template(chat_template)
+        except ChatTemplateError as e:
+            raise ConfigError(str(e)) from None
+    return tokenizer
 
 
 def load_for_training(source: Path | str, *, device: str, qlora: bool, attn_implementation: str) -> Any:

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--save-steps", type=int, help="checkpoint every N steps, for --resume (default 100)")
     tr.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run of --name")
     tr.add_argument("--attn-implementation", choices=["sdpa", "eager"], help="default sdpa")
+    tr.add_argument("--chat-template",
+                    help="for a base without a chat template (or to replace it): `chatml`, a Jinja file, or the "
+                         "template itself; serve with the same --chat-template")  # fmt: skip
     tr.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto (CUDA when present)")
     tr.add_argument("--threads", dest="torch_threads", type=int,
                     help="CPU threads for torch (default: one per idle core)")  # fmt: skip

@@ -70,6 +70,7 @@ class TrainConfig(BaseModel):
     eval_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of the file held out for eval_loss")
     resume: bool = False
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    chat_template: str | None = Field(None, description="chatml, a Jinja file, or a template: the server's flag")
 
     # hotlora
     qlora: bool = False
@@ -182,6 +183,8 @@ class TrainConfig(BaseModel):
         out: dict[str, Any] = {**self.lora_kwargs(), **self.sft_kwargs()}
         out["eval_split"] = self.eval_split
         out["attn_implementation"] = self.attn_implementation
+        if self.chat_template is not None:
+            out["chat_template"] = self.chat_template
         out["qlora"] = self.qlora
         if self.qlora:
             out.update(load_in_4bit=True, bnb_4bit_quant_type="nf4", prepare_model_for_kbit_training=True)

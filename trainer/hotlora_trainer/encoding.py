@@ -105,7 +105,8 @@ def encode_rows(tokenizer: Any, fmt: Format, rows: Sequence[Row], source: str) -
     if fmt in ("messages", "conversational_prompt_completion") and not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
             f"{source} is in a chat format but the base model's tokenizer has no chat template: "
-            "use the 'text' or plain 'prompt'/'completion' format, or a base with a chat template"
+            "use --chat-template chatml (or a Jinja file), the 'text' or plain 'prompt'/'completion' format, "
+            "or a base with a chat template"
         )
     if not getattr(tokenizer, "is_fast", True):
         raise ConfigError("the base model's tokenizer is not a fast tokenizer (no character offsets): not supported")

@@ -108,7 +108,7 @@ def train(
     check_module_names(config, meta)
     trainable = count_trainable(meta, config)
 
-    tokenizer = load_tokenizer(resolved.source)
+    tokenizer = load_tokenizer(resolved.source, config.chat_template)
     train_enc, eval_enc = encode_dataset(tokenizer, dataset)
     warning = length_report(train_enc + eval_enc, config.max_length)
     if warning:

@@ -22,7 +22,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
-from hotlora_adapters import BaseSpec
+from hotlora_adapters import BaseSpec, ChatTemplateError, resolve_chat_template
 
 from ..settings import EMBEDDED_MODEL_NAME, Settings
 from . import cpu
@@ -188,6 +188,11 @@ def load_model(settings: Settings) -> LoadedModel:
             "hub (or a cached copy); otherwise pass a local folder or a .gguf file with --model."
         ) from exc
     model.eval()
+    if settings.chat_template is not None:
+        try:
+            tokenizer.chat_template = resolve_chat_template(settings.chat_template)
+        except ChatTemplateError as exc:
+            raise ModelLoadError(str(exc)) from exc
     if device.type == "cpu":
         try:
             path = cpu.install(model, settings, dtype)

@@ -13,7 +13,9 @@ def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[
     """Render `messages` with the chat template (generation prompt appended) and tokenize the result."""
     if tokenizer.chat_template is None:
         raise InvalidRequestError(
-            "this model has no chat template; use /v1/completions with a raw prompt", param="messages"
+            "this model has no chat template: the server can be started with --chat-template chatml (or a "
+            "Jinja file), or use /v1/completions with a raw prompt",
+            param="messages",
         )
     text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
