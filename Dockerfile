@@ -1,11 +1,15 @@
 # hotlora server image for NVIDIA GPUs.
 #
 #   docker build -t hotlora .
-#   docker run --gpus all -p 8000:8000 hotlora                       # then http://127.0.0.1:8000
-#   docker run --gpus all -p 8000:8000 -v hotlora-data:/data/hotlora hotlora --api-key "$KEY"
+#   export HOTLORA_API_KEY="$(openssl rand -hex 32)"   # clients send it as 'Authorization: Bearer ...'
+#   docker run --gpus all -p 8000:8000 -v hotlora-data:/data/hotlora -e HOTLORA_API_KEY hotlora
+#   docker run --gpus all -p 127.0.0.1:8000:8000 hotlora --insecure-no-api-key   # this machine only, no key
 #
-# Arguments after the image name go to `hotlora serve`. The embedded base model is converted at build
-# time, so the container starts offline; the named volume keeps adapters (and that cache) across runs.
+# Arguments after the image name go to `hotlora serve`. The server listens on all of the container's
+# interfaces, so it refuses to start without an API key (HOTLORA_API_KEY or --api-key; an empty one is
+# refused too) unless --insecure-no-api-key says so: then publish the port on 127.0.0.1 only. The
+# embedded base model is converted at build time, so the container starts offline; the named volume
+# keeps adapters (and that cache) across runs.
 #
 # CUDA 13.0 to match the PyPI torch wheel (torch 2.13.0 is built against CUDA 13.0; it needs an NVIDIA
 # driver >= 580). The wheel brings its own CUDA libraries; the runtime image adds the ones bitsandbytes
@@ -51,7 +55,8 @@ RUN pip install --no-cache-dir "./[train]"
 
 RUN useradd --no-log-init --create-home --uid 10001 --user-group hotlora \
     && mkdir -p "$HOTLORA_HOME" \
-    && chown hotlora:hotlora "$HOTLORA_HOME"
+    && chown hotlora:hotlora "$HOTLORA_HOME" \
+    && chmod 0700 "$HOTLORA_HOME"
 USER 10001:10001
 WORKDIR /home/hotlora
 

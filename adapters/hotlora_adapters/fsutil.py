@@ -5,6 +5,7 @@
   call is missing (not Linux, old glibc, a file system that refuses the flag) the callers fall back to
   plain renames.
 - fsync of files and folders, so a rename that made something visible also survives a power cut.
+- reading a source without following symlinks, so what a check resolved is what gets copied.
 """
 
 from __future__ import annotations
@@ -20,12 +21,21 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .private import create_private_file
+
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 # errno values meaning "this kernel/libc/file system cannot do that rename", not "the rename failed"
 _UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
 _COPY_CHUNK = 1 << 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_WALK_DIR = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW
+
+
+class UnsafeSourceError(OSError):
+    """A file to copy is no longer what was checked: a symlink now sits on its path, or it is not a
+    regular file (a FIFO would block the copy, a device would never end)."""
 
 
 @cache
@@ -89,17 +99,55 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def open_resolved(path: Path) -> int:
+    """Open the regular file at `path`, an absolute path with symlinks already resolved, for reading
+    without following any symlink on the way: one swapped in for the file or for any folder above it
+    after the path was checked raises `UnsafeSourceError` instead of being read."""
+    if not path.is_absolute():
+        raise ValueError(f"{path} is not an absolute path")
+    if os.open not in os.supports_dir_fd:  # no openat here: the last step at least follows no link
+        return _regular(os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW), path)
+    *folders, name = path.parts[1:]
+    fd = os.open(path.anchor, _WALK_DIR)
+    try:
+        for folder in folders:
+            fd, parent = _step(folder, fd, _WALK_DIR, path), fd
+            os.close(parent)
+        # O_NONBLOCK: opening a FIFO returns at once (and is refused below) instead of waiting for a writer
+        return _regular(_step(name, fd, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, path), path)
+    finally:
+        os.close(fd)
+
+
+def _step(name: str, dir_fd: int, flags: int, path: Path) -> int:
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink (or no longer a folder) where one was checked
+            raise UnsafeSourceError(e.errno, f"{name!r} changed after the path was checked", str(path)) from None
+        raise
+
+
+def _regular(fd: int, path: Path) -> int:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeSourceError(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
 def copy_file_synced(src: Path, dst: Path) -> None:
-    """Copy `src`'s bytes (following symlinks) into a new file `dst`, fsynced before returning."""
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
+    """Copy the regular file `src` (absolute, symlinks resolved: see `open_resolved`) into a new file
+    `dst` (0600), fsynced before returning."""
+    with open(open_resolved(src), "rb") as fin, open(create_private_file(dst), "wb") as fout:
         shutil.copyfileobj(fin, fout, _COPY_CHUNK)
         fout.flush()
         os.fsync(fout.fileno())
 
 
 def write_file_synced(path: Path, data: bytes) -> None:
-    """Write a new file `path` with `data`, fsynced before returning."""
-    with open(path, "xb") as f:
+    """Write a new file `path` (0600) with `data`, fsynced before returning."""
+    with open(create_private_file(path), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

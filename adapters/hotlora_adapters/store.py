@@ -31,11 +31,20 @@ from .errors import (
     InvalidAdapterError,
 )
 from .finite import check_finite
-from .fsutil import copy_file_synced, exchange, fsync_dir, remove_entry, rename_noreplace, write_file_synced
+from .fsutil import (
+    UnsafeSourceError,
+    copy_file_synced,
+    exchange,
+    fsync_dir,
+    remove_entry,
+    rename_noreplace,
+    write_file_synced,
+)
 from .manifest import MANIFEST_FILENAME, Manifest, manifest_json, read_manifest
 from .names import is_valid_adapter_name, validate_adapter_name
 from .peft_config import CONFIG_FILENAME, AdapterConfig, read_adapter_config
 from .peft_files import PICKLE_WEIGHT_FILENAMES, WEIGHTS_FILENAME, AdapterFiles, inspect_adapter
+from .private import PRIVATE_DIR_MODE, make_private_dirs, open_lock_file
 
 
 
@@ -115,7 +124,8 @@ class AdapterStore:
     Reads never lock. Writes (`register`, `import_adapter`, `delete`, `set_disabled`, `cleanup_stale`)
     take an exclusive `flock` on `<root>/.lock`, so writers in several processes do not interleave, and
     each makes its change visible with one rename: a reader sees the old adapter or the new one, never a
-    half-written folder or a mix of old and new files.
+    half-written folder or a mix of old and new files. What it creates is this user's alone (folders
+    0700, files and the lock 0600): anyone who can open the lock file can hold it.
     """
 
     def __init__(self, root: Path) -> None:
@@ -125,9 +135,9 @@ class AdapterStore:
         return f"AdapterStore({str(self.root)!r})"
 
     def ensure_root(self) -> Path:
-        """Create the root folder if needed and return it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        return self.root
+        """Create the root folder (and its missing parents) if needed, readable by this user only, and
+        return it."""
+        return make_private_dirs(self.root)
 
     def path_for(self, name: str) -> Path:
         """The folder of adapter `name` (validated), whether or not it exists."""
@@ -219,7 +229,7 @@ class AdapterStore:
         files = inspect_adapter(source)
         if base is not None:
             _check_fits(files, base, source)
-        plan = [(filename, source / filename) for filename in _copy_plan(source)]
+        plan = [(filename, (source / filename).resolve(strict=True)) for filename in _copy_plan(source)]
         return self._register(name, source, plan, files, manifest=manifest, overwrite=overwrite, base=base)
 
     def import_adapter(
@@ -234,7 +244,9 @@ class AdapterStore:
         """Register a copy of the adapter folder at `path` (a user-supplied path) as `name`.
 
         `path` must resolve (symlinks followed) inside the store or one of `allowed_roots`, and so must
-        every symlink inside the folder; else `AdapterPathError`. `name` defaults to the folder's name.
+        every symlink inside the folder; else `AdapterPathError`. The files are then read along their
+        resolved paths without following any symlink, so a link swapped in after the check is refused
+        rather than followed out of the roots. `name` defaults to the folder's name.
         A path that already is `<store>/<name>` is only validated (and checked against `base`).
         """
         given = Path(path)
@@ -339,8 +351,7 @@ class AdapterStore:
                 self._refuse_existing(name)
             tmp = self._temp_path(TMP_PREFIX, name, create=True)
             try:
-                for filename, src in plan:
-                    copy_file_synced(src, tmp / filename)
+                _copy_planned(plan, tmp, source)
                 copied = _inspect_copy(tmp, source)  # what will be served is the copy, not the source
                 check_finite(tmp, shown_as=source)
                 if base is not None:
@@ -406,7 +417,7 @@ class AdapterStore:
                     return path
                 continue
             try:
-                path.mkdir()
+                os.mkdir(path, PRIVATE_DIR_MODE)  # it becomes the adapter's folder
             except FileExistsError:
                 continue
             return path
@@ -414,7 +425,7 @@ class AdapterStore:
     @contextmanager
     def _lock(self) -> Iterator[None]:
         self.ensure_root()
-        fd = os.open(self.root / LOCK_FILENAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(self.root / LOCK_FILENAME)
         try:
             if _fcntl is not None:
                 _fcntl.flock(fd, _fcntl.LOCK_EX)
@@ -497,6 +508,16 @@ def _copy_plan(folder: Path) -> list[str]:
         except OSError:
             continue
     return names + sorted(extras)
+
+
+def _copy_planned(plan: list[tuple[str, Path]], tmp: Path, source: Path) -> None:
+    """Copy each planned file (a resolved path, confined where it came from a user) into `tmp`. A path
+    that changed after it was resolved (a symlink swapped in, a FIFO) is refused, not followed."""
+    for filename, src in plan:
+        try:
+            copy_file_synced(src, tmp / filename)
+        except UnsafeSourceError as e:
+            raise AdapterPathError(f"{source / filename}: {e.strerror}; nothing was copied") from e
 
 
 def _inspect_copy(copy: Path, source: Path) -> AdapterFiles:

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .logs import configure_logging
-from .settings import Settings
+from .settings import Settings, is_loopback
 
 log = logging.getLogger("hotlora")
 
@@ -34,9 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the base model and its adapters over OpenAI's API")
     _model_flags(serve)
     serve.add_argument("--served-model-name", help="id of the base model in the API (default: derived from --model)")
-    serve.add_argument("--host", help="interface to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1: this machine only; any other "
+                                      "needs --api-key or --insecure-no-api-key)")  # fmt: skip
     serve.add_argument("--port", type=int, help="port (default 8000)")
-    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* ($HOTLORA_API_KEY)")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
+                                         "($HOTLORA_API_KEY, which `ps` does not show; an empty key is refused)")  # fmt: skip
+    serve.add_argument("--allowed-hosts", action="append",
+                       help="Host names to answer besides localhost and IP addresses, comma-separated or "
+                            "repeated; `.example.com` is it and its subdomains, `*` any (without an API key "
+                            "other names get 403: DNS rebinding)")  # fmt: skip
+    serve.add_argument("--insecure-no-api-key", action="store_true", default=None,
+                       help="allow a --host beyond loopback without an API key: anyone who can reach the "
+                            "port can use the server and change or delete its adapters")  # fmt: skip
     serve.add_argument("--chat-template",
                        help="the chat template for models without one (or to replace it): `chatml` (built in), "
                             "a Jinja file, or the template itself; train with the same one")  # fmt: skip
@@ -101,13 +110,32 @@ def _settings(args: argparse.Namespace) -> Settings:
     try:
         return Settings.build(flags, os.environ)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
         raise SystemExit(f"hotlora: invalid settings: {problems}") from None
+
+
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """The settings `hotlora serve ARGS` runs with, without starting anything (the Docker image's entry
+    point is tested through this); `SystemExit` with the reason for settings that must not be served."""
+    return _servable(_settings(args))
+
+
+def _servable(settings: Settings) -> Settings:
+    problem = settings.exposure_problem()
+    if problem is not None:
+        raise SystemExit(f"hotlora: {problem}")
+    if settings.api_key is None and not is_loopback(settings.host):  # allowed by --insecure-no-api-key
+        log.warning("SERVING ON %s:%d WITHOUT AN API KEY (--insecure-no-api-key): anyone who can reach this port "
+                    "can use this server and change or delete its adapters", settings.host, settings.port)  # fmt: skip
+    return settings
 
 
 def serve(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM; then stop accepting connections, let in-flight requests finish (up to
     `--shutdown-timeout`), stop the engine and exit 0."""
+    _servable(settings)  # before anything loads
     import uvicorn
     from sse_starlette.sse import AppStatus
 
@@ -125,7 +153,7 @@ def serve(settings: Settings) -> int:
 
     engine = Engine(settings, on_fatal=fatal)
     app = create_app(engine, api_key=settings.api_key, metrics_public=settings.metrics_public,
-                     max_body_bytes=settings.max_body_bytes)  # fmt: skip
+                     max_body_bytes=settings.max_body_bytes, allowed_hosts=settings.host_check)  # fmt: skip
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             log_config=None, access_log=False,  # our access log carries the request id
                             timeout_graceful_shutdown=settings.shutdown_timeout)  # fmt: skip

@@ -45,6 +45,15 @@ class AuthenticationError(HotloraError):
     code = "invalid_api_key"
 
 
+class HostNotAllowedError(HotloraError):
+    """The request's `Host` is not one this server answers (DNS rebinding): 403, as the request is well
+    formed and only its destination is refused; OpenAI's SDK raises `PermissionDeniedError` for it."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "host_not_allowed"
+
+
 class NotFoundError(HotloraError):
     status = 404
     type = "invalid_request_error"

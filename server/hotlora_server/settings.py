@@ -6,12 +6,14 @@ tests and embedders construct settings explicitly.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hotlora_adapters import default_home_dir, default_store_dir
 
@@ -23,6 +25,8 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 _PATH_LISTS = {"allow_adapter_dir"}  # list settings: `os.pathsep`-separated in the environment
+_EMPTY_IS_AN_ERROR = {"api_key"}  # an empty value is refused rather than read as "not given"
+_HOST_NAME = re.compile(r"\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")  # a name, `.name` (and its subdomains) or `*`
 
 
 class Settings(BaseModel):
@@ -38,7 +42,11 @@ class Settings(BaseModel):
     dtype: DType = "auto"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    api_key: str | None = None
+    api_key: str | None = Field(None, description="every route but /health needs it as a bearer token")
+    allowed_hosts: tuple[str, ...] = Field(
+        (), description="Host names served besides localhost and IP addresses (Django's ALLOWED_HOSTS)"
+    )
+    insecure_no_api_key: bool = Field(False, description="serve beyond loopback without an API key")
     home: Path
     adapters_dir: Path
     allow_adapter_dir: tuple[Path, ...] = ()
@@ -68,6 +76,54 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
+    @field_validator("api_key")
+    @classmethod
+    def _real_key(cls, key: str | None) -> str | None:
+        """An empty key would silently leave every route open; padding could never match a header."""
+        if key is not None and not key.strip():
+            raise ValueError(
+                "an empty API key would leave every route open: give a key (e.g. `openssl rand -hex 32`), "
+                "or leave --api-key and HOTLORA_API_KEY unset"
+            )
+        if key is not None and key != key.strip():
+            raise ValueError("the API key starts or ends with whitespace, which no Authorization header carries")
+        return key
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        """Comma-separated (`HOTLORA_ALLOWED_HOSTS=a.example,.b.example`) or repeated flags, or both."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            return value
+        hosts = [h.strip().lower() for item in items for h in str(item).split(",") if h.strip()]
+        bad = [h for h in hosts if not _HOST_NAME.fullmatch(h) and not _is_address(h)]
+        if bad:
+            raise ValueError(
+                f"not a host name: {', '.join(bad)} (give names such as `example.com`, `.example.com` for it "
+                "and its subdomains, or `*`; no scheme, port or path)"
+            )
+        return tuple(hosts)
+
+    @property
+    def host_check(self) -> tuple[str, ...] | None:
+        """The `Host` names served besides localhost and IP addresses, or None: any. Without an API key
+        the check is always on (DNS rebinding); with one, only when `--allowed-hosts` names hosts."""
+        if "*" in self.allowed_hosts or (self.api_key is not None and not self.allowed_hosts):
+            return None
+        return self.allowed_hosts
+
+    def exposure_problem(self) -> str | None:
+        """Why these settings must not be served: listening beyond loopback with no API key, unless
+        `--insecure-no-api-key` says so. Checked when serving only (`hotlora fetch` listens nowhere)."""
+        if self.api_key is not None or self.insecure_no_api_key or is_loopback(self.host):
+            return None
+        return (
+            f"--host {self.host} makes the server reachable from other machines, and it has no API key: "
+            "set one with --api-key or HOTLORA_API_KEY, or pass --insecure-no-api-key to let anyone who "
+            f"can reach port {self.port} use it and change its adapters"
+        )
+
     @property
     def models_dir(self) -> Path:
         """Where converted models (the embedded GGUF as safetensors) are cached."""
@@ -84,7 +140,7 @@ class Settings(BaseModel):
         values: dict[str, Any] = {}
         for name in cls.model_fields:
             env_value = env.get(f"HOTLORA_{name.upper()}")
-            if env_value not in (None, ""):
+            if env_value is not None and (env_value or name in _EMPTY_IS_AN_ERROR):
                 values[name] = env_value.split(os.pathsep) if name in _PATH_LISTS else env_value
             if flags.get(name) is not None:
                 values[name] = flags[name]
@@ -93,3 +149,19 @@ class Settings(BaseModel):
         store = values.get("adapters_dir") or default_store_dir({**env, "HOTLORA_HOME": str(home)})
         values["adapters_dir"] = Path(store).expanduser()
         return cls.model_validate(values)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` keeps the server on this machine: `localhost` or a loopback address
+    (any other name may resolve to anything, so it counts as exposed)."""
+    if host.lower() == "localhost":
+        return True
+    return _is_address(host) and ipaddress.ip_address(host.strip("[]")).is_loopback
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True

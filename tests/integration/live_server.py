@@ -49,7 +49,8 @@ def hotlora_cmd() -> list[str]:
 def start_server(args: list[str], log: Path, timeout: float = 240.0) -> RunningServer:
     """Start `hotlora serve ARGS` and wait for /health; fail with the server's log if it never gets there."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOTLORA_API_KEY": ""}
+    # a key from the developer's environment must not leak in: each test says whether it wants one
+    env = {**{k: v for k, v in os.environ.items() if k != "HOTLORA_API_KEY"}, "HF_HUB_OFFLINE": "1"}
     handle = log.open("wb")
     proc = subprocess.Popen([*hotlora_cmd(), "serve", "--port", str(port), *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
     server = RunningServer(f"http://127.0.0.1:{port}", proc, log)

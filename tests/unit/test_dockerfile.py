@@ -365,6 +365,89 @@ def test_serves_on_all_interfaces_on_the_documented_port() -> None:
     assert not cmds or json.loads(cmds[-1].args) == [], "a CMD would become `hotlora serve` arguments"
 
 
+# ------------------------------------------------------------------------------------------- exposure
+
+DOCKER_RUN_VALUE_OPTIONS = {"-p", "--publish", "-v", "--volume", "-e", "--env", "--env-file", "--gpus", "--name",
+                            "--network", "--mount", "--user", "-u", "--workdir", "-w", "--shm-size"}  # fmt: skip
+EXPORTED = "a-key-the-user-exported"  # what `-e NAME` or "$NAME" stands for in an example
+
+
+@dataclass(frozen=True)
+class DockerRun:
+    line: str
+    options: tuple[tuple[str, str], ...]  # (option, value) before the image
+    args: tuple[str, ...]  # after the image: `hotlora serve` arguments
+
+    def env(self) -> dict[str, str]:
+        pairs = [value for option, value in self.options if option in {"-e", "--env"}]
+        return {name: (value if "$" not in value else EXPORTED) if sep else EXPORTED
+                for name, sep, value in (pair.partition("=") for pair in pairs)}  # fmt: skip
+
+    def published(self) -> list[str]:
+        return [value for option, value in self.options if option in {"-p", "--publish"}]
+
+
+def docker_run_examples() -> list[DockerRun]:
+    """Every `docker run` line in the Dockerfile's comments and in the README's code."""
+    lines = [line.lstrip("#").strip() for line in DOCKERFILE.read_text().splitlines() if line.startswith("#")]
+    lines += [line.strip() for line in (REPO / "README.md").read_text().splitlines()]
+    runs = []
+    for line in lines:
+        tokens = shlex.split(line, comments=True) if line.startswith("docker run ") else []
+        rest = iter(tokens[2:])
+        options = []
+        for token in rest:
+            if not token.startswith("-"):
+                runs.append(DockerRun(line, tuple(options), tuple(EXPORTED if "$" in a else a for a in rest)))
+                break
+            option, sep, value = token.partition("=")
+            options.append((option, value if sep else next(rest) if option in DOCKER_RUN_VALUE_OPTIONS else ""))
+    return runs
+
+
+def container_serve(args: list[str] | tuple[str, ...], env: dict[str, str], monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """What the image's ENTRYPOINT would serve with `args` after the image name and `env` (the image's ENV
+    plus `-e`), parsed and checked as `hotlora serve` does before it loads anything."""
+    from hotlora_server import cli
+
+    entrypoint = json.loads(instructions("ENTRYPOINT")[-1].args)
+    assert entrypoint[:2] == ["hotlora", "serve"], entrypoint
+    for name in [n for n in os.environ if n.startswith("HOTLORA_")]:
+        monkeypatch.delenv(name)
+    for name, value in {**docker_variables(), **env}.items():
+        monkeypatch.setenv(name, value)
+    return cli.serve_settings(cli.build_parser().parse_args([*entrypoint[1:], *args]))
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [([], {}), (["--api-key", ""], {}), ([], {"HOTLORA_API_KEY": ""})],
+    ids=["no-key", "empty-flag", "empty-variable"],  # `--api-key "$KEY"` / `-e HOTLORA_API_KEY="$KEY"`, KEY unset
+)
+def test_the_image_refuses_to_serve_without_a_key(args: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit) as exc:
+        container_serve(args, env, monkeypatch)
+    message = str(exc.value.code)
+    assert "--api-key" in message and ("--insecure-no-api-key" in message or "empty API key" in message), message
+
+
+def test_every_docker_run_example_starts_and_a_keyless_one_stays_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    examples = docker_run_examples()
+    assert len(examples) >= 3, [e.line for e in examples]  # the Dockerfile's two and the README's
+    for example in examples:
+        settings = container_serve(example.args, example.env(), monkeypatch)
+        assert settings.host == "0.0.0.0"
+        if settings.api_key is None:  # allowed by --insecure-no-api-key: published on loopback only
+            assert example.published() and all(p.startswith("127.0.0.1:") for p in example.published()), example.line
+
+
+def test_the_home_folder_is_private() -> None:
+    home = docker_variables()["HOTLORA_HOME"]
+    assert any(re.fullmatch(rf"chmod 0?700 \"?{re.escape(home)}\"?", cmd) for _, cmd in docker_run_commands()), (
+        f"{home} must be chmod 0700: adapters and the converted model are the service user's alone"
+    )
+
+
 # --------------------------------------------------------------------------------------- .dockerignore
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hotlora_adapters import BaseSpec, ChatTemplateError, resolve_chat_template
+from hotlora_adapters.private import make_private_dirs
 
 from .errors import BaseModelError, ConfigError
 from .memory import ModelShape
@@ -73,7 +74,7 @@ def convert_gguf(gguf: Path, models_dir: Path, name: str) -> Path:
     except (OSError, ValueError):
         pass
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
-    models_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(models_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hotlora_adapters import AdapterStore, Manifest, default_home_dir, default_store_dir, inspect_adapter
+from hotlora_adapters.private import make_private_dirs
 
 from . import piglatin
 from .base_model import (
@@ -134,7 +135,7 @@ def train(
 
     run_dir = home / RUNS_DIR / config.name
     if not main:  # the main process prepares the run folder and does everything after training
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(run_dir)
         _run(config, result, dataset, train_enc, eval_enc, resolved, load_device, spec, tokenizer, store, run_dir,
              run_dir, started, out, progress_bar, callbacks, main=False)  # fmt: skip
         return result
@@ -512,7 +513,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
         return
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an earlier interrupted run of this name: start afresh
-    run_dir.mkdir(parents=True)
+    make_private_dirs(run_dir)
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 
@@ -11,6 +13,7 @@ from ..types import EngineClient
 from .adapters import build_adapter_router
 from .auth import bearer_guard
 from .errors import error_response, install_error_handlers
+from .hosts import HostGuard
 from .limits import BodyLimitMiddleware
 from .observe import RequestObserver
 from .openapi import ERROR_RESPONSES, PLAIN_TEXT
@@ -23,15 +26,19 @@ def create_app(
     *,
     metrics_public: bool = False,
     max_body_bytes: int | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app. With `api_key`, every route but `/health` (and `/metrics` when
-    `metrics_public`) requires it as a bearer token; bodies over `max_body_bytes` get 413 (None: no limit)."""
+    `metrics_public`) requires it as a bearer token; bodies over `max_body_bytes` get 413 (None: no limit);
+    with `allowed_hosts` (`Settings.host_check`), a request to any other `Host` than those, localhost and IP
+    addresses gets 403 on every route but `/health` (None: any `Host`)."""
     from .. import __version__
 
     keyed = {"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}  # guarded below
     app = FastAPI(title="hotlora", version=__version__, responses=ERROR_RESPONSES, **keyed)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)  # inside the observer: 413s are counted
+    app.add_middleware(HostGuard, allowed=allowed_hosts)  # before the body is read, after the request id
     metrics = Metrics(engine.stats)
     app.add_middleware(RequestObserver, metrics=metrics)
 

@@ -24,6 +24,7 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
 ERROR_RESPONSES: Responses = {
     400: _error("Invalid request: malformed JSON, a wrong type, a value out of range, an unsupported feature"),
     401: _error("Missing or wrong API key"),
+    403: _error("The request's Host is not one this server answers (--allowed-hosts: DNS rebinding)"),
     404: _error("Unknown model, adapter or route"),
     409: _error("Name conflict in the adapter store"),
     413: _error("Request body larger than --max-body-bytes"),

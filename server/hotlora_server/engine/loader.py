@@ -23,6 +23,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from hotlora_adapters import BaseSpec, ChatTemplateError, resolve_chat_template
+from hotlora_adapters.private import make_private_dirs
 
 from ..settings import EMBEDDED_MODEL_NAME, Settings
 from . import cpu
@@ -88,7 +89,7 @@ def convert_gguf(gguf: Path, models_dir: Path, name: str) -> Path:
     if stamp.is_file() and json.loads(stamp.read_text()) == identity:
         return target
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
-    models_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(models_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -244,3 +246,93 @@ def test_without_a_working_compiler_there_are_no_kernels_and_no_debris(
         assert kernels.build(tmp_path) is None
     assert "kernels" in caplog.text
     assert list(tmp_path.iterdir()) == []
+
+
+# -- only a library this user alone could have written is loaded ---------------------------------------
+
+STUB = """int hotlora_lanes(void) { return 12345; }
+void hotlora_gemm_nt(void) {}
+int hotlora_gemm_q4(void) { return 0; }
+int hotlora_gemm_nn(void) { return 0; }
+int hotlora_lora_decode(void) { return 0; }
+"""
+
+
+def _library_name(tmp_path: Path) -> str:
+    """The name `build` gives the library on this machine (the hash of source, flags, compiler, CPU)."""
+    assert kernels.build(tmp_path / "probe") is not None
+    (built,) = (tmp_path / "probe").iterdir()
+    return built.name
+
+
+def _planted_library(path: Path) -> Path:
+    """A library with every entry point the loader looks up, whose `hotlora_lanes` says 12345."""
+    source = path.with_suffix(".c")
+    source.write_text(STUB)
+    subprocess.run([kernels.compiler(), "-shared", "-fPIC", str(source), "-o", str(path)], check=True)
+    return path
+
+
+def test_the_library_and_its_folder_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    needs_compiler()
+    before = os.umask(0o002)
+    try:
+        built = kernels.build(tmp_path / "home" / "kernels")
+    finally:
+        os.umask(before)
+    assert built is not None
+    assert stat.S_IMODE(os.stat(tmp_path / "home").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(built.path.parent).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(built.path).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("how", ["writable-by-others", "symlink", "someone-elses"])
+def test_a_library_someone_else_could_have_put_there_is_built_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    needs_compiler()
+    folder = tmp_path / "kernels"
+    folder.mkdir(mode=0o700)
+    target = folder / _library_name(tmp_path)
+    if how == "symlink":
+        os.symlink(_planted_library(tmp_path / "elsewhere.so"), target)
+    else:
+        _planted_library(target)
+        if how == "writable-by-others":
+            os.chmod(target, 0o666)
+        else:
+            if os.geteuid() != 0:
+                pytest.skip("giving a file to another user needs root")
+            os.chown(target, 65534, 65534)
+            os.chmod(target, 0o755)
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
+        built = kernels.build(folder)
+    assert built is not None and built.lanes != 12345  # the planted library was not loaded
+    assert f"not loading {target}" in caplog.text
+    info = os.lstat(target)
+    assert stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) == 0o600
+
+
+def test_a_kernels_folder_someone_else_owns_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever owns the folder can swap the library between the check and the load: no kernels then,
+    and the server starts without them (batch invariance off)."""
+    needs_compiler()
+    folder = tmp_path / "kernels"
+    folder.mkdir(mode=0o700)
+    _planted_library(folder / _library_name(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(folder).st_uid + 1)  # as if another user owned it
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("compiled in someone else's folder"))
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
+        assert kernels.build(folder) is None
+    assert f"not loading the CPU kernels from {folder}" in caplog.text and "owned by uid" in caplog.text
+
+
+def test_a_kernels_folder_of_ours_open_to_others_is_made_private(tmp_path: Path) -> None:
+    needs_compiler()
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    os.chmod(folder, 0o777)
+    assert kernels.build(folder) is not None
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,8 @@ def test_interrupted_after_a_checkpoint_resumes(tmp_path: Path, tiny_base: Path)
     run_dir = tmp_path / "home" / "runs" / "bot"
     kept = sorted(p.name for p in run_dir.iterdir())
     assert "checkpoint-1" in kept and not [n for n in kept if n.startswith(".")]  # the checkpoint, for --resume
+    for folder in (tmp_path / "home", run_dir.parent, run_dir):  # created by the run, private to its user
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
     result = run(tmp_path, tiny_base, max_steps=3, save_steps=1, resume=True)
     assert result.manifest.model_dump()["training"]["global_step"] == 3
