@@ -43,10 +43,10 @@ def baseline_tokens_per_s(model_dir: Path, max_tokens: int, device: torch.device
     """The same model in 4-bit through plain `transformers` `generate`, in this process: the ratio's baseline."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hotlora_server.engine.loader import pick_dtype, quantization_config
+    from hotlora_adapters.runtime.base_model import pick_dtype, quantization_config
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    quant = quantization_config("nf4", pick_dtype("auto", device))
+    quant = quantization_config("nf4", pick_dtype("auto", device.type))
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, device_map={"": device})
     text = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
     ids = tokenizer(text, return_tensors="pt").input_ids.to(device)

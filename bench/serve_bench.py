@@ -210,7 +210,7 @@ def transformers_serving(model_dir: Path, log: Path, timeout: float = 300) -> It
     """`transformers serve` with continuous batching on `model_dir` in 4-bit, on hotlora's device and dtype."""
     from transformers.utils.import_utils import is_serve_available
 
-    from hotlora_server.engine.loader import pick_device, pick_dtype
+    from hotlora_adapters.runtime.base_model import pick_device, pick_dtype
 
     cli = Path(sys.executable).parent / "transformers"
     if not is_serve_available() or not cli.is_file():
@@ -220,7 +220,7 @@ def transformers_serving(model_dir: Path, log: Path, timeout: float = 300) -> It
     dtype = str(pick_dtype("auto", device)).removeprefix("torch.")
     port = free_port()
     cmd = [str(cli), "serve", str(model_dir), "--continuous-batching", "--quantization", "bnb-4bit",
-           "--device", device.type, "--dtype", dtype, "--host", "127.0.0.1", "--port", str(port)]
+           "--device", device, "--dtype", dtype, "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as handle:
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)

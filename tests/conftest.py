@@ -20,7 +20,6 @@ def hotlora_home() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(hotlora_home: Path) -> Path:
     """The embedded SmolLM2-135M-Instruct as a safetensors HF folder (model + tokenizer + chat template)."""
-    from hotlora_server.engine.loader import convert_gguf, embedded_gguf
-    from hotlora_server.settings import EMBEDDED_MODEL_NAME
+    from hotlora_adapters.runtime.base_model import EMBEDDED_MODEL_NAME, convert_gguf, embedded_gguf
 
     return convert_gguf(embedded_gguf(), hotlora_home / "models", EMBEDDED_MODEL_NAME)

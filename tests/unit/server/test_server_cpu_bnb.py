@@ -17,7 +17,7 @@ from hotlora_server.engine.cpu.bnb import (
     packing_held,
     unpack_cpu_weights,
 )
-from hotlora_server.engine.loader import quantization_config
+from hotlora_adapters.runtime.base_model import quantization_config
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from hotlora_server.engine.cpu import prefill_gemm
 from hotlora_server.engine.attention import use_batch_invariant_attention
 from hotlora_server.engine.cpu.bnb import PackedDecode
 from hotlora_server.engine.generate import prefill
-from hotlora_server.engine.loader import load_model, quantization_config
+from hotlora_adapters.runtime.base_model import quantization_config
+from hotlora_server.engine.loader import load_model
 
 
 def test_a_rows_tiled_result_does_not_depend_on_the_other_rows() -> None:

@@ -39,7 +39,7 @@ def store_entries(tmp_path: Path) -> list[str]:
 
 
 def test_a_run_registers_the_adapter_with_its_manifest(tmp_path: Path, tiny_base: Path) -> None:
-    from hotlora_server.engine.loader import base_spec  # the server's own rule, to check the fingerprint
+    from hotlora_adapters.runtime.base_model import base_spec  # the server's rule too
     from transformers import AutoModelForCausalLM
 
     result = run(tmp_path, tiny_base, eval_split=0.25)
