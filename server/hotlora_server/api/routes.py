@@ -81,11 +81,11 @@ def build_router(engine: EngineClient, metrics: Metrics) -> APIRouter:
     @router.get("/models")
     async def list_models() -> p.ModelList:
         base = engine.served_model_name
-        return p.ModelList(data=[_card(m, base) for m in engine.list_models()])
+        return p.ModelList(data=[_card(m, base) for m in await engine.list_models()])
 
     @router.get("/models/{model_id:path}")
     async def get_model(model_id: str) -> p.ModelCard:
-        models = engine.list_models()
+        models = await engine.list_models()
         for info in models:
             if info.id == model_id:
                 return _card(info, engine.served_model_name)

@@ -7,8 +7,6 @@ injected by making one of its own functions raise for one request (chosen by its
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ADAPTER_NAME, TINY_NAME
+from conftest import ADAPTER_NAME, TINY_NAME, live_app
 from test_server_observability import scrape
 
 BOOM = "boom-request"
@@ -25,25 +23,10 @@ BOOM = "boom-request"
 @pytest.fixture(scope="module")
 def live(tiny_engine: Any) -> Iterator[httpx.Client]:
     """The app over the tiny engine, served by uvicorn on a free loopback port."""
-    import uvicorn
-
     from hotlora_server.api import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(tiny_engine), host="127.0.0.1", port=port, log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    with live_app(create_app(tiny_engine)) as client:
         yield client
-    server.should_exit = True
-    thread.join(10)
 
 
 def _body(text: str, max_tokens: int = 12, **extra: Any) -> dict[str, Any]:
