@@ -7,6 +7,7 @@ injected by making one of its own functions raise for one request (chosen by its
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,23 @@ def test_a_vanished_client_frees_its_rows_at_once(live: httpx.Client) -> None:
     # the connection is closed here, long before 220 tokens
     _wait_for(lambda: _sample(live, "hotlora_requests_aborted_total") == aborted + 1, timeout=5)
     _wait_for(lambda: _sample(live, "hotlora_batch_rows") == 0, timeout=5)
+    assert live.post("/v1/chat/completions", json=_body("still serving")).status_code == 200
+
+
+def test_a_vanished_client_of_a_non_streaming_request_frees_its_rows(live: httpx.Client) -> None:
+    """Nothing is written before the end of a non-streaming answer: the server must notice the closed
+    connection itself, and abort the generation rather than finish it for nobody."""
+    aborted = _sample(live, "hotlora_requests_aborted_total")
+    body = json.dumps(_body("go on and on", max_tokens=220)).encode()
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {live.base_url.host}\r\nContent-Type: application/json\r\n"
+    with socket.create_connection((live.base_url.host, live.base_url.port)) as connection:
+        connection.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        _wait_for(lambda: _sample(live, "hotlora_requests_running") == 1)
+    # the connection is closed here, long before 220 tokens
+    _wait_for(lambda: _sample(live, "hotlora_requests_aborted_total") == aborted + 1, timeout=5)
+    _wait_for(lambda: _sample(live, "hotlora_batch_rows") == 0, timeout=5)
+    closed = ("hotlora_requests_total", (("endpoint", "/v1/chat/completions"), ("status", "499")))
+    _wait_for(lambda: scrape(live).get(closed, 0) >= 1)  # counted as nginx's "client closed request"
     assert live.post("/v1/chat/completions", json=_body("still serving")).status_code == 200
 
 
