@@ -1,17 +1,21 @@
 """Pydantic models of OpenAI's wire format (the subset hotlora serves) and hotlora's extensions. No torch.
 
-Lenient like OpenAI about fields it does not know (accepted and logged), strict about the ones it does:
-types are not coerced ("1" is not a number), numbers must be finite and in range, and features that are
-not implemented are refused with a message instead of being silently ignored.
+Lenient like vLLM about fields it does not know (accepted, logged and ignored; OpenAI's API refuses them),
+strict about the ones it does: types are not coerced ("1" is not a number), numbers must be finite and in
+range, lists and the strings that cost work per token are capped, and features that are not implemented
+are refused with a message instead of being silently ignored.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator, with_config
+from typing_extensions import TypedDict
 
 from hotlora_adapters import validate_adapter_name
 
@@ -20,22 +24,37 @@ from .types import DENSITY_METHODS, AdapterInfo, BlendMethod, BlendSpec
 log = logging.getLogger(__name__)
 
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_LENGTH = 256  # characters; the stop matcher's work per token grows with the square of it
 MAX_TOP_LOGPROBS = 20
+MAX_MESSAGES = 2048  # the limit Azure OpenAI enforces
+MAX_CONTENT_PARTS = 256
+MAX_MODEL_LENGTH = 4096  # characters: a base served under its path fits (PATH_MAX), a blend of 8 needs ~700
+MAX_LOGGED_FIELDS = 8
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
 
 
-class _Lenient(BaseModel):
-    """Request bodies: unknown fields are accepted (as OpenAI does) and logged once per request."""
+class _Open(BaseModel):
+    """Unknown fields are accepted and ignored, as vLLM does (OpenAI's API refuses them with a 400)."""
 
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
 
+    def unknown_fields(self) -> Iterator[str]:
+        """The names of the fields this server ignores, nested ones with their path."""
+        return iter(self.model_extra or ())
+
+
+class _Lenient(_Open):
+    """A request body: its ignored fields are logged in one line, however many there are."""
+
     @model_validator(mode="after")
     def _log_unknown(self) -> _Lenient:
-        if self.model_extra:
-            log.info("ignoring unsupported fields: %s", ", ".join(sorted(self.model_extra)))
+        names = list(itertools.islice(self.unknown_fields(), MAX_LOGGED_FIELDS + 1))
+        if names:
+            more = ", ..." if len(names) > MAX_LOGGED_FIELDS else ""
+            log.info("ignoring unsupported fields: %s%s", ", ".join(names[:MAX_LOGGED_FIELDS]), more)
         return self
 
 
@@ -55,20 +74,31 @@ def _characters_only(value: str) -> str:
 Text = Annotated[str, AfterValidator(_characters_only)]  # free text that reaches the model or the logs
 
 
-class TextPart(_Strict):
+@with_config(ConfigDict(strict=True, extra="ignore"))
+class TextPart(TypedDict):
+    """A text part of a message's content: a typed dict, as a message may carry hundreds and a model
+    instance costs several times more to validate (on the event loop) than a dict."""
+
     type: Literal["text"]
     text: Text
 
 
-class ChatMessage(_Lenient):
+# Lists a client sends are capped, and validation stops at their first invalid item (`fail_fast`): a body of
+# a million wrong items costs one error, not a million errors built and formatted on the event loop.
+ContentParts = Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS, fail_fast=True)]
+
+
+class ChatMessage(_Open):
+    """One message; its ignored fields are logged with the request's (`messages[].name`)."""
+
     role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart]
+    content: Text | ContentParts
     name: Text | None = None
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part["text"] for part in self.content)
 
     def template_role(self) -> str:
         """OpenAI's `developer` role is the system prompt for chat templates that predate it."""
@@ -93,6 +123,8 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
+StopSequence = Annotated[str, Field(max_length=MAX_STOP_LENGTH), AfterValidator(_characters_only)]
+StopSequences = Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES, fail_fast=True)]
 # a name that may become a folder in the store: refused with the naming rule before anything looks it up
 AdapterName = Annotated[str, AfterValidator(validate_adapter_name)]
 Density = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -104,10 +136,13 @@ class BlendComponent(_Strict):
     weight: float = 1.0
 
 
+BlendComponents = Annotated[list[BlendComponent], Field(min_length=1, max_length=MAX_BLEND_COMPONENTS, fail_fast=True)]
+
+
 class _BlendFields(BaseModel):
     """hotlora's extension: blend stored adapters per request (`extra_body` in the `openai` SDK)."""
 
-    adapters: Annotated[list[BlendComponent], Field(min_length=1, max_length=MAX_BLEND_COMPONENTS)] | None = None
+    adapters: BlendComponents | None = None
     blend_method: BlendMethod | None = None
     density: Density | None = None
 
@@ -161,13 +196,13 @@ def make_blend(components: list[tuple[str, float]], method: str, density: float 
 class _SamplingFields(_BlendFields, _Lenient):
     """Fields shared by chat and text completions."""
 
-    model: Annotated[str, Field(min_length=1)]
+    model: Annotated[str, Field(min_length=1, max_length=MAX_MODEL_LENGTH)]
     temperature: Temperature | None = None
     top_p: TopP | None = None
     n: PositiveInt | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    stop: Text | list[Text] | None = None
+    stop: StopSequence | StopSequences | None = None
     seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None  # a signed 64-bit integer
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
@@ -177,8 +212,6 @@ class _SamplingFields(_BlendFields, _Lenient):
     @classmethod
     def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
         stops = [value] if isinstance(value, str) else value or []
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty")
         return value
@@ -202,7 +235,7 @@ class _SamplingFields(_BlendFields, _Lenient):
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)]
     max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = None
@@ -220,9 +253,18 @@ class ChatCompletionRequest(_SamplingFields):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    def unknown_fields(self) -> Iterator[str]:
+        yield from super().unknown_fields()
+        seen: set[str] = set()
+        for message in self.messages:
+            for name in message.unknown_fields():
+                if name not in seen:  # each once: two thousand messages may all carry the same field
+                    seen.add(name)
+                    yield f"messages[].{name}"
+
 
 class CompletionRequest(_SamplingFields):
-    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1, fail_fast=True)]
     max_tokens: PositiveInt | None = 16  # OpenAI's default for /v1/completions
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: bool | None = None
@@ -372,7 +414,7 @@ class UnloadLoraAdapterRequest(_Lenient):
 
 class BlendSaveRequest(_Lenient):
     name: AdapterName
-    adapters: Annotated[list[BlendComponent], Field(min_length=1, max_length=MAX_BLEND_COMPONENTS)]
+    adapters: BlendComponents
     method: BlendMethod = "cat"
     density: Density | None = None
 

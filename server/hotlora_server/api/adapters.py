@@ -16,12 +16,12 @@ def build_adapter_router(engine: EngineClient) -> APIRouter:
 
     @router.get("/adapters")
     async def list_adapters() -> p.AdapterList:
-        return p.AdapterList(data=[p.AdapterCard.of(info) for info in engine.list_adapters()])
+        return p.AdapterList(data=[p.AdapterCard.of(info) for info in await engine.list_adapters()])
 
     # `:path` lets a name holding `/` (also sent as `%2F`) reach the name check and get its 400
     @router.get("/adapters/{name:path}")
     async def get_adapter(name: p.AdapterName) -> p.AdapterCard:
-        for info in engine.list_adapters():
+        for info in await engine.list_adapters():
             if info.name == name:
                 return p.AdapterCard.of(info)
         raise NotFoundError(f"adapter '{name}' is not in the store", param="name", code="adapter_not_found")

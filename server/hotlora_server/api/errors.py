@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -19,6 +20,8 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "bytes", "dict", "list", "none"}
 _NOT_AN_OBJECT = {"missing", "model_attributes_type", "model_type", "dict_type"}
 _Problem = tuple[str | None, str, bool]  # param, message, whether it is only a type mismatch
 _HTTP_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error"}
+MAX_SHOWN_PROBLEMS = 5
+MAX_EXAMINED_PROBLEMS = 100  # a union's branches come one after the other: enough to pair them up
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, object]:
@@ -32,11 +35,16 @@ def error_response(exc: HotloraError) -> JSONResponse:
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """One readable line per problem, e.g. `temperature: Input should be less than or equal to 2`."""
-    problems = [_problem(err) for err in exc.errors()]
-    problems = [p for p in problems if not _other_branch(p, problems)][:5]
-    lines = [f"{param}: {msg}" if param else msg for param, msg, _ in problems]
-    return "; ".join(lines), next((param for param, _, _ in problems if param), None)
+    """One readable line per problem, e.g. `temperature: Input should be less than or equal to 2`.
+
+    Runs on the event loop, so its work is bounded whatever the body: it reads the first few problems only
+    and sorts out union branches in one pass.
+    """
+    problems = [_problem(err) for err in itertools.islice(exc.errors(), MAX_EXAMINED_PROBLEMS)]
+    real = _really_wrong(problems)
+    shown = [p for p in problems if not (p[2] and p[0] in real)][:MAX_SHOWN_PROBLEMS]
+    lines = [f"{param}: {msg}" if param else msg for param, msg, _ in shown]
+    return "; ".join(lines), next((param for param, _, _ in shown if param), None)
 
 
 def _problem(err: dict[str, Any]) -> _Problem:
@@ -46,20 +54,33 @@ def _problem(err: dict[str, Any]) -> _Problem:
     param = ".".join(loc) or None
     kind = str(err.get("type", ""))
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    if kind == "json_invalid":  # its loc is the character offset, not a field
-        reason, offset = err.get("ctx", {}).get("error", "parse error"), loc[0] if loc else "?"
+    ctx = err.get("ctx", {})
+    if kind == "too_long" and ctx.get("field_type") == "List":  # pydantic adds "after validation"
+        got = f", not {ctx['actual_length']}" if ctx.get("actual_length") is not None else ""
+        msg = f"at most {ctx['max_length']} items are allowed{got}"
+    elif kind == "json_invalid":  # its loc is the character offset, not a field
+        reason, offset = ctx.get("error", "parse error"), loc[0] if loc else "?"
         param, msg = None, f"the body is not valid JSON ({reason} at character {offset})"
     elif not loc and kind in _NOT_AN_OBJECT:
         msg = _not_an_object_message(err)
     return param, msg, kind.endswith("_type")
 
 
-def _other_branch(problem: _Problem, problems: list[_Problem]) -> bool:
-    """A union's wrong-type branch (`content` is not a list) next to the real problem of the branch that
-    matched (a string that is not text): only the real problem is worth saying."""
-    param, _, mismatch = problem
-    prefix = f"{param}."
-    return mismatch and any(not m and (p == param or (p or "").startswith(prefix)) for p, _, m in problems)
+def _really_wrong(problems: list[_Problem]) -> set[str | None]:
+    """The params holding a problem other than a type mismatch, and every param they sit inside.
+
+    A union's wrong-type branch (`content` is not a list) next to the real problem of the branch that
+    matched (a string that is not text, at `content` or inside it): only the real problem is worth saying,
+    so a mismatch at a param of this set is left out.
+    """
+    real: set[str | None] = set()
+    for param, _, mismatch in problems:
+        if mismatch:
+            continue
+        real.add(param)
+        parts = (param or "").split(".")
+        real.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return real
 
 
 def _not_an_object_message(err: dict[str, Any]) -> str:

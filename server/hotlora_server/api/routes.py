@@ -16,6 +16,7 @@ from ..logs import request_id
 from ..metrics import Metrics
 from ..types import ChoiceDelta, EngineClient, GenerationEvent, GenerationRequest, ModelInfo, Usage
 from . import convert as c
+from .disconnect import cancelled_on_disconnect
 from .errors import error_body
 from .openapi import streamed
 
@@ -81,11 +82,11 @@ def build_router(engine: EngineClient, metrics: Metrics) -> APIRouter:
     @router.get("/models")
     async def list_models() -> p.ModelList:
         base = engine.served_model_name
-        return p.ModelList(data=[_card(m, base) for m in engine.list_models()])
+        return p.ModelList(data=[_card(m, base) for m in await engine.list_models()])
 
     @router.get("/models/{model_id:path}")
     async def get_model(model_id: str) -> p.ModelCard:
-        models = engine.list_models()
+        models = await engine.list_models()
         for info in models:
             if info.id == model_id:
                 return _card(info, engine.served_model_name)
@@ -93,7 +94,8 @@ def build_router(engine: EngineClient, metrics: Metrics) -> APIRouter:
         raise NotFoundError(f"The model '{model_id}' does not exist. Available models: {known}", param="model")
 
     @router.post("/chat/completions", response_model=None, responses=streamed(p.ChatCompletion))
-    async def chat_completions(body: p.ChatCompletionRequest) -> JSONResponse | EventSourceResponse:
+    @cancelled_on_disconnect
+    async def chat_completions(body: p.ChatCompletionRequest, request: Request) -> JSONResponse | EventSourceResponse:
         rid, created = f"chatcmpl-{request_id.get()}", c.now()
         first, events = await _start(engine, metrics, c.chat_request(body, request_id.get(), engine.served_model_name))
         if body.stream:
@@ -117,7 +119,8 @@ def build_router(engine: EngineClient, metrics: Metrics) -> APIRouter:
         return JSONResponse(result.model_dump())
 
     @router.post("/completions", response_model=None, responses=streamed(p.Completion))
-    async def completions(body: p.CompletionRequest) -> JSONResponse | EventSourceResponse:
+    @cancelled_on_disconnect
+    async def completions(body: p.CompletionRequest, request: Request) -> JSONResponse | EventSourceResponse:
         rid, created = f"cmpl-{request_id.get()}", c.now()
         first, events = await _start(engine, metrics, c.completion_request(body, request_id.get(), engine.served_model_name))
         if body.stream:

@@ -14,6 +14,7 @@ import ctypes
 import gc
 import itertools
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,13 +50,18 @@ AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch fo
 
 
 class AdapterCatalog:
-    """The store's adapters that fit the served base, re-read on demand and checked once per version."""
+    """The store's adapters that fit the served base, re-read on demand and checked once per version.
+
+    Used from the engine thread and from worker threads (never from the event loop: a first check reads an
+    adapter's weights).
+    """
 
     def __init__(self, store: AdapterStore, loaded: LoadedModel) -> None:
         self.store = store
         self._loaded = loaded
         self._verdicts: dict[tuple[str, str], str | None] = {}  # (name, version) -> refusal
         self._entries: dict[str, StoredAdapter] = {}  # name -> the store's description, while its version holds
+        self._checking = threading.Lock()  # one reading of an adapter's weights, not one per waiting request
 
     def refusal(self, entry: StoredAdapter) -> str | None:
         """Why `entry` cannot be served on this base, or None."""
@@ -63,17 +69,43 @@ class AdapterCatalog:
             return entry.error
         key = (entry.name, entry.version)
         if key not in self._verdicts:
-            try:
-                check_compatible(self.store.load_files(entry.name), self._loaded.spec)
-                self._verdicts[key] = None
-            except AdapterError as exc:
-                self._verdicts[key] = str(exc)
-                log.warning("adapter %s is not servable: %s", entry.name, exc)
+            with self._checking:
+                if key not in self._verdicts:
+                    self._verdicts[key] = self._check(entry)
         return self._verdicts[key]
+
+    def _check(self, entry: StoredAdapter) -> str | None:
+        try:
+            check_compatible(self.store.load_files(entry.name), self._loaded.spec)
+        except AdapterError as exc:
+            log.warning("adapter %s is not servable: %s", entry.name, exc)
+            return str(exc)
+        return None
 
     def servable(self) -> list[StoredAdapter]:
         """Enabled adapters of the store that fit the base, in name order."""
-        return [a for a in self.store.list() if not a.disabled and self.refusal(a) is None]
+        return [a for a in self.entries() if not a.disabled and self.refusal(a) is None]
+
+    def entries(self) -> list[StoredAdapter]:
+        """Every adapter of the store (disabled and unusable ones too), in name order.
+
+        Listing costs a few `stat`s per adapter (`store.versions()`); an adapter is described again only
+        when its version changed, since a description reads its config, weights' header and manifest.
+        """
+        versions = self.store.versions()
+        listing: list[StoredAdapter] = []
+        for name, version in versions.items():
+            entry = self._entries.get(name)
+            if entry is None or entry.version != version:
+                try:
+                    entry = self._entries[name] = self.store.get(name)
+                except AdapterNotFoundError:  # removed since the versions were taken
+                    continue
+            listing.append(entry)
+        for name in list(self._entries):
+            if name not in versions:
+                self._entries.pop(name, None)
+        return listing
 
     def get(self, name: str) -> StoredAdapter:
         """The adapter called `name`, or a 404 naming what exists / a 400 saying why it cannot be served

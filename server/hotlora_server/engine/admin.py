@@ -57,8 +57,9 @@ class AdapterAdmin:
         self._allowed = tuple(allowed)
 
     def list_adapters(self) -> list[AdapterInfo]:
+        """Every adapter of the store with its status (blocking: a first check reads an adapter's weights)."""
         resident = self._engine.resident_adapters()
-        return [self._info(entry, resident) for entry in self._store.list()]
+        return [self._info(entry, resident) for entry in self._catalog.entries()]
 
     async def load(self, name: str, path: str | None) -> AdapterInfo:
         imported = False
@@ -77,7 +78,7 @@ class AdapterAdmin:
             if imported:  # refused after the import wrote it: leave the store as it was
                 await asyncio.to_thread(self._store.delete, name)
             raise
-        return self._describe(name)
+        return await asyncio.to_thread(self._describe, name)
 
     async def unload(self, name: str, purge: bool) -> None:
         try:
@@ -104,7 +105,7 @@ class AdapterAdmin:
                 await asyncio.to_thread(self._store.register, name, folder, manifest=manifest, base=self._loaded.spec)
             except AdapterError as exc:
                 raise domain_error(exc) from None
-        return self._describe(name)
+        return await asyncio.to_thread(self._describe, name)  # its first check reads the new weights
 
     # -- helpers ------------------------------------------------------------------------------------
 

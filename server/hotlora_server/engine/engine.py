@@ -1,8 +1,8 @@
 """The engine: one thread owns the model; the HTTP layer talks to it through queues.
 
-`generate` validates and tokenizes in the caller (cheap, and a bad request fails before anything is
-queued), then hands a job to the engine thread and streams its events back through a per-request
-asyncio queue. The engine thread alternates between taking what arrived (jobs for the scheduler,
+`generate` validates and tokenizes in a worker thread (a bad request fails before anything is queued, and
+neither the event loop nor the engine thread waits for a long prompt or an adapter's first check), then
+hands a job to the engine thread and streams its events back through a per-request asyncio queue. The engine thread alternates between taking what arrived (jobs for the scheduler,
 management tasks run at once, between batch steps) and one scheduler step, which takes arrivals again
 between its prefills; it sleeps when idle.
 Closing a stream early sets the job's cancel flag; the scheduler drops its rows at the next step.
@@ -22,13 +22,7 @@ from typing import Any, TypeVar
 
 from hotlora_adapters import AdapterStore, StoreChange, StoreWatcher
 
-from ..errors import (
-    ContextLengthExceededError,
-    HotloraError,
-    InvalidRequestError,
-    OverloadedError,
-    ServiceUnavailableError,
-)
+from ..errors import HotloraError, InvalidRequestError, OverloadedError, ServiceUnavailableError
 from ..settings import Settings
 from ..types import AdapterInfo, BlendSpec, EngineStats, GenerationEvent, GenerationRequest, ModelInfo, Usage
 from .adapter_pool import AdapterCatalog, AdapterPool, PoolStats
@@ -36,7 +30,7 @@ from .admin import AdapterAdmin
 from .attention import use_batch_invariant_attention
 from .loader import LoadedModel, load_model
 from .prefix_cache import PrefixCache
-from .prompts import chat_prompt_ids, completion_prompt_ids, stop_token_ids
+from .prompts import PromptTokenizer, stop_token_ids
 from .scheduler import Job, Scheduler, SchedulerStats
 
 log = logging.getLogger(__name__)
@@ -63,6 +57,7 @@ class Engine:
         self._catalog: AdapterCatalog | None = None
         self._pool: AdapterPool | None = None
         self._admin: AdapterAdmin | None = None
+        self._prompts: PromptTokenizer | None = None
         self._scheduler: Scheduler | None = None
         self._watcher: StoreWatcher | None = None
         self._created = int(time.time())
@@ -79,8 +74,11 @@ class Engine:
     def is_ready(self) -> bool:
         return self._ready.is_set()
 
-    def list_models(self) -> list[ModelInfo]:
+    async def list_models(self) -> list[ModelInfo]:
+        """The base and every servable adapter; listed in a worker thread, as an adapter's first look
+        reads its weights."""
         loaded, catalog = self._require_ready()
+        servable = await asyncio.to_thread(catalog.servable)
         base = ModelInfo(
             id=loaded.name,
             created=self._created,
@@ -99,12 +97,12 @@ class Engine:
                 kernel=loaded.kernel,
                 batch_invariant=loaded.batch_invariant,
             )
-            for a in catalog.servable()
+            for a in servable
         ]
         return [base, *adapters]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        job = self._prepare(request)
+        job = await asyncio.to_thread(self._prepare, request)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent | HotloraError] = asyncio.Queue()
         job.emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
@@ -162,8 +160,8 @@ class Engine:
         """Store adapters loaded in memory now (a snapshot, safe from any thread)."""
         return self._pool.resident if self._pool is not None else frozenset()
 
-    def list_adapters(self) -> list[AdapterInfo]:
-        return self._require_admin().list_adapters()
+    async def list_adapters(self) -> list[AdapterInfo]:
+        return await asyncio.to_thread(self._require_admin().list_adapters)
 
     async def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
         return await self._require_admin().load(name, path)
@@ -206,7 +204,7 @@ class Engine:
         self._jobs.put(None)
         self._thread.join(timeout)
 
-    # -- request preparation (caller's thread) -------------------------------------------------------
+    # -- request preparation (worker threads) --------------------------------------------------------
 
     def _require_ready(self) -> tuple[LoadedModel, AdapterCatalog]:
         if not self._ready.is_set() or self._loaded is None or self._catalog is None:
@@ -231,23 +229,11 @@ class Engine:
             catalog.get(request.model)
         if request.n > self._settings.max_n:
             raise InvalidRequestError(f"n must be at most {self._settings.max_n} (--max-n)", param="n")
-        if request.messages is not None:
-            prompt_ids = chat_prompt_ids(loaded.tokenizer, request.messages)
-            param = "messages"
-        else:
-            prompt_ids = completion_prompt_ids(loaded.tokenizer, request.prompt or "")
-            param = "prompt"
-        context = loaded.context_length
-        wanted = request.sampling.max_tokens
-        room = context - len(prompt_ids)
-        if (wanted is not None and wanted > room) or room < 1:
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {context} tokens. However, you requested "
-                f"{len(prompt_ids) + (wanted or 1)} tokens ({len(prompt_ids)} in the {param}, "
-                f"{wanted or 1} in the completion). Please reduce the length of the {param} or completion.",
-                param=param,
-            )
-        return Job(request=request, prompt_ids=prompt_ids, max_new_tokens=wanted or room, emit=lambda _: None)
+        assert self._prompts is not None
+        prompt_ids = self._prompts.encode(request)
+        room = loaded.context_length - len(prompt_ids)
+        return Job(request=request, prompt_ids=prompt_ids, max_new_tokens=request.sampling.max_tokens or room,
+                   emit=lambda _: None)  # fmt: skip
 
     # -- engine thread ------------------------------------------------------------------------------
 
@@ -319,6 +305,7 @@ class Engine:
         settings = self._settings
         self._pool = AdapterPool(loaded, catalog, settings.max_loaded_adapters, settings.merge_policy)
         self._admin = AdapterAdmin(self, catalog, loaded, settings.allow_adapter_dir)
+        self._prompts = PromptTokenizer(loaded.tokenizer, loaded.context_length)
         self._watcher = StoreWatcher(store)
         self._watcher.poll()  # what is there now is known; later polls report changes
         self._watcher.start(self._on_store_change)

@@ -2,31 +2,77 @@
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from ..errors import InvalidRequestError
+from ..errors import ContextLengthExceededError, InvalidRequestError
+from ..types import GenerationRequest
 
 
-def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> list[int]:
-    """Render `messages` with the chat template (generation prompt appended) and tokenize the result."""
+def chat_prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> str:
+    """`messages` rendered with the chat template, the generation prompt appended."""
     if tokenizer.chat_template is None:
         raise InvalidRequestError(
             "this model has no chat template: the server can be started with --chat-template chatml (or a "
             "Jinja file), or use /v1/completions with a raw prompt",
             param="messages",
         )
-    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return str(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False))
 
 
-def completion_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Tokenize a raw prompt the way the model was trained to see plain text."""
-    ids = list(tokenizer(prompt)["input_ids"])
-    if not ids:
-        raise InvalidRequestError("the prompt is empty", param="prompt")
-    return ids
+class PromptTokenizer:
+    """A request's prompt as token ids, checked against the context; called from worker threads.
+
+    It keeps its own copy of the tokenizer: a fast tokenizer refuses to be used by two threads at once
+    when one call changes its settings ("Already borrowed"), and the engine thread decodes with the
+    original. A text too long for the context is refused from its length before it is tokenized
+    (tokenizing megabytes takes seconds and gigabytes): no token covers more characters than the longest
+    entry of the vocabulary, as holds for the byte-level BPE and SentencePiece tokenizers of chat models
+    (every character of the text lands in some token).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, context_length: int) -> None:
+        self._tokenizer = copy.deepcopy(tokenizer)
+        self._lock = threading.Lock()
+        self._context = context_length
+        self._longest_token = max(map(len, tokenizer.get_vocab()), default=1)
+
+    def encode(self, request: GenerationRequest) -> list[int]:
+        """The prompt's ids; `ContextLengthExceededError` unless it leaves room for the completion.
+
+        A chat is rendered with the template (which adds its own special tokens); a raw prompt is
+        tokenized the way the model was trained to see plain text.
+        """
+        wanted = request.sampling.max_tokens
+        with self._lock:
+            if request.messages is not None:
+                param, text, special = "messages", chat_prompt_text(self._tokenizer, request.messages), False
+            else:
+                param, text, special = "prompt", request.prompt or "", True
+            self._check_fits(len(text), wanted, param, exact=False)
+            ids = list(self._tokenizer(text, add_special_tokens=special)["input_ids"])
+        if not ids:
+            raise InvalidRequestError("the prompt is empty", param=param)
+        self._check_fits(len(ids), wanted, param, exact=True)
+        return ids
+
+    def _check_fits(self, size: int, wanted: int | None, param: str, *, exact: bool) -> None:
+        """Refuse a prompt of `size` tokens, or (not `exact`) of `size` characters, that leaves no room
+        for `wanted` completion tokens (None: at least one)."""
+        tokens = size if exact else -(-size // self._longest_token)  # not exact: the fewest it can make
+        completion = wanted or 1
+        if tokens + completion <= self._context:
+            return
+        counted = f"{tokens} in the {param}" if exact else f"at least {tokens} in the {param} of {size} characters"
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {self._context} tokens. However, you requested "
+            f"{'' if exact else 'at least '}{tokens + completion} tokens ({counted}, {completion} in the "
+            f"completion). Please reduce the length of the {param} or completion.",
+            param=param,
+        )
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_eos: int | list[int] | None) -> frozenset[int]:

@@ -148,6 +148,34 @@ async def collect(engine: Any, request: Any) -> tuple[dict[int, str], Any]:
     raise AssertionError("no usage event")
 
 
+@contextmanager
+def live_app(app: Any) -> Iterator[Any]:
+    """`app` served by uvicorn on a free loopback port (in a thread); yields an httpx client on it."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_dir: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The real engine serving the tiny model, started and ready."""

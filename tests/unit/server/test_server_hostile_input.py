@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,6 +166,89 @@ def test_messages_with_empty_content_still_answer(client: Any) -> None:
             "max_tokens": 2}  # fmt: skip
     response = client.post(CHAT, json=body)
     assert response.status_code == 200, response.text
+
+
+# -- many items: lists are capped, and the work of a 400 is bounded --------------------------------------
+
+
+def test_sixteen_thousand_integers_as_messages_is_a_short_400(client: Any, openai_error: Any) -> None:
+    """The body that once held the event loop for 25 s: validation stops at the first bad message."""
+    body = {"model": TINY_NAME, "messages": list(range(16_000))}
+    error = openai_error(client.post(CHAT, json=body), 400, param="messages.0")
+    assert error["message"].count("messages.") == 1, error
+
+
+@pytest.mark.parametrize(
+    ("field", "items", "limit"),
+    [("messages", [{"role": "user", "content": "Hi"}] * 2049, 2048),
+     ("messages.0.content", [{"role": "user", "content": [{"type": "text", "text": "Hi"}] * 257}], 256)],
+)  # fmt: skip
+def test_too_many_items_are_400_with_the_limit(client: Any, openai_error: Any, field: str, items: Any, limit: int) -> None:
+    error = openai_error(client.post(CHAT, json={"model": TINY_NAME, "messages": items, "max_tokens": 2}), 400,
+                         param=field)  # fmt: skip
+    assert f"at most {limit} items are allowed, not {limit + 1}" in error["message"], error
+
+
+@pytest.mark.parametrize(("stop", "param"), [("x" * 257, "stop"), (["a", "x" * 257], "stop.1")])
+def test_a_stop_sequence_over_256_characters_is_400(client: Any, openai_error: Any, stop: Any, param: str) -> None:
+    """The stop matcher's work per token grows with the square of a stop sequence's length."""
+    error = openai_error(client.post(CHAT, json={"model": TINY_NAME, "messages": [{"role": "user", "content": "Hi"}],
+                                                 "stop": stop}), 400, param=param)  # fmt: skip
+    assert "256 characters" in error["message"]
+
+
+def test_a_model_over_4096_characters_is_400(client: Any, openai_error: Any) -> None:
+    """A megabyte blend string is refused by its length, not split and parsed on the event loop."""
+    body = {"model": "tiny-adapter*1+" * 100_000, "messages": [{"role": "user", "content": "Hi"}]}
+    error = openai_error(client.post(CHAT, json=body), 400, param="model")
+    assert "4096 characters" in error["message"]
+
+
+def test_the_validation_message_reads_a_bounded_number_of_problems() -> None:
+    """It runs on the event loop: however many problems pydantic found, only the first few are read."""
+    from fastapi.exceptions import RequestValidationError
+
+    from hotlora_server.api.errors import MAX_EXAMINED_PROBLEMS, _validation_message
+
+    read = 0
+
+    def problems() -> Iterator[dict[str, Any]]:
+        nonlocal read
+        for i in range(2_000):
+            read += 1
+            yield {"type": "model_type", "loc": ("body", "messages", i), "msg": "Input should be an object"}
+
+    message, param = _validation_message(RequestValidationError(problems()))  # type: ignore[arg-type]
+    assert read <= MAX_EXAMINED_PROBLEMS
+    assert param == "messages.0" and message.startswith("messages.0: Input should be an object; messages.1: ")
+
+
+def test_a_mismatched_union_branch_is_not_shown_next_to_the_real_problem() -> None:
+    from fastapi.exceptions import RequestValidationError
+
+    from hotlora_server.api.errors import _validation_message
+
+    errors = [{"type": "string_type", "loc": ("body", "messages", 0, "content", "str"), "msg": "not a string"},
+              {"type": "missing", "loc": ("body", "messages", 0, "content", "list[TextPart]", 0, "text"),
+               "msg": "Field required"},
+              {"type": "string_type", "loc": ("body", "user"), "msg": "Input should be a valid string"}]  # fmt: skip
+    message, param = _validation_message(RequestValidationError(errors))
+    assert message == "messages.0.content.0.text: Field required; user: Input should be a valid string"
+
+
+def test_ignored_fields_are_logged_in_one_bounded_line(client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    messages = [{"role": "user", "content": "Hi", "refusal": None, "annotations": []}] * 10
+    body = {"model": TINY_NAME, "messages": messages, "max_tokens": 1, **{f"extra{i}": i for i in range(1000)}}
+    with caplog.at_level(logging.INFO, logger="hotlora_server.protocol"):
+        assert client.post(CHAT, json=body).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignoring unsupported fields")]
+    assert lines == ["ignoring unsupported fields: extra0, extra1, extra2, extra3, extra4, extra5, extra6, extra7, ..."]
+    body = {"model": TINY_NAME, "messages": messages, "max_tokens": 1, "metadata": {}}
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hotlora_server.protocol"):
+        assert client.post(CHAT, json=body).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignoring unsupported fields")]
+    assert lines == ["ignoring unsupported fields: metadata, messages[].refusal, messages[].annotations"]
 
 
 # -- body size ----------------------------------------------------------------------------------------

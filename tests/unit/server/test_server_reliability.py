@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ADAPTER_NAME, TINY_NAME
+from conftest import ADAPTER_NAME, TINY_NAME, live_app
 from test_server_observability import scrape
 
 BOOM = "boom-request"
@@ -25,25 +24,10 @@ BOOM = "boom-request"
 @pytest.fixture(scope="module")
 def live(tiny_engine: Any) -> Iterator[httpx.Client]:
     """The app over the tiny engine, served by uvicorn on a free loopback port."""
-    import uvicorn
-
     from hotlora_server.api import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(tiny_engine), host="127.0.0.1", port=port, log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    with live_app(create_app(tiny_engine)) as client:
         yield client
-    server.should_exit = True
-    thread.join(10)
 
 
 def _body(text: str, max_tokens: int = 12, **extra: Any) -> dict[str, Any]:
@@ -78,6 +62,23 @@ def test_a_vanished_client_frees_its_rows_at_once(live: httpx.Client) -> None:
     # the connection is closed here, long before 220 tokens
     _wait_for(lambda: _sample(live, "hotlora_requests_aborted_total") == aborted + 1, timeout=5)
     _wait_for(lambda: _sample(live, "hotlora_batch_rows") == 0, timeout=5)
+    assert live.post("/v1/chat/completions", json=_body("still serving")).status_code == 200
+
+
+def test_a_vanished_client_of_a_non_streaming_request_frees_its_rows(live: httpx.Client) -> None:
+    """Nothing is written before the end of a non-streaming answer: the server must notice the closed
+    connection itself, and abort the generation rather than finish it for nobody."""
+    aborted = _sample(live, "hotlora_requests_aborted_total")
+    body = json.dumps(_body("go on and on", max_tokens=220)).encode()
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {live.base_url.host}\r\nContent-Type: application/json\r\n"
+    with socket.create_connection((live.base_url.host, live.base_url.port)) as connection:
+        connection.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        _wait_for(lambda: _sample(live, "hotlora_requests_running") == 1)
+    # the connection is closed here, long before 220 tokens
+    _wait_for(lambda: _sample(live, "hotlora_requests_aborted_total") == aborted + 1, timeout=5)
+    _wait_for(lambda: _sample(live, "hotlora_batch_rows") == 0, timeout=5)
+    closed = ("hotlora_requests_total", (("endpoint", "/v1/chat/completions"), ("status", "499")))
+    _wait_for(lambda: scrape(live).get(closed, 0) >= 1)  # counted as nginx's "client closed request"
     assert live.post("/v1/chat/completions", json=_body("still serving")).status_code == 200
 
 
