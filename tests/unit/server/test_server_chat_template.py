@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from conftest import TINY_NAME, running_engine, tiny_settings
 from hotlora_adapters import AdapterStore, ChatTemplateError, resolve_chat_template
 from hotlora_adapters.chat_templates import CHATML
 from hotlora_server.engine.loader import ModelLoadError, load_model
-from hotlora_server.engine.prompts import chat_prompt_ids
+from hotlora_server.engine.prompts import chat_prompt_text
 from hotlora_server.errors import InvalidRequestError
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -45,7 +46,7 @@ def test_without_a_template_chat_says_how_to_get_one(templateless: Path, tmp_pat
     loaded = load_model(tiny_settings(templateless, tmp_path, tmp_path / "store"))
     assert loaded.tokenizer.chat_template is None
     with pytest.raises(InvalidRequestError, match="--chat-template chatml"):
-        chat_prompt_ids(loaded.tokenizer, MESSAGES)
+        chat_prompt_text(loaded.tokenizer, MESSAGES)
     with pytest.raises(ModelLoadError, match="not a built-in name"):
         load_model(tiny_settings(templateless, tmp_path, tmp_path / "store", chat_template=str(tmp_path / "nope")))
 
@@ -58,8 +59,7 @@ def test_chatml_renders_the_courses_format_and_the_trainer_uses_the_same(
 
     settings = tiny_settings(templateless, tmp_path / "home", tmp_path / "store", chat_template="chatml")
     loaded = load_model(settings)
-    ids = chat_prompt_ids(loaded.tokenizer, MESSAGES)
-    assert loaded.tokenizer.decode(ids) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert chat_prompt_text(loaded.tokenizer, MESSAGES) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
     data = tmp_path / "d.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ih"}]}\n' * 4)
@@ -72,4 +72,4 @@ def test_chatml_renders_the_courses_format_and_the_trainer_uses_the_same(
     assert result.manifest.model_dump()["recipe"]["chat_template"] == "chatml"
     assert AdapterStore(tmp_path / "store").get("chatml-bot").usable
     with running_engine(settings) as engine:
-        assert {"chatml-bot", TINY_NAME} <= {m.id for m in engine.list_models()}
+        assert {"chatml-bot", TINY_NAME} <= {m.id for m in asyncio.run(engine.list_models())}

@@ -117,7 +117,7 @@ def test_train_serve_blend_and_batch_invariance(family: str, real_tokenizer: Any
     settings = tiny_settings(base, tmp_path / "home", store, quantize="nf4")
     with running_engine(settings) as engine:
         assert engine._loaded.batch_invariant
-        served = {m.id for m in engine.list_models()}
+        served = {m.id for m in asyncio.run(engine.list_models())}
         assert {"trained", "random"} <= served
         cases = [(model, text) for model in ("tiny", "trained", "random", BLEND.label()) for text in PROMPTS]
         alone = _outputs(engine, cases, concurrently=False)
