@@ -2,7 +2,7 @@
 
     python bench/soak.py [--quick] [--requests 400] [--concurrency 32] [--max-tokens 32] [--churn-every 3]
                          [--request-timeout 120] [--deadline 1800] [--max-rss-growth 10]
-                         [--max-loaded-adapters 16] [--home DIR] [--keep-logs]
+                         [--max-loaded-adapters 16] [--home DIR] [--keep-logs] [--no-hostile]
 
 Starts `hotlora serve` on a loopback port with 6 random r=16 adapters in a temporary store: 4 steady ones
 and 2 churn ones. --requests streamed chats go to it, --concurrency at a time, spread in turn over the base,
@@ -18,11 +18,19 @@ for the requested model (or ends in an in-band error object), one finish_reason,
 without `[DONE]` within --request-timeout is hung. A churn adapter's 404 (or in-band error) while it is
 disabled is the expected, clean failure; on any other model an error is unexpected.
 
+Beside this normal load runs a hostile mix (bench/soak_hostile.py; --no-hostile leaves it out): invalid
+bodies, each to be refused with a 4xx OpenAI error within a second; tiny temperatures and a 1e100 blend
+weight, to be served (200) or refused (400); import -> chat -> purge cycles of a fresh adapter folder from the
+server's --allow-adapter-dir; and a /health probe every 100 ms that must never take more than a second.
+Each class is counted and timed on its own; the zero-5xx, -hung and -malformed checks count its requests
+too, and the normal load must still see no error but the churn adapters' 404s (or a 429).
+
 The server's resident memory (VmRSS) is sampled once the warm-up (the first 10% of requests, at least two
 per model) has finished, every second after, and at the end: flat means end/warm-up growth below
---max-rss-growth percent. After the load, `/metrics` must show `hotlora_requests_running` and
-`hotlora_requests_waiting` back at 0 (n/a where it answers 404) and `/health` 200. The markdown goes to
-stdout, bench/results/soak-<UTC time>.md and bench/results/soak-latest.md; the exit code is 1 if a check fails.
+--max-rss-growth percent; the report also divides that growth by the import/purge cycles run meanwhile.
+After the load, `/metrics` must show `hotlora_requests_running` and `hotlora_requests_waiting` back at 0
+(n/a where it answers 404) and `/health` 200. The markdown goes to stdout, bench/results/soak-<UTC time>.md
+and bench/results/soak-latest.md; the exit code is 1 if a check fails.
 """
 
 from __future__ import annotations
@@ -40,10 +48,11 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+import soak_hostile as hostile
 from _common import REPO, machine_header, model_folder, percentile, publish, random_adapters, register_all
 from live_server import BASE_ID, RunningServer, serving
 from prometheus_client.parser import text_string_to_metric_families
-from soak_wire import Outcome, one_request
+from soak_wire import Outcome, one_request, status_of
 
 STEADY = tuple(f"steady{i}" for i in range(4))
 CHURN = ("churn0", "churn1")
@@ -78,6 +87,7 @@ class RssWatch:
 
     pid: int
     warm: int | None = None
+    warm_at: float | None = None  # time.monotonic() of the warm-up sample
     end: int | None = None
     samples: list[int] = field(default_factory=list)
 
@@ -96,7 +106,7 @@ class RssWatch:
         return value
 
     def mark_warm(self) -> None:
-        self.warm = self.sample()
+        self.warm, self.warm_at = self.sample(), time.monotonic()
 
     def mark_end(self) -> None:
         self.end = self.sample()
@@ -122,6 +132,11 @@ class Run:
     exit_code: int | None  # the server's, if it exited during the load
     gauges: dict[str, float] | None  # None: the server has no /metrics
     health: int | None
+    hostile: hostile.HostileMix | None  # None: --no-hostile
+
+    def every_outcome(self) -> list[Outcome]:
+        """The normal load's requests and the hostile mix's."""
+        return self.outcomes + (self.hostile.outcomes() if self.hostile else [])
 
 
 def request_body(i: int, model: str, max_tokens: int) -> dict[str, object]:
@@ -150,10 +165,14 @@ async def churn(client: httpx.AsyncClient, every: float, calls: list[ChurnCall])
 
 
 async def settle(client: httpx.AsyncClient) -> dict[str, float] | None:
-    """The running and waiting gauges once both read 0, or as they are 5 s after the load; None without /metrics."""
+    """The running and waiting gauges once both read 0, or as they are 5 s after the load (as last read, none
+    if the server never answered); None without /metrics."""
     values: dict[str, float] = {}
     for _ in range(10):
-        response = await client.get("/metrics")
+        try:
+            response = await client.get("/metrics")
+        except httpx.TransportError:  # a server still stalled after the load: that check fails, the report stays
+            return values
         if response.status_code == 404:
             return None
         response.raise_for_status()
@@ -165,9 +184,11 @@ async def settle(client: httpx.AsyncClient) -> dict[str, float] | None:
     return values
 
 
-async def soak(server: RunningServer, args: argparse.Namespace, deadline: float) -> Run:
-    """The load with adapter churn and memory sampling, then the server's state once it is over."""
+async def soak(server: RunningServer, args: argparse.Namespace, deadline: float, root: Path) -> Run:
+    """The load with adapter churn, the hostile mix and memory sampling, then the server's state once it is over."""
     rss = RssWatch(server.process.pid)
+    mix = None if args.no_hostile else hostile.HostileMix(
+        BASE_ID, STEADY, root / "library" / hostile.IMPORTED, root / "imports", args.max_tokens, args.request_timeout)
     outcomes: list[Outcome] = []
     calls: list[ChurnCall] = []
     pending = enumerate(itertools.islice(itertools.cycle(MIX), args.requests))
@@ -186,23 +207,27 @@ async def soak(server: RunningServer, args: argparse.Namespace, deadline: float)
                 if len(outcomes) == warmup:
                     rss.mark_warm()
 
+        until = asyncio.Event()  # the normal load is over: each hostile loop stops once it has tried every class
         background = [asyncio.create_task(churn(admin, args.churn_every, calls)),
                       asyncio.create_task(rss.sample_every(1.0))]
+        mixing = [asyncio.create_task(mix.run(server.base_url, until))] if mix else []
         started = time.perf_counter()
         try:
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            wall = time.perf_counter() - started
+            until.set()
+            await asyncio.gather(*mixing)
         finally:
-            for task in background:
+            for task in background + mixing:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-        wall = time.perf_counter() - started
+            await asyncio.gather(*background, *mixing, return_exceptions=True)
         exit_code = server.process.poll()
         if exit_code is not None:
-            return Run(outcomes, args.requests, wall, calls, rss, exit_code, {}, None)
+            return Run(outcomes, args.requests, wall, calls, rss, exit_code, {}, None, mix)
         gauges = await settle(admin)
         rss.mark_end()
-        health = (await admin.get("/health")).status_code
-    return Run(outcomes, args.requests, wall, calls, rss, None, gauges, health)
+        health = await status_of(admin.get("/health"))
+    return Run(outcomes, args.requests, wall, calls, rss, None, gauges, health, mix)
 
 
 def seconds_pair(values: list[float]) -> str:
@@ -253,14 +278,23 @@ def summary_table(run: Run, args: argparse.Namespace) -> list[str]:
     return ["| figure | value |", "|---|--:|", *(f"| {name} | {value} |" for name, value in rows)]
 
 
+def hostile_section(run: Run) -> list[str]:
+    """The hostile mix's table, after the normal load's (nothing with --no-hostile)."""
+    if run.hostile is None:
+        return []
+    growth = run.hostile.growth_per_cycle(run.rss.warm_at, run.rss.warm, run.rss.end)
+    return ["", *hostile.table(run.hostile, growth)]
+
+
 def checks(run: Run, args: argparse.Namespace) -> list[tuple[str, bool | None]]:
     """Each soak criterion and whether this run meets it (None: cannot be judged here)."""
-    done = run.outcomes
+    done, every = run.outcomes, run.every_outcome()
+    scope = " (normal load and hostile mix)" if run.hostile else ""
     growth = run.rss.growth()
     return [
-        ("zero 5xx (also in-band server_error)", not any(o.server_error for o in done)),
-        ("zero hung requests", not any(o.kind == "hung" for o in done)),
-        ("zero malformed responses", not any(o.kind == "malformed" for o in done)),
+        (f"zero 5xx (also in-band server_error){scope}", not any(o.server_error for o in every)),
+        (f"zero hung requests{scope}", not any(o.kind == "hung" for o in every)),
+        (f"zero malformed responses{scope}", not any(o.kind == "malformed" for o in every)),
         ("no errors but a disabled churn adapter's or a 429",
          not any(o.kind in ("error", "in-band") and not expected(o) for o in done)),
         ("adapters unloaded and loaded during the load, every call 200",
@@ -271,13 +305,17 @@ def checks(run: Run, args: argparse.Namespace) -> list[tuple[str, bool | None]]:
          None if run.gauges is None else all(run.gauges.get(name) == 0 for name in GAUGES)),
         ("server still up, /health 200", run.exit_code is None and run.health == 200),
         ("every request sent before the deadline", len(done) == run.planned),
+        *(hostile.checks(run.hostile) if run.hostile else []),
     ]
 
 
 def problems(run: Run) -> list[str]:
-    """The distinct failures that were not expected, most frequent first (the first 10)."""
+    """The distinct failures that were not expected, most frequent first: the first 10 of the normal load, then
+    the first 10 of the hostile mix (so that a load that fails everywhere does not hide them)."""
     seen = Counter(f"{o.model}: HTTP {o.status}, {o.kind}: {o.detail}" for o in run.outcomes if not expected(o))
-    return [f"- {text} (x{n})" for text, n in seen.most_common(10)]
+    mixed = hostile.problems(run.hostile) if run.hostile else Counter()
+    return ([f"- {text} (x{n})" for text, n in seen.most_common(10)]
+            + [f"- hostile mix, {text} (x{n})" for text, n in mixed.most_common(10)])
 
 
 def parse_args() -> argparse.Namespace:
@@ -300,6 +338,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--home", type=Path, default=REPO / ".pytest_cache" / "hotlora-home",
                         help="hotlora home with the converted base (default .pytest_cache/hotlora-home)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the server's log (its folder is printed)")
+    parser.add_argument("--no-hostile", action="store_true",
+                        help="the normal load and its churn only: no invalid bodies, sampling extremes, import/purge "
+                             "cycles or /health probes beside it")
     args = parser.parse_args()
     args.requests = args.requests or (48 if args.quick else 400)
     args.concurrency = args.concurrency or (16 if args.quick else 32)
@@ -315,18 +356,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         root = Path(tmp)
         logs = Path(tempfile.mkdtemp(prefix="soak-logs-")) if args.keep_logs else root
-        random_adapters(model_folder(home), root / "library", STEADY + CHURN)
+        imported = () if args.no_hostile else (hostile.IMPORTED,)  # the source of the import/purge cycles
+        random_adapters(model_folder(home), root / "library", STEADY + CHURN + imported)
         register_all(root / "store", root / "library", STEADY + CHURN)
         server_args = ["--home", str(home), "--adapters-dir", str(root / "store"), "--log-level", "info",
                        "--max-loaded-adapters", str(args.max_loaded_adapters)]
+        if imported:
+            (root / "imports").mkdir()
+            server_args += ["--allow-adapter-dir", str(root / "imports")]
         with serving(server_args, logs / "hotlora.log") as server:
-            run = asyncio.run(soak(server, args, deadline))
+            run = asyncio.run(soak(server, args, deadline, root))
         log_tail = server.output().splitlines()[-40:]
     verdicts = checks(run, args)
     lines = ["| check | result |", "|---|---|"]
     lines += [f"| {name} | {'n/a' if ok is None else 'PASS' if ok else 'FAIL'} |" for name, ok in verdicts]
     failures = problems(run)
-    report = [*machine_header("soak", stamp), "", *summary_table(run, args), "", *lines]
+    report = [*machine_header("soak", stamp), "", *summary_table(run, args), *hostile_section(run), "", *lines]
     report += ["", "Unexpected failures:", *failures] if failures else []
     publish("soak", stamp, "\n".join(report) + "\n")
     passed = all(ok is not False for _, ok in verdicts)

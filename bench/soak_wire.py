@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ class Outcome:
     status: int | None  # None: no response head arrived
     kind: Kind  # ok; error: a clean error status; in-band: an error frame in a 200 stream
     detail: str = ""  # the error's type, or what was wrong
-    latency: float | None = None  # request sent -> [DONE]
+    latency: float | None = None  # request sent -> [DONE] (a refused invalid body: -> its answer)
     ttft: float | None = None  # request sent -> first content chunk
     tokens: int = 0  # completion tokens (usage)
 
@@ -31,6 +32,14 @@ class Outcome:
     def server_error(self) -> bool:
         """A 5xx, also one reported in-band after the 200 head was sent."""
         return (self.status or 0) >= 500 or (self.kind == "in-band" and self.detail == "server_error")
+
+
+async def status_of(call: Awaitable[httpx.Response]) -> int | None:
+    """The status of a call whose body does not matter; None if no answer came."""
+    try:
+        return (await call).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def error_type(data: object) -> str:
