@@ -2,7 +2,7 @@
 
     python bench/soak.py [--quick] [--requests 400] [--concurrency 32] [--max-tokens 32] [--churn-every 3]
                          [--request-timeout 120] [--deadline 1800] [--max-rss-growth 10]
-                         [--max-loaded-adapters 16] [--home DIR] [--keep-logs]
+                         [--max-loaded-adapters 16] [--home DIR] [--keep-logs] [--no-hostile]
 
 Starts `hotlora serve` on a loopback port with 6 random r=16 adapters in a temporary store: 4 steady ones
 and 2 churn ones. --requests streamed chats go to it, --concurrency at a time, spread in turn over the base,
@@ -18,11 +18,19 @@ for the requested model (or ends in an in-band error object), one finish_reason,
 without `[DONE]` within --request-timeout is hung. A churn adapter's 404 (or in-band error) while it is
 disabled is the expected, clean failure; on any other model an error is unexpected.
 
+Beside this normal load runs a hostile mix (bench/soak_hostile.py; --no-hostile leaves it out): invalid
+bodies, each to be refused with a 4xx OpenAI error within a second; tiny temperatures and a 1e100 blend
+weight, to be served (200) or refused (400); import -> chat -> purge cycles of a fresh adapter folder from the
+server's --allow-adapter-dir; and a /health probe every 100 ms that must never take more than a second.
+Each class is counted and timed on its own; the zero-5xx, -hung and -malformed checks count its requests
+too, and the normal load must still see no error but the churn adapters' 404s (or a 429).
+
 The server's resident memory (VmRSS) is sampled once the warm-up (the first 10% of requests, at least two
 per model) has finished, every second after, and at the end: flat means end/warm-up growth below
---max-rss-growth percent. After the load, `/metrics` must show `hotlora_requests_running` and
-`hotlora_requests_waiting` back at 0 (n/a where it answers 404) and `/health` 200. The markdown goes to
-stdout, bench/results/soak-<UTC time>.md and bench/results/soak-latest.md; the exit code is 1 if a check fails.
+--max-rss-growth percent; the report also divides that growth by the import/purge cycles run meanwhile.
+After the load, `/metrics` must show `hotlora_requests_running` and `hotlora_requests_waiting` back at 0
+(n/a where it answers 404) and `/health` 200. The markdown goes to stdout, bench/results/soak-<UTC time>.md
+and bench/results/soak-latest.md; the exit code is 1 if a check fails.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import sys
 import tempfile
 import time
@@ -41,9 +48,11 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+import soak_hostile as hostile
 from _common import REPO, machine_header, model_folder, percentile, publish, random_adapters, register_all
 from live_server import BASE_ID, RunningServer, serving
 from prometheus_client.parser import text_string_to_metric_families
+from soak_wire import Outcome, one_request, status_of
 
 STEADY = tuple(f"steady{i}" for i in range(4))
 CHURN = ("churn0", "churn1")
@@ -54,36 +63,14 @@ PROMPTS = ("Tell me a short story about a lighthouse keeper.", "What is the capi
 GAUGES = ("hotlora_requests_running", "hotlora_requests_waiting")
 MIB = 2**20
 
-Kind = Literal["ok", "error", "in-band", "hung", "malformed"]
 
-
-class Malformed(Exception):
-    """A response that breaks the wire contract; the message says how."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    model: str
-    status: int | None  # None: no response head arrived
-    kind: Kind  # ok; error: a clean error status; in-band: an error frame in a 200 stream
-    detail: str = ""  # the error's type, or what was wrong
-    latency: float | None = None  # request sent -> [DONE]
-    ttft: float | None = None  # request sent -> first content chunk
-    tokens: int = 0  # completion tokens (usage)
-
-    @property
-    def server_error(self) -> bool:
-        """A 5xx, also one reported in-band after the 200 head was sent."""
-        return (self.status or 0) >= 500 or (self.kind == "in-band" and self.detail == "server_error")
-
-    @property
-    def expected(self) -> bool:
-        """A clean failure the soak provokes: a churn adapter while disabled, or backpressure."""
-        if self.kind == "ok":
-            return True
-        if self.kind not in ("error", "in-band") or self.server_error:
-            return False
-        return self.status == 429 or (self.model in CHURN and (self.status == 404 or self.kind == "in-band"))
+def expected(outcome: Outcome) -> bool:
+    """A clean failure the soak provokes: a churn adapter while disabled, or backpressure."""
+    if outcome.kind == "ok":
+        return True
+    if outcome.kind not in ("error", "in-band") or outcome.server_error:
+        return False
+    return outcome.status == 429 or (outcome.model in CHURN and (outcome.status == 404 or outcome.kind == "in-band"))
 
 
 @dataclass(frozen=True)
@@ -100,6 +87,7 @@ class RssWatch:
 
     pid: int
     warm: int | None = None
+    warm_at: float | None = None  # time.monotonic() of the warm-up sample
     end: int | None = None
     samples: list[int] = field(default_factory=list)
 
@@ -118,7 +106,7 @@ class RssWatch:
         return value
 
     def mark_warm(self) -> None:
-        self.warm = self.sample()
+        self.warm, self.warm_at = self.sample(), time.monotonic()
 
     def mark_end(self) -> None:
         self.end = self.sample()
@@ -144,139 +132,17 @@ class Run:
     exit_code: int | None  # the server's, if it exited during the load
     gauges: dict[str, float] | None  # None: the server has no /metrics
     health: int | None
+    hostile: hostile.HostileMix | None  # None: --no-hostile
+
+    def every_outcome(self) -> list[Outcome]:
+        """The normal load's requests and the hostile mix's."""
+        return self.outcomes + (self.hostile.outcomes() if self.hostile else [])
 
 
 def request_body(i: int, model: str, max_tokens: int) -> dict[str, object]:
     sampling = {"temperature": 0} if i % 2 == 0 else {"temperature": 0.8, "top_p": 0.95, "seed": i}
     return {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
             "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}, **sampling}
-
-
-def error_type(data: object) -> str:
-    """The type of an OpenAI error object `{"error": {"message", "type", "param", "code"}}`."""
-    error = data.get("error") if isinstance(data, dict) else None
-    if not (isinstance(error, dict) and {"message", "type", "param", "code"} <= error.keys()
-            and isinstance(error["message"], str) and isinstance(error["type"], str)):
-        raise Malformed(f"not an OpenAI error object: {json.dumps(data)[:200]}")
-    return error["type"]
-
-
-def sse_payloads(lines: list[tuple[float, str]]) -> list[tuple[float, str]]:
-    """The `data:` payloads of an SSE stream (comments such as keep-alive pings skipped), up to `[DONE]`."""
-    payloads = []
-    for stamp, line in lines:
-        name, _, value = line.partition(":")
-        if not line or line.startswith(":") or name in ("event", "id", "retry"):
-            continue
-        if name != "data":
-            raise Malformed(f"not an SSE line: {line[:200]!r}")
-        if payloads and payloads[-1][1] == "[DONE]":
-            raise Malformed("data after [DONE]")
-        payloads.append((stamp, value.removeprefix(" ")))
-    if not payloads or payloads[-1][1] != "[DONE]":
-        raise Malformed("the stream does not end with data: [DONE]")
-    return payloads[:-1]
-
-
-def check_stream(lines: list[tuple[float, str]], model: str, max_tokens: int) -> tuple[float | None, int, str]:
-    """Validate a 200 stream: when its first content arrived, its completion tokens, its in-band error type."""
-    ids: set[object] = set()
-    first: float | None = None
-    contents = 0
-    finish: str | None = None
-    usage: dict | None = None
-    payloads = sse_payloads(lines)
-    for n, (stamp, payload) in enumerate(payloads):
-        try:
-            chunk = json.loads(payload)
-        except json.JSONDecodeError:
-            raise Malformed(f"a data line is not JSON: {payload[:200]!r}") from None
-        if isinstance(chunk, dict) and "error" in chunk:
-            if n != len(payloads) - 1:
-                raise Malformed("the stream goes on after an error frame")
-            return first, 0, error_type(chunk)
-        if not (isinstance(chunk, dict) and chunk.get("object") == "chat.completion.chunk"
-                and chunk.get("model") == model and isinstance(chunk.get("created"), int)
-                and isinstance(chunk.get("choices"), list)):
-            raise Malformed(f"not a chat.completion.chunk for {model!r}: {payload[:200]}")
-        ids.add(chunk.get("id"))
-        if usage is not None:
-            raise Malformed("a chunk after the usage chunk")
-        if chunk.get("usage") is not None:
-            if chunk["choices"]:
-                raise Malformed("the usage chunk has choices")
-            usage = chunk["usage"]
-            continue
-        for choice in chunk["choices"]:
-            if choice.get("index") != 0 or not isinstance(choice.get("delta"), dict):
-                raise Malformed(f"a choice without index 0 and a delta: {choice}")
-            if n == 0 and choice["delta"].get("role") != "assistant":
-                raise Malformed("the first chunk does not give the assistant role")
-            if finish is not None:
-                raise Malformed("the choice goes on after its finish_reason")
-            if choice["delta"].get("content"):
-                contents += 1
-                first = first or stamp
-            finish = choice.get("finish_reason")
-            if finish not in (None, "stop", "length"):
-                raise Malformed(f"finish_reason {finish!r}")
-    if len(ids) != 1 or not isinstance(next(iter(ids)), str):
-        raise Malformed(f"chunk ids {ids}, not one id")
-    if finish is None:
-        raise Malformed("no finish_reason")
-    if not (isinstance(usage, dict) and all(isinstance(usage.get(k), int) for k in
-                                            ("prompt_tokens", "completion_tokens", "total_tokens"))):
-        raise Malformed(f"no well-formed usage chunk: {usage}")
-    tokens = usage["completion_tokens"]
-    if usage["total_tokens"] != usage["prompt_tokens"] + tokens or usage["prompt_tokens"] < 1:
-        raise Malformed(f"inconsistent usage {usage}")
-    if not 1 <= tokens <= max_tokens or (finish == "length" and tokens != max_tokens) or contents > tokens:
-        raise Malformed(f"usage.completion_tokens {tokens} for {contents} content chunks, "
-                        f"finish_reason {finish}, max_tokens {max_tokens}")
-    return first, tokens, ""
-
-
-def refusal(model: str, response: httpx.Response, body: bytes) -> Outcome:
-    """Judge a non-200 answer: an OpenAI error object, and `Retry-After` on 429 and 503."""
-    status = response.status_code
-    try:
-        kind = error_type(json.loads(body))
-        if status in (429, 503) and "retry-after" not in response.headers:
-            raise Malformed("no Retry-After header")
-    except (Malformed, ValueError) as exc:
-        return Outcome(model, status, "malformed", f"HTTP {status}: {exc} (body {body[:200]!r})")
-    return Outcome(model, status, "error", kind)
-
-
-async def one_request(client: httpx.AsyncClient, i: int, model: str, max_tokens: int, timeout: float) -> Outcome:
-    """Send request i and judge what comes back; one without `[DONE]` after `timeout` seconds is hung."""
-    sent = time.perf_counter()
-    lines: list[tuple[float, str]] = []
-    status: int | None = None
-    try:
-        async with asyncio.timeout(timeout):
-            body = request_body(i, model, max_tokens)
-            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                status = response.status_code
-                if status != 200:
-                    return refusal(model, response, await response.aread())
-                if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                    return Outcome(model, status, "malformed", f"content-type {response.headers.get('content-type')}")
-                async for line in response.aiter_lines():
-                    lines.append((time.perf_counter(), line))
-    except (TimeoutError, httpx.TimeoutException):
-        return Outcome(model, status, "hung", f"no [DONE] after {timeout:g} s ({len(lines)} lines received)")
-    except httpx.HTTPError as exc:
-        return Outcome(model, status, "malformed", f"the connection failed: {exc!r}")
-    done = time.perf_counter()
-    try:
-        first, tokens, error = check_stream(lines, model, max_tokens)
-    except Malformed as exc:
-        return Outcome(model, status, "malformed", str(exc))
-    ttft = None if first is None else first - sent
-    if error:
-        return Outcome(model, status, "in-band", error, ttft=ttft)
-    return Outcome(model, status, "ok", latency=done - sent, ttft=ttft, tokens=tokens)
 
 
 async def churn(client: httpx.AsyncClient, every: float, calls: list[ChurnCall]) -> None:
@@ -299,10 +165,14 @@ async def churn(client: httpx.AsyncClient, every: float, calls: list[ChurnCall])
 
 
 async def settle(client: httpx.AsyncClient) -> dict[str, float] | None:
-    """The running and waiting gauges once both read 0, or as they are 5 s after the load; None without /metrics."""
+    """The running and waiting gauges once both read 0, or as they are 5 s after the load (as last read, none
+    if the server never answered); None without /metrics."""
     values: dict[str, float] = {}
     for _ in range(10):
-        response = await client.get("/metrics")
+        try:
+            response = await client.get("/metrics")
+        except httpx.TransportError:  # a server still stalled after the load: that check fails, the report stays
+            return values
         if response.status_code == 404:
             return None
         response.raise_for_status()
@@ -314,9 +184,11 @@ async def settle(client: httpx.AsyncClient) -> dict[str, float] | None:
     return values
 
 
-async def soak(server: RunningServer, args: argparse.Namespace, deadline: float) -> Run:
-    """The load with adapter churn and memory sampling, then the server's state once it is over."""
+async def soak(server: RunningServer, args: argparse.Namespace, deadline: float, root: Path) -> Run:
+    """The load with adapter churn, the hostile mix and memory sampling, then the server's state once it is over."""
     rss = RssWatch(server.process.pid)
+    mix = None if args.no_hostile else hostile.HostileMix(
+        BASE_ID, STEADY, root / "library" / hostile.IMPORTED, root / "imports", args.max_tokens, args.request_timeout)
     outcomes: list[Outcome] = []
     calls: list[ChurnCall] = []
     pending = enumerate(itertools.islice(itertools.cycle(MIX), args.requests))
@@ -330,27 +202,32 @@ async def soak(server: RunningServer, args: argparse.Namespace, deadline: float)
             for i, model in pending:
                 if time.monotonic() > deadline:
                     return
-                outcomes.append(await one_request(client, i, model, args.max_tokens, args.request_timeout))
+                body = request_body(i, model, args.max_tokens)
+                outcomes.append(await one_request(client, body, args.request_timeout))
                 if len(outcomes) == warmup:
                     rss.mark_warm()
 
+        until = asyncio.Event()  # the normal load is over: each hostile loop stops once it has tried every class
         background = [asyncio.create_task(churn(admin, args.churn_every, calls)),
                       asyncio.create_task(rss.sample_every(1.0))]
+        mixing = [asyncio.create_task(mix.run(server.base_url, until))] if mix else []
         started = time.perf_counter()
         try:
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            wall = time.perf_counter() - started
+            until.set()
+            await asyncio.gather(*mixing)
         finally:
-            for task in background:
+            for task in background + mixing:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-        wall = time.perf_counter() - started
+            await asyncio.gather(*background, *mixing, return_exceptions=True)
         exit_code = server.process.poll()
         if exit_code is not None:
-            return Run(outcomes, args.requests, wall, calls, rss, exit_code, {}, None)
+            return Run(outcomes, args.requests, wall, calls, rss, exit_code, {}, None, mix)
         gauges = await settle(admin)
         rss.mark_end()
-        health = (await admin.get("/health")).status_code
-    return Run(outcomes, args.requests, wall, calls, rss, None, gauges, health)
+        health = await status_of(admin.get("/health"))
+    return Run(outcomes, args.requests, wall, calls, rss, None, gauges, health, mix)
 
 
 def seconds_pair(values: list[float]) -> str:
@@ -401,16 +278,25 @@ def summary_table(run: Run, args: argparse.Namespace) -> list[str]:
     return ["| figure | value |", "|---|--:|", *(f"| {name} | {value} |" for name, value in rows)]
 
 
+def hostile_section(run: Run) -> list[str]:
+    """The hostile mix's table, after the normal load's (nothing with --no-hostile)."""
+    if run.hostile is None:
+        return []
+    growth = run.hostile.growth_per_cycle(run.rss.warm_at, run.rss.warm, run.rss.end)
+    return ["", *hostile.table(run.hostile, growth)]
+
+
 def checks(run: Run, args: argparse.Namespace) -> list[tuple[str, bool | None]]:
     """Each soak criterion and whether this run meets it (None: cannot be judged here)."""
-    done = run.outcomes
+    done, every = run.outcomes, run.every_outcome()
+    scope = " (normal load and hostile mix)" if run.hostile else ""
     growth = run.rss.growth()
     return [
-        ("zero 5xx (also in-band server_error)", not any(o.server_error for o in done)),
-        ("zero hung requests", not any(o.kind == "hung" for o in done)),
-        ("zero malformed responses", not any(o.kind == "malformed" for o in done)),
+        (f"zero 5xx (also in-band server_error){scope}", not any(o.server_error for o in every)),
+        (f"zero hung requests{scope}", not any(o.kind == "hung" for o in every)),
+        (f"zero malformed responses{scope}", not any(o.kind == "malformed" for o in every)),
         ("no errors but a disabled churn adapter's or a 429",
-         not any(o.kind in ("error", "in-band") and not o.expected for o in done)),
+         not any(o.kind in ("error", "in-band") and not expected(o) for o in done)),
         ("adapters unloaded and loaded during the load, every call 200",
          bool(run.churn) and all(c.status == 200 for c in run.churn)),
         (f"server RSS flat after warm-up (growth < {args.max_rss_growth:g}%)",
@@ -419,13 +305,17 @@ def checks(run: Run, args: argparse.Namespace) -> list[tuple[str, bool | None]]:
          None if run.gauges is None else all(run.gauges.get(name) == 0 for name in GAUGES)),
         ("server still up, /health 200", run.exit_code is None and run.health == 200),
         ("every request sent before the deadline", len(done) == run.planned),
+        *(hostile.checks(run.hostile) if run.hostile else []),
     ]
 
 
 def problems(run: Run) -> list[str]:
-    """The distinct failures that were not expected, most frequent first (the first 10)."""
-    seen = Counter(f"{o.model}: HTTP {o.status}, {o.kind}: {o.detail}" for o in run.outcomes if not o.expected)
-    return [f"- {text} (x{n})" for text, n in seen.most_common(10)]
+    """The distinct failures that were not expected, most frequent first: the first 10 of the normal load, then
+    the first 10 of the hostile mix (so that a load that fails everywhere does not hide them)."""
+    seen = Counter(f"{o.model}: HTTP {o.status}, {o.kind}: {o.detail}" for o in run.outcomes if not expected(o))
+    mixed = hostile.problems(run.hostile) if run.hostile else Counter()
+    return ([f"- {text} (x{n})" for text, n in seen.most_common(10)]
+            + [f"- hostile mix, {text} (x{n})" for text, n in mixed.most_common(10)])
 
 
 def parse_args() -> argparse.Namespace:
@@ -448,6 +338,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--home", type=Path, default=REPO / ".pytest_cache" / "hotlora-home",
                         help="hotlora home with the converted base (default .pytest_cache/hotlora-home)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the server's log (its folder is printed)")
+    parser.add_argument("--no-hostile", action="store_true",
+                        help="the normal load and its churn only: no invalid bodies, sampling extremes, import/purge "
+                             "cycles or /health probes beside it")
     args = parser.parse_args()
     args.requests = args.requests or (48 if args.quick else 400)
     args.concurrency = args.concurrency or (16 if args.quick else 32)
@@ -463,18 +356,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         root = Path(tmp)
         logs = Path(tempfile.mkdtemp(prefix="soak-logs-")) if args.keep_logs else root
-        random_adapters(model_folder(home), root / "library", STEADY + CHURN)
+        imported = () if args.no_hostile else (hostile.IMPORTED,)  # the source of the import/purge cycles
+        random_adapters(model_folder(home), root / "library", STEADY + CHURN + imported)
         register_all(root / "store", root / "library", STEADY + CHURN)
         server_args = ["--home", str(home), "--adapters-dir", str(root / "store"), "--log-level", "info",
                        "--max-loaded-adapters", str(args.max_loaded_adapters)]
+        if imported:
+            (root / "imports").mkdir()
+            server_args += ["--allow-adapter-dir", str(root / "imports")]
         with serving(server_args, logs / "hotlora.log") as server:
-            run = asyncio.run(soak(server, args, deadline))
+            run = asyncio.run(soak(server, args, deadline, root))
         log_tail = server.output().splitlines()[-40:]
     verdicts = checks(run, args)
     lines = ["| check | result |", "|---|---|"]
     lines += [f"| {name} | {'n/a' if ok is None else 'PASS' if ok else 'FAIL'} |" for name, ok in verdicts]
     failures = problems(run)
-    report = [*machine_header("soak", stamp), "", *summary_table(run, args), "", *lines]
+    report = [*machine_header("soak", stamp), "", *summary_table(run, args), *hostile_section(run), "", *lines]
     report += ["", "Unexpected failures:", *failures] if failures else []
     publish("soak", stamp, "\n".join(report) + "\n")
     passed = all(ok is not False for _, ok in verdicts)
