@@ -125,6 +125,8 @@ def _step(name: str, dir_fd: int, flags: int, path: Path) -> int:
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink (or no longer a folder) where one was checked
             raise UnsafeSourceError(e.errno, f"{name!r} changed after the path was checked", str(path)) from None
+        if e.errno == errno.ENOENT:  # removed since the check: the caller's to report, not a server fault
+            raise UnsafeSourceError(e.errno, f"{name!r} disappeared after the path was checked", str(path)) from None
         raise
 
 

@@ -142,6 +142,21 @@ def test_a_folder_swapped_for_a_symlink_after_the_check_is_refused(
     assert store.list() == []
 
 
+def test_a_source_removed_after_the_check_is_refused_not_a_fault(
+    tmp_path: Path, roots: tuple[Path, Path], make_adapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that deletes its folder while the import copies it gets a clear refusal (a 4xx), not a 500."""
+    import shutil
+
+    allowed, _ = roots
+    source = make_adapter(name="pig", parent=allowed)
+    swap_before_copying(monkeypatch, lambda: shutil.rmtree(source))
+    store = AdapterStore(tmp_path / "store")
+    with pytest.raises(AdapterPathError, match="disappeared after the path was checked"):
+        store.import_adapter(source, allowed_roots=[allowed])
+    assert store.list() == []
+
+
 def test_a_fifo_swapped_in_after_the_check_is_refused_at_once(
     tmp_path: Path, roots: tuple[Path, Path], make_adapter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
