@@ -15,7 +15,7 @@ import gc
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,22 +54,28 @@ class AdapterCatalog:
     def __init__(self, store: AdapterStore, loaded: LoadedModel) -> None:
         self.store = store
         self._loaded = loaded
-        self._verdicts: dict[tuple[str, str], str | None] = {}  # (name, version) -> refusal
+        self._verdicts: dict[str, tuple[str, str | None]] = {}  # name -> (version judged, refusal)
         self._entries: dict[str, StoredAdapter] = {}  # name -> the store's description, while its version holds
 
     def refusal(self, entry: StoredAdapter) -> str | None:
         """Why `entry` cannot be served on this base, or None."""
         if entry.error is not None:
             return entry.error
-        key = (entry.name, entry.version)
-        if key not in self._verdicts:
+        judged = self._verdicts.get(entry.name)
+        if judged is None or judged[0] != entry.version:
+            verdict = None
             try:
                 check_compatible(self.store.load_files(entry.name), self._loaded.spec)
-                self._verdicts[key] = None
             except AdapterError as exc:
-                self._verdicts[key] = str(exc)
+                verdict = str(exc)
                 log.warning("adapter %s is not servable: %s", entry.name, exc)
-        return self._verdicts[key]
+            judged = self._verdicts[entry.name] = (entry.version, verdict)
+        return judged[1]
+
+    def forget(self, name: str) -> None:
+        """`name` left the store or was disabled: drop what was kept about it (read again if it comes back)."""
+        self._verdicts.pop(name, None)
+        self._entries.pop(name, None)
 
     def servable(self) -> list[StoredAdapter]:
         """Enabled adapters of the store that fit the base, in name order."""
@@ -187,6 +193,7 @@ class AdapterPool:
         self.resident: frozenset[str] = frozenset()
         self._active: str | None = None  # what PEFT runs now; None: unknown (PEFT changed it)
         self._stack = LoraStack(loaded.dtype, group=self._stack_group, kernels=loaded.kernels)
+        self._drop_listeners: list[Callable[[str], None]] = []
 
     # -- what requests use --------------------------------------------------------------------------
 
@@ -286,12 +293,19 @@ class AdapterPool:
     def invalidate(self, name: str, current: str | None = None) -> None:
         """`name` changed to version `current` (None: removed or disabled): drop whatever was built from
         another version, at once if idle, else when its last request finishes."""
+        if current is None:
+            self._catalog.forget(name)
         for resident in list(self._resident.values()):
             if name in resident.sources and resident.sources[name] != current:
                 resident.stale = True
                 if resident.refs == 0:
                     self._drop(resident)
         self._update_resident()
+
+    def on_drop(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(key)` whenever an adapter or blend leaves the model, so that whatever is kept
+        under its key elsewhere (the prefix cache's blocks) goes with it: keys are never used again."""
+        self._drop_listeners.append(listener)
 
     def _update_resident(self) -> None:
         """Publish which store adapters are loaded, as one immutable value other threads may read."""
@@ -423,6 +437,9 @@ class AdapterPool:
             if entry is resident:
                 del self._resident[cache_key]
         self._delete(resident.key)
+        self._merge.unmergeable.discard(resident.key)
+        for listener in self._drop_listeners:
+            listener(resident.key)
         self.stats.unloads += 1
         self._update_resident()
         _release_memory()

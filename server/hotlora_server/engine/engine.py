@@ -324,6 +324,8 @@ class Engine:
         self._watcher.start(self._on_store_change)
         stop_ids = stop_token_ids(loaded.tokenizer, loaded.model.generation_config.eos_token_id)
         prefixes = PrefixCache() if settings.enable_prefix_caching else None
+        if prefixes is not None:
+            self._pool.on_drop(prefixes.discard)
         self._scheduler = Scheduler(
             loaded, self._pool, stop_ids, settings.max_num_seqs, settings.max_num_batched_tokens, prefixes
         )
