@@ -31,6 +31,7 @@ from hotlora_adapters import (
     InvalidAdapterNameError,
     StoredAdapter,
     check_compatible,
+    inspect_adapter,
 )
 
 from ..errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
@@ -39,6 +40,7 @@ from .cpu.bnb import packing_held
 from .loader import LoadedModel
 from .lora_stack import LoraStack
 from .merging import MergedAdapter, NotMergeable, merge
+from .peft_load import load_adapter
 
 log = logging.getLogger(__name__)
 
@@ -374,12 +376,12 @@ class AdapterPool:
         for _ in range(3):
             key = next(self._keys)
             log.info("loading adapter %s from %s", entry.name, entry.path)
-            with packing_held(self._loaded.model):  # PEFT calls state_dict(): see bnb_cpu
-                if isinstance(self.model, PeftModel):
-                    self.model.load_adapter(str(entry.path), adapter_name=key)
-                else:
-                    self.model = PeftModel.from_pretrained(self._loaded.model, str(entry.path), adapter_name=key)
-            self.model.eval()
+            try:
+                files = inspect_adapter(entry.path)
+            except AdapterError:  # changed since it was judged: judge it again (a refusal says why)
+                entry = self._catalog.get(entry.name)
+                continue
+            self.model = load_adapter(self.model, self._loaded.model, files, self._loaded.spec, key)
             self._model_changed()
             if self._catalog.store.versions().get(entry.name) == entry.version:
                 return key, entry

@@ -150,7 +150,11 @@ DEFECTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "megatron-module": (_config(megatron_config={"tensor_model_parallel_size": 1}, megatron_core="evil"), "megatron"),
     "not-lora": (_config(peft_type="IA3"), "only LoRA adapters"),
     "base-rewriting-init": (_config(init_lora_weights="pissa"), "rewrite the base model's weights"),
+    "layer-replication": (_config(layer_replication=[[0, 2], [1, 2]]), "rewrite the base model's layer list"),
+    "base-biases": (_config(bias="all"), "trained biases of the base model's own layers"),
+    "unknown-field-set": (_config(future_option={"on": True}), "future_option"),
     "unknown-dtype": (_retyped("Q9"), "unknown dtype 'Q9'"),
+    "lookahead-pattern": (_config(target_modules="(?!.*mlp).*_proj"), "lookahead"),
 }
 LOAD_ROUTES = {
     "hotlora": ("/v1/adapters", "name", "path"),
