@@ -381,8 +381,10 @@ class AdapterPool:
             except AdapterError:  # changed since it was judged: judge it again (a refusal says why)
                 entry = self._catalog.get(entry.name)
                 continue
-            self.model = load_adapter(self.model, self._loaded.model, files, self._loaded.spec, key)
-            self._model_changed()
+            try:
+                self.model = load_adapter(self.model, self._loaded.model, files, self._loaded.spec, key)
+            finally:  # loaded, or put back as it was: either way not what PEFT ran before
+                self._model_changed()
             if self._catalog.store.versions().get(entry.name) == entry.version:
                 return key, entry
             self._delete(key)  # a mix of two versions may have been read

@@ -1,9 +1,10 @@
 """Loading adapters with PEFT: the same layers PEFT would build from the file, never a pattern of the file
-evaluated by `re`.
+evaluated by `re`, and a load that fails halfway leaves the model exactly as it was.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import threading
@@ -19,6 +20,7 @@ from peft.tuners.lora import LoraLayer
 
 from conftest import ADAPTER_NAME, TINY_NAME, _tiny_llama, running_engine, tiny_settings
 from hotlora_adapters import inspect_adapter
+from hotlora_server.engine.adapter_pool import BASE
 from hotlora_server.engine.loader import base_spec
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -69,6 +71,19 @@ def test_the_layers_peft_would_build_from_the_file(recipe: str, real_tokenizer: 
 # -- in a running engine ------------------------------------------------------------------------------
 
 
+def _in_engine(engine: Any, fn: Any) -> Any:
+    return asyncio.run(engine.call(fn))
+
+
+def _base_logits(pool: Any) -> torch.Tensor:
+    with torch.inference_mode(), pool.routing([BASE], decode=False) as kwargs:
+        return pool.model(input_ids=IDS, **kwargs).logits.clone()
+
+
+def _tree(pool: Any) -> list[tuple[str, str]]:
+    return [(name, type(module).__name__) for name, module in pool._loaded.model.named_modules()]
+
+
 @pytest.fixture
 def engine_client(tiny_dir: Path, adapter_store: Path, tmp_path: Path) -> Iterator[tuple[Any, Any, Path]]:
     from fastapi.testclient import TestClient
@@ -84,6 +99,45 @@ def engine_client(tiny_dir: Path, adapter_store: Path, tmp_path: Path) -> Iterat
 def _greedy(client: Any, model: str) -> Any:
     body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "temperature": 0}
     return client.post("/v1/chat/completions", json=body)
+
+
+def test_a_load_that_fails_halfway_leaves_the_model_as_it_was(
+    engine_client: tuple[Any, Any, Path], adapter_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PEFT injects its layers before it reads the weights: a failure then (a file replaced mid-read, memory
+    running out) must not leave them in the base, neither for the first adapter nor beside another."""
+    import peft.peft_model
+
+    engine, client, store = engine_client
+    for name in ("good", "doomed"):
+        shutil.copytree(adapter_store / ADAPTER_NAME, store / name)
+    pristine, tree = _in_engine(engine, _base_logits), _in_engine(engine, _tree)
+
+    def fail(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("simulated failure while reading the weights")
+
+    real = peft.peft_model.set_peft_model_state_dict
+    monkeypatch.setattr(peft.peft_model, "set_peft_model_state_dict", fail)
+    assert _greedy(client, "doomed").status_code >= 500  # the first adapter: PEFT wraps the base, then fails
+    assert torch.equal(_in_engine(engine, _base_logits), pristine)
+    assert _in_engine(engine, _tree) == tree
+
+    monkeypatch.setattr(peft.peft_model, "set_peft_model_state_dict", real)
+    good = _greedy(client, "good").json()
+    monkeypatch.setattr(peft.peft_model, "set_peft_model_state_dict", fail)
+    assert _greedy(client, "doomed").status_code >= 500  # beside a loaded one: PEFT adds to its layers, then fails
+    keys = _in_engine(engine, lambda pool: list(pool.model.peft_config))
+    assert len(keys) == 1 and _in_engine(engine, lambda pool: all(
+        set(layer.r) == set(keys) for layer in pool.model.modules() if isinstance(layer, LoraLayer)
+    ))  # fmt: skip
+    assert torch.equal(_in_engine(engine, _base_logits), pristine)
+    monkeypatch.setattr(peft.peft_model, "set_peft_model_state_dict", real)
+    assert _greedy(client, "good").json()["choices"] == good["choices"]
+
+    for name in ("good", "doomed"):  # unloading every adapter gives the base back, bit for bit
+        assert client.delete(f"/v1/adapters/{name}").status_code == 200
+    assert _in_engine(engine, _tree) == tree
+    assert torch.equal(_in_engine(engine, _base_logits), pristine)
 
 
 def test_a_catastrophic_target_pattern_is_served_like_its_plain_twin(
