@@ -118,6 +118,11 @@ class AdapterConfig(BaseModel):
         key = _pattern_key(self.alpha_pattern, module)
         return self.alpha_pattern[key] if key is not None else self.lora_alpha
 
+    @property
+    def max_rank(self) -> int:
+        """The largest rank any module gets."""
+        return max([self.r, *self.rank_pattern.values()])
+
 
 def read_adapter_config(adapter_dir: Path) -> AdapterConfig:
     """Read and validate `<adapter_dir>/adapter_config.json`; raise `InvalidAdapterError` with the reason."""

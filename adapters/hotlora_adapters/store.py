@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,10 +169,11 @@ class AdapterStore:
     def __contains__(self, name: object) -> bool:
         return is_valid_adapter_name(name) and (self.root / str(name) / CONFIG_FILENAME).is_file()
 
-    def load_files(self, name: str) -> AdapterFiles:
+    def load_files(self, name: str, check: Callable[[AdapterFiles], None] | None = None) -> AdapterFiles:
         """Validated files of adapter `name`, ready to hand to PEFT; raises if missing or unusable.
 
-        Unlike `list`, which reads headers only, this reads the weights too and refuses NaN/Inf values.
+        Unlike `list`, which reads headers only, this reads the weights too and refuses NaN/Inf values;
+        `check` (e.g. the fit to a base) runs on the header first, so a refused file's data is never read.
         Read again if the adapter was replaced while being read, so config and header are of one version.
         Callers that then hand `files.path` to PEFT can do the same: compare `version_of(name)` before and
         after loading, and load again when it changed.
@@ -182,6 +183,8 @@ class AdapterStore:
             before = adapter_version(path)
             try:
                 files = inspect_adapter(path)
+                if check is not None:
+                    check(files)
                 check_finite(path)
             except InvalidAdapterError:
                 if adapter_version(path) != before:
@@ -201,13 +204,14 @@ class AdapterStore:
         manifest: Manifest | None = None,
         overwrite: bool = False,
         base: BaseSpec | None = None,
+        max_rank: int | None = None,
     ) -> StoredAdapter:
         """Copy the PEFT adapter folder `source` into the store as `name`, atomically.
 
-        Validates the name, the files (`inspect_adapter`) and, with `base`, the fit (`check_compatible`)
-        before writing anything. Copies `adapter_config.json`, `adapter_model.safetensors` and harmless
-        extras (README.md, *.json, *.png; never pickles) into a hidden temp folder in the store, refuses
-        NaN/Inf weights in that copy (what would be served), writes
+        Validates the name, the files (`inspect_adapter`) and, with `base`, the fit (`check_compatible`,
+        ranks up to `max_rank`) before writing anything. Copies `adapter_config.json`,
+        `adapter_model.safetensors` and harmless extras (README.md, *.json, *.png; never pickles) into a
+        hidden temp folder in the store, refuses NaN/Inf weights in that copy (what would be served), writes
         `hotlora.json` (`manifest` with its name set to `name` and, if it has none, `base`'s
         fingerprint; else one derived from the config with source "imported"), fsyncs, and publishes with
         one rename. An existing `name` raises `AdapterExistsError` unless `overwrite`, which swaps old for
@@ -218,9 +222,11 @@ class AdapterStore:
         source = Path(source)
         files = inspect_adapter(source)
         if base is not None:
-            _check_fits(files, base, source)
+            _check_fits(files, base, source, max_rank)
         plan = [(filename, source / filename) for filename in _copy_plan(source)]
-        return self._register(name, source, plan, files, manifest=manifest, overwrite=overwrite, base=base)
+        return self._register(
+            name, source, plan, files, manifest=manifest, overwrite=overwrite, base=base, max_rank=max_rank
+        )
 
     def import_adapter(
         self,
@@ -230,6 +236,7 @@ class AdapterStore:
         allowed_roots: Sequence[Path] = (),
         overwrite: bool = False,
         base: BaseSpec | None = None,
+        max_rank: int | None = None,
     ) -> StoredAdapter:
         """Register a copy of the adapter folder at `path` (a user-supplied path) as `name`.
 
@@ -248,7 +255,7 @@ class AdapterStore:
             files = inspect_adapter(in_store)
             check_finite(in_store)
             if base is not None:
-                _check_fits(files, base, in_store)
+                _check_fits(files, base, in_store, max_rank)
             return self.get(name)
 
         roots = self._import_roots(allowed_roots)
@@ -256,14 +263,16 @@ class AdapterStore:
         refuse_escaping_symlinks(given, folder, roots)
         files = inspect_adapter(folder)
         if base is not None:
-            _check_fits(files, base, given)
+            _check_fits(files, base, given, max_rank)
         plan: list[tuple[str, Path]] = []
         for filename in _copy_plan(folder):
             real = (folder / filename).resolve(strict=True)
             if not inside(real, roots):  # already refused above; re-checked on what is actually copied
                 raise AdapterPathError(f"{given / filename} resolves to {real}, {outside(roots)}")
             plan.append((filename, real))
-        return self._register(name, given, plan, files, manifest=None, overwrite=overwrite, base=base)
+        return self._register(
+            name, given, plan, files, manifest=None, overwrite=overwrite, base=base, max_rank=max_rank
+        )
 
     def delete(self, name: str) -> None:
         """Remove adapter `name` atomically (renamed out of sight, then deleted); `AdapterNotFoundError` if absent.
@@ -320,6 +329,7 @@ class AdapterStore:
         manifest: Manifest | None,
         overwrite: bool,
         base: BaseSpec | None,
+        max_rank: int | None,
     ) -> StoredAdapter:
         if not overwrite:
             self._refuse_existing(name)  # before writing anything
@@ -344,7 +354,7 @@ class AdapterStore:
                 copied = _inspect_copy(tmp, source)  # what will be served is the copy, not the source
                 check_finite(tmp, shown_as=source)
                 if base is not None:
-                    _check_fits(copied, base, source)
+                    _check_fits(copied, base, source, max_rank)
                 write_file_synced(tmp / MANIFEST_FILENAME, text)
                 fsync_dir(tmp)
                 old = self._publish(tmp, dest, name, overwrite)
@@ -506,8 +516,8 @@ def _inspect_copy(copy: Path, source: Path) -> AdapterFiles:
         raise InvalidAdapterError(f"{e.reason} (after copying; was it modified meanwhile?)", path=source) from e
 
 
-def _check_fits(files: AdapterFiles, base: BaseSpec, shown_as: Path) -> None:
-    mismatches = find_mismatches(files, base)
+def _check_fits(files: AdapterFiles, base: BaseSpec, shown_as: Path, max_rank: int | None) -> None:
+    mismatches = find_mismatches(files, base, max_rank=max_rank)
     if mismatches:
         raise IncompatibleAdapterError(mismatches, subject=f"adapter at {shown_as}")
 

@@ -26,6 +26,7 @@ from peft import PeftModel
 
 from hotlora_adapters import (
     AdapterError,
+    AdapterFiles,
     AdapterNotFoundError,
     AdapterStore,
     InvalidAdapterNameError,
@@ -53,8 +54,9 @@ AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch fo
 class AdapterCatalog:
     """The store's adapters that fit the served base, re-read on demand and checked once per version."""
 
-    def __init__(self, store: AdapterStore, loaded: LoadedModel) -> None:
+    def __init__(self, store: AdapterStore, loaded: LoadedModel, max_rank: int) -> None:
         self.store = store
+        self.max_rank = max_rank  # --max-lora-rank
         self._loaded = loaded
         self._verdicts: dict[str, tuple[str, str | None]] = {}  # name -> (version judged, refusal)
         self._entries: dict[str, StoredAdapter] = {}  # name -> the store's description, while its version holds
@@ -67,12 +69,15 @@ class AdapterCatalog:
         if judged is None or judged[0] != entry.version:
             verdict = None
             try:
-                check_compatible(self.store.load_files(entry.name), self._loaded.spec)
+                self.store.load_files(entry.name, check=self._check_fits)
             except AdapterError as exc:
                 verdict = str(exc)
                 log.warning("adapter %s is not servable: %s", entry.name, exc)
             judged = self._verdicts[entry.name] = (entry.version, verdict)
         return judged[1]
+
+    def _check_fits(self, files: AdapterFiles) -> None:
+        check_compatible(files, self._loaded.spec, max_rank=self.max_rank)
 
     def forget(self, name: str) -> None:
         """`name` left the store or was disabled: drop what was kept about it (read again if it comes back)."""

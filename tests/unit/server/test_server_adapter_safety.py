@@ -153,6 +153,7 @@ DEFECTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "layer-replication": (_config(layer_replication=[[0, 2], [1, 2]]), "rewrite the base model's layer list"),
     "base-biases": (_config(bias="all"), "trained biases of the base model's own layers"),
     "unknown-field-set": (_config(future_option={"on": True}), "future_option"),
+    "rank-above-limit": (_config(r=200000), "--max-lora-rank"),  # PEFT would allocate at r=200000 first
     "unknown-dtype": (_retyped("Q9"), "unknown dtype 'Q9'"),
     "lookahead-pattern": (_config(target_modules="(?!.*mlp).*_proj"), "lookahead"),
 }
