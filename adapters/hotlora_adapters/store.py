@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 from .compat import BaseSpec, find_mismatches
-from .confine import same_entry, inside, outside, resolve_inside, refuse_escaping_symlinks
+from .confine import inside, outside, refuse_escaping_symlinks, resolve_inside, same_entry, store_escape
 from .errors import (
     AdapterError,
     AdapterExistsError,
@@ -69,7 +69,8 @@ class StoredAdapter:
     """One adapter folder in the store, as listed.
 
     `error` is None for a usable adapter, else why it cannot be used; `config` is None only when
-    `adapter_config.json` itself is unreadable. Compatibility with a particular base is not judged here.
+    `adapter_config.json` itself is unreadable, or the entry reaches outside the store (then nothing of it
+    is read). Compatibility with a particular base is not judged here.
     `version` changes whenever the adapter's files change (see `adapter_version`); it is taken before the
     files are read, so a change racing the listing shows up as a newer version on the next look.
     """
@@ -252,6 +253,9 @@ class AdapterStore:
         validate_adapter_name(name)
         in_store = self.root / name
         if same_entry(given, in_store):
+            escape = store_escape(in_store, self.root)
+            if escape is not None:
+                raise AdapterPathError(escape)
             files = inspect_adapter(in_store)
             check_finite(in_store)
             if base is not None:
@@ -296,6 +300,9 @@ class AdapterStore:
         atomically; a folder without a manifest gets one (source "imported")."""
         adapter = self.get(name)
         path = adapter.path
+        escape = store_escape(path, self.root)
+        if escape is not None:  # its manifest would be written outside the store
+            raise AdapterPathError(escape)
         with self._lock():
             manifest = read_manifest(path)  # an unreadable manifest raises rather than being clobbered
             if manifest is None:
@@ -543,6 +550,11 @@ def _replace_manifest(folder: Path, manifest: Manifest) -> None:
 
 def _describe(name: str, path: Path) -> StoredAdapter:
     version = adapter_version(path)  # before reading: a change racing this read shows up as a newer version
+    escape = store_escape(path, path.parent)
+    if escape is not None:  # listed with the reason; nothing outside the store is read
+        created = int(os.lstat(path).st_mtime)
+        return StoredAdapter(name, path, None, None, size_bytes=0, created=created, disabled=False, error=escape,
+                             version=version)  # fmt: skip
     errors: list[str] = []
     config: AdapterConfig | None = None
     manifest: Manifest | None = None
