@@ -23,8 +23,9 @@ from .paths import default_home_dir, default_store_dir
 from .peft_config import CONFIG_FILENAME, AdapterConfig, read_adapter_config
 from .peft_files import WEIGHTS_FILENAME, AdapterFiles, inspect_adapter, read_tensor_shapes
 from .safetensors_header import SafetensorsHeader, TensorInfo, read_safetensors_header
-from .store import AdapterStore, StoredAdapter, adapter_version
+from .store import AdapterStore, StoredAdapter
 from .targets import is_targeted, peft_lora_kwargs, targeted_modules
+from .versions import adapter_version
 from .watch import StoreChange, StoreWatcher
 
 __all__ = [

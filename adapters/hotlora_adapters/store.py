@@ -8,7 +8,6 @@ adapters, so a half-written adapter is never visible.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
@@ -36,6 +35,7 @@ from .manifest import MANIFEST_FILENAME, Manifest, manifest_json, read_manifest
 from .names import is_valid_adapter_name, validate_adapter_name
 from .peft_config import CONFIG_FILENAME, AdapterConfig, read_adapter_config
 from .peft_files import PICKLE_WEIGHT_FILENAMES, WEIGHTS_FILENAME, AdapterFiles, inspect_adapter
+from .versions import adapter_version
 
 
 
@@ -55,7 +55,6 @@ TRASH_PREFIX = ".trash-"
 LOCK_FILENAME = ".lock"
 MANIFEST_TMP_PREFIX = f".{MANIFEST_FILENAME}.tmp-"
 STALE_AFTER_S = 3600.0
-VERSION_LENGTH = 16
 LOAD_ATTEMPTS = 5
 # What registration copies from a source folder: PEFT's two files, plus harmless extras. Never pickles.
 REQUIRED_FILENAMES = (CONFIG_FILENAME, WEIGHTS_FILENAME)
@@ -70,9 +69,9 @@ class StoredAdapter:
 
     `error` is None for a usable adapter, else why it cannot be used; `config` is None only when
     `adapter_config.json` itself is unreadable, or the entry reaches outside the store (then nothing of it
-    is read). Compatibility with a particular base is not judged here.
-    `version` changes whenever the adapter's files change (see `adapter_version`); it is taken before the
-    files are read, so a change racing the listing shows up as a newer version on the next look.
+    is read). Compatibility with a particular base is not judged here. `version` changes whenever the
+    adapter's files change, content included (see `versions`); it is taken before the files are read, so
+    a change racing the listing shows up as a newer version on the next look.
     """
 
     name: str
@@ -89,25 +88,6 @@ class StoredAdapter:
     def usable(self) -> bool:
         """Listed without error and not disabled: may be served."""
         return self.error is None and not self.disabled
-
-
-def adapter_version(path: Path) -> str:
-    """A short token that changes whenever the adapter folder at `path` changes.
-
-    Hashes (device, inode, size, mtime_ns, ctime_ns) of the folder, `adapter_config.json`,
-    `adapter_model.safetensors` and `hotlora.json`. Registration swaps in a new folder (a new inode) and
-    `set_disabled` replaces `hotlora.json` (a new inode), so both change it even within one second; an
-    edit in place changes mtime/ctime.
-    """
-    parts: list[str] = []
-    for item in (path, path / CONFIG_FILENAME, path / WEIGHTS_FILENAME, path / MANIFEST_FILENAME):
-        try:
-            st = os.stat(item)
-        except (FileNotFoundError, NotADirectoryError):
-            parts.append("-")
-            continue
-        parts.append(f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:VERSION_LENGTH]
 
 
 class AdapterStore:

@@ -11,6 +11,7 @@ from hotlora_adapters import (
     InvalidAdapterError,
     InvalidAdapterNameError,
     Manifest,
+    adapter_version,
     manifest_json,
 )
 
@@ -127,6 +128,24 @@ def test_entries_reaching_outside_the_store_are_listed_with_the_reason(tmp_path:
     assert not (target / "hotlora.json").exists()
     store.delete("linked")  # the link goes, what it points to stays
     assert not os.path.lexists(root / "linked") and (target / "adapter_model.safetensors").is_file()
+
+
+def test_versions_follow_the_content_where_metadata_cannot_tell(
+    tmp_path: Path, make_adapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a file system whose `stat` tells nothing but sizes (inode numbers reused, mtimes copied, ctime
+    coarse or mirroring mtime), other weights of the same size still make another version."""
+    root = tmp_path / "store"
+    folder = make_adapter(name="x", parent=root)
+    real = os.stat
+    monkeypatch.setattr(os, "stat", lambda path, *a, **k: os.stat_result([*real(path, *a, **k)[:7], 0, 0, 0]))
+    version = adapter_version(folder)
+    assert adapter_version(folder) == version and AdapterStore(root).versions() == {"x": version}
+    weights = folder / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    start = 8 + int.from_bytes(data[:8], "little")  # the tensors, after the header
+    weights.write_bytes(data[:start] + bytes(b ^ 0x55 for b in data[start:]))  # other values, same size
+    assert adapter_version(folder) != version
 
 
 def test_manifest_name_need_not_match_folder(tmp_path: Path, make_adapter) -> None:
