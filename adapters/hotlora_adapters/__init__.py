@@ -19,11 +19,14 @@ from .errors import (
 from .finite import check_finite, nonfinite_tensors
 from .manifest import MANIFEST_FILENAME, AdapterSource, BlendSource, Manifest, manifest_json, read_manifest
 from .names import ADAPTER_NAME_PATTERN, is_valid_adapter_name, validate_adapter_name
+from .patterns import Pattern, UnsafePattern, compile_pattern
 from .paths import default_home_dir, default_store_dir
 from .peft_config import CONFIG_FILENAME, AdapterConfig, read_adapter_config
 from .peft_files import WEIGHTS_FILENAME, AdapterFiles, inspect_adapter, read_tensor_shapes
 from .safetensors_header import SafetensorsHeader, TensorInfo, read_safetensors_header
-from .store import AdapterStore, StoredAdapter, adapter_version
+from .store import AdapterStore, StoredAdapter
+from .targets import is_targeted, peft_lora_kwargs, targeted_modules
+from .versions import adapter_version
 from .watch import StoreChange, StoreWatcher
 
 __all__ = [
@@ -46,25 +49,31 @@ __all__ = [
     "InvalidAdapterError",
     "InvalidAdapterNameError",
     "Manifest",
+    "Pattern",
     "SafetensorsHeader",
     "StoreChange",
     "StoreWatcher",
     "StoredAdapter",
     "TensorInfo",
+    "UnsafePattern",
     "adapter_version",
     "check_compatible",
     "check_finite",
+    "compile_pattern",
     "default_home_dir",
     "default_store_dir",
     "find_mismatches",
     "inspect_adapter",
+    "is_targeted",
     "is_valid_adapter_name",
     "manifest_json",
     "nonfinite_tensors",
+    "peft_lora_kwargs",
     "read_adapter_config",
     "read_manifest",
     "read_safetensors_header",
     "read_tensor_shapes",
     "resolve_chat_template",
+    "targeted_modules",
     "validate_adapter_name",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,11 @@ class BaseSpec:
     def __hash__(self) -> int:
         return hash(self.fingerprint())
 
+    @cached_property
+    def parameter_count(self) -> int:
+        """Values in the described modules' weights: the most any adapter of this base needs to hold."""
+        return sum(rows * cols for rows, cols in self.module_shapes.values())
+
     def fingerprint(self) -> str:
         """A stable hex digest of the architecture and every module shape: equal bases, equal prints.
 
@@ -64,17 +70,23 @@ class BaseSpec:
         return hashlib.sha256(payload.encode()).hexdigest()[:FINGERPRINT_LENGTH]
 
 
-def check_compatible(files: AdapterFiles, base: BaseSpec) -> None:
-    """Raise one `IncompatibleAdapterError` listing every way `files` does not fit `base`."""
-    mismatches = find_mismatches(files, base)
+def check_compatible(files: AdapterFiles, base: BaseSpec, *, max_rank: int | None = None) -> None:
+    """Raise one `IncompatibleAdapterError` listing every way `files` does not fit `base` (and a server
+    that serves ranks up to `max_rank`)."""
+    mismatches = find_mismatches(files, base, max_rank=max_rank)
     if mismatches:
         raise IncompatibleAdapterError(mismatches, subject=f"adapter at {files.path}")
 
 
-def find_mismatches(files: AdapterFiles, base: BaseSpec) -> list[str]:
-    """Every way `files` does not fit `base`, one line each, in module order (empty when it fits)."""
+def find_mismatches(files: AdapterFiles, base: BaseSpec, *, max_rank: int | None = None) -> list[str]:
+    """Every way `files` does not fit `base`, one line each, in module order (empty when it fits).
+
+    Size limits come first: PEFT allocates every LoRA layer at the config's rank before it reads a weight,
+    so a small file declaring a huge rank, or weights larger than the base itself, must be refused before
+    anything is loaded. `max_rank` (the server's `--max-lora-rank`) caps the rank; None: no cap.
+    """
     config = files.config
-    mismatches: list[str] = []
+    mismatches = _size_mismatches(files, base, max_rank)
     arch = config.architecture
     if arch is not None and _norm_arch(arch) not in {_norm_arch(base.architecture), _norm_arch(base.library)}:
         mismatches.append(
@@ -100,6 +112,28 @@ def find_mismatches(files: AdapterFiles, base: BaseSpec) -> list[str]:
         mismatches.append("the adapter holds no LoRA weights")
     mismatches += _target_mismatches(config, lora_modules, base)
     return mismatches
+
+
+def _size_mismatches(files: AdapterFiles, base: BaseSpec, max_rank: int | None) -> list[str]:
+    out: list[str] = []
+    ranks = [files.config.max_rank]
+    ranks += [shape[0] for key, shape in files.tensor_shapes.items()
+              if (parsed := parse_tensor_key(key)) is not None and parsed.role in _RANK_ROWS and shape]  # fmt: skip
+    if max_rank is not None and max(ranks) > max_rank:
+        out.append(
+            f"rank {max(ranks)} is above this server's limit of {max_rank} (--max-lora-rank); "
+            "retrain with a lower r, or start the server with a higher --max-lora-rank"
+        )
+    values = sum(math.prod(shape) for shape in files.tensor_shapes.values())
+    if values > base.parameter_count:
+        out.append(
+            f"the weights hold {values:,} values, more than the base model's own {base.parameter_count:,}: "
+            "no adapter of this base needs that many"
+        )
+    return out
+
+
+_RANK_ROWS = frozenset({TensorRole.LORA_A, TensorRole.EMBEDDING_A})  # their first dimension is the rank
 
 
 def natural_key(name: str) -> list[int | str]:

@@ -1,4 +1,5 @@
-"""Where adapters may be imported from: a path must resolve inside an allowed root, symlinks included.
+"""Where adapters may be imported from: a path must resolve inside an allowed root, symlinks included;
+and the store's own entries must resolve inside the store.
 
 Kept apart from the store so the rule is one small piece to read and test: every check resolves links
 first and compares resolved paths, so `..` tricks and symlinks pointing out of a root are refused alike.
@@ -7,7 +8,7 @@ first and compares resolved paths, so `..` tricks and symlinks pointing out of a
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .errors import AdapterPathError, InvalidAdapterError
@@ -53,15 +54,48 @@ def resolve_inside(given: Path, roots: Sequence[Path]) -> Path:
 
 def refuse_escaping_symlinks(given: Path, folder: Path, roots: Sequence[Path]) -> None:
     """Refuse a folder holding any symlink (at any depth) whose target lies outside `roots`."""
-    for dirpath, dirnames, filenames in os.walk(folder):  # does not descend into symlinked folders
-        for entry in dirnames + filenames:
-            path = Path(dirpath) / entry
-            if not path.is_symlink():
-                continue
-            try:
-                target = path.resolve(strict=False)
-            except (OSError, RuntimeError) as e:
-                raise AdapterPathError(f"cannot resolve the symlink {path}: {e}") from e
-            if not inside(target, roots):
-                shown = given / path.relative_to(folder)
-                raise AdapterPathError(f"{shown} is a symlink to {target}, {outside(roots)}")
+    for path in symlinks_in(folder):
+        try:
+            target = path.resolve(strict=False)
+        except (OSError, RuntimeError) as e:
+            raise AdapterPathError(f"cannot resolve the symlink {path}: {e}") from e
+        if not inside(target, roots):
+            shown = given / path.relative_to(folder)
+            raise AdapterPathError(f"{shown} is a symlink to {target}, {outside(roots)}")
+
+
+def store_escape(entry: Path, root: Path) -> str | None:
+    """Why the store's own entry `entry` is not confined to the store at `root`, or None when it is.
+
+    The import rule holds for what is already in the store too: the entry itself, and every symlink
+    inside it, must resolve inside the store. Else a link dropped into the store would make the server
+    read, and serve, any folder it can reach.
+    """
+    store = root.resolve()
+    where = f"outside the adapter store ({store}); adapters must be copied into it, not linked"
+    escape = _escape(entry, Path(entry.name), store, where, strict=True)
+    if escape is not None:
+        return escape
+    folder = entry.resolve()
+    for path in symlinks_in(folder):
+        escape = _escape(path, Path(entry.name) / path.relative_to(folder), store, where, strict=False)
+        if escape is not None:
+            return escape
+    return None
+
+
+def _escape(path: Path, shown: Path, store: Path, where: str, *, strict: bool) -> str | None:
+    try:
+        target = path.resolve(strict=strict)
+    except (OSError, RuntimeError) as e:  # missing, or a symlink loop
+        return f"cannot resolve {shown}: {e}"
+    return None if target.is_relative_to(store) else f"{shown} is a symlink to {target}, {where}"
+
+
+def symlinks_in(folder: Path) -> Iterator[Path]:
+    """Every symlink under `folder`, at any depth (symlinked folders are listed, not entered)."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                yield path

@@ -107,7 +107,9 @@ def _parse_entry(path: Path, name: str, entry: object) -> TensorInfo:
     if begin > end:
         raise _corrupt(path, f"tensor {name!r}: data_offsets begin {begin} > end {end}")
     bits = _DTYPE_BITS.get(dtype)
-    if bits is not None and end - begin != (math.prod(shape) * bits + 7) // 8:
+    if bits is None:  # its size could not be checked: a few bytes could declare a tensor of any shape
+        raise _corrupt(path, f"tensor {name!r}: unknown dtype {dtype!r} (known: {', '.join(_DTYPE_BITS)})")
+    if end - begin != (math.prod(shape) * bits + 7) // 8:
         raise _corrupt(path, f"tensor {name!r}: {end - begin} bytes do not hold a {dtype} tensor of shape {shape}")
     return TensorInfo(dtype=dtype, shape=tuple(shape), data_offsets=(begin, end))
 

@@ -8,20 +8,19 @@ adapters, so a half-written adapter is never visible.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from .compat import BaseSpec, find_mismatches
-from .confine import same_entry, inside, outside, resolve_inside, refuse_escaping_symlinks
+from .confine import inside, outside, refuse_escaping_symlinks, resolve_inside, same_entry, store_escape
 from .errors import (
     AdapterError,
     AdapterExistsError,
@@ -45,6 +44,7 @@ from .names import is_valid_adapter_name, validate_adapter_name
 from .peft_config import CONFIG_FILENAME, AdapterConfig, read_adapter_config
 from .peft_files import PICKLE_WEIGHT_FILENAMES, WEIGHTS_FILENAME, AdapterFiles, inspect_adapter
 from .private import PRIVATE_DIR_MODE, make_private_dirs, open_lock_file
+from .versions import adapter_version
 
 
 
@@ -64,7 +64,6 @@ TRASH_PREFIX = ".trash-"
 LOCK_FILENAME = ".lock"
 MANIFEST_TMP_PREFIX = f".{MANIFEST_FILENAME}.tmp-"
 STALE_AFTER_S = 3600.0
-VERSION_LENGTH = 16
 LOAD_ATTEMPTS = 5
 # What registration copies from a source folder: PEFT's two files, plus harmless extras. Never pickles.
 REQUIRED_FILENAMES = (CONFIG_FILENAME, WEIGHTS_FILENAME)
@@ -78,9 +77,10 @@ class StoredAdapter:
     """One adapter folder in the store, as listed.
 
     `error` is None for a usable adapter, else why it cannot be used; `config` is None only when
-    `adapter_config.json` itself is unreadable. Compatibility with a particular base is not judged here.
-    `version` changes whenever the adapter's files change (see `adapter_version`); it is taken before the
-    files are read, so a change racing the listing shows up as a newer version on the next look.
+    `adapter_config.json` itself is unreadable, or the entry reaches outside the store (then nothing of it
+    is read). Compatibility with a particular base is not judged here. `version` changes whenever the
+    adapter's files change, content included (see `versions`); it is taken before the files are read, so
+    a change racing the listing shows up as a newer version on the next look.
     """
 
     name: str
@@ -97,25 +97,6 @@ class StoredAdapter:
     def usable(self) -> bool:
         """Listed without error and not disabled: may be served."""
         return self.error is None and not self.disabled
-
-
-def adapter_version(path: Path) -> str:
-    """A short token that changes whenever the adapter folder at `path` changes.
-
-    Hashes (device, inode, size, mtime_ns, ctime_ns) of the folder, `adapter_config.json`,
-    `adapter_model.safetensors` and `hotlora.json`. Registration swaps in a new folder (a new inode) and
-    `set_disabled` replaces `hotlora.json` (a new inode), so both change it even within one second; an
-    edit in place changes mtime/ctime.
-    """
-    parts: list[str] = []
-    for item in (path, path / CONFIG_FILENAME, path / WEIGHTS_FILENAME, path / MANIFEST_FILENAME):
-        try:
-            st = os.stat(item)
-        except (FileNotFoundError, NotADirectoryError):
-            parts.append("-")
-            continue
-        parts.append(f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:VERSION_LENGTH]
 
 
 class AdapterStore:
@@ -179,10 +160,11 @@ class AdapterStore:
     def __contains__(self, name: object) -> bool:
         return is_valid_adapter_name(name) and (self.root / str(name) / CONFIG_FILENAME).is_file()
 
-    def load_files(self, name: str) -> AdapterFiles:
+    def load_files(self, name: str, check: Callable[[AdapterFiles], None] | None = None) -> AdapterFiles:
         """Validated files of adapter `name`, ready to hand to PEFT; raises if missing or unusable.
 
-        Unlike `list`, which reads headers only, this reads the weights too and refuses NaN/Inf values.
+        Unlike `list`, which reads headers only, this reads the weights too and refuses NaN/Inf values;
+        `check` (e.g. the fit to a base) runs on the header first, so a refused file's data is never read.
         Read again if the adapter was replaced while being read, so config and header are of one version.
         Callers that then hand `files.path` to PEFT can do the same: compare `version_of(name)` before and
         after loading, and load again when it changed.
@@ -192,6 +174,8 @@ class AdapterStore:
             before = adapter_version(path)
             try:
                 files = inspect_adapter(path)
+                if check is not None:
+                    check(files)
                 check_finite(path)
             except InvalidAdapterError:
                 if adapter_version(path) != before:
@@ -211,13 +195,14 @@ class AdapterStore:
         manifest: Manifest | None = None,
         overwrite: bool = False,
         base: BaseSpec | None = None,
+        max_rank: int | None = None,
     ) -> StoredAdapter:
         """Copy the PEFT adapter folder `source` into the store as `name`, atomically.
 
-        Validates the name, the files (`inspect_adapter`) and, with `base`, the fit (`check_compatible`)
-        before writing anything. Copies `adapter_config.json`, `adapter_model.safetensors` and harmless
-        extras (README.md, *.json, *.png; never pickles) into a hidden temp folder in the store, refuses
-        NaN/Inf weights in that copy (what would be served), writes
+        Validates the name, the files (`inspect_adapter`) and, with `base`, the fit (`check_compatible`,
+        ranks up to `max_rank`) before writing anything. Copies `adapter_config.json`,
+        `adapter_model.safetensors` and harmless extras (README.md, *.json, *.png; never pickles) into a
+        hidden temp folder in the store, refuses NaN/Inf weights in that copy (what would be served), writes
         `hotlora.json` (`manifest` with its name set to `name` and, if it has none, `base`'s
         fingerprint; else one derived from the config with source "imported"), fsyncs, and publishes with
         one rename. An existing `name` raises `AdapterExistsError` unless `overwrite`, which swaps old for
@@ -228,9 +213,11 @@ class AdapterStore:
         source = Path(source)
         files = inspect_adapter(source)
         if base is not None:
-            _check_fits(files, base, source)
+            _check_fits(files, base, source, max_rank)
         plan = [(filename, (source / filename).resolve(strict=True)) for filename in _copy_plan(source)]
-        return self._register(name, source, plan, files, manifest=manifest, overwrite=overwrite, base=base)
+        return self._register(
+            name, source, plan, files, manifest=manifest, overwrite=overwrite, base=base, max_rank=max_rank
+        )
 
     def import_adapter(
         self,
@@ -240,6 +227,7 @@ class AdapterStore:
         allowed_roots: Sequence[Path] = (),
         overwrite: bool = False,
         base: BaseSpec | None = None,
+        max_rank: int | None = None,
     ) -> StoredAdapter:
         """Register a copy of the adapter folder at `path` (a user-supplied path) as `name`.
 
@@ -257,10 +245,13 @@ class AdapterStore:
         validate_adapter_name(name)
         in_store = self.root / name
         if same_entry(given, in_store):
+            escape = store_escape(in_store, self.root)
+            if escape is not None:
+                raise AdapterPathError(escape)
             files = inspect_adapter(in_store)
             check_finite(in_store)
             if base is not None:
-                _check_fits(files, base, in_store)
+                _check_fits(files, base, in_store, max_rank)
             return self.get(name)
 
         roots = self._import_roots(allowed_roots)
@@ -268,14 +259,16 @@ class AdapterStore:
         refuse_escaping_symlinks(given, folder, roots)
         files = inspect_adapter(folder)
         if base is not None:
-            _check_fits(files, base, given)
+            _check_fits(files, base, given, max_rank)
         plan: list[tuple[str, Path]] = []
         for filename in _copy_plan(folder):
             real = (folder / filename).resolve(strict=True)
             if not inside(real, roots):  # already refused above; re-checked on what is actually copied
                 raise AdapterPathError(f"{given / filename} resolves to {real}, {outside(roots)}")
             plan.append((filename, real))
-        return self._register(name, given, plan, files, manifest=None, overwrite=overwrite, base=base)
+        return self._register(
+            name, given, plan, files, manifest=None, overwrite=overwrite, base=base, max_rank=max_rank
+        )
 
     def delete(self, name: str) -> None:
         """Remove adapter `name` atomically (renamed out of sight, then deleted); `AdapterNotFoundError` if absent.
@@ -299,6 +292,9 @@ class AdapterStore:
         atomically; a folder without a manifest gets one (source "imported")."""
         adapter = self.get(name)
         path = adapter.path
+        escape = store_escape(path, self.root)
+        if escape is not None:  # its manifest would be written outside the store
+            raise AdapterPathError(escape)
         with self._lock():
             manifest = read_manifest(path)  # an unreadable manifest raises rather than being clobbered
             if manifest is None:
@@ -332,6 +328,7 @@ class AdapterStore:
         manifest: Manifest | None,
         overwrite: bool,
         base: BaseSpec | None,
+        max_rank: int | None,
     ) -> StoredAdapter:
         if not overwrite:
             self._refuse_existing(name)  # before writing anything
@@ -355,7 +352,7 @@ class AdapterStore:
                 copied = _inspect_copy(tmp, source)  # what will be served is the copy, not the source
                 check_finite(tmp, shown_as=source)
                 if base is not None:
-                    _check_fits(copied, base, source)
+                    _check_fits(copied, base, source, max_rank)
                 write_file_synced(tmp / MANIFEST_FILENAME, text)
                 fsync_dir(tmp)
                 old = self._publish(tmp, dest, name, overwrite)
@@ -527,8 +524,8 @@ def _inspect_copy(copy: Path, source: Path) -> AdapterFiles:
         raise InvalidAdapterError(f"{e.reason} (after copying; was it modified meanwhile?)", path=source) from e
 
 
-def _check_fits(files: AdapterFiles, base: BaseSpec, shown_as: Path) -> None:
-    mismatches = find_mismatches(files, base)
+def _check_fits(files: AdapterFiles, base: BaseSpec, shown_as: Path, max_rank: int | None) -> None:
+    mismatches = find_mismatches(files, base, max_rank=max_rank)
     if mismatches:
         raise IncompatibleAdapterError(mismatches, subject=f"adapter at {shown_as}")
 
@@ -554,6 +551,11 @@ def _replace_manifest(folder: Path, manifest: Manifest) -> None:
 
 def _describe(name: str, path: Path) -> StoredAdapter:
     version = adapter_version(path)  # before reading: a change racing this read shows up as a newer version
+    escape = store_escape(path, path.parent)
+    if escape is not None:  # listed with the reason; nothing outside the store is read
+        created = int(os.lstat(path).st_mtime)
+        return StoredAdapter(name, path, None, None, size_bytes=0, created=created, disabled=False, error=escape,
+                             version=version)  # fmt: skip
     errors: list[str] = []
     config: AdapterConfig | None = None
     manifest: Manifest | None = None

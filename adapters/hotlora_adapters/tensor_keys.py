@@ -7,6 +7,7 @@ says which dimension must match which dimension of the base module.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -58,3 +59,8 @@ def parse_tensor_key(key: str) -> TensorKey | None:
         if name.endswith(suffix) and len(name) > len(suffix):
             return TensorKey(module=name[: -len(suffix)], role=role)
     return None
+
+
+def lora_modules(keys: Iterable[str]) -> set[str]:
+    """The base modules that saved keys `keys` hold LoRA weights for."""
+    return {parsed.module for key in keys if (parsed := parse_tensor_key(key)) is not None and parsed.role.is_lora}

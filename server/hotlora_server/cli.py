@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a folder adapters may be loaded from by path (repeatable; the store is always allowed)")  # fmt: skip
     serve.add_argument("--max-loaded-adapters", type=int,
                        help="adapters and blends kept in memory at once, least recently used evicted (default 8)")  # fmt: skip
+    serve.add_argument("--max-lora-rank", type=int,
+                       help="largest LoRA rank an adapter may have, as vLLM's flag: larger ones are refused "
+                            "before loading (default 64, at most 512)")  # fmt: skip
     serve.add_argument("--merge-policy", choices=["auto", "never", "always"],
                        help="merge an adapter into dense weights for speed: always, auto (once it had the "
                             "whole batch to itself for 64 steps) or never (default: outputs then never depend on "

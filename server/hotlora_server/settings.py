@@ -50,6 +50,7 @@ class Settings(BaseModel):
     adapters_dir: Path
     allow_adapter_dir: tuple[Path, ...] = ()
     max_loaded_adapters: int = Field(8, ge=1)
+    max_lora_rank: int = Field(64, ge=1, le=512, description="larger LoRA ranks are refused (vLLM's flag)")
     merge_policy: Literal["auto", "never", "always"] = "never"
     max_n: int = Field(8, ge=1)
     max_num_seqs: int = Field(32, ge=1, description="rows decoded together in the running batch")

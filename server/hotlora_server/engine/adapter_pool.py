@@ -16,7 +16,7 @@ import itertools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +27,13 @@ from peft import PeftModel
 
 from hotlora_adapters import (
     AdapterError,
+    AdapterFiles,
     AdapterNotFoundError,
     AdapterStore,
     InvalidAdapterNameError,
     StoredAdapter,
     check_compatible,
+    inspect_adapter,
 )
 
 from ..errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
@@ -40,6 +42,7 @@ from .cpu.bnb import packing_held
 from .loader import LoadedModel
 from .lora_stack import LoraStack
 from .merging import MergedAdapter, NotMergeable, merge
+from .peft_load import load_adapter
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +59,11 @@ class AdapterCatalog:
     adapter's weights).
     """
 
-    def __init__(self, store: AdapterStore, loaded: LoadedModel) -> None:
+    def __init__(self, store: AdapterStore, loaded: LoadedModel, max_rank: int) -> None:
         self.store = store
+        self.max_rank = max_rank  # --max-lora-rank
         self._loaded = loaded
-        self._verdicts: dict[tuple[str, str], str | None] = {}  # (name, version) -> refusal
+        self._verdicts: dict[str, tuple[str, str | None]] = {}  # name -> (version judged, refusal)
         self._entries: dict[str, StoredAdapter] = {}  # name -> the store's description, while its version holds
         self._checking = threading.Lock()  # one reading of an adapter's weights, not one per waiting request
 
@@ -67,16 +71,26 @@ class AdapterCatalog:
         """Why `entry` cannot be served on this base, or None."""
         if entry.error is not None:
             return entry.error
-        key = (entry.name, entry.version)
-        if key not in self._verdicts:
+        judged = self._verdicts.get(entry.name)
+        if judged is None or judged[0] != entry.version:
             with self._checking:
-                if key not in self._verdicts:
-                    self._verdicts[key] = self._check(entry)
-        return self._verdicts[key]
+                judged = self._verdicts.get(entry.name)
+                if judged is None or judged[0] != entry.version:
+                    judged = self._verdicts[entry.name] = (entry.version, self._check(entry))
+        return judged[1]
+
+    def _check_fits(self, files: AdapterFiles) -> None:
+        check_compatible(files, self._loaded.spec, max_rank=self.max_rank)
+
+    def forget(self, name: str) -> None:
+        """`name` left the store or was disabled: drop what was kept about it (read again if it comes back)."""
+        self._verdicts.pop(name, None)
+        self._entries.pop(name, None)
 
     def _check(self, entry: StoredAdapter) -> str | None:
+        """Read `entry`'s header (sizes first) and weights against the base once."""
         try:
-            check_compatible(self.store.load_files(entry.name), self._loaded.spec)
+            self.store.load_files(entry.name, check=self._check_fits)
         except AdapterError as exc:
             log.warning("adapter %s is not servable: %s", entry.name, exc)
             return str(exc)
@@ -219,6 +233,7 @@ class AdapterPool:
         self.resident: frozenset[str] = frozenset()
         self._active: str | None = None  # what PEFT runs now; None: unknown (PEFT changed it)
         self._stack = LoraStack(loaded.dtype, group=self._stack_group, kernels=loaded.kernels)
+        self._drop_listeners: list[Callable[[str], None]] = []
 
     # -- what requests use --------------------------------------------------------------------------
 
@@ -318,12 +333,19 @@ class AdapterPool:
     def invalidate(self, name: str, current: str | None = None) -> None:
         """`name` changed to version `current` (None: removed or disabled): drop whatever was built from
         another version, at once if idle, else when its last request finishes."""
+        if current is None:
+            self._catalog.forget(name)
         for resident in list(self._resident.values()):
             if name in resident.sources and resident.sources[name] != current:
                 resident.stale = True
                 if resident.refs == 0:
                     self._drop(resident)
         self._update_resident()
+
+    def on_drop(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(key)` whenever an adapter or blend leaves the model, so that whatever is kept
+        under its key elsewhere (the prefix cache's blocks) goes with it: keys are never used again."""
+        self._drop_listeners.append(listener)
 
     def _update_resident(self) -> None:
         """Publish which store adapters are loaded, as one immutable value other threads may read."""
@@ -392,13 +414,15 @@ class AdapterPool:
         for _ in range(3):
             key = next(self._keys)
             log.info("loading adapter %s from %s", entry.name, entry.path)
-            with packing_held(self._loaded.model):  # PEFT calls state_dict(): see bnb_cpu
-                if isinstance(self.model, PeftModel):
-                    self.model.load_adapter(str(entry.path), adapter_name=key)
-                else:
-                    self.model = PeftModel.from_pretrained(self._loaded.model, str(entry.path), adapter_name=key)
-            self.model.eval()
-            self._model_changed()
+            try:
+                files = inspect_adapter(entry.path)
+            except AdapterError:  # changed since it was judged: judge it again (a refusal says why)
+                entry = self._catalog.get(entry.name)
+                continue
+            try:
+                self.model = load_adapter(self.model, self._loaded.model, files, self._loaded.spec, key)
+            finally:  # loaded, or put back as it was: either way not what PEFT ran before
+                self._model_changed()
             if self._catalog.store.versions().get(entry.name) == entry.version:
                 return key, entry
             self._delete(key)  # a mix of two versions may have been read
@@ -455,6 +479,9 @@ class AdapterPool:
             if entry is resident:
                 del self._resident[cache_key]
         self._delete(resident.key)
+        self._merge.unmergeable.discard(resident.key)
+        for listener in self._drop_listeners:
+            listener(resident.key)
         self.stats.unloads += 1
         self._update_resident()
         _release_memory()

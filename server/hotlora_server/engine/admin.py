@@ -102,7 +102,10 @@ class AdapterAdmin:
             folder = await self._engine.call(lambda pool: pool.save_blend(blend, Path(tmp)))
             manifest = self._blend_manifest(name, blend, folder)
             try:
-                await asyncio.to_thread(self._store.register, name, folder, manifest=manifest, base=self._loaded.spec)
+                await asyncio.to_thread(
+                    self._store.register, name, folder, manifest=manifest, base=self._loaded.spec,
+                    max_rank=self._catalog.max_rank,
+                )  # fmt: skip
             except AdapterError as exc:
                 raise domain_error(exc) from None
         return await asyncio.to_thread(self._describe, name)  # its first check reads the new weights
@@ -110,7 +113,9 @@ class AdapterAdmin:
     # -- helpers ------------------------------------------------------------------------------------
 
     def _import(self, path: Path, name: str) -> StoredAdapter:
-        return self._store.import_adapter(path, name, allowed_roots=self._allowed, base=self._loaded.spec)
+        return self._store.import_adapter(
+            path, name, allowed_roots=self._allowed, base=self._loaded.spec, max_rank=self._catalog.max_rank
+        )
 
     def _blend_manifest(self, name: str, blend: BlendSpec, folder: Path) -> Manifest:
         from hotlora_adapters import inspect_adapter

@@ -299,7 +299,7 @@ class Engine:
         loaded = load_model(self._settings)
         use_batch_invariant_attention(loaded.model)
         store = AdapterStore(self._settings.adapters_dir)
-        catalog = AdapterCatalog(store, loaded)
+        catalog = AdapterCatalog(store, loaded, self._settings.max_lora_rank)
         adapters = [a.name for a in catalog.servable()]
         self._loaded, self._catalog = loaded, catalog
         settings = self._settings
@@ -311,6 +311,8 @@ class Engine:
         self._watcher.start(self._on_store_change)
         stop_ids = stop_token_ids(loaded.tokenizer, loaded.model.generation_config.eos_token_id)
         prefixes = PrefixCache() if settings.enable_prefix_caching else None
+        if prefixes is not None:
+            self._pool.on_drop(prefixes.discard)
         self._scheduler = Scheduler(
             loaded, self._pool, stop_ids, settings.max_num_seqs, settings.max_num_batched_tokens, prefixes
         )

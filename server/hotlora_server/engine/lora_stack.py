@@ -49,9 +49,15 @@ class _Slot:
 class _LayerStack:
     """One LoRA layer's stacked weights, rebuilt when the resident adapters change."""
 
-    def __init__(self, layer: LoraLayer) -> None:
+    def __init__(self, layer: LoraLayer, stack: LoraStack) -> None:
         self.layer = layer
         self.blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # per block: A.T [in, W], B.T [W, out] scaled
+        self._handle = layer.register_forward_hook(lambda m, a, o: self.hook(stack, m, a, o))
+
+    def detach(self) -> None:
+        """Take the hook off the layer and let go of the stacked copies."""
+        self._handle.remove()
+        self.blocks = []
 
     def rebuild(self, slots: dict[str, _Slot], widths: list[int], dtype: torch.dtype) -> None:
         base = self.layer.get_base_layer()
@@ -133,7 +139,7 @@ class LoraStack:
         self.dtype = dtype
         self.kernels = kernels if dtype == torch.float32 else None  # they read float32 through raw pointers
         self._group = group
-        self._layers: dict[int, _LayerStack] = {}  # id(LoraLayer) -> its stack
+        self._layers: list[_LayerStack] = []  # the hooked LoRA layers of the model as last rebuilt
         self._slots: dict[str, _Slot] = {}  # adapter key -> its columns
         self._widths: list[int] = []  # columns of each block
         self._stale = True
@@ -141,7 +147,12 @@ class LoraStack:
         self.route: _Route | None = None  # set only inside `rows`
 
     def invalidate(self) -> None:
-        """Adapters were loaded or deleted: rebuild the stacks before the next forward that needs them."""
+        """Adapters were loaded or deleted: unhook the layers and free the stacked copies now, and rebuild
+        before the next forward that needs them. Kept until then, the copies of a deleted adapter (and, once
+        PEFT unwraps the model, its discarded LoRA layers with them) would outlive it."""
+        for stack in self._layers:
+            stack.detach()
+        self._layers, self._slots, self._widths = [], {}, []
         self._stale = True
 
     def covers(self, model: Any, keys: set[str]) -> bool:
@@ -196,12 +207,8 @@ class LoraStack:
                 self._widths.append(0)
             self._slots[key] = _Slot(len(self._widths) - 1, self._widths[-1], self._widths[-1] + rank)
             self._widths[-1] += rank
-        for layer in layers:
-            if id(layer) not in self._layers and _over_linear(layer):
-                stack = _LayerStack(layer)
-                layer.register_forward_hook(lambda m, a, o, s=stack: s.hook(self, m, a, o))
-                self._layers[id(layer)] = stack
-        for stack in self._layers.values():
+        self._layers = [_LayerStack(layer, self) for layer in layers if _over_linear(layer)]
+        for stack in self._layers:
             stack.rebuild(self._slots, self._widths, self.dtype)
         self._device = next(model.parameters()).device
         self._stale = False

@@ -58,6 +58,11 @@ class PrefixCache:
             end += BLOCK
         return end - BLOCK
 
+    def discard(self, key: str) -> None:
+        """Drop every block computed by adapter `key`: it was unloaded, and its key is never used again."""
+        for name in [name for name in self._blocks if name[0] == key]:
+            self.size -= _nbytes(self._blocks.pop(name))
+
     def store(self, key: str, ids: list[int], layers: LayerKV) -> None:
         """Keep the blocks of `ids` not cached yet; `layers` holds its KV, `[1, kv_heads, len(ids), dim]`."""
         for end in range(BLOCK, len(ids), BLOCK):

@@ -148,3 +148,28 @@ def test_fingerprint_is_stable_across_releases() -> None:
     assert BaseSpec("llama", {"x": (1, 2)}).fingerprint() == BaseSpec("llama", {"x": (1, 2)}).fingerprint()
     expected = hashlib.sha256(b'["llama",[["x",[1,2]]]]').hexdigest()[:16]
     assert BaseSpec("llama", {"x": (1, 2)}).fingerprint() == expected
+
+
+def test_size_limits_are_reported_first(tmp_path: Path, safetensors_writer) -> None:
+    """PEFT allocates every layer at the config's rank before reading a weight: rank and size are judged
+    from the header, against the server's --max-lora-rank and the base's own size."""
+    p = "base_model.model."
+    tensors = {
+        p + "model.q.lora_A.weight": ("F32", [16, 4]),
+        p + "model.q.lora_B.weight": ("F32", [8, 16]),
+        p + "lm_head.weight": ("F32", [10, 4]),
+        p + "model.embed.weight": ("F32", [10, 4]),
+    }  # 272 values; the base's modules hold 112
+    adapter = _hand_made(tmp_path, safetensors_writer, tensors, r=16, target_modules=["q"], modules_to_save=["lm_head", "embed"])
+    assert find_mismatches(inspect_adapter(adapter), SPEC, max_rank=8)[:2] == [
+        "rank 16 is above this server's limit of 8 (--max-lora-rank); retrain with a lower r, or start the "
+        "server with a higher --max-lora-rank",
+        "the weights hold 272 values, more than the base model's own 112: no adapter of this base needs that many",
+    ]
+    assert find_mismatches(inspect_adapter(adapter), SPEC, max_rank=16)[0].startswith("the weights hold 272 values")
+
+
+def test_a_huge_rank_in_the_config_alone_is_refused(adapter_dir: Path, edit_adapter_config, tiny_base_spec: BaseSpec) -> None:
+    edit_adapter_config(adapter_dir, r=200000)  # the weights keep rank 4: a tiny file PEFT would allocate hugely for
+    mismatches = find_mismatches(inspect_adapter(adapter_dir), tiny_base_spec, max_rank=64)
+    assert mismatches[0].startswith("rank 200000 is above this server's limit of 64 (--max-lora-rank)")

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -93,11 +94,58 @@ def test_inits_that_touch_only_the_lora_weights_are_fine(adapter_dir: Path, edit
     assert inspect_adapter(adapter_dir).config.model_extra["init_lora_weights"] == init  # type: ignore[index]
 
 
-def test_unknown_config_fields_pass_through(adapter_dir: Path, edit_adapter_config) -> None:
-    edit_adapter_config(adapter_dir, some_future_peft_option=[1, 2], rank_pattern=None)
+def test_fields_left_off_pass_through(adapter_dir: Path, edit_adapter_config) -> None:
+    """A newer PEFT writes fields this one does not know; off (null, false, empty) they change nothing."""
+    edit_adapter_config(
+        adapter_dir, some_future_peft_option=None, another_one=False, rank_pattern=None, layer_replication=None,
+        loftq_config={}, use_qalora=False, qalora_group_size=16, megatron_core="megatron.core",
+    )  # fmt: skip
     config = read_adapter_config(adapter_dir)
-    assert config.model_extra is not None and config.model_extra["some_future_peft_option"] == [1, 2]
+    assert config.model_extra is not None and config.model_extra["some_future_peft_option"] is None
     assert config.rank_pattern == {}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"layer_replication": [[0, 2], [1, 2]]}, "rewrite the base model's layer list"),
+        ({"some_future_peft_option": [1, 2]}, "some_future_peft_option = [1, 2], which is not a LoRA field"),
+        ({"use_qalora": True}, "QALoRA"),
+        ({"target_parameters": ["mlp.experts.down_proj"]}, "raw parameters"),
+        ({"alora_invocation_tokens": [1, 2]}, "activated LoRA"),
+        ({"arrow_config": {"top_k": 2}}, "LoRA variant"),
+        ({"eva_config": {"rho": 2.0}}, "initialisation data"),
+        ({"bias": "all"}, "trained biases of the base model's own layers"),
+        ({"bias": "lora_only"}, "trained biases of the base model's own layers"),
+        ({"task_type": "SEQ_CLS"}, "causal language models"),
+        ({"modules_to_save": ["lm_head|.*"]}, "plain dotted module names"),
+        ({"layers_to_transform": [0], "layers_pattern": "(layers)+"}, "plain dotted module names"),
+        ({"trainable_token_indices": {"embed.*": [1]}}, "plain dotted module names"),
+    ],
+)
+def test_fields_the_server_cannot_serve_are_refused(
+    adapter_dir: Path, edit_adapter_config, changes: dict, message: str
+) -> None:
+    edit_adapter_config(adapter_dir, **changes)
+    with pytest.raises(InvalidAdapterError, match=re.escape(message)):
+        inspect_adapter(adapter_dir)
+
+
+@pytest.mark.parametrize(
+    ("changes", "where"),
+    [
+        ({"target_modules": "(?=model).*q_proj"}, "target_modules"),
+        ({"exclude_modules": r"(a)\1"}, "exclude_modules"),
+        ({"rank_pattern": {"(?i)Q_PROJ": 2}}, "rank_pattern key"),
+        ({"alpha_pattern": {"a{9000}": 2}}, "alpha_pattern key"),
+    ],
+)
+def test_patterns_only_a_backtracking_matcher_could_run_are_refused(
+    adapter_dir: Path, edit_adapter_config, changes: dict, where: str
+) -> None:
+    edit_adapter_config(adapter_dir, **changes)
+    with pytest.raises(InvalidAdapterError, match=f"adapter_config.json's {where} .* is refused: "):
+        inspect_adapter(adapter_dir)
 
 
 def test_truncated_safetensors_refused(adapter_dir: Path) -> None:

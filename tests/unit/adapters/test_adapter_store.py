@@ -6,10 +6,12 @@ import pytest
 
 from hotlora_adapters import (
     AdapterNotFoundError,
+    AdapterPathError,
     AdapterStore,
     InvalidAdapterError,
     InvalidAdapterNameError,
     Manifest,
+    adapter_version,
     manifest_json,
 )
 
@@ -100,12 +102,50 @@ def test_missing_root_lists_nothing_and_is_not_created(tmp_path: Path) -> None:
     assert store.ensure_root().is_dir()
 
 
-def test_symlinked_adapter_folder_is_listed(tmp_path: Path, make_adapter) -> None:
+def test_entries_reaching_outside_the_store_are_listed_with_the_reason(tmp_path: Path, make_adapter) -> None:
+    """The import rule holds for the store's own entries: they, and every link in them, stay in the store."""
     target = make_adapter(name="elsewhere")
     root = tmp_path / "store"
     root.mkdir()
     os.symlink(target, root / "linked")
-    assert [a.name for a in AdapterStore(root).list()] == ["linked"]
+    make_adapter(name="real", parent=root)
+    os.symlink(root / "real", root / "alias")  # within the store: fine
+    leaky = make_adapter(name="leaky", parent=root)
+    (leaky / "adapter_model.safetensors").unlink()
+    os.symlink(target / "adapter_model.safetensors", leaky / "adapter_model.safetensors")
+    store = AdapterStore(root)
+
+    listed = {a.name: a for a in store.list()}
+    where = f"outside the adapter store ({root.resolve()}); adapters must be copied into it, not linked"
+    assert listed["linked"].error == f"linked is a symlink to {target.resolve()}, {where}"
+    assert listed["linked"].config is None and not listed["linked"].usable
+    assert listed["leaky"].error == f"leaky/adapter_model.safetensors is a symlink to {target.resolve()}/adapter_model.safetensors, {where}"
+    assert listed["alias"].error is None and listed["real"].error is None
+    with pytest.raises(AdapterPathError, match="outside the adapter store"):
+        store.set_disabled("linked", True)  # would write hotlora.json outside
+    with pytest.raises(AdapterPathError, match="outside the adapter store"):
+        store.import_adapter(root / "linked")
+    assert not (target / "hotlora.json").exists()
+    store.delete("linked")  # the link goes, what it points to stays
+    assert not os.path.lexists(root / "linked") and (target / "adapter_model.safetensors").is_file()
+
+
+def test_versions_follow_the_content_where_metadata_cannot_tell(
+    tmp_path: Path, make_adapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a file system whose `stat` tells nothing but sizes (inode numbers reused, mtimes copied, ctime
+    coarse or mirroring mtime), other weights of the same size still make another version."""
+    root = tmp_path / "store"
+    folder = make_adapter(name="x", parent=root)
+    real = os.stat
+    monkeypatch.setattr(os, "stat", lambda path, *a, **k: os.stat_result([*real(path, *a, **k)[:7], 0, 0, 0]))
+    version = adapter_version(folder)
+    assert adapter_version(folder) == version and AdapterStore(root).versions() == {"x": version}
+    weights = folder / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    start = 8 + int.from_bytes(data[:8], "little")  # the tensors, after the header
+    weights.write_bytes(data[:start] + bytes(b ^ 0x55 for b in data[start:]))  # other values, same size
+    assert adapter_version(folder) != version
 
 
 def test_manifest_name_need_not_match_folder(tmp_path: Path, make_adapter) -> None:

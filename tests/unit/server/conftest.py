@@ -69,19 +69,24 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory, real_tokenizer: Any) -> P
     return folder
 
 
-@pytest.fixture(scope="session")
-def adapter_store(tmp_path_factory: pytest.TempPathFactory, real_tokenizer: Any) -> Path:
-    """An adapter store holding one real PEFT LoRA adapter (random A and B) for the tiny model."""
+def save_tiny_adapter(folder: Path, tokenizer: Any, seed: int, **lora: Any) -> Path:
+    """Save a real PEFT LoRA adapter of the tiny llama, with random (seeded) A and B, as `folder`."""
     import torch
     from peft import LoraConfig, get_peft_model
 
-    store = tmp_path_factory.mktemp("adapter-store")
-    base = _tiny_llama(len(real_tokenizer), real_tokenizer)
-    torch.manual_seed(1)
+    base = _tiny_llama(len(tokenizer), tokenizer)
+    torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        peft_model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
-        peft_model.save_pretrained(str(store / ADAPTER_NAME))
+        get_peft_model(base, LoraConfig(init_lora_weights=False, **lora)).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def adapter_store(tmp_path_factory: pytest.TempPathFactory, real_tokenizer: Any) -> Path:
+    """An adapter store holding one real PEFT LoRA adapter (random A and B) for the tiny model."""
+    store = tmp_path_factory.mktemp("adapter-store")
+    save_tiny_adapter(store / ADAPTER_NAME, real_tokenizer, seed=1, r=4, target_modules="all-linear")
     return store
 
 

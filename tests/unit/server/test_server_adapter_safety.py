@@ -113,6 +113,24 @@ def _config(**changes: Any) -> Callable[[Path], None]:
     return edit
 
 
+def _retyped(dtype: str) -> Callable[[Path], None]:
+    """Every tensor's dtype in the header renamed (the data left as is): a size nothing can check."""
+
+    def retype(folder: Path) -> None:
+        weights = folder / WEIGHTS_FILENAME
+        data = weights.read_bytes()
+        length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + length])
+        for name, entry in header.items():
+            if name != "__metadata__":
+                entry["dtype"] = dtype
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        weights.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + length :])
+
+    return retype
+
+
 def _pickled(filename: str) -> Callable[[Path], None]:
     return lambda folder: (folder / WEIGHTS_FILENAME).rename(folder / filename)
 
@@ -132,6 +150,12 @@ DEFECTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "megatron-module": (_config(megatron_config={"tensor_model_parallel_size": 1}, megatron_core="evil"), "megatron"),
     "not-lora": (_config(peft_type="IA3"), "only LoRA adapters"),
     "base-rewriting-init": (_config(init_lora_weights="pissa"), "rewrite the base model's weights"),
+    "layer-replication": (_config(layer_replication=[[0, 2], [1, 2]]), "rewrite the base model's layer list"),
+    "base-biases": (_config(bias="all"), "trained biases of the base model's own layers"),
+    "unknown-field-set": (_config(future_option={"on": True}), "future_option"),
+    "rank-above-limit": (_config(r=200000), "--max-lora-rank"),  # PEFT would allocate at r=200000 first
+    "unknown-dtype": (_retyped("Q9"), "unknown dtype 'Q9'"),
+    "lookahead-pattern": (_config(target_modules="(?!.*mlp).*_proj"), "lookahead"),
 }
 LOAD_ROUTES = {
     "hotlora": ("/v1/adapters", "name", "path"),

@@ -42,3 +42,13 @@ def test_least_recently_used_blocks_leave_first_within_the_capacity() -> None:
     assert cache.size == 2 * one_block
     assert cache.lookup("a", second)[0] == 0 and cache.lookup("a", first)[0] == BLOCK
     assert cache.lookup("b", first)[0] == BLOCK
+
+
+def test_an_unloaded_adapters_blocks_go_with_it() -> None:
+    cache = PrefixCache()
+    ids = list(range(2 * BLOCK + 1))
+    cache.store("a0", ids, kv(len(ids)))
+    cache.store("a1", ids, kv(len(ids)))
+    kept = cache.size // 2
+    cache.discard("a0")
+    assert cache.cached("a0", ids) == 0 and cache.cached("a1", ids) == 2 * BLOCK and cache.size == kept
