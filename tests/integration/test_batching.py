@@ -1,7 +1,7 @@
 """Continuous batching with the real 4-bit SmolLM2: a request's output is the same alone and in a full batch.
 
 The server gets five adapters of different ranks and strengths (one wide enough that the stacked LoRA
-spreads them over three blocks); sixteen greedy requests over the base, the adapters and a blend run one
+spreads them over three blocks, above the default rank cap, so the server raises `--max-lora-rank`); sixteen greedy requests over the base, the adapters and a blend run one
 at a time, then all at once (joining the running batch at different steps, with prompts of different
 lengths), and every text must be identical. Prefix caching is on (the default): one at a time, the first
 request of each adapter prefills its whole prompt and later ones reuse cached blocks (the system turn, or
@@ -37,7 +37,7 @@ def batching(tmp_path_factory: pytest.TempPathFactory, hotlora_home: Path, smoll
                                        ("wide", 15, 112, 0.25)):
         save_random_lora(smollm2_dir, store / name, seed=seed, r=rank, strength=strength)
     log = tmp_path_factory.mktemp("batch-logs") / "server.log"
-    with serving(["--home", str(hotlora_home), "--adapters-dir", str(store)], log) as running:
+    with serving(["--home", str(hotlora_home), "--adapters-dir", str(store), "--max-lora-rank", "128"], log) as running:
         yield running
 
 

@@ -36,7 +36,7 @@ def test_gguf_file_is_converted_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
-        ("/no/such/model-folder", "expected a Hugging Face model folder or a .gguf file"),
+        ("/no/such/model-folder", "no such model folder or .gguf file"),
         ("HuggingFaceTB/no-such-model-hotlora", "needs network access to the Hugging Face hub"),
     ],
 )

@@ -128,7 +128,7 @@ def resolve_base(spec: str | None, models_dir: Path, flag: str) -> ResolvedBase:
     except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/HTTP errors alike
         raise BaseModelError(
             f"unknown {flag.lstrip('-')} {spec!r}: not a local model folder, not a .gguf file, and not a hub id that can "
-            f"be reached ({type(e).__name__}). Leave {flag} out for the embedded {EMBEDDED_MODEL_NAME}, or "
+            f"be reached ({type(e).__name__}; a hub id needs network access to the Hugging Face hub). Leave {flag} out for the embedded {EMBEDDED_MODEL_NAME}, or "
             "pass a local Hugging Face folder or a .gguf file."
         ) from None
     return ResolvedBase(spec, spec)
