@@ -27,7 +27,7 @@ from .batch_cache import BatchCache
 from .generate import decode_one_token, prefill
 from .loader import LoadedModel
 from .prefix_cache import LayerKV, PrefixCache
-from .sampling import RowSampler, logprobs_of, sample_batch
+from .sampling import RowSampler, logprobs_of
 from .text import IncrementalDetokenizer, StopMatcher, token_bytes
 
 log = logging.getLogger(__name__)
@@ -361,13 +361,15 @@ class Scheduler:
         self._sample(rows, logits)
 
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> None:
-        tokens = sample_batch([row.sampler for row in rows], logits)
-        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+        """Sample every row's next token and emit its text. A row that fails (logits that are not finite,
+        text that does not decode) ends its own request; the other rows carry on as if it were not there."""
+        scores = logits.float().cpu()
+        for i, row in enumerate(rows):
             if row.job.done:
                 continue
             try:
-                row.step(token, logits[i], self._loaded, self._stop_ids)
-            except Exception as exc:  # e.g. detokenization: fail this request only
+                row.step(row.sampler.choose(scores[i]), logits[i], self._loaded, self._stop_ids)
+            except Exception as exc:  # this request's failure must not take the others down
                 self._fail(row.job, _internal(row.job, exc))
 
     def _compact(self) -> None:
@@ -438,5 +440,8 @@ def _jobs_of(rows: list[Row]) -> list[Job]:
 
 
 def _internal(job: Job, exc: Exception) -> HotloraError:
+    """Log why `job` failed; the error its client gets (a `HotloraError` already says what went wrong)."""
     log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc, extra={"request_id": job.request.request_id})
+    if isinstance(exc, HotloraError):
+        return exc
     return HotloraError(f"internal error while generating: {type(exc).__name__}: {exc}")
