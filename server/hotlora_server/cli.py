@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-num-batched-tokens", type=int,
                        help="prompt tokens prefilled per batch step (cached prefix tokens are free): longer "
                             "prompts are prefilled in chunks between decode steps (default 512)")  # fmt: skip
+    serve.add_argument("--kv-cache-memory-bytes",
+                       help="bytes the running batch's keys and values may take, as an integer or with a unit "
+                            "(8GiB, 500MB); a request waits until its worst case fits (default 4GiB)")  # fmt: skip
     serve.add_argument("--cpu-prefill", choices=["bf16", "4bit"],
                        help="4-bit base on a CPU with native bf16: prefill through bf16 GEMMs on dequantized "
                             "weights (bf16, default: several times faster; keeps a second copy of the 4-bit "

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ByteSize, ConfigDict, Field
 
 from hotlora_adapters import default_home_dir, default_store_dir
 
@@ -46,6 +46,9 @@ class Settings(BaseModel):
     max_n: int = Field(8, ge=1)
     max_num_seqs: int = Field(32, ge=1, description="rows decoded together in the running batch")
     max_num_batched_tokens: int = Field(512, ge=16, description="prompt tokens prefilled per batch step")
+    kv_cache_memory_bytes: ByteSize = Field(
+        ByteSize(4 * 2**30), gt=0, description="bytes the running batch's KV cache may reserve (vLLM's name)"
+    )
     cpu_prefill: Literal["bf16", "4bit"] = Field(
         "bf16", description="how a 4-bit base prefills on a CPU with native bf16 (see engine/prefill_gemm.py)"
     )

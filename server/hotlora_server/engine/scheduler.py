@@ -1,9 +1,10 @@
 """Continuous batching: requests join the running batch after their prefill and leave when done.
 
 Each scheduler step (in the engine thread) first spends up to `max_num_batched_tokens` prompt tokens on
-prefilling waiting requests in arrival order, those that arrive meanwhile included — a long prompt is
-prefilled in chunks of that size over several steps, so it never stalls the rows already decoding for
-long — then runs one decode step over every running row. A row carries its own adapter (or blend, or
+prefilling waiting requests in arrival order, those that arrive meanwhile included, while the rows and
+the KV cache budget (`kv_budget`) hold them — a long prompt is prefilled in chunks of that size over
+several steps, so it never stalls the rows already decoding for long — then runs one decode step over
+every running row. A row carries its own adapter (or blend, or
 the base), sampling parameters, seed, stop sequences and token budget; rows of one request (`n`) share
 its prefill, which starts from the prompt's longest cached prefix when prefix caching is on. Cancelled
 requests leave at the next step.
@@ -25,6 +26,7 @@ from ..types import ChoiceDelta, GenerationEvent, GenerationRequest, TokenLogpro
 from .adapter_pool import AdapterPool
 from .batch_cache import BatchCache
 from .generate import decode_one_token, prefill
+from .kv_budget import KvBudget
 from .loader import LoadedModel
 from .prefix_cache import LayerKV, PrefixCache
 from .sampling import RowSampler, logprobs_of
@@ -49,6 +51,11 @@ class Job:
     prefilled: int = 0  # prompt tokens run so far
     rows: list[Row] = field(default_factory=list)
     failed: bool = False
+
+    @property
+    def reach(self) -> int:
+        """Tokens a row of this request may hold at its end: its prompt and all it may generate."""
+        return len(self.prompt_ids) + self.max_new_tokens
 
     @property
     def done(self) -> bool:
@@ -118,6 +125,8 @@ class SchedulerStats:
     prefix_cache_hit_tokens: int = 0
     requests_aborted: int = 0
     requests_failed: int = 0
+    kv_cache_usage: float = 0.0  # the admitted requests' worst case, as a fraction of the KV cache budget
+    kv_cache_bytes: int = 0  # what the running batch's KV cache holds now
 
 
 class Scheduler:
@@ -130,6 +139,7 @@ class Scheduler:
         stop_ids: frozenset[int],
         max_num_seqs: int,
         max_num_batched_tokens: int,
+        kv_budget: KvBudget,
         prefix_cache: PrefixCache | None = None,
     ) -> None:
         self._loaded = loaded
@@ -138,6 +148,8 @@ class Scheduler:
         self._max_rows = max_num_seqs
         self._token_budget = max_num_batched_tokens
         self._prefix = prefix_cache
+        self._kv = kv_budget
+        self._admitted: dict[int, Job] = {}  # id -> request holding a KV reservation: prefilling or running
         self.waiting: deque[Job] = deque()
         self.running: list[Row] = []
         self._batch = BatchCache()
@@ -169,6 +181,8 @@ class Scheduler:
             self._reset_batch(exc)
         self.stats.requests_running = len(_jobs_of(self.running))
         self.stats.batch_rows = len(self.running)
+        self.stats.kv_cache_usage = self._kv.bytes_for(*self._reserved()) / self._kv.capacity
+        self.stats.kv_cache_bytes = self._batch.nbytes()
 
     def fail_all(self, error: HotloraError) -> None:
         """Fail every request (the engine is stopping)."""
@@ -220,6 +234,8 @@ class Scheduler:
             if job.key is None:
                 if rows and rows + job.request.n > self._max_rows:
                     break  # wait for rows to leave
+                if not self._kv_admits(job):
+                    break  # wait for rows to leave and free their reservations
                 if not self._admit(job):
                     self.waiting.popleft()
                     continue
@@ -260,7 +276,8 @@ class Scheduler:
                 self._fail(job, _internal(job, exc))
 
     def _admit(self, job: Job) -> bool:
-        """Pin the job's adapter (loading it if needed); False if that failed (the job got the error)."""
+        """Pin the job's adapter (loading it if needed) and reserve its KV cache; False if the adapter
+        failed (the job got the error)."""
         try:
             job.key = self._pool.acquire(job.request.model, job.request.blend)
         except HotloraError as exc:
@@ -269,7 +286,18 @@ class Scheduler:
         except Exception as exc:  # a broken adapter fails its request, not the engine
             self._fail(job, _internal(job, exc))
             return False
+        self._admitted[id(job)] = job
         return True
+
+    def _reserved(self, extra: Job | None = None) -> tuple[int, int]:
+        """(rows, longest reach) of the admitted requests, with `extra` added: their KV cache's worst case."""
+        jobs = [*self._admitted.values(), *([extra] if extra else [])]
+        return sum(job.request.n for job in jobs), max((job.reach for job in jobs), default=0)
+
+    def _kv_admits(self, job: Job) -> bool:
+        """Whether the KV cache budget holds `job`'s rows beside the admitted requests' (alone it always
+        does: `Engine` refuses a request that never fits)."""
+        return not self._admitted or self._kv.holds(*self._reserved(job))
 
     def _prefill_group(self, jobs: list[Job]) -> None:
         """Prefill whole prompts together and start their rows.
@@ -406,6 +434,7 @@ class Scheduler:
             self._release(job)  # otherwise its rows release it when they leave the batch
 
     def _release(self, job: Job) -> None:
+        self._admitted.pop(id(job), None)
         if job.key is not None:
             self._pool.release(job.key)
             job.key = None

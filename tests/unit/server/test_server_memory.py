@@ -1,0 +1,92 @@
+"""Memory that must not only grow, on the tiny engine: the KV cache budget."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import ADAPTER_NAME, TINY_CONTEXT, TINY_NAME, running_engine, tiny_settings
+from test_server_batching import _collect, _request
+
+from hotlora_server.engine.kv_budget import KvBudget
+from hotlora_server.engine.scheduler import Scheduler
+from hotlora_server.errors import InvalidRequestError
+from hotlora_server.types import GenerationRequest
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One home for the module's engines: the CPU kernels are compiled once."""
+    return tmp_path_factory.mktemp("home")
+
+
+def _kv(tiny_dir: Path, capacity: int = 1) -> KvBudget:
+    from transformers import AutoConfig
+
+    return KvBudget.of(AutoConfig.from_pretrained(tiny_dir), torch.float32, capacity)
+
+
+# -- the KV cache budget ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kv_engine(tiny_dir: Path, adapter_store: Path, home: Path) -> Iterator[Any]:
+    """An engine whose KV cache budget holds one request over the whole context and no more."""
+    capacity = _kv(tiny_dir).bytes_for(1, TINY_CONTEXT)
+    with running_engine(tiny_settings(tiny_dir, home, adapter_store, kv_cache_memory_bytes=capacity)) as engine:
+        yield engine
+
+
+def test_the_running_batch_stays_within_the_kv_budget(kv_engine: Any, tiny_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five requests, a budget for two at a time: the others wait in the queue, the batch's cache never
+    holds more than the budget, and every request gets exactly what it gets alone."""
+    requests = [_request(TINY_NAME if i % 2 else ADAPTER_NAME, f"request number {i}", max_tokens=20) for i in range(5)]
+    reach = [kv_engine._prepare(r).reach for r in requests]
+    kv = kv_engine._kv
+    assert kv.holds(2, max(reach)) and not kv.holds(3, min(reach))  # what the test is about
+    alone = [asyncio.run(_collect(tiny_engine, r)) for r in requests]
+    held: list[tuple[int, int]] = []  # after each step: bytes of the batch's cache, rows in the batch
+    original = Scheduler.step
+
+    def step(self: Scheduler, arrivals: Any) -> None:
+        original(self, arrivals)
+        held.append((self.stats.kv_cache_bytes, len(self.running)))
+
+    monkeypatch.setattr(Scheduler, "step", step)
+
+    async def together() -> list[Any]:
+        return list(await asyncio.gather(*(_collect(kv_engine, r) for r in requests)))
+
+    assert asyncio.run(together()) == alone
+    assert max(size for size, _ in held) <= kv.capacity
+    assert max(rows for _, rows in held) == 2  # the budget, not the queue, set the pace
+    deadline = time.monotonic() + 10  # the engine publishes its gauges after the step that ended the last request
+    while (kv_engine.stats().kv_cache_usage, kv_engine.stats().kv_cache_bytes) != (0, 0):
+        assert time.monotonic() < deadline, kv_engine.stats()
+        time.sleep(0.01)
+
+
+def test_a_request_the_kv_budget_can_never_hold_is_refused_at_once(kv_engine: Any) -> None:
+    """Two choices that may each run to the end of the context never fit: 400 at once, not a wait forever."""
+
+    async def first(request: GenerationRequest) -> Any:
+        return await anext(kv_engine.generate(request))
+
+    with pytest.raises(InvalidRequestError, match="--kv-cache-memory-bytes") as refused:
+        asyncio.run(first(_request(TINY_NAME, "two long answers", n=2, max_tokens=None)))
+    assert refused.value.param == "n"
+    assert asyncio.run(first(_request(TINY_NAME, "two short answers", n=2, max_tokens=4)))
+
+
+def test_a_kv_budget_that_cannot_hold_one_whole_context_stops_the_start(
+    tiny_dir: Path, adapter_store: Path, home: Path
+) -> None:
+    capacity = _kv(tiny_dir).bytes_for(1, TINY_CONTEXT) - 1
+    with pytest.raises(RuntimeError, match="--kv-cache-memory-bytes .* cannot hold one request"):
+        with running_engine(tiny_settings(tiny_dir, home, adapter_store, kv_cache_memory_bytes=capacity)):
+            pass
