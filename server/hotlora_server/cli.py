@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a folder adapters may be loaded from by path (repeatable; the store is always allowed)")  # fmt: skip
     serve.add_argument("--max-loaded-adapters", type=int,
                        help="adapters and blends kept in memory at once, least recently used evicted (default 8)")  # fmt: skip
+    serve.add_argument("--max-blend-rank", type=int,
+                       help="largest rank a blend may have: 'cat' adds its adapters' ranks, 'svd' keeps the "
+                            "largest; larger blends are refused with 400 (default 256)")  # fmt: skip
     serve.add_argument("--merge-policy", choices=["auto", "never", "always"],
                        help="merge an adapter into dense weights for speed: always, auto (once it had the "
                             "whole batch to itself for 64 steps) or never (default: outputs then never depend on "

@@ -42,6 +42,7 @@ class Settings(BaseModel):
     adapters_dir: Path
     allow_adapter_dir: tuple[Path, ...] = ()
     max_loaded_adapters: int = Field(8, ge=1)
+    max_blend_rank: int = Field(256, ge=1, description="largest rank of a blend (`cat` adds its sources' ranks)")
     merge_policy: Literal["auto", "never", "always"] = "never"
     max_n: int = Field(8, ge=1)
     max_num_seqs: int = Field(32, ge=1, description="rows decoded together in the running batch")

@@ -51,9 +51,10 @@ AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch fo
 class AdapterCatalog:
     """The store's adapters that fit the served base, re-read on demand and checked once per version."""
 
-    def __init__(self, store: AdapterStore, loaded: LoadedModel) -> None:
+    def __init__(self, store: AdapterStore, loaded: LoadedModel, max_blend_rank: int) -> None:
         self.store = store
         self._loaded = loaded
+        self._max_blend_rank = max_blend_rank
         self._verdicts: dict[tuple[str, str], str | None] = {}  # (name, version) -> refusal
         self._entries: dict[str, StoredAdapter] = {}  # name -> the store's description, while its version holds
 
@@ -114,24 +115,40 @@ class AdapterCatalog:
             entry = self._entries[name] = self.store.get(name)
         return entry
 
-    def check_blend(self, blend: BlendSpec) -> None:
-        """Refuse a blend whose method needs equal ranks when the ranks differ, naming them."""
+    def check_blend(self, blend: BlendSpec) -> list[StoredAdapter]:
+        """The blend's sources, once it is known that they can be blended: refuses, naming the ranks, a
+        method that needs equal ranks when they differ, and a blend whose rank passes `--max-blend-rank`
+        (`cat` adds its sources' ranks, so blends of saved blends would grow without end)."""
         entries = [self.get(name) for name, _ in blend.components]
-        if blend.method in ("linear", *DENSITY_METHODS) and len(blend.components) > 1:
-            ranks = {e.name: _max_rank(e) for e in entries}
-            if len(set(ranks.values())) > 1:
-                listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
-                raise InvalidRequestError(
-                    f"blend method '{blend.method}' needs adapters of equal rank ({listed}); "
-                    "use 'cat' (exact, any ranks) or 'svd'",
-                    param="blend_method",
-                )
+        ranks = {e.name: _max_rank(e) for e in entries}
+        listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
+        if blend.method in ("linear", *DENSITY_METHODS) and len(set(ranks.values())) > 1:
+            raise InvalidRequestError(
+                f"blend method '{blend.method}' needs adapters of equal rank ({listed}); "
+                "use 'cat' (exact, any ranks) or 'svd'",
+                param="blend_method",
+            )
+        rank = blend_rank(blend.method, list(ranks.values()))
+        if rank > self._max_blend_rank:
+            raise InvalidRequestError(
+                f"blend {blend.label()} would have rank {rank} ('{blend.method}' of {listed}), above this "
+                f"server's --max-blend-rank {self._max_blend_rank}; blend fewer adapters, or use 'svd' "
+                "(the rank of the largest source)",
+                param="model",
+            )
+        return entries
 
 
 def _max_rank(entry: StoredAdapter) -> int:
     config = entry.config
     assert config is not None  # servable entries have a readable config
     return max([config.r, *(config.rank_pattern or {}).values()])
+
+
+def blend_rank(method: str, ranks: list[int]) -> int:
+    """The rank PEFT's `add_weighted_adapter` gives a blend of adapters of these ranks: `cat` adds them up,
+    `svd` keeps the largest, the other methods need them equal."""
+    return sum(ranks) if method == "cat" else max(ranks)
 
 
 @dataclass

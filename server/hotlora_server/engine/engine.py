@@ -332,7 +332,7 @@ class Engine:
         loaded = load_model(self._settings)
         use_batch_invariant_attention(loaded.model)
         store = AdapterStore(self._settings.adapters_dir)
-        catalog = AdapterCatalog(store, loaded)
+        catalog = AdapterCatalog(store, loaded, self._settings.max_blend_rank)
         adapters = [a.name for a in catalog.servable()]
         self._loaded, self._catalog = loaded, catalog
         settings = self._settings

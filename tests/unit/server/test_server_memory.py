@@ -1,8 +1,10 @@
-"""Memory that must not only grow, on the tiny engine: the KV cache budget."""
+"""Memory that must not only grow, on the tiny engine: the KV cache budget and the blend rank cap."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,9 @@ from test_server_batching import _collect, _request
 from hotlora_server.engine.kv_budget import KvBudget
 from hotlora_server.engine.scheduler import Scheduler
 from hotlora_server.errors import InvalidRequestError
-from hotlora_server.types import GenerationRequest
+from hotlora_server.types import BlendSpec, GenerationRequest
+
+SOURCES = ("a", "b", "c", "d")
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +94,41 @@ def test_a_kv_budget_that_cannot_hold_one_whole_context_stops_the_start(
     with pytest.raises(RuntimeError, match="--kv-cache-memory-bytes .* cannot hold one request"):
         with running_engine(tiny_settings(tiny_dir, home, adapter_store, kv_cache_memory_bytes=capacity)):
             pass
+
+
+# -- blends ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blend_engine(tiny_dir: Path, adapter_store: Path, home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Four copies of the r=4 adapter, blends up to rank 6."""
+    store = tmp_path_factory.mktemp("store")
+    for name in SOURCES:
+        shutil.copytree(adapter_store / ADAPTER_NAME, store / name)
+    settings = tiny_settings(tiny_dir, home, store, max_blend_rank=6)
+    with running_engine(settings) as engine:
+        yield engine
+
+
+def _blend(*components: tuple[str, float], method: str = "linear", **sampling: Any) -> GenerationRequest:
+    blend = BlendSpec(components=components, method=method)  # type: ignore[arg-type]
+    return dataclasses.replace(_request(blend.label(), "Tell me a story.", **sampling), blend=blend)
+
+
+def _built(engine: Any) -> tuple[int, int]:
+    """Adapters the engine loaded and blends it built so far."""
+    return engine._pool.stats.loads, engine._pool.stats.blends
+
+
+def test_a_blend_above_the_rank_cap_is_refused(blend_engine: Any) -> None:
+    """`cat` adds the ranks (4 + 4 > 6): refused before anything is built, naming the ranks and the flag;
+    `svd` keeps the rank of the largest source and is served."""
+    built = _built(blend_engine)
+    cat = _blend(("a", 0.7), ("b", 0.3), method="cat")
+    with pytest.raises(InvalidRequestError, match=r"rank 8 .*a: r=4, b: r=4.*--max-blend-rank 6"):
+        asyncio.run(_collect(blend_engine, cat))
+    with pytest.raises(InvalidRequestError, match="--max-blend-rank 6"):
+        asyncio.run(blend_engine.save_blend("too-big", cat.blend))
+    assert _built(blend_engine) == built
+    texts, usage = asyncio.run(_collect(blend_engine, _blend(("a", 0.7), ("b", 0.3), method="svd")))
+    assert usage.completion_tokens > 0
