@@ -15,7 +15,7 @@ import gc
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,6 +228,7 @@ class AdapterPool:
         resident.refs -= 1
         if resident.stale and resident.refs == 0:
             self._drop(resident)
+            _release_memory()
 
     @contextmanager
     def routing(self, keys: list[str], decode: bool) -> Iterator[dict[str, Any]]:
@@ -303,12 +304,16 @@ class AdapterPool:
     def invalidate(self, name: str, current: str | None = None) -> None:
         """`name` changed to version `current` (None: removed or disabled): drop whatever was built from
         another version, at once if idle, else when its last request finishes."""
+        dropped = False
         for resident in list(self._resident.values()):
             if name in resident.sources and resident.sources[name] != current:
                 resident.stale = True
                 if resident.refs == 0:
                     self._drop(resident)
+                    dropped = True
         self._update_resident()
+        if dropped:
+            _release_memory()
 
     def _update_resident(self) -> None:
         """Publish which store adapters are loaded, as one immutable value other threads may read."""
@@ -359,9 +364,11 @@ class AdapterPool:
             self._resident.move_to_end(cache_key)
         return resident
 
-    def _adapter(self, name: str) -> _Resident:
+    def _adapter(self, name: str, touch: bool = True) -> _Resident:
+        """`name` in memory, loaded if needed; `touch`: this counts as a use (least recently used order)."""
         entry = self._catalog.get(name)
-        resident = self._touch(("adapter", name, entry.version))
+        cache_key = ("adapter", name, entry.version)
+        resident = self._touch(cache_key) if touch else self._resident.get(cache_key)
         if resident is not None:
             return resident
         key, entry = self._load_consistent(entry)
@@ -391,13 +398,17 @@ class AdapterPool:
         raise ServiceUnavailableError(f"adapter '{entry.name}' keeps changing on disk; retry", retry_after=1)
 
     def _blend(self, blend: BlendSpec) -> _Resident:
-        self._catalog.check_blend(blend)
-        sources = [self._adapter(name) for name, _ in blend.components]
+        """The blend in memory, built if needed. Found by its sources' store versions, so a built blend is
+        served without its sources in memory: they are only needed to build it."""
+        resident = self._touch(_blend_key(blend, (entry.version for entry in self._catalog.check_blend(blend))))
+        return resident if resident is not None else self._build_blend(blend)
+
+    def _build_blend(self, blend: BlendSpec) -> _Resident:
+        """Build `blend` from its sources. Sources loaded only for this build are made the least recently
+        used entries: the first evicted when the slots are full, instead of the blends being served."""
+        held = set(self._resident)
+        sources = [self._adapter(name, touch=False) for name, _ in blend.components]
         versions = {name: source.sources[name] for (name, _), source in zip(blend.components, sources, strict=True)}
-        cache_key = ("blend", blend.components, tuple(versions.values()), blend.method, blend.density)
-        resident = self._touch(cache_key)
-        if resident is not None:
-            return resident
         for source in sources:  # pinned while the blend is built from them
             source.refs += 1
         key = next(self._keys)
@@ -418,20 +429,25 @@ class AdapterPool:
         finally:
             for source in sources:
                 self.release(source.key)
+            for cache_key in set(self._resident) - held:
+                self._resident.move_to_end(cache_key, last=False)
         self._model_changed()
         self.stats.blends += 1
         log.info("built blend %s (%s) as %s", blend.label(), blend.method, key)
         resident = _Resident(key=key, label=blend.label(), kind="blend", sources=versions)
-        self._resident[cache_key] = resident
+        self._resident[_blend_key(blend, versions.values())] = resident
         return resident
 
     def _evict(self) -> None:
         """Drop least recently used idle entries beyond the limit (pinned ones may exceed it briefly)."""
         idle = [r for r in self._resident.values() if r.refs == 0]
-        for resident in idle[: max(0, len(self._resident) - self._max_resident)]:
+        evicted = idle[: max(0, len(self._resident) - self._max_resident)]
+        for resident in evicted:
             log.info("evicting %s (least recently used)", resident.label)
             self.stats.evictions += 1
             self._drop(resident)
+        if evicted:
+            _release_memory()  # once for them all: a full garbage collection is not cheap
 
     def _drop(self, resident: _Resident) -> None:
         if self._merge.merged is not None and self._merge.merged.key == resident.key:
@@ -442,7 +458,6 @@ class AdapterPool:
         self._delete(resident.key)
         self.stats.unloads += 1
         self._update_resident()
-        _release_memory()
 
     def _merge_key(self, key: str) -> None:
         """Merge `key` if the merged model predicts what the unmerged one does, up to the rounding the
@@ -485,6 +500,11 @@ class AdapterPool:
             self._merge.merged = None
             self.stats.unmerges += 1
             _release_memory()
+
+
+def _blend_key(blend: BlendSpec, versions: Iterable[str]) -> tuple[Any, ...]:
+    """A blend's entry in the pool: by its sources' store versions, so re-registering a source makes it new."""
+    return ("blend", blend.components, tuple(versions), blend.method, blend.density)
 
 
 MERGE_PROBE = "Verify the merge: the quick brown fox jumps over the lazy dog."

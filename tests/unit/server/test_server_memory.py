@@ -1,4 +1,5 @@
-"""Memory that must not only grow, on the tiny engine: the KV cache budget and the blend rank cap."""
+"""Memory that must not only grow, on the tiny engine: the KV cache budget, the blend rank cap, and blends
+served without their sources in memory."""
 
 from __future__ import annotations
 
@@ -101,11 +102,11 @@ def test_a_kv_budget_that_cannot_hold_one_whole_context_stops_the_start(
 
 @pytest.fixture(scope="module")
 def blend_engine(tiny_dir: Path, adapter_store: Path, home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Four copies of the r=4 adapter, blends up to rank 6."""
+    """Four copies of the r=4 adapter, two slots for adapters and blends, blends up to rank 6."""
     store = tmp_path_factory.mktemp("store")
     for name in SOURCES:
         shutil.copytree(adapter_store / ADAPTER_NAME, store / name)
-    settings = tiny_settings(tiny_dir, home, store, max_blend_rank=6)
+    settings = tiny_settings(tiny_dir, home, store, max_loaded_adapters=2, max_blend_rank=6)
     with running_engine(settings) as engine:
         yield engine
 
@@ -118,6 +119,19 @@ def _blend(*components: tuple[str, float], method: str = "linear", **sampling: A
 def _built(engine: Any) -> tuple[int, int]:
     """Adapters the engine loaded and blends it built so far."""
     return engine._pool.stats.loads, engine._pool.stats.blends
+
+
+def test_built_blends_are_served_without_their_sources(blend_engine: Any) -> None:
+    """Two blends of four adapters round-robin in two slots (the benchmark's overfull working set, scaled
+    down): once built, neither is rebuilt nor are its sources loaded again."""
+    pool = blend_engine._pool
+    blends = [_blend(("a", 0.5), ("b", 0.5)), _blend(("c", 0.5), ("d", 0.5))]
+    first = [asyncio.run(_collect(blend_engine, r)) for r in blends]
+    churn = _built(blend_engine), pool.stats.evictions
+    for _ in range(3):
+        assert [asyncio.run(_collect(blend_engine, r)) for r in blends] == first
+    assert (_built(blend_engine), pool.stats.evictions) == churn
+    assert {r.label for r in pool._resident.values()} == {r.model for r in blends}
 
 
 def test_a_blend_above_the_rank_cap_is_refused(blend_engine: Any) -> None:
