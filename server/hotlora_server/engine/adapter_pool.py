@@ -33,7 +33,7 @@ from hotlora_adapters import (
     check_compatible,
 )
 
-from ..errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
+from ..errors import HotloraError, InvalidRequestError, NotFoundError, ServiceUnavailableError
 from ..types import DENSITY_METHODS, BlendSpec
 from .cpu.bnb import packing_held
 from .loader import LoadedModel
@@ -173,6 +173,11 @@ class PoolStats:
     unmerges: int = 0
     merge_refusals: int = 0
 
+    @property
+    def built(self) -> int:
+        """Adapters loaded and blends built: the work that may make `acquire` slow."""
+        return self.loads + self.blends
+
 
 @dataclass
 class _MergeState:
@@ -219,6 +224,16 @@ class AdapterPool:
         resident.refs += 1
         self._evict()
         return resident.key
+
+    def resident_for(self, model: str, blend: BlendSpec | None) -> bool:
+        """Whether `acquire` would find the target in memory: admitting it loads and builds nothing."""
+        try:
+            if blend is not None:
+                versions = (entry.version for entry in self._catalog.check_blend(blend))
+                return _blend_key(blend, versions) in self._resident
+            return model == self._loaded.name or ("adapter", model, self._catalog.get(model).version) in self._resident
+        except HotloraError:
+            return True  # `acquire` fails at once, loading nothing
 
     @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
     def release(self, key: str) -> None:

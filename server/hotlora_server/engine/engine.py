@@ -144,7 +144,7 @@ class Engine:
             kv_cache_usage=batch.kv_cache_usage,
             kv_cache_bytes=batch.kv_cache_bytes,
             adapters_resident=len(self.resident_adapters()),
-            adapter_loads=pool.loads + pool.blends,
+            adapter_loads=pool.built,
             adapter_evictions=pool.evictions,
             adapter_merges=pool.merges,
             model_info=self._model_info(),

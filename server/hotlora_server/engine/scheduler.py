@@ -150,6 +150,7 @@ class Scheduler:
         self._prefix = prefix_cache
         self._kv = kv_budget
         self._admitted: dict[int, Job] = {}  # id -> request holding a KV reservation: prefilling or running
+        self._may_load = True  # this step has not loaded an adapter or built a blend yet
         self.waiting: deque[Job] = deque()
         self.running: list[Row] = []
         self._batch = BatchCache()
@@ -170,6 +171,7 @@ class Scheduler:
         Failures of one request's prefill, sampling or text are contained where they happen; anything
         else that escapes a step fails the requests in the batch, which is then started afresh.
         """
+        self._may_load = True
         try:
             self._prefill_waiting(arrivals)
             self._compact()
@@ -236,6 +238,8 @@ class Scheduler:
                     break  # wait for rows to leave
                 if not self._kv_admits(job):
                     break  # wait for rows to leave and free their reservations
+                if not self._may_load and self.running and not self._pool.resident_for(job.request.model, job.request.blend):
+                    break  # one adapter load or blend build per step: running rows wait for one at most
                 if not self._admit(job):
                     self.waiting.popleft()
                     continue
@@ -278,6 +282,7 @@ class Scheduler:
     def _admit(self, job: Job) -> bool:
         """Pin the job's adapter (loading it if needed) and reserve its KV cache; False if the adapter
         failed (the job got the error)."""
+        built = self._pool.stats.built
         try:
             job.key = self._pool.acquire(job.request.model, job.request.blend)
         except HotloraError as exc:
@@ -286,6 +291,8 @@ class Scheduler:
         except Exception as exc:  # a broken adapter fails its request, not the engine
             self._fail(job, _internal(job, exc))
             return False
+        finally:
+            self._may_load = self._may_load and self._pool.stats.built == built
         self._admitted[id(job)] = job
         return True
 

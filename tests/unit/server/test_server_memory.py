@@ -1,11 +1,12 @@
-"""Memory that must not only grow, on the tiny engine: the KV cache budget, the blend rank cap, and blends
-served without their sources in memory."""
+"""Memory that must not only grow, on the tiny engine: the KV cache budget, the blend rank cap, blends served
+without their sources in memory, and blend builds that hold the running batch for one build at most."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +147,49 @@ def test_a_blend_above_the_rank_cap_is_refused(blend_engine: Any) -> None:
     assert _built(blend_engine) == built
     texts, usage = asyncio.run(_collect(blend_engine, _blend(("a", 0.7), ("b", 0.3), method="svd")))
     assert usage.completion_tokens > 0
+
+
+def test_a_step_builds_one_blend_at_most_while_rows_decode(blend_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two new blends arrive together beside a running stream: the stream gets a token between the two
+    builds, so it waits for one build at a time, and its output is what it is alone."""
+    from hotlora_server.engine.adapter_pool import AdapterPool
+
+    stream_request = _request(TINY_NAME, "go on and on", max_tokens=120)
+    alone = asyncio.run(_collect(blend_engine, stream_request))
+    steps_at_builds: list[int] = []
+    original = AdapterPool._build_blend
+
+    def build(self: AdapterPool, blend: BlendSpec) -> Any:
+        steps_at_builds.append(blend_engine._scheduler.stats.decode_steps)
+        return original(self, blend)
+
+    monkeypatch.setattr(AdapterPool, "_build_blend", build)
+
+    async def scenario() -> tuple[Any, list[Any]]:
+        stream = blend_engine.generate(stream_request)
+        events = [await anext(stream)]
+        rest = asyncio.create_task(_drain(stream, events))
+        entered, gate = threading.Event(), threading.Event()
+        hold = asyncio.create_task(blend_engine.call(lambda _pool: (entered.set(), gate.wait(60))))
+        assert await asyncio.to_thread(entered.wait, 30)  # the engine is held between two steps
+        new = [_blend(("a", 0.2), ("c", 0.8)), _blend(("b", 0.2), ("d", 0.8))]
+        tasks = [asyncio.create_task(_collect(blend_engine, r)) for r in new]
+        while blend_engine.waiting() < 2:
+            await asyncio.sleep(0.01)
+        gate.set()
+        await hold
+        return await rest, list(await asyncio.gather(*tasks))
+
+    (texts, usage), results = asyncio.run(scenario())
+    assert len(steps_at_builds) == 2 and steps_at_builds[0] < steps_at_builds[1]
+    assert (texts, usage) == alone and all(u.completion_tokens for _, u in results)
+
+
+async def _drain(stream: Any, events: list[Any]) -> tuple[dict[int, str], Any]:
+    """The rest of a stream, after `events`: its texts by choice and its usage."""
+    async for event in stream:
+        events.append(event)
+    texts: dict[int, str] = {}
+    for event in events[:-1]:
+        texts[event.index] = texts.get(event.index, "") + event.text
+    return texts, events[-1]
