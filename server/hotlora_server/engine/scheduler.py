@@ -225,7 +225,21 @@ class Scheduler:
                 return
 
     def _prefill_some(self, budget: int) -> int:
-        """One group (or one chunk) of `_prefill_waiting` within `budget`; the budget it spent."""
+        """One group (or one chunk) of `_prefill_waiting` within `budget`; the budget it spent.
+
+        While rows decode, a step loads one adapter or builds one blend at most: a request whose target
+        would need another keeps its place at the head of the queue for the next step, and the requests
+        behind it whose targets are in memory go ahead meanwhile (as vLLM schedules past the LoRAs it
+        cannot load yet). Rows and the KV cache budget keep strict arrival order.
+        """
+        deferred: list[Job] = []
+        try:
+            return self._prefill_queue(budget, deferred)
+        finally:
+            self.waiting.extendleft(reversed(deferred))
+
+    def _prefill_queue(self, budget: int, deferred: list[Job]) -> int:
+        """`_prefill_some`, taking the requests that wait for the next step's adapter load into `deferred`."""
         rows, start = len(self.running), budget
         group: list[Job] = []
         while self.waiting:
@@ -239,7 +253,8 @@ class Scheduler:
                 if not self._kv_admits(job):
                     break  # wait for rows to leave and free their reservations
                 if not self._may_load and self.running and not self._pool.resident_for(job.request.model, job.request.blend):
-                    break  # one adapter load or blend build per step: running rows wait for one at most
+                    deferred.append(self.waiting.popleft())  # one load or build per step: for the next one
+                    continue
                 if not self._admit(job):
                     self.waiting.popleft()
                     continue

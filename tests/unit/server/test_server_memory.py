@@ -150,17 +150,21 @@ def test_a_blend_above_the_rank_cap_is_refused(blend_engine: Any) -> None:
 
 
 def test_a_step_builds_one_blend_at_most_while_rows_decode(blend_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two new blends arrive together beside a running stream: the stream gets a token between the two
-    builds, so it waits for one build at a time, and its output is what it is alone."""
+    """Two new blends and a base request arrive together beside a running stream: the stream gets a token
+    between the two builds, so it waits for one build at a time, and its output is what it is alone; the
+    base request, behind the blends in the queue, does not wait for the second build."""
     from hotlora_server.engine.adapter_pool import AdapterPool
 
     stream_request = _request(TINY_NAME, "go on and on", max_tokens=120)
     alone = asyncio.run(_collect(blend_engine, stream_request))
-    steps_at_builds: list[int] = []
+    behind = _request(TINY_NAME, "I need no adapter", max_tokens=4)
+    builds: list[tuple[int, bool]] = []  # decode steps so far, whether `behind` was running yet
     original = AdapterPool._build_blend
 
     def build(self: AdapterPool, blend: BlendSpec) -> Any:
-        steps_at_builds.append(blend_engine._scheduler.stats.decode_steps)
+        scheduler = blend_engine._scheduler
+        running = {row.job.request.request_id for row in scheduler.running}
+        builds.append((scheduler.stats.decode_steps, behind.request_id in running))
         return original(self, blend)
 
     monkeypatch.setattr(AdapterPool, "_build_blend", build)
@@ -172,16 +176,19 @@ def test_a_step_builds_one_blend_at_most_while_rows_decode(blend_engine: Any, mo
         entered, gate = threading.Event(), threading.Event()
         hold = asyncio.create_task(blend_engine.call(lambda _pool: (entered.set(), gate.wait(60))))
         assert await asyncio.to_thread(entered.wait, 30)  # the engine is held between two steps
-        new = [_blend(("a", 0.2), ("c", 0.8)), _blend(("b", 0.2), ("d", 0.8))]
-        tasks = [asyncio.create_task(_collect(blend_engine, r)) for r in new]
-        while blend_engine.waiting() < 2:
-            await asyncio.sleep(0.01)
+        new = [_blend(("a", 0.2), ("c", 0.8)), _blend(("b", 0.2), ("d", 0.8)), behind]
+        tasks = []
+        for request in new:  # queued in this order
+            tasks.append(asyncio.create_task(_collect(blend_engine, request)))
+            while blend_engine.waiting() < len(tasks):
+                await asyncio.sleep(0.01)
         gate.set()
         await hold
         return await rest, list(await asyncio.gather(*tasks))
 
     (texts, usage), results = asyncio.run(scenario())
-    assert len(steps_at_builds) == 2 and steps_at_builds[0] < steps_at_builds[1]
+    assert len(builds) == 2 and builds[0][0] < builds[1][0]
+    assert builds[1][1], "the base request waited for a blend it does not use"
     assert (texts, usage) == alone and all(u.completion_tokens for _, u in results)
 
 
