@@ -227,10 +227,11 @@ class Scheduler:
     def _prefill_some(self, budget: int) -> int:
         """One group (or one chunk) of `_prefill_waiting` within `budget`; the budget it spent.
 
-        While rows decode, a step loads one adapter or builds one blend at most: a request whose target
-        would need another keeps its place at the head of the queue for the next step, and the requests
-        behind it whose targets are in memory go ahead meanwhile (as vLLM schedules past the LoRAs it
-        cannot load yet). Rows and the KV cache budget keep strict arrival order.
+        A step loads one adapter or builds one blend at most (PEFT does it in this thread: each more would
+        hold the running rows, and the requests of the first, for another): a request whose target would
+        need another keeps its place at the head of the queue for the next step, and the requests behind
+        it whose targets are in memory go ahead meanwhile (as vLLM schedules past the LoRAs it cannot load
+        yet). Rows and the KV cache budget keep strict arrival order.
         """
         deferred: list[Job] = []
         try:
@@ -252,7 +253,7 @@ class Scheduler:
                     break  # wait for rows to leave
                 if not self._kv_admits(job):
                     break  # wait for rows to leave and free their reservations
-                if not self._may_load and self.running and not self._pool.resident_for(job.request.model, job.request.blend):
+                if not self._may_load and not self._pool.resident_for(job.request.model, job.request.blend):
                     deferred.append(self.waiting.popleft())  # one load or build per step: for the next one
                     continue
                 if not self._admit(job):

@@ -149,34 +149,38 @@ def test_a_blend_above_the_rank_cap_is_refused(blend_engine: Any) -> None:
     assert usage.completion_tokens > 0
 
 
-def test_a_step_builds_one_blend_at_most_while_rows_decode(blend_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two new blends and a base request arrive together beside a running stream: the stream gets a token
-    between the two builds, so it waits for one build at a time, and its output is what it is alone; the
-    base request, behind the blends in the queue, does not wait for the second build."""
+@pytest.mark.parametrize("beside_a_stream", [True, False], ids=["beside-a-stream", "idle"])
+def test_a_step_builds_one_blend_at_most(blend_engine: Any, monkeypatch: pytest.MonkeyPatch, beside_a_stream: bool) -> None:
+    """Two new blends and a base request arrive together: the first blend's request and the base request
+    (behind both blends in the queue) are decoding before the second build starts, and a stream already
+    running gets a token between the builds, so each waits for one build at a time; the stream's output
+    is what it is alone."""
     from hotlora_server.engine.adapter_pool import AdapterPool
 
     stream_request = _request(TINY_NAME, "go on and on", max_tokens=120)
-    alone = asyncio.run(_collect(blend_engine, stream_request))
-    behind = _request(TINY_NAME, "I need no adapter", max_tokens=4)
-    builds: list[tuple[int, bool]] = []  # decode steps so far, whether `behind` was running yet
+    alone = asyncio.run(_collect(blend_engine, stream_request)) if beside_a_stream else None
+    weight = 0.2 if beside_a_stream else 0.3  # blends not built yet
+    new = [_blend(("a", weight), ("c", 1 - weight)), _blend(("b", weight), ("d", 1 - weight)),
+           _request(TINY_NAME, "I need no adapter", max_tokens=4)]  # fmt: skip
+    builds: list[tuple[int, set[str]]] = []  # decode steps so far, the requests running
     original = AdapterPool._build_blend
 
     def build(self: AdapterPool, blend: BlendSpec) -> Any:
         scheduler = blend_engine._scheduler
-        running = {row.job.request.request_id for row in scheduler.running}
-        builds.append((scheduler.stats.decode_steps, behind.request_id in running))
+        builds.append((scheduler.stats.decode_steps, {row.job.request.request_id for row in scheduler.running}))
         return original(self, blend)
 
     monkeypatch.setattr(AdapterPool, "_build_blend", build)
 
     async def scenario() -> tuple[Any, list[Any]]:
-        stream = blend_engine.generate(stream_request)
-        events = [await anext(stream)]
-        rest = asyncio.create_task(_drain(stream, events))
+        rest = None
+        if beside_a_stream:
+            stream = blend_engine.generate(stream_request)
+            events = [await anext(stream)]
+            rest = asyncio.create_task(_drain(stream, events))
         entered, gate = threading.Event(), threading.Event()
         hold = asyncio.create_task(blend_engine.call(lambda _pool: (entered.set(), gate.wait(60))))
         assert await asyncio.to_thread(entered.wait, 30)  # the engine is held between two steps
-        new = [_blend(("a", 0.2), ("c", 0.8)), _blend(("b", 0.2), ("d", 0.8)), behind]
         tasks = []
         for request in new:  # queued in this order
             tasks.append(asyncio.create_task(_collect(blend_engine, request)))
@@ -184,12 +188,13 @@ def test_a_step_builds_one_blend_at_most_while_rows_decode(blend_engine: Any, mo
                 await asyncio.sleep(0.01)
         gate.set()
         await hold
-        return await rest, list(await asyncio.gather(*tasks))
+        return (await rest if rest else None), list(await asyncio.gather(*tasks))
 
-    (texts, usage), results = asyncio.run(scenario())
+    streamed, results = asyncio.run(scenario())
     assert len(builds) == 2 and builds[0][0] < builds[1][0]
-    assert builds[1][1], "the base request waited for a blend it does not use"
-    assert (texts, usage) == alone and all(u.completion_tokens for _, u in results)
+    assert {new[0].request_id, new[2].request_id} <= builds[1][1], "requests waited for a build they do not use"
+    assert all(usage.completion_tokens for _, usage in results)
+    assert streamed == alone
 
 
 async def _drain(stream: Any, events: list[Any]) -> tuple[dict[int, str], Any]:
