@@ -1,11 +1,15 @@
 """Serving throughput and latency: hotlora against `transformers serve` and a naive PEFT loop.
 
     python bench/serve_bench.py [--quick] [--tokens 64] [--rounds 3]
-                                [--only hotlora,hotlora-other,transformers,naive] [--home DIR] [--keep-logs]
+                                [--only hotlora,hotlora-slots,hotlora-other,transformers,naive]
+                                [--workloads "base,8 adapters,4 blends,12 blends"] [--home DIR] [--keep-logs]
 
 One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
-- hotlora (`hotlora serve`, 8 random store adapters, r=16): c=1 base; c=16 base; c=16 spread over the
-  8 adapters; c=16 over 4 blends (`lora0*0.5+lora1*0.5`, ...);
+- hotlora (`hotlora serve`, 8 random store adapters, r=16, room for all of them and the blends): c=1
+  base; c=16 base; c=16 spread over the 8 adapters; c=16 over 4 blends (`lora0*0.5+lora1*0.5`, ...);
+- hotlora-slots: the same server with the default `--max-loaded-adapters 8`: c=16 over the 8 adapters,
+  over the 4 blends (whose sources together with them outnumber the slots), and over 12 blends (a working
+  set beyond the slots: blends are evicted and built again while measured);
 - hotlora-other: the same server with the other 4-bit path for this CPU (`--cpu-4bit`): bitsandbytes
   where hotlora picks its own fixed-order kernel (a CPU without AVX512-BF16: the path served before that
   kernel), else hotlora's kernel: c=1 base and c=16 base;
@@ -26,7 +30,9 @@ The table's numbers:
   other, a request counts as sent when one of c=16 simulated clients would send it (at the start, or
   when the request c places before it ended), so its TTFT includes the wait, as a server's would;
 - ITL: the gaps between successive content chunks of a request, pooled over all requests (naive: the
-  gaps between tokens, timed by a generate streamer).
+  gaps between tokens, timed by a generate streamer);
+- evictions / loads: hotlora's `hotlora_adapter_evictions_total` and `hotlora_adapter_loads_total`
+  (adapters loaded and blends built) from /metrics, counted over the workload.
 
 The ratios below the table are the serving targets, each computed from this run with PASS/FAIL. The
 markdown goes to stdout, bench/results/serve_bench-<UTC time>.md and bench/results/serve_bench-latest.md.
@@ -53,12 +59,15 @@ import httpx
 from _common import machine_header, model_folder, percentile, publish, random_adapters, register_all
 from live_server import BASE_ID, RunningServer, free_port, serving, stop_server
 
-SYSTEMS = {"hotlora": "hotlora", "hotlora-other": "hotlora, other 4-bit path", "transformers": "transformers serve",
+SYSTEMS = {"hotlora": "hotlora", "hotlora-slots": "hotlora, default 8 adapter slots",
+           "hotlora-other": "hotlora, other 4-bit path", "transformers": "transformers serve",
            "naive": "naive (sequential PEFT)"}
 CONCURRENCY = 16
 MIN_REQUESTS = 4  # per round, so that c=1 has a few samples too
 ADAPTERS = tuple(f"lora{i}" for i in range(8))
 BLENDS = tuple(f"lora{i}*0.5+lora{i + 1}*0.5" for i in range(0, len(ADAPTERS), 2))
+# 12 pairs of neighbours one and two apart: more blends than the default 8 slots hold
+MANY_BLENDS = tuple(f"lora{i}*0.5+lora{i + step}*0.5" for step in (1, 2) for i in range(6))
 TOPICS = ("a lighthouse keeper", "a dragon who cannot fly", "a lost robot", "two rival bakers",
           "a ship in a storm", "a haunted library", "a clockmaker's apprentice", "a desert caravan")
 
@@ -94,6 +103,7 @@ class Summary:
     tokens_per_s: float
     ttft: tuple[float, float]  # p50, p95 in seconds
     itl: tuple[float, float]  # p50, p95 in seconds
+    churn: tuple[int, int] | None = None  # hotlora's adapter evictions and loads during the workload
 
 
 @dataclass(frozen=True)
@@ -110,13 +120,15 @@ def story_prompt(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]}."}]
 
 
-def summarize(system: str, workload: Workload, samples: list[Sample], wall: float) -> Summary:
+def summarize(
+    system: str, workload: Workload, samples: list[Sample], wall: float, churn: tuple[int, int] | None = None
+) -> Summary:
     ttfts = [s.stamps[0] - s.sent for s in samples]
     gaps = [b - a for s in samples for a, b in zip(s.stamps, s.stamps[1:])]
     tokens = sum(s.tokens for s in samples)
     return Summary(
         system, workload.label, workload.concurrency, len(samples), tokens / len(samples), tokens / wall,
-        (percentile(ttfts, 50), percentile(ttfts, 95)), (percentile(gaps, 50), percentile(gaps, 95)),
+        (percentile(ttfts, 50), percentile(ttfts, 95)), (percentile(gaps, 50), percentile(gaps, 95)), churn,
     )
 
 
@@ -170,32 +182,49 @@ def served_kernel(base_url: str) -> str:
     return f"{base.get('kernel')}; batch invariant: {base.get('batch_invariant')}"
 
 
-def bench_server(system: str, base_url: str, workloads: list[Workload], rounds: int, tokens: int) -> list[Summary]:
+def adapter_churn(base_url: str) -> tuple[int, int]:
+    """hotlora's adapter evictions and loads (blends built included) so far, from its /metrics."""
+    values = {}
+    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        values[name] = value
+    return int(float(values["hotlora_adapter_evictions_total"])), int(float(values["hotlora_adapter_loads_total"]))
+
+
+def bench_server(
+    system: str, base_url: str, workloads: list[Workload], rounds: int, tokens: int, churn: bool = False
+) -> list[Summary]:
+    """Each workload after a warm-up of every model; `churn`: count hotlora's adapter evictions and loads."""
     models = dict.fromkeys(m for w in workloads for m in w.models)
     asyncio.run(run_clients(base_url, [(m, story_prompt(0)) for m in models], 1, 2))  # warm-up
     summaries = []
     for workload in workloads:
+        before = adapter_churn(base_url) if churn else None
         samples, wall = asyncio.run(run_clients(base_url, workload.requests(rounds), workload.concurrency, tokens))
-        summaries.append(summarize(system, workload, samples, wall))
+        after = adapter_churn(base_url) if churn else None
+        counted = (after[0] - before[0], after[1] - before[1]) if before and after else None
+        summaries.append(summarize(system, workload, samples, wall, counted))
     return summaries
 
 
-def bench_hotlora(
-    home: Path, store: Path, logs: Path, rounds: int, tokens: int, kernels: dict[str, str], other: bool
-) -> list[Summary]:
-    """hotlora as it serves by default, or (`other`) with the 4-bit path it does not pick on this CPU."""
-    # room for the 8 adapters and the 4 blends, so that none is evicted while measured
-    args = ["--home", str(home), "--adapters-dir", str(store), "--max-loaded-adapters", "16",
-            "--log-level", "warning"]
-    workloads = [Workload("base", 1, (BASE_ID,)), Workload("base", CONCURRENCY, (BASE_ID,))]
-    if other:
-        args += ["--cpu-4bit", other_4bit_path()]
-    else:
-        workloads += [Workload("8 adapters", CONCURRENCY, ADAPTERS), Workload("4 blends", CONCURRENCY, BLENDS)]
-    system = "hotlora-other" if other else "hotlora"
-    with serving(args, logs / f"{system}.log") as server:
+def bench_hotlora(home: Path, store: Path, logs: Path, args: argparse.Namespace, kernels: dict[str, str],
+                  system: str) -> list[Summary]:  # fmt: skip
+    """hotlora as it serves by default with room for every adapter and blend (`hotlora`), with the default
+    adapter slots (`hotlora-slots`), or with the 4-bit path it does not pick on this CPU (`hotlora-other`)."""
+    flags = ["--home", str(home), "--adapters-dir", str(store), "--log-level", "warning"]
+    base = [Workload("base", 1, (BASE_ID,)), Workload("base", CONCURRENCY, (BASE_ID,))]
+    adapters = [Workload("8 adapters", CONCURRENCY, ADAPTERS), Workload("4 blends", CONCURRENCY, BLENDS)]
+    if system == "hotlora-slots":
+        workloads = [*adapters, Workload("12 blends", CONCURRENCY, MANY_BLENDS)]
+    else:  # room for the 8 adapters and the 4 blends, so that none is evicted while measured
+        flags += ["--max-loaded-adapters", "16"]
+        workloads = base if system == "hotlora-other" else base + adapters
+    if system == "hotlora-other":
+        flags += ["--cpu-4bit", other_4bit_path()]
+    workloads = [w for w in workloads if args.workloads is None or w.label in args.workloads]
+    with serving(flags, logs / f"{system}.log") as server:
         kernels[system] = served_kernel(server.base_url)
-        return bench_server(system, server.base_url, workloads, rounds, tokens)
+        return bench_server(system, server.base_url, workloads, args.rounds, args.tokens, churn=True)
 
 
 def other_4bit_path() -> str:
@@ -304,14 +333,15 @@ def bench_naive(home: Path, library: Path, rounds: int, tokens: int) -> list[Sum
 
 def results_table(rows: list[Summary | Skipped]) -> list[str]:
     lines = ["| system | workload | c | requests | tokens/request | output tok/s | TTFT p50 (s) | TTFT p95 (s) "
-             "| ITL p50 (ms) | ITL p95 (ms) |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "| ITL p50 (ms) | ITL p95 (ms) | evictions / loads |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for row in rows:
         if isinstance(row, Skipped):
-            lines.append(f"| {SYSTEMS[row.system]} | skipped: {row.reason} | | | | | | | | |")
+            lines.append(f"| {SYSTEMS[row.system]} | skipped: {row.reason} | | | | | | | | | |")
             continue
+        churn = f"{row.churn[0]} / {row.churn[1]}" if row.churn else ""
         lines.append(f"| {SYSTEMS[row.system]} | {row.label} | {row.concurrency} | {row.requests} "
                      f"| {row.tokens_per_request:.1f} | {row.tokens_per_s:.1f} | {row.ttft[0]:.2f} | {row.ttft[1]:.2f} "
-                     f"| {row.itl[0] * 1000:.0f} | {row.itl[1] * 1000:.0f} |")
+                     f"| {row.itl[0] * 1000:.0f} | {row.itl[1] * 1000:.0f} | {churn} |")
     return lines
 
 
@@ -321,8 +351,10 @@ def targets_table(rows: list[Summary | Skipped]) -> list[str]:
     c = CONCURRENCY
     hot_base1, hot_base, hot_adapters = ("hotlora", "base", 1), ("hotlora", "base", c), ("hotlora", "8 adapters", c)
     other1, other = ("hotlora-other", "base", 1), ("hotlora-other", "base", c)
+    slots_adapters, slots_blends = ("hotlora-slots", "8 adapters", c), ("hotlora-slots", "4 blends", c)
     ratios = [
         (f"hotlora c={c} 8 adapters / hotlora c={c} base", hot_adapters, hot_base, 0.8),
+        (f"hotlora, 8 slots: c={c} 4 blends / c={c} 8 adapters", slots_blends, slots_adapters, 0.8),
         ("hotlora c=1 / hotlora, other 4-bit path c=1", hot_base1, other1, 4.0),
         (f"hotlora c={c} base / hotlora, other 4-bit path c={c}", hot_base, other, 2.0),
         (f"hotlora c={c} 8 adapters / naive", hot_adapters, ("naive", "8 adapters", c), 5.0),
@@ -360,6 +392,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="requests per workload: max(c, 4) x rounds (default 3; 1 with --quick)")
     parser.add_argument("--only", type=system_list, action="extend",
                         help=f"systems to run, a comma list or repeated: {', '.join(SYSTEMS)} (default: all)")
+    parser.add_argument("--workloads", type=lambda text: {w.strip() for w in text.split(",")},
+                        help="hotlora workloads to run, by label: base, 8 adapters, 4 blends, 12 blends (default: all)")
     parser.add_argument("--home", type=Path,
                         help="hotlora home with the converted base (default: a temporary one, converted afresh)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their folder is printed)")
@@ -374,14 +408,14 @@ def run_systems(args: argparse.Namespace, root: Path, logs: Path, kernels: dict[
     home = (args.home or root / "home").resolve()
     model_dir = model_folder(home)
     library = root / "library"
-    if {"hotlora", "hotlora-other", "naive"} & set(args.only):
+    if {"hotlora", "hotlora-slots", "hotlora-other", "naive"} & set(args.only):
         random_adapters(model_dir, library, ADAPTERS)
     rows: list[Summary | Skipped] = []
-    if {"hotlora", "hotlora-other"} & set(args.only):
+    if {"hotlora", "hotlora-slots", "hotlora-other"} & set(args.only):
         register_all(root / "store", library, ADAPTERS)
-    for system in ("hotlora", "hotlora-other"):
+    for system in ("hotlora", "hotlora-slots", "hotlora-other"):
         if system in args.only:
-            rows += bench_hotlora(home, root / "store", logs, args.rounds, args.tokens, kernels, system != "hotlora")
+            rows += bench_hotlora(home, root / "store", logs, args, kernels, system)
     if "transformers" in args.only:
         try:
             rows += bench_transformers(model_dir, logs, args.rounds, args.tokens)

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-lora-rank", type=int,
                        help="largest LoRA rank an adapter may have, as vLLM's flag: larger ones are refused "
                             "before loading (default 64, at most 512)")  # fmt: skip
+    serve.add_argument("--max-blend-rank", type=int,
+                       help="largest rank a blend may have: 'cat' adds its adapters' ranks, 'svd' keeps the "
+                            "largest; larger blends are refused with 400 (default 256)")  # fmt: skip
     serve.add_argument("--merge-policy", choices=["auto", "never", "always"],
                        help="merge an adapter into dense weights for speed: always, auto (once it had the "
                             "whole batch to itself for 64 steps) or never (default: outputs then never depend on "
@@ -67,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-num-batched-tokens", type=int,
                        help="prompt tokens prefilled per batch step (cached prefix tokens are free): longer "
                             "prompts are prefilled in chunks between decode steps (default 512)")  # fmt: skip
+    serve.add_argument("--kv-cache-memory-bytes",
+                       help="bytes the running batch's keys and values may take, as an integer or with a unit "
+                            "(8GiB, 500MB); a request waits until its worst case fits (default 4GiB)")  # fmt: skip
     serve.add_argument("--cpu-prefill", choices=["bf16", "4bit"],
                        help="4-bit base on a CPU with native bf16: prefill through bf16 GEMMs on dequantized "
                             "weights (bf16, default: several times faster; keeps a second copy of the 4-bit "

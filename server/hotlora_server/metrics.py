@@ -21,6 +21,8 @@ _GAUGES = {
     "requests_waiting": "Requests queued for the running batch (or prefilling).",
     "batch_rows": "Rows (requests x n) in the running batch.",
     "adapters_resident": "Store adapters loaded in memory.",
+    "kv_cache_usage": "KV cache reserved by admitted requests (their worst case), as a fraction of the budget.",
+    "kv_cache_bytes": "Bytes the running batch's KV cache holds now.",
 }
 _COUNTERS = {
     "decode_steps": "Decode steps run (one token for every running row).",

@@ -129,6 +129,8 @@ StopSequences = Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCE
 AdapterName = Annotated[str, AfterValidator(validate_adapter_name)]
 Density = Annotated[float, Field(gt=0.0, le=1.0)]
 MAX_BLEND_COMPONENTS = 8
+# a blend weight scales its adapter's change to the base; far beyond this the sums overflow (NaN output)
+MAX_BLEND_WEIGHT = 10.0
 
 
 class BlendComponent(_Strict):
@@ -175,7 +177,7 @@ def parse_blend_model(model: str) -> list[tuple[str, float]] | None:
 
 
 def make_blend(components: list[tuple[str, float]], method: str, density: float | None) -> BlendSpec:
-    """Validate a blend: valid, distinct adapter names, finite weights, `density` where the method needs it."""
+    """Validate a blend: valid, distinct adapter names, bounded weights, `density` where the method needs it."""
     if not components or len(components) > MAX_BLEND_COMPONENTS:
         raise ValueError(f"a blend combines 1 to {MAX_BLEND_COMPONENTS} adapters")
     names = [validate_adapter_name(name) for name, _ in components]
@@ -184,6 +186,11 @@ def make_blend(components: list[tuple[str, float]], method: str, density: float 
     for name, weight in components:
         if not math.isfinite(weight):
             raise ValueError(f"the weight of `{name}` must be a finite number")
+        if abs(weight) > MAX_BLEND_WEIGHT:
+            raise ValueError(
+                f"the weight of `{name}` must be between -{MAX_BLEND_WEIGHT:g} and {MAX_BLEND_WEIGHT:g} "
+                f"(got {weight:g}): a weight scales the adapter's change to the base model"
+            )
     if all(weight == 0 for _, weight in components):
         raise ValueError("at least one blend weight must be non-zero")
     if method in DENSITY_METHODS and density is None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 
 from hotlora_adapters import default_home_dir, default_store_dir
 
@@ -51,10 +51,14 @@ class Settings(BaseModel):
     allow_adapter_dir: tuple[Path, ...] = ()
     max_loaded_adapters: int = Field(8, ge=1)
     max_lora_rank: int = Field(64, ge=1, le=512, description="larger LoRA ranks are refused (vLLM's flag)")
+    max_blend_rank: int = Field(256, ge=1, description="largest rank of a blend (`cat` adds its sources' ranks)")
     merge_policy: Literal["auto", "never", "always"] = "never"
     max_n: int = Field(8, ge=1)
     max_num_seqs: int = Field(32, ge=1, description="rows decoded together in the running batch")
     max_num_batched_tokens: int = Field(512, ge=16, description="prompt tokens prefilled per batch step")
+    kv_cache_memory_bytes: ByteSize = Field(
+        ByteSize(4 * 2**30), gt=0, description="bytes the running batch's KV cache may reserve (vLLM's name)"
+    )
     cpu_prefill: Literal["bf16", "4bit"] = Field(
         "bf16", description="how a 4-bit base prefills on a CPU with native bf16 (see engine/prefill_gemm.py)"
     )

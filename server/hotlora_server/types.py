@@ -144,6 +144,8 @@ class EngineStats:
     prefix_cache_hit_tokens: int  # prompt tokens whose KV came from the prefix cache
     requests_aborted: int  # the client went away before the end
     requests_failed: int  # ended by an error inside the engine
+    kv_cache_usage: float  # the admitted requests' worst case as a fraction of `--kv-cache-memory-bytes`
+    kv_cache_bytes: int  # what the running batch's KV cache holds now
     adapters_resident: int  # store adapters and blends in memory
     adapter_loads: int
     adapter_evictions: int

@@ -16,7 +16,7 @@ import itertools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,7 @@ from hotlora_adapters import (
     inspect_adapter,
 )
 
-from ..errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
+from ..errors import HotloraError, InvalidRequestError, NotFoundError, ServiceUnavailableError
 from ..types import DENSITY_METHODS, BlendSpec
 from .cpu.bnb import packing_held
 from .loader import LoadedModel
@@ -59,10 +59,11 @@ class AdapterCatalog:
     adapter's weights).
     """
 
-    def __init__(self, store: AdapterStore, loaded: LoadedModel, max_rank: int) -> None:
+    def __init__(self, store: AdapterStore, loaded: LoadedModel, max_rank: int, max_blend_rank: int) -> None:
         self.store = store
         self.max_rank = max_rank  # --max-lora-rank
         self._loaded = loaded
+        self._max_blend_rank = max_blend_rank
         self._verdicts: dict[str, tuple[str, str | None]] = {}  # name -> (version judged, refusal)
         self._entries: dict[str, StoredAdapter] = {}  # name -> the store's description, while its version holds
         self._checking = threading.Lock()  # one reading of an adapter's weights, not one per waiting request
@@ -160,24 +161,40 @@ class AdapterCatalog:
             entry = self._entries[name] = self.store.get(name)
         return entry
 
-    def check_blend(self, blend: BlendSpec) -> None:
-        """Refuse a blend whose method needs equal ranks when the ranks differ, naming them."""
+    def check_blend(self, blend: BlendSpec) -> list[StoredAdapter]:
+        """The blend's sources, once it is known that they can be blended: refuses, naming the ranks, a
+        method that needs equal ranks when they differ, and a blend whose rank passes `--max-blend-rank`
+        (`cat` adds its sources' ranks, so blends of saved blends would grow without end)."""
         entries = [self.get(name) for name, _ in blend.components]
-        if blend.method in ("linear", *DENSITY_METHODS) and len(blend.components) > 1:
-            ranks = {e.name: _max_rank(e) for e in entries}
-            if len(set(ranks.values())) > 1:
-                listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
-                raise InvalidRequestError(
-                    f"blend method '{blend.method}' needs adapters of equal rank ({listed}); "
-                    "use 'cat' (exact, any ranks) or 'svd'",
-                    param="blend_method",
-                )
+        ranks = {e.name: _max_rank(e) for e in entries}
+        listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
+        if blend.method in ("linear", *DENSITY_METHODS) and len(set(ranks.values())) > 1:
+            raise InvalidRequestError(
+                f"blend method '{blend.method}' needs adapters of equal rank ({listed}); "
+                "use 'cat' (exact, any ranks) or 'svd'",
+                param="blend_method",
+            )
+        rank = blend_rank(blend.method, list(ranks.values()))
+        if rank > self._max_blend_rank:
+            raise InvalidRequestError(
+                f"blend {blend.label()} would have rank {rank} ('{blend.method}' of {listed}), above this "
+                f"server's --max-blend-rank {self._max_blend_rank}; blend fewer adapters, or use 'svd' "
+                "(the rank of the largest source)",
+                param="model",
+            )
+        return entries
 
 
 def _max_rank(entry: StoredAdapter) -> int:
     config = entry.config
     assert config is not None  # servable entries have a readable config
     return max([config.r, *(config.rank_pattern or {}).values()])
+
+
+def blend_rank(method: str, ranks: list[int]) -> int:
+    """The rank PEFT's `add_weighted_adapter` gives a blend of adapters of these ranks: `cat` adds them up,
+    `svd` keeps the largest, the other methods need them equal."""
+    return sum(ranks) if method == "cat" else max(ranks)
 
 
 @dataclass
@@ -201,6 +218,11 @@ class PoolStats:
     merges: int = 0
     unmerges: int = 0
     merge_refusals: int = 0
+
+    @property
+    def built(self) -> int:
+        """Adapters loaded and blends built: the work that may make `acquire` slow."""
+        return self.loads + self.blends
 
 
 @dataclass
@@ -250,6 +272,16 @@ class AdapterPool:
         self._evict()
         return resident.key
 
+    def resident_for(self, model: str, blend: BlendSpec | None) -> bool:
+        """Whether `acquire` would find the target in memory: admitting it loads and builds nothing."""
+        try:
+            if blend is not None:
+                versions = (entry.version for entry in self._catalog.check_blend(blend))
+                return _blend_key(blend, versions) in self._resident
+            return model == self._loaded.name or ("adapter", model, self._catalog.get(model).version) in self._resident
+        except HotloraError:
+            return True  # `acquire` fails at once, loading nothing
+
     @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
     def release(self, key: str) -> None:
         if key == BASE:
@@ -258,6 +290,7 @@ class AdapterPool:
         resident.refs -= 1
         if resident.stale and resident.refs == 0:
             self._drop(resident)
+            _release_memory()
 
     @contextmanager
     def routing(self, keys: list[str], decode: bool) -> Iterator[dict[str, Any]]:
@@ -335,12 +368,16 @@ class AdapterPool:
         another version, at once if idle, else when its last request finishes."""
         if current is None:
             self._catalog.forget(name)
+        dropped = False
         for resident in list(self._resident.values()):
             if name in resident.sources and resident.sources[name] != current:
                 resident.stale = True
                 if resident.refs == 0:
                     self._drop(resident)
+                    dropped = True
         self._update_resident()
+        if dropped:
+            _release_memory()
 
     def on_drop(self, listener: Callable[[str], None]) -> None:
         """Call `listener(key)` whenever an adapter or blend leaves the model, so that whatever is kept
@@ -374,7 +411,8 @@ class AdapterPool:
             self.model = self.model.unload()  # the LoRA layers go; the next load wraps the base again
         elif self.model.active_adapter not in self.model.peft_config:
             self.model.active_adapter = next(iter(self.model.peft_config))
-        self._model_changed()
+        self._active = None
+        self._stack.update(self.model)  # now: nothing of the deleted adapter may wait for the next forward
 
     def _model_changed(self) -> None:
         """PEFT added or deleted an adapter: what it runs and the stacked weights must be set up again."""
@@ -396,9 +434,11 @@ class AdapterPool:
             self._resident.move_to_end(cache_key)
         return resident
 
-    def _adapter(self, name: str) -> _Resident:
+    def _adapter(self, name: str, touch: bool = True) -> _Resident:
+        """`name` in memory, loaded if needed; `touch`: this counts as a use (least recently used order)."""
         entry = self._catalog.get(name)
-        resident = self._touch(("adapter", name, entry.version))
+        cache_key = ("adapter", name, entry.version)
+        resident = self._touch(cache_key) if touch else self._resident.get(cache_key)
         if resident is not None:
             return resident
         key, entry = self._load_consistent(entry)
@@ -430,13 +470,17 @@ class AdapterPool:
         raise ServiceUnavailableError(f"adapter '{entry.name}' keeps changing on disk; retry", retry_after=1)
 
     def _blend(self, blend: BlendSpec) -> _Resident:
-        self._catalog.check_blend(blend)
-        sources = [self._adapter(name) for name, _ in blend.components]
+        """The blend in memory, built if needed. Found by its sources' store versions, so a built blend is
+        served without its sources in memory: they are only needed to build it."""
+        resident = self._touch(_blend_key(blend, (entry.version for entry in self._catalog.check_blend(blend))))
+        return resident if resident is not None else self._build_blend(blend)
+
+    def _build_blend(self, blend: BlendSpec) -> _Resident:
+        """Build `blend` from its sources. Sources loaded only for this build are made the least recently
+        used entries: the first evicted when the slots are full, instead of the blends being served."""
+        held = set(self._resident)
+        sources = [self._adapter(name, touch=False) for name, _ in blend.components]
         versions = {name: source.sources[name] for (name, _), source in zip(blend.components, sources, strict=True)}
-        cache_key = ("blend", blend.components, tuple(versions.values()), blend.method, blend.density)
-        resident = self._touch(cache_key)
-        if resident is not None:
-            return resident
         for source in sources:  # pinned while the blend is built from them
             source.refs += 1
         key = next(self._keys)
@@ -457,20 +501,25 @@ class AdapterPool:
         finally:
             for source in sources:
                 self.release(source.key)
+            for cache_key in set(self._resident) - held:
+                self._resident.move_to_end(cache_key, last=False)
         self._model_changed()
         self.stats.blends += 1
         log.info("built blend %s (%s) as %s", blend.label(), blend.method, key)
         resident = _Resident(key=key, label=blend.label(), kind="blend", sources=versions)
-        self._resident[cache_key] = resident
+        self._resident[_blend_key(blend, versions.values())] = resident
         return resident
 
     def _evict(self) -> None:
         """Drop least recently used idle entries beyond the limit (pinned ones may exceed it briefly)."""
         idle = [r for r in self._resident.values() if r.refs == 0]
-        for resident in idle[: max(0, len(self._resident) - self._max_resident)]:
+        evicted = idle[: max(0, len(self._resident) - self._max_resident)]
+        for resident in evicted:
             log.info("evicting %s (least recently used)", resident.label)
             self.stats.evictions += 1
             self._drop(resident)
+        if evicted:
+            _release_memory()  # once for them all: a full garbage collection is not cheap
 
     def _drop(self, resident: _Resident) -> None:
         if self._merge.merged is not None and self._merge.merged.key == resident.key:
@@ -484,7 +533,6 @@ class AdapterPool:
             listener(resident.key)
         self.stats.unloads += 1
         self._update_resident()
-        _release_memory()
 
     def _merge_key(self, key: str) -> None:
         """Merge `key` if the merged model predicts what the unmerged one does, up to the rounding the
@@ -527,6 +575,11 @@ class AdapterPool:
             self._merge.merged = None
             self.stats.unmerges += 1
             _release_memory()
+
+
+def _blend_key(blend: BlendSpec, versions: Iterable[str]) -> tuple[Any, ...]:
+    """A blend's entry in the pool: by its sources' store versions, so re-registering a source makes it new."""
+    return ("blend", blend.components, tuple(versions), blend.method, blend.density)
 
 
 MERGE_PROBE = "Verify the merge: the quick brown fox jumps over the lazy dog."

@@ -125,6 +125,18 @@ class BatchCache:
             self.pad -= trim
             self.length -= trim
 
+    def nbytes(self) -> int:
+        """Bytes the cache holds now: its keys and values with the room kept for decode steps (and, until
+        the next step, buffers a join or a trim has just replaced)."""
+        if self.cache is None:
+            return 0
+        storages: dict[int, int] = {}
+        for layer in self.cache.layers:
+            for tensor in (layer.keys, layer.values, *(getattr(layer, "_buffers", None) or ())):
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+        return sum(storages.values())
+
     def step_inputs(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(attention mask `[rows, length + 1]`, position ids `[rows, 1]`) of the next decode step."""
         columns = torch.arange(self.length + 1)

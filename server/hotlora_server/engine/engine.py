@@ -28,7 +28,8 @@ from ..types import AdapterInfo, BlendSpec, EngineStats, GenerationEvent, Genera
 from .adapter_pool import AdapterCatalog, AdapterPool, PoolStats
 from .admin import AdapterAdmin
 from .attention import use_batch_invariant_attention
-from .loader import LoadedModel, load_model
+from .kv_budget import KvBudget
+from .loader import LoadedModel, ModelLoadError, load_model
 from .prefix_cache import PrefixCache
 from .prompts import PromptTokenizer, stop_token_ids
 from .scheduler import Job, Scheduler, SchedulerStats
@@ -59,6 +60,7 @@ class Engine:
         self._admin: AdapterAdmin | None = None
         self._prompts: PromptTokenizer | None = None
         self._scheduler: Scheduler | None = None
+        self._kv: KvBudget | None = None
         self._watcher: StoreWatcher | None = None
         self._created = int(time.time())
         self._thread = threading.Thread(target=self._run, name="hotlora-engine", daemon=True)
@@ -137,8 +139,10 @@ class Engine:
             prefix_cache_hit_tokens=batch.prefix_cache_hit_tokens,
             requests_aborted=batch.requests_aborted,
             requests_failed=batch.requests_failed,
+            kv_cache_usage=batch.kv_cache_usage,
+            kv_cache_bytes=batch.kv_cache_bytes,
             adapters_resident=len(self.resident_adapters()),
-            adapter_loads=pool.loads + pool.blends,
+            adapter_loads=pool.built,
             adapter_evictions=pool.evictions,
             adapter_merges=pool.merges,
             model_info=self._model_info(),
@@ -232,8 +236,23 @@ class Engine:
         assert self._prompts is not None
         prompt_ids = self._prompts.encode(request)
         room = loaded.context_length - len(prompt_ids)
-        return Job(request=request, prompt_ids=prompt_ids, max_new_tokens=request.sampling.max_tokens or room,
-                   emit=lambda _: None)  # fmt: skip
+        job = Job(request=request, prompt_ids=prompt_ids, max_new_tokens=request.sampling.max_tokens or room,
+                  emit=lambda _: None)  # fmt: skip
+        self._check_kv(job)
+        return job
+
+    def _check_kv(self, job: Job) -> None:
+        """Refuse a request whose worst case alone exceeds the KV cache budget: it would wait forever."""
+        kv, n = self._kv, job.request.n
+        assert kv is not None
+        if not kv.holds(n, job.reach):
+            raise InvalidRequestError(
+                f"This request may need {_gib(kv.bytes_for(n, job.reach))} of KV cache ({n} choices of up to "
+                f"{job.reach} tokens: the prompt and max_tokens, or the rest of the context without it), more "
+                f"than the server's {_gib(kv.capacity)} (--kv-cache-memory-bytes). Ask for fewer choices (n) "
+                f"or set a lower max_tokens.",
+                param="n",
+            )
 
     # -- engine thread ------------------------------------------------------------------------------
 
@@ -299,7 +318,7 @@ class Engine:
         loaded = load_model(self._settings)
         use_batch_invariant_attention(loaded.model)
         store = AdapterStore(self._settings.adapters_dir)
-        catalog = AdapterCatalog(store, loaded, self._settings.max_lora_rank)
+        catalog = AdapterCatalog(store, loaded, self._settings.max_lora_rank, self._settings.max_blend_rank)
         adapters = [a.name for a in catalog.servable()]
         self._loaded, self._catalog = loaded, catalog
         settings = self._settings
@@ -313,8 +332,9 @@ class Engine:
         prefixes = PrefixCache() if settings.enable_prefix_caching else None
         if prefixes is not None:
             self._pool.on_drop(prefixes.discard)
+        self._kv = _kv_budget(loaded, settings.kv_cache_memory_bytes)
         self._scheduler = Scheduler(
-            loaded, self._pool, stop_ids, settings.max_num_seqs, settings.max_num_batched_tokens, prefixes
+            loaded, self._pool, stop_ids, settings.max_num_seqs, settings.max_num_batched_tokens, self._kv, prefixes
         )
         log.info(
             "serving %s (%s, %s, %s) in %.1fs; adapters in %s: %s",
@@ -322,3 +342,20 @@ class Engine:
             time.perf_counter() - started, self._settings.adapters_dir, ", ".join(adapters) or "none",
         )  # fmt: skip
         self._ready.set()
+
+
+def _kv_budget(loaded: LoadedModel, capacity: int) -> KvBudget:
+    """The KV cache budget for `loaded`; refuses one that cannot hold a single request over the whole context."""
+    kv = KvBudget.of(loaded.model.config, loaded.dtype, capacity)
+    if not kv.holds(1, loaded.context_length):
+        raise ModelLoadError(
+            f"--kv-cache-memory-bytes {capacity} cannot hold one request over the whole context: "
+            f"{loaded.context_length} tokens of {loaded.name} take {_gib(kv.bytes_for(1, loaded.context_length))} "
+            f"of keys and values. Raise it, or lower --max-model-len."
+        )
+    log.info("KV cache budget: %s, %d tokens (%d bytes each)", _gib(capacity), kv.tokens, kv.per_token)
+    return kv
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB"

@@ -47,7 +47,7 @@ class _Slot:
 
 
 class _LayerStack:
-    """One LoRA layer's stacked weights, rebuilt when the resident adapters change."""
+    """One LoRA layer's stacked weights, updated column by column as the resident adapters change."""
 
     def __init__(self, layer: LoraLayer, stack: LoraStack) -> None:
         self.layer = layer
@@ -59,24 +59,42 @@ class _LayerStack:
         self._handle.remove()
         self.blocks = []
 
-    def rebuild(self, slots: dict[str, _Slot], widths: list[int], dtype: torch.dtype) -> None:
+    def fit(self, widths: list[int], dtype: torch.dtype) -> bool:
+        """Give the blocks these widths: new blocks are zero, a grown block keeps its columns, blocks past
+        the last are dropped. True if this layer had no blocks (every adapter's columns are to be written)."""
+        fresh = not self.blocks
         base = self.layer.get_base_layer()
         device = next(p.device for p in self.layer.parameters())
-        self.blocks = [
-            (
-                torch.zeros(base.in_features, width, dtype=dtype, device=device),
-                torch.zeros(width, base.out_features, dtype=dtype, device=device),
-            )
-            for width in widths
-        ]
-        for key, slot in slots.items():
-            if key not in self.layer.lora_A:
-                continue  # the adapter does not target this layer: its columns stay zero
+        del self.blocks[len(widths) :]
+        for index, width in enumerate(widths):
+            if index < len(self.blocks) and self.blocks[index][0].shape[1] == width:
+                continue
+            a = torch.zeros(base.in_features, width, dtype=dtype, device=device)
+            b = torch.zeros(width, base.out_features, dtype=dtype, device=device)
+            if index == len(self.blocks):
+                self.blocks.append((a, b))
+            else:
+                old_a, old_b = self.blocks[index]
+                a[:, : old_a.shape[1]], b[: old_b.shape[0]] = old_a, old_b
+                self.blocks[index] = (a, b)
+        return fresh
+
+    def write(self, key: str, slot: _Slot, dtype: torch.dtype) -> None:
+        """Put adapter `key`'s A and B (scaled) into its columns, if it targets this layer."""
+        if key not in self.layer.lora_A:
+            return  # the adapter does not target this layer: its columns stay zero
+        a_block, b_block = self.blocks[slot.block]
+        a = self.layer.lora_A[key].weight
+        b = self.layer.lora_B[key].weight * self.layer.scaling[key]
+        a_block[:, slot.start : slot.start + a.shape[0]] = a.T.to(dtype)
+        b_block[slot.start : slot.start + a.shape[0]] = b.T.to(dtype)
+
+    def clear(self, slot: _Slot) -> None:
+        """Zero the columns of an adapter that left, so that they are free for another."""
+        if slot.block < len(self.blocks):
             a_block, b_block = self.blocks[slot.block]
-            a = self.layer.lora_A[key].weight
-            b = self.layer.lora_B[key].weight * self.layer.scaling[key]
-            a_block[:, slot.start : slot.start + a.shape[0]] = a.T.to(dtype)
-            b_block[slot.start : slot.start + a.shape[0]] = b.T.to(dtype)
+            a_block[:, slot.start : slot.stop] = 0
+            b_block[slot.start : slot.stop] = 0
 
     def hook(self, stack: LoraStack, _module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
         route = stack.route
@@ -129,8 +147,10 @@ class _Route:
 class LoraStack:
     """Stacked LoRA weights of a `PeftModel`'s stackable adapters, applied by forward hooks on its layers.
 
-    Adapters fill blocks in load order, those with a lower `group(key)` first: a batch's cost follows the
-    blocks its adapters span, so adapters likely to be served together belong in the same blocks.
+    Adapters fill blocks in load order, each block holding one `group(key)` only: a batch's cost follows
+    the blocks its adapters span, so adapters likely to be served together belong in the same blocks.
+    When adapters come and go only their own columns are written or zeroed (an adapter takes the first
+    free columns of its group's blocks), so a load costs what that adapter weighs, not all that is resident.
     """
 
     def __init__(
@@ -139,26 +159,22 @@ class LoraStack:
         self.dtype = dtype
         self.kernels = kernels if dtype == torch.float32 else None  # they read float32 through raw pointers
         self._group = group
-        self._layers: list[_LayerStack] = []  # the hooked LoRA layers of the model as last rebuilt
+        self._layers: dict[int, _LayerStack] = {}  # id(LoraLayer) -> its stack
         self._slots: dict[str, _Slot] = {}  # adapter key -> its columns
         self._widths: list[int] = []  # columns of each block
+        self._groups: list[int] = []  # the group each block holds
         self._stale = True
         self._device = torch.device("cpu")
         self.route: _Route | None = None  # set only inside `rows`
 
     def invalidate(self) -> None:
-        """Adapters were loaded or deleted: unhook the layers and free the stacked copies now, and rebuild
-        before the next forward that needs them. Kept until then, the copies of a deleted adapter (and, once
-        PEFT unwraps the model, its discarded LoRA layers with them) would outlive it."""
-        for stack in self._layers:
-            stack.detach()
-        self._layers, self._slots, self._widths = [], {}, []
+        """Adapters were loaded: update the stacks before the next forward that needs them."""
         self._stale = True
 
     def covers(self, model: Any, keys: set[str]) -> bool:
-        """Whether every key in `keys` is stackable (rebuilding the stacks first if adapters changed)."""
+        """Whether every key in `keys` is stackable (updating the stacks first if adapters changed)."""
         if self._stale:
-            self._rebuild(model)
+            self.update(model)
         return keys <= self._slots.keys()
 
     @contextmanager
@@ -194,24 +210,72 @@ class LoraStack:
         return step
 
     @torch.no_grad()
-    def _rebuild(self, model: Any) -> None:
-        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    def update(self, model: Any) -> None:
+        """Follow the model's adapters: zero and free the columns of those gone, place the new ones.
+
+        Called at once when an adapter is deleted (not only before the next forward), so that nothing of it
+        outlives it: its columns, and the stacks and hooks of the LoRA layers PEFT discarded with it."""
+        modules = list(model.modules())
+        layers = [m for m in modules if isinstance(m, LoraLayer)]
         present = {k for layer in layers for k in layer.lora_A}
-        unstackable = _unstackable(model, layers)
-        self._slots, self._widths = {}, []
-        for key in sorted(model.peft_config, key=self._group):  # stable: load order within a group
-            if key not in present or key in unstackable:
-                continue
+        unstackable = _unstackable(modules, layers)
+        keys = sorted(getattr(model, "peft_config", {}), key=self._group)  # none once PEFT unwrapped the base
+        wanted = [k for k in keys if k in present and k not in unstackable]
+        gone = [self._slots.pop(key) for key in [k for k in self._slots if k not in wanted]]
+        stacks = {id(layer): self._stack_of(layer) for layer in layers if _over_linear(layer)}
+        for old in self._layers.values():
+            if stacks.get(id(old.layer)) is not old:
+                old.detach()  # a layer PEFT removed
+        self._layers = stacks
+        for stack in stacks.values():
+            for slot in gone:
+                stack.clear(slot)
+        while self._widths and not any(slot.block == len(self._widths) - 1 for slot in self._slots.values()):
+            self._widths.pop()  # empty blocks at the end are given back
+            self._groups.pop()
+        new = [key for key in wanted if key not in self._slots]
+        for key in new:
             rank = max(layer.lora_A[key].weight.shape[0] for layer in layers if key in layer.lora_A)
-            if not self._widths or self._widths[-1] + rank > max(BLOCK, rank):
-                self._widths.append(0)
-            self._slots[key] = _Slot(len(self._widths) - 1, self._widths[-1], self._widths[-1] + rank)
-            self._widths[-1] += rank
-        self._layers = [_LayerStack(layer, self) for layer in layers if _over_linear(layer)]
-        for stack in self._layers:
-            stack.rebuild(self._slots, self._widths, self.dtype)
+            self._slots[key] = self._place(self._group(key), rank)
+        for stack in stacks.values():
+            for key in self._slots if stack.fit(self._widths, self.dtype) else new:
+                stack.write(key, self._slots[key], self.dtype)
         self._device = next(model.parameters()).device
         self._stale = False
+
+    def _stack_of(self, layer: LoraLayer) -> _LayerStack:
+        """The stack of `layer`, made (and hooked) the first time it is seen."""
+        stack = self._layers.get(id(layer))
+        return stack if stack is not None and stack.layer is layer else _LayerStack(layer, self)
+
+    def _place(self, group: int, rank: int) -> _Slot:
+        """Columns for a new adapter: free ones in a block of its group, else the end of its group's last
+        block while that stays within `BLOCK` columns, else a new block."""
+        blocks = [block for block, owner in enumerate(self._groups) if owner == group]
+        for block in blocks:
+            taken = sorted((s.start, s.stop) for s in self._slots.values() if s.block == block)
+            start = _free_columns(taken, self._widths[block], rank)
+            if start is not None:
+                return _Slot(block, start, start + rank)
+        if blocks and self._widths[blocks[-1]] + rank <= max(BLOCK, rank):
+            block = blocks[-1]
+        else:
+            block = len(self._widths)
+            self._widths.append(0)
+            self._groups.append(group)
+        start = self._widths[block]
+        self._widths[block] += rank
+        return _Slot(block, start, start + rank)
+
+
+def _free_columns(taken: list[tuple[int, int]], width: int, rank: int) -> int | None:
+    """The first of `rank` free columns among `width`, around the sorted `taken` ranges; None if none."""
+    start = 0
+    for begin, end in [*taken, (width, width)]:
+        if begin - start >= rank:
+            return start
+        start = max(start, end)
+    return None
 
 
 def _runs(slots: list[_Slot | None]) -> list[tuple[_Slot, int, int]]:
@@ -232,7 +296,7 @@ def _over_linear(layer: LoraLayer) -> bool:
     return isinstance(layer.get_base_layer(), torch.nn.Linear)
 
 
-def _unstackable(model: Any, layers: list[LoraLayer]) -> set[str]:
+def _unstackable(modules: list[torch.nn.Module], layers: list[LoraLayer]) -> set[str]:
     """Adapter keys whose delta is not plain `B @ A * scaling` on linear layers."""
     keys: set[str] = set()
     for layer in layers:
@@ -241,7 +305,7 @@ def _unstackable(model: Any, layers: list[LoraLayer]) -> set[str]:
         keys.update(k for k in layer.lora_A if layer.lora_B[k].bias is not None)
         if not _over_linear(layer):
             keys.update(layer.lora_A)
-    for module in model.modules():
+    for module in modules:
         if isinstance(module, ModulesToSaveWrapper):
             keys.update(module.modules_to_save)
     return keys

@@ -1,7 +1,8 @@
 """Per-row sampling: penalties, temperature, nucleus sampling, seeds and logprobs for a batch of rows.
 
 Every row carries its own `SamplingParams` and its own `torch.Generator`, so a row's tokens depend only
-on its own seed and logits — never on which other rows share the batch.
+on its own seed and logits — never on which other rows share the batch — and a row that cannot be
+sampled raises for itself alone (the scheduler ends that request and the others carry on).
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import HotloraError
 from ..types import SamplingParams
+
+GREEDY_BELOW = 1e-5  # vLLM's `_SAMPLING_EPS`: dividing logits by a smaller temperature overflows float32
+
+
+class NonFiniteLogitsError(HotloraError):
+    """A row's logits hold NaN or infinity (e.g. an adapter whose weights overflow): nothing to sample from."""
 
 
 @dataclass
@@ -42,10 +50,16 @@ class RowSampler:
         return logits
 
     def choose(self, logits: torch.Tensor) -> int:
-        """Pick the next token from one row's float32 logits."""
+        """Pick the next token from one row's float32 logits; raises `NonFiniteLogitsError` if they hold NaN
+        or infinity, where argmax would pick garbage and sampling would fail."""
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteLogitsError(
+                "the model's scores for this request's next token are not finite (NaN or infinity): its "
+                "adapter or blend makes the computation overflow"
+            )
         logits = self.penalize(logits)
         p = self.params
-        if p.temperature == 0:
+        if p.temperature < GREEDY_BELOW:  # 0, or so close that the division would overflow: greedy
             token = int(torch.argmax(logits))
         else:
             probs = torch.softmax(logits / p.temperature, dim=-1)
@@ -63,12 +77,6 @@ def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_probs[before >= top_p] = 0.0
     kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return kept / kept.sum()
-
-
-def sample_batch(samplers: list[RowSampler], logits: torch.Tensor) -> list[int]:
-    """Next token of every row of `logits` ([rows, vocab])."""
-    logits = logits.float().cpu()
-    return [sampler.choose(logits[i]) for i, sampler in enumerate(samplers)]
 
 
 def logprobs_of(logits: torch.Tensor, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:

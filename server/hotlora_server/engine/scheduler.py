@@ -1,9 +1,10 @@
 """Continuous batching: requests join the running batch after their prefill and leave when done.
 
 Each scheduler step (in the engine thread) first spends up to `max_num_batched_tokens` prompt tokens on
-prefilling waiting requests in arrival order, those that arrive meanwhile included — a long prompt is
-prefilled in chunks of that size over several steps, so it never stalls the rows already decoding for
-long — then runs one decode step over every running row. A row carries its own adapter (or blend, or
+prefilling waiting requests in arrival order, those that arrive meanwhile included, while the rows and
+the KV cache budget (`kv_budget`) hold them — a long prompt is prefilled in chunks of that size over
+several steps, so it never stalls the rows already decoding for long — then runs one decode step over
+every running row. A row carries its own adapter (or blend, or
 the base), sampling parameters, seed, stop sequences and token budget; rows of one request (`n`) share
 its prefill, which starts from the prompt's longest cached prefix when prefix caching is on. Cancelled
 requests leave at the next step.
@@ -25,9 +26,10 @@ from ..types import ChoiceDelta, GenerationEvent, GenerationRequest, TokenLogpro
 from .adapter_pool import AdapterPool
 from .batch_cache import BatchCache, new_cache
 from .generate import decode_one_token, prefill
+from .kv_budget import KvBudget
 from .loader import LoadedModel
 from .prefix_cache import LayerKV, PrefixCache
-from .sampling import RowSampler, logprobs_of, sample_batch
+from .sampling import RowSampler, logprobs_of
 from .text import IncrementalDetokenizer, StopMatcher, token_bytes
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,11 @@ class Job:
     prefilled: int = 0  # prompt tokens run so far
     rows: list[Row] = field(default_factory=list)
     failed: bool = False
+
+    @property
+    def reach(self) -> int:
+        """Tokens a row of this request may hold at its end: its prompt and all it may generate."""
+        return len(self.prompt_ids) + self.max_new_tokens
 
     @property
     def done(self) -> bool:
@@ -118,6 +125,8 @@ class SchedulerStats:
     prefix_cache_hit_tokens: int = 0
     requests_aborted: int = 0
     requests_failed: int = 0
+    kv_cache_usage: float = 0.0  # the admitted requests' worst case, as a fraction of the KV cache budget
+    kv_cache_bytes: int = 0  # what the running batch's KV cache holds now
 
 
 class Scheduler:
@@ -130,6 +139,7 @@ class Scheduler:
         stop_ids: frozenset[int],
         max_num_seqs: int,
         max_num_batched_tokens: int,
+        kv_budget: KvBudget,
         prefix_cache: PrefixCache | None = None,
     ) -> None:
         self._loaded = loaded
@@ -138,6 +148,9 @@ class Scheduler:
         self._max_rows = max_num_seqs
         self._token_budget = max_num_batched_tokens
         self._prefix = prefix_cache
+        self._kv = kv_budget
+        self._admitted: dict[int, Job] = {}  # id -> request holding a KV reservation: prefilling or running
+        self._may_load = True  # this step has not loaded an adapter or built a blend yet
         self.waiting: deque[Job] = deque()
         self.running: list[Row] = []
         self._batch = BatchCache()
@@ -158,6 +171,7 @@ class Scheduler:
         Failures of one request's prefill, sampling or text are contained where they happen; anything
         else that escapes a step fails the requests in the batch, which is then started afresh.
         """
+        self._may_load = True
         try:
             self._prefill_waiting(arrivals)
             self._compact()
@@ -169,6 +183,8 @@ class Scheduler:
             self._reset_batch(exc)
         self.stats.requests_running = len(_jobs_of(self.running))
         self.stats.batch_rows = len(self.running)
+        self.stats.kv_cache_usage = self._kv.bytes_for(*self._reserved()) / self._kv.capacity
+        self.stats.kv_cache_bytes = self._batch.nbytes()
 
     def fail_all(self, error: HotloraError) -> None:
         """Fail every request (the engine is stopping)."""
@@ -209,7 +225,22 @@ class Scheduler:
                 return
 
     def _prefill_some(self, budget: int) -> int:
-        """One group (or one chunk) of `_prefill_waiting` within `budget`; the budget it spent."""
+        """One group (or one chunk) of `_prefill_waiting` within `budget`; the budget it spent.
+
+        A step loads one adapter or builds one blend at most (PEFT does it in this thread: each more would
+        hold the running rows, and the requests of the first, for another): a request whose target would
+        need another keeps its place at the head of the queue for the next step, and the requests behind
+        it whose targets are in memory go ahead meanwhile (as vLLM schedules past the LoRAs it cannot load
+        yet). Rows and the KV cache budget keep strict arrival order.
+        """
+        deferred: list[Job] = []
+        try:
+            return self._prefill_queue(budget, deferred)
+        finally:
+            self.waiting.extendleft(reversed(deferred))
+
+    def _prefill_queue(self, budget: int, deferred: list[Job]) -> int:
+        """`_prefill_some`, taking the requests that wait for the next step's adapter load into `deferred`."""
         rows, start = len(self.running), budget
         group: list[Job] = []
         while self.waiting:
@@ -220,6 +251,11 @@ class Scheduler:
             if job.key is None:
                 if rows and rows + job.request.n > self._max_rows:
                     break  # wait for rows to leave
+                if not self._kv_admits(job):
+                    break  # wait for rows to leave and free their reservations
+                if not self._may_load and not self._pool.resident_for(job.request.model, job.request.blend):
+                    deferred.append(self.waiting.popleft())  # one load or build per step: for the next one
+                    continue
                 if not self._admit(job):
                     self.waiting.popleft()
                     continue
@@ -260,7 +296,9 @@ class Scheduler:
                 self._fail(job, _internal(job, exc))
 
     def _admit(self, job: Job) -> bool:
-        """Pin the job's adapter (loading it if needed); False if that failed (the job got the error)."""
+        """Pin the job's adapter (loading it if needed) and reserve its KV cache; False if the adapter
+        failed (the job got the error)."""
+        built = self._pool.stats.built
         try:
             job.key = self._pool.acquire(job.request.model, job.request.blend)
         except HotloraError as exc:
@@ -269,7 +307,20 @@ class Scheduler:
         except Exception as exc:  # a broken adapter fails its request, not the engine
             self._fail(job, _internal(job, exc))
             return False
+        finally:
+            self._may_load = self._may_load and self._pool.stats.built == built
+        self._admitted[id(job)] = job
         return True
+
+    def _reserved(self, extra: Job | None = None) -> tuple[int, int]:
+        """(rows, longest reach) of the admitted requests, with `extra` added: their KV cache's worst case."""
+        jobs = [*self._admitted.values(), *([extra] if extra else [])]
+        return sum(job.request.n for job in jobs), max((job.reach for job in jobs), default=0)
+
+    def _kv_admits(self, job: Job) -> bool:
+        """Whether the KV cache budget holds `job`'s rows beside the admitted requests' (alone it always
+        does: `Engine` refuses a request that never fits)."""
+        return not self._admitted or self._kv.holds(*self._reserved(job))
 
     def _prefill_group(self, jobs: list[Job]) -> None:
         """Prefill whole prompts together and start their rows.
@@ -365,13 +416,15 @@ class Scheduler:
         self._sample(rows, logits)
 
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> None:
-        tokens = sample_batch([row.sampler for row in rows], logits)
-        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+        """Sample every row's next token and emit its text. A row that fails (logits that are not finite,
+        text that does not decode) ends its own request; the other rows carry on as if it were not there."""
+        scores = logits.float().cpu()
+        for i, row in enumerate(rows):
             if row.job.done:
                 continue
             try:
-                row.step(token, logits[i], self._loaded, self._stop_ids)
-            except Exception as exc:  # e.g. detokenization: fail this request only
+                row.step(row.sampler.choose(scores[i]), logits[i], self._loaded, self._stop_ids)
+            except Exception as exc:  # this request's failure must not take the others down
                 self._fail(row.job, _internal(row.job, exc))
 
     def _compact(self) -> None:
@@ -408,6 +461,7 @@ class Scheduler:
             self._release(job)  # otherwise its rows release it when they leave the batch
 
     def _release(self, job: Job) -> None:
+        self._admitted.pop(id(job), None)
         if job.key is not None:
             self._pool.release(job.key)
             job.key = None
@@ -444,5 +498,8 @@ def _jobs_of(rows: list[Row]) -> list[Job]:
 
 
 def _internal(job: Job, exc: Exception) -> HotloraError:
+    """Log why `job` failed; the error its client gets (a `HotloraError` already says what went wrong)."""
     log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc, extra={"request_id": job.request.request_id})
+    if isinstance(exc, HotloraError):
+        return exc
     return HotloraError(f"internal error while generating: {type(exc).__name__}: {exc}")

@@ -85,19 +85,28 @@ def churn(
 
 
 def test_nothing_of_a_purged_adapter_stays_behind(churn: Churn) -> None:
-    def refs(pool: Any, key: str) -> tuple[list[weakref.ref[Any]], Any]:
+    def refs(pool: Any, key: str) -> tuple[list[weakref.ref[Any]], Any, Any]:
         layers = [m for m in pool.model.modules() if key in getattr(m, "lora_A", {})]
         kept = [weakref.ref(p) for n, p in pool.model.named_parameters() if f".{key}." in n]
         kept += [weakref.ref(m) for layer in layers for m in (layer.lora_A[key], layer.lora_B[key])]
-        kept += [weakref.ref(t) for t in _tensors_under(pool._stack)]  # its stacked copies
-        if list(pool.model.peft_config) == [key]:  # the last adapter out: PEFT's layers are discarded
+        if list(pool.model.peft_config) == [key]:  # the last adapter out: PEFT's layers and the stacks go
             kept += [weakref.ref(layer) for layer in layers]
-        return kept, key
+            kept += [weakref.ref(t) for t in _tensors_under(pool._stack)]
+        return kept, key, pool._stack._slots[key]
 
     for _ in range(2):  # the first cycle's key, checked after the second one went the same way
-        kept, key = churn.cycle(refs)
+        kept, key, slot = churn.cycle(refs)
     gc.collect()
     assert kept and all(ref() is None for ref in kept), "weights or layers of a purged adapter are still alive"
+
+    def stacked(pool: Any) -> float:
+        """What is left in the purged adapter's columns of blocks other adapters keep (0: zeroed)."""
+        assert key not in pool._stack._slots
+        blocks = [s.blocks[slot.block] for s in pool._stack._layers.values() if slot.block < len(s.blocks)]
+        return sum(float(a[:, slot.start : slot.stop].abs().sum() + b[slot.start : slot.stop].abs().sum())
+                   for a, b in blocks)  # fmt: skip
+
+    assert churn.in_engine(stacked) == 0.0, "a purged adapter's stacked columns still hold its weights"
 
     def leftovers(pool: Any) -> list[str]:
         found = [f"{type(m).__name__}.{attr}" for m in pool.model.modules() for attr, value in vars(m).items()

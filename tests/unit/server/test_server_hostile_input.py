@@ -59,6 +59,22 @@ def test_non_finite_blend_weight_when_saving_is_400(client: Any, openai_error: A
     assert "finite" in error["message"]
 
 
+@pytest.mark.parametrize(
+    "extra",
+    ['"model": "tiny-adapter*1e100"', '"model": "tiny-adapter*0.5+other*-10.5"',
+     '"adapters": [{"name": "tiny-adapter", "weight": 1e30}]'],
+)  # fmt: skip
+def test_blend_weights_beyond_the_bound_are_400(client: Any, openai_error: Any, extra: str) -> None:
+    """A weight of 1e100 overflows the blend's sums into NaN output; it is refused before anything is built."""
+    assert "between -10 and 10" in openai_error(_raw_chat(client, extra), 400)["message"]
+
+
+def test_blend_weight_beyond_the_bound_when_saving_is_400(client: Any, openai_error: Any) -> None:
+    body = b'{"name": "huge-blend", "adapters": [{"name": "tiny-adapter", "weight": -1e100}]}'
+    error = openai_error(client.post("/v1/adapters/blend", content=body, headers=JSON), 400)
+    assert "between -10 and 10" in error["message"]
+
+
 # -- huge and negative numbers -----------------------------------------------------------------------
 
 

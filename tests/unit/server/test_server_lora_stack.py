@@ -115,6 +115,57 @@ def test_stack_follows_adapter_changes_and_skips_dora(peft_model: PeftModel) -> 
         stack.invalidate()
 
 
+def test_adapters_coming_and_going_write_only_their_own_columns(
+    peft_model: PeftModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load writes its adapter's columns and an unload zeroes them (a later adapter takes them): the other
+    blocks are neither copied nor rewritten, so a change costs what that adapter weighs. Outputs still
+    match PEFT, and an emptied last block is given back."""
+    monkeypatch.setattr(lora_stack, "BLOCK", 6)
+    stack = LoraStack(torch.float32)
+    assert stack.covers(peft_model, {"a", "b", "c", "ab"})  # blocks 0: a, b; 1: c; 2: ab
+    layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    blocks = stack._layers[id(layer)].blocks
+
+    def snapshot(count: int) -> list[tuple[int, torch.Tensor]]:
+        return [(a.data_ptr(), a.clone()) for a, _ in blocks[:count]]
+
+    def same(before: list[tuple[int, torch.Tensor]]) -> bool:
+        return all(ptr == a.data_ptr() and torch.equal(old, a) for (ptr, old), (a, _) in zip(before, blocks, strict=False))
+
+    untouched = snapshot(3)
+    torch.manual_seed(7)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name, r in (("e", 4), ("f", 2)):
+                peft_model.add_adapter(name, LoraConfig(r=r, target_modules="all-linear", init_lora_weights=False))
+        stack.invalidate()
+        assert stack.covers(peft_model, {"e", "f"})
+        assert (stack._slots["e"], stack._slots["f"]) == (lora_stack._Slot(3, 0, 4), lora_stack._Slot(3, 4, 6))
+        assert same(untouched)
+        with_f = snapshot(4)[3:]
+        peft_model.delete_adapter("e")
+        stack.invalidate()
+        assert stack.covers(peft_model, {"f"}) and not stack.covers(peft_model, {"e"})
+        assert torch.count_nonzero(blocks[3][0][:, :4]) == 0 and torch.equal(blocks[3][0][:, 4:], with_f[0][1][:, 4:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            peft_model.add_adapter("g", LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+        stack.invalidate()
+        assert stack.covers(peft_model, {"g"}) and stack._slots["g"] == lora_stack._Slot(3, 0, 4)
+        assert same(untouched) and blocks[3][0].data_ptr() == with_f[0][0]
+        keys = ["a", "g", "f", "c", "ab", BASE]
+        ids = torch.randint(0, 1000, (len(keys), 5), generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(_stacked_logits(peft_model, stack, ids, keys), _peft_logits(peft_model, ids, keys))
+    finally:
+        for name in ("e", "f", "g"):
+            if name in peft_model.peft_config:
+                peft_model.delete_adapter(name)
+        stack.invalidate()
+    assert stack.covers(peft_model, {"a", "b", "c", "ab"}) and stack._widths == [6, 8, 6] and same(untouched)
+
+
 def test_hooks_add_nothing_outside_a_routed_forward(peft_model: PeftModel) -> None:
     stack = LoraStack(torch.float32)
     assert stack.covers(peft_model, {"a"})

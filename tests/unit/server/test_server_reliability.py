@@ -124,23 +124,87 @@ def test_an_engine_fault_fails_that_request_only(live: httpx.Client, boom_in_row
 def test_a_fault_in_a_whole_batch_step_fails_its_requests_and_the_engine_serves_on(
     live: httpx.Client, monkeypatch: pytest.MonkeyPatch, openai_error: Any
 ) -> None:
-    """Sampling the whole batch raises once: the requests in that step fail with 500, nothing hangs."""
-    from hotlora_server.engine import scheduler
+    """The batch's own bookkeeping raises once (no request to blame): the requests in that step fail with
+    500, the batch starts afresh, nothing hangs."""
+    from hotlora_server.engine.batch_cache import BatchCache
 
-    original, calls = scheduler.sample_batch, []
+    original, calls = BatchCache.advance, []
 
-    def sample_batch(*args: Any) -> Any:
+    def advance(self: BatchCache) -> None:
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("injected batch fault")
-        return original(*args)
+        original(self)
 
-    monkeypatch.setattr(scheduler, "sample_batch", sample_batch)
+    monkeypatch.setattr(BatchCache, "advance", advance)
     response = live.post("/v1/chat/completions", json=_body("hit by the batch fault", max_tokens=30))
     assert "injected batch fault" in openai_error(response, 500)["message"]
     monkeypatch.undo()
     _wait_for(lambda: _sample(live, "hotlora_batch_rows") == 0)  # the batch was reset
     assert live.post("/v1/chat/completions", json=_body("after the fault")).status_code == 200
+
+
+@pytest.fixture(params=[0, 2], ids=["in-its-prefill", "in-a-decode-step"])
+def nan_logits_for_boom(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the logits of the request with id BOOM NaN at its first token (sampled after its prefill) or its
+    third (a decode step), as an adapter that overflows would."""
+    from hotlora_server.engine.scheduler import Scheduler
+
+    original = Scheduler._sample
+
+    def _sample(self: Scheduler, rows: list[Any], logits: Any) -> None:
+        logits = logits.clone()
+        for i, row in enumerate(rows):
+            if row.job.request.request_id == BOOM and row.generated == request.param:
+                logits[i] = float("nan")
+        original(self, rows, logits)
+
+    monkeypatch.setattr(Scheduler, "_sample", _sample)
+
+
+def test_a_row_whose_logits_are_not_finite_fails_alone(
+    live: httpx.Client, nan_logits_for_boom: None, openai_error: Any
+) -> None:
+    """Its request ends with its own error; the requests in the same prefill group or decode step go on
+    with exactly the tokens they produce alone."""
+    prompts = ["first bystander", "second bystander", "third one"]
+    alone = [live.post("/v1/chat/completions", json=_body(p)).json()["choices"] for p in prompts]
+    failed_before = _sample(live, "hotlora_requests_failed_total")
+    with ThreadPoolExecutor(4) as pool:
+        boom = pool.submit(live.post, "/v1/chat/completions", json=_body("the unlucky one"), headers={"X-Request-ID": BOOM})
+        others = [pool.submit(live.post, "/v1/chat/completions", json=_body(p)) for p in prompts]
+        error = openai_error(boom.result(), 500)
+        assert error["type"] == "server_error" and "not finite" in error["message"]
+        assert [o.result().json()["choices"] for o in others] == alone
+    assert _sample(live, "hotlora_requests_failed_total") == failed_before + 1
+
+
+def test_a_tiny_temperature_samples_greedily_beside_other_streams(live: httpx.Client) -> None:
+    """Temperatures so small that dividing by them overflows are greedy (as in vLLM), and a greedy stream
+    sharing their batch steps is untouched."""
+    stream_body = _body("a stream beside it", max_tokens=40, stream=True)
+    with live.stream("POST", "/v1/chat/completions", json=stream_body) as r:
+        alone = list(_frames(r))
+    greedy = live.post("/v1/chat/completions", json=_body("how cold is it")).json()["choices"]
+
+    def stream() -> list[Any]:
+        with live.stream("POST", "/v1/chat/completions", json=stream_body) as r:
+            return list(_frames(r))
+
+    with ThreadPoolExecutor(4) as pool:
+        beside = pool.submit(stream)
+        tiny = [pool.submit(live.post, "/v1/chat/completions", json=_body("how cold is it", temperature=t))
+                for t in (1e-40, 1e-37, 1e-6)]  # fmt: skip
+        for response in tiny:
+            assert response.result().status_code == 200, response.result().text
+            assert response.result().json()["choices"] == greedy
+        frames = beside.result()
+
+    def content(frames: list[Any]) -> list[Any]:
+        return [c["delta"] for f in frames[:-1] if "choices" in f for c in f["choices"]]
+
+    assert frames[-1] == "[DONE]" and not any("error" in f for f in frames[:-1])
+    assert content(frames) == content(alone)
 
 
 def test_an_adapter_unloaded_mid_flight_finishes_cleanly(live: httpx.Client) -> None:

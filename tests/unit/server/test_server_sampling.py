@@ -1,4 +1,4 @@
-"""engine/sampling.py: greedy, seeds, nucleus, OpenAI penalties, logprobs."""
+"""engine/sampling.py: greedy, seeds, nucleus, OpenAI penalties, logprobs, logits that cannot be sampled."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from hotlora_server.engine.sampling import RowSampler, logprobs_of, sample_batch
+from hotlora_server.engine.sampling import GREEDY_BELOW, NonFiniteLogitsError, RowSampler, logprobs_of
 from hotlora_server.types import SamplingParams
 
 
@@ -35,10 +35,24 @@ def test_temperature_zero_ignores_the_seed() -> None:
     assert _sampler(seed=1, temperature=0.0).choose(logits) == _sampler(seed=2, temperature=0.0).choose(logits)
 
 
-def test_sample_batch_picks_each_rows_argmax() -> None:
-    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
-    samplers = [_sampler(temperature=0.0) for _ in range(3)]
-    assert sample_batch(samplers, logits) == [int(i) for i in torch.argmax(logits, dim=-1)]
+@pytest.mark.parametrize("temperature", [1e-45, 1e-40, 1e-37, 1e-20, GREEDY_BELOW / 2])
+def test_a_temperature_below_the_threshold_is_greedy(temperature: float) -> None:
+    """Logits of a real model's size divided by such a temperature overflow: it samples greedily, as vLLM."""
+    logits = torch.randn(500, generator=torch.Generator().manual_seed(0)) * 30
+    assert _draw(_sampler(seed=1, temperature=temperature), logits, 5) == [int(torch.argmax(logits))] * 5
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_logits_that_are_not_finite_raise_for_their_row(bad: float, temperature: float) -> None:
+    """Greedy would pick the NaN's position and sampling would fail deep in torch: the row raises a clear
+    error of its own instead, and its sampler stays usable (nothing was counted)."""
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    logits[7] = bad
+    sampler = _sampler(seed=1, temperature=temperature)
+    with pytest.raises(NonFiniteLogitsError, match="not finite"):
+        sampler.choose(logits)
+    assert sampler.counts == {}
 
 
 def test_same_seed_same_tokens() -> None:

@@ -23,6 +23,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.enable_prefix_caching is True
     assert settings.cpu_kernels is True
     assert settings.cpu_4bit == "auto"
+    assert settings.kv_cache_memory_bytes == 4 * 2**30
+    assert settings.max_blend_rank == 256
     assert settings.home == tmp_path
     assert settings.models_dir == tmp_path / "models"
     assert settings.kernels_dir == tmp_path / "kernels"
@@ -92,9 +94,12 @@ def test_parsed_flags_become_settings(tmp_path: Path, monkeypatch: pytest.Monkey
     args = cli.build_parser().parse_args(
         ["serve", "--model", "x", "--quantize", "none", "--port", "1", "--api-key", "k", "--adapters-dir",
          str(tmp_path / "d"), "--served-model-name", "n", "--max-n", "3", "--cpu-prefill", "4bit",
-         "--no-enable-prefix-caching", "--cpu-prefill-cache-gb", "0.5", "--no-cpu-kernels", "--cpu-4bit", "hotlora"]
+         "--no-enable-prefix-caching", "--cpu-prefill-cache-gb", "0.5", "--no-cpu-kernels", "--cpu-4bit", "hotlora",
+         "--kv-cache-memory-bytes", "1.5GiB", "--max-blend-rank", "64"]
     )  # fmt: skip
     settings = cli._settings(args)
+    assert settings.kv_cache_memory_bytes == 3 * 2**29
+    assert settings.max_blend_rank == 64
     assert settings.cpu_kernels is False
     assert settings.cpu_4bit == "hotlora"
     assert settings.cpu_prefill == "4bit"
@@ -109,6 +114,12 @@ def test_parsed_flags_become_settings(tmp_path: Path, monkeypatch: pytest.Monkey
     assert settings.served_model_name == "n"
     assert settings.max_n == 3
     assert settings.home == tmp_path
+
+
+@pytest.mark.parametrize(("value", "size"), [("123456", 123456), ("500MB", 500 * 10**6), ("8GiB", 8 * 2**30)])
+def test_kv_cache_memory_bytes_reads_a_size_with_or_without_a_unit(tmp_path: Path, value: str, size: int) -> None:
+    env = {"HOTLORA_HOME": str(tmp_path), "HOTLORA_KV_CACHE_MEMORY_BYTES": value}
+    assert Settings.build({}, env).kv_cache_memory_bytes == size
 
 
 def test_parser_fetch() -> None:
@@ -131,7 +142,9 @@ def test_parser_requires_a_command(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "field"),
     [("HOTLORA_PORT", "abc", "port"), ("HOTLORA_PORT", "70000", "port"), ("HOTLORA_QUANTIZE", "q3", "quantize"),
-     ("HOTLORA_MAX_N", "0", "max_n"), ("HOTLORA_DEVICE", "tpu", "device")],
+     ("HOTLORA_MAX_N", "0", "max_n"), ("HOTLORA_DEVICE", "tpu", "device"),
+     ("HOTLORA_KV_CACHE_MEMORY_BYTES", "lots", "kv_cache_memory_bytes"),
+     ("HOTLORA_KV_CACHE_MEMORY_BYTES", "0", "kv_cache_memory_bytes"), ("HOTLORA_MAX_BLEND_RANK", "0", "max_blend_rank")],
 )  # fmt: skip
 def test_invalid_env_exits_with_a_clear_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, field: str
