@@ -60,12 +60,11 @@ class _LayerStack:
         self.blocks = []
 
     def fit(self, widths: list[int], dtype: torch.dtype) -> bool:
-        """Give the blocks these widths: new blocks are zero, a grown block keeps its columns, blocks past
-        the last are dropped. True if this layer had no blocks (every adapter's columns are to be written)."""
+        """Give the blocks these widths: new blocks are zero, a grown block keeps its columns. True if this
+        layer had no blocks (every adapter's columns are to be written)."""
         fresh = not self.blocks
         base = self.layer.get_base_layer()
         device = next(p.device for p in self.layer.parameters())
-        del self.blocks[len(widths) :]
         for index, width in enumerate(widths):
             if index < len(self.blocks) and self.blocks[index][0].shape[1] == width:
                 continue
@@ -89,12 +88,15 @@ class _LayerStack:
         a_block[:, slot.start : slot.start + a.shape[0]] = a.T.to(dtype)
         b_block[slot.start : slot.start + a.shape[0]] = b.T.to(dtype)
 
-    def clear(self, slot: _Slot) -> None:
-        """Zero the columns of an adapter that left, so that they are free for another."""
-        if slot.block < len(self.blocks):
-            a_block, b_block = self.blocks[slot.block]
-            a_block[:, slot.start : slot.stop] = 0
-            b_block[slot.start : slot.stop] = 0
+    def release(self, gone: list[_Slot], blocks: int) -> None:
+        """Drop the blocks past the first `blocks` (given back), and zero the columns of adapters that left
+        in the others, so that they are free for another."""
+        del self.blocks[blocks:]
+        for slot in gone:
+            if slot.block < len(self.blocks):
+                a_block, b_block = self.blocks[slot.block]
+                a_block[:, slot.start : slot.stop] = 0
+                b_block[slot.start : slot.stop] = 0
 
     def hook(self, stack: LoraStack, _module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
         route = stack.route
@@ -227,12 +229,11 @@ class LoraStack:
             if stacks.get(id(old.layer)) is not old:
                 old.detach()  # a layer PEFT removed
         self._layers = stacks
-        for stack in stacks.values():
-            for slot in gone:
-                stack.clear(slot)
         while self._widths and not any(slot.block == len(self._widths) - 1 for slot in self._slots.values()):
             self._widths.pop()  # empty blocks at the end are given back
             self._groups.pop()
+        for stack in stacks.values():  # before new adapters are placed: a block given back may be made again
+            stack.release(gone, len(self._widths))
         new = [key for key in wanted if key not in self._slots]
         for key in new:
             rank = max(layer.lora_A[key].weight.shape[0] for layer in layers if key in layer.lora_A)

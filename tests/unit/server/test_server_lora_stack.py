@@ -166,6 +166,31 @@ def test_adapters_coming_and_going_write_only_their_own_columns(
     assert stack.covers(peft_model, {"a", "b", "c", "ab"}) and stack._widths == [6, 8, 6] and same(untouched)
 
 
+def test_a_block_given_back_and_made_again_in_one_update(peft_model: PeftModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One adapter deleted and another added before the stack follows them (a new version is loaded, then
+    the old one deleted): the emptied last block is given back and a narrower one made in its place."""
+    monkeypatch.setattr(lora_stack, "BLOCK", 6)
+    stack = LoraStack(torch.float32)
+    torch.manual_seed(11)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            peft_model.add_adapter("e", LoraConfig(r=6, target_modules="all-linear", init_lora_weights=False))
+            assert stack.covers(peft_model, {"a", "e"}) and stack._slots["e"] == lora_stack._Slot(3, 0, 6)
+            peft_model.add_adapter("f", LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
+        peft_model.delete_adapter("e")
+        stack.invalidate()
+        assert stack.covers(peft_model, {"f"}) and stack._slots["f"] == lora_stack._Slot(3, 0, 2)
+        keys = ["a", "f", "c", BASE]
+        ids = torch.randint(0, 1000, (len(keys), 5), generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(_stacked_logits(peft_model, stack, ids, keys), _peft_logits(peft_model, ids, keys))
+    finally:
+        for name in ("e", "f"):
+            if name in peft_model.peft_config:
+                peft_model.delete_adapter(name)
+        stack.invalidate()
+
+
 def test_hooks_add_nothing_outside_a_routed_forward(peft_model: PeftModel) -> None:
     stack = LoraStack(torch.float32)
     assert stack.covers(peft_model, {"a"})
