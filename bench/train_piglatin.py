@@ -5,9 +5,8 @@
 Runs `hotlora train --task piglatin --name piglatin-bench` (the default recipe unless options are given
 after `--`) as a subprocess into a throw-away store (or `--store`), times the whole command — model
 loading, training, both greedy evaluations over the 120 sentences of lists 61-72 and registration
-included — and prints the figures recorded in the adapter's manifest. Not a test: on the 2-core dev
-machine the default recipe took 16.0 minutes (word accuracy 80.3%, base 0.0%). Target (the trainer
-issue): under 20 minutes, word accuracy >= 80%.
+included — and prints the figures recorded in the adapter's manifest. Not a test: past runs' figures are
+in docs/performance.md ("Training"). Target (the trainer issue): under 20 minutes, word accuracy >= 80%.
 """
 
 from __future__ import annotations

@@ -86,9 +86,9 @@ def compute_dtype_name(device: str) -> str:
 def bf16_autocast(device: str, qlora: bool) -> bool:
     """Whether training runs under bfloat16 autocast (weights, LoRA and optimizer states stay as loaded).
 
-    Always on CUDA. On a CPU only with native bf16 (AVX512-BF16 / AMX), where a training step of
-    SmolLM2-135M with r=16 took 1.9 s instead of 3.0 s in float32 (batch 8 x 96 tokens, 2-core dev CPU);
-    emulated bf16 would be slower. Not with QLoRA on a CPU, whose 4-bit kernel computes in float32 here.
+    Always on CUDA. On a CPU only with native bf16 (AVX512-BF16 / AMX), where it makes a training step
+    clearly faster than float32 (docs/performance.md, "Training"); emulated bf16 would be slower. Not with
+    QLoRA on a CPU, whose 4-bit kernel computes in float32 here.
     """
     import torch
 
@@ -138,7 +138,7 @@ def _keep_cpu_4bit_layout(model: Any) -> None:
 
     It repacks at the first no-grad forward (evaluation, generation), and `state_dict()` — which PEFT
     calls to save the adapter — unpacks with an inverse that corrupts the weights (bitsandbytes 0.50; the
-    server works around the same bug in `engine/bnb_cpu.py`). The trainer gives up the faster layout.
+    server works around the same bug in `engine/cpu/bnb.py`). The trainer gives up the faster layout.
     """
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):

@@ -19,12 +19,10 @@ from hotlora_adapters import InvalidAdapterNameError, validate_adapter_name
 Task = Literal["piglatin"]
 InitLoraWeights = bool | Literal["gaussian", "pissa", "olora", "loftq"]
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
-# The Pig Latin recipe, measured on the 2-core dev CPU (word accuracy on lists 61-72, whole command):
-# a higher learning rate than the generic 2e-4 (after 3 epochs at r=16: 25% at 2e-4, 53% at 1e-3, 68% at
-# 2e-3), and rank 64 (3 epochs: 71.7% vs 67.4% at r=16; 6 epochs: 74.8% vs 73.0%); 5 epochs of the 600
-# real sentences at r=64 gave 75.3% in 14.3 min, 6 epochs 74.8% in 17.2 min, r=128 learned no faster.
-# One epoch of the task's 3000 rows (the real sentences and made-up ones, see piglatin.py) is as many
-# steps as those 5 epochs and gave 80.3%.
+# The Pig Latin recipe: a higher learning rate than the generic 2e-4 and rank 64 learned the conversion
+# best on lists 61-72; one epoch of the task's 3000 rows (the real sentences and made-up ones, see
+# piglatin.py) is as many steps as 5 epochs of the real sentences and does better. The runs behind each
+# choice: docs/performance.md, "Training".
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "piglatin": {"learning_rate": 2e-3, "num_train_epochs": 1.0, "per_device_train_batch_size": 8,
                  "r": 64, "lora_alpha": 128, "max_length": 128},

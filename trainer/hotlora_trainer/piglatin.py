@@ -10,12 +10,12 @@ Lists 1-60 (600 sentences) are for training and lists 61-72 (120 sentences) for 
 The user message is the bare English sentence and the reply is its Pig Latin.
 
 Training also sees made-up sentences: words of the training lists in random order. On the real sentences
-alone the adapter recites (final train loss 0.015 vs eval loss 0.82): it continues a memorized Pig Latin
+alone the adapter recites (a train loss far below its eval loss): it continues a memorized Pig Latin
 sentence instead of converting the word in front of it, so the evaluation lists' new contexts break even
 words it knows. In a random word order nothing but the source word predicts its reply, which teaches the
-conversion itself (measured on lists 61-72, same number of steps: word accuracy 75.3% -> 80.3%, words seen
-in training 92.8% -> 97.0%, unseen ones 14.9% -> 22.6%; another draw of the made-up sentences: 81.5%).
-Their words come from the training lists only: the evaluation lists stay unseen.
+conversion itself (better word accuracy on lists 61-72 for the same number of steps, on seen and unseen
+words alike: docs/performance.md). Their words come from the training lists only: the evaluation lists
+stay unseen.
 """
 
 from __future__ import annotations

@@ -363,8 +363,8 @@ def _evaluate_task(model: Any, tokenizer: Any, config: TrainConfig, out: Callabl
 def cpu_threads(requested: int | None) -> int:
     """Torch threads for CPU work: `requested`, else as many as there are idle cores (at least one).
 
-    With more threads than idle cores every parallel op waits for a thread the OS has not scheduled yet:
-    measured here, a training step of SmolLM2 took 40 s with 2 threads on 2 busy cores and 5 s with one.
+    With more threads than idle cores every parallel op waits for a thread the OS has not scheduled yet,
+    and a step takes several times longer (docs/performance.md, "Training").
     """
     import torch
 

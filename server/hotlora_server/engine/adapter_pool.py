@@ -154,7 +154,7 @@ class AdapterCatalog:
     def _describe(self, name: str) -> StoredAdapter:
         """The store's description of `name`, read again only when its version changed: every request
         looks its adapter up (a blend each source, twice), and a version costs a few `stat`s where a
-        description reads the config, the weights' header and the manifest (3.6 ms here)."""
+        description reads the config, the weights' header and the manifest (docs/performance.md)."""
         version = self.store.version_of(name)
         entry = self._entries.get(name)
         if entry is None or entry.version != version:
@@ -421,8 +421,8 @@ class AdapterPool:
 
     def _stack_group(self, key: str) -> int:
         """Blends after plain adapters in the stacked blocks: a blend is served in place of its sources, so
-        a batch of blends reads their blocks only, not the sources' too (measured in-process, 16 rows
-        over 4 blends built in turn: 179 ms per decode step with two blocks, 146 ms with one)."""
+        a batch of blends reads their blocks only, not the sources' too: one block per decode step
+        instead of two (docs/performance.md)."""
         return int(any(r.key == key and r.kind == "blend" for r in self._resident.values()))
 
     def _by_key(self, key: str) -> _Resident:

@@ -3,10 +3,11 @@
 bitsandbytes' CPU 4-bit kernel rounds every layer input to bf16, so a difference in the last fp32 bit
 anywhere upstream can flip a rounding and grow, layer by layer, into a different greedy token. SDPA is
 such a source: a row alone runs without a mask, a row in a left-padded batch with one, and the two take
-different kernels and summation orders (measured: 0.24 logits apart after one step on SmolLM2). Here
-attention accumulates in float64 — products of float32 values are exact in float64 and the order of the
-sums shifts results by about 1e-16, far below float32's resolution — and rounds back once, so a row's
-output is the same alone or beside any other rows, padded or not, in prefill and in decoding.
+different kernels and summation orders (their logits differ after one step on SmolLM2; see
+docs/performance.md). Here attention accumulates in float64 — products of float32 values are exact in
+float64 and the order of the sums shifts results by about 1e-16, far below float32's resolution — and
+rounds back once, so a row's output is the same alone or beside any other rows, padded or not, in
+prefill and in decoding.
 """
 
 from __future__ import annotations

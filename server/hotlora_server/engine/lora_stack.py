@@ -1,15 +1,15 @@
 """Every row's LoRA delta for every resident adapter in a few matmuls per layer (Punica/S-LoRA).
 
-PEFT's mixed-batch path (`adapter_names`) loops over the adapters of a batch in every layer and routes
-rows through hooks it installs at each forward: with 8 adapters in a batch of 16 that loop costs more
-than the base model (measured: 59 vs 207 tokens/s). Here each LoRA layer keeps the A matrices of the
-stackable resident adapters concatenated along the rank and the B matrices, pre-scaled, likewise, both
-stored transposed (`A.T: [in, W]`, `B.T: [W, out]`), in blocks of about `BLOCK` columns; adapter `k`
-owns the columns `[start_k, stop_k)` of one block. A prefill (many tokens per row, compute-bound) runs
-each adapter's own columns over its own rows only; a decode step multiplies each row by its own
-adapter's columns. On a float32 CPU both go through the fixed-order kernels (`cpu.kernels`: a row's
-delta has the same bits alone and in any batch, by construction); elsewhere through torch, a decode
-step for each block some row uses as
+PEFT's mixed-batch path (`adapter_names`) loops over the adapters of a batch in every layer and routes rows
+through hooks it installs at each forward: with 8 adapters in a batch of 16 that loop costs more than the
+base model itself (docs/performance.md, "Design measurements"). Here each LoRA layer keeps the A matrices
+of the stackable resident adapters concatenated along the rank and the B matrices, pre-scaled, likewise,
+both stored transposed (`A.T: [in, W]`, `B.T: [W, out]`), in blocks of about `BLOCK` columns; adapter `k`
+owns the columns `[start_k, stop_k)` of one block. A prefill (many tokens per row, compute-bound) runs each
+adapter's own columns over its own rows only; a decode step multiplies each row by its own adapter's
+columns. On a float32 CPU both go through the fixed-order kernels (`cpu.kernels`: a row's delta has the
+same bits alone and in any batch, by construction); elsewhere through torch, a decode step for each block
+some row uses as
 
     delta += ((x @ A.T) * mask) @ B.T
 

@@ -1,11 +1,11 @@
 """Serving one adapter merged, without ever writing the quantized base.
 
-PEFT's `merge_adapter` on a 4-bit base re-quantizes W + BA: lossy (measured here with a random r=8 adapter
-on SmolLM2: the merged model's top token differed from the unmerged one), and `unmerge_adapter`
-re-quantizes again, so the base drifts. Instead, each targeted layer's quantized base module is swapped
-for a dense `nn.Linear` holding dequant(W) + delta in the compute dtype, and unmerging swaps the original
-module back. The quantized weights are only read, so base output after any number of merges is
-bit-identical to a fresh start; the price is the dense copy's memory while merged.
+PEFT's `merge_adapter` on a 4-bit base re-quantizes W + BA: lossy enough to change the top token (see
+docs/performance.md, "Design measurements"), and `unmerge_adapter` re-quantizes again, so the base
+drifts. Instead, each targeted layer's quantized base module is swapped for a dense `nn.Linear` holding
+dequant(W) + delta in the compute dtype, and unmerging swaps the original module back. The quantized
+weights are only read, so base output after any number of merges is bit-identical to a fresh start; the
+price is the dense copy's memory while merged.
 """
 
 from __future__ import annotations

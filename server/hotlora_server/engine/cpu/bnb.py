@@ -1,7 +1,7 @@
 """Keep bitsandbytes' CPU-packed 4-bit weights exact (and packed) when PEFT touches the model.
 
 On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit weight into a faster layout at its first
-inference forward (~1.6x decode throughput at batch 16, measured here). Anything that calls
+inference forward (docs/performance.md has the gain). Anything that calls
 `state_dict()` afterwards — PEFT does, to load, blend or save an adapter — makes bitsandbytes unpack it
 again, and its inverse leaves `absmax` transposed in bf16, so the next forward repacks garbage: the base
 model's output is silently corrupted. Two remedies, for two needs:
@@ -12,7 +12,7 @@ model's output is silently corrupted. Two remedies, for two needs:
 
 `PackedDecode` calls the packed kernel itself: bitsandbytes' Python path around it (dtype and shape checks,
 a tensor comparison to tell nf4 from fp4, four dispatches) costs more than the kernel on a model this
-small (measured on SmolLM2's 210 layers at one row: 15.5 ms per step, 6.0 ms calling the kernel directly).
+small (docs/performance.md, "Design measurements").
 """
 
 from __future__ import annotations

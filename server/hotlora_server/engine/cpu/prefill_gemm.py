@@ -2,8 +2,8 @@
 
 bitsandbytes' CPU kernel for 4-bit weights dequantizes and multiplies in one pass at about the same cost
 per row for any number of rows: right for a decode step (a few rows), slow for a prefill (hundreds of
-rows; measured on SmolLM2's 210 layers: 1.09 s for 640 tokens, against 0.14 s for bf16 GEMMs on the
-dequantized weights, AMX here, plus 19 ms to dequantize them; 82 ms vs 44 ms for one 40-token prompt).
+rows, where bf16 GEMMs on the dequantized weights are several times faster, dequantizing included:
+docs/performance.md, "Design measurements").
 So during a prefill each 4-bit layer dequantizes its weight to bf16 and multiplies by GEMM, as
 bitsandbytes itself does on CUDA for inputs of more than one row.
 A bf16 GEMM's kernel depends on its row count, so a row's result would depend on how many rows share the
@@ -14,9 +14,8 @@ Dequantizing needs bitsandbytes' standard layout, which its CPU kernel replaces 
 first forward: a copy of the standard-layout 4-bit data is kept (half a byte per weight).
 Within a memory budget (`--cpu-prefill-cache-gb`) a layer keeps its dequantized bf16 weight instead,
 reordered once into oneDNN's blocked layout (as inductor does for frozen CPU linears): its prefill GEMMs
-then neither dequantize nor reorder the weight (measured on SmolLM2 over 8 adapters, alternating in one
-process: a 14-prompt group 339 → 284 ms, a lone prompt 147 → 114 ms, medians), with the same bits as
-`linear`.
+then neither dequantize nor reorder the weight, which shortens every prefill (docs/performance.md), with
+the same bits as `linear`.
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ class _PrefillPath:
         self.module = module
         self.decode = module.forward
         self.state = copy.deepcopy(module.weight.quant_state)
-        self.state.dtype = torch.bfloat16  # dequantize straight to bf16: 19 ms for SmolLM2, not 48 via fp32
+        self.state.dtype = torch.bfloat16  # straight to bf16: over twice as fast as via fp32
         self.data = None if cache else module.weight.data.clone()
         self.cached = packed_linear(dequantize_4bit(module.weight.data, self.state)) if cache else None
 
@@ -100,10 +99,9 @@ def install(model: torch.nn.Module, cache_bytes: int) -> tuple[int, int]:
 def warm_up(model: torch.nn.Module) -> None:
     """Run one short prefill, so that none of the server's prefills is the process's first.
 
-    The first bf16 GEMMs of a process sometimes give other bits than every later call (measured with the
-    embedded model: 2 of 8 fresh servers answered their first greedy request differently from later
-    identical ones, cached weights or not; 0 of 24 after a warm-up prefill), which breaks the promise
-    that an output does not depend on when it was asked.
+    The first bf16 GEMMs of a process sometimes give other bits than every later call (seen with the
+    embedded model, cached weights or not; never after a warm-up prefill: docs/performance.md), which
+    breaks the promise that an output does not depend on when it was asked.
     """
     with prefilling():
         model(input_ids=torch.zeros((1, 4), dtype=torch.long, device=next(model.parameters()).device))
