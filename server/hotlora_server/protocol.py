@@ -114,15 +114,20 @@ _UNSUPPORTED = {
     "tool_choice": "tool calling",
     "functions": "function calling",
     "function_call": "function calling",
-    "logit_bias": "logit_bias",
     "audio": "audio output",
     "prediction": "predicted outputs",
 }
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+TopK = Annotated[int, Field(ge=-1)]  # vLLM's: 0 (or -1) is off; more than the vocabulary keeps it all
+MinP = Annotated[float, Field(ge=0.0, le=1.0)]
+RepetitionPenalty = Annotated[float, Field(gt=0.0)]  # vLLM's range: any finite positive number
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
+MAX_LOGIT_BIAS = 300  # entries of `logit_bias`, as OpenAI allows
+LOGIT_BIAS_RANGE = 100.0
+LogitBias = Annotated[dict[str, float], Field(max_length=MAX_LOGIT_BIAS)]
 StopSequence = Annotated[str, Field(max_length=MAX_STOP_LENGTH), AfterValidator(_characters_only)]
 StopSequences = Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES, fail_fast=True)]
 # a name that may become a folder in the store: refused with the naming rule before anything looks it up
@@ -214,6 +219,25 @@ class _SamplingFields(_BlendFields, _Lenient):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     user: Text | None = None
+    logit_bias: LogitBias | None = None
+    # vLLM's sampling extras (`extra_body` in the `openai` SDK)
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    ignore_eos: bool | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        """OpenAI's shape: token ids (decimal strings) to biases from -100 to 100. Whether an id is in the
+        vocabulary is the engine's to say (it knows the model)."""
+        for key, bias in (value or {}).items():
+            if not (key.isascii() and key.isdigit() and len(key) <= 10):
+                raise ValueError(f"`{key[:20]}` is not a token id (a non-negative integer, as a string)")
+            if abs(bias) > LOGIT_BIAS_RANGE:
+                raise ValueError(f"the bias of token {key} must be between -100 and 100 (got {bias:g})")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -232,6 +256,14 @@ class _SamplingFields(_BlendFields, _Lenient):
             raise ValueError("`stream_options` is only allowed when `stream` is true")
         self.blend_spec(self.model)  # a malformed blend is a 400 like any other invalid field
         return self
+
+    def check_min_tokens(self, max_tokens: int | None) -> None:
+        if self.min_tokens is not None and max_tokens is not None and self.min_tokens > max_tokens:
+            raise ValueError(f"`min_tokens` ({self.min_tokens}) must not exceed max_tokens ({max_tokens})")
+
+    def token_bias(self) -> tuple[tuple[int, float], ...]:
+        """`logit_bias` by token id, each id once (`"7"` and `"07"` are one token: the last one counts)."""
+        return tuple(sorted({int(key): bias for key, bias in (self.logit_bias or {}).items()}.items()))
 
     def stop_sequences(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -255,6 +287,7 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("`top_logprobs` requires `logprobs` to be true")
         if self.response_format and self.response_format.get("type") not in (None, "text"):
             raise ValueError("`response_format`: only {'type': 'text'} is supported by this server")
+        self.check_min_tokens(self.token_limit())
         return self
 
     def token_limit(self) -> int | None:
@@ -286,6 +319,7 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("`suffix` (insertion) is not supported by this server")
         if self.best_of is not None and self.best_of != (self.n or 1):
             raise ValueError("`best_of` other than `n` is not supported by this server")
+        self.check_min_tokens(self.max_tokens)
         return self
 
     def prompt_text(self) -> str:

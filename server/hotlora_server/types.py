@@ -15,17 +15,23 @@ FinishReason = Literal["stop", "length"]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-row decoding options, already validated by the protocol layer."""
+    """Per-row decoding options, already validated by the protocol layer (None: off)."""
 
     max_tokens: int | None = None  # None: up to the end of the context window
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int | None = None  # vLLM's: 0 or -1 is off
+    min_p: float | None = None  # vLLM's: tokens below min_p x the top token's probability are dropped
+    repetition_penalty: float | None = None  # HF's and vLLM's: over the prompt's and the output's tokens
     seed: int | None = None
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: bool = False
     top_logprobs: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), ids unique
+    min_tokens: int = 0  # EOS and stop sequences do not end a row before it generated that many tokens
+    ignore_eos: bool = False  # EOS does not end a row: it runs to max_tokens (or a stop sequence)
 
 
 BlendMethod = Literal["cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune"]

@@ -16,12 +16,18 @@ def _sampling(req: p._SamplingFields, max_tokens: int | None, logprobs: bool, to
         max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k,
+        min_p=req.min_p,
+        repetition_penalty=req.repetition_penalty,
         seed=req.seed,
         stop=req.stop_sequences(),
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        logit_bias=req.token_bias(),
+        min_tokens=req.min_tokens or 0,
+        ignore_eos=bool(req.ignore_eos),
     )
 
 

@@ -233,6 +233,13 @@ class Engine:
             catalog.get(request.model)
         if request.n > self._settings.max_n:
             raise InvalidRequestError(f"n must be at most {self._settings.max_n} (--max-n)", param="n")
+        outside = [token for token, _ in request.sampling.logit_bias if token >= loaded.vocab_size]
+        if outside:
+            raise InvalidRequestError(
+                f"`logit_bias` names token {outside[0]}, outside this model's vocabulary (ids 0 to "
+                f"{loaded.vocab_size - 1})",
+                param="logit_bias",
+            )
         assert self._prompts is not None
         prompt_ids = self._prompts.encode(request)
         room = loaded.context_length - len(prompt_ids)

@@ -49,6 +49,7 @@ class LoadedModel:
     kernels: CpuKernels | None = None  # the CPU's fixed-order kernels; None: torch's own ops
     kernel: str = ""  # how the base's layers multiply (the path chosen at load)
     batch_invariant: bool = False  # whether a request's output is independent of its batch
+    vocab_size: int = 0  # the logits' width: token ids a request may name (logit_bias)
 
 
 def resolve_model(settings: Settings) -> tuple[str, Path | str]:
@@ -113,4 +114,5 @@ def load_model(settings: Settings) -> LoadedModel:
         kernels=kernels,
         kernel=kernel,
         batch_invariant=invariant,
+        vocab_size=int(model.config.vocab_size),
     )

@@ -1,0 +1,153 @@
+"""OpenAI's and vLLM's extras on the tiny engine: logit_bias, top_k, min_p, repetition_penalty, min_tokens,
+ignore_eos (each row with its own)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from conftest import ADAPTER_NAME, TINY_NAME, chat_request, collect
+
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "Tell me about the sea."}]
+
+
+def _chat(client: Any, **extra: Any) -> dict[str, Any]:
+    body = {"model": TINY_NAME, "messages": MESSAGES, "max_tokens": 8, "temperature": 0, **extra}
+    response = client.post(CHAT, json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _content(reply: dict[str, Any]) -> str:
+    return reply["choices"][0]["message"]["content"]
+
+
+def _ending(reply: dict[str, Any]) -> tuple[str, int]:
+    return reply["choices"][0]["finish_reason"], reply["usage"]["completion_tokens"]
+
+
+# -- logit_bias ----------------------------------------------------------------------------------------
+
+
+def test_logit_bias_of_100_forces_a_token(client: Any, real_tokenizer: Any) -> None:
+    token = real_tokenizer.encode(" ocean", add_special_tokens=False)[0]
+    expected = real_tokenizer.decode([token] * 4, clean_up_tokenization_spaces=False)
+    for temperature in (0, 1.0):
+        reply = _chat(client, logit_bias={str(token): 100}, max_tokens=4, temperature=temperature, seed=1)
+        assert _content(reply) == expected
+    completion = client.post("/v1/completions", json={"model": TINY_NAME, "prompt": "The sea", "max_tokens": 3,
+                                                      "logit_bias": {str(token): 100}})  # fmt: skip
+    assert completion.json()["choices"][0]["text"] == real_tokenizer.decode([token] * 3)
+
+
+def test_logit_bias_of_minus_100_bans_the_greedy_choice(client: Any, real_tokenizer: Any) -> None:
+    first = _chat(client, max_tokens=1, logprobs=True)["choices"][0]["logprobs"]["content"][0]["token"]
+    token = real_tokenizer.convert_tokens_to_ids(real_tokenizer.tokenize(first))[0]
+    banned = _chat(client, max_tokens=1, logit_bias={str(token): -100}, logprobs=True)
+    assert banned["choices"][0]["logprobs"]["content"][0]["token"] != first
+
+
+# -- min_tokens, ignore_eos: EOS forced by logit_bias ----------------------------------------------------
+
+
+def test_min_tokens_and_ignore_eos_hold_back_an_eos(client: Any, real_tokenizer: Any) -> None:
+    eos = {str(real_tokenizer.eos_token_id): 100}
+    assert _ending(_chat(client, logit_bias=eos)) == ("stop", 1)  # EOS at once
+    assert _ending(_chat(client, logit_bias=eos, min_tokens=3)) == ("stop", 4)  # three tokens, then EOS
+    assert _ending(_chat(client, logit_bias=eos, ignore_eos=True)) == ("length", 8)  # to max_tokens
+    assert _ending(_chat(client, logit_bias=eos, ignore_eos=True, min_tokens=8)) == ("length", 8)
+    assert _content(_chat(client, logit_bias=eos, ignore_eos=True)) == ""  # EOS has no text
+    completion = client.post("/v1/completions", json={"model": TINY_NAME, "prompt": "Hi", "max_tokens": 5,
+                                                      "logit_bias": eos, "min_tokens": 2})  # fmt: skip
+    assert completion.json()["usage"]["completion_tokens"] == 3
+
+
+def test_stop_sequences_count_only_after_min_tokens(client: Any) -> None:
+    """As vLLM: a stop sequence in the first `min_tokens` tokens does not end the row."""
+    full = _content(_chat(client))
+    assert full
+    assert _content(_chat(client, stop=full[0])) == ""
+    held = _chat(client, stop=full[0], min_tokens=3)
+    assert full.startswith(_content(held)) and _content(held).startswith(full[0])
+    assert held["usage"]["completion_tokens"] >= 3
+
+
+# -- vLLM's extras through the API -------------------------------------------------------------------------
+
+
+def test_top_k_one_is_greedy_through_the_api(client: Any) -> None:
+    greedy = _content(_chat(client, max_tokens=12))
+    for seed in (1, 2):
+        assert _content(_chat(client, max_tokens=12, temperature=1.5, seed=seed, top_k=1)) == greedy
+        assert _content(_chat(client, max_tokens=12, temperature=1.5, seed=seed, min_p=1.0)) == greedy
+
+
+def test_repetition_penalty_counts_the_prompt_s_tokens(client: Any, real_tokenizer: Any) -> None:
+    """A token made the greedy choice by a bias is penalized when the prompt holds it (vLLM and HF count the
+    prompt), and not when it does not."""
+    token = real_tokenizer.encode(" sea", add_special_tokens=False)[0]
+    first = real_tokenizer.decode([token])
+    bias = {str(token): 10}
+    assert _content(_chat(client, max_tokens=1, logit_bias=bias)) == first  # the prompt holds " sea"
+    assert _content(_chat(client, max_tokens=1, logit_bias=bias, repetition_penalty=1000.0)) != first
+    lake = [{"role": "user", "content": "Tell me about the lake."}]
+    assert _content(_chat(client, messages=lake, max_tokens=1, logit_bias=bias, repetition_penalty=1000.0)) == first
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"logit_bias": {"abc": 1}}, "logit_bias"), ({"logit_bias": {"-1": 1}}, "logit_bias"),
+     ({"logit_bias": {"5": 100.5}}, "logit_bias"), ({"logit_bias": {"5": "1"}}, "logit_bias"),
+     ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+     ({"logit_bias": {"49152": 1}}, "logit_bias"),  # beyond the vocabulary: the engine says so
+     ({"top_k": -2}, "top_k"), ({"top_k": 1.5}, "top_k"), ({"min_p": 1.5}, "min_p"), ({"min_p": -0.1}, "min_p"),
+     ({"repetition_penalty": 0}, "repetition_penalty"), ({"repetition_penalty": -1.0}, "repetition_penalty"),
+     ({"min_tokens": -1}, "min_tokens"), ({"min_tokens": 9}, "min_tokens"), ({"ignore_eos": "yes"}, "ignore_eos")],
+)  # fmt: skip
+def test_invalid_extras_are_400_naming_the_field(client: Any, openai_error: Any, fields: dict[str, Any], param: str) -> None:
+    body = {"model": TINY_NAME, "messages": MESSAGES, "max_tokens": 8, **fields}
+    error = openai_error(client.post(CHAT, json=body), 400)
+    assert error["param"] == param or param in error["message"], error
+    completion = {"model": TINY_NAME, "prompt": "Hi", "max_tokens": 8, **fields}
+    openai_error(client.post("/v1/completions", json=completion), 400)
+
+
+def test_the_extras_are_documented_in_the_schema(client: Any) -> None:
+    fields = client.get("/openapi.json").json()["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    assert {"logit_bias", "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos"} <= set(fields)
+
+
+# -- every row with its own options --------------------------------------------------------------------------
+
+
+def _extras_cases(eos: int, token: int) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (TINY_NAME, "plain greedy row", {}),
+        (ADAPTER_NAME, "biased and sampled", {"logit_bias": ((token, 4.0),), "temperature": 0.8, "seed": 3}),
+        (TINY_NAME, "top k and min p", {"temperature": 1.2, "top_k": 5, "min_p": 0.05, "seed": 11, "n": 2}),
+        (TINY_NAME, "a penalty for repeats", {"repetition_penalty": 1.3}),
+        (ADAPTER_NAME, "held eos", {"logit_bias": ((eos, 100.0),), "min_tokens": 3}),
+        (TINY_NAME, "ignored eos", {"logit_bias": ((eos, 100.0),), "ignore_eos": True, "max_tokens": 6}),
+        (TINY_NAME, "seeded plain row", {"temperature": 0.9, "seed": 7}),
+        (ADAPTER_NAME, "plain greedy row", {}),
+    ]
+
+
+def test_each_row_gets_what_it_gets_alone(tiny_engine: Any, real_tokenizer: Any) -> None:
+    """Rows with logit_bias, top_k, min_p, repetition_penalty, min_tokens, ignore_eos beside rows without
+    any: every row's output equals its output alone (its tokens depend on its own options and seed only)."""
+    cases = _extras_cases(real_tokenizer.eos_token_id, real_tokenizer.encode(" sea", add_special_tokens=False)[0])
+
+    async def run(together: bool) -> list[tuple[dict[int, str], int]]:
+        requests = [chat_request(model, text, **extra) for model, text, extra in cases]
+        if together:
+            results = await asyncio.gather(*(collect(tiny_engine, r) for r in requests))
+        else:
+            results = [await collect(tiny_engine, r) for r in requests]
+        return [(texts, usage.completion_tokens) for texts, usage in results]
+
+    alone = asyncio.run(run(together=False))
+    assert alone[4][1] == 4 and alone[5][1] == 6  # the EOS rows: held three tokens; ignored to max_tokens
+    assert asyncio.run(run(together=True)) == alone
