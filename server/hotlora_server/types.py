@@ -69,6 +69,25 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenizeRequest:
+    """vLLM's `POST /tokenize`: a chat (rendered with the template) or a raw prompt, as token ids."""
+
+    model: str
+    messages: tuple[dict[str, str], ...] | None = None
+    prompt: str | None = None
+    add_generation_prompt: bool = True  # a chat: end with the assistant's turn opening, as a chat request does
+    add_special_tokens: bool = False  # the tokenizer's own BOS/EOS around the text (a template adds its own)
+    blend: BlendSpec | None = None
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    tokens: list[int]
+    max_model_len: int
+    token_strs: list[str] | None = None
+
+
+@dataclass(frozen=True)
 class TopLogprob:
     token: str
     logprob: float
@@ -178,6 +197,14 @@ class EngineClient(Protocol):
 
         Closing the iterator early aborts the request: its rows leave the engine at the next step.
         """
+        ...
+
+    async def tokenize(self, request: TokenizeRequest, token_strs: bool = False) -> Tokenized:
+        """The request's prompt as token ids (and their strings); raises a `HotloraError` for a bad one."""
+        ...
+
+    async def detokenize(self, model: str, tokens: list[int], blend: BlendSpec | None = None) -> str:
+        """The text of `tokens`, special tokens included; raises a `HotloraError` for ids outside the vocabulary."""
         ...
 
     async def list_adapters(self) -> list[AdapterInfo]: ...

@@ -18,6 +18,7 @@ from .limits import BodyLimitMiddleware
 from .observe import RequestObserver
 from .openapi import ERROR_RESPONSES, PLAIN_TEXT
 from .routes import build_router
+from .tokenize import build_tokenize_router
 
 
 def create_app(
@@ -62,6 +63,7 @@ def create_app(
             return JSONResponse(app.openapi())
 
     app.include_router(build_router(engine, metrics), dependencies=guard)
+    app.include_router(build_tokenize_router(engine), dependencies=guard)
     app.include_router(build_adapter_router(engine), dependencies=guard)
     return app
 

@@ -24,7 +24,17 @@ from hotlora_adapters import AdapterStore, StoreChange, StoreWatcher
 
 from ..errors import HotloraError, InvalidRequestError, OverloadedError, ServiceUnavailableError
 from ..settings import Settings
-from ..types import AdapterInfo, BlendSpec, EngineStats, GenerationEvent, GenerationRequest, ModelInfo, Usage
+from ..types import (
+    AdapterInfo,
+    BlendSpec,
+    EngineStats,
+    GenerationEvent,
+    GenerationRequest,
+    ModelInfo,
+    Tokenized,
+    TokenizeRequest,
+    Usage,
+)
 from .adapter_pool import AdapterCatalog, AdapterPool, PoolStats
 from .admin import AdapterAdmin
 from .attention import use_batch_invariant_attention
@@ -220,17 +230,22 @@ class Engine:
         assert self._admin is not None
         return self._admin
 
-    def _prepare(self, request: GenerationRequest) -> Job:
+    def _check_target(self, model: str, blend: BlendSpec | None) -> None:
+        """404 / 400 for a model that is not served (before anything is queued)."""
         loaded, catalog = self._require_ready()
+        if blend is not None:
+            catalog.check_blend(blend)
+        elif model != loaded.name:
+            catalog.get(model)
+
+    def _prepare(self, request: GenerationRequest) -> Job:
+        loaded, _ = self._require_ready()
         if self.waiting() >= self._settings.max_queue:  # refuse at once rather than slow everyone down
             raise OverloadedError(
                 f"{self._settings.max_queue} requests are already waiting (--max-queue); retry shortly",
                 retry_after=1,
             )
-        if request.blend is not None:  # 404 / 400 before anything is queued
-            catalog.check_blend(request.blend)
-        elif request.model != loaded.name:
-            catalog.get(request.model)
+        self._check_target(request.model, request.blend)
         if request.n > self._settings.max_n:
             raise InvalidRequestError(f"n must be at most {self._settings.max_n} (--max-n)", param="n")
         outside = [token for token, _ in request.sampling.logit_bias if token >= loaded.vocab_size]
@@ -247,6 +262,26 @@ class Engine:
                   emit=lambda _: None)  # fmt: skip
         self._check_kv(job)
         return job
+
+    async def tokenize(self, request: TokenizeRequest, token_strs: bool = False) -> Tokenized:
+        """`POST /tokenize`, in a worker thread (tokenizing a long text takes a while)."""
+        return await asyncio.to_thread(self._tokenize, request, token_strs)
+
+    def _tokenize(self, request: TokenizeRequest, token_strs: bool) -> Tokenized:
+        loaded, _ = self._require_ready()
+        self._check_target(request.model, request.blend)
+        assert self._prompts is not None
+        ids, names = self._prompts.tokenize(request, token_strs)
+        return Tokenized(tokens=ids, max_model_len=loaded.context_length, token_strs=names)
+
+    async def detokenize(self, model: str, tokens: list[int], blend: BlendSpec | None = None) -> str:
+        """`POST /detokenize`, in a worker thread."""
+        return await asyncio.to_thread(self._detokenize, model, tokens, blend)
+
+    def _detokenize(self, model: str, tokens: list[int], blend: BlendSpec | None) -> str:
+        self._check_target(model, blend)
+        assert self._prompts is not None
+        return self._prompts.detokenize(tokens)
 
     def _check_kv(self, job: Job) -> None:
         """Refuse a request whose worst case alone exceeds the KV cache budget: it would wait forever."""

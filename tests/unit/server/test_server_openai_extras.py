@@ -1,5 +1,5 @@
 """OpenAI's and vLLM's extras on the tiny engine: logit_bias, top_k, min_p, repetition_penalty, min_tokens,
-ignore_eos (each row with its own)."""
+ignore_eos (each row with its own), and `/tokenize` and `/detokenize`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import ADAPTER_NAME, TINY_NAME, chat_request, collect
+from conftest import ADAPTER_NAME, API_KEY, TINY_CONTEXT, TINY_NAME, chat_request, collect
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Tell me about the sea."}]
@@ -151,3 +151,68 @@ def test_each_row_gets_what_it_gets_alone(tiny_engine: Any, real_tokenizer: Any)
     alone = asyncio.run(run(together=False))
     assert alone[4][1] == 4 and alone[5][1] == 6  # the EOS rows: held three tokens; ignored to max_tokens
     assert asyncio.run(run(together=True)) == alone
+
+
+# -- /tokenize and /detokenize -------------------------------------------------------------------------------
+
+
+def test_tokenize_a_prompt_and_read_it_back(client: Any, real_tokenizer: Any) -> None:
+    text = "Hello world, the sea is deep."
+    reply = client.post("/tokenize", json={"model": TINY_NAME, "prompt": text})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    expected = real_tokenizer(text)["input_ids"]
+    assert body == {"count": len(expected), "max_model_len": TINY_CONTEXT, "tokens": expected}
+    back = client.post("/detokenize", json={"model": TINY_NAME, "tokens": body["tokens"]})
+    assert back.status_code == 200 and back.json() == {"prompt": text}
+
+
+def test_tokenize_a_chat_as_a_chat_request_is(client: Any, real_tokenizer: Any) -> None:
+    template = real_tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    expected = real_tokenizer(template, add_special_tokens=False)["input_ids"]
+    body = client.post("/tokenize", json={"messages": MESSAGES}).json()  # no model: the base
+    assert body["tokens"] == expected and body["count"] == len(expected)
+    assert client.post("/detokenize", json={"tokens": expected}).json()["prompt"] == template
+    bare = client.post("/tokenize", json={"messages": MESSAGES, "add_generation_prompt": False}).json()
+    assert bare["tokens"] == expected[: bare["count"]] and bare["count"] < body["count"]
+    # the prompt a chat completion counts is the same
+    usage = _chat(client, max_tokens=1)["usage"]
+    assert usage["prompt_tokens"] == body["count"]
+
+
+def test_tokenize_options_and_adapters(client: Any, real_tokenizer: Any) -> None:
+    text = "Hi there"
+    base = client.post("/tokenize", json={"prompt": text, "return_token_strs": True}).json()
+    assert base["token_strs"] == real_tokenizer.convert_ids_to_tokens(base["tokens"])
+    assert client.post("/tokenize", json={"model": ADAPTER_NAME, "prompt": text}).json()["tokens"] == base["tokens"]
+    special = client.post("/tokenize", json={"prompt": text, "add_special_tokens": False}).json()
+    assert special["tokens"] == real_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [("/tokenize", {"model": "no-such-model", "prompt": "x"}, 404, "model"),
+     ("/detokenize", {"model": "no-such-model", "tokens": [1]}, 404, "model"),
+     ("/tokenize", {"prompt": "x", "messages": MESSAGES}, 400, None),
+     ("/tokenize", {"model": TINY_NAME}, 400, None),
+     ("/tokenize", {"prompt": "x", "tools": [{"type": "function"}]}, 400, None),
+     ("/tokenize", {"prompt": 7}, 400, "prompt"),
+     ("/tokenize", {"prompt": "word " * 600}, 400, "prompt"),  # beyond the context (256 tokens)
+     ("/tokenize", {"prompt": "word " * 100_000}, 400, "prompt"),  # refused by its characters
+     ("/detokenize", {"tokens": [49152]}, 400, "tokens"),  # outside the vocabulary
+     ("/detokenize", {"tokens": [-1]}, 400, "tokens"),
+     ("/detokenize", {"tokens": [1] * (TINY_CONTEXT + 1)}, 400, "tokens"),
+     ("/detokenize", {"tokens": "1 2"}, 400, "tokens")],
+)  # fmt: skip
+def test_bad_tokenizer_requests(client: Any, openai_error: Any, path: str, body: dict[str, Any], status: int,
+                                param: str | None) -> None:  # fmt: skip
+    error = openai_error(client.post(path, json=body), status)
+    if param is not None:
+        assert error["param"] == param or param in error["message"], error
+
+
+def test_tokenizer_routes_need_the_api_key(keyed_client: Any, openai_error: Any) -> None:
+    openai_error(keyed_client.post("/tokenize", json={"prompt": "x"}), 401)
+    openai_error(keyed_client.post("/detokenize", json={"tokens": [1]}), 401)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    assert keyed_client.post("/tokenize", json={"prompt": "x"}, headers=auth).status_code == 200
