@@ -7,13 +7,14 @@ tests and embedders construct settings explicitly.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationInfo, field_validator
 
 from hotlora_adapters import default_home_dir, default_store_dir
 
@@ -26,6 +27,8 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 _PATH_LISTS = {"allow_adapter_dir"}  # list settings: `os.pathsep`-separated in the environment
 _EMPTY_IS_AN_ERROR = {"api_key"}  # an empty value is refused rather than read as "not given"
 _HOST_NAME = re.compile(r"\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")  # a name, `.name` (and its subdomains) or `*`
+_ORIGIN = re.compile(r"\*|[a-z][a-z0-9+.-]*://[^/\s?#]+")  # `*` or scheme://host[:port], as browsers send it
+_TOKEN = re.compile(r"\*|[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP method or header name (RFC 9110 token)
 
 
 class Settings(BaseModel):
@@ -46,6 +49,11 @@ class Settings(BaseModel):
         (), description="Host names served besides localhost and IP addresses (Django's ALLOWED_HOSTS)"
     )
     insecure_no_api_key: bool = Field(False, description="serve beyond loopback without an API key")
+    allowed_origins: tuple[str, ...] = Field(
+        (), description="web origins allowed to call the API from a browser (CORS; none: CORS off), `*` any"
+    )
+    allowed_methods: tuple[str, ...] = Field(("*",), description="HTTP methods allowed to those origins (CORS)")
+    allowed_headers: tuple[str, ...] = Field(("*",), description="request headers allowed to those origins (CORS)")
     home: Path
     adapters_dir: Path
     allow_adapter_dir: tuple[Path, ...] = ()
@@ -109,6 +117,29 @@ class Settings(BaseModel):
             )
         return tuple(hosts)
 
+    @field_validator("allowed_origins", "allowed_methods", "allowed_headers", mode="before")
+    @classmethod
+    def _cors_list(cls, value: Any, info: ValidationInfo) -> Any:
+        """Comma-separated, repeated, or one JSON list (vLLM's form: `--allowed-origins '["https://a.example"]'`)."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            return value
+        entries: list[str] = []
+        for item in items:
+            text = str(item).strip()
+            parsed = _json_list(text) if text.startswith("[") else text.split(",")
+            entries.extend(e.strip() for e in parsed if e.strip())
+        if info.field_name == "allowed_origins":
+            entries = [e.lower().rstrip("/") for e in entries]
+            bad = [e for e in entries if not _ORIGIN.fullmatch(e)]
+            what = "origins such as `https://app.example.com` or `http://localhost:3000` (scheme, host, port; no path), or `*`"
+        else:
+            bad = [e for e in entries if not _TOKEN.fullmatch(e)]
+            what = "names such as `GET` or `Content-Type`, or `*`"
+        if bad:
+            raise ValueError(f"not valid: {', '.join(bad)} (give {what})")
+        return tuple(entries)
+
     @property
     def host_check(self) -> tuple[str, ...] | None:
         """The `Host` names served besides localhost and IP addresses, or None: any. Without an API key
@@ -153,6 +184,16 @@ class Settings(BaseModel):
         store = values.get("adapters_dir") or default_store_dir({**env, "HOTLORA_HOME": str(home)})
         values["adapters_dir"] = Path(store).expanduser()
         return cls.model_validate(values)
+
+
+def _json_list(text: str) -> list[str]:
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{text[:80]!r} is not a JSON list ({exc})") from None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"{text[:80]!r} is not a JSON list of strings")
+    return items
 
 
 def is_loopback(host: str) -> bool:

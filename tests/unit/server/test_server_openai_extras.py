@@ -1,5 +1,5 @@
 """OpenAI's and vLLM's extras on the tiny engine: logit_bias, top_k, min_p, repetition_penalty, min_tokens,
-ignore_eos (each row with its own), and `/tokenize` and `/detokenize`."""
+ignore_eos (each row with its own), `/tokenize` and `/detokenize`, and CORS."""
 
 from __future__ import annotations
 
@@ -216,3 +216,59 @@ def test_tokenizer_routes_need_the_api_key(keyed_client: Any, openai_error: Any)
     openai_error(keyed_client.post("/detokenize", json={"tokens": [1]}), 401)
     auth = {"Authorization": f"Bearer {API_KEY}"}
     assert keyed_client.post("/tokenize", json={"prompt": "x"}, headers=auth).status_code == 200
+
+
+# -- CORS ------------------------------------------------------------------------------------------------------
+
+ORIGIN = "https://app.example"
+PREFLIGHT = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+             "Access-Control-Request-Headers": "authorization, content-type"}  # fmt: skip
+
+
+def _app_client(engine: Any, **options: Any) -> Any:
+    from fastapi.testclient import TestClient
+
+    from hotlora_server.api import create_app
+
+    return TestClient(create_app(engine, **options), base_url="http://localhost")
+
+
+def test_cors_preflight_is_answered_without_the_key_and_requests_still_need_it(tiny_engine: Any) -> None:
+    with _app_client(tiny_engine, api_key=API_KEY, allowed_origins=[ORIGIN]) as web:
+        preflight = web.options(CHAT, headers=PREFLIGHT)
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == ORIGIN
+        assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+        body = {"model": TINY_NAME, "messages": MESSAGES, "max_tokens": 2, "temperature": 0}
+        keyless = web.post(CHAT, json=body, headers={"Origin": ORIGIN})
+        assert keyless.status_code == 401  # the page may read why
+        assert keyless.headers["access-control-allow-origin"] == ORIGIN
+        keyed = web.post(CHAT, json=body, headers={"Origin": ORIGIN, "Authorization": f"Bearer {API_KEY}"})
+        assert keyed.status_code == 200
+        assert keyed.headers["access-control-allow-origin"] == ORIGIN
+        assert "x-request-id" in keyed.headers["access-control-expose-headers"].lower()
+
+
+def test_cors_refuses_other_origins(tiny_engine: Any) -> None:
+    with _app_client(tiny_engine, api_key=API_KEY, allowed_origins=[ORIGIN]) as web:
+        other = web.options(CHAT, headers={**PREFLIGHT, "Origin": "https://evil.example"})
+        assert other.status_code == 400
+        assert "access-control-allow-origin" not in other.headers
+        plain = web.get("/v1/models", headers={"Origin": "https://evil.example", "Authorization": f"Bearer {API_KEY}"})
+        assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
+
+
+def test_cors_is_off_by_default(tiny_engine: Any) -> None:
+    with _app_client(tiny_engine, api_key=API_KEY) as web:
+        preflight = web.options(CHAT, headers=PREFLIGHT)
+        assert preflight.status_code in (401, 405)
+        assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_cors_does_not_open_the_host_guard(tiny_engine: Any) -> None:
+    """A keyless server with CORS still answers a rebound name with 403, preflight included."""
+    with _app_client(tiny_engine, allowed_hosts=(), allowed_origins=["*"]) as web:
+        assert web.options(CHAT, headers=PREFLIGHT).headers["access-control-allow-origin"] == "*"
+        rebound = web.options(CHAT, headers={**PREFLIGHT, "Host": "evil.example"})
+        assert rebound.status_code == 403
+        assert "access-control-allow-origin" not in rebound.headers

@@ -174,3 +174,37 @@ def test_fetch_reports_a_missing_model_folder(tmp_path: Path, monkeypatch: pytes
     empty.mkdir()
     assert cli.main(["fetch", "--model", str(empty)]) == 1
     assert "config.json" in capsys.readouterr().err
+
+
+# -- CORS ---------------------------------------------------------------------
+
+
+def test_cors_defaults(tmp_path: Path) -> None:
+    settings = Settings.build({}, {"HOTLORA_HOME": str(tmp_path)})
+    assert settings.allowed_origins == ()  # CORS off
+    assert settings.allowed_methods == ("*",) and settings.allowed_headers == ("*",)
+
+
+def test_cors_flags_take_lists_repeated_or_as_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
+    args = cli.build_parser().parse_args(
+        ["serve", "--allowed-origins", "https://App.example/,http://localhost:3000", "--allowed-origins",
+         '["https://b.example"]', "--allowed-methods", "GET,POST", "--allowed-headers", "Authorization",
+         "--allowed-headers", "Content-Type"]
+    )  # fmt: skip
+    settings = cli._settings(args)
+    assert settings.allowed_origins == ("https://app.example", "http://localhost:3000", "https://b.example")
+    assert settings.allowed_methods == ("GET", "POST")
+    assert settings.allowed_headers == ("Authorization", "Content-Type")
+    env = {"HOTLORA_HOME": str(tmp_path), "HOTLORA_ALLOWED_ORIGINS": "*"}
+    assert Settings.build({}, env).allowed_origins == ("*",)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("allowed_origins", "app.example"), ("allowed_origins", "https://a.example/path"), ("allowed_origins", "[1]"),
+     ("allowed_origins", "[not json"), ("allowed_methods", "GET POST"), ("allowed_headers", "X:Y")],
+)  # fmt: skip
+def test_invalid_cors_entries_are_refused(tmp_path: Path, field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        Settings.build({field: [value]}, {"HOTLORA_HOME": str(tmp_path)})
