@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests that may wait for a place in the running batch; beyond it the server "
                             "answers 429 with Retry-After at once (default 64)")  # fmt: skip
     serve.add_argument("--max-model-len", type=int, help="cap the context window (default: the model's)")
+    serve.add_argument("--generation-config",
+                       help="where the sampling defaults of requests that leave them out come from, as vLLM's "
+                            "flag: `auto` (the model's generation_config.json; the embedded model: its card's "
+                            "temperature 0.2, top_p 0.9), `vllm` (none: temperature 1, top_p 1, ...) or a folder "
+                            "holding a generation_config.json (default auto)")  # fmt: skip
+    serve.add_argument("--override-generation-config",
+                       help="sampling defaults over those, as JSON (vLLM's flag): temperature, top_p, top_k, "
+                            "min_p, repetition_penalty, max_new_tokens, e.g. '{\"temperature\": 0.7}'")  # fmt: skip
     serve.add_argument("--max-body-bytes", type=int,
                        help="largest request body in bytes; larger ones get 413 (default 16 MiB)")  # fmt: skip
     serve.add_argument("--metrics-public", action="store_true", default=None,

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationInfo, fie
 
 from hotlora_adapters import default_home_dir, default_store_dir
 
+from .protocol import MinP, PositiveInt, RepetitionPenalty, Temperature, TopK, TopP
 
 Quantize = Literal["nf4", "fp4", "int8", "none"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -29,6 +30,26 @@ _EMPTY_IS_AN_ERROR = {"api_key"}  # an empty value is refused rather than read a
 _HOST_NAME = re.compile(r"\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")  # a name, `.name` (and its subdomains) or `*`
 _ORIGIN = re.compile(r"\*|[a-z][a-z0-9+.-]*://[^/\s?#]+")  # `*` or scheme://host[:port], as browsers send it
 _TOKEN = re.compile(r"\*|[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP method or header name (RFC 9110 token)
+
+
+class GenerationDefaults(BaseModel):
+    """Sampling defaults of a model's generation config (`generation_config.json`, vLLM's keys and ranges):
+    what a request that leaves an option out gets. `--override-generation-config` takes this shape."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    max_new_tokens: PositiveInt | None = None  # caps a request without max_tokens (within the context)
+
+    def given(self) -> dict[str, float | int]:
+        return self.model_dump(exclude_none=True)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v:g}" for k, v in self.given().items()) or "none"
 
 
 class Settings(BaseModel):
@@ -82,6 +103,15 @@ class Settings(BaseModel):
     enable_prefix_caching: bool = Field(True, description="reuse the KV of prompt prefixes already computed")
     max_queue: int = Field(64, ge=1, description="requests waiting for the running batch before 429")
     max_model_len: int | None = Field(None, ge=16)
+    generation_config: str = Field(
+        "auto",
+        min_length=1,
+        description="sampling defaults: `auto` (the model's generation config), `vllm` (none) or a folder "
+        "holding a generation_config.json (vLLM's flag)",
+    )
+    override_generation_config: GenerationDefaults = Field(
+        GenerationDefaults(), description="sampling defaults over the generation config's, as JSON (vLLM's flag)"
+    )
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body; beyond it 413")
     metrics_public: bool = Field(False, description="serve /metrics without the API key")
     shutdown_timeout: float = Field(30.0, ge=0, description="seconds SIGTERM waits for in-flight requests")
@@ -139,6 +169,19 @@ class Settings(BaseModel):
         if bad:
             raise ValueError(f"not valid: {', '.join(bad)} (give {what})")
         return tuple(entries)
+
+    @field_validator("override_generation_config", mode="before")
+    @classmethod
+    def _defaults_json(cls, value: Any) -> Any:
+        """JSON text from the flag or the environment (`{"temperature": 0.7, "top_p": 0.95}`)."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
+            if not isinstance(value, dict):
+                raise ValueError("must be a JSON object such as {\"temperature\": 0.7}")
+        return value
 
     @property
     def host_check(self) -> tuple[str, ...] | None:

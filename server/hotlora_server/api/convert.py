@@ -14,8 +14,8 @@ from ..types import Usage as EngineUsage
 def _sampling(req: p._SamplingFields, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
+        temperature=req.temperature,  # None: the model's default (the engine applies it)
+        top_p=req.top_p,
         top_k=req.top_k,
         min_p=req.min_p,
         repetition_penalty=req.repetition_penalty,

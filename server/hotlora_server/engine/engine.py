@@ -11,6 +11,7 @@ Closing a stream early sets the job's cancel flag; the scheduler drops its rows 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import queue
@@ -255,11 +256,14 @@ class Engine:
                 f"{loaded.vocab_size - 1})",
                 param="logit_bias",
             )
+        defaults = loaded.sampling_defaults
+        request = dataclasses.replace(request, sampling=request.sampling.with_defaults(defaults.given()))
         assert self._prompts is not None
         prompt_ids = self._prompts.encode(request)
         room = loaded.context_length - len(prompt_ids)
-        job = Job(request=request, prompt_ids=prompt_ids, max_new_tokens=request.sampling.max_tokens or room,
-                  emit=lambda _: None)  # fmt: skip
+        # a default (the generation config's max_new_tokens) is capped by the room left, never refused for it
+        max_new_tokens = request.sampling.max_tokens or min(defaults.max_new_tokens or room, room)
+        job = Job(request=request, prompt_ids=prompt_ids, max_new_tokens=max_new_tokens, emit=lambda _: None)
         self._check_kv(job)
         return job
 

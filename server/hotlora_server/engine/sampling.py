@@ -94,7 +94,7 @@ class RowSampler:
             )
         logits = self.process(logits)
         p = self.params
-        temperature = p.temperature
+        temperature = 1.0 if p.temperature is None else p.temperature
         if temperature < GREEDY_BELOW:  # 0, or so close that the division would overflow: greedy
             token = int(torch.argmax(logits))
         else:
@@ -103,7 +103,7 @@ class RowSampler:
                 probs = _min_p(probs, p.min_p)
             if p.top_k is not None and 0 < p.top_k < probs.shape[-1]:
                 probs = _top_k(probs, p.top_k)
-            if p.top_p < 1.0:
+            if p.top_p is not None and p.top_p < 1.0:
                 probs = _top_p(probs, p.top_p)
             token = int(torch.multinomial(probs, 1, generator=self.generator))
         self.counts[token] = self.counts.get(token, 0) + 1

@@ -1,13 +1,19 @@
 """OpenAI's and vLLM's extras on the tiny engine: logit_bias, top_k, min_p, repetition_penalty, min_tokens,
-ignore_eos (each row with its own), `/tokenize` and `/detokenize`, and CORS."""
+ignore_eos (each row with its own), `/tokenize` and `/detokenize`, CORS, and the generation config's
+sampling defaults."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import ADAPTER_NAME, API_KEY, TINY_CONTEXT, TINY_NAME, chat_request, collect
+from conftest import ADAPTER_NAME, API_KEY, TINY_CONTEXT, TINY_NAME, chat_request, collect, running_engine, tiny_settings
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Tell me about the sea."}]
@@ -272,3 +278,82 @@ def test_cors_does_not_open_the_host_guard(tiny_engine: Any) -> None:
         rebound = web.options(CHAT, headers={**PREFLIGHT, "Host": "evil.example"})
         assert rebound.status_code == 403
         assert "access-control-allow-origin" not in rebound.headers
+
+
+# -- sampling defaults from the generation config --------------------------------------------------------------
+
+
+def _defaults(tmp_path: Path, tiny_dir: Path, model_config: dict[str, Any], **flags: Any) -> dict[str, Any]:
+    from transformers import GenerationConfig
+
+    from hotlora_server.engine.loader import sampling_defaults
+
+    settings = tiny_settings(tiny_dir, tmp_path, tmp_path / "store", **flags)
+    model = SimpleNamespace(generation_config=GenerationConfig(bos_token_id=1, **model_config))
+    return sampling_defaults(settings, model, "m").given()
+
+
+def test_generation_config_defaults(tmp_path: Path, tiny_dir: Path) -> None:
+    assert _defaults(tmp_path, tiny_dir, {}) == {}
+    found = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.01, "repetition_penalty": 1.05}
+    assert _defaults(tmp_path, tiny_dir, {**found, "max_new_tokens": 64, "do_sample": True}) == {
+        **found, "max_new_tokens": 64
+    }  # fmt: skip
+    assert _defaults(tmp_path, tiny_dir, found, generation_config="vllm") == {}
+    override = '{"temperature": 0.0, "top_k": -1}'
+    assert _defaults(tmp_path, tiny_dir, found, override_generation_config=override) == {
+        **found, "temperature": 0.0, "top_k": -1
+    }  # fmt: skip
+    assert _defaults(tmp_path, tiny_dir, {}, generation_config="vllm", override_generation_config=override) == {
+        "temperature": 0.0, "top_k": -1
+    }  # fmt: skip
+
+
+def test_the_embedded_model_gets_its_card_s_defaults(tmp_path: Path, tiny_dir: Path) -> None:
+    """Its GGUF carries no generation config: temperature 0.2 and top_p 0.9, as its model card recommends,
+    unless its folder says otherwise, `vllm` turns them off or the override replaces them."""
+    assert _defaults(tmp_path, tiny_dir, {}, model=None) == {"temperature": 0.2, "top_p": 0.9}
+    assert _defaults(tmp_path, tiny_dir, {"temperature": 0.7}, model="smollm2-135m-instruct") == {
+        "temperature": 0.7, "top_p": 0.9
+    }  # fmt: skip
+    assert _defaults(tmp_path, tiny_dir, {}, model=None, generation_config="vllm") == {}
+    assert _defaults(tmp_path, tiny_dir, {}, model=None, override_generation_config='{"temperature": 1.0}') == {
+        "temperature": 1.0, "top_p": 0.9
+    }  # fmt: skip
+
+
+def test_a_generation_config_folder_and_values_out_of_range(tmp_path: Path, tiny_dir: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    from hotlora_server.engine.loader import ModelLoadError
+
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.4, "top_p": 0.8}))
+    assert _defaults(tmp_path, tiny_dir, {"temperature": 0.9}, generation_config=str(folder)) == {
+        "temperature": 0.4, "top_p": 0.8
+    }  # fmt: skip
+    with pytest.raises(ModelLoadError, match="generation_config.json"):
+        _defaults(tmp_path, tiny_dir, {}, generation_config=str(tmp_path / "nowhere"))
+    with caplog.at_level(logging.WARNING):
+        assert _defaults(tmp_path, tiny_dir, {"temperature": 5.0, "top_p": 0.5}) == {"top_p": 0.5}
+    assert "temperature" in caplog.text
+
+
+def test_requests_take_the_model_s_defaults_for_what_they_leave_out(
+    tiny_dir: Path, adapter_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder whose generation config says greedy and 3 new tokens: a request without temperature and
+    max_tokens gets exactly that; one that gives them gets its own. The defaults are in the startup log."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**config, "temperature": 0.0, "max_new_tokens": 3}))
+    settings = tiny_settings(folder, tmp_path / "home", adapter_store)
+    with caplog.at_level(logging.INFO), running_engine(settings) as engine:
+        greedy = asyncio.run(collect(engine, chat_request(TINY_NAME, "Hi", max_tokens=3, temperature=0.0)))
+        implicit = asyncio.run(collect(engine, chat_request(TINY_NAME, "Hi", max_tokens=None, temperature=None)))
+        assert implicit == greedy and implicit[1].completion_tokens == 3
+        own = asyncio.run(collect(engine, chat_request(TINY_NAME, "Hi", max_tokens=5, temperature=1.0, seed=1)))
+        greedy5 = asyncio.run(collect(engine, chat_request(TINY_NAME, "Hi", max_tokens=5, temperature=0.0)))
+        assert own[1].completion_tokens == 5 and own[0] != greedy5[0]
+    assert "temperature=0, max_new_tokens=3" in caplog.text
