@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Host names to answer besides localhost and IP addresses, comma-separated or "
                             "repeated; `.example.com` is it and its subdomains, `*` any (without an API key "
                             "other names get 403: DNS rebinding)")  # fmt: skip
+    serve.add_argument("--allowed-origins", action="append",
+                       help="web origins whose pages may call the API from a browser (CORS, vLLM's flag), "
+                            "comma-separated, repeated or a JSON list, e.g. https://app.example.com; `*` any "
+                            "(default: none, CORS off). Requests still need the API key when one is set")  # fmt: skip
+    serve.add_argument("--allowed-methods", action="append",
+                       help="with --allowed-origins: the HTTP methods those pages may use (default `*`)")
+    serve.add_argument("--allowed-headers", action="append",
+                       help="with --allowed-origins: the request headers those pages may send (default `*`)")
     serve.add_argument("--insecure-no-api-key", action="store_true", default=None,
                        help="allow a --host beyond loopback without an API key: anyone who can reach the "
                             "port can use the server and change or delete its adapters")  # fmt: skip
@@ -97,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests that may wait for a place in the running batch; beyond it the server "
                             "answers 429 with Retry-After at once (default 64)")  # fmt: skip
     serve.add_argument("--max-model-len", type=int, help="cap the context window (default: the model's)")
+    serve.add_argument("--generation-config",
+                       help="where the sampling defaults of requests that leave them out come from, as vLLM's "
+                            "flag: `auto` (the model's generation_config.json; the embedded model: its card's "
+                            "temperature 0.2, top_p 0.9), `vllm` (none: temperature 1, top_p 1, ...) or a folder "
+                            "holding a generation_config.json (default auto)")  # fmt: skip
+    serve.add_argument("--override-generation-config",
+                       help="sampling defaults over those, as JSON (vLLM's flag): temperature, top_p, top_k, "
+                            "min_p, repetition_penalty, max_new_tokens, e.g. '{\"temperature\": 0.7}'")  # fmt: skip
     serve.add_argument("--max-body-bytes", type=int,
                        help="largest request body in bytes; larger ones get 413 (default 16 MiB)")  # fmt: skip
     serve.add_argument("--metrics-public", action="store_true", default=None,
@@ -138,6 +154,9 @@ def _servable(settings: Settings) -> Settings:
     if settings.api_key is None and not is_loopback(settings.host):  # allowed by --insecure-no-api-key
         log.warning("SERVING ON %s:%d WITHOUT AN API KEY (--insecure-no-api-key): anyone who can reach this port "
                     "can use this server and change or delete its adapters", settings.host, settings.port)  # fmt: skip
+    if settings.api_key is None and "*" in settings.allowed_origins:
+        log.warning("--allowed-origins '*' without an API key: any web page a user of this machine opens can "
+                    "use this server and change or delete its adapters")  # fmt: skip
     return settings
 
 
@@ -162,7 +181,9 @@ def serve(settings: Settings) -> int:
 
     engine = Engine(settings, on_fatal=fatal)
     app = create_app(engine, api_key=settings.api_key, metrics_public=settings.metrics_public,
-                     max_body_bytes=settings.max_body_bytes, allowed_hosts=settings.host_check)  # fmt: skip
+                     max_body_bytes=settings.max_body_bytes, allowed_hosts=settings.host_check,
+                     allowed_origins=settings.allowed_origins, allowed_methods=settings.allowed_methods,
+                     allowed_headers=settings.allowed_headers)  # fmt: skip
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             log_config=None, access_log=False,  # our access log carries the request id
                             timeout_graceful_shutdown=settings.shutdown_timeout)  # fmt: skip

@@ -114,15 +114,21 @@ _UNSUPPORTED = {
     "tool_choice": "tool calling",
     "functions": "function calling",
     "function_call": "function calling",
-    "logit_bias": "logit_bias",
     "audio": "audio output",
     "prediction": "predicted outputs",
 }
 
+ModelId = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_LENGTH)]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+TopK = Annotated[int, Field(ge=-1)]  # vLLM's: 0 (or -1) is off; more than the vocabulary keeps it all
+MinP = Annotated[float, Field(ge=0.0, le=1.0)]
+RepetitionPenalty = Annotated[float, Field(gt=0.0)]  # vLLM's range: any finite positive number
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
+MAX_LOGIT_BIAS = 300  # entries of `logit_bias`, as OpenAI allows
+LOGIT_BIAS_RANGE = 100.0
+LogitBias = Annotated[dict[str, float], Field(max_length=MAX_LOGIT_BIAS)]
 StopSequence = Annotated[str, Field(max_length=MAX_STOP_LENGTH), AfterValidator(_characters_only)]
 StopSequences = Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES, fail_fast=True)]
 # a name that may become a folder in the store: refused with the naming rule before anything looks it up
@@ -203,7 +209,7 @@ def make_blend(components: list[tuple[str, float]], method: str, density: float 
 class _SamplingFields(_BlendFields, _Lenient):
     """Fields shared by chat and text completions."""
 
-    model: Annotated[str, Field(min_length=1, max_length=MAX_MODEL_LENGTH)]
+    model: ModelId
     temperature: Temperature | None = None
     top_p: TopP | None = None
     n: PositiveInt | None = None
@@ -214,6 +220,25 @@ class _SamplingFields(_BlendFields, _Lenient):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     user: Text | None = None
+    logit_bias: LogitBias | None = None
+    # vLLM's sampling extras (`extra_body` in the `openai` SDK)
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    ignore_eos: bool | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        """OpenAI's shape: token ids (decimal strings) to biases from -100 to 100. Whether an id is in the
+        vocabulary is the engine's to say (it knows the model)."""
+        for key, bias in (value or {}).items():
+            if not (key.isascii() and key.isdigit() and len(key) <= 10):
+                raise ValueError(f"`{key[:20]}` is not a token id (a non-negative integer, as a string)")
+            if abs(bias) > LOGIT_BIAS_RANGE:
+                raise ValueError(f"the bias of token {key} must be between -100 and 100 (got {bias:g})")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -233,6 +258,14 @@ class _SamplingFields(_BlendFields, _Lenient):
         self.blend_spec(self.model)  # a malformed blend is a 400 like any other invalid field
         return self
 
+    def check_min_tokens(self, max_tokens: int | None) -> None:
+        if self.min_tokens is not None and max_tokens is not None and self.min_tokens > max_tokens:
+            raise ValueError(f"`min_tokens` ({self.min_tokens}) must not exceed max_tokens ({max_tokens})")
+
+    def token_bias(self) -> tuple[tuple[int, float], ...]:
+        """`logit_bias` by token id, each id once (`"7"` and `"07"` are one token: the last one counts)."""
+        return tuple(sorted({int(key): bias for key, bias in (self.logit_bias or {}).items()}.items()))
+
     def stop_sequences(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
@@ -241,8 +274,11 @@ class _SamplingFields(_BlendFields, _Lenient):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+Messages = Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)]
+
+
 class ChatCompletionRequest(_SamplingFields):
-    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)]
+    messages: Messages
     max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = None
@@ -255,6 +291,7 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("`top_logprobs` requires `logprobs` to be true")
         if self.response_format and self.response_format.get("type") not in (None, "text"):
             raise ValueError("`response_format`: only {'type': 'text'} is supported by this server")
+        self.check_min_tokens(self.token_limit())
         return self
 
     def token_limit(self) -> int | None:
@@ -286,10 +323,71 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("`suffix` (insertion) is not supported by this server")
         if self.best_of is not None and self.best_of != (self.n or 1):
             raise ValueError("`best_of` other than `n` is not supported by this server")
+        self.check_min_tokens(self.max_tokens)
         return self
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+MAX_DETOKENIZE_TOKENS = 2**17  # a bound on validation; the engine refuses more than the context holds
+_TOKENIZE_UNSUPPORTED = {
+    "tools": "tool calling",
+    "chat_template": "a chat template per request",
+    "chat_template_kwargs": "chat template arguments",
+    "continue_final_message": "continuing the final message",
+}
+
+
+class TokenizeRequest(_BlendFields, _Lenient):
+    """vLLM's `POST /tokenize`: a raw `prompt`, or `messages` rendered with the chat template."""
+
+    model: ModelId | None = None  # the base model when left out, as vLLM
+    prompt: Text | None = None
+    messages: Messages | None = None
+    add_generation_prompt: bool = True
+    add_special_tokens: bool | None = None  # default: true for a prompt, false for messages (the template's)
+    return_token_strs: bool | None = False
+
+    @model_validator(mode="after")
+    def _check_tokenize(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either `prompt` or `messages`")
+        for name, feature in _TOKENIZE_UNSUPPORTED.items():
+            if (self.model_extra or {}).get(name) not in (None, False, [], {}):
+                raise ValueError(f"`{name}`: {feature} is not supported by this server")
+        if self.model is not None:
+            self.blend_spec(self.model)
+        return self
+
+    def special_tokens(self) -> bool:
+        return self.add_special_tokens if self.add_special_tokens is not None else self.messages is None
+
+
+class DetokenizeRequest(_BlendFields, _Lenient):
+    """vLLM's `POST /detokenize`."""
+
+    model: ModelId | None = None
+    tokens: Annotated[
+        list[Annotated[int, Field(ge=0, lt=2**63)]], Field(max_length=MAX_DETOKENIZE_TOKENS, fail_fast=True)
+    ]
+
+    @model_validator(mode="after")
+    def _check_detokenize(self) -> DetokenizeRequest:
+        if self.model is not None:
+            self.blend_spec(self.model)
+        return self
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 # -- responses --------------------------------------------------------------------------------------

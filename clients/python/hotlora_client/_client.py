@@ -149,7 +149,8 @@ class Client(_BaseClient["Client"]):
         """A chat completion. `messages`: a list of `{"role", "content"}` dicts, or a text (one user turn).
         The target: `model=` (the base id, an adapter's name or `"a*0.7+b*0.3"`), `adapter="name"`, or
         `blend={"a": 0.7, "b": 0.3}` (with `blend_method=`, `density=`); none of them: the base model.
-        The other keyword arguments are OpenAI's (`max_tokens`, `temperature`, `seed`, `stop`, …).
+        The other keyword arguments are OpenAI's (`max_tokens`, `temperature`, `seed`, `stop`, `logit_bias`, …)
+        and vLLM's sampling extras (`top_k`, `min_p`, `repetition_penalty`, `min_tokens`, `ignore_eos`).
         With `stream=True`, a `Stream` of chunks (`.text_stream` for the text alone)."""
         return self._run(_core.chat(self._config, messages, stream, params))
 

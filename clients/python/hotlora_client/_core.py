@@ -339,6 +339,8 @@ def generation_body(config: Config, params: Mapping[str, Any], **fields: Any) ->
     """The JSON body of a chat or text completion: the target, `fields`, the options, then `extra_body`."""
     options = {key: value for key, value in params.items() if value is not None}
     extra = options.pop("extra_body", None) or {}
+    if isinstance(options.get("logit_bias"), Mapping):  # JSON object keys are strings: token ids as text
+        options["logit_bias"] = {str(token): bias for token, bias in options["logit_bias"].items()}
     targets = {key: options.pop(key) for key in ("model", "adapter", "blend") if key in options}
     if len(targets) > 1:
         raise ValueError(f"give at most one of model, adapter and blend (got {', '.join(targets)})")

@@ -246,6 +246,13 @@ class GenerationParams(TypedDict, total=False):
     seed: int
     presence_penalty: float
     frequency_penalty: float
+    logit_bias: Mapping[int | str, float]  # token id -> bias from -100 to 100 (up to 300 tokens)
+    # vLLM's sampling extras
+    top_k: int  # the k most likely tokens only (0 or -1: off)
+    min_p: float  # drop tokens less likely than min_p x the most likely one (0 to 1)
+    repetition_penalty: float  # > 1 discourages tokens of the prompt and the output so far (HF's, vLLM's)
+    min_tokens: int  # EOS and stop sequences do not end a choice before this many tokens
+    ignore_eos: bool  # EOS does not end a choice: it runs to max_tokens (or a stop sequence)
     user: str
     stream_options: dict[str, bool]  # {"include_usage": True}: the last chunk carries `usage`
     extra_body: Mapping[str, Any]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from ..errors import ServiceUnavailableError
@@ -18,6 +19,7 @@ from .limits import BodyLimitMiddleware
 from .observe import RequestObserver
 from .openapi import ERROR_RESPONSES, PLAIN_TEXT
 from .routes import build_router
+from .tokenize import build_tokenize_router
 
 
 def create_app(
@@ -27,17 +29,27 @@ def create_app(
     metrics_public: bool = False,
     max_body_bytes: int | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    allowed_origins: Sequence[str] = (),
+    allowed_methods: Sequence[str] = ("*",),
+    allowed_headers: Sequence[str] = ("*",),
 ) -> FastAPI:
     """The OpenAI-compatible app. With `api_key`, every route but `/health` (and `/metrics` when
     `metrics_public`) requires it as a bearer token; bodies over `max_body_bytes` get 413 (None: no limit);
     with `allowed_hosts` (`Settings.host_check`), a request to any other `Host` than those, localhost and IP
-    addresses gets 403 on every route but `/health` (None: any `Host`)."""
+    addresses gets 403 on every route but `/health` (None: any `Host`). With `allowed_origins`, browsers
+    may call it from those origins (CORS), with `allowed_methods` and `allowed_headers`."""
     from .. import __version__
 
     keyed = {"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}  # guarded below
     app = FastAPI(title="hotlora", version=__version__, responses=ERROR_RESPONSES, **keyed)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)  # inside the observer: 413s are counted
+    if allowed_origins:
+        # inside the Host guard (a rebound name gets no CORS answer either), outside the routes and their API
+        # key check: a preflight (OPTIONS, no credentials) is answered here, the request itself needs the key;
+        # errors (401, 413) carry the CORS headers, so the page can read them
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=list(allowed_methods),
+                           allow_headers=list(allowed_headers), expose_headers=["X-Request-ID", "Retry-After"])  # fmt: skip
     app.add_middleware(HostGuard, allowed=allowed_hosts)  # before the body is read, after the request id
     metrics = Metrics(engine.stats)
     app.add_middleware(RequestObserver, metrics=metrics)
@@ -62,6 +74,7 @@ def create_app(
             return JSONResponse(app.openapi())
 
     app.include_router(build_router(engine, metrics), dependencies=guard)
+    app.include_router(build_tokenize_router(engine), dependencies=guard)
     app.include_router(build_adapter_router(engine), dependencies=guard)
     return app
 

@@ -7,25 +7,33 @@ from dataclasses import dataclass, field
 
 from .. import protocol as p
 from ..errors import InvalidRequestError
-from ..types import BlendSpec, ChoiceDelta, GenerationRequest, SamplingParams, TokenLogprob
+from ..types import BlendSpec, ChoiceDelta, GenerationRequest, SamplingParams, TokenizeRequest, TokenLogprob
 from ..types import Usage as EngineUsage
 
 
 def _sampling(req: p._SamplingFields, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
+        temperature=req.temperature,  # None: the model's default (the engine applies it)
+        top_p=req.top_p,
+        top_k=req.top_k,
+        min_p=req.min_p,
+        repetition_penalty=req.repetition_penalty,
         seed=req.seed,
         stop=req.stop_sequences(),
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        logit_bias=req.token_bias(),
+        min_tokens=req.min_tokens or 0,
+        ignore_eos=bool(req.ignore_eos),
     )
 
 
-def _blend(req: p._SamplingFields, base_id: str) -> BlendSpec | None:
+def _blend(req: p._SamplingFields | p.TokenizeRequest | p.DetokenizeRequest, base_id: str) -> BlendSpec | None:
+    if req.model is None:
+        return None
     if req.adapters and req.model != base_id:
         raise InvalidRequestError(
             f"`adapters` blends adapters on the base model: set `model` to '{base_id}' (or use a model "
@@ -51,6 +59,18 @@ def completion_request(req: p.CompletionRequest, request_id: str, base_id: str) 
         request_id=request_id, model=req.model, sampling=sampling, prompt=req.prompt_text(), n=req.n or 1,
         blend=_blend(req, base_id),
     )  # fmt: skip
+
+
+def tokenize_request(req: p.TokenizeRequest, base_id: str) -> TokenizeRequest:
+    messages = tuple({"role": m.template_role(), "content": m.text()} for m in req.messages) if req.messages else None
+    return TokenizeRequest(
+        model=req.model or base_id, messages=messages, prompt=req.prompt, add_generation_prompt=req.add_generation_prompt,
+        add_special_tokens=req.special_tokens(), blend=_blend(req, base_id),
+    )  # fmt: skip
+
+
+def detokenize_target(req: p.DetokenizeRequest, base_id: str) -> tuple[str, BlendSpec | None]:
+    return req.model or base_id, _blend(req, base_id)
 
 
 def usage(u: EngineUsage) -> p.Usage:

@@ -11,6 +11,7 @@ Closing a stream early sets the job's cancel flag; the scheduler drops its rows 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import queue
@@ -24,7 +25,17 @@ from hotlora_adapters import AdapterStore, StoreChange, StoreWatcher
 
 from ..errors import HotloraError, InvalidRequestError, OverloadedError, ServiceUnavailableError
 from ..settings import Settings
-from ..types import AdapterInfo, BlendSpec, EngineStats, GenerationEvent, GenerationRequest, ModelInfo, Usage
+from ..types import (
+    AdapterInfo,
+    BlendSpec,
+    EngineStats,
+    GenerationEvent,
+    GenerationRequest,
+    ModelInfo,
+    Tokenized,
+    TokenizeRequest,
+    Usage,
+)
 from .adapter_pool import AdapterCatalog, AdapterPool, PoolStats
 from .admin import AdapterAdmin
 from .attention import use_batch_invariant_attention
@@ -220,26 +231,61 @@ class Engine:
         assert self._admin is not None
         return self._admin
 
-    def _prepare(self, request: GenerationRequest) -> Job:
+    def _check_target(self, model: str, blend: BlendSpec | None) -> None:
+        """404 / 400 for a model that is not served (before anything is queued)."""
         loaded, catalog = self._require_ready()
+        if blend is not None:
+            catalog.check_blend(blend)
+        elif model != loaded.name:
+            catalog.get(model)
+
+    def _prepare(self, request: GenerationRequest) -> Job:
+        loaded, _ = self._require_ready()
         if self.waiting() >= self._settings.max_queue:  # refuse at once rather than slow everyone down
             raise OverloadedError(
                 f"{self._settings.max_queue} requests are already waiting (--max-queue); retry shortly",
                 retry_after=1,
             )
-        if request.blend is not None:  # 404 / 400 before anything is queued
-            catalog.check_blend(request.blend)
-        elif request.model != loaded.name:
-            catalog.get(request.model)
+        self._check_target(request.model, request.blend)
         if request.n > self._settings.max_n:
             raise InvalidRequestError(f"n must be at most {self._settings.max_n} (--max-n)", param="n")
+        outside = [token for token, _ in request.sampling.logit_bias if token >= loaded.vocab_size]
+        if outside:
+            raise InvalidRequestError(
+                f"`logit_bias` names token {outside[0]}, outside this model's vocabulary (ids 0 to "
+                f"{loaded.vocab_size - 1})",
+                param="logit_bias",
+            )
+        defaults = loaded.sampling_defaults
+        request = dataclasses.replace(request, sampling=request.sampling.with_defaults(defaults.given()))
         assert self._prompts is not None
         prompt_ids = self._prompts.encode(request)
         room = loaded.context_length - len(prompt_ids)
-        job = Job(request=request, prompt_ids=prompt_ids, max_new_tokens=request.sampling.max_tokens or room,
-                  emit=lambda _: None)  # fmt: skip
+        # a default (the generation config's max_new_tokens) is capped by the room left, never refused for it
+        max_new_tokens = request.sampling.max_tokens or min(defaults.max_new_tokens or room, room)
+        job = Job(request=request, prompt_ids=prompt_ids, max_new_tokens=max_new_tokens, emit=lambda _: None)
         self._check_kv(job)
         return job
+
+    async def tokenize(self, request: TokenizeRequest, token_strs: bool = False) -> Tokenized:
+        """`POST /tokenize`, in a worker thread (tokenizing a long text takes a while)."""
+        return await asyncio.to_thread(self._tokenize, request, token_strs)
+
+    def _tokenize(self, request: TokenizeRequest, token_strs: bool) -> Tokenized:
+        loaded, _ = self._require_ready()
+        self._check_target(request.model, request.blend)
+        assert self._prompts is not None
+        ids, names = self._prompts.tokenize(request, token_strs)
+        return Tokenized(tokens=ids, max_model_len=loaded.context_length, token_strs=names)
+
+    async def detokenize(self, model: str, tokens: list[int], blend: BlendSpec | None = None) -> str:
+        """`POST /detokenize`, in a worker thread."""
+        return await asyncio.to_thread(self._detokenize, model, tokens, blend)
+
+    def _detokenize(self, model: str, tokens: list[int], blend: BlendSpec | None) -> str:
+        self._check_target(model, blend)
+        assert self._prompts is not None
+        return self._prompts.detokenize(tokens)
 
     def _check_kv(self, job: Job) -> None:
         """Refuse a request whose worst case alone exceeds the KV cache budget: it would wait forever."""

@@ -14,6 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from hotlora_adapters import BaseSpec, ChatTemplateError, resolve_chat_template
 from hotlora_adapters.runtime.base_model import (
+    EMBEDDED_GENERATION_DEFAULTS,
+    EMBEDDED_MODEL_NAME,
     BaseModelError,
     base_spec,
     pick_device,
@@ -22,7 +24,7 @@ from hotlora_adapters.runtime.base_model import (
     resolve_base,
 )
 
-from ..settings import Settings
+from ..settings import GenerationDefaults, Settings
 from . import cpu
 from .cpu.kernels import CpuKernels
 
@@ -49,6 +51,8 @@ class LoadedModel:
     kernels: CpuKernels | None = None  # the CPU's fixed-order kernels; None: torch's own ops
     kernel: str = ""  # how the base's layers multiply (the path chosen at load)
     batch_invariant: bool = False  # whether a request's output is independent of its batch
+    sampling_defaults: GenerationDefaults = GenerationDefaults()  # for the options a request leaves out
+    vocab_size: int = 0  # the logits' width: token ids a request may name (logit_bias)
 
 
 def resolve_model(settings: Settings) -> tuple[str, Path | str]:
@@ -113,4 +117,44 @@ def load_model(settings: Settings) -> LoadedModel:
         kernels=kernels,
         kernel=kernel,
         batch_invariant=invariant,
+        sampling_defaults=sampling_defaults(settings, model, source),
+        vocab_size=int(model.config.vocab_size),
     )
+
+
+def sampling_defaults(settings: Settings, model: Any, source: Path | str) -> GenerationDefaults:
+    """The sampling options a request that leaves them out gets, as vLLM's `--generation-config`:
+    `auto` takes the model's generation config (the embedded model: its card's recommended values, which
+    its GGUF does not carry, under whatever its converted folder says), `vllm` none, a folder its own
+    `generation_config.json`; `--override-generation-config` goes over them. A value of the model's own
+    that is out of range is left out with a warning."""
+    mode = settings.generation_config
+    found: dict[str, Any] = {}
+    if mode == "auto":
+        if settings.model in (None, EMBEDDED_MODEL_NAME):
+            found.update(EMBEDDED_GENERATION_DEFAULTS)
+        config = getattr(model, "generation_config", None)
+        found.update(config.to_diff_dict() if config is not None else {})
+    elif mode != "vllm":
+        try:
+            found.update(transformers.GenerationConfig.from_pretrained(mode).to_diff_dict())
+        except OSError as exc:
+            raise ModelLoadError(
+                f"--generation-config {mode}: no generation_config.json there ({exc}); give `auto`, `vllm` or a "
+                "folder that holds one"
+            ) from exc
+    kept: dict[str, Any] = {}
+    for name in GenerationDefaults.model_fields:
+        if found.get(name) is None:
+            continue
+        try:
+            GenerationDefaults.model_validate({name: found[name]})
+        except ValueError:
+            log.warning("ignoring the generation config's %s=%r (%s): out of the range requests may ask for",
+                        name, found[name], source)  # fmt: skip
+            continue
+        kept[name] = found[name]
+    defaults = GenerationDefaults.model_validate({**kept, **settings.override_generation_config.given()})
+    log.info("sampling defaults for options a request leaves out (--generation-config %s%s): %s", mode,
+             ", overridden" if settings.override_generation_config.given() else "", defaults.describe())  # fmt: skip
+    return defaults

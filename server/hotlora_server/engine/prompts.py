@@ -9,18 +9,20 @@ from collections.abc import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import ContextLengthExceededError, InvalidRequestError
-from ..types import GenerationRequest
+from ..types import GenerationRequest, TokenizeRequest
 
 
-def chat_prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> str:
-    """`messages` rendered with the chat template, the generation prompt appended."""
+def chat_prompt_text(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+) -> str:
+    """`messages` rendered with the chat template, the generation prompt appended (unless told not to)."""
     if tokenizer.chat_template is None:
         raise InvalidRequestError(
             "this model has no chat template: the server can be started with --chat-template chatml (or a "
             "Jinja file), or use /v1/completions with a raw prompt",
             param="messages",
         )
-    return str(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False))
+    return str(tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=False))
 
 
 class PromptTokenizer:
@@ -39,6 +41,7 @@ class PromptTokenizer:
         self._lock = threading.Lock()
         self._context = context_length
         self._longest_token = max(map(len, tokenizer.get_vocab()), default=1)
+        self._vocab = len(tokenizer)
 
     def encode(self, request: GenerationRequest) -> list[int]:
         """The prompt's ids; `ContextLengthExceededError` unless it leaves room for the completion.
@@ -52,18 +55,47 @@ class PromptTokenizer:
                 param, text, special = "messages", chat_prompt_text(self._tokenizer, request.messages), False
             else:
                 param, text, special = "prompt", request.prompt or "", True
-            self._check_fits(len(text), wanted, param, exact=False)
+            self._check_fits(len(text), wanted or 1, param, exact=False)
             ids = list(self._tokenizer(text, add_special_tokens=special)["input_ids"])
         if not ids:
             raise InvalidRequestError("the prompt is empty", param=param)
-        self._check_fits(len(ids), wanted, param, exact=True)
+        self._check_fits(len(ids), wanted or 1, param, exact=True)
         return ids
 
-    def _check_fits(self, size: int, wanted: int | None, param: str, *, exact: bool) -> None:
+    def tokenize(self, request: TokenizeRequest, strings: bool = False) -> tuple[list[int], list[str] | None]:
+        """`POST /tokenize`: the ids (and token strings) of a chat or a prompt, bounded as a prompt is: a text
+        the context could not hold is refused (by its characters before it is tokenized)."""
+        with self._lock:
+            if request.messages is not None:
+                param = "messages"
+                text = chat_prompt_text(self._tokenizer, request.messages, request.add_generation_prompt)
+            else:
+                param, text = "prompt", request.prompt or ""
+            self._check_fits(len(text), 0, param, exact=False)
+            ids = list(self._tokenizer(text, add_special_tokens=request.add_special_tokens)["input_ids"])
+            names = [str(t) for t in self._tokenizer.convert_ids_to_tokens(ids)] if strings else None
+        self._check_fits(len(ids), 0, param, exact=True)
+        return ids, names
+
+    def detokenize(self, ids: list[int]) -> str:
+        """`POST /detokenize`: the text of `ids`, special tokens included (so a tokenized chat reads back as
+        its template made it); ids outside the vocabulary, or more than the context holds, are refused."""
+        if len(ids) > self._context:
+            raise InvalidRequestError(
+                f"{len(ids)} tokens are more than this model's context of {self._context} tokens", param="tokens"
+            )
+        unknown = [i for i in ids if i >= self._vocab]
+        if unknown:
+            raise InvalidRequestError(
+                f"token id {unknown[0]} is outside the vocabulary (ids 0 to {self._vocab - 1})", param="tokens"
+            )
+        with self._lock:
+            return str(self._tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+
+    def _check_fits(self, size: int, completion: int, param: str, *, exact: bool) -> None:
         """Refuse a prompt of `size` tokens, or (not `exact`) of `size` characters, that leaves no room
-        for `wanted` completion tokens (None: at least one)."""
+        for `completion` tokens."""
         tokens = size if exact else -(-size // self._longest_token)  # not exact: the fewest it can make
-        completion = wanted or 1
         if tokens + completion <= self._context:
             return
         counted = f"{tokens} in the {param}" if exact else f"at least {tokens} in the {param} of {size} characters"

@@ -1,14 +1,19 @@
-"""Per-row sampling: penalties, temperature, nucleus sampling, seeds and logprobs for a batch of rows.
+"""Per-row sampling: logit bias, min_tokens, penalties, temperature, min-p, top-k, top-p, seeds and logprobs.
 
-Every row carries its own `SamplingParams` and its own `torch.Generator`, so a row's tokens depend only
-on its own seed and logits — never on which other rows share the batch — and a row that cannot be
-sampled raises for itself alone (the scheduler ends that request and the others carry on).
+Every row carries its own `SamplingParams`, its own `torch.Generator` and its own history (the prompt's
+tokens and what it generated), so a row's tokens depend only on its own options, seed and logits — never on
+which other rows share the batch — and a row that cannot be sampled raises for itself alone (the scheduler
+ends that request and the others carry on).
+
+The order is vLLM's: logit bias and the min_tokens mask, then the penalties (repetition, frequency, presence),
+then either the greedy choice, or temperature, min-p, top-k, top-p and a draw.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,24 +34,54 @@ class RowSampler:
     params: SamplingParams
     generator: torch.Generator
     counts: dict[int, int]  # generated token -> occurrences, for presence/frequency penalties
+    prompt_ids: Sequence[int] = ()  # for the repetition penalty, which counts the prompt's tokens too
+    stop_ids: Collection[int] = ()  # EOS tokens, masked until `min_tokens` tokens were generated
+    generated: int = 0
+    _seen: torch.Tensor | None = field(default=None, repr=False)  # prompt and output tokens, for repetition
 
     @classmethod
-    def create(cls, params: SamplingParams, row: int) -> RowSampler:
+    def create(
+        cls, params: SamplingParams, row: int, prompt_ids: Sequence[int] = (), stop_ids: Collection[int] = ()
+    ) -> RowSampler:
         """Row `row` of a request with seed `s` samples from seed `s + row`: same seed, same choices."""
         seed = params.seed + row if params.seed is not None else secrets.randbits(63)
         generator = torch.Generator(device="cpu")
         generator.manual_seed(seed % (2**63))
-        return cls(params=params, generator=generator, counts={})
+        return cls(params=params, generator=generator, counts={}, prompt_ids=prompt_ids, stop_ids=stop_ids)
 
-    def penalize(self, logits: torch.Tensor) -> torch.Tensor:
-        """OpenAI's penalties: `logit -= count * frequency_penalty + (count > 0) * presence_penalty`."""
+    def process(self, logits: torch.Tensor) -> torch.Tensor:
+        """One row's logits after its logit bias, min_tokens mask and penalties (a copy when any applies)."""
         p = self.params
-        if not self.counts or (p.presence_penalty == 0 and p.frequency_penalty == 0):
-            return logits
-        ids = torch.tensor(list(self.counts), dtype=torch.long)
-        counts = torch.tensor(list(self.counts.values()), dtype=logits.dtype)
-        logits = logits.clone()
-        logits[ids] -= counts * p.frequency_penalty + p.presence_penalty
+        out = logits
+        if p.logit_bias:
+            out = out.clone()
+            ids = torch.tensor([token for token, _ in p.logit_bias], dtype=torch.long)
+            out[ids] += torch.tensor([bias for _, bias in p.logit_bias], dtype=out.dtype)
+        if self.generated < p.min_tokens and self.stop_ids:
+            out = out.clone() if out is logits else out
+            out[[i for i in self.stop_ids if i < out.shape[-1]]] = float("-inf")
+        if p.repetition_penalty is not None and p.repetition_penalty != 1.0:
+            out = self._repetition(out.clone() if out is logits else out, p.repetition_penalty)
+        if self.counts and (p.presence_penalty != 0 or p.frequency_penalty != 0):
+            out = out.clone() if out is logits else out
+            ids = torch.tensor(list(self.counts), dtype=torch.long)
+            counts = torch.tensor(list(self.counts.values()), dtype=out.dtype)
+            out[ids] -= counts * p.frequency_penalty + p.presence_penalty  # OpenAI's definition
+        return out
+
+    def _repetition(self, logits: torch.Tensor, penalty: float) -> torch.Tensor:
+        """HF's `RepetitionPenaltyLogitsProcessor` (vLLM's too) over every token of the prompt and the output:
+        a positive logit divided by `penalty`, a negative one multiplied."""
+        if self._seen is None:
+            self._seen = torch.zeros(logits.shape[-1], dtype=torch.bool)
+            prompt = [i for i in set(self.prompt_ids) if 0 <= i < logits.shape[-1]]
+            self._seen[prompt] = True
+            self._seen[list(self.counts)] = True
+        # within the dtype's range, so that no product is 0 x inf or 0 / 0 (a NaN); the same value otherwise
+        info = torch.finfo(logits.dtype)
+        penalty = min(max(penalty, info.tiny), info.max)
+        seen = logits[self._seen]
+        logits[self._seen] = torch.where(seen < 0, seen * penalty, seen / penalty)
         return logits
 
     def choose(self, logits: torch.Tensor) -> int:
@@ -57,17 +92,47 @@ class RowSampler:
                 "the model's scores for this request's next token are not finite (NaN or infinity): its "
                 "adapter or blend makes the computation overflow"
             )
-        logits = self.penalize(logits)
+        logits = self.process(logits)
         p = self.params
-        if p.temperature < GREEDY_BELOW:  # 0, or so close that the division would overflow: greedy
+        temperature = 1.0 if p.temperature is None else p.temperature
+        if temperature < GREEDY_BELOW:  # 0, or so close that the division would overflow: greedy
             token = int(torch.argmax(logits))
         else:
-            probs = torch.softmax(logits / p.temperature, dim=-1)
-            if p.top_p < 1.0:
+            probs = torch.softmax(_overflow_kept(logits / temperature), dim=-1)
+            if p.min_p:
+                probs = _min_p(probs, p.min_p)
+            if p.top_k is not None and 0 < p.top_k < probs.shape[-1]:
+                probs = _top_k(probs, p.top_k)
+            if p.top_p is not None and p.top_p < 1.0:
                 probs = _top_p(probs, p.top_p)
             token = int(torch.multinomial(probs, 1, generator=self.generator))
         self.counts[token] = self.counts.get(token, 0) + 1
+        self.generated += 1
+        if self._seen is not None:
+            self._seen[token] = True
         return token
+
+
+def _overflow_kept(scaled: torch.Tensor) -> torch.Tensor:
+    """Logits whose scaling overflowed to +inf (a tiny repetition penalty or temperature on a large logit)
+    win outright, evenly: softmax would turn them into NaN."""
+    overflow = torch.isposinf(scaled)
+    if bool(overflow.any()):
+        return torch.where(overflow, 0.0, float("-inf"))
+    return scaled
+
+
+def _min_p(probs: torch.Tensor, min_p: float) -> torch.Tensor:
+    """vLLM's min-p: drop tokens less likely than `min_p` times the most likely one."""
+    kept = torch.where(probs < probs.max() * min_p, 0.0, probs)
+    return kept / kept.sum()
+
+
+def _top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the `k` most likely tokens (and any tied with the k-th, as vLLM does)."""
+    kth = torch.topk(probs, k).values[-1]
+    kept = torch.where(probs < kth, 0.0, probs)
+    return kept / kept.sum()
 
 
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -66,10 +66,10 @@ class Job:
 class Row:
     """One choice being generated: sampler, detokenizer and stop matcher of a single row."""
 
-    def __init__(self, index: int, job: Job, loaded: LoadedModel) -> None:
+    def __init__(self, index: int, job: Job, loaded: LoadedModel, stop_ids: frozenset[int]) -> None:
         self.index = index
         self.job = job
-        self.sampler = RowSampler.create(job.request.sampling, index)
+        self.sampler = RowSampler.create(job.request.sampling, index, job.prompt_ids, stop_ids)
         self.detok = IncrementalDetokenizer(loaded.tokenizer)
         self.stops = StopMatcher(job.request.sampling.stop)
         self.generated = 0
@@ -81,11 +81,13 @@ class Row:
         self.generated += 1
         self.last_token = token
         params = self.job.request.sampling
-        if token in stop_ids:
+        if token in stop_ids and not params.ignore_eos:
             self._emit(self.detok.flush(), [], finish="stop", flush=True)
             return
         logprobs = self._logprobs(token, logits, loaded) if params.logprobs else []
-        text, hit = self.stops.feed(self.detok.add(token))
+        piece = self.detok.add(token)
+        # as vLLM: stop sequences count once the row has more than `min_tokens` tokens
+        text, hit = self.stops.feed(piece) if self.generated > params.min_tokens else (piece, False)
         if hit:
             self._emit(text, logprobs, finish="stop")
         elif self.generated >= self.job.max_new_tokens:
@@ -387,7 +389,7 @@ class Scheduler:
         self._batch.join(cache, pad[index])
         rows: list[Row] = []
         for job in jobs:
-            job.rows = [Row(i, job, self._loaded) for i in range(job.request.n)]
+            job.rows = [Row(i, job, self._loaded, self._stop_ids) for i in range(job.request.n)]
             rows.extend(job.rows)
         self.running.extend(rows)
         self._sample(rows, logits[index.to(logits.device)])

@@ -86,6 +86,20 @@ def test_adapter_blend_and_options_in_the_body(scripted: ScriptedServer) -> None
     assert len(scripted.hits) == 3
 
 
+def test_sampling_extras_in_the_body(scripted: ScriptedServer) -> None:
+    """OpenAI's `logit_bias` (token ids as JSON keys, given as ints or strings) and vLLM's extras go as is."""
+    scripted.answer(reply(200, ANSWER))
+    extras = {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "min_tokens": 2, "ignore_eos": True}
+    with Client(scripted.url) as client:
+        client.chat("hi", model="base", logit_bias={42: -100, "7": 5.5}, **extras)
+        assert sent(scripted) == {"model": "base", "messages": [{"role": "user", "content": "hi"}],
+                                  "logit_bias": {"42": -100, "7": 5.5}, **extras}  # fmt: skip
+        scripted.answer(reply(200, {"id": "c", "object": "text_completion", "created": 1, "model": "base",
+                                    "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}))  # fmt: skip
+        client.complete("once", model="base", top_k=-1, ignore_eos=False)
+        assert sent(scripted) == {"model": "base", "prompt": "once", "top_k": -1, "ignore_eos": False}
+
+
 def test_adapter_management_requests(scripted: ScriptedServer) -> None:
     card = {"id": "mix", "object": "adapter", "status": "available", "created": 1, "size_bytes": 1, "version": "v"}
     scripted.answer(reply(200, card))

@@ -116,7 +116,7 @@ def test_unknown_role_is_400(client: Any, openai_error: Any) -> None:
         {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
         {"tool_choice": "required"},
         {"functions": [{"name": "f"}]},
-        {"logit_bias": {"50256": -100}},
+        {"prediction": {"type": "content", "content": "x"}},
     ],
 )
 def test_unsupported_features_are_refused(client: Any, openai_error: Any, fields: dict[str, Any]) -> None:

@@ -127,6 +127,23 @@ def test_costly_parts_of_requests_run_off_the_event_loop(
         assert checked and not any(checked), (i, checked)
 
 
+def test_tokenizer_routes_run_off_the_event_loop(live: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`/tokenize` and `/detokenize` use the engine's tokenizer in a worker thread, and a text the context
+    could not hold is refused by its characters, without being tokenized."""
+    from hotlora_server.engine.prompts import PromptTokenizer
+
+    calls: list[bool] = []
+    for name in ("tokenize", "detokenize"):
+        _spy(monkeypatch, PromptTokenizer, name, calls)
+    tokens = live.post("/tokenize", json={"messages": [{"role": "user", "content": "Hi"}]}).json()["tokens"]
+    assert live.post("/detokenize", json={"tokens": tokens}).status_code == 200
+    assert calls == [False, False]
+    started = time.perf_counter()
+    huge = live.post("/tokenize", json={"prompt": "word " * (4 * MIB // 5)})
+    assert huge.status_code == 400 and huge.json()["error"]["code"] == "context_length_exceeded"
+    assert "characters" in huge.json()["error"]["message"] and time.perf_counter() - started < BOUND_S * 5
+
+
 def test_listings_describe_an_adapter_once_per_version(live: httpx.Client, store: AdapterStore,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     from hotlora_adapters import store as store_module

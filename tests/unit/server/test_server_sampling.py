@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Any
 
 import pytest
 import torch
@@ -105,7 +106,7 @@ def test_penalties_follow_the_openai_formula(presence: float, frequency: float) 
     original = logits.clone()
     sampler = _sampler(presence_penalty=presence, frequency_penalty=frequency)
     sampler.counts = {3: 2, 7: 1}
-    penalized = sampler.penalize(logits)
+    penalized = sampler.process(logits)
     expected = original.clone()
     expected[3] -= 2 * frequency + presence
     expected[7] -= 1 * frequency + presence
@@ -129,7 +130,7 @@ def test_frequency_penalty_grows_with_the_count() -> None:
 
 def test_no_penalty_without_history() -> None:
     logits = torch.randn(10)
-    assert torch.equal(_sampler(presence_penalty=2.0, frequency_penalty=2.0).penalize(logits), logits)
+    assert torch.equal(_sampler(presence_penalty=2.0, frequency_penalty=2.0).process(logits), logits)
 
 
 def test_logprobs_of_returns_log_softmax_and_sorted_alternatives() -> None:
@@ -159,3 +160,108 @@ def test_logprobs_of_accepts_half_precision_logits() -> None:
     value, top = logprobs_of(logits, 3, 2)
     assert math.isclose(value, float(torch.log_softmax(logits.float(), -1)[3]), rel_tol=1e-4)
     assert len(top) == 2
+
+
+# -- logit_bias, min_tokens and vLLM's extras (top_k, min_p, repetition_penalty) ------------------------
+
+
+def _extras(seed: int | None = 1, row: int = 0, prompt: tuple[int, ...] = (), stops: frozenset[int] = frozenset(),
+            **params: Any) -> RowSampler:  # fmt: skip
+    return RowSampler.create(SamplingParams(seed=seed, **params), row, prompt, stops)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_bias_of_100_forces_its_token(temperature: float) -> None:
+    logits = torch.randn(500, generator=torch.Generator().manual_seed(0)) * 3
+    forced = int(torch.argmin(logits))
+    sampler = _extras(temperature=temperature, logit_bias=((forced, 100.0),))
+    assert _draw(sampler, logits, 20) == [forced] * 20
+
+
+def test_a_bias_of_minus_100_bans_its_token_and_adds_exactly() -> None:
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(1))
+    top = int(torch.argmax(logits))
+    sampler = _extras(temperature=0.0, logit_bias=((top, -100.0), (3, 0.5)))
+    processed = sampler.process(logits)
+    assert processed[top] == logits[top] - 100.0 and processed[3] == logits[3] + 0.5
+    others = [i for i in range(50) if i not in (top, 3)]
+    assert torch.equal(processed[others], logits[others])
+    assert sampler.choose(logits) != top
+
+
+def test_top_k_one_is_greedy_whatever_the_seed_and_temperature() -> None:
+    logits = _flat_logits()
+    best = int(torch.argmax(logits))
+    for seed in range(5):
+        assert _draw(_extras(seed=seed, temperature=2.0, top_k=1), logits, 20) == [best] * 20
+
+
+def test_top_k_draws_from_the_k_most_likely_only() -> None:
+    logits = _flat_logits(200)
+    top5 = set(torch.topk(logits, 5).indices.tolist())
+    drawn = set(_draw(_extras(temperature=2.0, top_k=5), logits, 400))
+    assert drawn == top5
+
+
+@pytest.mark.parametrize("off", [0, -1, 1000, 5000])
+def test_top_k_off_or_beyond_the_vocabulary_changes_nothing(off: int) -> None:
+    logits = _flat_logits()
+    assert _draw(_extras(seed=3, temperature=1.0, top_k=off), logits, 30) == _draw(_extras(seed=3, temperature=1.0), logits, 30)
+
+
+def test_min_p_drops_tokens_below_its_share_of_the_top_token() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.12, 0.08])  # min_p 0.2: the threshold is 0.1
+    drawn = Counter(_draw(_extras(temperature=1.0, min_p=0.2), probs.log(), 600))
+    assert set(drawn) == {0, 1, 2}
+    assert set(_draw(_extras(temperature=1.0, min_p=1.0), probs.log(), 50)) == {0}  # only the top token
+
+
+@pytest.mark.parametrize("penalty", [1.3, 0.7, 2.0])
+def test_repetition_penalty_is_hf_s_over_the_prompt_and_the_output(penalty: float) -> None:
+    """The processed logits are those of transformers' `RepetitionPenaltyLogitsProcessor` over the prompt and
+    the tokens generated so far, bit for bit, at every step."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    hf = RepetitionPenaltyLogitsProcessor(penalty)
+    gen = torch.Generator().manual_seed(4)
+    prompt = (5, 9, 9, 17, 40)
+    sampler = _extras(temperature=0.0, prompt=prompt, repetition_penalty=penalty)
+    history = list(prompt)
+    for _ in range(6):
+        logits = torch.randn(64, generator=gen) * 4
+        expected = hf(torch.tensor([history]), logits.clone()[None, :])[0]
+        assert torch.equal(sampler.process(logits), expected)
+        token = sampler.choose(logits)
+        assert token == int(torch.argmax(expected))
+        history.append(token)
+
+
+def test_repetition_penalty_one_changes_nothing() -> None:
+    logits = _flat_logits()
+    assert torch.equal(_extras(prompt=(1, 2, 3), repetition_penalty=1.0).process(logits), logits)
+
+
+@pytest.mark.parametrize("penalty", [1e-45, 1e-30, 1e30, 1e300])
+@pytest.mark.parametrize("temperature", [0.0, 1e-5, 1.0])
+def test_extreme_repetition_penalties_still_sample(penalty: float, temperature: float) -> None:
+    """A penalty that overflows a logit (a tiny one divides a positive logit to infinity) gives that token,
+    never NaN or a failed draw."""
+    logits = torch.tensor([3.0, 0.0, -2.0, 20.0, 0.5])
+    sampler = _extras(temperature=temperature, prompt=(0, 1, 2), repetition_penalty=penalty)
+    token = sampler.choose(logits)
+    processed = sampler.process(logits)
+    assert not bool(torch.isnan(processed).any())
+    if penalty < 1:
+        assert token == 0  # 3.0 / penalty is the largest (or infinite)
+    else:
+        assert token == 3  # the seen tokens are pushed down: 20.0 is far ahead of them all
+
+
+def test_min_tokens_masks_the_stop_ids_until_that_many_tokens() -> None:
+    logits = torch.zeros(10)
+    logits[2] = 50.0  # the stop token would win every time
+    sampler = _extras(temperature=0.0, stops=frozenset({2, 7}), min_tokens=3)
+    drawn = _draw(sampler, logits, 4)
+    assert 2 not in drawn[:3] and 7 not in drawn[:3]
+    assert drawn[3] == 2
+    assert _draw(_extras(temperature=1.0, stops=frozenset({2}), min_tokens=0), logits, 1) == [2]

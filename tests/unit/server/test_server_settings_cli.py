@@ -174,3 +174,65 @@ def test_fetch_reports_a_missing_model_folder(tmp_path: Path, monkeypatch: pytes
     empty.mkdir()
     assert cli.main(["fetch", "--model", str(empty)]) == 1
     assert "config.json" in capsys.readouterr().err
+
+
+# -- CORS and the sampling defaults ---------------------------------------------------------------------
+
+
+def test_cors_and_generation_config_defaults(tmp_path: Path) -> None:
+    settings = Settings.build({}, {"HOTLORA_HOME": str(tmp_path)})
+    assert settings.allowed_origins == ()  # CORS off
+    assert settings.allowed_methods == ("*",) and settings.allowed_headers == ("*",)
+    assert settings.generation_config == "auto"
+    assert settings.override_generation_config.given() == {}
+
+
+def test_cors_flags_take_lists_repeated_or_as_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
+    args = cli.build_parser().parse_args(
+        ["serve", "--allowed-origins", "https://App.example/,http://localhost:3000", "--allowed-origins",
+         '["https://b.example"]', "--allowed-methods", "GET,POST", "--allowed-headers", "Authorization",
+         "--allowed-headers", "Content-Type"]
+    )  # fmt: skip
+    settings = cli._settings(args)
+    assert settings.allowed_origins == ("https://app.example", "http://localhost:3000", "https://b.example")
+    assert settings.allowed_methods == ("GET", "POST")
+    assert settings.allowed_headers == ("Authorization", "Content-Type")
+    env = {"HOTLORA_HOME": str(tmp_path), "HOTLORA_ALLOWED_ORIGINS": "*"}
+    assert Settings.build({}, env).allowed_origins == ("*",)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("allowed_origins", "app.example"), ("allowed_origins", "https://a.example/path"), ("allowed_origins", "[1]"),
+     ("allowed_origins", "[not json"), ("allowed_methods", "GET POST"), ("allowed_headers", "X:Y")],
+)  # fmt: skip
+def test_invalid_cors_entries_are_refused(tmp_path: Path, field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        Settings.build({field: [value]}, {"HOTLORA_HOME": str(tmp_path)})
+
+
+def test_generation_config_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
+    args = cli.build_parser().parse_args(
+        ["serve", "--generation-config", "vllm", "--override-generation-config",
+         '{"temperature": 0.5, "top_k": 40, "repetition_penalty": 1.1, "max_new_tokens": 64}']
+    )  # fmt: skip
+    settings = cli._settings(args)
+    assert settings.generation_config == "vllm"
+    assert settings.override_generation_config.given() == {
+        "temperature": 0.5, "top_k": 40, "repetition_penalty": 1.1, "max_new_tokens": 64
+    }  # fmt: skip
+    env = {"HOTLORA_HOME": str(tmp_path), "HOTLORA_OVERRIDE_GENERATION_CONFIG": '{"min_p": 0.05}'}
+    assert Settings.build({}, env).override_generation_config.given() == {"min_p": 0.05}
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("{temperature: 1}", "not valid JSON"), ("[1]", "JSON object"), ('{"temprature": 0.5}', "temprature"),
+     ('{"temperature": 3}', "less than or equal to 2"), ('{"top_k": 1.5}', "top_k"),
+     ('{"repetition_penalty": 0}', "greater than 0")],
+)  # fmt: skip
+def test_an_invalid_generation_config_override_is_refused(tmp_path: Path, value: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        Settings.build({"override_generation_config": value}, {"HOTLORA_HOME": str(tmp_path)})
