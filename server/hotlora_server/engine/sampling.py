@@ -138,8 +138,9 @@ def _top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of tokens whose mass reaches `top_p` (always at least the top token)."""
     sorted_probs, order = torch.sort(probs, descending=True)
-    before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-    sorted_probs[before >= top_p] = 0.0
+    dropped = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p
+    dropped[0] = False  # the top token stays even when `top_p` rounds to 0 in the logits' dtype
+    sorted_probs[dropped] = 0.0
     kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return kept / kept.sum()
 

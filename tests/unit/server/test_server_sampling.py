@@ -95,6 +95,13 @@ def test_top_p_keeps_the_nucleus() -> None:
     assert drawn[0] > drawn[1]  # renormalised 4:3
 
 
+@pytest.mark.parametrize("top_p", [1.7e-242, 1e-45, 1e-9])
+def test_a_top_p_too_small_for_float32_keeps_the_top_token(top_p: float) -> None:
+    """A `top_p` that rounds to 0 in float32 (schema-valid: greater than 0) keeps the top token, not none."""
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    assert set(_draw(_sampler(seed=0, temperature=1.0, top_p=top_p), probs.log(), 50)) == {0}
+
+
 def test_top_p_one_can_draw_anything() -> None:
     probs = torch.tensor([0.4, 0.3, 0.2, 0.1])
     assert set(_draw(_sampler(seed=0, temperature=1.0, top_p=1.0), probs.log(), 600)) == {0, 1, 2, 3}
