@@ -211,7 +211,7 @@ class LoraStack:
             step.append((block, mask.to(self._device)))
         return step
 
-    @torch.no_grad()
+    @torch.inference_mode()  # blocks made in inference mode (a forward) may only be written in it
     def update(self, model: Any) -> None:
         """Follow the model's adapters: zero and free the columns of those gone, place the new ones.
 

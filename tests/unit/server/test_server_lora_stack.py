@@ -191,6 +191,32 @@ def test_a_block_given_back_and_made_again_in_one_update(peft_model: PeftModel, 
         stack.invalidate()
 
 
+@pytest.mark.parametrize("made_in_inference_mode", [True, False], ids=["made-in-inference", "made-outside"])
+def test_a_delete_is_followed_in_or_outside_inference_mode(peft_model: PeftModel, made_in_inference_mode: bool) -> None:
+    """Blocks made during a forward (inference mode) are zeroed when an adapter leaves, which the pool may
+    do outside that mode (an eviction, a purge), and the other way round."""
+    stack = LoraStack(torch.float32)
+    torch.manual_seed(13)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            peft_model.add_adapter("e", LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
+        with torch.inference_mode(made_in_inference_mode):
+            assert stack.covers(peft_model, {"a", "e"})
+        slot = stack._slots["e"]
+        peft_model.delete_adapter("e")
+        with torch.inference_mode(not made_in_inference_mode):
+            stack.update(peft_model)
+        assert "e" not in stack._slots
+        for layer_stack in stack._layers.values():
+            if slot.block < len(layer_stack.blocks):
+                assert not layer_stack.blocks[slot.block][0][:, slot.start : slot.stop].any()
+    finally:
+        if "e" in peft_model.peft_config:
+            peft_model.delete_adapter("e")
+        stack.invalidate()
+
+
 def test_hooks_add_nothing_outside_a_routed_forward(peft_model: PeftModel) -> None:
     stack = LoraStack(torch.float32)
     assert stack.covers(peft_model, {"a"})
