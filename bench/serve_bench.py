@@ -1,7 +1,7 @@
 """Serving throughput and latency: hotlora against `transformers serve` and a naive PEFT loop.
 
     python bench/serve_bench.py [--quick] [--tokens 64] [--rounds 3]
-                                [--only hotlora,hotlora-slots,hotlora-other,transformers,naive]
+                                [--only hotlora,hotlora-slots,hotlora-other,hotlora-variant,transformers,naive]
                                 [--workloads "base,8 adapters,4 blends,12 blends"] [--home DIR] [--keep-logs]
 
 One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
@@ -13,6 +13,8 @@ One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
 - hotlora-other: the same server with the other 4-bit path for this CPU (`--cpu-4bit`): bitsandbytes
   where hotlora picks its own fixed-order kernel (a CPU without AVX512-BF16: the path served before that
   kernel), else hotlora's kernel: c=1 base and c=16 base;
+- hotlora-variant: the same server with `--no-batch-invariant` (the device's own attention instead of the
+  float64 one): c=1 base and c=16 base, so that the table says what batch invariance costs;
 - `transformers serve --continuous-batching --quantization bnb-4bit` on the same converted base folder:
   c=1 and c=16 base (its bnb-4bit is nf4 with double quantization, hotlora's without);
 - naive: in this process, one request at a time, PEFT `set_adapter` + `model.generate`, over the same
@@ -60,7 +62,8 @@ from _common import machine_header, model_folder, percentile, publish, random_ad
 from live_server import BASE_ID, RunningServer, free_port, serving, stop_server
 
 SYSTEMS = {"hotlora": "hotlora", "hotlora-slots": "hotlora, default 8 adapter slots",
-           "hotlora-other": "hotlora, other 4-bit path", "transformers": "transformers serve",
+           "hotlora-other": "hotlora, other 4-bit path", "hotlora-variant": "hotlora, --no-batch-invariant",
+           "transformers": "transformers serve",
            "naive": "naive (sequential PEFT)"}
 CONCURRENCY = 16
 MIN_REQUESTS = 4  # per round, so that c=1 has a few samples too
@@ -210,7 +213,8 @@ def bench_server(
 def bench_hotlora(home: Path, store: Path, logs: Path, args: argparse.Namespace, kernels: dict[str, str],
                   system: str) -> list[Summary]:  # fmt: skip
     """hotlora as it serves by default with room for every adapter and blend (`hotlora`), with the default
-    adapter slots (`hotlora-slots`), or with the 4-bit path it does not pick on this CPU (`hotlora-other`)."""
+    adapter slots (`hotlora-slots`), with the 4-bit path it does not pick on this CPU (`hotlora-other`), or
+    without batch invariance (`hotlora-variant`)."""
     flags = ["--home", str(home), "--adapters-dir", str(store), "--log-level", "warning"]
     base = [Workload("base", 1, (BASE_ID,)), Workload("base", CONCURRENCY, (BASE_ID,))]
     adapters = [Workload("8 adapters", CONCURRENCY, ADAPTERS), Workload("4 blends", CONCURRENCY, BLENDS)]
@@ -218,9 +222,11 @@ def bench_hotlora(home: Path, store: Path, logs: Path, args: argparse.Namespace,
         workloads = [*adapters, Workload("12 blends", CONCURRENCY, MANY_BLENDS)]
     else:  # room for the 8 adapters and the 4 blends, so that none is evicted while measured
         flags += ["--max-loaded-adapters", "16"]
-        workloads = base if system == "hotlora-other" else base + adapters
+        workloads = base if system in ("hotlora-other", "hotlora-variant") else base + adapters
     if system == "hotlora-other":
         flags += ["--cpu-4bit", other_4bit_path()]
+    if system == "hotlora-variant":
+        flags += ["--no-batch-invariant"]
     workloads = [w for w in workloads if args.workloads is None or w.label in args.workloads]
     with serving(flags, logs / f"{system}.log") as server:
         kernels[system] = served_kernel(server.base_url)
@@ -368,6 +374,12 @@ def targets_table(rows: list[Summary | Skipped]) -> list[str]:
             lines.append(f"| {name} | {value:.2f}x | ≥ {goal}x | {'PASS' if value >= goal else 'FAIL'} |")
         else:
             lines.append(f"| {name} | | ≥ {goal}x | n/a (not run) |")
+    for conc in (1, c):  # what the guarantee costs: not a target, a figure to choose the flag by
+        kept, dropped = by_key.get(("hotlora", "base", conc)), by_key.get(("hotlora-variant", "base", conc))
+        if kept and dropped:
+            value = kept.tokens_per_s / dropped.tokens_per_s
+            name = f"batch invariance: hotlora c={conc} base / --no-batch-invariant c={conc}"
+            lines.append(f"| {name} | {value:.2f}x | (cost) | info |")
     worst = max((r.ttft[1] for k, r in by_key.items() if k[0] == "hotlora" and k[2] == c), default=None)
     if worst is None:
         lines.append(f"| hotlora TTFT p95, worst c={c} workload | | ≤ 1 s | n/a (not run) |")
@@ -408,12 +420,13 @@ def run_systems(args: argparse.Namespace, root: Path, logs: Path, kernels: dict[
     home = (args.home or root / "home").resolve()
     model_dir = model_folder(home)
     library = root / "library"
-    if {"hotlora", "hotlora-slots", "hotlora-other", "naive"} & set(args.only):
+    hotloras = ("hotlora", "hotlora-slots", "hotlora-other", "hotlora-variant")
+    if {*hotloras, "naive"} & set(args.only):
         random_adapters(model_dir, library, ADAPTERS)
     rows: list[Summary | Skipped] = []
-    if {"hotlora", "hotlora-slots", "hotlora-other"} & set(args.only):
+    if set(hotloras) & set(args.only):
         register_all(root / "store", library, ADAPTERS)
-    for system in ("hotlora", "hotlora-slots", "hotlora-other"):
+    for system in hotloras:
         if system in args.only:
             rows += bench_hotlora(home, root / "store", logs, args, kernels, system)
     if "transformers" in args.only:

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="4-bit layers on a CPU: bitsandbytes' fused kernel (fast only with AVX512-BF16; "
                             "elsewhere it dequantizes every weight at every forward) or hotlora's fixed-order "
                             "4-bit kernel (default auto: bitsandbytes where its kernel is fused, else hotlora)")  # fmt: skip
+    serve.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=None,
+                       help="a request's output does not depend on what shares its batch: on by default where it "
+                            "holds (a float32 CPU with the kernels); --batch-invariant refuses to start elsewhere, "
+                            "--no-batch-invariant takes the device's faster attention")  # fmt: skip
     serve.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                        help="reuse the KV cache of prompt prefixes already computed (the system turn, shared "
                             "context) across requests of the same adapter (default on)")  # fmt: skip

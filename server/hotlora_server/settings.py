@@ -97,6 +97,11 @@ class Settings(BaseModel):
     cpu_kernels: bool = Field(
         True, description="the CPU's fixed-order kernels, compiled once (batch invariance needs them; engine/cpu)"
     )
+    batch_invariant: bool | None = Field(
+        None,
+        description="a request's output independent of its batch: None (auto) where it holds (a float32 CPU with "
+        "the kernels), True to refuse to start elsewhere, False for the device's fastest attention",
+    )
     cpu_4bit: Literal["auto", "bitsandbytes", "hotlora"] = Field(
         "auto", description="4-bit layers on a CPU: bitsandbytes' fused kernel or hotlora's (auto: the fast one)"
     )

@@ -38,7 +38,6 @@ from ..types import (
 )
 from .adapter_pool import AdapterCatalog, AdapterPool, PoolStats
 from .admin import AdapterAdmin
-from .attention import use_batch_invariant_attention
 from .kv_budget import KvBudget
 from .loader import LoadedModel, ModelLoadError, load_model
 from .prefix_cache import PrefixCache
@@ -362,7 +361,6 @@ class Engine:
     def _load(self) -> None:
         started = time.perf_counter()
         loaded = load_model(self._settings)
-        use_batch_invariant_attention(loaded.model)
         store = AdapterStore(self._settings.adapters_dir)
         catalog = AdapterCatalog(store, loaded, self._settings.max_lora_rank, self._settings.max_blend_rank)
         adapters = [a.name for a in catalog.servable()]

@@ -26,6 +26,7 @@ from hotlora_adapters.runtime.base_model import (
 
 from ..settings import GenerationDefaults, Settings
 from . import cpu
+from .attention import use_batch_invariant_attention
 from .cpu.kernels import CpuKernels
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,14 @@ def load_model(settings: Settings) -> LoadedModel:
             path = cpu.install(model, settings, dtype)
         except cpu.CpuPathError as exc:
             raise ModelLoadError(str(exc)) from exc
-        kernels, kernel, invariant = path.kernels, path.kernel, path.batch_invariant
+        kernels, kernel, capable = path.kernels, path.kernel, path.batch_invariant
+        why = "it needs the compiled CPU kernels and float32 compute (see the warnings above)"
     else:
-        kernels, kernel, invariant = None, f"{settings.quantize} ({'bitsandbytes' if qconfig else 'torch'}, {device.type})", False
+        kernels, kernel, capable = None, f"{settings.quantize} ({'bitsandbytes' if qconfig else 'torch'}, {device.type})", False
+        why = f"on {device.type} the matrix products' summation order follows the batch"
+    invariant = batch_invariance(settings.batch_invariant, capable, why)
+    if invariant:
+        use_batch_invariant_attention(model)
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:
         if settings.max_model_len > context:
@@ -120,6 +126,21 @@ def load_model(settings: Settings) -> LoadedModel:
         sampling_defaults=sampling_defaults(settings, model, source),
         vocab_size=int(model.config.vocab_size),
     )
+
+
+def batch_invariance(requested: bool | None, capable: bool, why: str) -> bool:
+    """Whether to serve batch-invariant (`--batch-invariant`): by default where the device path can, on request
+    (refused where it cannot, with `why`), or never (the device's own attention, which is faster)."""
+    if requested and not capable:
+        raise ModelLoadError(
+            f"--batch-invariant cannot hold here: {why}; leave the flag out or pass --no-batch-invariant"
+        )
+    invariant = capable if requested is None else requested
+    log.info(
+        "batch invariance: %s", "on (float64 attention, fixed-order products)" if invariant else
+        "off (the device's attention; a request's output may depend on what shares its batch)",
+    )  # fmt: skip
+    return invariant
 
 
 def sampling_defaults(settings: Settings, model: Any, source: Path | str) -> GenerationDefaults:

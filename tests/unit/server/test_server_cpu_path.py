@@ -13,12 +13,13 @@ import torch
 from conftest import needs_compiler, tiny_settings
 from transformers import DynamicCache
 
+from hotlora_server.engine import attention
 from hotlora_server.engine.attention import use_batch_invariant_attention
 from hotlora_server.engine.cpu import bnb as bnb_cpu
 from hotlora_server.engine.cpu.linear import FixedOrderLinear
 from hotlora_server.engine.cpu.linear4 import FixedOrder4bit
 from hotlora_server.engine.generate import decode_one_token, prefill
-from hotlora_server.engine.loader import ModelLoadError, load_model
+from hotlora_server.engine.loader import ModelLoadError, batch_invariance, load_model
 
 
 def _fused_here(model: torch.nn.Module) -> bool:
@@ -46,7 +47,8 @@ def test_auto_takes_the_fused_kernel_where_bitsandbytes_has_one_else_the_fixed_o
     assert ("fused AVX512-BF16" if fused else "hotlora fixed-order 4-bit kernel") in loaded.kernel
     assert loaded.batch_invariant and loaded.kernels is not None
     assert isinstance(loaded.model.get_output_embeddings().forward, FixedOrderLinear)
-    assert loaded.kernel in caplog.text and "batch invariant: yes" in caplog.text
+    assert loaded.kernel in caplog.text and "batch invariance: on" in caplog.text
+    assert loaded.model.config._attn_implementation == attention.NAME
 
 
 def test_the_fixed_order_kernel_can_be_forced_and_bitsandbytes_too(tiny_dir: Path, tmp_path: Path) -> None:
@@ -68,6 +70,35 @@ def test_without_the_kernels_batch_invariance_is_off_and_said_so(
     assert not loaded.batch_invariant and "batch invariance is off" in caplog.text
     with pytest.raises(ModelLoadError, match="needs the compiled CPU kernels"):
         _load(tiny_dir, tmp_path, cpu_kernels=False, cpu_4bit="hotlora")
+
+
+def test_no_batch_invariant_serves_the_devices_own_attention(tiny_dir: Path, tmp_path: Path) -> None:
+    """`--no-batch-invariant`: the kernels stay (they are the fast path) but attention is transformers' own,
+    and the server says the guarantee is off."""
+    needs_compiler()
+    loaded = _load(tiny_dir, tmp_path, batch_invariant=False)
+    assert loaded.kernels is not None and not loaded.batch_invariant
+    assert loaded.model.config._attn_implementation != attention.NAME
+
+
+def test_batch_invariant_asked_where_it_cannot_hold_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="--batch-invariant cannot hold here: it needs the compiled CPU kernels"):
+        _load(tiny_dir, tmp_path, cpu_kernels=False, batch_invariant=True)
+
+
+@pytest.mark.parametrize(
+    ("requested", "capable", "served"),
+    [(None, True, True), (None, False, False), (True, True, True), (False, True, False), (False, False, False)],
+)
+def test_batch_invariance_follows_the_flag_and_the_device(requested: bool | None, capable: bool, served: bool) -> None:
+    """The decision the loader makes for every device (on CUDA `capable` is False: its GEMMs' order follows
+    the batch), so the CUDA branch's logic is tested here too."""
+    assert batch_invariance(requested, capable, "why") is served
+
+
+def test_batch_invariant_on_a_device_that_cannot_hold_it_names_why() -> None:
+    with pytest.raises(ModelLoadError, match="cannot hold here: on cuda the matrix"):
+        batch_invariance(True, False, "on cuda the matrix products' summation order follows the batch")
 
 
 @torch.inference_mode()

@@ -95,12 +95,13 @@ def test_parsed_flags_become_settings(tmp_path: Path, monkeypatch: pytest.Monkey
         ["serve", "--model", "x", "--quantize", "none", "--port", "1", "--api-key", "k", "--adapters-dir",
          str(tmp_path / "d"), "--served-model-name", "n", "--max-n", "3", "--cpu-prefill", "4bit",
          "--no-enable-prefix-caching", "--cpu-prefill-cache-gb", "0.5", "--no-cpu-kernels", "--cpu-4bit", "hotlora",
-         "--kv-cache-memory-bytes", "1.5GiB", "--max-blend-rank", "64"]
+         "--kv-cache-memory-bytes", "1.5GiB", "--max-blend-rank", "64", "--no-batch-invariant"]
     )  # fmt: skip
     settings = cli._settings(args)
     assert settings.kv_cache_memory_bytes == 3 * 2**29
     assert settings.max_blend_rank == 64
     assert settings.cpu_kernels is False
+    assert settings.batch_invariant is False
     assert settings.cpu_4bit == "hotlora"
     assert settings.cpu_prefill == "4bit"
     assert settings.cpu_prefill_cache_gb == 0.5

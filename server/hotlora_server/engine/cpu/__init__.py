@@ -52,7 +52,7 @@ def install(model: torch.nn.Module, settings: Settings, dtype: torch.dtype) -> C
             "batch invariance is off: without the compiled CPU kernels a request's output may depend on "
             "what else shares its batch (%s)", "disabled by --no-cpu-kernels" if not settings.cpu_kernels else "see above"
         )  # fmt: skip
-    log.info("CPU path: %s; batch invariant: %s", path.kernel, "yes" if path.batch_invariant else "no")
+    log.info("CPU path: %s; batch invariance possible: %s", path.kernel, "yes" if path.batch_invariant else "no")
     return path
 
 
