@@ -88,7 +88,7 @@ def train(
     home = (config.home or default_home_dir(env)).expanduser()
     store_dir = config.adapters_dir or env.get("HOTLORA_ADAPTERS_DIR") or default_store_dir({**env, "HOTLORA_HOME": str(home)})
     store = AdapterStore(Path(store_dir).expanduser())
-    _require_train_extra()
+    _require_train_extra(config)
     _refuse_taken_name(store, config)
 
     dataset = _load_dataset(config)
@@ -467,12 +467,14 @@ def _load_dataset(config: TrainConfig) -> Dataset:
     return load_jsonl(config.data).split(config.eval_split, config.seed)
 
 
-def _require_train_extra() -> None:
+def _require_train_extra(config: TrainConfig) -> None:
     import importlib.util
 
     missing = [m for m in ("trl", "datasets", "matplotlib") if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"the trainer needs {', '.join(missing)}: pip install 'hotlora[train]'")
+    if config.server is not None and importlib.util.find_spec("hotlora_client") is None:
+        raise ConfigError("--server needs the hotlora client SDK: pip install ./clients/python")
 
 
 def _check_optional_deps(config: TrainConfig, device: str) -> None:

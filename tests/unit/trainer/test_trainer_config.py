@@ -166,3 +166,18 @@ def test_estimate_only_stops_there(tmp_path: Path, tiny_base: Path, no_weights_l
     assert result.adapter_path is None and result.estimate.total > 0
     assert "activations" in "\n".join(printed)
     assert not (tmp_path / "store").exists()
+
+
+def test_server_without_the_client_sdk_is_refused_before_training(
+    tmp_path: Path, tiny_base: Path, monkeypatch: pytest.MonkeyPatch, no_weights_loaded: None
+) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "hotlora_client" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(ConfigError, match="--server needs the hotlora client SDK"):
+        train(config(tmp_path, tiny_base, server="http://127.0.0.1:9"), out=lambda _: None)
