@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 from trainer_helpers import chat_row, write_jsonl
 
-import hotlora_trainer.runner as train_module
+import hotlora_trainer.fit as fit_module
+import hotlora_trainer.preflight as preflight_module
 from hotlora_trainer import BaseModelError, ConfigError, DatasetError, MemoryEstimateError, TrainConfig, train
 from hotlora_trainer.cli import build_parser, config_from_args
 
@@ -102,7 +103,7 @@ def no_weights_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_: Any, **__: Any) -> None:
         raise AssertionError("model weights were loaded before the refusal")
 
-    monkeypatch.setattr(train_module, "load_for_training", refuse)
+    monkeypatch.setattr(fit_module, "load_for_training", refuse)
 
 
 def config(tmp_path: Path, base: Path, **fields: Any) -> TrainConfig:
@@ -124,7 +125,7 @@ def test_a_malformed_file_is_refused_before_any_model_loads(
     def refuse(*_: Any, **__: Any) -> None:
         raise AssertionError("the base was resolved before the data was checked")
 
-    monkeypatch.setattr(train_module, "resolve_base", refuse)
+    monkeypatch.setattr(preflight_module, "resolve_base", refuse)
     bad = write_jsonl(tmp_path / "bad.jsonl", [chat_row("a", "b"), {"messages": []}])
     with pytest.raises(DatasetError, match=r"bad.jsonl:2: 'messages' is empty"):
         train(config(tmp_path, tiny_base, data=bad), out=lambda _: None)
