@@ -14,7 +14,7 @@ from .config import TrainConfig
 from .errors import BaseModelError, ConfigError, DatasetError, MemoryEstimateError, ServerWaitError, TrainError
 
 if TYPE_CHECKING:
-    from .runner import TrainResult
+    from .run import TrainResult
 
 __all__ = [
     "BaseModelError",
@@ -38,7 +38,7 @@ def train(config: TrainConfig, **kwargs: Any) -> TrainResult:
 
 def __getattr__(name: str) -> Any:
     if name == "TrainResult":
-        from .runner import TrainResult
+        from .run import TrainResult
 
         return TrainResult
     raise AttributeError(name)

@@ -1,7 +1,7 @@
 """Talk to a running hotlora server over HTTP: wait until it serves the new adapter; the curl line to try it.
 
 The trainer never imports the server: the server watches the same store and picks the adapter up by
-itself; the trainer only asks `GET /v1/models` until the adapter is listed (servable).
+itself; the trainer asks it, through the client SDK, until the adapter is ready (servable).
 """
 
 from __future__ import annotations
@@ -15,20 +15,7 @@ from .errors import ServerWaitError
 
 WAIT_S = 30.0
 POLL_S = 0.25
-
-
-def served_models(server: str, *, api_key: str | None, timeout: float = 5.0) -> list[str]:
-    """The ids `GET {server}/v1/models` lists."""
-    import httpx
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    response = httpx.get(f"{server}/v1/models", headers=headers, timeout=timeout)
-    if response.status_code == 401:
-        raise ServerWaitError(
-            f"{server} refused the request (401): set HOTLORA_API_KEY to the server's API key"
-        )
-    response.raise_for_status()
-    return [m["id"] for m in response.json().get("data", [])]
+REQUEST_TIMEOUT_S = 5.0
 
 
 def wait_until_served(
@@ -39,26 +26,42 @@ def wait_until_served(
     wait_s: float = WAIT_S,
     out: Callable[[str], None] = print,
 ) -> float:
-    """Poll until `server` lists `name`; return the seconds it took. `ServerWaitError` if it never does."""
-    import httpx
+    """Poll until `server` serves `name`; return the seconds it took. `ServerWaitError` if it never does.
+
+    The client's `wait_until_ready` polls; a server that cannot be reached or answers an error (one still
+    loading its model, say) is asked again until `wait_s` is over. A refused key fails at once.
+    """
+    from hotlora_client import Client, errors
 
     started = time.monotonic()
     deadline = started + wait_s
-    last_error = ""
-    while True:
-        try:
-            if name in served_models(server, api_key=api_key):
+    why = ""
+    # "" rather than None: no key means none, not the client's own look at $HOTLORA_API_KEY
+    with Client(server, api_key=api_key or "", timeout=REQUEST_TIMEOUT_S, max_retries=0) as client:
+        while True:
+            try:
+                client.adapters.wait_until_ready(name, max(0.0, deadline - time.monotonic()), interval=POLL_S)
+            except errors.AuthenticationError:
+                raise ServerWaitError(
+                    f"{server} refused the request (401): set HOTLORA_API_KEY to the server's API key"
+                ) from None
+            except errors.AdapterNotReadyError as e:
+                if e.status is not None:
+                    why = f" (its status there: {e.status}{f': {e.error}' if e.error else ''})"
+                break
+            except errors.APIError as e:
+                why = f" (last error: {e})"
+            else:
                 waited = time.monotonic() - started
                 out(f"{server} serves {name!r} ({waited:.1f} s after registration)")
                 return waited
-        except httpx.HTTPError as e:
-            last_error = f" (last error: {e})"
-        if time.monotonic() >= deadline:
-            raise ServerWaitError(
-                f"the adapter {name!r} is registered, but {server} did not list it within {wait_s:.0f} s"
-                f"{last_error}: is that server running on the same adapter store (--adapters-dir)?"
-            )
-        time.sleep(POLL_S)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_S)
+    raise ServerWaitError(
+        f"the adapter {name!r} is registered, but {server} did not list it within {wait_s:.0f} s"
+        f"{why}: is that server running on the same adapter store (--adapters-dir)?"
+    )
 
 
 def curl_line(server: str, name: str, *, chat: bool, sample: str | None, api_key_set: bool) -> str:

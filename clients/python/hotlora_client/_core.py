@@ -3,31 +3,25 @@
 Every API call is a *plan*: a generator that yields the I/O it needs — `Send` a request, `Sleep` — and is
 resumed with the outcome (the response, or the transport error to raise in it) until it returns the
 call's result. `Client` performs those steps with blocking httpx and `time.sleep`, `AsyncClient` with
-async httpx and `asyncio.sleep`; everything else lives here and only here: configuration, request
-bodies, retries with backoff and `Retry-After`, response parsing, error mapping, adapter polling and the
-decoding of Server-Sent Events.
+async httpx and `asyncio.sleep`; everything else lives in the SDK's I/O-free modules: configuration
+(`_config`), plans and their runner (`_plan`), a request with its retries, errors and parsing
+(`_request`), Server-Sent Events (`_stream`), and here, each API call.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
 import os
-import random
 import time
-from collections.abc import Generator, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
-from typing import Any, Generic, TypeVar
-from urllib.parse import quote
+from collections.abc import Mapping
+from typing import Any
 
-import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from . import errors
-from ._version import __version__
+from ._config import Config
+from ._plan import Plan, Runner, Send, Sleep, Streaming
+from ._request import M, call, parse, request, segment
+from ._stream import C, StreamDecoder, stream_transport_errors
 from .types import (
     Adapter,
     AdapterDeleted,
@@ -39,236 +33,14 @@ from .types import (
     Health,
     Messages,
     Model,
-    Usage,
 )
 
-T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
-C = TypeVar("C", ChatCompletionChunk, Completion)
-
-DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)  # a long answer on a CPU takes minutes
-RETRY_STATUSES = frozenset({429, 503})
-# Failures where the request cannot have been processed, or the connection dropped before any answer.
-RETRYABLE_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError)
-MAX_RETRY_AFTER = 60.0  # a server asking for a longer wait gets the error (with `retry_after`) at once
-BACKOFF_FIRST, BACKOFF_MAX = 0.5, 8.0
-
-
-# -- configuration -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Config:
-    """What a client was built with; environment defaults are read when it is built, never at import."""
-
-    base_url: str
-    api_key: str | None
-    timeout: httpx.Timeout
-    max_retries: int
-    base_model: str | None = field(default=None)  # the served base id, looked up once when needed
-
-    @classmethod
-    def build(
-        cls,
-        base_url: str | None,
-        api_key: str | None,
-        timeout: float | httpx.Timeout | None,
-        max_retries: int,
-        environ: Mapping[str, str] | None = None,
-    ) -> Config:
-        env = os.environ if environ is None else environ
-        url = (base_url or env.get("HOTLORA_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
-        url = url.removesuffix("/v1")  # the `openai` SDK's base URL works here too
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http:// or https:// URL, got {url!r}")
-        if api_key is None:
-            api_key = env.get("HOTLORA_API_KEY") or None
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        if timeout is None:
-            timeout = DEFAULT_TIMEOUT
-        elif not isinstance(timeout, httpx.Timeout):
-            timeout = httpx.Timeout(timeout)
-        return cls(base_url=url, api_key=api_key or None, timeout=timeout, max_retries=max_retries)
-
-    def http_options(self) -> dict[str, Any]:
-        """Keyword arguments for `httpx.Client` / `httpx.AsyncClient`."""
-        headers = {"User-Agent": f"hotlora-client/{__version__}", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        return {"base_url": self.base_url, "headers": headers, "timeout": self.timeout}
-
-
-# -- plans and how transports run them -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Send:
-    """Send one HTTP request; resume the plan with the response (its body read unless `stream`, and read
-    anyway when it is an error), or with the `httpx.TransportError` raised in the plan."""
-
-    method: str
-    path: str
-    json: Any = None
-    params: Mapping[str, str] | None = None
-    stream: bool = False
-
-    def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
-        return http.build_request(self.method, self.path, json=self.json, params=self.params)
-
-
-@dataclass(frozen=True)
-class Sleep:
-    seconds: float
-
-
-Op = Send | Sleep
-Plan = Generator[Op, Any, T]
-
-
-class Runner(Generic[T]):
-    """Steps a plan for a transport:
-
-        runner = Runner(plan)
-        for op in runner:
-            with runner.step():
-                runner.reply(<perform op>)
-        return runner.result
-
-    A transport error raised while performing a step is handed to the plan, which decides what it means.
-    """
-
-    def __init__(self, plan: Plan[T]) -> None:
-        self._plan = plan
-        self._outcome: Any = None
-        self._error: httpx.TransportError | None = None
-        self.result: T
-
-    def __iter__(self) -> Runner[T]:
-        return self
-
-    def __next__(self) -> Op:
-        outcome, error = self._outcome, self._error
-        self._outcome = self._error = None
-        try:
-            return self._plan.throw(error) if error is not None else self._plan.send(outcome)
-        except StopIteration as stop:
-            self.result = stop.value
-            raise StopIteration from None
-
-    def reply(self, outcome: Any) -> None:
-        self._outcome = outcome
-
-    @contextmanager
-    def step(self) -> Iterator[None]:
-        try:
-            yield
-        except httpx.TransportError as exc:
-            self._error = exc
-
-
-@dataclass
-class Streaming(Generic[C]):
-    """A plan's result for `stream=True`: the open response and its decoder, for the transport to wrap."""
-
-    response: httpx.Response
-    decoder: StreamDecoder[C]
-
-
-# -- requests, retries, errors ----------------------------------------------------------------------------
-
-
-def backoff(attempt: int) -> float:
-    """Seconds before retry `attempt + 1`: 0.5, 1, 2, … up to 8, with jitter."""
-    return float(min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * (1 - 0.25 * random.random()))
-
-
-def retry_after(headers: httpx.Headers) -> float | None:
-    """`Retry-After` in seconds (a number or an HTTP date); None when absent or unreadable."""
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError):
-            return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def request(
-    config: Config,
-    method: str,
-    path: str,
-    *,
-    json: Any = None,
-    params: Mapping[str, str] | None = None,
-    stream: bool = False,
-) -> Plan[httpx.Response]:
-    """Send a request, retrying connection failures, 429 and 503 (after `Retry-After` when the server
-    sends one) up to `config.max_retries` times; any other error status raises at once."""
-    send = Send(method, path, json, params, stream)
-    for attempt in itertools.count():
-        may_retry = attempt < config.max_retries
-        try:
-            response: httpx.Response = yield send
-        except httpx.TransportError as exc:
-            if may_retry and isinstance(exc, RETRYABLE_TRANSPORT_ERRORS):
-                yield Sleep(backoff(attempt))
-                continue
-            raise connection_error(exc, config.base_url) from exc
-        if not response.is_error:
-            return response
-        wait = retry_after(response.headers)
-        if may_retry and response.status_code in RETRY_STATUSES and (wait is None or wait <= MAX_RETRY_AFTER):
-            yield Sleep(backoff(attempt) if wait is None else wait)
-            continue
-        raise response_error(response, wait)
-    raise AssertionError("unreachable")
-
-
-def connection_error(exc: httpx.TransportError, base_url: str) -> errors.APIConnectionError:
-    detail = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.TimeoutException):
-        return errors.APITimeoutError(f"no answer from the hotlora server at {base_url} in time ({detail})")
-    if isinstance(exc, httpx.ConnectError):
-        return errors.APIConnectionError(
-            f"cannot connect to the hotlora server at {base_url} ({detail}); is `hotlora serve` running "
-            "there? (set HOTLORA_BASE_URL or base_url for another address)"
-        )
-    return errors.APIConnectionError(f"the connection to the hotlora server at {base_url} failed ({detail})")
-
-
-def response_error(response: httpx.Response, wait: float | None) -> errors.APIStatusError:
-    try:
-        body = response.json()
-    except ValueError:
-        body = response.text
-    return errors.status_error(response.status_code, body, response=response, retry_after=wait)
-
-
-def parse(model: type[M], response: httpx.Response) -> M:
-    try:
-        return model.model_validate_json(response.content)
-    except ValidationError as exc:
-        raise errors.APIError(
-            f"unexpected answer from {response.request.method} {response.request.url.path}: {exc}",
-            status_code=response.status_code,
-            body=response.text,
-        ) from None
-
-
-def call(config: Config, model: type[M], method: str, path: str, **kwargs: Any) -> Plan[M]:
-    response = yield from request(config, method, path, **kwargs)
-    return parse(model, response)
-
-
-def segment(name: str, safe: str = "") -> str:
-    """A name in a URL path (`safe="/"` for model ids, which may be hub ids like `org/model`)."""
-    return quote(name, safe=safe)
+__all__ = [  # the API calls, and what `_client` needs to run them
+    "base_model", "blend_adapters", "blend_model", "chat", "chat_messages", "complete", "generate", "generation_body",
+    "get_adapter", "get_model", "health", "list_adapters", "list_models", "load_adapter", "unload_adapter",
+    "wait_until_ready",
+    "C", "Config", "Plan", "Runner", "Send", "Sleep", "StreamDecoder", "Streaming", "stream_transport_errors",
+]  # fmt: skip
 
 
 # -- health and models -------------------------------------------------------------------------------------
@@ -451,70 +223,3 @@ def wait_until_ready(config: Config, name: str, timeout: float = 60.0, *, interv
                 error=adapter.error if adapter else None,
             )
         yield Sleep(min(interval, left))
-
-
-# -- streams ---------------------------------------------------------------------------------------------------
-
-
-class StreamDecoder(Generic[C]):
-    """Server-Sent Events → typed chunks. Feed it the body line by line, then call `end()`.
-
-    An `{"error": ...}` frame raises the matching `APIStatusError`; a body that ends without `[DONE]`
-    raises `APIConnectionError`. `text` is the first choice's text so far, `usage` the last usage seen.
-    """
-
-    def __init__(self, chunk: type[C], response: httpx.Response | None = None) -> None:
-        self._chunk: type[C] = chunk
-        self._response = response
-        self._data: list[str] = []
-        self.done = False
-        self.text = ""
-        self.usage: Usage | None = None
-
-    def feed(self, line: str) -> list[C]:
-        if self.done:
-            return []
-        if not line:
-            return self._dispatch()
-        field_name, _, value = line.partition(":")
-        if field_name == "data":  # ignore comments (keep-alive pings), `event:`, `id:`, `retry:`
-            self._data.append(value.removeprefix(" "))
-        return []
-
-    def end(self) -> list[C]:
-        chunks = self._dispatch()
-        if not self.done:
-            raise errors.APIConnectionError("the stream ended before [DONE]: the server stopped mid-answer")
-        return chunks
-
-    def _dispatch(self) -> list[C]:
-        if not self._data:
-            return []
-        data = "\n".join(self._data)
-        self._data.clear()
-        if data == "[DONE]":
-            self.done = True
-            return []
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            raise errors.APIError(f"malformed event in the stream: {data[:200]!r}") from None
-        if isinstance(payload, dict) and "error" in payload:
-            raise errors.stream_error(payload, self._response)
-        try:
-            chunk = self._chunk.model_validate(payload)
-        except ValidationError as exc:
-            raise errors.APIError(f"unexpected event in the stream: {exc}", body=payload) from None
-        self.text += chunk.text
-        if chunk.usage is not None:
-            self.usage = chunk.usage
-        return [chunk]
-
-
-@contextmanager
-def stream_transport_errors(base_url: str) -> Iterator[None]:
-    """While reading a stream: a dropped connection raises `APIConnectionError`."""
-    try:
-        yield
-    except httpx.TransportError as exc:
-        raise connection_error(exc, base_url) from exc

@@ -195,5 +195,18 @@ def stream_error(body: Mapping[str, Any], response: httpx.Response | None) -> AP
     return status_error(status, body, response=response)
 
 
+def connection_error(exc: httpx.TransportError, base_url: str) -> APIConnectionError:
+    """The exception for a request that got no answer from the server at `base_url`."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(f"no answer from the hotlora server at {base_url} in time ({detail})")
+    if isinstance(exc, httpx.ConnectError):
+        return APIConnectionError(
+            f"cannot connect to the hotlora server at {base_url} ({detail}); is `hotlora serve` running "
+            "there? (set HOTLORA_BASE_URL or base_url for another address)"
+        )
+    return APIConnectionError(f"the connection to the hotlora server at {base_url} failed ({detail})")
+
+
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import hotlora_adapters.store as store_module
+import hotlora_adapters.store_write as store_write
 from hotlora_adapters import AdapterPathError, AdapterStore
 
 
@@ -92,7 +92,7 @@ def roots(tmp_path: Path) -> tuple[Path, Path]:
 
 def swap_before_copying(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], None]) -> None:
     """Run `swap` after the import checked its source, just before the first file is read."""
-    real_copy = store_module.copy_file_synced
+    real_copy = store_write.copy_file_synced
     done: list[bool] = []
 
     def copy(src: Path, dst: Path) -> None:
@@ -101,7 +101,7 @@ def swap_before_copying(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], None
             swap()
         real_copy(src, dst)
 
-    monkeypatch.setattr(store_module, "copy_file_synced", copy)
+    monkeypatch.setattr(store_write, "copy_file_synced", copy)
 
 
 def test_a_file_swapped_for_a_symlink_after_the_check_is_refused(

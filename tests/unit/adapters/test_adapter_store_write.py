@@ -22,6 +22,7 @@ import pytest
 
 import hotlora_adapters.fsutil as fsutil
 import hotlora_adapters.store as store_module
+import hotlora_adapters.store_write as store_write
 from hotlora_adapters import (
     AdapterError,
     AdapterExistsError,
@@ -299,7 +300,7 @@ def test_readers_never_see_a_mix_while_overwrites_run(store: AdapterStore, make_
 def test_failure_while_copying_leaves_the_old_adapter(store: AdapterStore, make_adapter, monkeypatch) -> None:
     old = store.register("pig", make_adapter(name="v1"))
     snapshot = file_bytes(old.path)
-    real_copy = store_module.copy_file_synced
+    real_copy = store_write.copy_file_synced
     copied: list[str] = []
 
     def failing_copy(src: Path, dst: Path) -> None:
@@ -308,7 +309,7 @@ def test_failure_while_copying_leaves_the_old_adapter(store: AdapterStore, make_
         copied.append(dst.name)
         real_copy(src, dst)
 
-    monkeypatch.setattr(store_module, "copy_file_synced", failing_copy)
+    monkeypatch.setattr(store_write, "copy_file_synced", failing_copy)
     with pytest.raises(OSError, match="No space"):
         store.register("pig", make_adapter(kind="rank-pattern", name="v2"), overwrite=True)
     with pytest.raises(OSError, match="No space"):

@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 from trainer_helpers import chat_row, write_jsonl
 
-import hotlora_trainer.runner as train_module
+import hotlora_trainer.fit as fit_module
+import hotlora_trainer.preflight as preflight_module
 from hotlora_trainer import BaseModelError, ConfigError, DatasetError, MemoryEstimateError, TrainConfig, train
 from hotlora_trainer.cli import build_parser, config_from_args
 
@@ -102,7 +103,7 @@ def no_weights_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_: Any, **__: Any) -> None:
         raise AssertionError("model weights were loaded before the refusal")
 
-    monkeypatch.setattr(train_module, "load_for_training", refuse)
+    monkeypatch.setattr(fit_module, "load_for_training", refuse)
 
 
 def config(tmp_path: Path, base: Path, **fields: Any) -> TrainConfig:
@@ -124,7 +125,7 @@ def test_a_malformed_file_is_refused_before_any_model_loads(
     def refuse(*_: Any, **__: Any) -> None:
         raise AssertionError("the base was resolved before the data was checked")
 
-    monkeypatch.setattr(train_module, "resolve_base", refuse)
+    monkeypatch.setattr(preflight_module, "resolve_base", refuse)
     bad = write_jsonl(tmp_path / "bad.jsonl", [chat_row("a", "b"), {"messages": []}])
     with pytest.raises(DatasetError, match=r"bad.jsonl:2: 'messages' is empty"):
         train(config(tmp_path, tiny_base, data=bad), out=lambda _: None)
@@ -166,3 +167,18 @@ def test_estimate_only_stops_there(tmp_path: Path, tiny_base: Path, no_weights_l
     assert result.adapter_path is None and result.estimate.total > 0
     assert "activations" in "\n".join(printed)
     assert not (tmp_path / "store").exists()
+
+
+def test_server_without_the_client_sdk_is_refused_before_training(
+    tmp_path: Path, tiny_base: Path, monkeypatch: pytest.MonkeyPatch, no_weights_loaded: None
+) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "hotlora_client" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(ConfigError, match="--server needs the hotlora client SDK"):
+        train(config(tmp_path, tiny_base, server="http://127.0.0.1:9"), out=lambda _: None)

@@ -61,7 +61,7 @@ def test_describe_lists_every_term() -> None:
 def test_shape_and_trainable_count_of_a_real_model(tiny_base: Any) -> None:
     from hotlora_trainer.base_model import meta_model, model_shape
     from hotlora_trainer.config import TrainConfig
-    from hotlora_trainer.runner import count_trainable
+    from hotlora_trainer.preflight import count_trainable
 
     meta = meta_model(tiny_base)
     shape = model_shape(meta)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from hotlora_trainer.runner import cpu_threads, idle_cores
+from hotlora_trainer.fit import cpu_threads, idle_cores
 
 
 def test_idle_cores_sees_a_busy_core_at_once() -> None:
