@@ -19,7 +19,8 @@ from typing_extensions import TypedDict
 
 from hotlora_adapters import validate_adapter_name
 
-from .types import DENSITY_METHODS, AdapterInfo, BlendMethod, BlendSpec
+from .blend_methods import DEFAULT_METHOD, DENSITY_METHODS, METHODS, BlendMethod
+from .types import AdapterInfo, BlendSpec
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class _BlendFields(BaseModel):
             if self.blend_method is not None or self.density is not None:
                 raise ValueError("`blend_method` and `density` apply only to a blend of adapters")
             return None
-        return make_blend(components, self.blend_method or "cat", self.density)
+        return make_blend(components, self.blend_method or DEFAULT_METHOD, self.density)
 
 
 def parse_blend_model(model: str) -> list[tuple[str, float]] | None:
@@ -182,7 +183,7 @@ def parse_blend_model(model: str) -> list[tuple[str, float]] | None:
     return components
 
 
-def make_blend(components: list[tuple[str, float]], method: str, density: float | None) -> BlendSpec:
+def make_blend(components: list[tuple[str, float]], method: BlendMethod, density: float | None) -> BlendSpec:
     """Validate a blend: valid, distinct adapter names, bounded weights, `density` where the method needs it."""
     if not components or len(components) > MAX_BLEND_COMPONENTS:
         raise ValueError(f"a blend combines 1 to {MAX_BLEND_COMPONENTS} adapters")
@@ -199,11 +200,12 @@ def make_blend(components: list[tuple[str, float]], method: str, density: float 
             )
     if all(weight == 0 for _, weight in components):
         raise ValueError("at least one blend weight must be non-zero")
-    if method in DENSITY_METHODS and density is None:
+    needs_density = METHODS[method].needs_density
+    if needs_density and density is None:
         raise ValueError(f"blend method `{method}` needs `density` (the fraction of weights kept, 0 < density <= 1)")
-    if method not in DENSITY_METHODS and density is not None:
+    if not needs_density and density is not None:
         raise ValueError(f"`density` applies only to the blend methods {', '.join(DENSITY_METHODS)}")
-    return BlendSpec(components=tuple(components), method=method, density=density)  # type: ignore[arg-type]
+    return BlendSpec(components=tuple(components), method=method, density=density)
 
 
 class _SamplingFields(_BlendFields, _Lenient):
@@ -520,7 +522,7 @@ class UnloadLoraAdapterRequest(_Lenient):
 class BlendSaveRequest(_Lenient):
     name: AdapterName
     adapters: BlendComponents
-    method: BlendMethod = "cat"
+    method: BlendMethod = DEFAULT_METHOD
     density: Density | None = None
 
     @model_validator(mode="after")
