@@ -11,7 +11,7 @@ from ..types import BlendSpec, ChoiceDelta, GenerationRequest, SamplingParams, T
 from ..types import Usage as EngineUsage
 
 
-def _sampling(req: p._SamplingFields, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
+def _sampling(req: p.ChatCompletionRequest | p.CompletionRequest, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=req.temperature,  # None: the model's default (the engine applies it)
@@ -31,7 +31,7 @@ def _sampling(req: p._SamplingFields, max_tokens: int | None, logprobs: bool, to
     )
 
 
-def _blend(req: p._SamplingFields | p.TokenizeRequest | p.DetokenizeRequest, base_id: str) -> BlendSpec | None:
+def _blend(req: p.ChatCompletionRequest | p.CompletionRequest | p.TokenizeRequest | p.DetokenizeRequest, base_id: str) -> BlendSpec | None:
     if req.model is None:
         return None
     if req.adapters and req.model != base_id:
