@@ -40,7 +40,7 @@ def _blend(req: p.ChatCompletionRequest | p.CompletionRequest | p.TokenizeReques
             "string such as 'a*0.7+b*0.3' instead)",
             param="model",
         )
-    return req.blend_spec(req.model)
+    return req.blend
 
 
 def chat_request(req: p.ChatCompletionRequest, request_id: str, base_id: str) -> GenerationRequest:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from ..blend_methods import DEFAULT_METHOD, BlendMethod
 from ..types import AdapterInfo, BlendSpec
@@ -35,14 +35,18 @@ class BlendSaveRequest(_Lenient):
     adapters: BlendComponents
     method: BlendMethod = DEFAULT_METHOD
     density: Density | None = None
+    _blend: BlendSpec | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_blend(self) -> BlendSaveRequest:
-        self.blend_spec()
+        self._blend = make_blend([(c.name, c.weight) for c in self.adapters], self.method, self.density)
         return self
 
-    def blend_spec(self) -> BlendSpec:
-        return make_blend([(c.name, c.weight) for c in self.adapters], self.method, self.density)
+    @property
+    def blend(self) -> BlendSpec:
+        """The blend to save, as the validator made it."""
+        assert self._blend is not None  # set by the validator
+        return self._blend
 
 
 class AdapterCard(BaseModel):

@@ -1,13 +1,17 @@
 """hotlora's extension: blends of stored adapters, asked for per request (`adapters`, or a model string
 such as `a*0.7+b*0.3`) or saved as a new adapter. Which methods exist and which take `density` is the
-registry's (`blend_methods.py`)."""
+registry's (`blend_methods.py`).
+
+A blend is parsed once, by the validator of the body that carries it, into the `BlendSpec` the engine
+runs: the serving layer reads it from the body's `blend` and never parses the string again.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from hotlora_adapters import validate_adapter_name
 
@@ -35,15 +39,22 @@ class _BlendFields(BaseModel):
     adapters: BlendComponents | None = None
     blend_method: BlendMethod | None = None
     density: Density | None = None
+    _blend: BlendSpec | None = PrivateAttr(default=None)
 
-    def blend_spec(self, model: str) -> BlendSpec | None:
-        """The blend this request asks for: the `adapters` field, or a `a*0.7+b*0.3` model string."""
+    @property
+    def blend(self) -> BlendSpec | None:
+        """The blend this request asks for, as its validator parsed it; None for a plain model id."""
+        return self._blend
+
+    def _parse_blend(self, model: str) -> None:
+        """Called by the body's validator: the blend of the `adapters` field, or of an `a*0.7+b*0.3` model
+        string (a malformed blend is a 400 like any other invalid field)."""
         components = [(c.name, c.weight) for c in self.adapters] if self.adapters else parse_blend_model(model)
         if components is None:
             if self.blend_method is not None or self.density is not None:
                 raise ValueError("`blend_method` and `density` apply only to a blend of adapters")
-            return None
-        return make_blend(components, self.blend_method or DEFAULT_METHOD, self.density)
+            return
+        self._blend = make_blend(components, self.blend_method or DEFAULT_METHOD, self.density)
 
 
 def parse_blend_model(model: str) -> list[tuple[str, float]] | None:

@@ -90,7 +90,7 @@ class _SamplingFields(_BlendFields, _Lenient):
                 raise ValueError(f"`{name}`: {feature} is not supported by this server")
         if self.stream_options is not None and not self.stream:
             raise ValueError("`stream_options` is only allowed when `stream` is true")
-        self.blend_spec(self.model)  # a malformed blend is a 400 like any other invalid field
+        self._parse_blend(self.model)
         return self
 
     def check_min_tokens(self, max_tokens: int | None) -> None:

@@ -36,7 +36,7 @@ class TokenizeRequest(_BlendFields, _Lenient):
             if (self.model_extra or {}).get(name) not in (None, False, [], {}):
                 raise ValueError(f"`{name}`: {feature} is not supported by this server")
         if self.model is not None:
-            self.blend_spec(self.model)
+            self._parse_blend(self.model)
         return self
 
     def special_tokens(self) -> bool:
@@ -54,7 +54,7 @@ class DetokenizeRequest(_BlendFields, _Lenient):
     @model_validator(mode="after")
     def _check_detokenize(self) -> DetokenizeRequest:
         if self.model is not None:
-            self.blend_spec(self.model)
+            self._parse_blend(self.model)
         return self
 
 
