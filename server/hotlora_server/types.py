@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
+# the blend methods are the registry's (blend_methods.py); the names stay importable from here
+from .blend_methods import BLEND_METHODS, DEFAULT_METHOD, DENSITY_METHODS, BlendMethod  # noqa: F401
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -50,17 +53,12 @@ SAMPLING_DEFAULTS: tuple[str, ...] = ("temperature", "top_p", "top_k", "min_p", 
 `max_new_tokens`, which caps `max_tokens`)."""
 
 
-BlendMethod = Literal["cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
-BLEND_METHODS: tuple[str, ...] = ("cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
-DENSITY_METHODS: tuple[str, ...] = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
-
-
 @dataclass(frozen=True)
 class BlendSpec:
     """A weighted combination of stored adapters (PEFT's `add_weighted_adapter`)."""
 
     components: tuple[tuple[str, float], ...]  # (adapter name, weight), in the client's order
-    method: BlendMethod = "cat"
+    method: BlendMethod = DEFAULT_METHOD
     density: float | None = None
 
     def label(self) -> str:

@@ -25,6 +25,7 @@ TORCH_FREE_MODULES = (
     "hotlora_server.protocol",
     "hotlora_server.api",
     "hotlora_server.types",
+    "hotlora_server.blend_methods",
     "hotlora_server.errors",
     "hotlora_server.metrics",
     "hotlora_server.logs",
@@ -67,7 +68,10 @@ def test_the_contracts_say_what_the_design_says() -> None:
         ("adapters-below-server-and-trainer", {"hotlora_adapters"}, {"hotlora_server", "hotlora_trainer"}),
         (
             "server-http-layer-torch-free",
-            {f"hotlora_server.{m}" for m in ("protocol", "api", "types", "errors", "settings", "metrics", "logs")},
+            {
+                f"hotlora_server.{m}"
+                for m in ("protocol", "api", "types", "blend_methods", "errors", "settings", "metrics", "logs")
+            },
             set(MODEL_STACK) | {"hotlora_server.engine"},
         ),
         ("adapter-registry-torch-free", set(), {"torch", "transformers", "peft"}),

@@ -37,7 +37,7 @@ def build_adapter_router(engine: EngineClient) -> APIRouter:
 
     @router.post("/adapters/blend")
     async def save_blend(body: p.BlendSaveRequest) -> p.AdapterCard:
-        return p.AdapterCard.of(await engine.save_blend(body.name, body.blend_spec()))
+        return p.AdapterCard.of(await engine.save_blend(body.name, body.blend))
 
     @router.post("/load_lora_adapter", response_class=Response, responses=PLAIN_TEXT)
     async def vllm_load(body: p.LoadLoraAdapterRequest) -> PlainTextResponse:

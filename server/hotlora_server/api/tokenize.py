@@ -10,7 +10,7 @@ from fastapi import APIRouter
 
 from .. import protocol as p
 from ..types import EngineClient
-from . import convert as c
+from . import serving_tokenize
 
 
 def build_tokenize_router(engine: EngineClient) -> APIRouter:
@@ -18,15 +18,10 @@ def build_tokenize_router(engine: EngineClient) -> APIRouter:
 
     @router.post("/tokenize", response_model_exclude_none=True)
     async def tokenize(body: p.TokenizeRequest) -> p.TokenizeResponse:
-        request = c.tokenize_request(body, engine.served_model_name)
-        result = await engine.tokenize(request, token_strs=bool(body.return_token_strs))
-        return p.TokenizeResponse(
-            count=len(result.tokens), max_model_len=result.max_model_len, tokens=result.tokens, token_strs=result.token_strs
-        )
+        return await serving_tokenize.tokenize(engine, body)
 
     @router.post("/detokenize")
     async def detokenize(body: p.DetokenizeRequest) -> p.DetokenizeResponse:
-        model, blend = c.detokenize_target(body, engine.served_model_name)
-        return p.DetokenizeResponse(prompt=await engine.detokenize(model, body.tokens, blend))
+        return await serving_tokenize.detokenize(engine, body)
 
     return router

@@ -36,8 +36,9 @@ from hotlora_adapters import (
     inspect_adapter,
 )
 
+from ..blend_methods import EQUAL_RANK_METHODS, blend_rank, combination_type
 from ..errors import HotloraError, InvalidRequestError, NotFoundError, ServiceUnavailableError
-from ..types import DENSITY_METHODS, BlendSpec
+from ..types import BlendSpec
 from .cpu.bnb import packing_held
 from .loader import LoadedModel
 from .lora_stack import LoraStack
@@ -168,7 +169,7 @@ class AdapterCatalog:
         entries = [self.get(name) for name, _ in blend.components]
         ranks = {e.name: _max_rank(e) for e in entries}
         listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
-        if blend.method in ("linear", *DENSITY_METHODS) and len(set(ranks.values())) > 1:
+        if blend.method in EQUAL_RANK_METHODS and len(set(ranks.values())) > 1:
             raise InvalidRequestError(
                 f"blend method '{blend.method}' needs adapters of equal rank ({listed}); "
                 "use 'cat' (exact, any ranks) or 'svd'",
@@ -189,12 +190,6 @@ def _max_rank(entry: StoredAdapter) -> int:
     config = entry.config
     assert config is not None  # servable entries have a readable config
     return max([config.r, *(config.rank_pattern or {}).values()])
-
-
-def blend_rank(method: str, ranks: list[int]) -> int:
-    """The rank PEFT's `add_weighted_adapter` gives a blend of adapters of these ranks: `cat` adds them up,
-    `svd` keeps the largest, the other methods need them equal."""
-    return sum(ranks) if method == "cat" else max(ranks)
 
 
 @dataclass
@@ -491,7 +486,7 @@ class AdapterPool:
                     adapters=[s.key for s in sources],
                     weights=[weight for _, weight in blend.components],
                     adapter_name=key,
-                    combination_type=blend.method,
+                    combination_type=combination_type(blend.method),
                     density=blend.density,
                 )
         except (ValueError, TypeError, RuntimeError) as exc:

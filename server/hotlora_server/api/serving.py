@@ -1,0 +1,235 @@
+"""What the generation endpoints share (vLLM's `serving_engine.py`): a body to the engine's request, and the
+engine's events to one JSON answer or a stream of chunks, for every endpoint in one place.
+
+An endpoint (`serving_chat.py`, `serving_completions.py`) is a `GenerationServing` that says only what is
+its own: how its body becomes a `GenerationRequest`, how a finished choice looks, and which choices a delta
+streams as. Ids, timestamps, the first-event wait, usage, `stream_options`, the SSE framing and mid-stream
+errors are written once, here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
+
+from .. import protocol as p
+from ..errors import HotloraError, InvalidRequestError, ServiceUnavailableError
+from ..logs import request_id
+from ..metrics import Metrics
+from ..types import (
+    BlendSpec,
+    ChoiceDelta,
+    EngineClient,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
+from .errors import error_body
+
+log = logging.getLogger(__name__)
+
+GenerationBody = p.ChatCompletionRequest | p.CompletionRequest
+Body = TypeVar("Body", p.ChatCompletionRequest, p.CompletionRequest)
+DeltaChoices = Callable[[ChoiceDelta], list[BaseModel]]
+"""A stream's choices for one delta, each sent as its own chunk; keeps what it needs between deltas."""
+
+
+# -- request -> engine request ----------------------------------------------------------------------------
+
+
+def sampling_params(body: GenerationBody, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=body.temperature,  # None: the model's default (the engine applies it)
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        repetition_penalty=body.repetition_penalty,
+        seed=body.seed,
+        stop=body.stop_sequences(),
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        logit_bias=body.token_bias(),
+        min_tokens=body.min_tokens or 0,
+        ignore_eos=bool(body.ignore_eos),
+    )
+
+
+def blend_target(body: GenerationBody | p.TokenizeRequest | p.DetokenizeRequest, base_id: str) -> BlendSpec | None:
+    """The blend the body asks for (its validator parsed it); `adapters` blend on the base model only."""
+    if body.model is None:
+        return None
+    if body.adapters and body.model != base_id:
+        raise InvalidRequestError(
+            f"`adapters` blends adapters on the base model: set `model` to '{base_id}' (or use a model "
+            "string such as 'a*0.7+b*0.3' instead)",
+            param="model",
+        )
+    return body.blend
+
+
+def template_messages(messages: Iterable[p.ChatMessage]) -> tuple[dict[str, str], ...]:
+    """Messages as the chat template takes them: a role it knows, the text of the content."""
+    return tuple({"role": m.template_role(), "content": m.text()} for m in messages)
+
+
+# -- engine events -> answer ------------------------------------------------------------------------------
+
+
+def usage(u: Usage) -> p.Usage:
+    return p.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens)
+
+
+@dataclass
+class ChoiceAccumulator:
+    """Collects one choice's deltas for a non-streaming response."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+    def add(self, delta: ChoiceDelta) -> None:
+        self.text += delta.text
+        self.logprobs.extend(delta.logprobs)
+        self.finish_reason = delta.finish_reason or self.finish_reason
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What every object of one answer repeats: its id, when it was created and the model the client named."""
+
+    id: str
+    created: int
+    model: str
+
+
+class GenerationServing(Generic[Body]):
+    """One generation endpoint over the engine: `serve(body)` is the whole of its route."""
+
+    id_prefix: ClassVar[str]  # OpenAI's: `chatcmpl`, `cmpl`
+    response_type: ClassVar[type[BaseModel]]  # the whole answer
+    chunk_type: ClassVar[type[BaseModel]]  # one streamed chunk (and the usage chunk)
+
+    def __init__(self, engine: EngineClient, metrics: Metrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+
+    # what each endpoint says
+
+    def engine_request(self, body: Body, request_id: str) -> GenerationRequest:
+        raise NotImplementedError
+
+    def choice(self, body: Body, index: int, acc: ChoiceAccumulator) -> BaseModel:
+        """A finished choice of the whole answer."""
+        raise NotImplementedError
+
+    def delta_choices(self, body: Body) -> DeltaChoices:
+        """A new stream's builder of chunk choices from deltas."""
+        raise NotImplementedError
+
+    # the rest is the same for every endpoint
+
+    async def serve(self, body: Body) -> JSONResponse | EventSourceResponse:
+        rid = request_id.get()
+        reply = Reply(id=f"{self.id_prefix}-{rid}", created=int(time.time()), model=body.model)
+        first, events = await self._start(self.engine_request(body, rid))
+        if body.stream:
+            return _sse(first, events, self._chunks(body, reply))
+        choices, totals = await _collect(first, events)
+        answer = self.response_type(
+            id=reply.id,
+            created=reply.created,
+            model=reply.model,
+            choices=[self.choice(body, i, acc) for i, acc in sorted(choices.items())],
+            usage=usage(totals),
+        )
+        return JSONResponse(answer.model_dump())
+
+    async def _start(self, request: GenerationRequest) -> tuple[GenerationEvent, AsyncIterator[GenerationEvent]]:
+        """Wait for the first event, so that a bad request fails with its status before any byte is streamed."""
+        events = self.metrics.timed(self.engine.generate(request))
+        try:
+            first = await anext(events)
+        except BaseException:
+            await events.aclose()
+            raise
+        return first, events
+
+    def _chunks(self, body: Body, reply: Reply) -> Callable[[GenerationEvent], list[dict[str, Any]]]:
+        """The stream's chunks for each event: a delta's choices one chunk each, then the usage chunk when
+        `stream_options.include_usage` asks for it (and only then a `usage` key in every chunk)."""
+        include_usage = body.include_usage()
+        choices_of = self.delta_choices(body)
+
+        def chunk(choices: list[BaseModel], totals: p.Usage | None = None) -> dict[str, Any]:
+            obj = self.chunk_type(id=reply.id, created=reply.created, model=reply.model, choices=choices, usage=totals)
+            data = obj.model_dump()
+            if not include_usage:
+                data.pop("usage")
+            return data
+
+        def build(event: GenerationEvent) -> list[dict[str, Any]]:
+            if isinstance(event, Usage):
+                return [chunk([], usage(event))] if include_usage else []
+            return [chunk([choice]) for choice in choices_of(event)]
+
+        return build
+
+
+async def _all(first: GenerationEvent, events: AsyncIterator[GenerationEvent]) -> AsyncIterator[GenerationEvent]:
+    yield first
+    async for event in events:
+        yield event
+
+
+async def _collect(
+    first: GenerationEvent, events: AsyncIterator[GenerationEvent]
+) -> tuple[dict[int, ChoiceAccumulator], Usage]:
+    """Gather a whole response: every choice's text and logprobs, then the usage the engine ends with."""
+    choices: dict[int, ChoiceAccumulator] = {}
+    totals: Usage | None = None
+    async for event in _all(first, events):
+        if isinstance(event, ChoiceDelta):
+            choices.setdefault(event.index, ChoiceAccumulator()).add(event)
+        else:
+            totals = event
+    if totals is None:  # the engine ends every finished request with its usage
+        raise ServiceUnavailableError("generation ended without a result; retry", retry_after=1)
+    return choices, totals
+
+
+def _sse(
+    first: GenerationEvent,
+    events: AsyncIterator[GenerationEvent],
+    build: Callable[[GenerationEvent], list[dict[str, Any]]],
+) -> EventSourceResponse:
+    """Stream chunks as Server-Sent Events ending with `[DONE]`; a mid-stream failure becomes an error frame."""
+
+    async def frames() -> AsyncIterator[dict[str, str]]:
+        try:
+            async for event in _all(first, events):
+                for chunk in build(event):
+                    yield {"data": json.dumps(chunk, ensure_ascii=False)}
+        except HotloraError as exc:
+            yield {"data": json.dumps(error_body(exc.message, exc.type, exc.param, exc.code))}
+        except Exception:  # headers are sent: report in-band, and still end the stream properly
+            log.exception("stream failed")
+            yield {"data": json.dumps(error_body("internal server error", "server_error"))}
+        finally:
+            await events.aclose()  # a vanished client cancels generation at the next step
+        yield {"data": "[DONE]"}
+
+    return EventSourceResponse(frames(), ping=15)
