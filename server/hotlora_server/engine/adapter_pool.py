@@ -1,4 +1,4 @@
-"""Adapters resident in the model: found in the store, checked against the base, loaded on demand.
+"""Adapters resident in the model: loaded on demand from what the catalog (`catalog`) found servable.
 
 Adapters are served unmerged by default: one forward pass mixes the base and any number of adapters row by
 row (`lora_stack`, or PEFT's per-row `adapter_names` for adapters the stack cannot express), so requests
@@ -14,7 +14,6 @@ import ctypes
 import gc
 import itertools
 import logging
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -25,19 +24,11 @@ from typing import Any, Literal
 import torch
 from peft import PeftModel
 
-from hotlora_adapters import (
-    AdapterError,
-    AdapterFiles,
-    AdapterNotFoundError,
-    AdapterStore,
-    InvalidAdapterNameError,
-    StoredAdapter,
-    check_compatible,
-    inspect_adapter,
-)
+from hotlora_adapters import AdapterError, StoredAdapter, inspect_adapter
 
-from ..errors import HotloraError, InvalidRequestError, NotFoundError, ServiceUnavailableError
-from ..types import DENSITY_METHODS, BlendSpec
+from ..errors import HotloraError, InvalidRequestError, ServiceUnavailableError
+from ..types import BlendSpec
+from .catalog import AdapterCatalog
 from .cpu.bnb import packing_held
 from .loader import LoadedModel
 from .lora_stack import LoraStack
@@ -50,151 +41,6 @@ BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 _MIXED = "__mixed__"  # rows of several targets: PEFT routes each row by `adapter_names`
 MergePolicy = Literal["auto", "never", "always"]
 AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch for this many forwards
-
-
-class AdapterCatalog:
-    """The store's adapters that fit the served base, re-read on demand and checked once per version.
-
-    Used from the engine thread and from worker threads (never from the event loop: a first check reads an
-    adapter's weights).
-    """
-
-    def __init__(self, store: AdapterStore, loaded: LoadedModel, max_rank: int, max_blend_rank: int) -> None:
-        self.store = store
-        self.max_rank = max_rank  # --max-lora-rank
-        self._loaded = loaded
-        self._max_blend_rank = max_blend_rank
-        self._verdicts: dict[str, tuple[str, str | None]] = {}  # name -> (version judged, refusal)
-        self._entries: dict[str, StoredAdapter] = {}  # name -> the store's description, while its version holds
-        self._checking = threading.Lock()  # one reading of an adapter's weights, not one per waiting request
-
-    def refusal(self, entry: StoredAdapter) -> str | None:
-        """Why `entry` cannot be served on this base, or None."""
-        if entry.error is not None:
-            return entry.error
-        judged = self._verdicts.get(entry.name)
-        if judged is None or judged[0] != entry.version:
-            with self._checking:
-                judged = self._verdicts.get(entry.name)
-                if judged is None or judged[0] != entry.version:
-                    judged = self._verdicts[entry.name] = (entry.version, self._check(entry))
-        return judged[1]
-
-    def _check_fits(self, files: AdapterFiles) -> None:
-        check_compatible(files, self._loaded.spec, max_rank=self.max_rank)
-
-    def forget(self, name: str) -> None:
-        """`name` left the store or was disabled: drop what was kept about it (read again if it comes back)."""
-        self._verdicts.pop(name, None)
-        self._entries.pop(name, None)
-
-    def _check(self, entry: StoredAdapter) -> str | None:
-        """Read `entry`'s header (sizes first) and weights against the base once."""
-        try:
-            self.store.load_files(entry.name, check=self._check_fits)
-        except AdapterError as exc:
-            log.warning("adapter %s is not servable: %s", entry.name, exc)
-            return str(exc)
-        return None
-
-    def servable(self) -> list[StoredAdapter]:
-        """Enabled adapters of the store that fit the base, in name order."""
-        return [a for a in self.entries() if not a.disabled and self.refusal(a) is None]
-
-    def entries(self) -> list[StoredAdapter]:
-        """Every adapter of the store (disabled and unusable ones too), in name order.
-
-        Listing costs a few `stat`s per adapter (`store.versions()`); an adapter is described again only
-        when its version changed, since a description reads its config, weights' header and manifest.
-        """
-        versions = self.store.versions()
-        listing: list[StoredAdapter] = []
-        for name, version in versions.items():
-            entry = self._entries.get(name)
-            if entry is None or entry.version != version:
-                try:
-                    entry = self._entries[name] = self.store.get(name)
-                except AdapterNotFoundError:  # removed since the versions were taken
-                    continue
-            listing.append(entry)
-        for name in list(self._entries):
-            if name not in versions:
-                self._entries.pop(name, None)
-        return listing
-
-    def get(self, name: str) -> StoredAdapter:
-        """The adapter called `name`, or a 404 naming what exists / a 400 saying why it cannot be served
-        (a `model` that cannot even be an adapter's name gets the 400, with the naming rule)."""
-        try:
-            entry: StoredAdapter | None = self._describe(name)
-        except InvalidAdapterNameError as exc:
-            raise InvalidRequestError(
-                f"`model` is neither the base model '{self._loaded.name}', a blend ('a*0.7+b*0.3') nor an "
-                f"adapter: {exc}",
-                param="model",
-            ) from None
-        except AdapterNotFoundError:
-            self._entries.pop(name, None)
-            entry = None
-        if entry is not None and entry.disabled:
-            raise NotFoundError(
-                f"adapter '{name}' is disabled; enable it with POST /v1/adapters {{\"name\": \"{name}\"}}",
-                param="model",
-            )
-        if entry is None:
-            known = [self._loaded.name] + [a.name for a in self.servable()]
-            raise NotFoundError(
-                f"The model '{name}' does not exist. Available models: {', '.join(known)}", param="model"
-            )
-        refusal = self.refusal(entry)
-        if refusal is not None:
-            raise InvalidRequestError(f"adapter '{name}' cannot be served on this base: {refusal}", param="model")
-        return entry
-
-    def _describe(self, name: str) -> StoredAdapter:
-        """The store's description of `name`, read again only when its version changed: every request
-        looks its adapter up (a blend each source, twice), and a version costs a few `stat`s where a
-        description reads the config, the weights' header and the manifest (docs/performance.md)."""
-        version = self.store.version_of(name)
-        entry = self._entries.get(name)
-        if entry is None or entry.version != version:
-            entry = self._entries[name] = self.store.get(name)
-        return entry
-
-    def check_blend(self, blend: BlendSpec) -> list[StoredAdapter]:
-        """The blend's sources, once it is known that they can be blended: refuses, naming the ranks, a
-        method that needs equal ranks when they differ, and a blend whose rank passes `--max-blend-rank`
-        (`cat` adds its sources' ranks, so blends of saved blends would grow without end)."""
-        entries = [self.get(name) for name, _ in blend.components]
-        ranks = {e.name: _max_rank(e) for e in entries}
-        listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
-        if blend.method in ("linear", *DENSITY_METHODS) and len(set(ranks.values())) > 1:
-            raise InvalidRequestError(
-                f"blend method '{blend.method}' needs adapters of equal rank ({listed}); "
-                "use 'cat' (exact, any ranks) or 'svd'",
-                param="blend_method",
-            )
-        rank = blend_rank(blend.method, list(ranks.values()))
-        if rank > self._max_blend_rank:
-            raise InvalidRequestError(
-                f"blend {blend.label()} would have rank {rank} ('{blend.method}' of {listed}), above this "
-                f"server's --max-blend-rank {self._max_blend_rank}; blend fewer adapters, or use 'svd' "
-                "(the rank of the largest source)",
-                param="model",
-            )
-        return entries
-
-
-def _max_rank(entry: StoredAdapter) -> int:
-    config = entry.config
-    assert config is not None  # servable entries have a readable config
-    return max([config.r, *(config.rank_pattern or {}).values()])
-
-
-def blend_rank(method: str, ranks: list[int]) -> int:
-    """The rank PEFT's `add_weighted_adapter` gives a blend of adapters of these ranks: `cat` adds them up,
-    `svd` keeps the largest, the other methods need them equal."""
-    return sum(ranks) if method == "cat" else max(ranks)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from hotlora_adapters import (
 
 from ..errors import ConflictError, HotloraError, InvalidRequestError, NotFoundError
 from ..types import AdapterInfo, BlendSpec
-from .adapter_pool import AdapterCatalog
+from .catalog import AdapterCatalog
 from .loader import LoadedModel
 
 if TYPE_CHECKING:

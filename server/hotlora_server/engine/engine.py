@@ -36,9 +36,10 @@ from ..types import (
     TokenizeRequest,
     Usage,
 )
-from .adapter_pool import AdapterCatalog, AdapterPool, PoolStats
+from .adapter_pool import AdapterPool, PoolStats
 from .admin import AdapterAdmin
 from .attention import use_batch_invariant_attention
+from .catalog import AdapterCatalog
 from .kv_budget import KvBudget
 from .loader import LoadedModel, ModelLoadError, load_model
 from .prefix_cache import PrefixCache
