@@ -5,7 +5,7 @@ row (`lora_stack`, or PEFT's per-row `adapter_names` for adapters the stack cann
 for different adapters never disturb each other and the base weights are never touched. The pool keeps at
 most `max_resident` adapters and blends (LRU), never evicts one a request is using, loads a re-registered
 adapter's new weights under a new key (requests in flight finish on the old ones), and may merge one
-adapter for speed (see `merging`).
+adapter for speed (see `merge_policy`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,15 +32,12 @@ from .catalog import AdapterCatalog
 from .cpu.bnb import packing_held
 from .loader import LoadedModel
 from .lora_stack import LoraStack
-from .merging import MergedAdapter, NotMergeable, merge
-from .peft_load import load_adapter
+from .merge_policy import Merger, MergePolicy
+from .peft_load import BASE, load_adapter
 
 log = logging.getLogger(__name__)
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 _MIXED = "__mixed__"  # rows of several targets: PEFT routes each row by `adapter_names`
-MergePolicy = Literal["auto", "never", "always"]
-AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch for this many forwards
 
 
 @dataclass
@@ -71,15 +68,6 @@ class PoolStats:
         return self.loads + self.blends
 
 
-@dataclass
-class _MergeState:
-    merged: MergedAdapter | None = None
-    kernel_error: float | None = None  # max |logit| difference of the dense vs the quantized base
-    streak_key: str | None = None
-    streak: int = 0
-    unmergeable: set[str] = field(default_factory=set)
-
-
 class AdapterPool:
     """Owns the served module: the base model, wrapped in a `PeftModel` once the first adapter loads.
 
@@ -92,12 +80,11 @@ class AdapterPool:
         self._loaded = loaded
         self._catalog = catalog
         self._max_resident = max_resident
-        self._merge_policy = merge_policy
         self.model: Any = loaded.model
         self._resident: OrderedDict[tuple[Any, ...], _Resident] = OrderedDict()  # LRU order
         self._keys = (f"a{i}" for i in itertools.count())  # PEFT names: adapter names may contain "."
-        self._merge = _MergeState()
         self.stats = PoolStats()
+        self._merge = Merger(merge_policy, loaded, self.stats)
         self.resident: frozenset[str] = frozenset()
         self._active: str | None = None  # what PEFT runs now; None: unknown (PEFT changed it)
         self._stack = LoraStack(loaded.dtype, group=self._stack_group, kernels=loaded.kernels)
@@ -167,25 +154,18 @@ class AdapterPool:
         return self._merge.merged is not None
 
     def _routed(self, key: str) -> str:
-        return BASE if self._merge.merged is not None and key == self._merge.merged.key else key
+        return BASE if self._merge.key is not None and key == self._merge.key else key
 
     @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
     def _apply_merge_policy(self, distinct: set[str]) -> None:
         """Merge the adapter that has the whole batch to itself (per `--merge-policy`), else unmerge."""
-        alone = next(iter(distinct)) if len(distinct) == 1 else None
-        state = self._merge
-        state.streak = state.streak + 1 if alone is not None and alone == state.streak_key else 1
-        state.streak_key = alone
-        wanted = None
-        if alone not in (None, BASE) and alone not in state.unmergeable:
-            if self._merge_policy == "always" or (
-                self._merge_policy == "auto" and state.streak >= AUTO_MERGE_AFTER
-            ):
-                wanted = alone
-        if (state.merged.key if state.merged else None) != wanted:
+        wanted = self._merge.wanted(distinct)
+        if self._merge.key != wanted:
             self._unmerge()
             if wanted is not None:
-                self._merge_key(wanted)
+                label = self._by_key(wanted).label
+                self._activate(_MIXED)  # the merge's probes route rows by `adapter_names`
+                self._merge.merge(self.model, wanted, label)
 
     def _activate(self, target: str) -> None:
         """Make `target` (an adapter key, BASE, or _MIXED for per-row routing) what PEFT runs."""
@@ -368,67 +348,26 @@ class AdapterPool:
             _release_memory()  # once for them all: a full garbage collection is not cheap
 
     def _drop(self, resident: _Resident) -> None:
-        if self._merge.merged is not None and self._merge.merged.key == resident.key:
+        if self._merge.key == resident.key:
             self._unmerge()
         for cache_key, entry in list(self._resident.items()):
             if entry is resident:
                 del self._resident[cache_key]
         self._delete(resident.key)
-        self._merge.unmergeable.discard(resident.key)
+        self._merge.forget(resident.key)
         for listener in self._drop_listeners:
             listener(resident.key)
         self.stats.unloads += 1
         self._update_resident()
 
-    def _merge_key(self, key: str) -> None:
-        """Merge `key` if the merged model predicts what the unmerged one does, up to the rounding the
-        quantized kernel itself makes (the dense base vs the quantized base on the same probe)."""
-        resident = self._by_key(key)
-        self._activate(_MIXED)  # the probes below route rows by `adapter_names`
-        probe = self._loaded.tokenizer(MERGE_PROBE, return_tensors="pt").input_ids.to(self._loaded.device)
-
-        def logits(adapter: str) -> torch.Tensor:
-            return self.model(input_ids=probe, adapter_names=[adapter]).logits.float()
-
-        expected, base = logits(key), logits(BASE)
-        try:
-            if self._merge.kernel_error is None:
-                dense_base = merge(self.model, key, self._loaded.dtype, delta_scale=0.0)
-                self._merge.kernel_error = float((logits(BASE) - base).abs().max())
-                dense_base.unmerge()
-            merged = merge(self.model, key, self._loaded.dtype)
-        except NotMergeable as exc:
-            self._refuse_merge(resident, exc)
-            return
-        diff = float((logits(BASE) - expected).abs().max())
-        tolerance = 3 * self._merge.kernel_error + 1e-3 * float(expected.abs().max())
-        if diff > tolerance:
-            merged.unmerge()
-            self._refuse_merge(resident, NotMergeable(f"merged logits differ by {diff:.3g} (> {tolerance:.3g})"))
-            return
-        self._merge.merged = merged
-        self.stats.merges += 1
-        log.info("merged %s for speed (merges so far: %d)", resident.label, self.stats.merges)
-
-    def _refuse_merge(self, resident: _Resident, reason: NotMergeable) -> None:
-        log.info("serving %s unmerged: %s", resident.label, reason)
-        self._merge.unmergeable.add(resident.key)
-        self.stats.merge_refusals += 1
-
     def _unmerge(self) -> None:
-        if self._merge.merged is not None:
-            self._merge.merged.unmerge()
-            self._merge.merged = None
-            self.stats.unmerges += 1
+        if self._merge.unmerge():
             _release_memory()
 
 
 def _blend_key(blend: BlendSpec, versions: Iterable[str]) -> tuple[Any, ...]:
     """A blend's entry in the pool: by its sources' store versions, so re-registering a source makes it new."""
     return ("blend", blend.components, tuple(versions), blend.method, blend.density)
-
-
-MERGE_PROBE = "Verify the merge: the quick brown fox jumps over the lazy dog."
 
 
 def _release_memory() -> None:
