@@ -44,7 +44,8 @@ from .kv_budget import KvBudget
 from .loader import LoadedModel, ModelLoadError, load_model
 from .prefix_cache import PrefixCache
 from .prompts import PromptTokenizer, stop_token_ids
-from .scheduler import Job, Scheduler, SchedulerStats
+from .rows import Job
+from .scheduler import Scheduler, SchedulerStats
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
