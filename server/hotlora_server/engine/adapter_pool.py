@@ -1,11 +1,11 @@
-"""Adapters resident in the model: found in the store, checked against the base, loaded on demand.
+"""Adapters resident in the model: loaded on demand from what the catalog (`catalog`) found servable.
 
 Adapters are served unmerged by default: one forward pass mixes the base and any number of adapters row by
 row (`lora_stack`, or PEFT's per-row `adapter_names` for adapters the stack cannot express), so requests
 for different adapters never disturb each other and the base weights are never touched. The pool keeps at
 most `max_resident` adapters and blends (LRU), never evicts one a request is using, loads a re-registered
 adapter's new weights under a new key (requests in flight finish on the old ones), and may merge one
-adapter for speed (see `merging`).
+adapter for speed (see `merge_policy`).
 """
 
 from __future__ import annotations
@@ -14,182 +14,31 @@ import ctypes
 import gc
 import itertools
 import logging
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from peft import PeftModel
 
-from hotlora_adapters import (
-    AdapterError,
-    AdapterFiles,
-    AdapterNotFoundError,
-    AdapterStore,
-    InvalidAdapterNameError,
-    StoredAdapter,
-    check_compatible,
-    inspect_adapter,
-)
+from hotlora_adapters import AdapterError, StoredAdapter, inspect_adapter
 
-from ..blend_methods import EQUAL_RANK_METHODS, blend_rank, combination_type
-from ..errors import HotloraError, InvalidRequestError, NotFoundError, ServiceUnavailableError
+from ..blend_methods import combination_type
+from ..errors import HotloraError, InvalidRequestError, ServiceUnavailableError
 from ..types import BlendSpec
+from .catalog import AdapterCatalog
 from .cpu.bnb import packing_held
 from .loader import LoadedModel
 from .lora_stack import LoraStack
-from .merging import MergedAdapter, NotMergeable, merge
-from .peft_load import load_adapter
+from .merge_policy import Merger, MergePolicy
+from .peft_load import BASE, load_adapter
 
 log = logging.getLogger(__name__)
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 _MIXED = "__mixed__"  # rows of several targets: PEFT routes each row by `adapter_names`
-MergePolicy = Literal["auto", "never", "always"]
-AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch for this many forwards
-
-
-class AdapterCatalog:
-    """The store's adapters that fit the served base, re-read on demand and checked once per version.
-
-    Used from the engine thread and from worker threads (never from the event loop: a first check reads an
-    adapter's weights).
-    """
-
-    def __init__(self, store: AdapterStore, loaded: LoadedModel, max_rank: int, max_blend_rank: int) -> None:
-        self.store = store
-        self.max_rank = max_rank  # --max-lora-rank
-        self._loaded = loaded
-        self._max_blend_rank = max_blend_rank
-        self._verdicts: dict[str, tuple[str, str | None]] = {}  # name -> (version judged, refusal)
-        self._entries: dict[str, StoredAdapter] = {}  # name -> the store's description, while its version holds
-        self._checking = threading.Lock()  # one reading of an adapter's weights, not one per waiting request
-
-    def refusal(self, entry: StoredAdapter) -> str | None:
-        """Why `entry` cannot be served on this base, or None."""
-        if entry.error is not None:
-            return entry.error
-        judged = self._verdicts.get(entry.name)
-        if judged is None or judged[0] != entry.version:
-            with self._checking:
-                judged = self._verdicts.get(entry.name)
-                if judged is None or judged[0] != entry.version:
-                    judged = self._verdicts[entry.name] = (entry.version, self._check(entry))
-        return judged[1]
-
-    def _check_fits(self, files: AdapterFiles) -> None:
-        check_compatible(files, self._loaded.spec, max_rank=self.max_rank)
-
-    def forget(self, name: str) -> None:
-        """`name` left the store or was disabled: drop what was kept about it (read again if it comes back)."""
-        self._verdicts.pop(name, None)
-        self._entries.pop(name, None)
-
-    def _check(self, entry: StoredAdapter) -> str | None:
-        """Read `entry`'s header (sizes first) and weights against the base once."""
-        try:
-            self.store.load_files(entry.name, check=self._check_fits)
-        except AdapterError as exc:
-            log.warning("adapter %s is not servable: %s", entry.name, exc)
-            return str(exc)
-        return None
-
-    def servable(self) -> list[StoredAdapter]:
-        """Enabled adapters of the store that fit the base, in name order."""
-        return [a for a in self.entries() if not a.disabled and self.refusal(a) is None]
-
-    def entries(self) -> list[StoredAdapter]:
-        """Every adapter of the store (disabled and unusable ones too), in name order.
-
-        Listing costs a few `stat`s per adapter (`store.versions()`); an adapter is described again only
-        when its version changed, since a description reads its config, weights' header and manifest.
-        """
-        versions = self.store.versions()
-        listing: list[StoredAdapter] = []
-        for name, version in versions.items():
-            entry = self._entries.get(name)
-            if entry is None or entry.version != version:
-                try:
-                    entry = self._entries[name] = self.store.get(name)
-                except AdapterNotFoundError:  # removed since the versions were taken
-                    continue
-            listing.append(entry)
-        for name in list(self._entries):
-            if name not in versions:
-                self._entries.pop(name, None)
-        return listing
-
-    def get(self, name: str) -> StoredAdapter:
-        """The adapter called `name`, or a 404 naming what exists / a 400 saying why it cannot be served
-        (a `model` that cannot even be an adapter's name gets the 400, with the naming rule)."""
-        try:
-            entry: StoredAdapter | None = self._describe(name)
-        except InvalidAdapterNameError as exc:
-            raise InvalidRequestError(
-                f"`model` is neither the base model '{self._loaded.name}', a blend ('a*0.7+b*0.3') nor an "
-                f"adapter: {exc}",
-                param="model",
-            ) from None
-        except AdapterNotFoundError:
-            self._entries.pop(name, None)
-            entry = None
-        if entry is not None and entry.disabled:
-            raise NotFoundError(
-                f"adapter '{name}' is disabled; enable it with POST /v1/adapters {{\"name\": \"{name}\"}}",
-                param="model",
-            )
-        if entry is None:
-            known = [self._loaded.name] + [a.name for a in self.servable()]
-            raise NotFoundError(
-                f"The model '{name}' does not exist. Available models: {', '.join(known)}", param="model"
-            )
-        refusal = self.refusal(entry)
-        if refusal is not None:
-            raise InvalidRequestError(f"adapter '{name}' cannot be served on this base: {refusal}", param="model")
-        return entry
-
-    def _describe(self, name: str) -> StoredAdapter:
-        """The store's description of `name`, read again only when its version changed: every request
-        looks its adapter up (a blend each source, twice), and a version costs a few `stat`s where a
-        description reads the config, the weights' header and the manifest (docs/performance.md)."""
-        version = self.store.version_of(name)
-        entry = self._entries.get(name)
-        if entry is None or entry.version != version:
-            entry = self._entries[name] = self.store.get(name)
-        return entry
-
-    def check_blend(self, blend: BlendSpec) -> list[StoredAdapter]:
-        """The blend's sources, once it is known that they can be blended: refuses, naming the ranks, a
-        method that needs equal ranks when they differ, and a blend whose rank passes `--max-blend-rank`
-        (`cat` adds its sources' ranks, so blends of saved blends would grow without end)."""
-        entries = [self.get(name) for name, _ in blend.components]
-        ranks = {e.name: _max_rank(e) for e in entries}
-        listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
-        if blend.method in EQUAL_RANK_METHODS and len(set(ranks.values())) > 1:
-            raise InvalidRequestError(
-                f"blend method '{blend.method}' needs adapters of equal rank ({listed}); "
-                "use 'cat' (exact, any ranks) or 'svd'",
-                param="blend_method",
-            )
-        rank = blend_rank(blend.method, list(ranks.values()))
-        if rank > self._max_blend_rank:
-            raise InvalidRequestError(
-                f"blend {blend.label()} would have rank {rank} ('{blend.method}' of {listed}), above this "
-                f"server's --max-blend-rank {self._max_blend_rank}; blend fewer adapters, or use 'svd' "
-                "(the rank of the largest source)",
-                param="model",
-            )
-        return entries
-
-
-def _max_rank(entry: StoredAdapter) -> int:
-    config = entry.config
-    assert config is not None  # servable entries have a readable config
-    return max([config.r, *(config.rank_pattern or {}).values()])
 
 
 @dataclass
@@ -220,15 +69,6 @@ class PoolStats:
         return self.loads + self.blends
 
 
-@dataclass
-class _MergeState:
-    merged: MergedAdapter | None = None
-    kernel_error: float | None = None  # max |logit| difference of the dense vs the quantized base
-    streak_key: str | None = None
-    streak: int = 0
-    unmergeable: set[str] = field(default_factory=set)
-
-
 class AdapterPool:
     """Owns the served module: the base model, wrapped in a `PeftModel` once the first adapter loads.
 
@@ -241,12 +81,11 @@ class AdapterPool:
         self._loaded = loaded
         self._catalog = catalog
         self._max_resident = max_resident
-        self._merge_policy = merge_policy
         self.model: Any = loaded.model
         self._resident: OrderedDict[tuple[Any, ...], _Resident] = OrderedDict()  # LRU order
         self._keys = (f"a{i}" for i in itertools.count())  # PEFT names: adapter names may contain "."
-        self._merge = _MergeState()
         self.stats = PoolStats()
+        self._merge = Merger(merge_policy, loaded, self.stats)
         self.resident: frozenset[str] = frozenset()
         self._active: str | None = None  # what PEFT runs now; None: unknown (PEFT changed it)
         self._stack = LoraStack(loaded.dtype, group=self._stack_group, kernels=loaded.kernels)
@@ -316,25 +155,18 @@ class AdapterPool:
         return self._merge.merged is not None
 
     def _routed(self, key: str) -> str:
-        return BASE if self._merge.merged is not None and key == self._merge.merged.key else key
+        return BASE if self._merge.key is not None and key == self._merge.key else key
 
     @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
     def _apply_merge_policy(self, distinct: set[str]) -> None:
         """Merge the adapter that has the whole batch to itself (per `--merge-policy`), else unmerge."""
-        alone = next(iter(distinct)) if len(distinct) == 1 else None
-        state = self._merge
-        state.streak = state.streak + 1 if alone is not None and alone == state.streak_key else 1
-        state.streak_key = alone
-        wanted = None
-        if alone not in (None, BASE) and alone not in state.unmergeable:
-            if self._merge_policy == "always" or (
-                self._merge_policy == "auto" and state.streak >= AUTO_MERGE_AFTER
-            ):
-                wanted = alone
-        if (state.merged.key if state.merged else None) != wanted:
+        wanted = self._merge.wanted(distinct)
+        if self._merge.key != wanted:
             self._unmerge()
             if wanted is not None:
-                self._merge_key(wanted)
+                label = self._by_key(wanted).label
+                self._activate(_MIXED)  # the merge's probes route rows by `adapter_names`
+                self._merge.merge(self.model, wanted, label)
 
     def _activate(self, target: str) -> None:
         """Make `target` (an adapter key, BASE, or _MIXED for per-row routing) what PEFT runs."""
@@ -517,67 +349,26 @@ class AdapterPool:
             _release_memory()  # once for them all: a full garbage collection is not cheap
 
     def _drop(self, resident: _Resident) -> None:
-        if self._merge.merged is not None and self._merge.merged.key == resident.key:
+        if self._merge.key == resident.key:
             self._unmerge()
         for cache_key, entry in list(self._resident.items()):
             if entry is resident:
                 del self._resident[cache_key]
         self._delete(resident.key)
-        self._merge.unmergeable.discard(resident.key)
+        self._merge.forget(resident.key)
         for listener in self._drop_listeners:
             listener(resident.key)
         self.stats.unloads += 1
         self._update_resident()
 
-    def _merge_key(self, key: str) -> None:
-        """Merge `key` if the merged model predicts what the unmerged one does, up to the rounding the
-        quantized kernel itself makes (the dense base vs the quantized base on the same probe)."""
-        resident = self._by_key(key)
-        self._activate(_MIXED)  # the probes below route rows by `adapter_names`
-        probe = self._loaded.tokenizer(MERGE_PROBE, return_tensors="pt").input_ids.to(self._loaded.device)
-
-        def logits(adapter: str) -> torch.Tensor:
-            return self.model(input_ids=probe, adapter_names=[adapter]).logits.float()
-
-        expected, base = logits(key), logits(BASE)
-        try:
-            if self._merge.kernel_error is None:
-                dense_base = merge(self.model, key, self._loaded.dtype, delta_scale=0.0)
-                self._merge.kernel_error = float((logits(BASE) - base).abs().max())
-                dense_base.unmerge()
-            merged = merge(self.model, key, self._loaded.dtype)
-        except NotMergeable as exc:
-            self._refuse_merge(resident, exc)
-            return
-        diff = float((logits(BASE) - expected).abs().max())
-        tolerance = 3 * self._merge.kernel_error + 1e-3 * float(expected.abs().max())
-        if diff > tolerance:
-            merged.unmerge()
-            self._refuse_merge(resident, NotMergeable(f"merged logits differ by {diff:.3g} (> {tolerance:.3g})"))
-            return
-        self._merge.merged = merged
-        self.stats.merges += 1
-        log.info("merged %s for speed (merges so far: %d)", resident.label, self.stats.merges)
-
-    def _refuse_merge(self, resident: _Resident, reason: NotMergeable) -> None:
-        log.info("serving %s unmerged: %s", resident.label, reason)
-        self._merge.unmergeable.add(resident.key)
-        self.stats.merge_refusals += 1
-
     def _unmerge(self) -> None:
-        if self._merge.merged is not None:
-            self._merge.merged.unmerge()
-            self._merge.merged = None
-            self.stats.unmerges += 1
+        if self._merge.unmerge():
             _release_memory()
 
 
 def _blend_key(blend: BlendSpec, versions: Iterable[str]) -> tuple[Any, ...]:
     """A blend's entry in the pool: by its sources' store versions, so re-registering a source makes it new."""
     return ("blend", blend.components, tuple(versions), blend.method, blend.density)
-
-
-MERGE_PROBE = "Verify the merge: the quick brown fox jumps over the lazy dog."
 
 
 def _release_memory() -> None:

@@ -1,7 +1,7 @@
 """Adapter management: the store's write side and the pool, behind the management routes.
 
 File work (import, disable, delete, register) runs in a worker thread so the event loop stays free;
-anything that touches the model runs in the engine thread through `Engine.call`. Every step checks
+anything that touches the model runs in the engine thread through the engine's mailbox. Every step checks
 before it writes, and a load that fails after an import removes what the import added, so a refused
 adapter is never left half-registered or half-loaded.
 """
@@ -12,7 +12,6 @@ import asyncio
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hotlora_adapters import (
     AdapterError,
@@ -28,11 +27,9 @@ from hotlora_adapters import (
 
 from ..errors import ConflictError, HotloraError, InvalidRequestError, NotFoundError
 from ..types import AdapterInfo, BlendSpec
-from .adapter_pool import AdapterCatalog
+from .catalog import AdapterCatalog
 from .loader import LoadedModel
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .mailbox import EngineMailbox
 
 
 def domain_error(exc: AdapterError) -> HotloraError:
@@ -49,8 +46,10 @@ def domain_error(exc: AdapterError) -> HotloraError:
 class AdapterAdmin:
     """Implements the engine's adapter-management calls."""
 
-    def __init__(self, engine: Engine, catalog: AdapterCatalog, loaded: LoadedModel, allowed: Sequence[Path]) -> None:
-        self._engine = engine
+    def __init__(
+        self, mailbox: EngineMailbox, catalog: AdapterCatalog, loaded: LoadedModel, allowed: Sequence[Path]
+    ) -> None:
+        self._mailbox = mailbox
         self._catalog = catalog
         self._store = catalog.store
         self._loaded = loaded
@@ -58,7 +57,7 @@ class AdapterAdmin:
 
     def list_adapters(self) -> list[AdapterInfo]:
         """Every adapter of the store with its status (blocking: a first check reads an adapter's weights)."""
-        resident = self._engine.resident_adapters()
+        resident = self._mailbox.resident_adapters()
         return [self._info(entry, resident) for entry in self._catalog.entries()]
 
     async def load(self, name: str, path: str | None) -> AdapterInfo:
@@ -71,7 +70,7 @@ class AdapterAdmin:
             entry = self._store.get(name)
             if entry.disabled:
                 await asyncio.to_thread(self._store.set_disabled, name, False)
-            await self._engine.call(lambda pool: pool.load(name))
+            await self._mailbox.call(lambda pool: pool.load(name))
         except AdapterError as exc:
             raise domain_error(exc) from None
         except HotloraError:
@@ -89,7 +88,7 @@ class AdapterAdmin:
                 await asyncio.to_thread(self._store.set_disabled, name, True)
         except AdapterError as exc:
             raise domain_error(exc) from None
-        await self._engine.call(lambda pool: pool.invalidate(name))
+        await self._mailbox.call(lambda pool: pool.invalidate(name))
 
     async def save_blend(self, name: str, blend: BlendSpec) -> AdapterInfo:
         try:
@@ -99,7 +98,7 @@ class AdapterAdmin:
         except AdapterError as exc:
             raise domain_error(exc) from None
         with tempfile.TemporaryDirectory(prefix="hotlora-blend-") as tmp:
-            folder = await self._engine.call(lambda pool: pool.save_blend(blend, Path(tmp)))
+            folder = await self._mailbox.call(lambda pool: pool.save_blend(blend, Path(tmp)))
             manifest = self._blend_manifest(name, blend, folder)
             try:
                 await asyncio.to_thread(
@@ -132,7 +131,7 @@ class AdapterAdmin:
         )
 
     def _describe(self, name: str) -> AdapterInfo:
-        return self._info(self._store.get(name), self._engine.resident_adapters())
+        return self._info(self._store.get(name), self._mailbox.resident_adapters())
 
     def _info(self, entry: StoredAdapter, resident: frozenset[str]) -> AdapterInfo:
         refusal = self._catalog.refusal(entry)

@@ -2,9 +2,10 @@
 
 `generate` validates and tokenizes in a worker thread (a bad request fails before anything is queued, and
 neither the event loop nor the engine thread waits for a long prompt or an adapter's first check), then
-hands a job to the engine thread and streams its events back through a per-request asyncio queue. The engine thread alternates between taking what arrived (jobs for the scheduler,
-management tasks run at once, between batch steps) and one scheduler step, which takes arrivals again
-between its prefills; it sleeps when idle.
+hands a job to the engine thread through its mailbox (`mailbox`) and streams its events back through a
+per-request asyncio queue. The engine thread alternates between taking what arrived (jobs for the
+scheduler, management tasks run at once, between batch steps) and one scheduler step, which takes
+arrivals again between its prefills; it sleeps when idle.
 Closing a stream early sets the job's cancel flag; the scheduler drops its rows at the next step.
 """
 
@@ -14,12 +15,10 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from hotlora_adapters import AdapterStore, StoreChange, StoreWatcher
 
@@ -36,24 +35,19 @@ from ..types import (
     TokenizeRequest,
     Usage,
 )
-from .adapter_pool import AdapterCatalog, AdapterPool, PoolStats
+from .adapter_pool import AdapterPool, PoolStats
 from .admin import AdapterAdmin
+from .catalog import AdapterCatalog
 from .kv_budget import KvBudget
 from .loader import LoadedModel, ModelLoadError, load_model
+from .mailbox import EngineMailbox
 from .prefix_cache import PrefixCache
 from .prompts import PromptTokenizer, stop_token_ids
-from .scheduler import Job, Scheduler, SchedulerStats
+from .rows import Job
+from .scheduler import Scheduler, SchedulerStats
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class _Control:
-    """A management task (load, unload, blend) run in the engine thread, between batch steps."""
-
-    fn: Callable[[], Any]
-    done: Callable[[Any, BaseException | None], None]
 
 
 class Engine:
@@ -62,7 +56,7 @@ class Engine:
     def __init__(self, settings: Settings, on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self._settings = settings
         self._on_fatal = on_fatal
-        self._jobs: queue.Queue[Job | _Control | None] = queue.Queue()
+        self._mailbox = EngineMailbox()
         self._ready = threading.Event()
         self._loaded: LoadedModel | None = None
         self._catalog: AdapterCatalog | None = None
@@ -75,7 +69,6 @@ class Engine:
         self._created = int(time.time())
         self._thread = threading.Thread(target=self._run, name="hotlora-engine", daemon=True)
         self.error: BaseException | None = None
-        self._stopping = False  # the stop sentinel was taken
 
     # -- EngineClient -------------------------------------------------------------------------------
 
@@ -118,7 +111,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent | HotloraError] = asyncio.Queue()
         job.emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
-        self._jobs.put(job)
+        self._mailbox.submit(job)
         try:
             while True:
                 event = await events.get()
@@ -133,7 +126,7 @@ class Engine:
     def waiting(self) -> int:
         """Requests queued for the running batch and not in it yet (read from any thread; approximate)."""
         scheduler = self._scheduler
-        return self._jobs.qsize() + (len(scheduler.waiting) if scheduler is not None else 0)
+        return self._mailbox.queued() + (len(scheduler.waiting) if scheduler is not None else 0)
 
     def stats(self) -> EngineStats:
         """Counters and gauges for `/metrics`; plain reads of numbers the engine thread writes."""
@@ -172,7 +165,7 @@ class Engine:
 
     def resident_adapters(self) -> frozenset[str]:
         """Store adapters loaded in memory now (a snapshot, safe from any thread)."""
-        return self._pool.resident if self._pool is not None else frozenset()
+        return self._mailbox.resident_adapters()
 
     async def list_adapters(self) -> list[AdapterInfo]:
         return await asyncio.to_thread(self._require_admin().list_adapters)
@@ -188,24 +181,7 @@ class Engine:
 
     async def call(self, fn: Callable[[AdapterPool], T]) -> T:
         """Run `fn(pool)` in the engine thread, between requests, and return its result here."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-
-        def done(result: Any, error: BaseException | None) -> None:
-            def settle() -> None:
-                if future.cancelled():
-                    return
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
-
-            loop.call_soon_threadsafe(settle)
-
-        pool = self._pool
-        assert pool is not None
-        self._jobs.put(_Control(fn=lambda: fn(pool), done=done))
-        return await future
+        return await self._mailbox.call(fn)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -215,7 +191,7 @@ class Engine:
     def stop(self, timeout: float = 10.0) -> None:
         if self._watcher is not None:
             self._watcher.stop()
-        self._jobs.put(None)
+        self._mailbox.close()
         self._thread.join(timeout)
 
     # -- request preparation (worker threads) --------------------------------------------------------
@@ -312,51 +288,17 @@ class Engine:
             return
         scheduler = self._scheduler
         assert scheduler is not None
-        while self._take_arrivals(block=scheduler.idle):
-            scheduler.step(arrivals=lambda: self._take_arrivals(block=False))
+        mailbox = self._mailbox  # arrived jobs go to the scheduler; arrived tasks run at once
+        while mailbox.take(scheduler.add, block=scheduler.idle):
+            scheduler.step(arrivals=lambda: mailbox.take(scheduler.add, block=False))
         scheduler.fail_all(ServiceUnavailableError("the server is shutting down", retry_after=1))
-
-    def _take_arrivals(self, block: bool) -> bool:
-        """Hand arrived jobs to the scheduler and run arrived management tasks; False once told to stop."""
-        scheduler = self._scheduler
-        assert scheduler is not None
-        if self._stopping:
-            return False
-        try:
-            item = self._jobs.get(block=block)
-        except queue.Empty:
-            return True
-        while True:
-            if item is None:
-                self._stopping = True
-                return False
-            if isinstance(item, _Control):
-                self._control(item)
-            else:
-                scheduler.add(item)
-            try:
-                item = self._jobs.get_nowait()
-            except queue.Empty:
-                return True
-
-    @staticmethod
-    def _control(task: _Control) -> None:
-        try:
-            result = task.fn()
-        except Exception as exc:  # reported to the caller, who maps it to an error response
-            if not isinstance(exc, HotloraError):
-                log.exception("adapter management task failed")
-            task.done(None, exc)
-        else:
-            task.done(result, None)
 
     def _on_store_change(self, changes: list[StoreChange]) -> None:
         """The watcher saw adapters appear, change or vanish: drop stale copies (in the engine thread)."""
         for change in changes:
             log.info("store: %s %s", change.name, change.kind)
             if change.kind != "added" and self._pool is not None:
-                invalidate = functools.partial(self._pool.invalidate, change.name, change.version)
-                self._jobs.put(_Control(fn=invalidate, done=lambda *_: None))
+                self._mailbox.post(functools.partial(self._pool.invalidate, change.name, change.version))
 
     def _load(self) -> None:
         started = time.perf_counter()
@@ -367,7 +309,8 @@ class Engine:
         self._loaded, self._catalog = loaded, catalog
         settings = self._settings
         self._pool = AdapterPool(loaded, catalog, settings.max_loaded_adapters, settings.merge_policy)
-        self._admin = AdapterAdmin(self, catalog, loaded, settings.allow_adapter_dir)
+        self._mailbox.open(self._pool)
+        self._admin = AdapterAdmin(self._mailbox, catalog, loaded, settings.allow_adapter_dir)
         self._prompts = PromptTokenizer(loaded.tokenizer, loaded.context_length)
         self._watcher = StoreWatcher(store)
         self._watcher.poll()  # what is there now is known; later polls report changes

@@ -23,6 +23,8 @@ from hotlora_adapters import AdapterFiles, BaseSpec, peft_lora_kwargs
 
 from .cpu.bnb import packing_held
 
+BASE = "__base__"  # PEFT's name for "no adapter" in a batch routed by `adapter_names`
+
 
 def load_adapter(model: Any, base: torch.nn.Module, files: AdapterFiles, spec: BaseSpec, key: str) -> Any:
     """Load `files` under the PEFT adapter name `key` into `model` (the base itself, or a `PeftModel`

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+from transformers import DynamicCache
 
 BLOCK = 16  # tokens per cached block (vLLM's default block size)
 CAPACITY = 64 * 2**20  # bytes; SmolLM2-135M: about 90 blocks of 16 tokens
@@ -79,3 +80,27 @@ class PrefixCache:
 
 def _nbytes(block: LayerKV) -> int:
     return sum(k.nbytes + v.nbytes for k, v in block)
+
+
+def fill_past(cache: DynamicCache, hits: list[tuple[int, LayerKV | None]], past: int, device: torch.device) -> None:
+    """Put every row's cached prefix KV, left-padded to `past` columns, into the empty `cache`."""
+    sample = next(layers for _, layers in hits if layers is not None)
+    for index, (keys, values) in enumerate(sample):
+        shape = (len(hits), keys.shape[1], past, keys.shape[3])
+        k = torch.zeros(shape, dtype=keys.dtype, device=device)
+        v = torch.zeros(shape, dtype=values.dtype, device=device)
+        for row, (count, layers) in enumerate(hits):
+            if layers is not None:
+                k[row, :, past - count :] = layers[index][0][0]
+                v[row, :, past - count :] = layers[index][1][0]
+        cache.update(k, v, index)
+
+
+def shorten_hit(hit: tuple[int, LayerKV | None], at_most: int) -> tuple[int, LayerKV | None]:
+    """A prefix-cache hit cut to its first `at_most` tokens."""
+    count, layers = hit
+    if layers is None or count <= at_most:
+        return hit
+    if at_most == 0:
+        return 0, None
+    return at_most, [(k[:, :, :at_most], v[:, :, :at_most]) for k, v in layers]

@@ -13,106 +13,26 @@ requests leave at the next step.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
 from ..errors import HotloraError
-from ..types import ChoiceDelta, GenerationEvent, GenerationRequest, TokenLogprob, TopLogprob, Usage
+from ..types import Usage
 from .adapter_pool import AdapterPool
 from .batch_cache import BatchCache, new_cache
 from .generate import decode_one_token, prefill
 from .kv_budget import KvBudget
 from .loader import LoadedModel
-from .prefix_cache import LayerKV, PrefixCache
-from .sampling import RowSampler, logprobs_of
-from .text import IncrementalDetokenizer, StopMatcher, token_bytes
+from .prefix_cache import PrefixCache, fill_past, shorten_hit
+from .rows import Job, Row, jobs_of
 
 log = logging.getLogger(__name__)
 
 PREFILLS_PER_STEP = 2  # prefill forwards before a decode step: a burst's first arrivals, then the rest
-
-
-@dataclass
-class Job:
-    """One request: its prompt, what it may generate, and where its events go."""
-
-    request: GenerationRequest
-    prompt_ids: list[int]
-    max_new_tokens: int
-    emit: Callable[[GenerationEvent | HotloraError], None]
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    key: str | None = None  # the pinned PEFT adapter key, once admitted
-    cache: DynamicCache | None = None  # its own cache while prefilling
-    prefilled: int = 0  # prompt tokens run so far
-    rows: list[Row] = field(default_factory=list)
-    failed: bool = False
-
-    @property
-    def reach(self) -> int:
-        """Tokens a row of this request may hold at its end: its prompt and all it may generate."""
-        return len(self.prompt_ids) + self.max_new_tokens
-
-    @property
-    def done(self) -> bool:
-        """Nothing more to generate: failed, cancelled, or every started row finished."""
-        return self.failed or self.cancelled.is_set() or (bool(self.rows) and all(row.finished for row in self.rows))
-
-
-class Row:
-    """One choice being generated: sampler, detokenizer and stop matcher of a single row."""
-
-    def __init__(self, index: int, job: Job, loaded: LoadedModel, stop_ids: frozenset[int]) -> None:
-        self.index = index
-        self.job = job
-        self.sampler = RowSampler.create(job.request.sampling, index, job.prompt_ids, stop_ids)
-        self.detok = IncrementalDetokenizer(loaded.tokenizer)
-        self.stops = StopMatcher(job.request.sampling.stop)
-        self.generated = 0
-        self.last_token = -1
-        self.finished = False
-
-    def step(self, token: int, logits: torch.Tensor, loaded: LoadedModel, stop_ids: frozenset[int]) -> None:
-        """Account for one sampled token and emit its text; set `finished` when the row is done."""
-        self.generated += 1
-        self.last_token = token
-        params = self.job.request.sampling
-        if token in stop_ids and not params.ignore_eos:
-            self._emit(self.detok.flush(), [], finish="stop", flush=True)
-            return
-        logprobs = self._logprobs(token, logits, loaded) if params.logprobs else []
-        piece = self.detok.add(token)
-        # as vLLM: stop sequences count once the row has more than `min_tokens` tokens
-        text, hit = self.stops.feed(piece) if self.generated > params.min_tokens else (piece, False)
-        if hit:
-            self._emit(text, logprobs, finish="stop")
-        elif self.generated >= self.job.max_new_tokens:
-            self._emit(text, logprobs, finish="length", flush=True)
-        elif text or logprobs:
-            self._emit(text, logprobs)
-
-    def _emit(self, text: str, logprobs: list[TokenLogprob], finish: str | None = None, flush: bool = False) -> None:
-        if flush:
-            tail, hit = self.stops.feed(self.detok.flush())
-            text += tail if hit else tail + self.stops.flush()
-        self.finished = finish is not None
-        self.job.emit(ChoiceDelta(index=self.index, text=text, logprobs=logprobs, finish_reason=finish))  # type: ignore[arg-type]
-
-    def _logprobs(self, token: int, logits: torch.Tensor, loaded: LoadedModel) -> list[TokenLogprob]:
-        tok = loaded.tokenizer
-        value, alternatives = logprobs_of(logits, token, self.job.request.sampling.top_logprobs)
-
-        def piece(token_id: int) -> tuple[str, list[int]]:
-            raw = token_bytes(tok, token_id)
-            return raw.decode("utf-8", errors="replace"), list(raw)
-
-        text, raw = piece(token)
-        top = [TopLogprob(token=t, logprob=lp, bytes=b) for (t, b), lp in ((piece(i), lp) for i, lp in alternatives)]
-        return [TokenLogprob(token=text, logprob=value, bytes=raw, top_logprobs=top)]
 
 
 @dataclass
@@ -181,23 +101,23 @@ class Scheduler:
                 self._decode()
                 self._compact()
         except Exception as exc:  # the batch's state is unknown now: end its requests, keep serving
-            log.exception("batch step failed; failing the %d requests in the batch", len(_jobs_of(self.running)))
+            log.exception("batch step failed; failing the %d requests in the batch", len(jobs_of(self.running)))
             self._reset_batch(exc)
-        self.stats.requests_running = len(_jobs_of(self.running))
+        self.stats.requests_running = len(jobs_of(self.running))
         self.stats.batch_rows = len(self.running)
         self.stats.kv_cache_usage = self._kv.bytes_for(*self._reserved()) / self._kv.capacity
         self.stats.kv_cache_bytes = self._batch.nbytes()
 
     def fail_all(self, error: HotloraError) -> None:
         """Fail every request (the engine is stopping)."""
-        for job in [*self.waiting, *_jobs_of(self.running)]:
+        for job in [*self.waiting, *jobs_of(self.running)]:
             self._fail(job, error)
         self.waiting.clear()
         self._compact()
 
     def _reset_batch(self, exc: Exception) -> None:
         """Fail every request in the running batch and start with an empty one."""
-        jobs = _jobs_of(self.running)
+        jobs = jobs_of(self.running)
         self.running = []
         self._batch = BatchCache()
         for job in jobs:
@@ -342,7 +262,7 @@ class Scheduler:
             hits = [prefixes.lookup(job.key, job.prompt_ids) if prefixes else (0, None) for job in jobs]  # type: ignore[arg-type]
             full = torch.tensor([len(job.prompt_ids) for job in jobs])
             width = int((full - torch.tensor([count for count, _ in hits])).max())
-            hits = [_shorten(hit, max(0, int(n) - width)) for hit, n in zip(hits, full, strict=True)]
+            hits = [shorten_hit(hit, max(0, int(n) - width)) for hit, n in zip(hits, full, strict=True)]
             held = torch.tensor([count for count, _ in hits])
             lengths = full - held
             past = int(held.max())
@@ -354,7 +274,7 @@ class Scheduler:
             positions = (columns[:, past:] - past - pad[:, None]).clamp(min=0) + held[:, None]
             cache = new_cache()
             if past:
-                _fill_past(cache, hits, past, device)
+                fill_past(cache, hits, past, device)
             self.stats.prefill_tokens += int(lengths.sum())
             self.stats.prefix_cache_hit_tokens += int(held.sum())
             logits = prefill(self._pool.model, ids.to(device), cache, attention_mask=valid.long(),
@@ -409,7 +329,7 @@ class Scheduler:
                 )
         except Exception as exc:  # a failed batch step fails the requests in it; the engine keeps serving
             log.exception("decode step failed for %d rows", len(rows))
-            for job in _jobs_of(rows):
+            for job in jobs_of(rows):
                 self._fail(job, _internal(job, exc))
             return
         self._batch.advance()
@@ -435,7 +355,7 @@ class Scheduler:
         if len(keep) == len(self.running):
             return
         kept = set(keep)
-        leaving = _jobs_of([r for i, r in enumerate(self.running) if i not in kept])
+        leaving = jobs_of([r for i, r in enumerate(self.running) if i not in kept])
         self._batch.keep(keep)
         self.running = [self.running[i] for i in keep]
         for job in leaving:
@@ -468,35 +388,6 @@ class Scheduler:
             self._pool.release(job.key)
             job.key = None
         job.cache = None
-
-
-def _fill_past(cache: DynamicCache, hits: list[tuple[int, LayerKV | None]], past: int, device: torch.device) -> None:
-    """Put every row's cached prefix KV, left-padded to `past` columns, into the empty `cache`."""
-    sample = next(layers for _, layers in hits if layers is not None)
-    for index, (keys, values) in enumerate(sample):
-        shape = (len(hits), keys.shape[1], past, keys.shape[3])
-        k = torch.zeros(shape, dtype=keys.dtype, device=device)
-        v = torch.zeros(shape, dtype=values.dtype, device=device)
-        for row, (count, layers) in enumerate(hits):
-            if layers is not None:
-                k[row, :, past - count :] = layers[index][0][0]
-                v[row, :, past - count :] = layers[index][1][0]
-        cache.update(k, v, index)
-
-
-def _shorten(hit: tuple[int, LayerKV | None], at_most: int) -> tuple[int, LayerKV | None]:
-    """A prefix-cache hit cut to its first `at_most` tokens."""
-    count, layers = hit
-    if layers is None or count <= at_most:
-        return hit
-    if at_most == 0:
-        return 0, None
-    return at_most, [(k[:, :, :at_most], v[:, :, :at_most]) for k, v in layers]
-
-
-def _jobs_of(rows: list[Row]) -> list[Job]:
-    """The requests `rows` belong to, each once, in row order."""
-    return list({id(row.job): row.job for row in rows}.values())
 
 
 def _internal(job: Job, exc: Exception) -> HotloraError:

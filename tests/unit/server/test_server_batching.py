@@ -266,7 +266,7 @@ def test_a_cached_prefix_costs_the_prefill_budget_nothing(
         gate = threading.Event()
         holder = asyncio.create_task(engine.call(lambda _pool: gate.wait(60)))
         tasks = [asyncio.create_task(collect(engine, chat_request(TINY_NAME, p))) for p in prompts]
-        while engine._jobs.qsize() < len(prompts):
+        while engine._mailbox.queued() < len(prompts):
             await asyncio.sleep(0.01)
         gate.set()
         await holder
@@ -315,7 +315,7 @@ class _HeldPrefills:
 
 
 async def _queued(engine: Any, count: int) -> None:
-    while engine._jobs.qsize() < count:
+    while engine._mailbox.queued() < count:
         await asyncio.sleep(0.01)
 
 

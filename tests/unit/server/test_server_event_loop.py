@@ -103,7 +103,7 @@ def test_costly_parts_of_requests_run_off_the_event_loop(
     live: httpx.Client, store: AdapterStore, adapter_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Tokenizing, and an adapter's first check (which reads its weights) on every route that may need it."""
-    from hotlora_server.engine.adapter_pool import AdapterCatalog
+    from hotlora_server.engine.catalog import AdapterCatalog
     from hotlora_server.engine.prompts import PromptTokenizer
 
     tokenized: list[bool] = []

@@ -86,7 +86,7 @@ def test_a_vanished_client_of_a_non_streaming_request_frees_its_rows(live: httpx
 def boom_in_row_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the per-row token handling raise at the third token of the request with id BOOM (e.g. a
     detokenizer bug)."""
-    from hotlora_server.engine.scheduler import Row
+    from hotlora_server.engine.rows import Row
 
     original = Row.step
 
