@@ -155,7 +155,7 @@ def test_listings_describe_an_adapter_once_per_version(live: httpx.Client, store
 
     listed()
     described: list[bool] = []
-    _spy(monkeypatch, store_module, "_describe", described)
+    _spy(monkeypatch, store_module, "describe", described)
     assert "copy3" in listed() and described == []  # nothing changed: no adapter read again
     assert live.get("/v1/adapters").status_code == 200 and described == []
     store.set_disabled("copy3", True)
