@@ -8,6 +8,8 @@ alone and in any batch.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -166,29 +168,41 @@ def test_adapters_coming_and_going_write_only_their_own_columns(
     assert stack.covers(peft_model, {"a", "b", "c", "ab"}) and stack._widths == [6, 8, 6] and same(untouched)
 
 
+@contextmanager
+def _adding(peft_model: PeftModel, seed: int) -> Iterator[Callable[[str, LoraConfig], None]]:
+    """`add(name, config)` puts a seeded adapter into the shared model; every one is deleted afterwards."""
+    torch.manual_seed(seed)
+    names: list[str] = []
+
+    def add(name: str, config: LoraConfig) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            peft_model.add_adapter(name, config)
+        names.append(name)
+
+    try:
+        yield add
+    finally:
+        for name in names:
+            if name in peft_model.peft_config:
+                peft_model.delete_adapter(name)
+
+
 def test_a_block_given_back_and_made_again_in_one_update(peft_model: PeftModel, monkeypatch: pytest.MonkeyPatch) -> None:
     """One adapter deleted and another added before the stack follows them (a new version is loaded, then
     the old one deleted): the emptied last block is given back and a narrower one made in its place."""
     monkeypatch.setattr(lora_stack, "BLOCK", 6)
     stack = LoraStack(torch.float32)
-    torch.manual_seed(11)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            peft_model.add_adapter("e", LoraConfig(r=6, target_modules="all-linear", init_lora_weights=False))
-            assert stack.covers(peft_model, {"a", "e"}) and stack._slots["e"] == lora_stack._Slot(3, 0, 6)
-            peft_model.add_adapter("f", LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
+    with _adding(peft_model, seed=11) as add:
+        add("e", LoraConfig(r=6, target_modules="all-linear", init_lora_weights=False))
+        assert stack.covers(peft_model, {"a", "e"}) and stack._slots["e"] == lora_stack._Slot(3, 0, 6)
+        add("f", LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
         peft_model.delete_adapter("e")
         stack.invalidate()
         assert stack.covers(peft_model, {"f"}) and stack._slots["f"] == lora_stack._Slot(3, 0, 2)
         keys = ["a", "f", "c", BASE]
         ids = torch.randint(0, 1000, (len(keys), 5), generator=torch.Generator().manual_seed(5))
         torch.testing.assert_close(_stacked_logits(peft_model, stack, ids, keys), _peft_logits(peft_model, ids, keys))
-    finally:
-        for name in ("e", "f"):
-            if name in peft_model.peft_config:
-                peft_model.delete_adapter(name)
-        stack.invalidate()
 
 
 @pytest.mark.parametrize("made_in_inference_mode", [True, False], ids=["made-in-inference", "made-outside"])
@@ -196,11 +210,8 @@ def test_a_delete_is_followed_in_or_outside_inference_mode(peft_model: PeftModel
     """Blocks made during a forward (inference mode) are zeroed when an adapter leaves, which the pool may
     do outside that mode (an eviction, a purge), and the other way round."""
     stack = LoraStack(torch.float32)
-    torch.manual_seed(13)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            peft_model.add_adapter("e", LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
+    with _adding(peft_model, seed=13) as add:
+        add("e", LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
         with torch.inference_mode(made_in_inference_mode):
             assert stack.covers(peft_model, {"a", "e"})
         slot = stack._slots["e"]
@@ -211,10 +222,6 @@ def test_a_delete_is_followed_in_or_outside_inference_mode(peft_model: PeftModel
         for layer_stack in stack._layers.values():
             if slot.block < len(layer_stack.blocks):
                 assert not layer_stack.blocks[slot.block][0][:, slot.start : slot.stop].any()
-    finally:
-        if "e" in peft_model.peft_config:
-            peft_model.delete_adapter("e")
-        stack.invalidate()
 
 
 def test_hooks_add_nothing_outside_a_routed_forward(peft_model: PeftModel) -> None:
