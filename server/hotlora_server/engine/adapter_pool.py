@@ -242,7 +242,8 @@ class AdapterPool:
         self._stack.update(self.model)  # now: nothing of the deleted adapter may wait for the next forward
 
     def _model_changed(self) -> None:
-        """PEFT added or deleted an adapter: what it runs and the stacked weights must be set up again."""
+        """PEFT added an adapter: what it runs and the stacked weights are set up again before the next
+        forward that needs them (a delete is followed at once, in `_delete`)."""
         self._active = None
         self._stack.invalidate()
 
