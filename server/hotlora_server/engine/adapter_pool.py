@@ -168,6 +168,7 @@ class AdapterPool:
                 self._activate(_MIXED)  # the merge's probes route rows by `adapter_names`
                 self._merge.merge(self.model, wanted, label)
 
+    @torch.inference_mode()  # enabling adapter layers sets requires_grad, on tensors made in inference mode
     def _activate(self, target: str) -> None:
         """Make `target` (an adapter key, BASE, or _MIXED for per-row routing) what PEFT runs."""
         if not isinstance(self.model, PeftModel) or target == self._active:

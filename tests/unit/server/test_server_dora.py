@@ -1,0 +1,34 @@
+"""A DoRA adapter is served (through PEFT's own path: the LoRA stack cannot express it) beside plain ones.
+
+Its magnitude vectors are made while loading, in inference mode; switching PEFT to it sets their
+`requires_grad`, which torch refuses for inference tensors outside that mode: every DoRA request failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ADAPTER_NAME, TINY_NAME, chat_request, collect, running_engine, save_tiny_adapter, tiny_settings
+
+
+@pytest.fixture(scope="module")
+def dora_engine(tiny_dir: Path, real_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    store = tmp_path_factory.mktemp("store")
+    save_tiny_adapter(store / ADAPTER_NAME, real_tokenizer, seed=1, r=4, target_modules="all-linear")
+    save_tiny_adapter(store / "dora", real_tokenizer, seed=3, r=4, target_modules=["q_proj"], use_dora=True)
+    with running_engine(tiny_settings(tiny_dir, tmp_path_factory.mktemp("home"), store)) as engine:
+        yield engine
+
+
+def test_a_dora_adapter_is_served_alone_and_between_others(dora_engine: Any) -> None:
+    def text(model: str) -> str:
+        texts, usage = asyncio.run(collect(dora_engine, chat_request(model, "Hello there")))
+        assert usage.completion_tokens > 0
+        return texts[0]
+
+    first = text("dora")
+    assert [text(m) for m in (ADAPTER_NAME, "dora", TINY_NAME, "dora")][1::2] == [first, first]
