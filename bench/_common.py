@@ -59,21 +59,28 @@ def machine_header(title: str, stamp: str) -> list[str]:
     import torch
 
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-               platform.processor() or "unknown")
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+        platform.processor() or "unknown",
+    )
     ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    packages = ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "peft", "bitsandbytes"))
+    packages = ", ".join(
+        f"{name} {version(name)}" for name in ("torch", "transformers", "peft", "bitsandbytes")
+    )
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
     dirty = " (uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
-    return [f"# {title} {stamp}", "",
-            f"- machine: {cpu}, {os.cpu_count()} cores, {ram_gib:.0f} GiB RAM, GPU: {gpu}",
-            f"- packages: {packages}",
-            f"- commit: {git('rev-parse', '--short', 'HEAD')}{dirty}",
-            f"- command: `{shlex.join(['python', *sys.argv])}`"]
+    return [
+        f"# {title} {stamp}",
+        "",
+        f"- machine: {cpu}, {os.cpu_count()} cores, {ram_gib:.0f} GiB RAM, GPU: {gpu}",
+        f"- packages: {packages}",
+        f"- commit: {git('rev-parse', '--short', 'HEAD')}{dirty}",
+        f"- command: `{shlex.join(['python', *sys.argv])}`",
+    ]
 
 
 def publish(title: str, stamp: str, report: str) -> None:

@@ -59,7 +59,9 @@ def decode_rate(client: httpx.Client, model: str, tokens: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -76,7 +78,10 @@ def main() -> int:
 
         rows: list[tuple[str, str]] = []
         never = ["--home", str(home), "--adapters-dir", str(store), "--allow-adapter-dir", str(library)]
-        with serving(never, root / "never.log") as server, httpx.Client(base_url=server.base_url, timeout=300) as client:
+        with (
+            serving(never, root / "never.log") as server,
+            httpx.Client(base_url=server.base_url, timeout=300) as client,
+        ):
             first_token_after(client, BASE_ID, time.perf_counter())  # warm-up
             registered = []
             for i in range(args.repeats):
@@ -86,17 +91,26 @@ def main() -> int:
             loaded = []
             for i in range(args.repeats, 2 * args.repeats):
                 started = time.perf_counter()
-                response = client.post("/v1/adapters", json={"name": f"api{i}", "path": str(library / f"lora{i}")})
+                response = client.post(
+                    "/v1/adapters", json={"name": f"api{i}", "path": str(library / f"lora{i}")}
+                )
                 response.raise_for_status()
                 loaded.append(first_token_after(client, f"api{i}", started))
             base = decode_rate(client, BASE_ID, args.tokens)
             unmerged = decode_rate(client, "reg0", args.tokens)
         always = ["--home", str(home), "--adapters-dir", str(store), "--merge-policy", "always"]
-        with serving(always, root / "always.log") as server, httpx.Client(base_url=server.base_url, timeout=300) as client:
+        with (
+            serving(always, root / "always.log") as server,
+            httpx.Client(base_url=server.base_url, timeout=300) as client,
+        ):
             first_token_after(client, "reg0", time.perf_counter())  # loads and merges
             merged = decode_rate(client, "reg0", args.tokens)
-        rows.append(("hot-load: register in store -> first token (median)", f"{statistics.median(registered):.2f} s"))
-        rows.append(("hot-load: POST /v1/adapters -> first token (median)", f"{statistics.median(loaded):.2f} s"))
+        rows.append(
+            ("hot-load: register in store -> first token (median)", f"{statistics.median(registered):.2f} s")
+        )
+        rows.append(
+            ("hot-load: POST /v1/adapters -> first token (median)", f"{statistics.median(loaded):.2f} s")
+        )
         rows.append((f"decode, base model ({args.tokens} tokens)", f"{base:.1f} tokens/s"))
         rows.append(("decode, adapter unmerged (--merge-policy never)", f"{unmerged:.1f} tokens/s"))
         rows.append(("decode, adapter merged (--merge-policy always)", f"{merged:.1f} tokens/s"))

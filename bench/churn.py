@@ -19,7 +19,7 @@ import argparse
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -40,8 +40,16 @@ def cycle(http: httpx.Client, source: Path) -> list[float]:
     seconds = []
     for method, url, body in (
         ("POST", "/v1/adapters", {"name": NAME, "path": str(source)}),
-        ("POST", "/v1/chat/completions",
-         {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0}),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {
+                "model": NAME,
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 4,
+                "temperature": 0,
+            },
+        ),
         ("DELETE", f"/v1/adapters/{NAME}?purge=true", None),
     ):
         started = time.perf_counter()
@@ -53,7 +61,9 @@ def cycle(http: httpx.Client, source: Path) -> list[float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cycles", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rank", type=int, default=16)
@@ -61,7 +71,7 @@ def main() -> int:
     parser.add_argument("--home", type=Path, default=REPO / ".pytest_cache" / "hotlora-home")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
     with tempfile.TemporaryDirectory(prefix="hotlora-churn-") as tmp:
         root = Path(tmp)
@@ -72,7 +82,10 @@ def main() -> int:
         save_random_lora(model_folder(args.home), source, seed=0, r=args.rank, strength=0.25)
         size = (source / "adapter_model.safetensors").stat().st_size
         args_ = ["--home", str(args.home), "--adapters-dir", str(store), "--allow-adapter-dir", str(allowed)]
-        with serving(args_, root / "server.log") as server, httpx.Client(base_url=server.base_url, timeout=120) as http:
+        with (
+            serving(args_, root / "server.log") as server,
+            httpx.Client(base_url=server.base_url, timeout=120) as http,
+        ):
             pid = server.process.pid
             readings = [rss_bytes(pid)]
             started = time.perf_counter()
@@ -80,8 +93,11 @@ def main() -> int:
                 seconds = cycle(http, source)
                 readings.append(rss_bytes(pid))
                 times = " / ".join(f"{s:.2f}" for s in seconds)
-                print(f"cycle {i + 1}: RSS {readings[-1] / MIB:.0f} MiB, import / chat / purge {times} s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"cycle {i + 1}: RSS {readings[-1] / MIB:.0f} MiB, import / chat / purge {times} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             wall = time.perf_counter() - started
 
     warm = readings[min(args.warmup, args.cycles)]

@@ -46,7 +46,9 @@ def baseline_tokens_per_s(model_dir: Path, max_tokens: int, device: torch.device
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     quant = quantization_config("nf4", pick_dtype("auto", device.type))
-    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, device_map={"": device})
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, quantization_config=quant, device_map={"": device}
+    )
     text = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
     ids = tokenizer(text, return_tensors="pt").input_ids.to(device)
     model.generate(ids, max_new_tokens=8, do_sample=False)  # warm-up
@@ -56,7 +58,9 @@ def baseline_tokens_per_s(model_dir: Path, max_tokens: int, device: torch.device
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", help="model to serve (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -79,14 +83,19 @@ def main() -> int:
         serve_args = ["--device", args.device, "--home", str(home), "--adapters-dir", str(store)]
         if args.model:
             serve_args += ["--model", args.model, "--served-model-name", "base"]
-        with serving(serve_args, Path(tmp) / "server.log") as server, httpx.Client(base_url=server.base_url, timeout=300) as client:
+        with (
+            serving(serve_args, Path(tmp) / "server.log") as server,
+            httpx.Client(base_url=server.base_url, timeout=300) as client,
+        ):
             base_id = client.get("/v1/models").json()["data"][0]["id"]
             timed_chat(client, base_id, 8)  # warm-up: CUDA context, kernels
             name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
             print(f"device: {name}, torch {torch.__version__}")
             for model in (base_id, "gpu-lora"):
                 text, tokens, seconds = timed_chat(client, model, args.max_tokens)
-                print(f"{model:>24}: {tokens} tokens in {seconds:.2f}s = {tokens / seconds:.1f} tokens/s; {text[:60]!r}")
+                print(
+                    f"{model:>24}: {tokens} tokens in {seconds:.2f}s = {tokens / seconds:.1f} tokens/s; {text[:60]!r}"
+                )
         baseline = baseline_tokens_per_s(Path(model_dir), args.max_tokens, torch.device(args.device))
         print(f"{'transformers generate':>24}: {baseline:.1f} tokens/s (same model, 4-bit, this process)")
     return 0

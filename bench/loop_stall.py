@@ -33,7 +33,8 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
@@ -74,7 +75,9 @@ class HealthWatch:
         return max((s for at, s in self.latencies if at <= until and at + s >= since), default=float("nan"))
 
 
-async def timed_request(client: httpx.AsyncClient, method: str, url: str, **kwargs: object) -> tuple[int, float]:
+async def timed_request(
+    client: httpx.AsyncClient, method: str, url: str, **kwargs: object
+) -> tuple[int, float]:
     started = time.perf_counter()
     response = await client.request(method, url, **kwargs)  # type: ignore[arg-type]
     return response.status_code, time.perf_counter() - started
@@ -87,21 +90,30 @@ def json_body(**fields: object) -> dict[str, object]:
 
 async def integers_body(server: RunningServer) -> list[str]:
     body = json_body(model=BASE_ID, messages=list(range(16_000)))
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as client, \
-            httpx.AsyncClient(base_url=server.base_url, timeout=300) as health_client:  # fmt: skip
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, timeout=300) as client,
+        httpx.AsyncClient(base_url=server.base_url, timeout=300) as health_client,
+    ):
         watch = HealthWatch(health_client)
         poller = asyncio.create_task(watch.run())
         await asyncio.sleep(0.3)
         started = time.perf_counter()
         status, seconds = await timed_request(client, "POST", "/v1/chat/completions", **body)
         await watch.stop(poller)
-    return [f"| 16,000 integers as `messages` | {status} in {seconds:.3f} s | "
-            f"{watch.slowest(started, started + seconds) * 1000:.0f} ms |"]
+    return [
+        f"| 16,000 integers as `messages` | {status} in {seconds:.3f} s | "
+        f"{watch.slowest(started, started + seconds) * 1000:.0f} ms |"
+    ]
 
 
 async def stream_gaps(client: httpx.AsyncClient, arrivals: list[float], tenth: asyncio.Event) -> None:
-    body = {"model": BASE_ID, "messages": [{"role": "user", "content": "Tell me a long story about the sea."}],
-            "max_tokens": STREAM_TOKENS, "temperature": 0, "stream": True}
+    body = {
+        "model": BASE_ID,
+        "messages": [{"role": "user", "content": "Tell me a long story about the sea."}],
+        "max_tokens": STREAM_TOKENS,
+        "temperature": 0,
+        "stream": True,
+    }
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         async for line in response.aiter_lines():
             if line.startswith("data:"):
@@ -122,17 +134,23 @@ def burst_requests() -> list[tuple[str, str, str, dict[str, object]]]:
     blend = "a*1+" * (8 * MIB // 4)
     chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
     kinds: list[tuple[str, str, str, dict[str, object]]] = []
-    kinds += [("4 MiB prompt", "POST", "/v1/completions", json_body(model=BASE_ID, prompt=prompt, max_tokens=1))]
+    kinds += [
+        ("4 MiB prompt", "POST", "/v1/completions", json_body(model=BASE_ID, prompt=prompt, max_tokens=1))
+    ]
     kinds += [("GET /v1/models", "GET", "/v1/models", {})] * 5
-    kinds += [("unknown model", "POST", "/v1/chat/completions", json_body(model="no-such-adapter", **chat))] * 5
+    kinds += [
+        ("unknown model", "POST", "/v1/chat/completions", json_body(model="no-such-adapter", **chat))
+    ] * 5
     kinds += [("8 MiB blend string", "POST", "/v1/chat/completions", json_body(model=blend, **chat))]
     return kinds
 
 
 async def burst(server: RunningServer) -> list[str]:
     limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=600, limits=limits) as client, \
-            httpx.AsyncClient(base_url=server.base_url, timeout=600) as health_client:  # fmt: skip
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, timeout=600, limits=limits) as client,
+        httpx.AsyncClient(base_url=server.base_url, timeout=600) as health_client,
+    ):
         watch = HealthWatch(health_client)
         poller = asyncio.create_task(watch.run())
         arrivals: list[float] = []
@@ -147,35 +165,46 @@ async def burst(server: RunningServer) -> list[str]:
         await stream
         await watch.stop(poller)
     labels = ["first `GET /v1/models` with a new adapter"] + [label for label, *_ in burst_requests()]
-    calm = [b - a for a, b in zip(arrivals[1:10], arrivals[2:10])]
-    during = [b - a for a, b in zip(arrivals, arrivals[1:]) if b > started]
-    lines = ["| what | result |", "|---|---|",
-             f"| stream: chunks | {len(arrivals)} |",
-             f"| stream: gaps before the burst (median, largest) | {gaps(calm)} |",
-             f"| stream: gaps once the burst started (median, largest) | {gaps(during)} |",
-             f"| burst: all answered after | {ended - started:.2f} s |",
-             f"| `/health`: slowest during the burst | {watch.slowest(started, ended) * 1000:.0f} ms |"]
+    calm = [b - a for a, b in pairwise(arrivals[1:10])]
+    during = [b - a for a, b in pairwise(arrivals) if b > started]
+    lines = [
+        "| what | result |",
+        "|---|---|",
+        f"| stream: chunks | {len(arrivals)} |",
+        f"| stream: gaps before the burst (median, largest) | {gaps(calm)} |",
+        f"| stream: gaps once the burst started (median, largest) | {gaps(during)} |",
+        f"| burst: all answered after | {ended - started:.2f} s |",
+        f"| `/health`: slowest during the burst | {watch.slowest(started, ended) * 1000:.0f} ms |",
+    ]
     for label in dict.fromkeys(labels):
-        mine = [r for lab, r in zip(labels, results) if lab == label]
+        mine = [r for lab, r in zip(labels, results, strict=True) if lab == label]
         statuses = ", ".join(sorted({str(s) for s, _ in mine}))
         lines.append(f"| {label} (x{len(mine)}) | HTTP {statuses}, slowest {max(t for _, t in mine):.3f} s |")
     return lines
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--adapters", type=int, default=24, help="copies of one r=16 adapter in the store")
     parser.add_argument("--big-rank", type=int, default=128, help="rank of the adapter registered mid-run")
-    parser.add_argument("--home", type=Path, default=REPO / ".pytest_cache" / "hotlora-home",
-                        help="hotlora home with the converted base (default .pytest_cache/hotlora-home)")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the server's log (its folder is printed)")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=REPO / ".pytest_cache" / "hotlora-home",
+        help="hotlora home with the converted base (default .pytest_cache/hotlora-home)",
+    )
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep the server's log (its folder is printed)"
+    )
     parser.add_argument("--note", default="", help="a line for the report, e.g. which server code ran")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     home = args.home.resolve()
     with tempfile.TemporaryDirectory(prefix="loop-stall-") as tmp:
         root = Path(tmp)
@@ -186,17 +215,26 @@ def main() -> None:
         store = AdapterStore(root / "store")
         for i in range(args.adapters):
             store.register(f"copy{i}", root / "library" / "small")
-        with serving(["--home", str(home), "--adapters-dir", str(store.root)], logs / "hotlora.log") as server:
+        with serving(
+            ["--home", str(home), "--adapters-dir", str(store.root)], logs / "hotlora.log"
+        ) as server:
             item1 = asyncio.run(integers_body(server))
             store.register("big", root / "library" / "big")
             item2 = asyncio.run(burst(server))
         shutil.rmtree(root / "library")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    report = [*machine_header("loop_stall", stamp),
-              f"- load average (1, 5, 15 min) at the end: {load}; "
-              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}",
-              *([f"- {args.note}"] if args.note else []),
-              "", "| body | answer | slowest `/health` meanwhile |", "|---|---|---|", *item1, "", *item2]
+    report = [
+        *machine_header("loop_stall", stamp),
+        f"- load average (1, 5, 15 min) at the end: {load}; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}",
+        *([f"- {args.note}"] if args.note else []),
+        "",
+        "| body | answer | slowest `/health` meanwhile |",
+        "|---|---|---|",
+        *item1,
+        "",
+        *item2,
+    ]
     publish("loop_stall", stamp, "\n".join(report) + "\n")
     if args.keep_logs:
         print(f"server log kept in {logs}")

@@ -53,7 +53,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +62,30 @@ import httpx
 from _common import machine_header, model_folder, percentile, publish, random_adapters, register_all
 from live_server import BASE_ID, RunningServer, free_port, serving, stop_server
 
-SYSTEMS = {"hotlora": "hotlora", "hotlora-slots": "hotlora, default 8 adapter slots",
-           "hotlora-other": "hotlora, other 4-bit path", "hotlora-variant": "hotlora, --no-batch-invariant",
-           "transformers": "transformers serve",
-           "naive": "naive (sequential PEFT)"}
+SYSTEMS = {
+    "hotlora": "hotlora",
+    "hotlora-slots": "hotlora, default 8 adapter slots",
+    "hotlora-other": "hotlora, other 4-bit path",
+    "hotlora-variant": "hotlora, --no-batch-invariant",
+    "transformers": "transformers serve",
+    "naive": "naive (sequential PEFT)",
+}
 CONCURRENCY = 16
 MIN_REQUESTS = 4  # per round, so that c=1 has a few samples too
 ADAPTERS = tuple(f"lora{i}" for i in range(8))
 BLENDS = tuple(f"lora{i}*0.5+lora{i + 1}*0.5" for i in range(0, len(ADAPTERS), 2))
 # 12 pairs of neighbours one and two apart: more blends than the default 8 slots hold
 MANY_BLENDS = tuple(f"lora{i}*0.5+lora{i + step}*0.5" for step in (1, 2) for i in range(6))
-TOPICS = ("a lighthouse keeper", "a dragon who cannot fly", "a lost robot", "two rival bakers",
-          "a ship in a storm", "a haunted library", "a clockmaker's apprentice", "a desert caravan")
+TOPICS = (
+    "a lighthouse keeper",
+    "a dragon who cannot fly",
+    "a lost robot",
+    "two rival bakers",
+    "a ship in a storm",
+    "a haunted library",
+    "a clockmaker's apprentice",
+    "a desert caravan",
+)
 
 Request = tuple[str, list[dict[str, str]]]  # model, messages
 
@@ -127,18 +140,33 @@ def summarize(
     system: str, workload: Workload, samples: list[Sample], wall: float, churn: tuple[int, int] | None = None
 ) -> Summary:
     ttfts = [s.stamps[0] - s.sent for s in samples]
-    gaps = [b - a for s in samples for a, b in zip(s.stamps, s.stamps[1:])]
+    gaps = [b - a for s in samples for a, b in pairwise(s.stamps)]
     tokens = sum(s.tokens for s in samples)
     return Summary(
-        system, workload.label, workload.concurrency, len(samples), tokens / len(samples), tokens / wall,
-        (percentile(ttfts, 50), percentile(ttfts, 95)), (percentile(gaps, 50), percentile(gaps, 95)), churn,
+        system,
+        workload.label,
+        workload.concurrency,
+        len(samples),
+        tokens / len(samples),
+        tokens / wall,
+        (percentile(ttfts, 50), percentile(ttfts, 95)),
+        (percentile(gaps, 50), percentile(gaps, 95)),
+        churn,
     )
 
 
-async def stream_chat(client: httpx.AsyncClient, model: str, messages: list[dict[str, str]], tokens: int) -> Sample:
+async def stream_chat(
+    client: httpx.AsyncClient, model: str, messages: list[dict[str, str]], tokens: int
+) -> Sample:
     """One greedy streamed chat: when each content chunk arrived, and the usage's completion tokens."""
-    body = {"model": model, "messages": messages, "max_tokens": tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     sent = time.perf_counter()
     stamps: list[float] = []
     produced: int | None = None
@@ -191,7 +219,9 @@ def adapter_churn(base_url: str) -> tuple[int, int]:
     for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
         name, _, value = line.partition(" ")
         values[name] = value
-    return int(float(values["hotlora_adapter_evictions_total"])), int(float(values["hotlora_adapter_loads_total"]))
+    return int(float(values["hotlora_adapter_evictions_total"])), int(
+        float(values["hotlora_adapter_loads_total"])
+    )
 
 
 def bench_server(
@@ -203,15 +233,18 @@ def bench_server(
     summaries = []
     for workload in workloads:
         before = adapter_churn(base_url) if churn else None
-        samples, wall = asyncio.run(run_clients(base_url, workload.requests(rounds), workload.concurrency, tokens))
+        samples, wall = asyncio.run(
+            run_clients(base_url, workload.requests(rounds), workload.concurrency, tokens)
+        )
         after = adapter_churn(base_url) if churn else None
         counted = (after[0] - before[0], after[1] - before[1]) if before and after else None
         summaries.append(summarize(system, workload, samples, wall, counted))
     return summaries
 
 
-def bench_hotlora(home: Path, store: Path, logs: Path, args: argparse.Namespace, kernels: dict[str, str],
-                  system: str) -> list[Summary]:  # fmt: skip
+def bench_hotlora(
+    home: Path, store: Path, logs: Path, args: argparse.Namespace, kernels: dict[str, str], system: str
+) -> list[Summary]:
     """hotlora as it serves by default with room for every adapter and blend (`hotlora`), with the default
     adapter slots (`hotlora-slots`), with the 4-bit path it does not pick on this CPU (`hotlora-other`), or
     without batch invariance (`hotlora-variant`)."""
@@ -249,13 +282,29 @@ def transformers_serving(model_dir: Path, log: Path, timeout: float = 300) -> It
 
     cli = Path(sys.executable).parent / "transformers"
     if not is_serve_available() or not cli.is_file():
-        raise Unavailable("needs the transformers CLI with fastapi, uvicorn, openai and pydantic "
-                          "(pip install 'transformers[serving]')")
+        raise Unavailable(
+            "needs the transformers CLI with fastapi, uvicorn, openai and pydantic "
+            "(pip install 'transformers[serving]')"
+        )
     device = pick_device("auto")
     dtype = str(pick_dtype("auto", device)).removeprefix("torch.")
     port = free_port()
-    cmd = [str(cli), "serve", str(model_dir), "--continuous-batching", "--quantization", "bnb-4bit",
-           "--device", device, "--dtype", dtype, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        str(cli),
+        "serve",
+        str(model_dir),
+        "--continuous-batching",
+        "--quantization",
+        "bnb-4bit",
+        "--device",
+        device,
+        "--dtype",
+        dtype,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log.open("wb") as handle:
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
@@ -338,16 +387,21 @@ def bench_naive(home: Path, library: Path, rounds: int, tokens: int) -> list[Sum
 
 
 def results_table(rows: list[Summary | Skipped]) -> list[str]:
-    lines = ["| system | workload | c | requests | tokens/request | output tok/s | TTFT p50 (s) | TTFT p95 (s) "
-             "| ITL p50 (ms) | ITL p95 (ms) | evictions / loads |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| system | workload | c | requests | tokens/request | output tok/s | TTFT p50 (s) | TTFT p95 (s) "
+        "| ITL p50 (ms) | ITL p95 (ms) | evictions / loads |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
     for row in rows:
         if isinstance(row, Skipped):
             lines.append(f"| {SYSTEMS[row.system]} | skipped: {row.reason} | | | | | | | | | |")
             continue
         churn = f"{row.churn[0]} / {row.churn[1]}" if row.churn else ""
-        lines.append(f"| {SYSTEMS[row.system]} | {row.label} | {row.concurrency} | {row.requests} "
-                     f"| {row.tokens_per_request:.1f} | {row.tokens_per_s:.1f} | {row.ttft[0]:.2f} | {row.ttft[1]:.2f} "
-                     f"| {row.itl[0] * 1000:.0f} | {row.itl[1] * 1000:.0f} | {churn} |")
+        lines.append(
+            f"| {SYSTEMS[row.system]} | {row.label} | {row.concurrency} | {row.requests} "
+            f"| {row.tokens_per_request:.1f} | {row.tokens_per_s:.1f} | {row.ttft[0]:.2f} | {row.ttft[1]:.2f} "
+            f"| {row.itl[0] * 1000:.0f} | {row.itl[1] * 1000:.0f} | {churn} |"
+        )
     return lines
 
 
@@ -355,7 +409,11 @@ def targets_table(rows: list[Summary | Skipped]) -> list[str]:
     """The serving targets, each from this run's rows: value, goal, PASS/FAIL (n/a when a row is missing)."""
     by_key = {(r.system, r.label, r.concurrency): r for r in rows if isinstance(r, Summary)}
     c = CONCURRENCY
-    hot_base1, hot_base, hot_adapters = ("hotlora", "base", 1), ("hotlora", "base", c), ("hotlora", "8 adapters", c)
+    hot_base1, hot_base, hot_adapters = (
+        ("hotlora", "base", 1),
+        ("hotlora", "base", c),
+        ("hotlora", "8 adapters", c),
+    )
     other1, other = ("hotlora-other", "base", 1), ("hotlora-other", "base", c)
     slots_adapters, slots_blends = ("hotlora-slots", "8 adapters", c), ("hotlora-slots", "4 blends", c)
     ratios = [
@@ -393,22 +451,40 @@ def system_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = set(names) - set(SYSTEMS)
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown system(s) {sorted(unknown)}; choose from {', '.join(SYSTEMS)}"
+        )
     return names
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="one round of requests, 32 tokens each")
     parser.add_argument("--tokens", type=int, help="max tokens per request (default 64, 32 with --quick)")
-    parser.add_argument("--rounds", type=int, help="requests per workload: max(c, 4) x rounds (default 3; 1 with --quick)")
-    parser.add_argument("--only", type=system_list, action="extend",
-                        help=f"systems to run, a comma list or repeated: {', '.join(SYSTEMS)} (default: all)")
-    parser.add_argument("--workloads", type=lambda text: {w.strip() for w in text.split(",")},
-                        help="hotlora workloads to run, by label: base, 8 adapters, 4 blends, 12 blends (default: all)")
-    parser.add_argument("--home", type=Path,
-                        help="hotlora home with the converted base (default: a temporary one, converted afresh)")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their folder is printed)")
+    parser.add_argument(
+        "--rounds", type=int, help="requests per workload: max(c, 4) x rounds (default 3; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--only",
+        type=system_list,
+        action="extend",
+        help=f"systems to run, a comma list or repeated: {', '.join(SYSTEMS)} (default: all)",
+    )
+    parser.add_argument(
+        "--workloads",
+        type=lambda text: {w.strip() for w in text.split(",")},
+        help="hotlora workloads to run, by label: base, 8 adapters, 4 blends, 12 blends (default: all)",
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="hotlora home with the converted base (default: a temporary one, converted afresh)",
+    )
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep the servers' logs (their folder is printed)"
+    )
     args = parser.parse_args()
     args.tokens = args.tokens or (32 if args.quick else 64)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -416,7 +492,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run_systems(args: argparse.Namespace, root: Path, logs: Path, kernels: dict[str, str]) -> list[Summary | Skipped]:
+def run_systems(
+    args: argparse.Namespace, root: Path, logs: Path, kernels: dict[str, str]
+) -> list[Summary | Skipped]:
     home = (args.home or root / "home").resolve()
     model_dir = model_folder(home)
     library = root / "library"
@@ -441,13 +519,15 @@ def run_systems(args: argparse.Namespace, root: Path, logs: Path, kernels: dict[
 
 def main() -> int:
     args = parse_args()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     with tempfile.TemporaryDirectory(prefix="serve_bench-") as tmp:
         logs = Path(tempfile.mkdtemp(prefix="serve_bench-logs-")) if args.keep_logs else Path(tmp)
         kernels: dict[str, str] = {}
         rows = run_systems(args, Path(tmp), logs, kernels)
     served = [f"- {SYSTEMS[system]}: {kernel}" for system, kernel in kernels.items()]
-    report = "\n".join([*machine_header("serve_bench", stamp), *served, "", *results_table(rows), "", *targets_table(rows)])
+    report = "\n".join(
+        [*machine_header("serve_bench", stamp), *served, "", *results_table(rows), "", *targets_table(rows)]
+    )
     publish("serve_bench", stamp, report + "\n")
     if args.keep_logs:
         print(f"server logs kept in {logs}")

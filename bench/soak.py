@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -56,10 +56,15 @@ from soak_wire import Outcome, one_request, status_of
 
 STEADY = tuple(f"steady{i}" for i in range(4))
 CHURN = ("churn0", "churn1")
-BLENDS = tuple(f"{a}*0.5+{b}*0.5" for a, b in zip(STEADY, STEADY[1:] + STEADY[:1]))
+BLENDS = tuple(f"{a}*0.5+{b}*0.5" for a, b in zip(STEADY, STEADY[1:] + STEADY[:1], strict=True))
 MIX = (BASE_ID, *STEADY, *BLENDS, *CHURN)  # request i asks for MIX[i % len(MIX)]
-PROMPTS = ("Tell me a short story about a lighthouse keeper.", "What is the capital of France?",
-           "List three uses for a paperclip.", "Explain photosynthesis to a child.", "Write a haiku about rain.")
+PROMPTS = (
+    "Tell me a short story about a lighthouse keeper.",
+    "What is the capital of France?",
+    "List three uses for a paperclip.",
+    "Explain photosynthesis to a child.",
+    "Write a haiku about rain.",
+)
 GAUGES = ("hotlora_requests_running", "hotlora_requests_waiting")
 MIB = 2**20
 
@@ -70,7 +75,9 @@ def expected(outcome: Outcome) -> bool:
         return True
     if outcome.kind not in ("error", "in-band") or outcome.server_error:
         return False
-    return outcome.status == 429 or (outcome.model in CHURN and (outcome.status == 404 or outcome.kind == "in-band"))
+    return outcome.status == 429 or (
+        outcome.model in CHURN and (outcome.status == 404 or outcome.kind == "in-band")
+    )
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,9 @@ class RssWatch:
             status = Path(f"/proc/{self.pid}/status").read_text()
         except FileNotFoundError:
             return None
-        return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), None)
+        return next(
+            (int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), None
+        )
 
     def sample(self) -> int | None:
         value = self.read()
@@ -141,8 +150,14 @@ class Run:
 
 def request_body(i: int, model: str, max_tokens: int) -> dict[str, object]:
     sampling = {"temperature": 0} if i % 2 == 0 else {"temperature": 0.8, "top_p": 0.95, "seed": i}
-    return {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-            "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}, **sampling}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **sampling,
+    }
 
 
 async def churn(client: httpx.AsyncClient, every: float, calls: list[ChurnCall]) -> None:
@@ -159,7 +174,9 @@ async def churn(client: httpx.AsyncClient, every: float, calls: list[ChurnCall])
             status: int | None = response.status_code
         except httpx.HTTPError:
             status = None
-        calls.append(ChurnCall("unload" if enabled[name] else "load", name, status, time.perf_counter() - started))
+        calls.append(
+            ChurnCall("unload" if enabled[name] else "load", name, status, time.perf_counter() - started)
+        )
         if status == 200:
             enabled[name] = not enabled[name]
 
@@ -171,13 +188,19 @@ async def settle(client: httpx.AsyncClient) -> dict[str, float] | None:
     for _ in range(10):
         try:
             response = await client.get("/metrics")
-        except httpx.TransportError:  # a server still stalled after the load: that check fails, the report stays
+        except (
+            httpx.TransportError
+        ):  # a server still stalled after the load: that check fails, the report stays
             return values
         if response.status_code == 404:
             return None
         response.raise_for_status()
-        values = {sample.name: sample.value for family in text_string_to_metric_families(response.text)
-                  for sample in family.samples if sample.name in GAUGES}
+        values = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+            if sample.name in GAUGES
+        }
         if all(values.get(name) == 0 for name in GAUGES):
             break
         await asyncio.sleep(0.5)
@@ -187,16 +210,28 @@ async def settle(client: httpx.AsyncClient) -> dict[str, float] | None:
 async def soak(server: RunningServer, args: argparse.Namespace, deadline: float, root: Path) -> Run:
     """The load with adapter churn, the hostile mix and memory sampling, then the server's state once it is over."""
     rss = RssWatch(server.process.pid)
-    mix = None if args.no_hostile else hostile.HostileMix(
-        BASE_ID, STEADY, root / "library" / hostile.IMPORTED, root / "imports", args.max_tokens, args.request_timeout)
+    mix = (
+        None
+        if args.no_hostile
+        else hostile.HostileMix(
+            BASE_ID,
+            STEADY,
+            root / "library" / hostile.IMPORTED,
+            root / "imports",
+            args.max_tokens,
+            args.request_timeout,
+        )
+    )
     outcomes: list[Outcome] = []
     calls: list[ChurnCall] = []
     pending = enumerate(itertools.islice(itertools.cycle(MIX), args.requests))
     warmup = min(args.requests, max(args.requests // 10, 2 * len(MIX)))
     timeout = httpx.Timeout(args.request_timeout)
     limits = httpx.Limits(max_connections=args.concurrency)
-    async with (httpx.AsyncClient(base_url=server.base_url, timeout=timeout, limits=limits) as client,
-                httpx.AsyncClient(base_url=server.base_url, timeout=timeout) as admin):
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, timeout=timeout, limits=limits) as client,
+        httpx.AsyncClient(base_url=server.base_url, timeout=timeout) as admin,
+    ):
 
         async def worker() -> None:
             for i, model in pending:
@@ -207,9 +242,13 @@ async def soak(server: RunningServer, args: argparse.Namespace, deadline: float,
                 if len(outcomes) == warmup:
                     rss.mark_warm()
 
-        until = asyncio.Event()  # the normal load is over: each hostile loop stops once it has tried every class
-        background = [asyncio.create_task(churn(admin, args.churn_every, calls)),
-                      asyncio.create_task(rss.sample_every(1.0))]
+        until = (
+            asyncio.Event()
+        )  # the normal load is over: each hostile loop stops once it has tried every class
+        background = [
+            asyncio.create_task(churn(admin, args.churn_every, calls)),
+            asyncio.create_task(rss.sample_every(1.0)),
+        ]
         mixing = [asyncio.create_task(mix.run(server.base_url, until))] if mix else []
         started = time.perf_counter()
         try:
@@ -248,8 +287,11 @@ def summary_table(run: Run, args: argparse.Namespace) -> list[str]:
     calls = Counter(c.action for c in run.churn)
     slowest = max((c.seconds for c in run.churn), default=0.0)
     growth = run.rss.growth()
-    gauges = "n/a (no /metrics)" if run.gauges is None else " / ".join(
-        f"{run.gauges[name]:g}" if name in run.gauges else "missing" for name in GAUGES)
+    gauges = (
+        "n/a (no /metrics)"
+        if run.gauges is None
+        else " / ".join(f"{run.gauges[name]:g}" if name in run.gauges else "missing" for name in GAUGES)
+    )
     rows = [
         ("requests sent / planned", f"{len(done)} / {run.planned}"),
         ("concurrency; max tokens per request", f"{args.concurrency}; {args.max_tokens}"),
@@ -259,19 +301,32 @@ def summary_table(run: Run, args: argparse.Namespace) -> list[str]:
         ("404, churn adapter disabled (expected)", str(churn_404)),
         ("404, other", str(statuses[404] - churn_404)),
         ("429", str(statuses[429])),
-        ("other 4xx", str(sum(n for s, n in statuses.items() if s and 400 <= s < 500 and s not in (404, 429)))),
+        (
+            "other 4xx",
+            str(sum(n for s, n in statuses.items() if s and 400 <= s < 500 and s not in (404, 429))),
+        ),
         ("5xx (also in-band server_error)", str(sum(o.server_error for o in done))),
-        ("in-band errors: churn adapters / others",
-         f"{sum(o.model in CHURN for o in in_band)} / {sum(o.model not in CHURN for o in in_band)}"),
+        (
+            "in-band errors: churn adapters / others",
+            f"{sum(o.model in CHURN for o in in_band)} / {sum(o.model not in CHURN for o in in_band)}",
+        ),
         (f"hung (no [DONE] within {args.request_timeout:g} s)", str(sum(o.kind == "hung" for o in done))),
         ("malformed", str(sum(o.kind == "malformed" for o in done))),
-        ("latency p50 / p95 (sent to [DONE], 200s)", seconds_pair([o.latency for o in ok if o.latency is not None])),
+        (
+            "latency p50 / p95 (sent to [DONE], 200s)",
+            seconds_pair([o.latency for o in ok if o.latency is not None]),
+        ),
         ("TTFT p50 / p95 (200s)", seconds_pair([o.ttft for o in ok if o.ttft is not None])),
-        ("adapter churn", f"{calls['unload']} unloads, {calls['load']} loads, "
-                          f"{sum(c.status != 200 for c in run.churn)} failed, slowest {slowest:.2f} s"),
-        ("server RSS after warm-up / end / max (MiB)",
-         f"{mib(run.rss.warm)} / {mib(run.rss.end)} / {mib(max(run.rss.samples, default=None))}"
-         + ("" if growth is None else f" ({growth:+.1f}%)")),
+        (
+            "adapter churn",
+            f"{calls['unload']} unloads, {calls['load']} loads, "
+            f"{sum(c.status != 200 for c in run.churn)} failed, slowest {slowest:.2f} s",
+        ),
+        (
+            "server RSS after warm-up / end / max (MiB)",
+            f"{mib(run.rss.warm)} / {mib(run.rss.end)} / {mib(max(run.rss.samples, default=None))}"
+            + ("" if growth is None else f" ({growth:+.1f}%)"),
+        ),
         ("gauges running / waiting after the load", gauges),
         ("/health after the load", "server exited" if run.exit_code is not None else str(run.health)),
     ]
@@ -295,14 +350,22 @@ def checks(run: Run, args: argparse.Namespace) -> list[tuple[str, bool | None]]:
         (f"zero 5xx (also in-band server_error){scope}", not any(o.server_error for o in every)),
         (f"zero hung requests{scope}", not any(o.kind == "hung" for o in every)),
         (f"zero malformed responses{scope}", not any(o.kind == "malformed" for o in every)),
-        ("no errors but a disabled churn adapter's or a 429",
-         not any(o.kind in ("error", "in-band") and not expected(o) for o in done)),
-        ("adapters unloaded and loaded during the load, every call 200",
-         bool(run.churn) and all(c.status == 200 for c in run.churn)),
-        (f"server RSS flat after warm-up (growth < {args.max_rss_growth:g}%)",
-         growth is not None and growth < args.max_rss_growth),
-        ("running and waiting gauges back to 0",
-         None if run.gauges is None else all(run.gauges.get(name) == 0 for name in GAUGES)),
+        (
+            "no errors but a disabled churn adapter's or a 429",
+            not any(o.kind in ("error", "in-band") and not expected(o) for o in done),
+        ),
+        (
+            "adapters unloaded and loaded during the load, every call 200",
+            bool(run.churn) and all(c.status == 200 for c in run.churn),
+        ),
+        (
+            f"server RSS flat after warm-up (growth < {args.max_rss_growth:g}%)",
+            growth is not None and growth < args.max_rss_growth,
+        ),
+        (
+            "running and waiting gauges back to 0",
+            None if run.gauges is None else all(run.gauges.get(name) == 0 for name in GAUGES),
+        ),
         ("server still up, /health 200", run.exit_code is None and run.health == 200),
         ("every request sent before the deadline", len(done) == run.planned),
         *(hostile.checks(run.hostile) if run.hostile else []),
@@ -312,35 +375,69 @@ def checks(run: Run, args: argparse.Namespace) -> list[tuple[str, bool | None]]:
 def problems(run: Run) -> list[str]:
     """The distinct failures that were not expected, most frequent first: the first 10 of the normal load, then
     the first 10 of the hostile mix (so that a load that fails everywhere does not hide them)."""
-    seen = Counter(f"{o.model}: HTTP {o.status}, {o.kind}: {o.detail}" for o in run.outcomes if not expected(o))
+    seen = Counter(
+        f"{o.model}: HTTP {o.status}, {o.kind}: {o.detail}" for o in run.outcomes if not expected(o)
+    )
     mixed = hostile.problems(run.hostile) if run.hostile else Counter()
-    return ([f"- {text} (x{n})" for text, n in seen.most_common(10)]
-            + [f"- hostile mix, {text} (x{n})" for text, n in mixed.most_common(10)])
+    return [f"- {text} (x{n})" for text, n in seen.most_common(10)] + [
+        f"- hostile mix, {text} (x{n})" for text, n in mixed.most_common(10)
+    ]
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="48 requests at concurrency 16, 10 minutes at most")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="48 requests at concurrency 16, 10 minutes at most"
+    )
     parser.add_argument("--requests", type=int, help="streamed chats to send (default 400; 48 with --quick)")
-    parser.add_argument("--concurrency", type=int, help="requests in flight at once (default 32; 16 with --quick)")
+    parser.add_argument(
+        "--concurrency", type=int, help="requests in flight at once (default 32; 16 with --quick)"
+    )
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request (default 32)")
-    parser.add_argument("--churn-every", type=float, default=3.0,
-                        help="seconds between two adapter unloads/loads (default 3)")
-    parser.add_argument("--request-timeout", type=float, default=120.0,
-                        help="seconds before a request without [DONE] counts as hung (default 120)")
-    parser.add_argument("--deadline", type=float,
-                        help="seconds from the start after which no new request is sent (default 1800; 600 with "
-                             "--quick); the run then ends within --request-timeout more")
-    parser.add_argument("--max-rss-growth", type=float, default=10.0,
-                        help="percent of RSS growth from warm-up to end still counted as flat (default 10)")
-    parser.add_argument("--max-loaded-adapters", type=int, default=16,
-                        help="the server's resident adapters and blends (default 16: all of the soak's)")
-    parser.add_argument("--home", type=Path, default=REPO / ".pytest_cache" / "hotlora-home",
-                        help="hotlora home with the converted base (default .pytest_cache/hotlora-home)")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the server's log (its folder is printed)")
-    parser.add_argument("--no-hostile", action="store_true",
-                        help="the normal load and its churn only: no invalid bodies, sampling extremes, import/purge "
-                             "cycles or /health probes beside it")
+    parser.add_argument(
+        "--churn-every", type=float, default=3.0, help="seconds between two adapter unloads/loads (default 3)"
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=120.0,
+        help="seconds before a request without [DONE] counts as hung (default 120)",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds from the start after which no new request is sent (default 1800; 600 with "
+        "--quick); the run then ends within --request-timeout more",
+    )
+    parser.add_argument(
+        "--max-rss-growth",
+        type=float,
+        default=10.0,
+        help="percent of RSS growth from warm-up to end still counted as flat (default 10)",
+    )
+    parser.add_argument(
+        "--max-loaded-adapters",
+        type=int,
+        default=16,
+        help="the server's resident adapters and blends (default 16: all of the soak's)",
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=REPO / ".pytest_cache" / "hotlora-home",
+        help="hotlora home with the converted base (default .pytest_cache/hotlora-home)",
+    )
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep the server's log (its folder is printed)"
+    )
+    parser.add_argument(
+        "--no-hostile",
+        action="store_true",
+        help="the normal load and its churn only: no invalid bodies, sampling extremes, import/purge "
+        "cycles or /health probes beside it",
+    )
     args = parser.parse_args()
     args.requests = args.requests or (48 if args.quick else 400)
     args.concurrency = args.concurrency or (16 if args.quick else 32)
@@ -351,7 +448,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     deadline = time.monotonic() + args.deadline
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     home = args.home.resolve()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         root = Path(tmp)
@@ -359,8 +456,16 @@ def main() -> int:
         imported = () if args.no_hostile else (hostile.IMPORTED,)  # the source of the import/purge cycles
         random_adapters(model_folder(home), root / "library", STEADY + CHURN + imported)
         register_all(root / "store", root / "library", STEADY + CHURN)
-        server_args = ["--home", str(home), "--adapters-dir", str(root / "store"), "--log-level", "info",
-                       "--max-loaded-adapters", str(args.max_loaded_adapters)]
+        server_args = [
+            "--home",
+            str(home),
+            "--adapters-dir",
+            str(root / "store"),
+            "--log-level",
+            "info",
+            "--max-loaded-adapters",
+            str(args.max_loaded_adapters),
+        ]
         if imported:
             (root / "imports").mkdir()
             server_args += ["--allow-adapter-dir", str(root / "imports")]
@@ -371,7 +476,14 @@ def main() -> int:
     lines = ["| check | result |", "|---|---|"]
     lines += [f"| {name} | {'n/a' if ok is None else 'PASS' if ok else 'FAIL'} |" for name, ok in verdicts]
     failures = problems(run)
-    report = [*machine_header("soak", stamp), "", *summary_table(run, args), *hostile_section(run), "", *lines]
+    report = [
+        *machine_header("soak", stamp),
+        "",
+        *summary_table(run, args),
+        *hostile_section(run),
+        "",
+        *lines,
+    ]
     report += ["", "Unexpected failures:", *failures] if failures else []
     publish("soak", stamp, "\n".join(report) + "\n")
     passed = all(ok is not False for _, ok in verdicts)

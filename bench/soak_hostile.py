@@ -51,7 +51,9 @@ class Cycle:
 
     @property
     def ok(self) -> bool:
-        return self.imported == 200 and self.chat is not None and self.chat.kind == "ok" and self.purged == 200
+        return (
+            self.imported == 200 and self.chat is not None and self.chat.kind == "ok" and self.purged == 200
+        )
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,18 @@ def invalid_bodies(base_id: str) -> dict[str, bytes]:
     bodies = {
         "16,000 integers as messages": {**chat, "messages": [i % 100 for i in range(16_000)]},
         "unknown role": {**chat, "messages": [{"role": "wizard", "content": PROMPT}]},
-        "wrong types": {"model": 7, "messages": PROMPT, "max_tokens": "many", "temperature": "hot", "stream": "yes"},
+        "wrong types": {
+            "model": 7,
+            "messages": PROMPT,
+            "max_tokens": "many",
+            "temperature": "hot",
+            "stream": "yes",
+        },
         "16,000 stop sequences": {**chat, "stop": [f"stop{i}" for i in range(16_000)]},
-        "8 MiB blend string as model": {**chat, "model": "+".join([component] * (8 * MIB // (len(component) + 1)))},
+        "8 MiB blend string as model": {
+            **chat,
+            "model": "+".join([component] * (8 * MIB // (len(component) + 1))),
+        },
     }
     encoded = {name: json.dumps(body, separators=(",", ":")).encode() for name, body in bodies.items()}
     whole = json.dumps(chat, separators=(",", ":")).encode()
@@ -78,22 +89,32 @@ def invalid_bodies(base_id: str) -> dict[str, bytes]:
 
 
 def streamed_chat(model: str, max_tokens: int, **sampling: Any) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
-            "stream": True, "stream_options": {"include_usage": True}, **sampling}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **sampling,
+    }
 
 
 def extreme_bodies(base_id: str, adapters: tuple[str, ...], max_tokens: int) -> dict[str, dict[str, Any]]:
     """Tiny temperatures over the base and the adapters in turn, and the first adapter blended with a huge
     weight (sampled, so that non-finite logits reach the sampler rather than an argmax)."""
     models = (base_id, *adapters)
-    bodies = {f"temperature {t:g}": streamed_chat(models[i % len(models)], max_tokens, temperature=t)
-              for i, t in enumerate(TINY_TEMPERATURES)}
+    bodies = {
+        f"temperature {t:g}": streamed_chat(models[i % len(models)], max_tokens, temperature=t)
+        for i, t in enumerate(TINY_TEMPERATURES)
+    }
     blend = adapters[0] + HUGE_WEIGHT
     bodies[f"blend weight 1e100 ({blend})"] = streamed_chat(blend, max_tokens, temperature=0.8, seed=1)
     return bodies
 
 
-def rounds(items: dict[str, T], tried: dict[str, list[Outcome]], until: asyncio.Event) -> Iterator[tuple[str, T]]:
+def rounds(
+    items: dict[str, T], tried: dict[str, list[Outcome]], until: asyncio.Event
+) -> Iterator[tuple[str, T]]:
     """The items in turn, again and again until `until` is set; after that only the classes not tried yet, so
     that a slow class cannot hold the soak's end but every class is tried at least once."""
     while not (until.is_set() and tried.keys() >= items.keys()):
@@ -107,8 +128,9 @@ async def post_invalid(client: httpx.AsyncClient, name: str, body: bytes, timeou
     sent = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
-            response = await client.post("/v1/chat/completions", content=body,
-                                         headers={"content-type": "application/json"})
+            response = await client.post(
+                "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+            )
     except (TimeoutError, httpx.TimeoutException):
         return Outcome(name, None, "hung", f"no answer after {timeout:g} s")
     except httpx.HTTPError as exc:
@@ -122,8 +144,12 @@ async def post_invalid(client: httpx.AsyncClient, name: str, body: bytes, timeou
 
 def rejected(outcome: Outcome) -> bool:
     """An invalid body's answer as it must be: a 4xx OpenAI error, within REJECT_SECONDS."""
-    return (outcome.kind == "error" and 400 <= (outcome.status or 0) < 500
-            and outcome.latency is not None and outcome.latency <= REJECT_SECONDS)
+    return (
+        outcome.kind == "error"
+        and 400 <= (outcome.status or 0) < 500
+        and outcome.latency is not None
+        and outcome.latency <= REJECT_SECONDS
+    )
 
 
 def survived(outcome: Outcome) -> bool:
@@ -149,13 +175,18 @@ class HostileMix:
     async def run(self, base_url: str, until: asyncio.Event) -> None:
         """Run the loops until `until` is set and each has tried all its classes; /health is probed throughout."""
         timeout = httpx.Timeout(self.timeout)
-        async with (httpx.AsyncClient(base_url=base_url, timeout=timeout) as client,
-                    httpx.AsyncClient(base_url=base_url, timeout=timeout) as prober):
+        async with (
+            httpx.AsyncClient(base_url=base_url, timeout=timeout) as client,
+            httpx.AsyncClient(base_url=base_url, timeout=timeout) as prober,
+        ):
             over = asyncio.Event()
             probing = asyncio.create_task(self.probe_health(prober, over))
             try:
-                await asyncio.gather(self.send_invalid(client, until), self.send_extremes(client, until),
-                                     self.churn(client, until))
+                await asyncio.gather(
+                    self.send_invalid(client, until),
+                    self.send_extremes(client, until),
+                    self.churn(client, until),
+                )
             finally:
                 over.set()
                 await probing
@@ -166,7 +197,9 @@ class HostileMix:
             await asyncio.sleep(INVALID_PAUSE)
 
     async def send_extremes(self, client: httpx.AsyncClient, until: asyncio.Event) -> None:
-        for name, body in rounds(extreme_bodies(self.base_id, self.adapters, self.max_tokens), self.extremes, until):
+        for name, body in rounds(
+            extreme_bodies(self.base_id, self.adapters, self.max_tokens), self.extremes, until
+        ):
             self.extremes.setdefault(name, []).append(await one_request(client, body, self.timeout))
 
     async def churn(self, client: httpx.AsyncClient, until: asyncio.Event) -> None:
@@ -181,7 +214,9 @@ class HostileMix:
         imported = await status_of(client.post("/v1/adapters", json={"name": IMPORTED, "path": str(folder)}))
         chat = None
         if imported == 200:
-            chat = await one_request(client, streamed_chat(IMPORTED, self.max_tokens, temperature=0), self.timeout)
+            chat = await one_request(
+                client, streamed_chat(IMPORTED, self.max_tokens, temperature=0), self.timeout
+            )
         purged = await status_of(client.delete(f"/v1/adapters/{IMPORTED}", params={"purge": "true"}))
         if imported is not None:
             await asyncio.to_thread(shutil.rmtree, folder)
@@ -200,7 +235,9 @@ class HostileMix:
         sent = [o for group in (self.invalid, self.extremes) for outcomes in group.values() for o in outcomes]
         return sent + [c.chat for c in self.cycles if c.chat is not None]
 
-    def growth_per_cycle(self, warm_at: float | None, warm: int | None, end: int | None) -> tuple[float, int] | None:
+    def growth_per_cycle(
+        self, warm_at: float | None, warm: int | None, end: int | None
+    ) -> tuple[float, int] | None:
         """RSS growth from the warm-up to the end over the cycles in between, in bytes per cycle: an upper
         bound of what one cycle leaks, since it charges the cycles with any other growth."""
         cycles = sum(c.ended > warm_at for c in self.cycles) if warm_at is not None else 0
@@ -225,21 +262,40 @@ def spread(values: list[float]) -> str:
 
 def table(mix: HostileMix, rss_growth: tuple[float, int] | None) -> list[str]:
     """One row per hostile class: how many, what they got, and how long it took."""
-    rows = [(f"invalid: {name}", str(len(got)), answers(got), spread([o.latency for o in got if o.latency]))
-            for name, got in mix.invalid.items()]
-    rows += [(name, str(len(got)), answers(got), spread([o.latency for o in got if o.latency]))
-             for name, got in mix.extremes.items()]
+    rows = [
+        (f"invalid: {name}", str(len(got)), answers(got), spread([o.latency for o in got if o.latency]))
+        for name, got in mix.invalid.items()
+    ]
+    rows += [
+        (name, str(len(got)), answers(got), spread([o.latency for o in got if o.latency]))
+        for name, got in mix.extremes.items()
+    ]
     complete = sum(c.ok for c in mix.cycles)
     cycles = f"{complete} complete, {len(mix.cycles) - complete} failed"
-    rows.append(("import -> chat -> purge cycles", str(len(mix.cycles)), cycles,
-                 spread([c.seconds for c in mix.cycles])))
+    rows.append(
+        (
+            "import -> chat -> purge cycles",
+            str(len(mix.cycles)),
+            cycles,
+            spread([c.seconds for c in mix.cycles]),
+        )
+    )
     per_cycle = "n/a" if rss_growth is None else f"{rss_growth[0] / MIB:+.1f} MiB over {rss_growth[1]} cycles"
     rows.append(("RSS growth per cycle (end - warm-up, over the cycles between)", "", per_cycle, ""))
     statuses = Counter("no answer" if p.status is None else str(p.status) for p in mix.probes)
-    rows.append((f"/health every {HEALTH_EVERY * 1000:.0f} ms", str(len(mix.probes)),
-                 ", ".join(f"{s} x{n}" for s, n in statuses.most_common()), spread([p.seconds for p in mix.probes])))
-    return ["| hostile class | sent | answers | latency p50 / p95 / max |", "|---|--:|---|--:|",
-            *(f"| {' | '.join(row)} |" for row in rows)]
+    rows.append(
+        (
+            f"/health every {HEALTH_EVERY * 1000:.0f} ms",
+            str(len(mix.probes)),
+            ", ".join(f"{s} x{n}" for s, n in statuses.most_common()),
+            spread([p.seconds for p in mix.probes]),
+        )
+    )
+    return [
+        "| hostile class | sent | answers | latency p50 / p95 / max |",
+        "|---|--:|---|--:|",
+        *(f"| {' | '.join(row)} |" for row in rows),
+    ]
 
 
 def checks(mix: HostileMix) -> list[tuple[str, bool]]:
@@ -247,14 +303,22 @@ def checks(mix: HostileMix) -> list[tuple[str, bool]]:
     invalid = [o for got in mix.invalid.values() for o in got]
     extremes = [o for got in mix.extremes.values() for o in got]
     return [
-        (f"invalid bodies: every one a 4xx OpenAI error within {REJECT_SECONDS:g} s",
-         bool(invalid) and all(map(rejected, invalid))),
-        ("tiny temperatures and a 1e100 blend weight: 200 or 400, never 5xx or an error frame",
-         bool(extremes) and all(map(survived, extremes))),
-        ("import -> chat -> purge cycles: every call 200, every chat complete",
-         bool(mix.cycles) and all(c.ok for c in mix.cycles)),
-        (f"/health every {HEALTH_EVERY * 1000:.0f} ms: always 200, never slower than {HEALTH_SECONDS:g} s",
-         bool(mix.probes) and all(p.status == 200 and p.seconds <= HEALTH_SECONDS for p in mix.probes)),
+        (
+            f"invalid bodies: every one a 4xx OpenAI error within {REJECT_SECONDS:g} s",
+            bool(invalid) and all(map(rejected, invalid)),
+        ),
+        (
+            "tiny temperatures and a 1e100 blend weight: 200 or 400, never 5xx or an error frame",
+            bool(extremes) and all(map(survived, extremes)),
+        ),
+        (
+            "import -> chat -> purge cycles: every call 200, every chat complete",
+            bool(mix.cycles) and all(c.ok for c in mix.cycles),
+        ),
+        (
+            f"/health every {HEALTH_EVERY * 1000:.0f} ms: always 200, never slower than {HEALTH_SECONDS:g} s",
+            bool(mix.probes) and all(p.status == 200 and p.seconds <= HEALTH_SECONDS for p in mix.probes),
+        ),
     ]
 
 
@@ -262,16 +326,25 @@ def problems(mix: HostileMix) -> Counter[str]:
     """The hostile mix's failures, by description."""
     seen: Counter[str] = Counter()
     for name, got in mix.invalid.items():
-        seen.update(f"invalid body {name!r}: HTTP {o.status}, {o.kind}: {o.detail}"
-                    + (f", slower than {REJECT_SECONDS:g} s" if o.kind == "error" else "")
-                    for o in got if not rejected(o))
+        seen.update(
+            f"invalid body {name!r}: HTTP {o.status}, {o.kind}: {o.detail}"
+            + (f", slower than {REJECT_SECONDS:g} s" if o.kind == "error" else "")
+            for o in got
+            if not rejected(o)
+        )
     for name, got in mix.extremes.items():
         seen.update(f"{name}: HTTP {o.status}, {o.kind}: {o.detail}" for o in got if not survived(o))
-    seen.update(f"import cycle: import {c.imported}, chat "
-                + ("not sent" if c.chat is None else f"{c.chat.status} {c.chat.kind} {c.chat.detail}")
-                + f", purge {c.purged}" for c in mix.cycles if not c.ok)
+    seen.update(
+        f"import cycle: import {c.imported}, chat "
+        + ("not sent" if c.chat is None else f"{c.chat.status} {c.chat.kind} {c.chat.detail}")
+        + f", purge {c.purged}"
+        for c in mix.cycles
+        if not c.ok
+    )
     slow = [p for p in mix.probes if p.status != 200 or p.seconds > HEALTH_SECONDS]
     if slow:
-        seen[f"/health: {len(slow)} of {len(mix.probes)} probes not 200 or slower than {HEALTH_SECONDS:g} s "
-             f"(slowest {max(p.seconds for p in slow):.1f} s)"] = 1
+        seen[
+            f"/health: {len(slow)} of {len(mix.probes)} probes not 200 or slower than {HEALTH_SECONDS:g} s "
+            f"(slowest {max(p.seconds for p in slow):.1f} s)"
+        ] = 1
     return seen

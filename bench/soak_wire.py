@@ -45,8 +45,12 @@ async def status_of(call: Awaitable[httpx.Response]) -> int | None:
 def error_type(data: object) -> str:
     """The type of an OpenAI error object `{"error": {"message", "type", "param", "code"}}`."""
     error = data.get("error") if isinstance(data, dict) else None
-    if not (isinstance(error, dict) and {"message", "type", "param", "code"} <= error.keys()
-            and isinstance(error["message"], str) and isinstance(error["type"], str)):
+    if not (
+        isinstance(error, dict)
+        and {"message", "type", "param", "code"} <= error.keys()
+        and isinstance(error["message"], str)
+        and isinstance(error["type"], str)
+    ):
         raise Malformed(f"not an OpenAI error object: {json.dumps(data)[:200]}")
     return error["type"]
 
@@ -68,7 +72,9 @@ def sse_payloads(lines: list[tuple[float, str]]) -> list[tuple[float, str]]:
     return payloads[:-1]
 
 
-def check_stream(lines: list[tuple[float, str]], model: str, max_tokens: int) -> tuple[float | None, int, str]:
+def check_stream(
+    lines: list[tuple[float, str]], model: str, max_tokens: int
+) -> tuple[float | None, int, str]:
     """Validate a 200 stream: when its first content arrived, its completion tokens, its in-band error type."""
     ids: set[object] = set()
     first: float | None = None
@@ -85,9 +91,13 @@ def check_stream(lines: list[tuple[float, str]], model: str, max_tokens: int) ->
             if n != len(payloads) - 1:
                 raise Malformed("the stream goes on after an error frame")
             return first, 0, error_type(chunk)
-        if not (isinstance(chunk, dict) and chunk.get("object") == "chat.completion.chunk"
-                and chunk.get("model") == model and isinstance(chunk.get("created"), int)
-                and isinstance(chunk.get("choices"), list)):
+        if not (
+            isinstance(chunk, dict)
+            and chunk.get("object") == "chat.completion.chunk"
+            and chunk.get("model") == model
+            and isinstance(chunk.get("created"), int)
+            and isinstance(chunk.get("choices"), list)
+        ):
             raise Malformed(f"not a chat.completion.chunk for {model!r}: {payload[:200]}")
         ids.add(chunk.get("id"))
         if usage is not None:
@@ -114,15 +124,19 @@ def check_stream(lines: list[tuple[float, str]], model: str, max_tokens: int) ->
         raise Malformed(f"chunk ids {ids}, not one id")
     if finish is None:
         raise Malformed("no finish_reason")
-    if not (isinstance(usage, dict) and all(isinstance(usage.get(k), int) for k in
-                                            ("prompt_tokens", "completion_tokens", "total_tokens"))):
+    if not (
+        isinstance(usage, dict)
+        and all(isinstance(usage.get(k), int) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+    ):
         raise Malformed(f"no well-formed usage chunk: {usage}")
     tokens = usage["completion_tokens"]
     if usage["total_tokens"] != usage["prompt_tokens"] + tokens or usage["prompt_tokens"] < 1:
         raise Malformed(f"inconsistent usage {usage}")
     if not 1 <= tokens <= max_tokens or (finish == "length" and tokens != max_tokens) or contents > tokens:
-        raise Malformed(f"usage.completion_tokens {tokens} for {contents} content chunks, "
-                        f"finish_reason {finish}, max_tokens {max_tokens}")
+        raise Malformed(
+            f"usage.completion_tokens {tokens} for {contents} content chunks, "
+            f"finish_reason {finish}, max_tokens {max_tokens}"
+        )
     return first, tokens, ""
 
 
@@ -151,7 +165,9 @@ async def one_request(client: httpx.AsyncClient, body: dict[str, Any], timeout: 
                 if status != 200:
                     return refusal(model, response, await response.aread())
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                    return Outcome(model, status, "malformed", f"content-type {response.headers.get('content-type')}")
+                    return Outcome(
+                        model, status, "malformed", f"content-type {response.headers.get('content-type')}"
+                    )
                 async for line in response.aiter_lines():
                     lines.append((time.perf_counter(), line))
     except (TimeoutError, httpx.TimeoutException):
@@ -167,4 +183,3 @@ async def one_request(client: httpx.AsyncClient, body: dict[str, Any], timeout: 
     if error:
         return Outcome(model, status, "in-band", error, ttft=ttft)
     return Outcome(model, status, "ok", latency=done - sent, ttft=ttft, tokens=tokens)
-

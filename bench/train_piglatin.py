@@ -29,9 +29,15 @@ def hotlora_train() -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", type=Path, help="adapter store to register into (default: a temporary one)")
-    parser.add_argument("--home", type=Path, help="HOTLORA_HOME for the converted model (default: the usual one)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--store", type=Path, help="adapter store to register into (default: a temporary one)"
+    )
+    parser.add_argument(
+        "--home", type=Path, help="HOTLORA_HOME for the converted model (default: the usual one)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="options after `--` go to hotlora train")
     args = parser.parse_args()
@@ -39,8 +45,18 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="hotlora-bench-") as tmp:
         store = args.store or Path(tmp) / "store"
-        cmd = [*hotlora_train(), "--task", "piglatin", "--name", NAME, "--adapters-dir", str(store), "--overwrite",
-               *(["--home", str(args.home)] if args.home else []), *extra]  # fmt: skip
+        cmd = [
+            *hotlora_train(),
+            "--task",
+            "piglatin",
+            "--name",
+            NAME,
+            "--adapters-dir",
+            str(store),
+            "--overwrite",
+            *(["--home", str(args.home)] if args.home else []),
+            *extra,
+        ]
         print("$", " ".join(cmd), flush=True)
         started = time.monotonic()
         result = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -68,16 +84,26 @@ def main() -> int:
     }
     gib = 1024**3
     print()
-    print(f"whole command:      {wall / 60:.1f} min (training {training['train_runtime_s'] / 60:.1f} min, "
-          f"{training['global_step']} steps on {training['device']}, {os.cpu_count()} CPU cores)")  # fmt: skip
-    print(f"peak memory:        {training['peak_memory_bytes'] / gib:.2f} GiB ({training['peak_memory_kind']}); "
-          f"estimated {training['memory_estimate']['total'] / gib:.2f} GiB")  # fmt: skip
+    print(
+        f"whole command:      {wall / 60:.1f} min (training {training['train_runtime_s'] / 60:.1f} min, "
+        f"{training['global_step']} steps on {training['device']}, {os.cpu_count()} CPU cores)"
+    )
+    print(
+        f"peak memory:        {training['peak_memory_bytes'] / gib:.2f} GiB ({training['peak_memory_kind']}); "
+        f"estimated {training['memory_estimate']['total'] / gib:.2f} GiB"
+    )
     print(f"losses:             train {figures['train_loss']:.3f}, eval {figures['eval_loss']:.3f}")
-    print(f"word accuracy:      adapter {scores['adapter']['word_accuracy']:.1%}   base {scores['base']['word_accuracy']:.1%}")
+    print(
+        f"word accuracy:      adapter {scores['adapter']['word_accuracy']:.1%}   base {scores['base']['word_accuracy']:.1%}"
+    )
     for kind in ("seen", "unseen"):
-        print(f"  words {kind + ' in training:':19} adapter {scores['adapter'][f'{kind}_word_accuracy']:.1%}   "
-              f"base {scores['base'][f'{kind}_word_accuracy']:.1%}")  # fmt: skip
-    print(f"exact match:        adapter {scores['adapter']['exact_match']:.1%}   base {scores['base']['exact_match']:.1%}")
+        print(
+            f"  words {kind + ' in training:':19} adapter {scores['adapter'][f'{kind}_word_accuracy']:.1%}   "
+            f"base {scores['base'][f'{kind}_word_accuracy']:.1%}"
+        )
+    print(
+        f"exact match:        adapter {scores['adapter']['exact_match']:.1%}   base {scores['base']['exact_match']:.1%}"
+    )
     target = wall <= 20 * 60 and scores["adapter"]["word_accuracy"] >= 0.8
     print(f"target (<= 20 min, word accuracy >= 80%): {'met' if target else 'NOT met'}")
     if args.json:

@@ -19,8 +19,8 @@ from .errors import (
 from .finite import check_finite, nonfinite_tensors
 from .manifest import MANIFEST_FILENAME, AdapterSource, BlendSource, Manifest, manifest_json, read_manifest
 from .names import ADAPTER_NAME_PATTERN, is_valid_adapter_name, validate_adapter_name
-from .patterns import Pattern, UnsafePattern, compile_pattern
 from .paths import default_home_dir, default_store_dir
+from .patterns import Pattern, UnsafePattern, compile_pattern
 from .peft_config import CONFIG_FILENAME, AdapterConfig, read_adapter_config
 from .peft_files import WEIGHTS_FILENAME, AdapterFiles, inspect_adapter, read_tensor_shapes
 from .safetensors_header import SafetensorsHeader, TensorInfo, read_safetensors_header

@@ -117,8 +117,11 @@ def find_mismatches(files: AdapterFiles, base: BaseSpec, *, max_rank: int | None
 def _size_mismatches(files: AdapterFiles, base: BaseSpec, max_rank: int | None) -> list[str]:
     out: list[str] = []
     ranks = [files.config.max_rank]
-    ranks += [shape[0] for key, shape in files.tensor_shapes.items()
-              if (parsed := parse_tensor_key(key)) is not None and parsed.role in _RANK_ROWS and shape]  # fmt: skip
+    ranks += [
+        shape[0]
+        for key, shape in files.tensor_shapes.items()
+        if (parsed := parse_tensor_key(key)) is not None and parsed.role in _RANK_ROWS and shape
+    ]
     if max_rank is not None and max(ranks) > max_rank:
         out.append(
             f"rank {max(ranks)} is above this server's limit of {max_rank} (--max-lora-rank); "
@@ -146,8 +149,12 @@ def _module_mismatches(
 ) -> list[str]:
     has_lora = any(role.is_lora for role in roles)
     if base_shape is None:
-        if not has_lora and TensorRole.BASE_WEIGHT not in roles and TensorRole.TOKEN_DELTA not in roles \
-                and _in_modules_to_save(config, module):
+        if (
+            not has_lora
+            and TensorRole.BASE_WEIGHT not in roles
+            and TensorRole.TOKEN_DELTA not in roles
+            and _in_modules_to_save(config, module)
+        ):
             return []  # a fully trained module of a kind BaseSpec does not describe (e.g. a norm)
         return [f"{module}: the base model has no such linear or embedding module"]
     out: list[str] = []
@@ -181,7 +188,9 @@ def _lora_mismatches(
     else:
         a_role, b_role = TensorRole.LORA_A, TensorRole.LORA_B
     a_in, b_out = (rows, cols) if embedding else (cols, rows)
-    a_dim_name, b_dim_name = ("num_embeddings", "embedding_dim") if embedding else ("in_features", "out_features")
+    a_dim_name, b_dim_name = (
+        ("num_embeddings", "embedding_dim") if embedding else ("in_features", "out_features")
+    )
     a, b = roles.get(a_role), roles.get(b_role)
     out: list[str] = []
     for role, shape in ((a_role, a), (b_role, b)):
@@ -216,7 +225,9 @@ def _target_mismatches(config: AdapterConfig, lora_modules: set[str], base: Base
     out: list[str] = []
     for module in sorted(lora_modules & base.module_shapes.keys(), key=natural_key):
         if is_targeted(config, module) is False:
-            out.append(f"{module}: has LoRA weights but target_modules does not select it (PEFT would drop them)")
+            out.append(
+                f"{module}: has LoRA weights but target_modules does not select it (PEFT would drop them)"
+            )
     for module in sorted(base.module_shapes.keys() - lora_modules, key=natural_key):
         if is_targeted(config, module) is True:
             out.append(

@@ -76,7 +76,9 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
     try:
-        os.rename(src, dst)  # refuses a non-empty folder at `dst` (ENOTEMPTY), which is all that can race here
+        os.rename(
+            src, dst
+        )  # refuses a non-empty folder at `dst` (ENOTEMPTY), which is all that can race here
     except OSError as e:
         if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from e
@@ -124,9 +126,13 @@ def _step(name: str, dir_fd: int, flags: int, path: Path) -> int:
         return os.open(name, flags, dir_fd=dir_fd)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink (or no longer a folder) where one was checked
-            raise UnsafeSourceError(e.errno, f"{name!r} changed after the path was checked", str(path)) from None
+            raise UnsafeSourceError(
+                e.errno, f"{name!r} changed after the path was checked", str(path)
+            ) from None
         if e.errno == errno.ENOENT:  # removed since the check: the caller's to report, not a server fault
-            raise UnsafeSourceError(e.errno, f"{name!r} disappeared after the path was checked", str(path)) from None
+            raise UnsafeSourceError(
+                e.errno, f"{name!r} disappeared after the path was checked", str(path)
+            ) from None
         raise
 
 

@@ -152,8 +152,12 @@ def read_manifest(adapter_dir: Path) -> Manifest | None:
     except json.JSONDecodeError as e:
         raise InvalidAdapterError(f"{MANIFEST_FILENAME} is not valid JSON: {e}", path=adapter_dir) from e
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors())
-        raise InvalidAdapterError(f"{MANIFEST_FILENAME} is not a valid manifest: {problems}", path=adapter_dir) from e
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()
+        )
+        raise InvalidAdapterError(
+            f"{MANIFEST_FILENAME} is not a valid manifest: {problems}", path=adapter_dir
+        ) from e
 
 
 def manifest_json(manifest: Manifest) -> str:

@@ -67,8 +67,12 @@ class Pattern:
     literal: str | None  # the one text it matches when it is plain text (the common case: a module name)
     _states: tuple[_State, ...] = ()
     _start: int = 0
-    _asserts: bool = False  # whether a state asks where it is (`^`, `$`, word boundaries): steps depend on that
-    _steps: dict[tuple[frozenset[int], str, _Context], frozenset[int]] = field(default_factory=dict, compare=False)
+    _asserts: bool = (
+        False  # whether a state asks where it is (`^`, `$`, word boundaries): steps depend on that
+    )
+    _steps: dict[tuple[frozenset[int], str, _Context], frozenset[int]] = field(
+        default_factory=dict, compare=False
+    )
 
     def fullmatch(self, text: str, start: int = 0) -> bool:
         """Whether `text[start:]` matches as a whole (assertions such as `^` see all of `text`)."""
@@ -79,7 +83,11 @@ class Pattern:
             key = (current, text[pos], self._context(text, pos + 1))
             following = self._steps.get(key)
             if following is None:
-                stepped = {self._states[s][2] for s in current if self._states[s][0] == "char" and self._states[s][1](key[1])}
+                stepped = {
+                    self._states[s][2]
+                    for s in current
+                    if self._states[s][0] == "char" and self._states[s][1](key[1])
+                }
                 following = self._closure(stepped, key[2])
                 if len(self._steps) >= MAX_REMEMBERED_STEPS:
                     self._steps.clear()
@@ -265,7 +273,9 @@ def _class_test(items: list[tuple[Any, Any]]) -> Callable[[str], bool]:
         elif op is _c.CATEGORY and arg in _CATEGORIES:
             tests.append(_CATEGORIES[arg])
         else:
-            raise UnsafePattern(f"its character class uses {str(op).lower()}, which this matcher does not support")
+            raise UnsafePattern(
+                f"its character class uses {str(op).lower()}, which this matcher does not support"
+            )
     return lambda ch: any(test(ch) for test in tests) != negate
 
 

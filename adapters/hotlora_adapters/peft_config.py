@@ -39,16 +39,42 @@ _MODULE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 SERVING_TASK_TYPES = (None, "CAUSAL_LM")
 
 # What the server serves: handed to PEFT (patterns resolved first) or checked against the weights.
-SERVED_FIELDS = frozenset({
-    "peft_type", "r", "lora_alpha", "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
-    "rank_pattern", "alpha_pattern", "modules_to_save", "use_rslora", "use_dora", "lora_bias", "fan_in_fan_out",
-    "trainable_token_indices", "task_type", "init_lora_weights", "bias", "lora_dropout",
-})  # fmt: skip
+SERVED_FIELDS = frozenset(
+    {
+        "peft_type",
+        "r",
+        "lora_alpha",
+        "target_modules",
+        "exclude_modules",
+        "layers_to_transform",
+        "layers_pattern",
+        "rank_pattern",
+        "alpha_pattern",
+        "modules_to_save",
+        "use_rslora",
+        "use_dora",
+        "lora_bias",
+        "fan_in_fan_out",
+        "trainable_token_indices",
+        "task_type",
+        "init_lora_weights",
+        "bias",
+        "lora_dropout",
+    }
+)
 # What describes the adapter or only matters while training; never handed to PEFT.
-DESCRIPTIVE_FIELDS = frozenset({
-    "base_model_name_or_path", "revision", "peft_version", "auto_mapping", "inference_mode", "megatron_core",
-    "qalora_group_size", "runtime_config",
-})  # fmt: skip
+DESCRIPTIVE_FIELDS = frozenset(
+    {
+        "base_model_name_or_path",
+        "revision",
+        "peft_version",
+        "auto_mapping",
+        "inference_mode",
+        "megatron_core",
+        "qalora_group_size",
+        "runtime_config",
+    }
+)
 # Known fields accepted only when off, and why: what loading an adapter that sets them would do.
 _OFF_ONLY: dict[str, str] = {
     "layer_replication": "makes PEFT rewrite the base model's layer list, which every request shares",
@@ -144,7 +170,7 @@ def read_adapter_config(adapter_dir: Path) -> AdapterConfig:
     peft_type = raw.get("peft_type")
     if not isinstance(peft_type, str) or peft_type.upper() != LORA_PEFT_TYPE:
         raise InvalidAdapterError(
-            f"{CONFIG_FILENAME} has peft_type {peft_type!r}; only LoRA adapters (peft_type \"LORA\") are supported",
+            f'{CONFIG_FILENAME} has peft_type {peft_type!r}; only LoRA adapters (peft_type "LORA") are supported',
             path=adapter_dir,
         )
     _refuse_code_loading(raw, adapter_dir)
@@ -153,7 +179,9 @@ def read_adapter_config(adapter_dir: Path) -> AdapterConfig:
         config = AdapterConfig.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise InvalidAdapterError(f"{CONFIG_FILENAME} is not a valid LoRA config: {problems}", path=adapter_dir) from e
+        raise InvalidAdapterError(
+            f"{CONFIG_FILENAME} is not a valid LoRA config: {problems}", path=adapter_dir
+        ) from e
     _refuse_unserved_values(config, adapter_dir)
     _refuse_unsafe_patterns(config, adapter_dir)
     return config
@@ -211,7 +239,7 @@ def _refuse_unserved_values(config: AdapterConfig, adapter_dir: Path) -> None:
     if config.task_type not in SERVING_TASK_TYPES:
         raise InvalidAdapterError(
             f"{CONFIG_FILENAME} has task_type {config.task_type!r}: hotlora serves adapters of causal language "
-            "models (task_type \"CAUSAL_LM\" or none)",
+            'models (task_type "CAUSAL_LM" or none)',
             path=adapter_dir,
         )
     names = [*(config.modules_to_save or ()), *_layer_patterns(config)]
@@ -228,9 +256,14 @@ def _refuse_unserved_values(config: AdapterConfig, adapter_dir: Path) -> None:
 
 def _refuse_unsafe_patterns(config: AdapterConfig, adapter_dir: Path) -> None:
     """Every regular expression PEFT would evaluate must compile to a linear-time matcher."""
-    places = [(f"{field}", value) for field in ("target_modules", "exclude_modules")
-              if isinstance(value := getattr(config, field), str)]  # fmt: skip
-    places += [(f"{field} key", key) for field in ("rank_pattern", "alpha_pattern") for key in getattr(config, field)]
+    places = [
+        (f"{field}", value)
+        for field in ("target_modules", "exclude_modules")
+        if isinstance(value := getattr(config, field), str)
+    ]
+    places += [
+        (f"{field} key", key) for field in ("rank_pattern", "alpha_pattern") for key in getattr(config, field)
+    ]
     for where, pattern in places:
         try:
             compile_pattern(pattern)

@@ -24,11 +24,25 @@ _LFS_POINTER_PREFIX = b"version https://git-lfs"
 
 # Bits per element; sub-byte float types are packed.
 _DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
-    "I32": 32, "U32": 32, "F32": 32,
-    "I64": 64, "U64": 64, "F64": 64,
-    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
 }
 
 
@@ -61,14 +75,18 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
             file_size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if (prefix + f.read(len(_LFS_POINTER_PREFIX) - 8)).startswith(_LFS_POINTER_PREFIX):
-                raise _corrupt(path, "it is a Git LFS pointer, not the weights (fetch them with `git lfs pull`)")
+                raise _corrupt(
+                    path, "it is a Git LFS pointer, not the weights (fetch them with `git lfs pull`)"
+                )
             if len(prefix) < 8:
                 raise _corrupt(path, f"the file is {file_size} bytes, too short for a header")
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > MAX_HEADER_BYTES:
                 raise _corrupt(path, f"header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit")
             if 8 + header_len > file_size:
-                raise _corrupt(path, f"header length {header_len} runs past the end of the {file_size}-byte file")
+                raise _corrupt(
+                    path, f"header length {header_len} runs past the end of the {file_size}-byte file"
+                )
             f.seek(8)
             raw = f.read(header_len)
     except OSError as e:
@@ -110,7 +128,9 @@ def _parse_entry(path: Path, name: str, entry: object) -> TensorInfo:
     if bits is None:  # its size could not be checked: a few bytes could declare a tensor of any shape
         raise _corrupt(path, f"tensor {name!r}: unknown dtype {dtype!r} (known: {', '.join(_DTYPE_BITS)})")
     if end - begin != (math.prod(shape) * bits + 7) // 8:
-        raise _corrupt(path, f"tensor {name!r}: {end - begin} bytes do not hold a {dtype} tensor of shape {shape}")
+        raise _corrupt(
+            path, f"tensor {name!r}: {end - begin} bytes do not hold a {dtype} tensor of shape {shape}"
+        )
     return TensorInfo(dtype=dtype, shape=tuple(shape), data_offsets=(begin, end))
 
 
@@ -120,10 +140,14 @@ def _check_layout(path: Path, tensors: dict[str, TensorInfo], data_len: int) -> 
     for name, info in sorted(tensors.items(), key=lambda kv: kv[1].data_offsets):
         begin, end = info.data_offsets
         if begin != expected:
-            raise _corrupt(path, f"tensor {name!r} starts at byte {begin}, expected {expected} (overlap or gap)")
+            raise _corrupt(
+                path, f"tensor {name!r} starts at byte {begin}, expected {expected} (overlap or gap)"
+            )
         expected = end
     if expected > data_len:
-        raise _corrupt(path, f"the tensors need {expected} data bytes but the file has {data_len} (truncated?)")
+        raise _corrupt(
+            path, f"the tensors need {expected} data bytes but the file has {data_len} (truncated?)"
+        )
     if expected < data_len:
         raise _corrupt(path, f"{data_len - expected} unexpected bytes after the last tensor")
 

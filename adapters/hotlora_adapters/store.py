@@ -16,7 +16,13 @@ from pathlib import Path
 
 from .compat import BaseSpec
 from .confine import refuse_escaping_symlinks, resolve_inside, same_entry, store_escape
-from .errors import AdapterError, AdapterExistsError, AdapterNotFoundError, AdapterPathError, InvalidAdapterError
+from .errors import (
+    AdapterError,
+    AdapterExistsError,
+    AdapterNotFoundError,
+    AdapterPathError,
+    InvalidAdapterError,
+)
 from .finite import check_finite
 from .fsutil import exchange, fsync_dir, remove_entry, rename_noreplace, write_file_synced
 from .manifest import MANIFEST_FILENAME, Manifest, manifest_json, read_manifest
@@ -238,7 +244,11 @@ class AdapterStore:
             manifest = read_manifest(path)  # an unreadable manifest raises rather than being clobbered
             if manifest is None:
                 manifest = Manifest.for_adapter(
-                    name, files_for_manifest(path), source="imported", created=adapter.created, disabled=disabled
+                    name,
+                    files_for_manifest(path),
+                    source="imported",
+                    created=adapter.created,
+                    disabled=disabled,
                 )
             elif manifest.disabled == disabled:
                 return self.get(name)

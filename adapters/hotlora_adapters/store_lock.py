@@ -107,4 +107,3 @@ def _stale_candidates(root: Path) -> list[Path]:
                 continue
             candidates += [Path(c.path) for c in children if c.name.startswith(MANIFEST_TMP_PREFIX)]
     return candidates
-

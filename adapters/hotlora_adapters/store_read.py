@@ -78,8 +78,17 @@ def describe(name: str, path: Path) -> StoredAdapter:
     escape = store_escape(path, path.parent)
     if escape is not None:  # listed with the reason; nothing outside the store is read
         created = int(os.lstat(path).st_mtime)
-        return StoredAdapter(name, path, None, None, size_bytes=0, created=created, disabled=False, error=escape,
-                             version=version)  # fmt: skip
+        return StoredAdapter(
+            name,
+            path,
+            None,
+            None,
+            size_bytes=0,
+            created=created,
+            disabled=False,
+            error=escape,
+            version=version,
+        )
     errors: list[str] = []
     config: AdapterConfig | None = None
     manifest: Manifest | None = None

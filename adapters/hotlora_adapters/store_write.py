@@ -81,7 +81,9 @@ def copy_into(tmp: Path, plan: CopyPlan, source: Path) -> AdapterFiles:
     try:
         copied = inspect_adapter(tmp)
     except InvalidAdapterError as e:  # the source changed while being copied
-        raise InvalidAdapterError(f"{e.reason} (after copying; was it modified meanwhile?)", path=source) from e
+        raise InvalidAdapterError(
+            f"{e.reason} (after copying; was it modified meanwhile?)", path=source
+        ) from e
     check_finite(tmp, shown_as=source)
     return copied
 
@@ -93,7 +95,9 @@ def check_fits(files: AdapterFiles, base: BaseSpec, shown_as: Path, max_rank: in
         raise IncompatibleAdapterError(mismatches, subject=f"adapter at {shown_as}")
 
 
-def registered_manifest(name: str, files: AdapterFiles, manifest: Manifest | None, base: BaseSpec | None) -> Manifest:
+def registered_manifest(
+    name: str, files: AdapterFiles, manifest: Manifest | None, base: BaseSpec | None
+) -> Manifest:
     """The manifest to store: `manifest` renamed to `name` (with `base`'s fingerprint if it has none), or
     one derived from the files with source "imported"."""
     if manifest is None:

@@ -34,12 +34,19 @@ class TensorRole(Enum):
 
 
 _LORA_ROLES = frozenset(
-    {TensorRole.LORA_A, TensorRole.LORA_B, TensorRole.LORA_B_BIAS, TensorRole.EMBEDDING_A,
-     TensorRole.EMBEDDING_B, TensorRole.MAGNITUDE}
+    {
+        TensorRole.LORA_A,
+        TensorRole.LORA_B,
+        TensorRole.LORA_B_BIAS,
+        TensorRole.EMBEDDING_A,
+        TensorRole.EMBEDDING_B,
+        TensorRole.MAGNITUDE,
+    }
 )
 # Specific suffixes first: "q_proj.lora_A.weight" must not read as the full weight of "q_proj.lora_A".
 _SUFFIXES: list[tuple[str, TensorRole]] = sorted(
-    [("." + role.value, role) for role in TensorRole] + [(".lora_magnitude_vector.weight", TensorRole.MAGNITUDE)],
+    [("." + role.value, role) for role in TensorRole]
+    + [(".lora_magnitude_vector.weight", TensorRole.MAGNITUDE)],
     key=lambda pair: -len(pair[0]),
 )
 
@@ -63,4 +70,6 @@ def parse_tensor_key(key: str) -> TensorKey | None:
 
 def lora_modules(keys: Iterable[str]) -> set[str]:
     """The base modules that saved keys `keys` hold LoRA weights for."""
-    return {parsed.module for key in keys if (parsed := parse_tensor_key(key)) is not None and parsed.role.is_lora}
+    return {
+        parsed.module for key in keys if (parsed := parse_tensor_key(key)) is not None and parsed.role.is_lora
+    }

@@ -9,8 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -52,7 +58,9 @@ class EngineCollector(Collector):
         for name, doc in _COUNTERS.items():
             yield CounterMetricFamily(f"hotlora_{name}", doc, value=getattr(stats, name))
         if stats.model_info:
-            yield InfoMetricFamily("hotlora_model", "The served base model and how it runs here.", value=stats.model_info)
+            yield InfoMetricFamily(
+                "hotlora_model", "The served base model and how it runs here.", value=stats.model_info
+            )
 
 
 class Metrics:
@@ -63,21 +71,33 @@ class Metrics:
         self.registry.register(EngineCollector(stats))
         ProcessCollector(registry=self.registry)  # resident memory, CPU time, open files
         self.requests = Counter(
-            "hotlora_requests", "HTTP requests by route and status.", ["endpoint", "status"], registry=self.registry
+            "hotlora_requests",
+            "HTTP requests by route and status.",
+            ["endpoint", "status"],
+            registry=self.registry,
         )
         self.duration = Histogram(
-            "hotlora_request_duration_seconds", "HTTP request time until the last byte, by route.", ["endpoint"],
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "hotlora_request_duration_seconds",
+            "HTTP request time until the last byte, by route.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.ttft = Histogram(
-            "hotlora_time_to_first_token_seconds", "Time from a generation request to its first token.",
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "hotlora_time_to_first_token_seconds",
+            "Time from a generation request to its first token.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.itl = Histogram(
-            "hotlora_inter_token_latency_seconds", "Time between consecutive tokens of a request.",
-            buckets=_TOKEN_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.prompt_tokens = Counter("hotlora_prompt_tokens", "Prompt tokens of finished requests.", registry=self.registry)
+            "hotlora_inter_token_latency_seconds",
+            "Time between consecutive tokens of a request.",
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "hotlora_prompt_tokens", "Prompt tokens of finished requests.", registry=self.registry
+        )
         self.generation_tokens = Counter(
             "hotlora_generation_tokens", "Generated tokens of finished requests.", registry=self.registry
         )

@@ -73,14 +73,20 @@ class Settings(BaseModel):
     allowed_origins: tuple[str, ...] = Field(
         (), description="web origins allowed to call the API from a browser (CORS; none: CORS off), `*` any"
     )
-    allowed_methods: tuple[str, ...] = Field(("*",), description="HTTP methods allowed to those origins (CORS)")
-    allowed_headers: tuple[str, ...] = Field(("*",), description="request headers allowed to those origins (CORS)")
+    allowed_methods: tuple[str, ...] = Field(
+        ("*",), description="HTTP methods allowed to those origins (CORS)"
+    )
+    allowed_headers: tuple[str, ...] = Field(
+        ("*",), description="request headers allowed to those origins (CORS)"
+    )
     home: Path
     adapters_dir: Path
     allow_adapter_dir: tuple[Path, ...] = ()
     max_loaded_adapters: int = Field(8, ge=1)
     max_lora_rank: int = Field(64, ge=1, le=512, description="larger LoRA ranks are refused (vLLM's flag)")
-    max_blend_rank: int = Field(256, ge=1, description="largest rank of a blend (`cat` adds its sources' ranks)")
+    max_blend_rank: int = Field(
+        256, ge=1, description="largest rank of a blend (`cat` adds its sources' ranks)"
+    )
     merge_policy: Literal["auto", "never", "always"] = "never"
     max_n: int = Field(8, ge=1)
     max_num_seqs: int = Field(32, ge=1, description="rows decoded together in the running batch")
@@ -92,10 +98,13 @@ class Settings(BaseModel):
         "bf16", description="how a 4-bit base prefills on a CPU with native bf16 (see engine/prefill_gemm.py)"
     )
     cpu_prefill_cache_gb: float = Field(
-        1.0, ge=0, description="GiB of dequantized bf16 weights kept for the bf16 CPU prefill (0: dequantize each time)"
+        1.0,
+        ge=0,
+        description="GiB of dequantized bf16 weights kept for the bf16 CPU prefill (0: dequantize each time)",
     )
     cpu_kernels: bool = Field(
-        True, description="the CPU's fixed-order kernels, compiled once (batch invariance needs them; engine/cpu)"
+        True,
+        description="the CPU's fixed-order kernels, compiled once (batch invariance needs them; engine/cpu)",
     )
     batch_invariant: bool | None = Field(
         None,
@@ -103,7 +112,8 @@ class Settings(BaseModel):
         "the kernels), True to refuse to start elsewhere, False for the device's fastest attention",
     )
     cpu_4bit: Literal["auto", "bitsandbytes", "hotlora"] = Field(
-        "auto", description="4-bit layers on a CPU: bitsandbytes' fused kernel or hotlora's (auto: the fast one)"
+        "auto",
+        description="4-bit layers on a CPU: bitsandbytes' fused kernel or hotlora's (auto: the fast one)",
     )
     enable_prefix_caching: bool = Field(True, description="reuse the KV of prompt prefixes already computed")
     max_queue: int = Field(64, ge=1, description="requests waiting for the running batch before 429")
@@ -115,7 +125,8 @@ class Settings(BaseModel):
         "holding a generation_config.json (vLLM's flag)",
     )
     override_generation_config: GenerationDefaults = Field(
-        GenerationDefaults(), description="sampling defaults over the generation config's, as JSON (vLLM's flag)"
+        GenerationDefaults(),
+        description="sampling defaults over the generation config's, as JSON (vLLM's flag)",
     )
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body; beyond it 413")
     metrics_public: bool = Field(False, description="serve /metrics without the API key")
@@ -133,7 +144,9 @@ class Settings(BaseModel):
                 "or leave --api-key and HOTLORA_API_KEY unset"
             )
         if key is not None and key != key.strip():
-            raise ValueError("the API key starts or ends with whitespace, which no Authorization header carries")
+            raise ValueError(
+                "the API key starts or ends with whitespace, which no Authorization header carries"
+            )
         return key
 
     @field_validator("allowed_hosts", mode="before")
@@ -185,7 +198,7 @@ class Settings(BaseModel):
             except ValueError as exc:
                 raise ValueError(f"not valid JSON ({exc})") from None
             if not isinstance(value, dict):
-                raise ValueError("must be a JSON object such as {\"temperature\": 0.7}")
+                raise ValueError('must be a JSON object such as {"temperature": 0.7}')
         return value
 
     @property

@@ -44,7 +44,11 @@ class SamplingParams:
     def with_defaults(self, defaults: Mapping[str, float | int]) -> SamplingParams:
         """These options, the fields left out (None) taken from `defaults` (the model's generation config,
         by the names of `SAMPLING_DEFAULTS`; `max_tokens` is the engine's to apply, within the context)."""
-        given = {name: defaults[name] for name in SAMPLING_DEFAULTS if name in defaults and getattr(self, name) is None}
+        given = {
+            name: defaults[name]
+            for name in SAMPLING_DEFAULTS
+            if name in defaults and getattr(self, name) is None
+        }
         return replace(self, **given) if given else self
 
 
@@ -89,7 +93,9 @@ class TokenizeRequest:
     model: str
     messages: tuple[dict[str, str], ...] | None = None
     prompt: str | None = None
-    add_generation_prompt: bool = True  # a chat: end with the assistant's turn opening, as a chat request does
+    add_generation_prompt: bool = (
+        True  # a chat: end with the assistant's turn opening, as a chat request does
+    )
     add_special_tokens: bool = False  # the tokenizer's own BOS/EOS around the text (a template adds its own)
     blend: BlendSpec | None = None
 

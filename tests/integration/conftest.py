@@ -23,7 +23,9 @@ def server(
 ) -> Iterator[RunningServer]:
     """The server every integration test talks to (4-bit, API key required)."""
     log = tmp_path_factory.mktemp("logs") / "server.log"
-    with serving(["--home", str(hotlora_home), "--adapters-dir", str(adapter_store), "--api-key", API_KEY], log) as running:
+    with serving(
+        ["--home", str(hotlora_home), "--adapters-dir", str(adapter_store), "--api-key", API_KEY], log
+    ) as running:
         yield running
 
 
@@ -36,5 +38,7 @@ def client(server: RunningServer):  # noqa: ANN201 - openai.OpenAI
 
 @pytest.fixture
 def http(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as c:
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120
+    ) as c:
         yield c

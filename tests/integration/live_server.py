@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +52,12 @@ def start_server(args: list[str], log: Path, timeout: float = 240.0) -> RunningS
     # a key from the developer's environment must not leak in: each test says whether it wants one
     env = {**{k: v for k, v in os.environ.items() if k != "HOTLORA_API_KEY"}, "HF_HUB_OFFLINE": "1"}
     handle = log.open("wb")
-    proc = subprocess.Popen([*hotlora_cmd(), "serve", "--port", str(port), *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [*hotlora_cmd(), "serve", "--port", str(port), *args],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     server = RunningServer(f"http://127.0.0.1:{port}", proc, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -109,5 +114,3 @@ def save_random_lora(model_dir: Path, target: Path, seed: int = 0, r: int = 8, s
     data = json.loads(config_path.read_text())
     data["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
     config_path.write_text(json.dumps(data, indent=2))
-
-

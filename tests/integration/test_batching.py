@@ -31,18 +31,32 @@ MODELS = [BASE_ID, "r8", "r16", "gentle", "r4", "wide", "r8*0.5+r16*0.5", "r8"]
 
 
 @pytest.fixture(scope="module")
-def batching(tmp_path_factory: pytest.TempPathFactory, hotlora_home: Path, smollm2_dir: Path) -> Iterator[RunningServer]:
+def batching(
+    tmp_path_factory: pytest.TempPathFactory, hotlora_home: Path, smollm2_dir: Path
+) -> Iterator[RunningServer]:
     store = tmp_path_factory.mktemp("batch-store")
-    for name, seed, rank, strength in (("r8", 11, 8, 0.5), ("r16", 12, 16, 0.5), ("gentle", 13, 8, 0.25), ("r4", 14, 4, 1.0),
-                                       ("wide", 15, 112, 0.25)):
+    for name, seed, rank, strength in (
+        ("r8", 11, 8, 0.5),
+        ("r16", 12, 16, 0.5),
+        ("gentle", 13, 8, 0.25),
+        ("r4", 14, 4, 1.0),
+        ("wide", 15, 112, 0.25),
+    ):
         save_random_lora(smollm2_dir, store / name, seed=seed, r=rank, strength=strength)
     log = tmp_path_factory.mktemp("batch-logs") / "server.log"
-    with serving(["--home", str(hotlora_home), "--adapters-dir", str(store), "--max-lora-rank", "128"], log) as running:
+    with serving(
+        ["--home", str(hotlora_home), "--adapters-dir", str(store), "--max-lora-rank", "128"], log
+    ) as running:
         yield running
 
 
 async def _complete(client: httpx.AsyncClient, model: str, prompt: str) -> str:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24, "temperature": 0}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 24,
+        "temperature": 0,
+    }
     response = await client.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     return str(response.json()["choices"][0]["message"]["content"])

@@ -9,7 +9,6 @@ import subprocess
 import httpx
 import openai
 import pytest
-
 from live_server import ADAPTER, API_KEY, BASE_ID, RunningServer
 
 pytestmark = pytest.mark.integration
@@ -35,9 +34,13 @@ def test_openai_sdk_answers_paris(client: openai.OpenAI) -> None:
 
 def test_openai_sdk_streams(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model=BASE_ID, messages=QUESTION, temperature=0, max_tokens=30, stream=True,
+        model=BASE_ID,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=30,
+        stream=True,
         stream_options={"include_usage": True},
-    )  # fmt: skip
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "Paris" in text
@@ -62,9 +65,13 @@ def test_adapter_changes_output(client: openai.OpenAI) -> None:
 def test_same_seed_same_output(client: openai.OpenAI) -> None:
     def sample(seed: int) -> list[str]:
         reply = client.chat.completions.create(
-            model=BASE_ID, messages=[{"role": "user", "content": "Write a short poem about the sea."}],
-            temperature=1.0, max_tokens=20, seed=seed, n=2,
-        )  # fmt: skip
+            model=BASE_ID,
+            messages=[{"role": "user", "content": "Write a short poem about the sea."}],
+            temperature=1.0,
+            max_tokens=20,
+            seed=seed,
+            n=2,
+        )
         return [c.message.content for c in reply.choices]
 
     first = sample(1234)
@@ -83,7 +90,9 @@ def test_stop_sequence_spanning_tokens_never_leaks(client: openai.OpenAI) -> Non
 
 
 def test_completions_endpoint(client: openai.OpenAI) -> None:
-    reply = client.completions.create(model=BASE_ID, prompt="The capital of France is", max_tokens=8, temperature=0, logprobs=2)
+    reply = client.completions.create(
+        model=BASE_ID, prompt="The capital of France is", max_tokens=8, temperature=0, logprobs=2
+    )
     choice = reply.choices[0]
     assert choice.text and choice.finish_reason in ("stop", "length")
     assert len(choice.logprobs.tokens) == reply.usage.completion_tokens
@@ -101,28 +110,35 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
         assert token.top_logprobs[0].logprob >= token.logprob  # greedy: the chosen token is the most likely
 
 
-def test_sampling_extras_tokenizer_routes_and_defaults(server: RunningServer, client: openai.OpenAI,
-                                                      http: httpx.Client) -> None:  # fmt: skip
+def test_sampling_extras_tokenizer_routes_and_defaults(
+    server: RunningServer, client: openai.OpenAI, http: httpx.Client
+) -> None:
     """OpenAI's `logit_bias`, vLLM's extras through `extra_body`, `/tokenize` and `/detokenize`, and the
     embedded model's own sampling defaults (its card's temperature 0.2, top_p 0.9) in the startup log."""
     assert "temperature=0.2, top_p=0.9" in server.output()
     tokenized = http.post("/tokenize", json={"model": BASE_ID, "prompt": " Paris"}).json()
     assert tokenized["count"] == len(tokenized["tokens"]) >= 1 and tokenized["max_model_len"] == 8192
     paris = tokenized["tokens"][0]
-    forced = client.chat.completions.create(model=BASE_ID, messages=QUESTION, max_tokens=3,
-                                            logit_bias={str(paris): 100})  # fmt: skip
+    forced = client.chat.completions.create(
+        model=BASE_ID, messages=QUESTION, max_tokens=3, logit_bias={str(paris): 100}
+    )
     spelled = http.post("/detokenize", json={"model": BASE_ID, "tokens": [paris] * 3}).json()["prompt"]
     assert forced.choices[0].message.content == spelled
     chat = http.post("/tokenize", json={"model": BASE_ID, "messages": QUESTION}).json()
     assert chat["count"] == forced.usage.prompt_tokens
 
     def ask(**options: object) -> openai.types.chat.ChatCompletion:
-        return client.chat.completions.create(model=BASE_ID, messages=QUESTION, **{"max_tokens": 12, **options})  # type: ignore[arg-type]
+        return client.chat.completions.create(
+            model=BASE_ID, messages=QUESTION, **{"max_tokens": 12, **options}
+        )  # type: ignore[arg-type]
 
     greedy = ask(temperature=0).choices[0].message.content
     assert ask(temperature=1.0, seed=5, extra_body={"top_k": 1}).choices[0].message.content == greedy
     assert ask(temperature=1.0, seed=5, extra_body={"min_p": 1.0}).choices[0].message.content == greedy
-    assert ask(temperature=0, extra_body={"repetition_penalty": 1.3}).choices[0].finish_reason in ("stop", "length")
+    assert ask(temperature=0, extra_body={"repetition_penalty": 1.3}).choices[0].finish_reason in (
+        "stop",
+        "length",
+    )
     endless = ask(temperature=0, max_tokens=40, extra_body={"ignore_eos": True})
     assert endless.choices[0].finish_reason == "length" and endless.usage.completion_tokens == 40
     with pytest.raises(openai.BadRequestError) as info:
@@ -174,9 +190,21 @@ def test_api_key_required(server: RunningServer) -> None:
 def test_readme_curl_example(server: RunningServer) -> None:
     body = json.dumps({"model": ADAPTER, "messages": QUESTION, "max_tokens": 8})
     out = subprocess.run(
-        ["curl", "-sS", f"{server.v1}/chat/completions", "-H", "Content-Type: application/json",
-         "-H", f"Authorization: Bearer {API_KEY}", "-d", body],
-        capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
+        [
+            "curl",
+            "-sS",
+            f"{server.v1}/chat/completions",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            f"Authorization: Bearer {API_KEY}",
+            "-d",
+            body,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     reply = json.loads(out.stdout)
     assert reply["model"] == ADAPTER and reply["choices"][0]["message"]["content"]

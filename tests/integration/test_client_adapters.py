@@ -36,7 +36,9 @@ HI = "Say hi."
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dict[str, Path]:
     """A store with `alpha` and `beta`, an allowed folder with `incoming` (to load by path), a spare copy."""
-    store, allowed, spare = (tmp_path_factory.mktemp(name) for name in ("client-store", "client-allowed", "spare"))
+    store, allowed, spare = (
+        tmp_path_factory.mktemp(name) for name in ("client-store", "client-allowed", "spare")
+    )
     save_random_lora(smollm2_dir, store / "alpha", seed=11)
     save_random_lora(smollm2_dir, store / "beta", seed=12)
     shutil.copytree(store / "beta", allowed / "incoming")
@@ -45,10 +47,20 @@ def dirs(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def own(tmp_path_factory: pytest.TempPathFactory, hotlora_home: Path, dirs: dict[str, Path]) -> Iterator[RunningServer]:
+def own(
+    tmp_path_factory: pytest.TempPathFactory, hotlora_home: Path, dirs: dict[str, Path]
+) -> Iterator[RunningServer]:
     log = tmp_path_factory.mktemp("client-logs") / "server.log"
-    args = ["--home", str(hotlora_home), "--adapters-dir", str(dirs["store"]), "--api-key", API_KEY,
-            "--allow-adapter-dir", str(dirs["allowed"])]  # fmt: skip
+    args = [
+        "--home",
+        str(hotlora_home),
+        "--adapters-dir",
+        str(dirs["store"]),
+        "--api-key",
+        API_KEY,
+        "--allow-adapter-dir",
+        str(dirs["allowed"]),
+    ]
     with serving(args, log) as running:
         yield running
 
@@ -105,7 +117,9 @@ def test_load_from_a_path_under_an_allowed_folder(sdk: Client, dirs: dict[str, P
 
 def test_wait_until_ready_sees_an_adapter_moved_into_the_store(sdk: Client, dirs: dict[str, Path]) -> None:
     def move_in() -> None:  # as a user would: copy next to the store, then move in at once
-        os.rename(shutil.copytree(dirs["spare"] / "alpha", dirs["spare"] / "copy"), dirs["store"] / "arriving")
+        os.rename(
+            shutil.copytree(dirs["spare"] / "alpha", dirs["spare"] / "copy"), dirs["store"] / "arriving"
+        )
 
     mover = threading.Timer(1.0, move_in)
     mover.start()
@@ -173,7 +187,15 @@ def test_fresh_venv_install_without_torch(tmp_path: Path, own: RunningServer, sd
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(REPO / "clients" / "python")],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            str(REPO / "clients" / "python"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -182,15 +204,18 @@ def test_fresh_venv_install_without_torch(tmp_path: Path, own: RunningServer, sd
         if not pypi_reachable():
             pytest.skip(f"PyPI is unreachable, cannot install httpx and pydantic:\n{install.stderr[-2000:]}")
         pytest.fail(f"pip install ./clients/python failed:\n{install.stdout}\n{install.stderr}")
-    installed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True)
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True
+    )
     names = {line.split("==")[0].lower() for line in installed.stdout.split()}
     assert "hotlora-client" in names and not names & {"torch", "transformers", "hotlora"}
     assert (venv / "bin" / "hotlora-chat").is_file()
 
     env = {**os.environ, "HOTLORA_BASE_URL": own.base_url, "HOTLORA_API_KEY": API_KEY}
     env.pop("PYTHONPATH", None)
-    run = subprocess.run([str(python), "-c", USER_SCRIPT], capture_output=True, text=True, env=env, timeout=120,
-                         cwd=tmp_path)  # fmt: skip
+    run = subprocess.run(
+        [str(python), "-c", USER_SCRIPT], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     adapter_text, blend_text = (ast.literal_eval(line.partition(": ")[2]) for line in lines[:2])

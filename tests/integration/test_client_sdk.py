@@ -54,7 +54,9 @@ def test_chat_defaults_to_the_base_model(sdk: Client) -> None:
 def test_chat_streams_what_it_would_answer(sdk: Client) -> None:
     messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTION}]
     whole = sdk.chat(messages, adapter=ADAPTER, **GREEDY)
-    stream = sdk.chat(messages, adapter=ADAPTER, stream=True, stream_options={"include_usage": True}, **GREEDY)
+    stream = sdk.chat(
+        messages, adapter=ADAPTER, stream=True, stream_options={"include_usage": True}, **GREEDY
+    )
     chunks = list(stream)
     assert all(isinstance(c, ChatCompletionChunk) and c.model == ADAPTER for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -125,7 +127,9 @@ def test_409_saving_a_blend_under_a_taken_name(sdk: Client) -> None:
     before = sdk.adapters.list()
     with pytest.raises(ConflictError) as caught:
         sdk.adapters.blend(ADAPTER, {ADAPTER: 1.0})
-    assert caught.value.status_code == 409 and caught.value.param == "name" and ADAPTER in caught.value.message
+    assert (
+        caught.value.status_code == 409 and caught.value.param == "name" and ADAPTER in caught.value.message
+    )
     assert sdk.adapters.list() == before
 
 

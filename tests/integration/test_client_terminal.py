@@ -71,7 +71,11 @@ def test_commands_and_errors_through_the_main_cli(server: RunningServer) -> None
     assert f"now talking to the blend {ADAPTER}*0.5" in out and len(replies(out, f"{ADAPTER}*0.5")) == 1
     assert "system prompt set: Answer in one word." in out
     assert "weight `abc`" in err and "is not a number" in err  # the server's own message, one line
-    assert "conversation forgotten" in out and "unknown command /frobnicate" in out and "/blend a=0.7,b=0.3" in out
+    assert (
+        "conversation forgotten" in out
+        and "unknown command /frobnicate" in out
+        and "/blend a=0.7,b=0.3" in out
+    )
 
 
 def test_a_wrong_key_is_one_readable_line(server: RunningServer) -> None:

@@ -16,22 +16,37 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize(
     ("args", "env", "says"),
-    [(["--host", "0.0.0.0"], {}, "--insecure-no-api-key"), (["--api-key", ""], {}, "empty API key"),
-     ([], {"HOTLORA_API_KEY": ""}, "empty API key")],
+    [
+        (["--host", "0.0.0.0"], {}, "--insecure-no-api-key"),
+        (["--api-key", ""], {}, "empty API key"),
+        ([], {"HOTLORA_API_KEY": ""}, "empty API key"),
+    ],
     ids=["keyless-beyond-loopback", "empty-flag", "empty-variable"],
-)  # fmt: skip
-def test_serve_refuses_to_start_exposed(tmp_path: Path, args: list[str], env: dict[str, str], says: str) -> None:
+)
+def test_serve_refuses_to_start_exposed(
+    tmp_path: Path, args: list[str], env: dict[str, str], says: str
+) -> None:
     environment = {**{k: v for k, v in os.environ.items() if not k.startswith("HOTLORA_")}, **env}
-    done = subprocess.run([*hotlora_cmd(), "serve", "--home", str(tmp_path), *args], env=environment,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    done = subprocess.run(
+        [*hotlora_cmd(), "serve", "--home", str(tmp_path), *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode != 0 and says in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not any(tmp_path.iterdir())  # refused before anything loads
 
 
-def test_a_keyless_server_answers_only_local_hosts(tmp_path: Path, hotlora_home: Path, smollm2_dir: Path) -> None:
+def test_a_keyless_server_answers_only_local_hosts(
+    tmp_path: Path, hotlora_home: Path, smollm2_dir: Path
+) -> None:
     store = tmp_path / "store"
     save_random_lora(smollm2_dir, store / ADAPTER)
-    with serving(["--home", str(hotlora_home), "--adapters-dir", str(store)], tmp_path / "server.log") as server:
+    with serving(
+        ["--home", str(hotlora_home), "--adapters-dir", str(store)], tmp_path / "server.log"
+    ) as server:
         rebound = {"Host": "evil.example"}  # a page's own name, pointed at 127.0.0.1
         purge = httpx.delete(f"{server.v1}/adapters/{ADAPTER}", params={"purge": "true"}, headers=rebound)
         assert purge.status_code == 403 and purge.json()["error"]["code"] == "host_not_allowed", purge.text
@@ -41,6 +56,7 @@ def test_a_keyless_server_answers_only_local_hosts(tmp_path: Path, hotlora_home:
             page.models.list()
         assert httpx.get(f"{server.base_url}/health", headers=rebound).status_code == 200
         port = server.base_url.rsplit(":", 1)[1]
-        local = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0,
-                              default_headers={"Host": f"localhost:{port}"})  # fmt: skip
+        local = openai.OpenAI(
+            base_url=server.v1, api_key="unused", max_retries=0, default_headers={"Host": f"localhost:{port}"}
+        )
         assert ADAPTER in [m.id for m in local.models.list()]

@@ -45,10 +45,24 @@ def dirs(tmp_path_factory: pytest.TempPathFactory, library: Path) -> dict[str, P
 
 
 @pytest.fixture(scope="module")
-def hot(tmp_path_factory: pytest.TempPathFactory, hotlora_home: Path, dirs: dict[str, Path]) -> Iterator[RunningServer]:
+def hot(
+    tmp_path_factory: pytest.TempPathFactory, hotlora_home: Path, dirs: dict[str, Path]
+) -> Iterator[RunningServer]:
     log = tmp_path_factory.mktemp("hot-logs") / "server.log"
-    args = ["--home", str(hotlora_home), "--adapters-dir", str(dirs["store"]), "--api-key", API_KEY,
-            "--allow-adapter-dir", str(dirs["allowed"]), "--max-loaded-adapters", "3", "--merge-policy", "never"]  # fmt: skip
+    args = [
+        "--home",
+        str(hotlora_home),
+        "--adapters-dir",
+        str(dirs["store"]),
+        "--api-key",
+        API_KEY,
+        "--allow-adapter-dir",
+        str(dirs["allowed"]),
+        "--max-loaded-adapters",
+        "3",
+        "--merge-policy",
+        "never",
+    ]
     with serving(args, log) as running:
         yield running
 
@@ -77,8 +91,12 @@ def error_of(response: httpx.Response, status: int) -> str:
     return error["message"]
 
 
-def test_copied_in_adapter_is_served_within_two_seconds(http: httpx.Client, dirs: dict[str, Path], library: Path) -> None:
-    shutil.copytree(library / "b", dirs["store"] / ".copying")  # copy under a hidden name, then rename: as `cp` + `mv`
+def test_copied_in_adapter_is_served_within_two_seconds(
+    http: httpx.Client, dirs: dict[str, Path], library: Path
+) -> None:
+    shutil.copytree(
+        library / "b", dirs["store"] / ".copying"
+    )  # copy under a hidden name, then rename: as `cp` + `mv`
     (dirs["store"] / ".copying").rename(dirs["store"] / "fresh")
     deadline = time.monotonic() + 2.0
     while "fresh" not in {m["id"] for m in http.get("/v1/models").json()["data"]}:
@@ -92,7 +110,11 @@ def test_removed_adapter_is_unloaded(http: httpx.Client, dirs: dict[str, Path], 
     greedy(http, "doomed")
     shutil.rmtree(dirs["store"] / "doomed")
     deadline = time.monotonic() + 2.0
-    while "doomed" in adapters(http) or http.post("/v1/chat/completions", json={"model": "doomed", "messages": QUESTION}).status_code != 404:
+    while (
+        "doomed" in adapters(http)
+        or http.post("/v1/chat/completions", json={"model": "doomed", "messages": QUESTION}).status_code
+        != 404
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.1)
 
@@ -101,7 +123,9 @@ def test_unload_disables_until_loaded_again(http: httpx.Client) -> None:
     before = greedy(http, "c")
     response = http.delete("/v1/adapters/c")
     assert response.status_code == 200 and response.json()["status"] == "disabled"
-    assert "is disabled" in error_of(http.post("/v1/chat/completions", json={"model": "c", "messages": QUESTION}), 404)
+    assert "is disabled" in error_of(
+        http.post("/v1/chat/completions", json={"model": "c", "messages": QUESTION}), 404
+    )
     assert adapters(http)["c"]["status"] == "disabled"
     assert "c" not in {m["id"] for m in http.get("/v1/models").json()["data"]}
     loaded = http.post("/v1/adapters", json={"name": "c"})
@@ -152,7 +176,10 @@ def test_bad_blends_say_why(http: httpx.Client, body: dict, status: int, needle:
 
 
 def test_saved_blend_is_an_adapter_with_its_sources(http: httpx.Client) -> None:
-    saved = http.post("/v1/adapters/blend", json={"name": "ab-mix", "adapters": [{"name": "a", "weight": 0.7}, {"name": "b", "weight": 0.3}]})
+    saved = http.post(
+        "/v1/adapters/blend",
+        json={"name": "ab-mix", "adapters": [{"name": "a", "weight": 0.7}, {"name": "b", "weight": 0.3}]},
+    )
     assert saved.status_code == 200, saved.text
     manifest = saved.json()["manifest"]
     assert manifest["source"] == "blend" and manifest["blend_method"] == "cat"
@@ -187,7 +214,9 @@ def test_pickle_weights_are_refused(http: httpx.Client, dirs: dict[str, Path]) -
 
 
 def test_vllm_aliases(http: httpx.Client, dirs: dict[str, Path]) -> None:
-    loaded = http.post("/v1/load_lora_adapter", json={"lora_name": "vl", "lora_path": str(dirs["allowed"] / "incoming")})
+    loaded = http.post(
+        "/v1/load_lora_adapter", json={"lora_name": "vl", "lora_path": str(dirs["allowed"] / "incoming")}
+    )
     assert loaded.status_code == 200 and "Success" in loaded.text
     assert greedy(http, "vl") == greedy(http, "b")
     unloaded = http.post("/v1/unload_lora_adapter", json={"lora_name": "vl"})
@@ -250,7 +279,10 @@ def test_merge_always_keeps_base_exact(tmp_path: Path, hotlora_home: Path, libra
     for name in ("g1", "g2"):
         shutil.copytree(library / name, store / name)
     args = ["--home", str(hotlora_home), "--adapters-dir", str(store), "--merge-policy", "always"]
-    with serving(args, tmp_path / "server.log") as server, httpx.Client(base_url=server.base_url, timeout=120) as merged:
+    with (
+        serving(args, tmp_path / "server.log") as server,
+        httpx.Client(base_url=server.base_url, timeout=120) as merged,
+    ):
         base = greedy(merged, BASE_ID, max_tokens=16)
         first: dict[str, str] = {}
         for i in range(12):  # each switch merges and unmerges: ~2 s on this CPU
@@ -268,7 +300,9 @@ def test_restart_keeps_disabled(tmp_path: Path, hotlora_home: Path, library: Pat
     shutil.copytree(library / "a", store / "a")
     AdapterStore(store).set_disabled("a", True)
     args = ["--home", str(hotlora_home), "--adapters-dir", str(store)]
-    with serving(args, tmp_path / "server.log") as server, httpx.Client(base_url=server.base_url, timeout=60) as client:
+    with (
+        serving(args, tmp_path / "server.log") as server,
+        httpx.Client(base_url=server.base_url, timeout=60) as client,
+    ):
         assert client.get("/v1/adapters").json()["data"][0]["status"] == "disabled"
         error_of(client.post("/v1/chat/completions", json={"model": "a", "messages": QUESTION}), 404)
-

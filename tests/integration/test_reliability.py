@@ -15,9 +15,17 @@ from live_server import API_KEY, BASE_ID, RunningServer, start_server
 pytestmark = pytest.mark.integration
 
 
-def _stream(server: RunningServer, content: str, max_tokens: int, out: list[list[str]], started: threading.Event) -> None:
-    body = {"model": BASE_ID, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+def _stream(
+    server: RunningServer, content: str, max_tokens: int, out: list[list[str]], started: threading.Event
+) -> None:
+    body = {
+        "model": BASE_ID,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     lines: list[str] = []
     with httpx.stream("POST", f"{server.v1}/chat/completions", json=body, timeout=120) as response:
         for line in response.iter_lines():
@@ -28,7 +36,9 @@ def _stream(server: RunningServer, content: str, max_tokens: int, out: list[list
 
 
 def test_sigterm_drains_in_flight_streams_then_exits(tmp_path: Path, hotlora_home: Path) -> None:
-    server = start_server(["--home", str(hotlora_home), "--adapters-dir", str(tmp_path / "store")], tmp_path / "log")
+    server = start_server(
+        ["--home", str(hotlora_home), "--adapters-dir", str(tmp_path / "store")], tmp_path / "log"
+    )
     results: list[list[str]] = []
     started = [threading.Event(), threading.Event()]
     threads = [
@@ -51,7 +61,10 @@ def test_sigterm_drains_in_flight_streams_then_exits(tmp_path: Path, hotlora_hom
         assert lines[-1] == "[DONE]", lines[-3:]
         chunks = [json.loads(line) for line in lines[:-1]]
         assert not any("error" in chunk for chunk in chunks)
-        assert [c["finish_reason"] for chunk in chunks for c in chunk["choices"] if c["finish_reason"]] in (["length"], ["stop"])
+        assert [c["finish_reason"] for chunk in chunks for c in chunk["choices"] if c["finish_reason"]] in (
+            ["length"],
+            ["stop"],
+        )
         assert 0 < chunks[-1]["usage"]["completion_tokens"] <= 48
     with pytest.raises(httpx.TransportError):  # gone: nothing listens any more
         httpx.get(f"{server.base_url}/health", timeout=2)
@@ -66,7 +79,11 @@ def test_metrics_on_the_real_server(server: RunningServer, http: httpx.Client) -
     while "hotlora_requests_running 0.0" not in (text := http.get("/metrics").text):
         assert time.monotonic() < deadline, "the running gauge never went back to 0"
         time.sleep(0.1)
-    for series in ("hotlora_requests_waiting 0.0", "hotlora_generation_tokens_total",
-                   "hotlora_time_to_first_token_seconds_bucket", 'endpoint="/v1/chat/completions",status="200"'):  # fmt: skip
+    for series in (
+        "hotlora_requests_waiting 0.0",
+        "hotlora_generation_tokens_total",
+        "hotlora_time_to_first_token_seconds_bucket",
+        'endpoint="/v1/chat/completions",status="200"',
+    ):
         assert series in text, series
     assert API_KEY not in server.output()

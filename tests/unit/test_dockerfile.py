@@ -86,8 +86,20 @@ class PipInstall:
     text: str
 
 
-PIP_OPTIONS_WITH_VALUE = {"-r", "--requirement", "-c", "--constraint", "--index-url", "-i",
-                          "--extra-index-url", "-f", "--find-links", "--target", "-t", "--prefix"}
+PIP_OPTIONS_WITH_VALUE = {
+    "-r",
+    "--requirement",
+    "-c",
+    "--constraint",
+    "--index-url",
+    "-i",
+    "--extra-index-url",
+    "-f",
+    "--find-links",
+    "--target",
+    "-t",
+    "--prefix",
+}
 
 
 def pip_installs(commands: list[str]) -> list[PipInstall]:
@@ -190,9 +202,7 @@ def dev_sh_variables() -> dict[str, str]:
 
 def dev_sh_commands() -> list[str]:
     lines = [
-        line.split(" #")[0]
-        for line in DEV_SH.read_text().splitlines()
-        if not line.lstrip().startswith("#")
+        line.split(" #")[0] for line in DEV_SH.read_text().splitlines() if not line.lstrip().startswith("#")
     ]
     return shell_commands(expand("\n".join(lines), dev_sh_variables()))
 
@@ -323,7 +333,9 @@ def test_the_model_is_prepared_at_build_time_as_the_service_user() -> None:
     assert len(fetch) == 1, "Dockerfile must `RUN hotlora fetch` once (the model is converted at build time)"
     assert "hotlora" in PYPROJECT["project"]["scripts"], "pyproject.toml no longer provides `hotlora`"
 
-    project_line = next(ins.line for ins, cmd in runs if cmd == project_installs(docker_pip_installs())[0].text)
+    project_line = next(
+        ins.line for ins, cmd in runs if cmd == project_installs(docker_pip_installs())[0].text
+    )
     users = instructions("USER")
     assert users and fetch[0].line > project_line, "`hotlora fetch` must run after the project is installed"
     assert fetch[0].line > users[-1].line, "run `hotlora fetch` as the service user, so it owns the cache"
@@ -367,8 +379,24 @@ def test_serves_on_all_interfaces_on_the_documented_port() -> None:
 
 # ------------------------------------------------------------------------------------------- exposure
 
-DOCKER_RUN_VALUE_OPTIONS = {"-p", "--publish", "-v", "--volume", "-e", "--env", "--env-file", "--gpus", "--name",
-                            "--network", "--mount", "--user", "-u", "--workdir", "-w", "--shm-size"}  # fmt: skip
+DOCKER_RUN_VALUE_OPTIONS = {
+    "-p",
+    "--publish",
+    "-v",
+    "--volume",
+    "-e",
+    "--env",
+    "--env-file",
+    "--gpus",
+    "--name",
+    "--network",
+    "--mount",
+    "--user",
+    "-u",
+    "--workdir",
+    "-w",
+    "--shm-size",
+}
 EXPORTED = "a-key-the-user-exported"  # what `-e NAME` or "$NAME" stands for in an example
 
 
@@ -380,8 +408,10 @@ class DockerRun:
 
     def env(self) -> dict[str, str]:
         pairs = [value for option, value in self.options if option in {"-e", "--env"}]
-        return {name: (value if "$" not in value else EXPORTED) if sep else EXPORTED
-                for name, sep, value in (pair.partition("=") for pair in pairs)}  # fmt: skip
+        return {
+            name: (value if "$" not in value else EXPORTED) if sep else EXPORTED
+            for name, sep, value in (pair.partition("=") for pair in pairs)
+        }
 
     def published(self) -> list[str]:
         return [value for option, value in self.options if option in {"-p", "--publish"}]
@@ -401,7 +431,9 @@ def docker_run_examples() -> list[DockerRun]:
                 runs.append(DockerRun(line, tuple(options), tuple(EXPORTED if "$" in a else a for a in rest)))
                 break
             option, sep, value = token.partition("=")
-            options.append((option, value if sep else next(rest) if option in DOCKER_RUN_VALUE_OPTIONS else ""))
+            options.append(
+                (option, value if sep else next(rest) if option in DOCKER_RUN_VALUE_OPTIONS else "")
+            )
     return runs
 
 
@@ -422,30 +454,42 @@ def container_serve(args: list[str] | tuple[str, ...], env: dict[str, str], monk
 @pytest.mark.parametrize(
     ("args", "env"),
     [([], {}), (["--api-key", ""], {}), ([], {"HOTLORA_API_KEY": ""})],
-    ids=["no-key", "empty-flag", "empty-variable"],  # `--api-key "$KEY"` / `-e HOTLORA_API_KEY="$KEY"`, KEY unset
+    ids=[
+        "no-key",
+        "empty-flag",
+        "empty-variable",
+    ],  # `--api-key "$KEY"` / `-e HOTLORA_API_KEY="$KEY"`, KEY unset
 )
-def test_the_image_refuses_to_serve_without_a_key(args: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_image_refuses_to_serve_without_a_key(
+    args: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(SystemExit) as exc:
         container_serve(args, env, monkeypatch)
     message = str(exc.value.code)
-    assert "--api-key" in message and ("--insecure-no-api-key" in message or "empty API key" in message), message
+    assert "--api-key" in message and ("--insecure-no-api-key" in message or "empty API key" in message), (
+        message
+    )
 
 
-def test_every_docker_run_example_starts_and_a_keyless_one_stays_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_docker_run_example_starts_and_a_keyless_one_stays_on_this_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     examples = docker_run_examples()
     assert len(examples) >= 3, [e.line for e in examples]  # the Dockerfile's two and the README's
     for example in examples:
         settings = container_serve(example.args, example.env(), monkeypatch)
         assert settings.host == "0.0.0.0"
         if settings.api_key is None:  # allowed by --insecure-no-api-key: published on loopback only
-            assert example.published() and all(p.startswith("127.0.0.1:") for p in example.published()), example.line
+            assert example.published() and all(p.startswith("127.0.0.1:") for p in example.published()), (
+                example.line
+            )
 
 
 def test_the_home_folder_is_private() -> None:
     home = docker_variables()["HOTLORA_HOME"]
-    assert any(re.fullmatch(rf"chmod 0?700 \"?{re.escape(home)}\"?", cmd) for _, cmd in docker_run_commands()), (
-        f"{home} must be chmod 0700: adapters and the converted model are the service user's alone"
-    )
+    assert any(
+        re.fullmatch(rf"chmod 0?700 \"?{re.escape(home)}\"?", cmd) for _, cmd in docker_run_commands()
+    ), f"{home} must be chmod 0700: adapters and the converted model are the service user's alone"
 
 
 # --------------------------------------------------------------------------------------- .dockerignore
@@ -495,7 +539,9 @@ def test_scripts_are_executable_bash() -> None:
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
     assert "set -euo pipefail" in DEV_SH.read_text()
-    assert re.search(r"scripts/dev\.sh\"? test\b", CI_RUN.read_text()), ".ci/run must run `scripts/dev.sh test`"
+    assert re.search(r"scripts/dev\.sh\"? test\b", CI_RUN.read_text()), (
+        ".ci/run must run `scripts/dev.sh test`"
+    )
 
 
 def test_dev_sh_installs_the_project_with_train_and_test_extras() -> None:

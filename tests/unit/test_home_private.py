@@ -32,7 +32,9 @@ def _loader(filename: str) -> Any:
     return SimpleNamespace(from_pretrained=lambda *_a, **_k: _Saved(filename))
 
 
-def test_the_converted_model_lives_in_private_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_converted_model_lives_in_private_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The one conversion server and trainer share (`hotlora_adapters.runtime`)."""
     import transformers
 
@@ -49,7 +51,9 @@ def test_the_converted_model_lives_in_private_folders(tmp_path: Path, monkeypatc
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
 
 
-def test_a_corrupt_conversion_stamp_means_convert_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_corrupt_conversion_stamp_means_convert_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Server and trainer share one rule (the server used to raise where the trainer converted again)."""
     import transformers
 

@@ -39,7 +39,9 @@ def lint_imports_binary() -> str:
     beside = Path(sys.executable).parent / ("lint-imports.exe" if os.name == "nt" else "lint-imports")
     found = str(beside) if beside.is_file() else shutil.which("lint-imports")
     if not found:
-        pytest.fail("lint-imports not found: install the test extra (`pip install -e '.[test]'`, import-linter)")
+        pytest.fail(
+            "lint-imports not found: install the test extra (`pip install -e '.[test]'`, import-linter)"
+        )
     return found
 
 
@@ -70,7 +72,16 @@ def test_the_contracts_say_what_the_design_says() -> None:
             "server-http-layer-torch-free",
             {
                 f"hotlora_server.{m}"
-                for m in ("protocol", "api", "types", "blend_methods", "errors", "settings", "metrics", "logs")
+                for m in (
+                    "protocol",
+                    "api",
+                    "types",
+                    "blend_methods",
+                    "errors",
+                    "settings",
+                    "metrics",
+                    "logs",
+                )
             },
             set(MODEL_STACK) | {"hotlora_server.engine"},
         ),
@@ -95,13 +106,8 @@ def test_every_registry_module_is_under_the_torch_free_contract() -> None:
     # modules; a new module must be added there (or be part of `runtime`, which may use torch).
     package = REPO / "adapters" / "hotlora_adapters"
     children = {
-        f"hotlora_adapters.{path.stem}"
-        for path in package.glob("*.py")
-        if path.stem != "__init__"
-    } | {
-        f"hotlora_adapters.{path.parent.name}"
-        for path in package.glob("*/__init__.py")
-    }
+        f"hotlora_adapters.{path.stem}" for path in package.glob("*.py") if path.stem != "__init__"
+    } | {f"hotlora_adapters.{path.parent.name}" for path in package.glob("*/__init__.py")}
     registry = children - {"hotlora_adapters.runtime"}
     listed = set(CONTRACTS["adapter-registry-torch-free"]["source_modules"])
     unlisted = sorted(registry - listed)
@@ -138,7 +144,9 @@ def test_imports_without_the_model_stack(module: str) -> None:
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, f"`import {module}` with {', '.join(MODEL_STACK)} blocked:\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"`import {module}` with {', '.join(MODEL_STACK)} blocked:\n{result.stderr}"
+    )
 
 
 def test_the_blocker_blocks() -> None:

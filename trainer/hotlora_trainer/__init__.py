@@ -11,7 +11,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .config import TrainConfig
-from .errors import BaseModelError, ConfigError, DatasetError, MemoryEstimateError, ServerWaitError, TrainError
+from .errors import (
+    BaseModelError,
+    ConfigError,
+    DatasetError,
+    MemoryEstimateError,
+    ServerWaitError,
+    TrainError,
+)
 
 if TYPE_CHECKING:
     from .run import TrainResult

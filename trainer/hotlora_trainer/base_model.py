@@ -61,11 +61,15 @@ def model_shape(model: Any) -> ModelShape:
 
     config = model.config.get_text_config()
     linear = {
-        name: (m.out_features, m.in_features) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+        name: (m.out_features, m.in_features)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
     }
     output = model.get_output_embeddings()
     quantizable = sum(
-        m.weight.numel() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not output
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m is not output
     )
     return ModelShape(
         n_params=sum(p.numel() for p in model.parameters()),

@@ -35,40 +35,76 @@ Rows are one of TRL's formats: {"messages": [...]} (loss on assistant turns), {"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hotlora train", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="hotlora train",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", help="JSONL file in one of TRL's formats (messages, prompt/completion, text)")
     p.add_argument("--task", choices=["piglatin"], help="a built-in task instead of --data")
     p.add_argument("--name", required=True, help="the adapter's name in the store ([a-z0-9][a-z0-9._-]*)")
-    p.add_argument("--base", help="HF model folder, .gguf file or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--base", help="HF model folder, .gguf file or hub id (default: the embedded SmolLM2-135M-Instruct)"
+    )
 
     lora = p.add_argument_group("LoRA (PEFT LoraConfig)")
     lora.add_argument("--r", type=int, help="rank (default 16; --task piglatin: 64)")
-    lora.add_argument("--lora-alpha", type=int, help="scaling numerator: alpha/r (default 32; --task piglatin: 128)")
+    lora.add_argument(
+        "--lora-alpha", type=int, help="scaling numerator: alpha/r (default 32; --task piglatin: 128)"
+    )
     lora.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (default 0)")
-    lora.add_argument("--target-modules", nargs="+", metavar="NAME",
-                      help="module names (or one regex); default all-linear: every linear layer but the output")  # fmt: skip
-    lora.add_argument("--bias", choices=["none", "all", "lora_only"], help="which biases train (default none)")
+    lora.add_argument(
+        "--target-modules",
+        nargs="+",
+        metavar="NAME",
+        help="module names (or one regex); default all-linear: every linear layer but the output",
+    )
+    lora.add_argument(
+        "--bias", choices=["none", "all", "lora_only"], help="which biases train (default none)"
+    )
     lora.add_argument("--use-rslora", action="store_true", default=None, help="scale by alpha/sqrt(r)")
-    lora.add_argument("--init-lora-weights", choices=["default", "gaussian", "pissa", "olora", "loftq"],
-                      help="initialization (default: B = 0); pissa/olora derive it from the base weights (saved "
-                           "as plain LoRA); loftq is refused: it needs a base of its own")  # fmt: skip
-    lora.add_argument("--modules-to-save", nargs="+", metavar="NAME", help="modules trained in full and saved")
+    lora.add_argument(
+        "--init-lora-weights",
+        choices=["default", "gaussian", "pissa", "olora", "loftq"],
+        help="initialization (default: B = 0); pissa/olora derive it from the base weights (saved "
+        "as plain LoRA); loftq is refused: it needs a base of its own",
+    )
+    lora.add_argument(
+        "--modules-to-save", nargs="+", metavar="NAME", help="modules trained in full and saved"
+    )
 
     tr = p.add_argument_group("training (TRL SFTConfig)")
-    tr.add_argument("--epochs", type=float, help="num_train_epochs (default 3; --task piglatin: 1 over its 3000 rows)")
+    tr.add_argument(
+        "--epochs", type=float, help="num_train_epochs (default 3; --task piglatin: 1 over its 3000 rows)"
+    )
     tr.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
     tr.add_argument("--learning-rate", type=float, help="default 2e-4 (--task piglatin: 2e-3)")
     tr.add_argument("--batch-size", type=int, help="per_device_train_batch_size (default 8)")
     tr.add_argument("--grad-accum", type=int, help="gradient_accumulation_steps (default 1)")
-    tr.add_argument("--max-seq-length", "--max-length", dest="max_seq_length", type=int,
-                    help="max_length: longer rows are cut (default 512; --task piglatin: 128)")  # fmt: skip
-    tr.add_argument("--packing", action="store_true", default=None, help="pack several rows into each sequence")
-    tr.add_argument("--qlora", action="store_true", default=None,
-                    help="4-bit NF4 base + prepare_model_for_kbit_training (bitsandbytes)")  # fmt: skip
+    tr.add_argument(
+        "--max-seq-length",
+        "--max-length",
+        dest="max_seq_length",
+        type=int,
+        help="max_length: longer rows are cut (default 512; --task piglatin: 128)",
+    )
+    tr.add_argument(
+        "--packing", action="store_true", default=None, help="pack several rows into each sequence"
+    )
+    tr.add_argument(
+        "--qlora",
+        action="store_true",
+        default=None,
+        help="4-bit NF4 base + prepare_model_for_kbit_training (bitsandbytes)",
+    )
     tr.add_argument("--optim", choices=list(OPTIMIZERS), help="optimizer (default adamw_torch)")
-    tr.add_argument("--gradient-checkpointing", action="store_true", default=None,
-                    help="recompute activations in the backward pass: less memory, ~30%% slower")  # fmt: skip
+    tr.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute activations in the backward pass: less memory, ~30%% slower",
+    )
     tr.add_argument("--lr-scheduler-type", help="default linear")
     tr.add_argument("--warmup-steps", type=float, help="warm-up steps, or a fraction of all steps if < 1")
     tr.add_argument("--weight-decay", type=float)
@@ -76,21 +112,34 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, help="default 42")
     tr.add_argument("--logging-steps", type=int, help="log the loss every N steps (default: ~50 points)")
     tr.add_argument("--save-steps", type=int, help="checkpoint every N steps, for --resume (default 100)")
-    tr.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run of --name")
+    tr.add_argument(
+        "--resume", action="store_true", default=None, help="continue an interrupted run of --name"
+    )
     tr.add_argument("--attn-implementation", choices=["sdpa", "eager"], help="default sdpa")
-    tr.add_argument("--chat-template",
-                    help="for a base without a chat template (or to replace it): `chatml`, a Jinja file, or the "
-                         "template itself; serve with the same --chat-template")  # fmt: skip
+    tr.add_argument(
+        "--chat-template",
+        help="for a base without a chat template (or to replace it): `chatml`, a Jinja file, or the "
+        "template itself; serve with the same --chat-template",
+    )
     tr.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto (CUDA when present)")
-    tr.add_argument("--threads", dest="torch_threads", type=int,
-                    help="CPU threads for torch (default: one per idle core)")  # fmt: skip
+    tr.add_argument(
+        "--threads", dest="torch_threads", type=int, help="CPU threads for torch (default: one per idle core)"
+    )
 
     st = p.add_argument_group("store and server")
     st.add_argument("--adapters-dir", help="the adapter store, the server's (default $HOTLORA_HOME/adapters)")
     st.add_argument("--home", help="$HOTLORA_HOME: converted models, run checkpoints")
-    st.add_argument("--server", metavar="URL", help="wait until this server serves the adapter (API key from $HOTLORA_API_KEY)")
-    st.add_argument("--overwrite", action="store_true", default=None, help="replace an adapter of the same name")
-    st.add_argument("--estimate-only", action="store_true", default=None, help="print the memory estimate and stop")
+    st.add_argument(
+        "--server",
+        metavar="URL",
+        help="wait until this server serves the adapter (API key from $HOTLORA_API_KEY)",
+    )
+    st.add_argument(
+        "--overwrite", action="store_true", default=None, help="replace an adapter of the same name"
+    )
+    st.add_argument(
+        "--estimate-only", action="store_true", default=None, help="print the memory estimate and stop"
+    )
     st.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -116,7 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
     except ValidationError as e:
-        problems = "; ".join(f"{_flag(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors())
+        problems = "; ".join(
+            f"{_flag(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()
+        )
         parser.error(problems)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -136,8 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hotlora train: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nhotlora train: interrupted; nothing was registered (checkpoints, if any were written, are kept "
-              "for --resume)", file=sys.stderr)  # fmt: skip
+        print(
+            "\nhotlora train: interrupted; nothing was registered (checkpoints, if any were written, are kept "
+            "for --resume)",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -24,8 +24,14 @@ OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
 # piglatin.py) is as many steps as 5 epochs of the real sentences and does better. The runs behind each
 # choice: docs/performance.md, "Training".
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "piglatin": {"learning_rate": 2e-3, "num_train_epochs": 1.0, "per_device_train_batch_size": 8,
-                 "r": 64, "lora_alpha": 128, "max_length": 128},
+    "piglatin": {
+        "learning_rate": 2e-3,
+        "num_train_epochs": 1.0,
+        "per_device_train_batch_size": 8,
+        "r": 64,
+        "lora_alpha": 128,
+        "max_length": 128,
+    },
 }
 
 
@@ -68,7 +74,9 @@ class TrainConfig(BaseModel):
     eval_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of the file held out for eval_loss")
     resume: bool = False
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    chat_template: str | None = Field(None, description="chatml, a Jinja file, or a template: the server's flag")
+    chat_template: str | None = Field(
+        None, description="chatml, a Jinja file, or a template: the server's flag"
+    )
 
     # hotlora
     qlora: bool = False

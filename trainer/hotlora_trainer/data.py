@@ -63,7 +63,9 @@ class Dataset:
         if eval_split <= 0 or self.eval_rows:
             return self
         if len(self.rows) < 2:
-            raise DatasetError(self.source, [(None, f"--eval-split needs at least 2 rows, the file has {len(self.rows)}")])
+            raise DatasetError(
+                self.source, [(None, f"--eval-split needs at least 2 rows, the file has {len(self.rows)}")]
+            )
         rows = list(self.rows)
         random.Random(seed).shuffle(rows)
         n_eval = min(len(rows) - 1, max(1, round(len(rows) * eval_split)))
@@ -97,8 +99,10 @@ def check_row(row: Any, fmt: Format | None) -> tuple[Format | None, list[str]]:
             f"{keys}); see TRL's dataset formats"
         ]
     if fmt is not None and _family(found) != _family(fmt):
-        return found, [f"this row is in the {_family(found)} format but the file's first row is {_family(fmt)}: "
-                       "use one format per file"]  # fmt: skip
+        return found, [
+            f"this row is in the {_family(found)} format but the file's first row is {_family(fmt)}: "
+            "use one format per file"
+        ]
     if fmt is not None and found != fmt:
         kind = "lists of messages" if fmt == "conversational_prompt_completion" else "strings"
         return found, [f"'prompt' and 'completion' must be {kind}, as in the file's first row"]
@@ -187,7 +191,9 @@ def _check_messages(messages: Any, key: str, *, need_assistant: bool) -> list[st
     for i, message in enumerate(messages):
         where = f"{key}[{i}]"
         if not isinstance(message, dict):
-            problems.append(f"{where} must be an object with 'role' and 'content', found {_json_type(message)}")
+            problems.append(
+                f"{where} must be an object with 'role' and 'content', found {_json_type(message)}"
+            )
             continue
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:

@@ -40,12 +40,18 @@ class Encoded:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def render_chat(tokenizer: Any, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = False) -> str:
+def render_chat(
+    tokenizer: Any, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = False
+) -> str:
     """The chat template's text for `messages` (the server renders requests the same way)."""
-    return tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=False)
+    return tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=add_generation_prompt, tokenize=False
+    )
 
 
-def text_and_spans(tokenizer: Any, fmt: Format, data: dict[str, Any]) -> tuple[str, list[tuple[int, int]], bool]:
+def text_and_spans(
+    tokenizer: Any, fmt: Format, data: dict[str, Any]
+) -> tuple[str, list[tuple[int, int]], bool]:
     """(full text, [start, end) character spans that carry the loss, whether it is chat-rendered).
 
     Raises ValueError when the chat template does not render the conversation as a growing prefix (then
@@ -64,7 +70,9 @@ def text_and_spans(tokenizer: Any, fmt: Format, data: dict[str, Any]) -> tuple[s
         head = render_chat(tokenizer, prompt, add_generation_prompt=True)
         text = render_chat(tokenizer, prompt + completion)
         if not text.startswith(head):
-            raise ValueError("the chat template renders the prompt differently on its own and with the completion")
+            raise ValueError(
+                "the chat template renders the prompt differently on its own and with the completion"
+            )
         return text, [(len(head), _end_of_turn(text, len(head), len(text)))], True
     messages = list(data["messages"])
     text = render_chat(tokenizer, messages)
@@ -102,14 +110,18 @@ def encode_row(tokenizer: Any, fmt: Format, row: Row) -> Encoded:
 
 def encode_rows(tokenizer: Any, fmt: Format, rows: Sequence[Row], source: str) -> list[Encoded]:
     """Encode every row; one `DatasetError` lists each row that cannot be encoded or trains nothing."""
-    if fmt in ("messages", "conversational_prompt_completion") and not getattr(tokenizer, "chat_template", None):
+    if fmt in ("messages", "conversational_prompt_completion") and not getattr(
+        tokenizer, "chat_template", None
+    ):
         raise ConfigError(
             f"{source} is in a chat format but the base model's tokenizer has no chat template: "
             "use --chat-template chatml (or a Jinja file), the 'text' or plain 'prompt'/'completion' format, "
             "or a base with a chat template"
         )
     if not getattr(tokenizer, "is_fast", True):
-        raise ConfigError("the base model's tokenizer is not a fast tokenizer (no character offsets): not supported")
+        raise ConfigError(
+            "the base model's tokenizer is not a fast tokenizer (no character offsets): not supported"
+        )
     out: list[Encoded] = []
     problems: list[tuple[int | None, str]] = []
     for row in rows:
@@ -130,7 +142,9 @@ def encode_rows(tokenizer: Any, fmt: Format, rows: Sequence[Row], source: str) -
 def encode_dataset(tokenizer: Any, dataset: Dataset) -> tuple[list[Encoded], list[Encoded]]:
     """(train, eval) encodings of a validated dataset."""
     train = encode_rows(tokenizer, dataset.format, dataset.rows, dataset.source)
-    evaluation = encode_rows(tokenizer, dataset.format, dataset.eval_rows, dataset.source) if dataset.eval_rows else []
+    evaluation = (
+        encode_rows(tokenizer, dataset.format, dataset.eval_rows, dataset.source) if dataset.eval_rows else []
+    )
     return train, evaluation
 
 

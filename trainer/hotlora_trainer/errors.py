@@ -17,7 +17,9 @@ class DatasetError(TrainError):
     def __init__(self, path: str, problems: list[tuple[int | None, str]], *, more: int = 0) -> None:
         self.path = path
         self.problems = problems
-        lines = [f"{path}:{line}: {what}" if line is not None else f"{path}: {what}" for line, what in problems]
+        lines = [
+            f"{path}:{line}: {what}" if line is not None else f"{path}: {what}" for line, what in problems
+        ]
         if more:
             lines.append(f"... and {more} more problem(s)")
         super().__init__("the dataset is not usable:\n  " + "\n  ".join(lines))

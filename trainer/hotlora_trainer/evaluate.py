@@ -29,8 +29,10 @@ def score_adapter(run: Run) -> None:
     run.out("evaluating the adapter on the evaluation lists (greedy)")
     run.task_metrics["adapter"], run.samples = _score_task(run)
     b, a = run.task_metrics["base"], run.task_metrics["adapter"]
-    run.out(f"{run.config.task}: word accuracy adapter {a['word_accuracy']:.1%} vs base {b['word_accuracy']:.1%}; "
-            f"exact match adapter {a['exact_match']:.1%} vs base {b['exact_match']:.1%}")  # fmt: skip
+    run.out(
+        f"{run.config.task}: word accuracy adapter {a['word_accuracy']:.1%} vs base {b['word_accuracy']:.1%}; "
+        f"exact match adapter {a['exact_match']:.1%} vs base {b['exact_match']:.1%}"
+    )
 
 
 def _score_task(run: Run) -> tuple[dict[str, Any], list[dict[str, str]]]:
@@ -43,13 +45,19 @@ def _score_task(run: Run) -> tuple[dict[str, Any], list[dict[str, str]]]:
     t0 = time.monotonic()
     # decoding reads every weight once per step whatever the batch: few large batches are fastest
     on_cuda = next(model.parameters()).device.type == "cuda"
-    replies = generate_replies(model, tokenizer, sources, max_new_tokens=budget,
-                               batch_size=len(sources) if on_cuda else 40)  # fmt: skip
+    replies = generate_replies(
+        model, tokenizer, sources, max_new_tokens=budget, batch_size=len(sources) if on_cuda else 40
+    )
     score = piglatin.score(replies, references, [piglatin.to_pig_latin(s.text) for s in training])
-    run.out(f"  {score.sentences} sentences in {time.monotonic() - t0:.0f} s: word accuracy {score.word_accuracy:.1%} "
-            f"(words seen in training {score.seen_word_accuracy:.1%}, the {score.unseen_words} unseen "
-            f"{score.unseen_word_accuracy:.1%}), exact match {score.exact_match:.1%}")  # fmt: skip
-    samples = [{"input": s, "reference": r, "output": o} for s, r, o in zip(sources, references, replies, strict=True)]
+    run.out(
+        f"  {score.sentences} sentences in {time.monotonic() - t0:.0f} s: word accuracy {score.word_accuracy:.1%} "
+        f"(words seen in training {score.seen_word_accuracy:.1%}, the {score.unseen_words} unseen "
+        f"{score.unseen_word_accuracy:.1%}), exact match {score.exact_match:.1%}"
+    )
+    samples = [
+        {"input": s, "reference": r, "output": o}
+        for s, r, o in zip(sources, references, replies, strict=True)
+    ]
     return score.as_dict(), samples[:SAMPLES_KEPT]
 
 
@@ -66,7 +74,10 @@ def generate_replies(
     import torch
 
     device = next(p.device for p in model.parameters())
-    prompts = [render_chat(tokenizer, [{"role": "user", "content": m}], add_generation_prompt=True) for m in user_messages]
+    prompts = [
+        render_chat(tokenizer, [{"role": "user", "content": m}], add_generation_prompt=True)
+        for m in user_messages
+    ]
     stop = [tokenizer.eos_token_id]
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if isinstance(end_of_turn, int) and end_of_turn not in stop and end_of_turn != tokenizer.unk_token_id:

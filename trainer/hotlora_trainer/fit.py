@@ -34,8 +34,9 @@ def load_model(run: Run) -> None:
         torch.set_num_threads(threads)
         run.out(f"using {threads} CPU thread(s) of {os.cpu_count()} cores (idle ones; --threads to choose)")
     run.out(f"loading {run.base.name} on {run.device}{' in 4-bit NF4 (QLoRA)' if config.qlora else ''}")
-    run.model = load_for_training(run.base.source, device=run.device, qlora=config.qlora,
-                                  attn_implementation=config.attn_implementation)  # fmt: skip
+    run.model = load_for_training(
+        run.base.source, device=run.device, qlora=config.qlora, attn_implementation=config.attn_implementation
+    )
     run.rss_loaded = current_rss()
 
 
@@ -45,23 +46,31 @@ def fit(run: Run) -> None:
     trainer = _sft_trainer(run)
     config = run.config
     batch = f"batch {config.per_device_train_batch_size} x {config.gradient_accumulation_steps} accumulation"
-    run.out(f"training: {_total_steps(config, run.train_enc)} steps ({batch}, "
-            f"{trainable_parameters(run.model):,} trainable parameters)")  # fmt: skip
+    run.out(
+        f"training: {_total_steps(config, run.train_enc)} steps ({batch}, "
+        f"{trainable_parameters(run.model):,} trainable parameters)"
+    )
     reset_peak(run.kind)
     train_started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=True if config.resume else None)
     runtime_s = time.monotonic() - train_started
     history = list(trainer.state.log_history)
     eval_loss = next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None)
-    if run.eval_enc and not any("eval_loss" in h and h.get("step") == trainer.state.global_step for h in history):
+    if run.eval_enc and not any(
+        "eval_loss" in h and h.get("step") == trainer.state.global_step for h in history
+    ):
         eval_loss = trainer.evaluate()["eval_loss"]
         history = list(trainer.state.log_history)
     peak = peak_memory(run.kind)
     peak_kind = "peak CUDA memory allocated" if run.kind == "cuda" else "peak resident memory of this process"
-    run.fitted = Fitted(output.training_loss, eval_loss, history, runtime_s, trainer.state.global_step, peak, peak_kind)
+    run.fitted = Fitted(
+        output.training_loss, eval_loss, history, runtime_s, trainer.state.global_step, peak, peak_kind
+    )
     run.result.peak_memory_bytes = peak
-    run.out(f"memory: estimated {fmt_bytes(run.result.estimate.total)}, measured {peak_kind} {fmt_bytes(peak)}"
-            + (f" ({fmt_bytes(run.rss_loaded)} after loading the model)" if run.kind == "cpu" else ""))  # fmt: skip
+    run.out(
+        f"memory: estimated {fmt_bytes(run.result.estimate.total)}, measured {peak_kind} {fmt_bytes(peak)}"
+        + (f" ({fmt_bytes(run.rss_loaded)} after loading the model)" if run.kind == "cpu" else "")
+    )
 
 
 def _wrap_lora(run: Run) -> None:
@@ -69,10 +78,14 @@ def _wrap_lora(run: Run) -> None:
 
     config = run.config
     if config.qlora:
-        run.model = prepare_model_for_kbit_training(run.model, use_gradient_checkpointing=config.gradient_checkpointing)
+        run.model = prepare_model_for_kbit_training(
+            run.model, use_gradient_checkpointing=config.gradient_checkpointing
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run.model = model = get_peft_model(run.model, LoraConfig(task_type="CAUSAL_LM", **config.lora_kwargs()))
+        run.model = model = get_peft_model(
+            run.model, LoraConfig(task_type="CAUSAL_LM", **config.lora_kwargs())
+        )
     if config.init_lora_weights in ("pissa", "olora") and run.main:
         # PiSSA/OLoRA move the adapter's initial value out of the base weights; saving relative to that
         # initial adapter turns the result into a plain LoRA for the unmodified base (PEFT's conversion).
@@ -94,8 +107,11 @@ def _sft_trainer(run: Run) -> Any:
     total_steps = _total_steps(config, run.train_enc)
     eval_kwargs: dict[str, Any] = {"eval_strategy": "no"}
     if eval_ds is not None:
-        eval_kwargs = {"eval_strategy": "steps", "eval_steps": max(1, math.ceil(total_steps / 3)),
-                       "per_device_eval_batch_size": config.per_device_train_batch_size}  # fmt: skip
+        eval_kwargs = {
+            "eval_strategy": "steps",
+            "eval_steps": max(1, math.ceil(total_steps / 3)),
+            "per_device_eval_batch_size": config.per_device_train_batch_size,
+        }
     sft_kwargs = config.sft_kwargs()
     # transformers 5 renamed it; TRL's SFTConfig still defaults the old name to True
     sft_kwargs["activation_checkpointing"] = sft_kwargs.pop("gradient_checkpointing")
@@ -118,8 +134,14 @@ def _sft_trainer(run: Run) -> Any:
     trainer_class = SFTTrainer
     if run.kind == "cpu" and compact_loss_supported(run.model):
         trainer_class = CompactLossSFTTrainer  # no full-vocabulary projection of prompt positions
-    trainer = trainer_class(model=run.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                            processing_class=run.tokenizer, callbacks=list(run.callbacks) or None)  # fmt: skip
+    trainer = trainer_class(
+        model=run.model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=run.tokenizer,
+        callbacks=list(run.callbacks) or None,
+    )
     if not run.progress_bar:
         trainer.remove_callback(PrinterCallback)  # no per-step log lines either; the summary is printed
     return trainer
@@ -128,7 +150,9 @@ def _sft_trainer(run: Run) -> Any:
 def _token_dataset(encoded: list[Encoded]) -> Any:
     import datasets
 
-    return datasets.Dataset.from_dict({"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]})
+    return datasets.Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]}
+    )
 
 
 def _total_steps(config: TrainConfig, train_enc: list[Encoded]) -> int:
@@ -138,7 +162,9 @@ def _total_steps(config: TrainConfig, train_enc: list[Encoded]) -> int:
         rows = max(1, math.ceil(sum(len(e.input_ids) for e in train_enc) / config.max_length))
     else:
         rows = len(train_enc)
-    per_epoch = max(1, math.ceil(rows / config.per_device_train_batch_size) // config.gradient_accumulation_steps)
+    per_epoch = max(
+        1, math.ceil(rows / config.per_device_train_batch_size) // config.gradient_accumulation_steps
+    )
     return max(1, math.ceil(per_epoch * config.num_train_epochs))
 
 

@@ -70,10 +70,15 @@ class MemoryEstimate:
 
     def as_dict(self) -> dict[str, int | str | bool]:
         return {
-            "weights": self.weights, "trainable_params": self.trainable_params, "trainable": self.trainable,
-            "gradients": self.gradients, "optimizer": self.optimizer, "activations": self.activations,
-            "total": self.total, "activation_formula": self.activation_formula,
-        }  # fmt: skip
+            "weights": self.weights,
+            "trainable_params": self.trainable_params,
+            "trainable": self.trainable,
+            "gradients": self.gradients,
+            "optimizer": self.optimizer,
+            "activations": self.activations,
+            "total": self.total,
+            "activation_formula": self.activation_formula,
+        }
 
     def describe(self) -> str:
         precision = "4-bit NF4 (QLoRA)" if self.qlora else self.compute_dtype
@@ -136,11 +141,23 @@ def estimate(
     if scale != 1:
         formula += f" ×{scale:g}"
     return MemoryEstimate(
-        weights=weights, trainable_params=trainable_params, trainable=trainable, gradients=gradients,
-        optimizer=optimizer, activations=activations, n_params=shape.n_params, compute_dtype=compute_dtype,
-        param_dtype=param_dtype, qlora=qlora, optim=optim, batch_size=b, seq_len=s, attention=attention,
-        gradient_checkpointing=gradient_checkpointing, activation_formula=formula,
-    )  # fmt: skip
+        weights=weights,
+        trainable_params=trainable_params,
+        trainable=trainable,
+        gradients=gradients,
+        optimizer=optimizer,
+        activations=activations,
+        n_params=shape.n_params,
+        compute_dtype=compute_dtype,
+        param_dtype=param_dtype,
+        qlora=qlora,
+        optim=optim,
+        batch_size=b,
+        seq_len=s,
+        attention=attention,
+        gradient_checkpointing=gradient_checkpointing,
+        activation_formula=formula,
+    )
 
 
 def fmt_bytes(n: float) -> str:

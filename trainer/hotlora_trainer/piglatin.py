@@ -97,7 +97,12 @@ def split_sentences() -> tuple[list[Sentence], list[Sentence]]:
 
 def example(sentence: str) -> dict[str, list[dict[str, str]]]:
     """One chat example: the bare English sentence from the user, its Pig Latin from the assistant."""
-    return {"messages": [{"role": "user", "content": sentence}, {"role": "assistant", "content": to_pig_latin(sentence)}]}
+    return {
+        "messages": [
+            {"role": "user", "content": sentence},
+            {"role": "assistant", "content": to_pig_latin(sentence)},
+        ]
+    }
 
 
 def made_up_sentences(train: Sequence[Sentence], count: int, seed: int) -> list[str]:
@@ -121,8 +126,9 @@ def task_dataset(seed: int = 0) -> Dataset:
     made_up = made_up_sentences(train, MADE_UP_PER_SENTENCE * len(train), seed)
     train_ds = rows_from([example(text) for text in [s.text for s in train] + made_up], source)
     eval_ds = rows_from([example(s.text) for s in evaluation], source)
-    return Dataset(train_ds.format, train_ds.rows, source, sentences_sha256(), len(train) + len(evaluation),
-                   eval_ds.rows)  # fmt: skip
+    return Dataset(
+        train_ds.format, train_ds.rows, source, sentences_sha256(), len(train) + len(evaluation), eval_ds.rows
+    )
 
 
 @dataclass(frozen=True)
@@ -139,10 +145,15 @@ class Score:
     unseen_words: int
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"exact_match": self.exact_match, "word_accuracy": self.word_accuracy,
-                "sentences": self.sentences, "words": self.words,
-                "seen_word_accuracy": self.seen_word_accuracy, "unseen_word_accuracy": self.unseen_word_accuracy,
-                "unseen_words": self.unseen_words}  # fmt: skip
+        return {
+            "exact_match": self.exact_match,
+            "word_accuracy": self.word_accuracy,
+            "sentences": self.sentences,
+            "words": self.words,
+            "seen_word_accuracy": self.seen_word_accuracy,
+            "unseen_word_accuracy": self.unseen_word_accuracy,
+            "unseen_words": self.unseen_words,
+        }
 
 
 def _bare(word: str) -> str:
@@ -170,5 +181,12 @@ def score(predictions: Sequence[str], references: Sequence[str], training: Seque
     def ratio(a: int, b: int) -> float:
         return a / b if b else 0.0
 
-    return Score(ratio(exact, n), ratio(right[True] + right[False], words), n, words,
-                 ratio(right[True], total[True]), ratio(right[False], total[False]), total[False])  # fmt: skip
+    return Score(
+        ratio(exact, n),
+        ratio(right[True] + right[False], words),
+        n,
+        words,
+        ratio(right[True], total[True]),
+        ratio(right[False], total[False]),
+        total[False],
+    )

@@ -34,8 +34,10 @@ def preflight(run: Run) -> None:
     _refuse_taken_name(run.store, config)
 
     run.dataset = dataset = _load_dataset(config)
-    run.out(f"dataset: {dataset.source}: {len(dataset.rows)} training rows, {len(dataset.eval_rows)} evaluation rows "
-            f"({dataset.format.replace('_', '/')} format, sha256 {dataset.sha256[:12]})")  # fmt: skip
+    run.out(
+        f"dataset: {dataset.source}: {len(dataset.rows)} training rows, {len(dataset.eval_rows)} evaluation rows "
+        f"({dataset.format.replace('_', '/')} format, sha256 {dataset.sha256[:12]})"
+    )
 
     run.base = resolve_base(config.base, run.home / "models")
     device = pick_device(config.device)
@@ -43,7 +45,9 @@ def preflight(run: Run) -> None:
     _check_optional_deps(config)
     meta = meta_model(run.base.source, config.attn_implementation)
     if meta.config._attn_implementation != config.attn_implementation:  # eager where the family has no SDPA
-        run.config = config = config.model_copy(update={"attn_implementation": meta.config._attn_implementation})
+        run.config = config = config.model_copy(
+            update={"attn_implementation": meta.config._attn_implementation}
+        )
     run.spec = base_spec(meta)
     shape = model_shape(meta)  # before PEFT wraps `meta` to count its trainable parameters
     check_module_names(config, meta)
@@ -65,14 +69,18 @@ def check_module_names(config: TrainConfig, model: Any) -> None:
     import torch
 
     names = [n for n, _ in model.named_modules() if n]
-    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    linear = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    )
     targets = config.target_modules
     problems: list[str] = []
     if isinstance(targets, str) and targets != "all-linear":
         try:
             pattern = re.compile(targets)
         except re.error as e:
-            raise ConfigError(f"--target-modules {targets!r} is not a valid regular expression: {e}") from None
+            raise ConfigError(
+                f"--target-modules {targets!r} is not a valid regular expression: {e}"
+            ) from None
         if not any(pattern.fullmatch(n) for n in names):
             problems.append(f"--target-modules {targets!r} matches no module of the base")
     elif isinstance(targets, list):
@@ -81,7 +89,9 @@ def check_module_names(config: TrainConfig, model: Any) -> None:
             problems.append(f"--target-modules: the base has no module named {', '.join(map(repr, missing))}")
     missing_save = [t for t in config.modules_to_save or [] if not _has_module(names, t)]
     if missing_save:
-        problems.append(f"--modules-to-save: the base has no module named {', '.join(map(repr, missing_save))}")
+        problems.append(
+            f"--modules-to-save: the base has no module named {', '.join(map(repr, missing_save))}"
+        )
     if problems:
         raise ConfigError(
             "; ".join(problems) + f". Its linear layers are: {', '.join(linear)} "
@@ -143,7 +153,9 @@ def _refuse_taken_name(store: AdapterStore, config: TrainConfig) -> None:
 def _load_dataset(config: TrainConfig) -> Dataset:
     if config.task is not None:
         if config.eval_split:
-            raise ConfigError("--eval-split does not apply to --task piglatin: its evaluation lists are fixed (61-72)")
+            raise ConfigError(
+                "--eval-split does not apply to --task piglatin: its evaluation lists are fixed (61-72)"
+            )
         return piglatin.task_dataset(config.seed)
     assert config.data is not None
     return load_jsonl(config.data).split(config.eval_split, config.seed)
@@ -170,8 +182,11 @@ def _check_fits(est: MemoryEstimate, device: str, config: TrainConfig) -> None:
     free = free_memory(device)
     if free is None or est.total <= free:
         return
-    hints = [f"a smaller --batch-size (now {config.per_device_train_batch_size}, with --grad-accum to keep the "
-             "effective batch)", f"a smaller --max-seq-length (now {config.max_length})"]  # fmt: skip
+    hints = [
+        f"a smaller --batch-size (now {config.per_device_train_batch_size}, with --grad-accum to keep the "
+        "effective batch)",
+        f"a smaller --max-seq-length (now {config.max_length})",
+    ]
     if not config.gradient_checkpointing:
         hints.append("--gradient-checkpointing")
     if not config.qlora:

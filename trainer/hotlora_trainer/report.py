@@ -38,12 +38,19 @@ def register(run: Run) -> None:
     (export / TRAINING_LOG).write_text(json.dumps(log, indent=1) + "\n")
 
     run.result.wall_time_s = wall = time.monotonic() - run.started
-    stored = run.store.register(config.name, export, manifest=_manifest(run, export, metrics),
-                                overwrite=config.overwrite, base=run.spec)  # fmt: skip
+    stored = run.store.register(
+        config.name,
+        export,
+        manifest=_manifest(run, export, metrics),
+        overwrite=config.overwrite,
+        base=run.spec,
+    )
     shutil.rmtree(run.run_dir, ignore_errors=True)  # checkpoints are not needed once registered
     run.result.adapter_path = stored.path
     run.result.manifest = stored.manifest
-    run.out(f"registered {config.name!r} at {stored.path} in {wall:.0f} s (training {fitted.runtime_s:.0f} s)")
+    run.out(
+        f"registered {config.name!r} at {stored.path} in {wall:.0f} s (training {fitted.runtime_s:.0f} s)"
+    )
 
 
 def announce(run: Run) -> None:
@@ -61,8 +68,10 @@ def announce(run: Run) -> None:
     )
     if config.server is None:
         store = run.store.root
-        run.out(f"registered in {store}; a server watching it (hotlora serve --adapters-dir {store}) serves "
-                "it within seconds. Try:")  # fmt: skip
+        run.out(
+            f"registered in {store}; a server watching it (hotlora serve --adapters-dir {store}) serves "
+            "it within seconds. Try:"
+        )
     else:
         run.out(f"{config.name} is served by {config.server}. Try:")
     run.out(run.result.curl)
@@ -109,24 +118,40 @@ def _save_adapter(run: Run) -> Path:
 def _manifest(run: Run, export: Path, metrics: dict[str, Any]) -> Manifest:
     """`hotlora.json`: the adapter's description, recipe and metrics, plus the dataset and the training."""
     config, dataset, fitted, kind = run.config, run.dataset, run.fitted, run.kind
-    manifest = Manifest.for_adapter(config.name, inspect_adapter(export), source="trained", base=run.spec,
-                                    base_model=run.base.name, recipe=config.recipe(), dataset_hash=dataset.sha256,
-                                    eval_metrics=metrics)  # fmt: skip
+    manifest = Manifest.for_adapter(
+        config.name,
+        inspect_adapter(export),
+        source="trained",
+        base=run.spec,
+        base_model=run.base.name,
+        recipe=config.recipe(),
+        dataset_hash=dataset.sha256,
+        eval_metrics=metrics,
+    )
     extra = {
         "dataset": {
-            "source": dataset.source, "format": dataset.format, "sha256": dataset.sha256,
-            "size_bytes": dataset.size_bytes, "train_rows": len(run.train_enc), "eval_rows": len(run.eval_enc),
+            "source": dataset.source,
+            "format": dataset.format,
+            "sha256": dataset.sha256,
+            "size_bytes": dataset.size_bytes,
+            "train_rows": len(run.train_enc),
+            "eval_rows": len(run.eval_enc),
             "train_tokens": sum(len(e.input_ids) for e in run.train_enc),
             "trained_tokens": sum(e.trained_tokens for e in run.train_enc),
         },
         "training": {
-            "wall_time_s": round(run.result.wall_time_s, 1), "train_runtime_s": round(fitted.runtime_s, 1),
-            "global_step": fitted.global_step, "device": kind,
-            "compute_dtype": compute_dtype_name(kind), "bf16_autocast": bf16_autocast(kind, config.qlora),
-            "peak_memory_bytes": fitted.peak_memory, "peak_memory_kind": fitted.peak_kind,
-            "memory_estimate": run.result.estimate.as_dict(), "versions": _versions(),
+            "wall_time_s": round(run.result.wall_time_s, 1),
+            "train_runtime_s": round(fitted.runtime_s, 1),
+            "global_step": fitted.global_step,
+            "device": kind,
+            "compute_dtype": compute_dtype_name(kind),
+            "bf16_autocast": bf16_autocast(kind, config.qlora),
+            "peak_memory_bytes": fitted.peak_memory,
+            "peak_memory_kind": fitted.peak_kind,
+            "memory_estimate": run.result.estimate.as_dict(),
+            "versions": _versions(),
         },
-    }  # fmt: skip
+    }
     return Manifest.model_validate({**manifest.model_dump(), **extra})
 
 

@@ -101,11 +101,26 @@ class Run:
     ) -> Run:
         """A run of `config`; `env` stands in for `os.environ`; `options` are `progress_bar` and `callbacks`."""
         env = os.environ if env is None else env
-        rank, local_rank, world = (int(env.get(k, d)) for k, d in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")))
+        rank, local_rank, world = (
+            int(env.get(k, d)) for k, d in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"))
+        )
         home = (config.home or default_home_dir(env)).expanduser()
-        store_dir = config.adapters_dir or env.get("HOTLORA_ADAPTERS_DIR") or default_store_dir({**env, "HOTLORA_HOME": str(home)})
-        return cls(config, env, out if rank == 0 else _quiet, home, AdapterStore(Path(store_dir).expanduser()),
-                   rank=rank, local_rank=local_rank, world=world, **options)  # fmt: skip
+        store_dir = (
+            config.adapters_dir
+            or env.get("HOTLORA_ADAPTERS_DIR")
+            or default_store_dir({**env, "HOTLORA_HOME": str(home)})
+        )
+        return cls(
+            config,
+            env,
+            out if rank == 0 else _quiet,
+            home,
+            AdapterStore(Path(store_dir).expanduser()),
+            rank=rank,
+            local_rank=local_rank,
+            world=world,
+            **options,
+        )
 
     @property
     def main(self) -> bool:

@@ -16,8 +16,13 @@ from trl import SFTTrainer
 
 IGNORE_INDEX = -100
 # config attributes that change the logits beyond `lm_head(hidden)`: leave such models to TRL
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-                     "logits_scaling")  # fmt: skip
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
 
 
 def compact_loss_supported(model: Any) -> bool:
@@ -31,8 +36,9 @@ def compact_loss_supported(model: Any) -> bool:
 class CompactLossSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss projects only the trained positions to the vocabulary (see the module doc)."""
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:  # fmt: skip
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         import torch
         import torch.nn.functional as F
 

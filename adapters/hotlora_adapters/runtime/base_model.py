@@ -114,14 +114,18 @@ def resolve_base(spec: str | None, models_dir: Path, flag: str) -> ResolvedBase:
     """Map `--model`/`--base` (`flag`, named in errors) to a folder or hub id; a spec that is none of
     them is refused with what to pass instead."""
     if spec is None or spec == EMBEDDED_MODEL_NAME:
-        return ResolvedBase(EMBEDDED_MODEL_NAME, convert_gguf(embedded_gguf(), models_dir, EMBEDDED_MODEL_NAME))
+        return ResolvedBase(
+            EMBEDDED_MODEL_NAME, convert_gguf(embedded_gguf(), models_dir, EMBEDDED_MODEL_NAME)
+        )
     local = Path(spec).expanduser()
     if local.is_file() and local.suffix == ".gguf":
         digest = hashlib.sha256(str(local.resolve()).encode()).hexdigest()[:8]
         return ResolvedBase(spec, convert_gguf(local, models_dir, f"{local.stem.lower()}-{digest}"))
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise BaseModelError(f"{flag} {spec}: a folder without config.json is not a Hugging Face model folder")
+            raise BaseModelError(
+                f"{flag} {spec}: a folder without config.json is not a Hugging Face model folder"
+            )
         return ResolvedBase(spec, local)
     if local.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise BaseModelError(f"{flag} {spec}: no such model folder or .gguf file")
@@ -164,7 +168,10 @@ def quantization_config(quantize: str, dtype: Any) -> Any:
 
     if quantize in ("nf4", "fp4"):
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=quantize, bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=False
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantize,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=False,
         )
     if quantize == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -183,4 +190,6 @@ def base_spec(model: Any) -> BaseSpec:
         elif isinstance(module, torch.nn.Embedding):
             shapes[name] = (module.num_embeddings, module.embedding_dim)
     library = type(model).__module__.split(".")
-    return BaseSpec(model.config.model_type, shapes, library[2] if library[:2] == ["transformers", "models"] else "")
+    return BaseSpec(
+        model.config.model_type, shapes, library[2] if library[:2] == ["transformers", "models"] else ""
+    )

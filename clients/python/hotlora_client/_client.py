@@ -132,7 +132,11 @@ class Client(_BaseClient["Client"]):
     """
 
     def __init__(
-        self, base_url: str | None = None, api_key: str | None = None, timeout: Timeout = None, max_retries: int = 2
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: Timeout = None,
+        max_retries: int = 2,
     ) -> None:
         super().__init__(base_url, api_key, timeout, max_retries)
         self._http = httpx.Client(**self._config.http_options())
@@ -180,7 +184,11 @@ class Client(_BaseClient["Client"]):
         for op in runner:
             with runner.step():
                 runner.reply(self._sleep(op.seconds) if isinstance(op, _core.Sleep) else self._send(op))
-        return Stream(runner.result, self.base_url) if isinstance(runner.result, _core.Streaming) else runner.result
+        return (
+            Stream(runner.result, self.base_url)
+            if isinstance(runner.result, _core.Streaming)
+            else runner.result
+        )
 
     @staticmethod
     def _sleep(seconds: float) -> None:
@@ -200,7 +208,11 @@ class AsyncClient(_BaseClient["AsyncClient"]):
     """`Client` for asyncio: the same methods and options, awaited; streams are `AsyncStream`s."""
 
     def __init__(
-        self, base_url: str | None = None, api_key: str | None = None, timeout: Timeout = None, max_retries: int = 2
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: Timeout = None,
+        max_retries: int = 2,
     ) -> None:
         super().__init__(base_url, api_key, timeout, max_retries)
         self._http = httpx.AsyncClient(**self._config.http_options())
@@ -242,9 +254,13 @@ class AsyncClient(_BaseClient["AsyncClient"]):
         runner = _core.Runner(plan)
         for op in runner:
             with runner.step():
-                runner.reply(await (asyncio.sleep(op.seconds) if isinstance(op, _core.Sleep) else self._send(op)))
+                runner.reply(
+                    await (asyncio.sleep(op.seconds) if isinstance(op, _core.Sleep) else self._send(op))
+                )
         return (
-            AsyncStream(runner.result, self.base_url) if isinstance(runner.result, _core.Streaming) else runner.result
+            AsyncStream(runner.result, self.base_url)
+            if isinstance(runner.result, _core.Streaming)
+            else runner.result
         )
 
     async def _send(self, op: _core.Send) -> httpx.Response:

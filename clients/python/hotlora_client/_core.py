@@ -36,11 +36,32 @@ from .types import (
 )
 
 __all__ = [  # the API calls, and what `_client` needs to run them
-    "base_model", "blend_adapters", "blend_model", "chat", "chat_messages", "complete", "generate", "generation_body",
-    "get_adapter", "get_model", "health", "list_adapters", "list_models", "load_adapter", "unload_adapter",
+    "base_model",
+    "blend_adapters",
+    "blend_model",
+    "chat",
+    "chat_messages",
+    "complete",
+    "generate",
+    "generation_body",
+    "get_adapter",
+    "get_model",
+    "health",
+    "list_adapters",
+    "list_models",
+    "load_adapter",
+    "unload_adapter",
     "wait_until_ready",
-    "C", "Config", "Plan", "Runner", "Send", "Sleep", "StreamDecoder", "Streaming", "stream_transport_errors",
-]  # fmt: skip
+    "C",
+    "Config",
+    "Plan",
+    "Runner",
+    "Send",
+    "Sleep",
+    "StreamDecoder",
+    "Streaming",
+    "stream_transport_errors",
+]
 
 
 # -- health and models -------------------------------------------------------------------------------------
@@ -102,7 +123,9 @@ def chat_messages(messages: Messages) -> list[dict[str, Any]]:
         if isinstance(message, BaseModel):
             message = message.model_dump(exclude_none=True)
         if not isinstance(message, Mapping):
-            raise TypeError(f"a message is a mapping like {{'role': 'user', 'content': '...'}}, got {message!r}")
+            raise TypeError(
+                f"a message is a mapping like {{'role': 'user', 'content': '...'}}, got {message!r}"
+            )
         out.append(dict(message))
     return out
 
@@ -198,7 +221,9 @@ def blend_adapters(
     return (yield from call(config, Adapter, "POST", "/v1/adapters/blend", json=body))
 
 
-def wait_until_ready(config: Config, name: str, timeout: float = 60.0, *, interval: float = 0.5) -> Plan[Adapter]:
+def wait_until_ready(
+    config: Config, name: str, timeout: float = 60.0, *, interval: float = 0.5
+) -> Plan[Adapter]:
     """Wait until adapter `name` is servable (resident or available) and return it — e.g. one just copied
     into the store or being trained. Not yet there, disabled or invalid (files still arriving) keep it
     waiting; after `timeout` seconds it raises `AdapterNotReadyError`."""

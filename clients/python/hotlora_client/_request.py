@@ -23,7 +23,12 @@ M = TypeVar("M", bound=BaseModel)
 
 RETRY_STATUSES = frozenset({429, 503})
 # Failures where the request cannot have been processed, or the connection dropped before any answer.
-RETRYABLE_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError)
+RETRYABLE_TRANSPORT_ERRORS = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.RemoteProtocolError,
+)
 MAX_RETRY_AFTER = 60.0  # a server asking for a longer wait gets the error (with `retry_after`) at once
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 8.0
 

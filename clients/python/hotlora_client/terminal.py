@@ -32,7 +32,9 @@ def build_parser(prog: str = "hotlora-chat") -> argparse.ArgumentParser:
         prog=prog,
         description="Chat with a hotlora server in the terminal. Type /help in the chat for its commands.",
     )
-    parser.add_argument("--base-url", help="the server (default $HOTLORA_BASE_URL, else http://127.0.0.1:8000)")
+    parser.add_argument(
+        "--base-url", help="the server (default $HOTLORA_BASE_URL, else http://127.0.0.1:8000)"
+    )
     parser.add_argument("--api-key", help="the server's API key (default $HOTLORA_API_KEY)")
     parser.add_argument("--model", help="start with this model, adapter or blend (default: the base model)")
     parser.add_argument("--system", help="a system prompt")
@@ -164,7 +166,9 @@ class ChatSession:
         self.require_models(list(weights))
         self.target = {"blend": weights, **({"blend_method": method.strip()} if method.strip() else {})}
         self.label = "+".join(f"{name}*{weight:g}" for name, weight in weights.items())
-        self.say(f"now talking to the blend {self.label}" + (f" ({method.strip()})" if method.strip() else ""))
+        self.say(
+            f"now talking to the blend {self.label}" + (f" ({method.strip()})" if method.strip() else "")
+        )
 
     def set_system(self, text: str) -> None:
         self.system = text or None
@@ -226,7 +230,9 @@ def main(argv: list[str] | None = None, prog: str = "hotlora-chat") -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     options = {"max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed}
-    session = ChatSession(client, out=sys.stdout, err=sys.stderr, model=args.model, system=args.system, options=options)
+    session = ChatSession(
+        client, out=sys.stdout, err=sys.stderr, model=args.model, system=args.system, options=options
+    )
     interactive = sys.stdin.isatty()
     lines = _prompted("you> ") if interactive else sys.stdin
     try:

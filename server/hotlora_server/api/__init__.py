@@ -48,8 +48,13 @@ def create_app(
         # inside the Host guard (a rebound name gets no CORS answer either), outside the routes and their API
         # key check: a preflight (OPTIONS, no credentials) is answered here, the request itself needs the key;
         # errors (401, 413) carry the CORS headers, so the page can read them
-        app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=list(allowed_methods),
-                           allow_headers=list(allowed_headers), expose_headers=["X-Request-ID", "Retry-After"])  # fmt: skip
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(allowed_origins),
+            allow_methods=list(allowed_methods),
+            allow_headers=list(allowed_headers),
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
     app.add_middleware(HostGuard, allowed=allowed_hosts)  # before the body is read, after the request id
     metrics = Metrics(engine.stats)
     app.add_middleware(RequestObserver, metrics=metrics)
@@ -62,7 +67,12 @@ def create_app(
 
     guard = [Depends(bearer_guard(api_key))]
 
-    @app.get("/metrics", response_class=Response, responses=PLAIN_TEXT, dependencies=[] if metrics_public else guard)
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses=PLAIN_TEXT,
+        dependencies=[] if metrics_public else guard,
+    )
     async def prometheus() -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)

@@ -41,7 +41,9 @@ def cancelled_on_disconnect(route: Callable[..., Awaitable[T]]) -> Callable[...,
                 task.cancel()  # closing the engine's event stream aborts the generation
         if task.done():  # answered (or failed) before the client left
             return task.result()
-        await asyncio.wait({task})  # let it unwind; unlike `await task`, this raises only our own cancellation
+        await asyncio.wait(
+            {task}
+        )  # let it unwind; unlike `await task`, this raises only our own cancellation
         return Response(status_code=CLIENT_CLOSED)
 
     return watched

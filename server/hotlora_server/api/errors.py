@@ -24,7 +24,9 @@ MAX_SHOWN_PROBLEMS = 5
 MAX_EXAMINED_PROBLEMS = 100  # a union's branches come one after the other: enough to pair them up
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, object]:
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, object]:
     return ErrorResponse(error=ErrorDetail(message=message, type=type_, param=param, code=code)).model_dump()
 
 
@@ -122,7 +124,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
-        type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
+        type_ = _HTTP_TYPES.get(
+            exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
+        )
         return JSONResponse(error_body(message, type_), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)

@@ -60,8 +60,17 @@ class RequestObserver:
             self._metrics.observe_request(endpoint, status, seconds)
             method, path = scope["method"], scope["path"]
             log.info(
-                "%s %s %d %.1f ms", method, path, status, seconds * 1000,
-                extra={"request_id": rid, "method": method, "path": path, "status": status,
-                       "duration_ms": round(seconds * 1000, 1)},
-            )  # fmt: skip
+                "%s %s %d %.1f ms",
+                method,
+                path,
+                status,
+                seconds * 1000,
+                extra={
+                    "request_id": rid,
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 1),
+                },
+            )
             request_id.reset(token)

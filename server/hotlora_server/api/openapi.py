@@ -14,15 +14,23 @@ from ..protocol import ErrorResponse
 
 Responses = dict[int | str, dict[str, Any]]
 
-_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "required": True, "schema": {"type": "integer"}}}
+_RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait", "required": True, "schema": {"type": "integer"}}
+}
 
 
 def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description, **({"headers": _RETRY_AFTER} if retry_after else {})}
+    return {
+        "model": ErrorResponse,
+        "description": description,
+        **({"headers": _RETRY_AFTER} if retry_after else {}),
+    }
 
 
 ERROR_RESPONSES: Responses = {
-    400: _error("Invalid request: malformed JSON, a wrong type, a value out of range, an unsupported feature"),
+    400: _error(
+        "Invalid request: malformed JSON, a wrong type, a value out of range, an unsupported feature"
+    ),
     401: _error("Missing or wrong API key"),
     403: _error("The request's Host is not one this server answers (--allowed-hosts: DNS rebinding)"),
     404: _error("Unknown model, adapter or route"),
@@ -38,7 +46,10 @@ _EVENT = {  # one Server-Sent Event (OpenAPI 3.1 has an event-stream schema desc
     "type": "object",
     "required": ["data"],
     "properties": {
-        "data": {"type": "string", "description": "a chunk as JSON, an error body if generation fails, `[DONE]` last"},
+        "data": {
+            "type": "string",
+            "description": "a chunk as JSON, an error body if generation fails, `[DONE]` last",
+        },
         "event": {"type": "string"},
     },
 }

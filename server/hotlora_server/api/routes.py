@@ -34,7 +34,9 @@ def build_router(engine: EngineClient, metrics: Metrics) -> APIRouter:
 
     @router.post("/chat/completions", response_model=None, responses=streamed(p.ChatCompletion))
     @cancelled_on_disconnect
-    async def chat_completions(body: p.ChatCompletionRequest, request: Request) -> JSONResponse | EventSourceResponse:
+    async def chat_completions(
+        body: p.ChatCompletionRequest, request: Request
+    ) -> JSONResponse | EventSourceResponse:
         return await chat.serve(body)
 
     @router.post("/completions", response_model=None, responses=streamed(p.Completion))

@@ -48,7 +48,9 @@ DeltaChoices = Callable[[ChoiceDelta], list[BaseModel]]
 # -- request -> engine request ----------------------------------------------------------------------------
 
 
-def sampling_params(body: GenerationBody, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> SamplingParams:
+def sampling_params(
+    body: GenerationBody, max_tokens: int | None, logprobs: bool, top_logprobs: int
+) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,  # None: the model's default (the engine applies it)
@@ -68,7 +70,9 @@ def sampling_params(body: GenerationBody, max_tokens: int | None, logprobs: bool
     )
 
 
-def blend_target(body: GenerationBody | p.TokenizeRequest | p.DetokenizeRequest, base_id: str) -> BlendSpec | None:
+def blend_target(
+    body: GenerationBody | p.TokenizeRequest | p.DetokenizeRequest, base_id: str
+) -> BlendSpec | None:
     """The blend the body asks for (its validator parsed it); `adapters` blend on the base model only."""
     if body.model is None:
         return None
@@ -90,7 +94,9 @@ def template_messages(messages: Iterable[p.ChatMessage]) -> tuple[dict[str, str]
 
 
 def usage(u: Usage) -> p.Usage:
-    return p.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens)
+    return p.Usage(
+        prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens
+    )
 
 
 @dataclass
@@ -158,7 +164,9 @@ class GenerationServing(Generic[Body]):
         )
         return JSONResponse(answer.model_dump())
 
-    async def _start(self, request: GenerationRequest) -> tuple[GenerationEvent, AsyncIterator[GenerationEvent]]:
+    async def _start(
+        self, request: GenerationRequest
+    ) -> tuple[GenerationEvent, AsyncIterator[GenerationEvent]]:
         """Wait for the first event, so that a bad request fails with its status before any byte is streamed."""
         events = self.metrics.timed(self.engine.generate(request))
         try:
@@ -175,7 +183,9 @@ class GenerationServing(Generic[Body]):
         choices_of = self.delta_choices(body)
 
         def chunk(choices: list[BaseModel], totals: p.Usage | None = None) -> dict[str, Any]:
-            obj = self.chunk_type(id=reply.id, created=reply.created, model=reply.model, choices=choices, usage=totals)
+            obj = self.chunk_type(
+                id=reply.id, created=reply.created, model=reply.model, choices=choices, usage=totals
+            )
             data = obj.model_dump()
             if not include_usage:
                 data.pop("usage")
@@ -189,7 +199,9 @@ class GenerationServing(Generic[Body]):
         return build
 
 
-async def _all(first: GenerationEvent, events: AsyncIterator[GenerationEvent]) -> AsyncIterator[GenerationEvent]:
+async def _all(
+    first: GenerationEvent, events: AsyncIterator[GenerationEvent]
+) -> AsyncIterator[GenerationEvent]:
     yield first
     async for event in events:
         yield event

@@ -25,9 +25,13 @@ class ServingChat(GenerationServing[p.ChatCompletionRequest]):
     def engine_request(self, body: p.ChatCompletionRequest, request_id: str) -> GenerationRequest:
         sampling = sampling_params(body, body.token_limit(), bool(body.logprobs), body.top_logprobs or 0)
         return GenerationRequest(
-            request_id=request_id, model=body.model, sampling=sampling, messages=template_messages(body.messages),
-            n=body.n or 1, blend=blend_target(body, self.engine.served_model_name),
-        )  # fmt: skip
+            request_id=request_id,
+            model=body.model,
+            sampling=sampling,
+            messages=template_messages(body.messages),
+            n=body.n or 1,
+            blend=blend_target(body, self.engine.served_model_name),
+        )
 
     def choice(self, body: p.ChatCompletionRequest, index: int, acc: ChoiceAccumulator) -> p.ChatChoice:
         return p.ChatChoice(
@@ -47,9 +51,13 @@ class ServingChat(GenerationServing[p.ChatCompletionRequest]):
                 out.append(p.ChunkChoice(index=event.index, delta=p.Delta(role="assistant", content="")))
             if event.text or event.logprobs:
                 logprobs = chat_logprobs(event.logprobs) if event.logprobs else None
-                out.append(p.ChunkChoice(index=event.index, delta=p.Delta(content=event.text), logprobs=logprobs))
+                out.append(
+                    p.ChunkChoice(index=event.index, delta=p.Delta(content=event.text), logprobs=logprobs)
+                )
             if event.finish_reason:
-                out.append(p.ChunkChoice(index=event.index, delta=p.Delta(), finish_reason=event.finish_reason))
+                out.append(
+                    p.ChunkChoice(index=event.index, delta=p.Delta(), finish_reason=event.finish_reason)
+                )
             return out
 
         return choices
@@ -57,7 +65,9 @@ class ServingChat(GenerationServing[p.ChatCompletionRequest]):
 
 def chat_logprobs(items: list[TokenLogprob]) -> p.ChoiceLogprobs:
     def top(t: TokenLogprob) -> list[p.TopLogprob]:
-        return [p.TopLogprob(token=a.token, logprob=p.finite(a.logprob), bytes=a.bytes) for a in t.top_logprobs]
+        return [
+            p.TopLogprob(token=a.token, logprob=p.finite(a.logprob), bytes=a.bytes) for a in t.top_logprobs
+        ]
 
     return p.ChoiceLogprobs(
         content=[

@@ -18,9 +18,13 @@ class ServingCompletions(GenerationServing[p.CompletionRequest]):
     def engine_request(self, body: p.CompletionRequest, request_id: str) -> GenerationRequest:
         sampling = sampling_params(body, body.max_tokens, body.logprobs is not None, body.logprobs or 0)
         return GenerationRequest(
-            request_id=request_id, model=body.model, sampling=sampling, prompt=body.prompt_text(), n=body.n or 1,
+            request_id=request_id,
+            model=body.model,
+            sampling=sampling,
+            prompt=body.prompt_text(),
+            n=body.n or 1,
             blend=blend_target(body, self.engine.served_model_name),
-        )  # fmt: skip
+        )
 
     def choice(self, body: p.CompletionRequest, index: int, acc: ChoiceAccumulator) -> p.CompletionChoice:
         return p.CompletionChoice(

@@ -11,13 +11,19 @@ from .serving import blend_target, template_messages
 async def tokenize(engine: EngineClient, body: p.TokenizeRequest) -> p.TokenizeResponse:
     base = engine.served_model_name
     request = TokenizeRequest(
-        model=body.model or base, messages=template_messages(body.messages) if body.messages else None,
-        prompt=body.prompt, add_generation_prompt=body.add_generation_prompt,
-        add_special_tokens=body.special_tokens(), blend=blend_target(body, base),
-    )  # fmt: skip
+        model=body.model or base,
+        messages=template_messages(body.messages) if body.messages else None,
+        prompt=body.prompt,
+        add_generation_prompt=body.add_generation_prompt,
+        add_special_tokens=body.special_tokens(),
+        blend=blend_target(body, base),
+    )
     result = await engine.tokenize(request, token_strs=bool(body.return_token_strs))
     return p.TokenizeResponse(
-        count=len(result.tokens), max_model_len=result.max_model_len, tokens=result.tokens, token_strs=result.token_strs
+        count=len(result.tokens),
+        max_model_len=result.max_model_len,
+        tokens=result.tokens,
+        token_strs=result.token_strs,
     )
 
 

@@ -33,7 +33,7 @@ from .catalog import AdapterCatalog
 from .cpu.bnb import packing_held
 from .loader import LoadedModel
 from .lora_stack import LoraStack
-from .merge_policy import Merger, MergePolicy
+from .merge_policy import MergePolicy, Merger
 from .peft_load import BASE, load_adapter
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,10 @@ class AdapterPool:
             if blend is not None:
                 versions = (entry.version for entry in self._catalog.check_blend(blend))
                 return _blend_key(blend, versions) in self._resident
-            return model == self._loaded.name or ("adapter", model, self._catalog.get(model).version) in self._resident
+            return (
+                model == self._loaded.name
+                or ("adapter", model, self._catalog.get(model).version) in self._resident
+            )
         except HotloraError:
             return True  # `acquire` fails at once, loading nothing
 
@@ -214,7 +217,9 @@ class AdapterPool:
 
     def _update_resident(self) -> None:
         """Publish which store adapters are loaded, as one immutable value other threads may read."""
-        self.resident = frozenset(r.label for r in self._resident.values() if r.kind == "adapter" and not r.stale)
+        self.resident = frozenset(
+            r.label for r in self._resident.values() if r.kind == "adapter" and not r.stale
+        )
 
     @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
     def save_blend(self, blend: BlendSpec, target: Path) -> Path:
@@ -301,7 +306,9 @@ class AdapterPool:
     def _blend(self, blend: BlendSpec) -> _Resident:
         """The blend in memory, built if needed. Found by its sources' store versions, so a built blend is
         served without its sources in memory: they are only needed to build it."""
-        resident = self._touch(_blend_key(blend, (entry.version for entry in self._catalog.check_blend(blend))))
+        resident = self._touch(
+            _blend_key(blend, (entry.version for entry in self._catalog.check_blend(blend)))
+        )
         return resident if resident is not None else self._build_blend(blend)
 
     def _build_blend(self, blend: BlendSpec) -> _Resident:
@@ -309,7 +316,9 @@ class AdapterPool:
         used entries: the first evicted when the slots are full, instead of the blends being served."""
         held = set(self._resident)
         sources = [self._adapter(name, touch=False) for name, _ in blend.components]
-        versions = {name: source.sources[name] for (name, _), source in zip(blend.components, sources, strict=True)}
+        versions = {
+            name: source.sources[name] for (name, _), source in zip(blend.components, sources, strict=True)
+        }
         for source in sources:  # pinned while the blend is built from them
             source.refs += 1
         key = next(self._keys)
@@ -326,7 +335,9 @@ class AdapterPool:
         except (ValueError, TypeError, RuntimeError) as exc:
             if key in self.model.peft_config:
                 self._delete(key)
-            raise InvalidRequestError(f"cannot blend {blend.label()} with '{blend.method}': {exc}", param="model") from exc
+            raise InvalidRequestError(
+                f"cannot blend {blend.label()} with '{blend.method}': {exc}", param="model"
+            ) from exc
         finally:
             for source in sources:
                 self.release(source.key)

@@ -102,9 +102,13 @@ class AdapterAdmin:
             manifest = self._blend_manifest(name, blend, folder)
             try:
                 await asyncio.to_thread(
-                    self._store.register, name, folder, manifest=manifest, base=self._loaded.spec,
+                    self._store.register,
+                    name,
+                    folder,
+                    manifest=manifest,
+                    base=self._loaded.spec,
                     max_rank=self._catalog.max_rank,
-                )  # fmt: skip
+                )
             except AdapterError as exc:
                 raise domain_error(exc) from None
         return await asyncio.to_thread(self._describe, name)  # its first check reads the new weights

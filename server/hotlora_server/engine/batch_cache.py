@@ -60,7 +60,9 @@ class _GrowingLayer(DynamicLayer):
         if self._buffers is None or self.keys.dim() != 4:
             return False
         return all(
-            mine.data_ptr() == buffer.data_ptr() and mine.shape[:2] == buffer.shape[:2] and buffer.shape[2] >= columns
+            mine.data_ptr() == buffer.data_ptr()
+            and mine.shape[:2] == buffer.shape[:2]
+            and buffer.shape[2] >= columns
             for mine, buffer in zip((self.keys, self.values), self._buffers, strict=True)
         )
 
@@ -97,12 +99,16 @@ class BatchCache:
         """Append the rows of a freshly prefilled, left-padded `cache` (row `i` padded by `pad[i]`)."""
         length = cache.get_seq_length()
         if self.cache is None:
-            cache.layers = [_GrowingLayer(layer) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+            cache.layers = [
+                _GrowingLayer(layer) if type(layer) is DynamicLayer else layer for layer in cache.layers
+            ]
             self.cache, self.length, self.pad = cache, length, pad.clone()
             return
         width = max(self.length, length)
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([_pad_left(mine.keys, width - self.length), _pad_left(theirs.keys, width - length)])
+            mine.keys = torch.cat(
+                [_pad_left(mine.keys, width - self.length), _pad_left(theirs.keys, width - length)]
+            )
             mine.values = torch.cat(
                 [_pad_left(mine.values, width - self.length), _pad_left(theirs.values, width - length)]
             )

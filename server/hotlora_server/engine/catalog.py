@@ -20,8 +20,8 @@ from hotlora_adapters import (
     check_compatible,
 )
 
-from ..errors import InvalidRequestError, NotFoundError
 from ..blend_methods import EQUAL_RANK_METHODS, blend_rank
+from ..errors import InvalidRequestError, NotFoundError
 from ..types import BlendSpec
 from .loader import LoadedModel
 
@@ -43,7 +43,9 @@ class AdapterCatalog:
         self._loaded = loaded
         self._max_blend_rank = max_blend_rank
         self._verdicts: dict[str, tuple[str, str | None]] = {}  # name -> (version judged, refusal)
-        self._entries: dict[str, StoredAdapter] = {}  # name -> the store's description, while its version holds
+        self._entries: dict[
+            str, StoredAdapter
+        ] = {}  # name -> the store's description, while its version holds
         self._checking = threading.Lock()  # one reading of an adapter's weights, not one per waiting request
 
     def refusal(self, entry: StoredAdapter) -> str | None:
@@ -116,7 +118,7 @@ class AdapterCatalog:
             entry = None
         if entry is not None and entry.disabled:
             raise NotFoundError(
-                f"adapter '{name}' is disabled; enable it with POST /v1/adapters {{\"name\": \"{name}\"}}",
+                f'adapter \'{name}\' is disabled; enable it with POST /v1/adapters {{"name": "{name}"}}',
                 param="model",
             )
         if entry is None:
@@ -126,7 +128,9 @@ class AdapterCatalog:
             )
         refusal = self.refusal(entry)
         if refusal is not None:
-            raise InvalidRequestError(f"adapter '{name}' cannot be served on this base: {refusal}", param="model")
+            raise InvalidRequestError(
+                f"adapter '{name}' cannot be served on this base: {refusal}", param="model"
+            )
         return entry
 
     def _describe(self, name: str) -> StoredAdapter:
@@ -167,4 +171,3 @@ def _max_rank(entry: StoredAdapter) -> int:
     config = entry.config
     assert config is not None  # servable entries have a readable config
     return max([config.r, *(config.rank_pattern or {}).values()])
-

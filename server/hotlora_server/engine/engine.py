@@ -321,13 +321,24 @@ class Engine:
             self._pool.on_drop(prefixes.discard)
         self._kv = _kv_budget(loaded, settings.kv_cache_memory_bytes)
         self._scheduler = Scheduler(
-            loaded, self._pool, stop_ids, settings.max_num_seqs, settings.max_num_batched_tokens, self._kv, prefixes
+            loaded,
+            self._pool,
+            stop_ids,
+            settings.max_num_seqs,
+            settings.max_num_batched_tokens,
+            self._kv,
+            prefixes,
         )
         log.info(
             "serving %s (%s, %s, %s) in %.1fs; adapters in %s: %s",
-            loaded.name, loaded.kernel, loaded.device, str(loaded.dtype).removeprefix("torch."),
-            time.perf_counter() - started, self._settings.adapters_dir, ", ".join(adapters) or "none",
-        )  # fmt: skip
+            loaded.name,
+            loaded.kernel,
+            loaded.device,
+            str(loaded.dtype).removeprefix("torch."),
+            time.perf_counter() - started,
+            self._settings.adapters_dir,
+            ", ".join(adapters) or "none",
+        )
         self._ready.set()
 
 

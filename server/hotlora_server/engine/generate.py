@@ -29,7 +29,9 @@ def prefill(model: Any, input_ids: torch.Tensor, cache: DynamicCache, **forward_
 
 
 @torch.inference_mode()
-def decode_one_token(model: Any, tokens: torch.Tensor, cache: DynamicCache, **forward_kwargs: Any) -> torch.Tensor:
+def decode_one_token(
+    model: Any, tokens: torch.Tensor, cache: DynamicCache, **forward_kwargs: Any
+) -> torch.Tensor:
     """One decoding step for every row ([rows] token ids); return next-token logits [rows, vocab]."""
     out = model(input_ids=tokens[:, None], cache=cache, use_cache=True, **forward_kwargs)
     return out.logits[:, -1, :]

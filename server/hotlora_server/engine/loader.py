@@ -100,7 +100,11 @@ def load_model(settings: Settings) -> LoadedModel:
         kernels, kernel, capable = path.kernels, path.kernel, path.batch_invariant
         why = "it needs the compiled CPU kernels and float32 compute (see the warnings above)"
     else:
-        kernels, kernel, capable = None, f"{settings.quantize} ({'bitsandbytes' if qconfig else 'torch'}, {device.type})", False
+        kernels, kernel, capable = (
+            None,
+            f"{settings.quantize} ({'bitsandbytes' if qconfig else 'torch'}, {device.type})",
+            False,
+        )
         why = f"on {device.type} the matrix products' summation order follows the batch"
     invariant = batch_invariance(settings.batch_invariant, capable, why)
     if invariant:
@@ -137,9 +141,11 @@ def batch_invariance(requested: bool | None, capable: bool, why: str) -> bool:
         )
     invariant = capable if requested is None else requested
     log.info(
-        "batch invariance: %s", "on (float64 attention, fixed-order products)" if invariant else
-        "off (the device's attention; a request's output may depend on what shares its batch)",
-    )  # fmt: skip
+        "batch invariance: %s",
+        "on (float64 attention, fixed-order products)"
+        if invariant
+        else "off (the device's attention; a request's output may depend on what shares its batch)",
+    )
     return invariant
 
 
@@ -171,11 +177,19 @@ def sampling_defaults(settings: Settings, model: Any, source: Path | str) -> Gen
         try:
             GenerationDefaults.model_validate({name: found[name]})
         except ValueError:
-            log.warning("ignoring the generation config's %s=%r (%s): out of the range requests may ask for",
-                        name, found[name], source)  # fmt: skip
+            log.warning(
+                "ignoring the generation config's %s=%r (%s): out of the range requests may ask for",
+                name,
+                found[name],
+                source,
+            )
             continue
         kept[name] = found[name]
     defaults = GenerationDefaults.model_validate({**kept, **settings.override_generation_config.given()})
-    log.info("sampling defaults for options a request leaves out (--generation-config %s%s): %s", mode,
-             ", overridden" if settings.override_generation_config.given() else "", defaults.describe())  # fmt: skip
+    log.info(
+        "sampling defaults for options a request leaves out (--generation-config %s%s): %s",
+        mode,
+        ", overridden" if settings.override_generation_config.given() else "",
+        defaults.describe(),
+    )
     return defaults

@@ -33,7 +33,6 @@ from peft.utils import ModulesToSaveWrapper
 
 from .cpu.kernels import CpuKernels, decode_items
 
-
 BLOCK = 128  # columns per block: 8 adapters of rank 16 (fewer, larger GEMMs vs skipping unused ones)
 
 
@@ -51,7 +50,9 @@ class _LayerStack:
 
     def __init__(self, layer: LoraLayer, stack: LoraStack) -> None:
         self.layer = layer
-        self.blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # per block: A.T [in, W], B.T [W, out] scaled
+        self.blocks: list[
+            tuple[torch.Tensor, torch.Tensor]
+        ] = []  # per block: A.T [in, W], B.T [W, out] scaled
         self._handle = layer.register_forward_hook(lambda m, a, o: self.hook(stack, m, a, o))
 
     def detach(self) -> None:
@@ -98,7 +99,9 @@ class _LayerStack:
                 a_block[:, slot.start : slot.stop] = 0
                 b_block[slot.start : slot.stop] = 0
 
-    def hook(self, stack: LoraStack, _module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
+    def hook(
+        self, stack: LoraStack, _module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor
+    ) -> Any:
         route = stack.route
         if route is None or not self.blocks:
             return None
@@ -143,7 +146,9 @@ class _Route:
 
     step: list[tuple[int, torch.Tensor]] | None  # a decode step: per block used, the kernel's items or the
     # torch path's [rows, W] mask (1 on each row's own columns); None: a prefill
-    runs: list[tuple[_Slot, int, int]]  # (columns, first row, end row) per run of rows of one adapter (prefill)
+    runs: list[
+        tuple[_Slot, int, int]
+    ]  # (columns, first row, end row) per run of rows of one adapter (prefill)
 
 
 class LoraStack:
@@ -156,7 +161,10 @@ class LoraStack:
     """
 
     def __init__(
-        self, dtype: torch.dtype, group: Callable[[str], int] = lambda key: 0, kernels: CpuKernels | None = None
+        self,
+        dtype: torch.dtype,
+        group: Callable[[str], int] = lambda key: 0,
+        kernels: CpuKernels | None = None,
     ) -> None:
         self.dtype = dtype
         self.kernels = kernels if dtype == torch.float32 else None  # they read float32 through raw pointers

@@ -50,10 +50,16 @@ def merge(model: torch.nn.Module, key: str, dtype: torch.dtype, delta_scale: flo
     `delta_scale=0` gives the dense base alone: the reference that measures the quantized kernel's own
     rounding, against which a merge is judged.
     """
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and (key in m.lora_A or key in m.lora_embedding_A)]
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, LoraLayer) and (key in m.lora_A or key in m.lora_embedding_A)
+    ]
     for layer in layers:
         if key in layer.lora_embedding_A or not isinstance(layer.get_base_layer(), torch.nn.Linear):
-            raise NotMergeable(f"adapter targets a non-linear layer ({type(layer.get_base_layer()).__name__})")
+            raise NotMergeable(
+                f"adapter targets a non-linear layer ({type(layer.get_base_layer()).__name__})"
+            )
         if layer.use_dora.get(key, False):
             raise NotMergeable("DoRA adapters are served unmerged")
     unpack_cpu_weights(model)  # dequantizing needs bitsandbytes' standard layout
@@ -61,8 +67,9 @@ def merge(model: torch.nn.Module, key: str, dtype: torch.dtype, delta_scale: flo
     for layer in layers:
         base = layer.get_base_layer()
         weight = _dense_weight(base).to(dtype) + delta_scale * layer.get_delta_weight(key).to(dtype)
-        dense = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                                device=weight.device, dtype=dtype)  # fmt: skip
+        dense = torch.nn.Linear(
+            base.in_features, base.out_features, bias=base.bias is not None, device=weight.device, dtype=dtype
+        )
         dense.weight.data = weight
         if base.bias is not None:
             dense.bias.data = base.bias.data.to(dtype)

@@ -70,7 +70,9 @@ class PrefixCache:
             name = (key, tuple(ids[:end]))
             if name in self._blocks:
                 continue
-            block = [(k[:, :, end - BLOCK : end].clone(), v[:, :, end - BLOCK : end].clone()) for k, v in layers]
+            block = [
+                (k[:, :, end - BLOCK : end].clone(), v[:, :, end - BLOCK : end].clone()) for k, v in layers
+            ]
             self._blocks[name] = block
             self.size += _nbytes(block)
         while self.size > self.capacity and self._blocks:
@@ -82,7 +84,9 @@ def _nbytes(block: LayerKV) -> int:
     return sum(k.nbytes + v.nbytes for k, v in block)
 
 
-def fill_past(cache: DynamicCache, hits: list[tuple[int, LayerKV | None]], past: int, device: torch.device) -> None:
+def fill_past(
+    cache: DynamicCache, hits: list[tuple[int, LayerKV | None]], past: int, device: torch.device
+) -> None:
     """Put every row's cached prefix KV, left-padded to `past` columns, into the empty `cache`."""
     sample = next(layers for _, layers in hits if layers is not None)
     for index, (keys, values) in enumerate(sample):

@@ -22,7 +22,11 @@ def chat_prompt_text(
             "Jinja file), or use /v1/completions with a raw prompt",
             param="messages",
         )
-    return str(tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=False))
+    return str(
+        tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+    )
 
 
 class PromptTokenizer:
@@ -82,15 +86,19 @@ class PromptTokenizer:
         its template made it); ids outside the vocabulary, or more than the context holds, are refused."""
         if len(ids) > self._context:
             raise InvalidRequestError(
-                f"{len(ids)} tokens are more than this model's context of {self._context} tokens", param="tokens"
+                f"{len(ids)} tokens are more than this model's context of {self._context} tokens",
+                param="tokens",
             )
         unknown = [i for i in ids if i >= self._vocab]
         if unknown:
             raise InvalidRequestError(
-                f"token id {unknown[0]} is outside the vocabulary (ids 0 to {self._vocab - 1})", param="tokens"
+                f"token id {unknown[0]} is outside the vocabulary (ids 0 to {self._vocab - 1})",
+                param="tokens",
             )
         with self._lock:
-            return str(self._tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+            return str(
+                self._tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            )
 
     def _check_fits(self, size: int, completion: int, param: str, *, exact: bool) -> None:
         """Refuse a prompt of `size` tokens, or (not `exact`) of `size` characters, that leaves no room
@@ -98,7 +106,9 @@ class PromptTokenizer:
         tokens = size if exact else -(-size // self._longest_token)  # not exact: the fewest it can make
         if tokens + completion <= self._context:
             return
-        counted = f"{tokens} in the {param}" if exact else f"at least {tokens} in the {param} of {size} characters"
+        counted = (
+            f"{tokens} in the {param}" if exact else f"at least {tokens} in the {param} of {size} characters"
+        )
         raise ContextLengthExceededError(
             f"This model's maximum context length is {self._context} tokens. However, you requested "
             f"{'' if exact else 'at least '}{tokens + completion} tokens ({counted}, {completion} in the "
@@ -107,7 +117,9 @@ class PromptTokenizer:
         )
 
 
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_eos: int | list[int] | None) -> frozenset[int]:
+def stop_token_ids(
+    tokenizer: PreTrainedTokenizerBase, generation_eos: int | list[int] | None
+) -> frozenset[int]:
     """EOS from the tokenizer and generation config, plus ChatML's end of turn `<|im_end|>`."""
     ids: set[int] = set()
     if tokenizer.eos_token_id is not None:

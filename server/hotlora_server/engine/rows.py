@@ -41,7 +41,11 @@ class Job:
     @property
     def done(self) -> bool:
         """Nothing more to generate: failed, cancelled, or every started row finished."""
-        return self.failed or self.cancelled.is_set() or (bool(self.rows) and all(row.finished for row in self.rows))
+        return (
+            self.failed
+            or self.cancelled.is_set()
+            or (bool(self.rows) and all(row.finished for row in self.rows))
+        )
 
 
 class Row:
@@ -76,7 +80,9 @@ class Row:
         elif text or logprobs:
             self._emit(text, logprobs)
 
-    def _emit(self, text: str, logprobs: list[TokenLogprob], finish: str | None = None, flush: bool = False) -> None:
+    def _emit(
+        self, text: str, logprobs: list[TokenLogprob], finish: str | None = None, flush: bool = False
+    ) -> None:
         if flush:
             tail, hit = self.stops.feed(self.detok.flush())
             text += tail if hit else tail + self.stops.flush()
@@ -92,7 +98,10 @@ class Row:
             return raw.decode("utf-8", errors="replace"), list(raw)
 
         text, raw = piece(token)
-        top = [TopLogprob(token=t, logprob=lp, bytes=b) for (t, b), lp in ((piece(i), lp) for i, lp in alternatives)]
+        top = [
+            TopLogprob(token=t, logprob=lp, bytes=b)
+            for (t, b), lp in ((piece(i), lp) for i, lp in alternatives)
+        ]
         return [TokenLogprob(token=text, logprob=value, bytes=raw, top_logprobs=top)]
 
 

@@ -101,7 +101,9 @@ class Scheduler:
                 self._decode()
                 self._compact()
         except Exception as exc:  # the batch's state is unknown now: end its requests, keep serving
-            log.exception("batch step failed; failing the %d requests in the batch", len(jobs_of(self.running)))
+            log.exception(
+                "batch step failed; failing the %d requests in the batch", len(jobs_of(self.running))
+            )
             self._reset_batch(exc)
         self.stats.requests_running = len(jobs_of(self.running))
         self.stats.batch_rows = len(self.running)
@@ -267,7 +269,9 @@ class Scheduler:
             lengths = full - held
             past = int(held.max())
             pad = width - lengths  # non-zero only for rows without a cached prefix
-            ids = torch.tensor([[0] * int(p) + job.prompt_ids[int(h) :] for p, h, job in zip(pad, held, jobs, strict=True)])
+            ids = torch.tensor(
+                [[0] * int(p) + job.prompt_ids[int(h) :] for p, h, job in zip(pad, held, jobs, strict=True)]
+            )
             columns = torch.arange(past + width)[None, :]
             total_pad = past + width - full  # each row's tokens are the last `full` columns
             valid = (columns >= total_pad[:, None]).to(device)
@@ -277,12 +281,21 @@ class Scheduler:
                 fill_past(cache, hits, past, device)
             self.stats.prefill_tokens += int(lengths.sum())
             self.stats.prefix_cache_hit_tokens += int(held.sum())
-            logits = prefill(self._pool.model, ids.to(device), cache, attention_mask=valid.long(),
-                             position_ids=positions.to(device), **kwargs)  # fmt: skip
+            logits = prefill(
+                self._pool.model,
+                ids.to(device),
+                cache,
+                attention_mask=valid.long(),
+                position_ids=positions.to(device),
+                **kwargs,
+            )
         if prefixes is not None:
             for i, job in enumerate(jobs):
                 start = int(total_pad[i])
-                kv = [(layer.keys[i : i + 1, :, start:], layer.values[i : i + 1, :, start:]) for layer in cache.layers]
+                kv = [
+                    (layer.keys[i : i + 1, :, start:], layer.values[i : i + 1, :, start:])
+                    for layer in cache.layers
+                ]
                 prefixes.store(job.key, job.prompt_ids, kv)  # type: ignore[arg-type]
         self._start_rows(jobs, cache, total_pad, logits)
 
@@ -302,7 +315,9 @@ class Scheduler:
             cache, job.cache = job.cache, None
             self._start_rows([job], cache, torch.zeros(1, dtype=torch.long), logits)
 
-    def _start_rows(self, jobs: list[Job], cache: DynamicCache, pad: torch.Tensor, logits: torch.Tensor) -> None:
+    def _start_rows(
+        self, jobs: list[Job], cache: DynamicCache, pad: torch.Tensor, logits: torch.Tensor
+    ) -> None:
         """Join prefilled prompts (one cache row each, left-padded by `pad`) to the batch as `n` rows each."""
         index = torch.tensor([i for i, job in enumerate(jobs) for _ in range(job.request.n)])
         cache.batch_select_indices(index.to(self._loaded.device))
@@ -325,7 +340,12 @@ class Scheduler:
         try:
             with self._pool.routing(keys, decode=True) as kwargs:  # type: ignore[arg-type]
                 logits = decode_one_token(
-                    self._pool.model, tokens, self._batch.cache, attention_mask=mask, position_ids=positions, **kwargs
+                    self._pool.model,
+                    tokens,
+                    self._batch.cache,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    **kwargs,
                 )
         except Exception as exc:  # a failed batch step fails the requests in it; the engine keeps serving
             log.exception("decode step failed for %d rows", len(rows))
@@ -392,7 +412,13 @@ class Scheduler:
 
 def _internal(job: Job, exc: Exception) -> HotloraError:
     """Log why `job` failed; the error its client gets (a `HotloraError` already says what went wrong)."""
-    log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc, extra={"request_id": job.request.request_id})
+    log.error(
+        "request failed: %s: %s",
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+        extra={"request_id": job.request.request_id},
+    )
     if isinstance(exc, HotloraError):
         return exc
     return HotloraError(f"internal error while generating: {type(exc).__name__}: {exc}")

@@ -77,7 +77,13 @@ from .sampling import (
     TopK,
     TopP,
 )
-from .tokenize import MAX_DETOKENIZE_TOKENS, DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from .tokenize import (
+    MAX_DETOKENIZE_TOKENS,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 
 __all__ = [
     "LOGIT_BIAS_RANGE",

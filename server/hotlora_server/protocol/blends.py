@@ -30,7 +30,9 @@ class BlendComponent(_Strict):
     weight: float = 1.0
 
 
-BlendComponents = Annotated[list[BlendComponent], Field(min_length=1, max_length=MAX_BLEND_COMPONENTS, fail_fast=True)]
+BlendComponents = Annotated[
+    list[BlendComponent], Field(min_length=1, max_length=MAX_BLEND_COMPONENTS, fail_fast=True)
+]
 
 
 class _BlendFields(BaseModel):
@@ -49,7 +51,9 @@ class _BlendFields(BaseModel):
     def _parse_blend(self, model: str) -> None:
         """Called by the body's validator: the blend of the `adapters` field, or of an `a*0.7+b*0.3` model
         string (a malformed blend is a 400 like any other invalid field)."""
-        components = [(c.name, c.weight) for c in self.adapters] if self.adapters else parse_blend_model(model)
+        components = (
+            [(c.name, c.weight) for c in self.adapters] if self.adapters else parse_blend_model(model)
+        )
         if components is None:
             if self.blend_method is not None or self.density is not None:
                 raise ValueError("`blend_method` and `density` apply only to a blend of adapters")
@@ -94,7 +98,9 @@ def make_blend(components: list[tuple[str, float]], method: BlendMethod, density
         raise ValueError("at least one blend weight must be non-zero")
     needs_density = METHODS[method].needs_density
     if needs_density and density is None:
-        raise ValueError(f"blend method `{method}` needs `density` (the fraction of weights kept, 0 < density <= 1)")
+        raise ValueError(
+            f"blend method `{method}` needs `density` (the fraction of weights kept, 0 < density <= 1)"
+        )
     if not needs_density and density is not None:
         raise ValueError(f"`density` applies only to the blend methods {', '.join(DENSITY_METHODS)}")
     return BlendSpec(components=tuple(components), method=method, density=density)

@@ -54,7 +54,9 @@ def _characters_only(value: str) -> str:
         try:
             value.encode()
         except UnicodeEncodeError as exc:
-            raise ValueError(f"contains an unpaired surrogate at position {exc.start}, which is not a character") from None
+            raise ValueError(
+                f"contains an unpaired surrogate at position {exc.start}, which is not a character"
+            ) from None
     return value
 
 

@@ -19,7 +19,11 @@ import pytest
 from hotlora_adapters import BaseSpec
 
 TINY_LLAMA = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
     vocab_size=256,
 )
 
@@ -74,7 +78,9 @@ def _saved_adapters(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str],
         "all-linear": dict(r=4, target_modules="all-linear"),
         "embed-and-head": dict(r=4, target_modules=["q_proj", "embed_tokens"], modules_to_save=["lm_head"]),
         "dora": dict(r=4, target_modules=["v_proj"], use_dora=True),
-        "rank-pattern": dict(r=4, target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 2}, task_type="CAUSAL_LM"),
+        "rank-pattern": dict(
+            r=4, target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 2}, task_type="CAUSAL_LM"
+        ),
         "lora-bias": dict(r=4, target_modules=["o_proj"], lora_bias=True),
         "trainable-tokens": dict(r=4, target_modules=["q_proj"], trainable_token_indices=[1, 2, 3]),
     }
@@ -118,7 +124,9 @@ def edit_adapter_config() -> Callable[..., None]:
     return edit_config
 
 
-def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]], metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+    path: Path, tensors: dict[str, tuple[str, list[int]]], metadata: dict[str, str] | None = None
+) -> None:
     """Write a valid safetensors file of zero-filled tensors, torch-free (for hand-made adapters)."""
     itemsize = {"F32": 4, "F16": 2, "BF16": 2}
     header: dict[str, Any] = {"__metadata__": metadata or {"format": "pt"}}

@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from hotlora_adapters import BaseSpec, IncompatibleAdapterError, check_compatible, find_mismatches, inspect_adapter
+from hotlora_adapters import (
+    BaseSpec,
+    IncompatibleAdapterError,
+    check_compatible,
+    find_mismatches,
+    inspect_adapter,
+)
 
 KINDS = ["all-linear", "embed-and-head", "dora", "rank-pattern", "lora-bias", "trainable-tokens"]
 
@@ -14,7 +20,9 @@ def test_real_peft_adapters_fit_their_base(make_adapter, tiny_base_spec: BaseSpe
     check_compatible(inspect_adapter(make_adapter(kind)), tiny_base_spec)
 
 
-def test_base_name_in_config_is_not_judged(adapter_dir: Path, edit_adapter_config, tiny_base_spec: BaseSpec) -> None:
+def test_base_name_in_config_is_not_judged(
+    adapter_dir: Path, edit_adapter_config, tiny_base_spec: BaseSpec
+) -> None:
     edit_adapter_config(adapter_dir, base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
     check_compatible(inspect_adapter(adapter_dir), tiny_base_spec)
     edit_adapter_config(adapter_dir, base_model_name_or_path="/tmp/some/deleted/folder")
@@ -28,8 +36,14 @@ def test_other_hidden_size_lists_every_mismatch_in_one_error(adapter_dir: Path, 
     error = info.value
     # per layer: q A+B, k A+B, v A+B, o A+B, gate A, up A, down B = 11; two layers
     assert len(error.mismatches) == 22
-    assert "model.layers.0.self_attn.q_proj: lora_A.weight has shape [4, 64], expected [4, 96] (in_features 96)" in error.mismatches
-    assert "model.layers.1.mlp.down_proj: lora_B.weight has shape [64, 4], expected [96, 4] (out_features 96)" in error.mismatches
+    assert (
+        "model.layers.0.self_attn.q_proj: lora_A.weight has shape [4, 64], expected [4, 96] (in_features 96)"
+        in error.mismatches
+    )
+    assert (
+        "model.layers.1.mlp.down_proj: lora_B.weight has shape [64, 4], expected [96, 4] (out_features 96)"
+        in error.mismatches
+    )
     message = str(error)
     assert message.startswith(f"adapter at {adapter_dir} does not fit the base model (22 mismatches):")
     assert message.endswith("... and 2 more")
@@ -41,7 +55,9 @@ def test_other_hidden_size_lists_every_mismatch_in_one_error(adapter_dir: Path, 
 def test_fewer_layers_in_base(adapter_dir: Path, tiny_spec_with) -> None:
     shallow = tiny_spec_with(num_hidden_layers=1)
     mismatches = find_mismatches(inspect_adapter(adapter_dir), shallow)
-    assert "model.layers.1.self_attn.q_proj: the base model has no such linear or embedding module" in mismatches
+    assert (
+        "model.layers.1.self_attn.q_proj: the base model has no such linear or embedding module" in mismatches
+    )
     assert len(mismatches) == 7
 
 
@@ -67,11 +83,19 @@ def test_architecture_recorded_by_peft_is_checked(adapter_dir: Path, tiny_base_s
     assert folder.fingerprint() == BaseSpec("llama_text", tiny_base_spec.module_shapes).fingerprint()
 
 
-def test_untargeted_weights_and_wrong_rank(adapter_dir: Path, edit_adapter_config, tiny_base_spec: BaseSpec) -> None:
+def test_untargeted_weights_and_wrong_rank(
+    adapter_dir: Path, edit_adapter_config, tiny_base_spec: BaseSpec
+) -> None:
     edit_adapter_config(adapter_dir, target_modules=["q_proj"], r=8)
     mismatches = find_mismatches(inspect_adapter(adapter_dir), tiny_base_spec)
-    assert "model.layers.0.mlp.up_proj: has LoRA weights but target_modules does not select it (PEFT would drop them)" in mismatches
-    assert "model.layers.0.self_attn.q_proj: the weights have rank 4, adapter_config.json gives r=8" in mismatches
+    assert (
+        "model.layers.0.mlp.up_proj: has LoRA weights but target_modules does not select it (PEFT would drop them)"
+        in mismatches
+    )
+    assert (
+        "model.layers.0.self_attn.q_proj: the weights have rank 4, adapter_config.json gives r=8"
+        in mismatches
+    )
     assert len(mismatches) == 2 * 6 + 2 * 7
 
 
@@ -125,11 +149,18 @@ def test_hand_made_without_prefix_and_dora(tmp_path: Path, safetensors_writer) -
         target_modules="model\\.q",
         use_dora=True,
     )
-    assert find_mismatches(inspect_adapter(adapter), SPEC) == ["model.q: DoRA magnitude has shape [4], expected [8]"]
+    assert find_mismatches(inspect_adapter(adapter), SPEC) == [
+        "model.q: DoRA magnitude has shape [4], expected [8]"
+    ]
 
 
 def test_no_lora_weights(tmp_path: Path, safetensors_writer) -> None:
-    adapter = _hand_made(tmp_path, safetensors_writer, {"base_model.model.lm_head.weight": ("F32", [10, 4])}, modules_to_save=["lm_head"])
+    adapter = _hand_made(
+        tmp_path,
+        safetensors_writer,
+        {"base_model.model.lm_head.weight": ("F32", [10, 4])},
+        modules_to_save=["lm_head"],
+    )
     with pytest.raises(IncompatibleAdapterError, match="holds no LoRA weights"):
         check_compatible(inspect_adapter(adapter), SPEC)
 
@@ -160,16 +191,29 @@ def test_size_limits_are_reported_first(tmp_path: Path, safetensors_writer) -> N
         p + "lm_head.weight": ("F32", [10, 4]),
         p + "model.embed.weight": ("F32", [10, 4]),
     }  # 272 values; the base's modules hold 112
-    adapter = _hand_made(tmp_path, safetensors_writer, tensors, r=16, target_modules=["q"], modules_to_save=["lm_head", "embed"])
+    adapter = _hand_made(
+        tmp_path,
+        safetensors_writer,
+        tensors,
+        r=16,
+        target_modules=["q"],
+        modules_to_save=["lm_head", "embed"],
+    )
     assert find_mismatches(inspect_adapter(adapter), SPEC, max_rank=8)[:2] == [
         "rank 16 is above this server's limit of 8 (--max-lora-rank); retrain with a lower r, or start the "
         "server with a higher --max-lora-rank",
         "the weights hold 272 values, more than the base model's own 112: no adapter of this base needs that many",
     ]
-    assert find_mismatches(inspect_adapter(adapter), SPEC, max_rank=16)[0].startswith("the weights hold 272 values")
+    assert find_mismatches(inspect_adapter(adapter), SPEC, max_rank=16)[0].startswith(
+        "the weights hold 272 values"
+    )
 
 
-def test_a_huge_rank_in_the_config_alone_is_refused(adapter_dir: Path, edit_adapter_config, tiny_base_spec: BaseSpec) -> None:
-    edit_adapter_config(adapter_dir, r=200000)  # the weights keep rank 4: a tiny file PEFT would allocate hugely for
+def test_a_huge_rank_in_the_config_alone_is_refused(
+    adapter_dir: Path, edit_adapter_config, tiny_base_spec: BaseSpec
+) -> None:
+    edit_adapter_config(
+        adapter_dir, r=200000
+    )  # the weights keep rank 4: a tiny file PEFT would allocate hugely for
     mismatches = find_mismatches(inspect_adapter(adapter_dir), tiny_base_spec, max_rank=64)
     assert mismatches[0].startswith("rank 200000 is above this server's limit of 64 (--max-lora-rank)")

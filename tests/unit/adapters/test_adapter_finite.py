@@ -13,12 +13,25 @@ from pathlib import Path
 import pytest
 
 import hotlora_adapters.finite as finite
-from hotlora_adapters import WEIGHTS_FILENAME, AdapterStore, InvalidAdapterError, check_finite, nonfinite_tensors
+from hotlora_adapters import (
+    WEIGHTS_FILENAME,
+    AdapterStore,
+    InvalidAdapterError,
+    check_finite,
+    nonfinite_tensors,
+)
 
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-FLOAT_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e5m2, torch.float8_e4m3fn]
+FLOAT_DTYPES = [
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float8_e5m2,
+    torch.float8_e4m3fn,
+]
 POISONED_KEY = "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"
 
 
@@ -30,7 +43,9 @@ def _save(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
 def _edge_values(dtype: torch.dtype) -> torch.Tensor:
     """Finite values whose bit patterns come closest to NaN/Inf: the largest, the smallest, -0, subnormals."""
     info = torch.finfo(dtype)
-    return torch.tensor([info.max, -info.max, info.tiny, info.tiny / 4, -0.0, 1.0], dtype=torch.float64).to(dtype)
+    return torch.tensor([info.max, -info.max, info.tiny, info.tiny / 4, -0.0, 1.0], dtype=torch.float64).to(
+        dtype
+    )
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
@@ -51,15 +66,23 @@ POISONS = [
 def test_each_float_format_is_read_right(tmp_path: Path, dtype: torch.dtype, value: float) -> None:
     poisoned = _edge_values(dtype).to(torch.float64)
     poisoned[3] = value
-    tensors = {"clean": _edge_values(dtype), "poisoned": poisoned.to(dtype), "last": torch.zeros(2, dtype=dtype)}
+    tensors = {
+        "clean": _edge_values(dtype),
+        "poisoned": poisoned.to(dtype),
+        "last": torch.zeros(2, dtype=dtype),
+    }
     path = _save(tmp_path / "w.safetensors", tensors)
-    assert load_file(str(path))["poisoned"].double().isfinite().tolist().count(False) == 1  # the file holds it
+    assert (
+        load_file(str(path))["poisoned"].double().isfinite().tolist().count(False) == 1
+    )  # the file holds it
     assert nonfinite_tensors(path) == ["poisoned"]
 
 
 @pytest.mark.parametrize("position", [0, 4095, 4096, 9999])
 def test_found_in_any_chunk_of_a_large_tensor(tmp_path: Path, monkeypatch, position: int) -> None:
-    monkeypatch.setattr(finite, "CHUNK_BYTES", 1000)  # not a multiple of the element size: rounded down to one
+    monkeypatch.setattr(
+        finite, "CHUNK_BYTES", 1000
+    )  # not a multiple of the element size: rounded down to one
     weights = torch.zeros(10_000, dtype=torch.bfloat16)
     weights[position] = float("nan")
     path = _save(tmp_path / "w.safetensors", {"a": torch.ones(3), "big": weights})
@@ -88,11 +111,15 @@ def test_real_peft_adapter_passes_and_a_poisoned_one_names_its_tensors(adapter_d
 def test_long_lists_are_cut(adapter_dir: Path) -> None:
     weights = load_file(str(adapter_dir / WEIGHTS_FILENAME))
     _save(adapter_dir / WEIGHTS_FILENAME, {k: torch.full_like(v, float("nan")) for k, v in weights.items()})
-    with pytest.raises(InvalidAdapterError, match=rf"in {len(weights)} tensor\(s\): .* and {len(weights) - 5} more"):
+    with pytest.raises(
+        InvalidAdapterError, match=rf"in {len(weights)} tensor\(s\): .* and {len(weights) - 5} more"
+    ):
         check_finite(adapter_dir)
 
 
-def test_registration_refuses_nan_weights_and_leaves_nothing_behind(tmp_path: Path, make_adapter, tiny_base_spec) -> None:
+def test_registration_refuses_nan_weights_and_leaves_nothing_behind(
+    tmp_path: Path, make_adapter, tiny_base_spec
+) -> None:
     store = AdapterStore(tmp_path / "store")
     store.register("keep", make_adapter(name="keep"))
     before = store.versions()
@@ -132,7 +159,9 @@ def test_a_folder_copied_into_the_store_is_refused_when_loaded(tmp_path: Path, m
     assert [a.name for a in store.list()] == ["dropped"]
     with pytest.raises(InvalidAdapterError, match=f"NaN or infinite values in 1 tensor.*{POISONED_KEY}"):
         store.load_files("dropped")
-    with pytest.raises(InvalidAdapterError, match="NaN"):  # also when the path given is the store's own folder
+    with pytest.raises(
+        InvalidAdapterError, match="NaN"
+    ):  # also when the path given is the store's own folder
         store.import_adapter(store.root / "dropped")
 
 

@@ -41,13 +41,17 @@ def visible(store: AdapterStore) -> list[str]:
     return sorted(n for n in os.listdir(store.root) if n != ".lock") if store.root.exists() else []
 
 
-def test_import_from_an_allowed_root(store: AdapterStore, allowed: Path, make_adapter, tiny_base_spec) -> None:
+def test_import_from_an_allowed_root(
+    store: AdapterStore, allowed: Path, make_adapter, tiny_base_spec
+) -> None:
     source = make_adapter(name="piglatin", parent=allowed)
     stored = store.import_adapter(source, allowed_roots=[allowed], base=tiny_base_spec)
     assert stored.name == "piglatin" and stored.path == store.root / "piglatin" and stored.usable
     assert stored.manifest is not None and stored.manifest.source == "imported"
     assert stored.manifest.base_fingerprint == tiny_base_spec.fingerprint()
-    assert (stored.path / "adapter_model.safetensors").read_bytes() == (source / "adapter_model.safetensors").read_bytes()
+    assert (stored.path / "adapter_model.safetensors").read_bytes() == (
+        source / "adapter_model.safetensors"
+    ).read_bytes()
     assert source.is_dir()  # a copy: the source stays
 
 
@@ -61,7 +65,9 @@ def test_import_under_another_name_and_overwrite(store: AdapterStore, allowed: P
     assert replaced.config is not None and replaced.config.rank_pattern == {"v_proj": 2}
 
 
-def test_import_of_the_stores_own_folder_only_validates(store: AdapterStore, make_adapter, tiny_spec_with) -> None:
+def test_import_of_the_stores_own_folder_only_validates(
+    store: AdapterStore, make_adapter, tiny_spec_with
+) -> None:
     folder = make_adapter(name="hand-copied", parent=store.ensure_root())
     inode = folder.stat().st_ino
     stored = store.import_adapter(folder)
@@ -89,7 +95,9 @@ def test_outside_is_refused(store: AdapterStore, allowed: Path, outside: Path, m
     assert visible(store) == []
 
 
-def test_dot_dot_out_of_an_allowed_root_is_refused(store: AdapterStore, allowed: Path, outside: Path, make_adapter) -> None:
+def test_dot_dot_out_of_an_allowed_root_is_refused(
+    store: AdapterStore, allowed: Path, outside: Path, make_adapter
+) -> None:
     make_adapter(name="pig", parent=outside)
     with pytest.raises(AdapterPathError):
         store.import_adapter(allowed / ".." / "outside" / "pig", allowed_roots=[allowed])
@@ -108,7 +116,9 @@ def test_symlink_in_an_allowed_root_pointing_outside_is_refused(
     assert visible(store) == []
 
 
-def test_symlinked_weights_pointing_outside_are_refused(store: AdapterStore, allowed: Path, outside: Path, make_adapter) -> None:
+def test_symlinked_weights_pointing_outside_are_refused(
+    store: AdapterStore, allowed: Path, outside: Path, make_adapter
+) -> None:
     source = make_adapter(name="pig", parent=allowed)
     secret = outside / "weights.safetensors"
     (source / "adapter_model.safetensors").rename(secret)
@@ -118,7 +128,9 @@ def test_symlinked_weights_pointing_outside_are_refused(store: AdapterStore, all
     assert visible(store) == []
 
 
-def test_symlinked_config_pointing_outside_is_refused(store: AdapterStore, allowed: Path, outside: Path, make_adapter) -> None:
+def test_symlinked_config_pointing_outside_is_refused(
+    store: AdapterStore, allowed: Path, outside: Path, make_adapter
+) -> None:
     source = make_adapter(name="pig", parent=allowed)
     (source / "adapter_config.json").rename(outside / "adapter_config.json")
     os.symlink(outside / "adapter_config.json", source / "adapter_config.json")
@@ -126,7 +138,9 @@ def test_symlinked_config_pointing_outside_is_refused(store: AdapterStore, allow
         store.import_adapter(source, allowed_roots=[allowed])
 
 
-def test_any_escaping_symlink_inside_the_folder_is_refused(store: AdapterStore, allowed: Path, make_adapter) -> None:
+def test_any_escaping_symlink_inside_the_folder_is_refused(
+    store: AdapterStore, allowed: Path, make_adapter
+) -> None:
     source = make_adapter(name="pig", parent=allowed)
     (source / "runs").mkdir()
     os.symlink("/etc", source / "runs" / "etc")
@@ -138,7 +152,9 @@ def test_any_escaping_symlink_inside_the_folder_is_refused(store: AdapterStore, 
         store.import_adapter(source, allowed_roots=[allowed])
 
 
-def test_symlinks_within_the_allowed_roots_are_fine(store: AdapterStore, allowed: Path, tmp_path: Path, make_adapter) -> None:
+def test_symlinks_within_the_allowed_roots_are_fine(
+    store: AdapterStore, allowed: Path, tmp_path: Path, make_adapter
+) -> None:
     blobs = allowed / "blobs"
     blobs.mkdir()
     source = make_adapter(name="pig", parent=allowed)

@@ -8,9 +8,17 @@ from hotlora_adapters import InvalidAdapterError, Manifest, manifest_json, read_
 
 def _manifest(**changes) -> Manifest:
     fields = dict(
-        name="piglatin", base_model="HuggingFaceTB/SmolLM2-135M-Instruct", base_fingerprint="0123456789abcdef",
-        r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], created=1_700_000_000, source="trained",
-        recipe={"epochs": 3, "lr": 2e-4}, dataset_hash="sha256:abc", eval_metrics={"exact_match": 0.91},
+        name="piglatin",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        base_fingerprint="0123456789abcdef",
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "v_proj"],
+        created=1_700_000_000,
+        source="trained",
+        recipe={"epochs": 3, "lr": 2e-4},
+        dataset_hash="sha256:abc",
+        eval_metrics={"exact_match": 0.91},
     )
     return Manifest(**{**fields, **changes})
 
@@ -23,10 +31,17 @@ def test_round_trip(tmp_path: Path) -> None:
 
 
 def test_blend_sources_round_trip(tmp_path: Path) -> None:
-    blend = _manifest(name="mix", source="blend", sources=[{"name": "piglatin", "weight": 0.7}, {"name": "yoda", "weight": 0.3}])
+    blend = _manifest(
+        name="mix",
+        source="blend",
+        sources=[{"name": "piglatin", "weight": 0.7}, {"name": "yoda", "weight": 0.3}],
+    )
     (tmp_path / "hotlora.json").write_text(manifest_json(blend))
     back = read_manifest(tmp_path)
-    assert back is not None and [(s.name, s.weight) for s in back.sources] == [("piglatin", 0.7), ("yoda", 0.3)]
+    assert back is not None and [(s.name, s.weight) for s in back.sources] == [
+        ("piglatin", 0.7),
+        ("yoda", 0.3),
+    ]
 
 
 def test_newer_fields_are_kept(tmp_path: Path) -> None:

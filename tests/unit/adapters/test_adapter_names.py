@@ -1,6 +1,11 @@
 import pytest
 
-from hotlora_adapters import ADAPTER_NAME_PATTERN, InvalidAdapterNameError, is_valid_adapter_name, validate_adapter_name
+from hotlora_adapters import (
+    ADAPTER_NAME_PATTERN,
+    InvalidAdapterNameError,
+    is_valid_adapter_name,
+    validate_adapter_name,
+)
 
 
 @pytest.mark.parametrize("name", ["piglatin", "a.b-c_1", "0", "yoda-v2.1", "a" * 64, "x_"])

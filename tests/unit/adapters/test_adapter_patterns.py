@@ -26,15 +26,38 @@ from hotlora_adapters import (
 from hotlora_adapters.targets import layer_index
 
 NAMES = [
-    "model.layers.0.self_attn.q_proj", "model.layers.10.mlp.down_proj", "model.layers.1.input_layernorm",
-    "lm_head", "model.embed_tokens", "model.layers.0.self_attn", "xx", "xxx", "", "a.b",
-]  # fmt: skip
+    "model.layers.0.self_attn.q_proj",
+    "model.layers.10.mlp.down_proj",
+    "model.layers.1.input_layernorm",
+    "lm_head",
+    "model.embed_tokens",
+    "model.layers.0.self_attn",
+    "xx",
+    "xxx",
+    "",
+    "a.b",
+]
 PATTERNS = [
-    r".*\.(q_proj|v_proj)", r"model\.layers\.\d+\.self_attn\.q_proj", "q_proj", r"^model.layers.0.self_attn.q_proj",
-    r".*layers\.1\d?\..*", "lm_head", r"\bq_proj\b", r"model.layers.[0-5]+.(self_attn|mlp).\w+", r"x{2,3}", r"x{2,}",
-    r"[^.]+_proj", r"(?:self_attn|mlp)\.[a-z]_proj$", r"\Alm_head\Z", r".*(?<!x)", r"(a|ab)*", r"(?s).*", "",
-    r"[\w.]*?norm", r"embed_tokens|lm_head",
-]  # fmt: skip
+    r".*\.(q_proj|v_proj)",
+    r"model\.layers\.\d+\.self_attn\.q_proj",
+    "q_proj",
+    r"^model.layers.0.self_attn.q_proj",
+    r".*layers\.1\d?\..*",
+    "lm_head",
+    r"\bq_proj\b",
+    r"model.layers.[0-5]+.(self_attn|mlp).\w+",
+    r"x{2,3}",
+    r"x{2,}",
+    r"[^.]+_proj",
+    r"(?:self_attn|mlp)\.[a-z]_proj$",
+    r"\Alm_head\Z",
+    r".*(?<!x)",
+    r"(a|ab)*",
+    r"(?s).*",
+    "",
+    r"[\w.]*?norm",
+    r"embed_tokens|lm_head",
+]
 # Exponential for `re` on module-name-like text: minutes per name at this length.
 CATASTROPHIC = [r"(.*)*\.zzz", r"([a-z_.0-9]+)*z", r"(m?o?d?e?l?.*)*z"]
 
@@ -97,13 +120,20 @@ def test_layer_index_reads_names_as_peft_does(module: str, pattern: object, inde
     if pattern is None:  # PEFT 0.21's own expressions, safe with these plain names
         match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module)
     else:
-        tries = (re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", module) for p in ([pattern] if isinstance(pattern, str) else pattern))
+        tries = (
+            re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", module)
+            for p in ([pattern] if isinstance(pattern, str) else pattern)
+        )
         match = next((m for m in tries if m), None)
     assert (int(match["idx"]) if match else None) == index
 
 
-def test_layers_to_transform_is_resolved_exactly(adapter_dir: Path, edit_adapter_config, tiny_base_spec) -> None:
-    edit_adapter_config(adapter_dir, target_modules=["q_proj", "v_proj"], layers_to_transform=[1], layers_pattern="layers")
+def test_layers_to_transform_is_resolved_exactly(
+    adapter_dir: Path, edit_adapter_config, tiny_base_spec
+) -> None:
+    edit_adapter_config(
+        adapter_dir, target_modules=["q_proj", "v_proj"], layers_to_transform=[1], layers_pattern="layers"
+    )
     config = read_adapter_config(adapter_dir)
     assert is_targeted(config, "model.layers.1.self_attn.q_proj") is True
     assert is_targeted(config, "model.layers.0.self_attn.q_proj") is False

@@ -27,7 +27,10 @@ def test_all_linear_is_saved_expanded(adapter_dir: Path) -> None:
 @pytest.mark.parametrize("suffix", ["bin", "pt", "pth", "pkl"])
 def test_pickle_only_is_refused(adapter_dir: Path, suffix: str) -> None:
     (adapter_dir / "adapter_model.safetensors").rename(adapter_dir / f"adapter_model.{suffix}")
-    with pytest.raises(InvalidAdapterError, match="pickle weights are refused: loading them runs code; convert with safetensors"):
+    with pytest.raises(
+        InvalidAdapterError,
+        match="pickle weights are refused: loading them runs code; convert with safetensors",
+    ):
         inspect_adapter(adapter_dir)
 
 
@@ -70,7 +73,15 @@ def test_bad_field_type_refused(adapter_dir: Path, edit_adapter_config) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"auto_mapping": {"base_model_class": "Evil", "parent_library": "transformers_modules.evil.modeling"}}, "custom code"),
+        (
+            {
+                "auto_mapping": {
+                    "base_model_class": "Evil",
+                    "parent_library": "transformers_modules.evil.modeling",
+                }
+            },
+            "custom code",
+        ),
         ({"auto_mapping": {"base_model_class": "Evil", "parent_library": "evil"}}, "custom code"),
         ({"auto_mapping": "nonsense"}, "custom code"),
         ({"trust_remote_code": True}, "trust_remote_code"),
@@ -78,18 +89,25 @@ def test_bad_field_type_refused(adapter_dir: Path, edit_adapter_config) -> None:
         ({"init_lora_weights": "pissa"}, "rewrite the base model's weights"),
         ({"init_lora_weights": "pissa_niter_4"}, "rewrite the base model's weights"),
         ({"init_lora_weights": "olora"}, "rewrite the base model's weights"),
-        ({"init_lora_weights": "loftq", "loftq_config": {"loftq_bits": 4}}, "rewrite the base model's weights"),
+        (
+            {"init_lora_weights": "loftq", "loftq_config": {"loftq_bits": 4}},
+            "rewrite the base model's weights",
+        ),
         ({"init_lora_weights": "some-future-init"}, "init_lora_weights 'some-future-init'"),
     ],
 )
-def test_code_loading_configs_refused(adapter_dir: Path, edit_adapter_config, changes: dict, message: str) -> None:
+def test_code_loading_configs_refused(
+    adapter_dir: Path, edit_adapter_config, changes: dict, message: str
+) -> None:
     edit_adapter_config(adapter_dir, **changes)
     with pytest.raises(InvalidAdapterError, match=message):
         inspect_adapter(adapter_dir)
 
 
 @pytest.mark.parametrize("init", [True, False, "gaussian", "eva", "orthogonal"])
-def test_inits_that_touch_only_the_lora_weights_are_fine(adapter_dir: Path, edit_adapter_config, init: object) -> None:
+def test_inits_that_touch_only_the_lora_weights_are_fine(
+    adapter_dir: Path, edit_adapter_config, init: object
+) -> None:
     edit_adapter_config(adapter_dir, init_lora_weights=init)
     assert inspect_adapter(adapter_dir).config.model_extra["init_lora_weights"] == init  # type: ignore[index]
 
@@ -97,9 +115,16 @@ def test_inits_that_touch_only_the_lora_weights_are_fine(adapter_dir: Path, edit
 def test_fields_left_off_pass_through(adapter_dir: Path, edit_adapter_config) -> None:
     """A newer PEFT writes fields this one does not know; off (null, false, empty) they change nothing."""
     edit_adapter_config(
-        adapter_dir, some_future_peft_option=None, another_one=False, rank_pattern=None, layer_replication=None,
-        loftq_config={}, use_qalora=False, qalora_group_size=16, megatron_core="megatron.core",
-    )  # fmt: skip
+        adapter_dir,
+        some_future_peft_option=None,
+        another_one=False,
+        rank_pattern=None,
+        layer_replication=None,
+        loftq_config={},
+        use_qalora=False,
+        qalora_group_size=16,
+        megatron_core="megatron.core",
+    )
     config = read_adapter_config(adapter_dir)
     assert config.model_extra is not None and config.model_extra["some_future_peft_option"] is None
     assert config.rank_pattern == {}

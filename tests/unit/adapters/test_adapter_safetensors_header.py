@@ -26,9 +26,16 @@ def test_matches_the_safetensors_library(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     path = tmp_path / "lib.safetensors"
-    save_file({"x": torch.zeros(3, 5, dtype=torch.float16), "y": torch.zeros(7, dtype=torch.int64)}, str(path), {"k": "v"})
+    save_file(
+        {"x": torch.zeros(3, 5, dtype=torch.float16), "y": torch.zeros(7, dtype=torch.int64)},
+        str(path),
+        {"k": "v"},
+    )
     header = read_safetensors_header(path)
-    assert {k: (v.dtype, v.shape) for k, v in header.tensors.items()} == {"x": ("F16", (3, 5)), "y": ("I64", (7,))}
+    assert {k: (v.dtype, v.shape) for k, v in header.tensors.items()} == {
+        "x": ("F16", (3, 5)),
+        "y": ("I64", (7,)),
+    }
     assert header.metadata == {"k": "v"}
 
 

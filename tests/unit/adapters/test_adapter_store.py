@@ -17,7 +17,15 @@ from hotlora_adapters import (
 
 
 def _manifest(name: str, **changes) -> str:
-    fields = dict(name=name, base_model="tiny", r=4, lora_alpha=8, target_modules=["q_proj"], created=1_234, source="imported")
+    fields = dict(
+        name=name,
+        base_model="tiny",
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj"],
+        created=1_234,
+        source="imported",
+    )
     return manifest_json(Manifest(**{**fields, **changes}))
 
 
@@ -66,7 +74,9 @@ def test_listing(store: AdapterStore) -> None:
     assert "not a valid safetensors file" in (listed["broken"].error or "")
     assert "pickle weights are refused" in (listed["pickled"].error or "")
     assert listed["bad-json"].config is None and "not valid JSON" in (listed["bad-json"].error or "")
-    assert listed["bad-manifest"].config is not None and "hotlora.json" in (listed["bad-manifest"].error or "")
+    assert listed["bad-manifest"].config is not None and "hotlora.json" in (
+        listed["bad-manifest"].error or ""
+    )
     assert not any(a.usable for name, a in listed.items() if name not in ("good", "no-manifest"))
 
 
@@ -119,7 +129,10 @@ def test_entries_reaching_outside_the_store_are_listed_with_the_reason(tmp_path:
     where = f"outside the adapter store ({root.resolve()}); adapters must be copied into it, not linked"
     assert listed["linked"].error == f"linked is a symlink to {target.resolve()}, {where}"
     assert listed["linked"].config is None and not listed["linked"].usable
-    assert listed["leaky"].error == f"leaky/adapter_model.safetensors is a symlink to {target.resolve()}/adapter_model.safetensors, {where}"
+    assert (
+        listed["leaky"].error
+        == f"leaky/adapter_model.safetensors is a symlink to {target.resolve()}/adapter_model.safetensors, {where}"
+    )
     assert listed["alias"].error is None and listed["real"].error is None
     with pytest.raises(AdapterPathError, match="outside the adapter store"):
         store.set_disabled("linked", True)  # would write hotlora.json outside
@@ -160,7 +173,9 @@ def test_manifest_name_need_not_match_folder(tmp_path: Path, make_adapter) -> No
 def test_recipe_and_metrics_survive(tmp_path: Path, make_adapter) -> None:
     root = tmp_path / "store"
     a = make_adapter(name="trained", parent=root)
-    (a / "hotlora.json").write_text(_manifest("trained", source="trained", recipe={"lr": 1e-4}, eval_metrics={"em": 0.5}))
+    (a / "hotlora.json").write_text(
+        _manifest("trained", source="trained", recipe={"lr": 1e-4}, eval_metrics={"em": 0.5})
+    )
     manifest = AdapterStore(root).get("trained").manifest
     assert manifest is not None and manifest.recipe == {"lr": 1e-4} and manifest.eval_metrics == {"em": 0.5}
     assert json.loads((a / "hotlora.json").read_text())["source"] == "trained"

@@ -63,9 +63,15 @@ def write_peft_folder(dest: Path, rank: int, seed: int) -> Path:
     dest.mkdir()
     save_file(tensors, str(dest / WEIGHTS_FILENAME), metadata={"format": "pt"})
     config = {
-        "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0, "bias": "none",
-        "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM", "base_model_name_or_path": "tiny-llama",
-    }  # fmt: skip
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": ["q_proj", "v_proj"],
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": "tiny-llama",
+    }
     (dest / CONFIG_FILENAME).write_text(json.dumps(config, indent=2))
     return dest
 
@@ -112,7 +118,9 @@ def assert_consistent(root: Path, versions: set[tuple[bytes, bytes]]) -> list[st
     for adapter in listed:
         assert adapter.usable, (adapter.name, adapter.error)
         assert adapter.manifest is not None and adapter.manifest.name == adapter.name
-        assert sorted(os.listdir(adapter.path)) == sorted([CONFIG_FILENAME, WEIGHTS_FILENAME, MANIFEST_FILENAME])
+        assert sorted(os.listdir(adapter.path)) == sorted(
+            [CONFIG_FILENAME, WEIGHTS_FILENAME, MANIFEST_FILENAME]
+        )
         assert peft_bytes(adapter.path) in versions, f"{adapter.name} mixes two versions or is truncated"
         assert store.load_files(adapter.name).tensor_shapes  # header, config and finite weights check out
         assert load_file(str(adapter.path / WEIGHTS_FILENAME))  # and the safetensors library reads it
@@ -120,7 +128,10 @@ def assert_consistent(root: Path, versions: set[tuple[bytes, bytes]]) -> list[st
 
 
 def test_kill_9_at_random_moments_leaves_every_adapter_complete_or_absent(tmp_path: Path) -> None:
-    sources = [write_peft_folder(tmp_path / "v1", rank=8, seed=1), write_peft_folder(tmp_path / "v2", rank=16, seed=2)]
+    sources = [
+        write_peft_folder(tmp_path / "v1", rank=8, seed=1),
+        write_peft_folder(tmp_path / "v2", rank=16, seed=2),
+    ]
     versions = {peft_bytes(source) for source in sources}
     root = tmp_path / "store"
     store = AdapterStore(root)

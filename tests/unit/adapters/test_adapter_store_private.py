@@ -32,7 +32,9 @@ def loose_umask() -> Iterator[None]:
     os.umask(before)
 
 
-def test_folders_are_0700_and_files_0600_whatever_the_umask(tmp_path: Path, make_adapter, loose_umask) -> None:
+def test_folders_are_0700_and_files_0600_whatever_the_umask(
+    tmp_path: Path, make_adapter, loose_umask
+) -> None:
     home = tmp_path / "home"  # missing, like a first start's $HOTLORA_HOME
     store = AdapterStore(home / "adapters")
     stored = store.register("pig", make_adapter())

@@ -88,11 +88,15 @@ def test_register_writes_the_given_manifest_under_the_registered_name(
 ) -> None:
     source = make_adapter()
     files = store_module.inspect_adapter(source)
-    manifest = Manifest.for_adapter("draft", files, source="trained", recipe={"lr": 1e-4}, eval_metrics={"em": 0.9})
+    manifest = Manifest.for_adapter(
+        "draft", files, source="trained", recipe={"lr": 1e-4}, eval_metrics={"em": 0.9}
+    )
     stored = store.register("final", source, manifest=manifest, base=tiny_base_spec)
     on_disk = read_manifest(stored.path)
     assert on_disk is not None and on_disk.name == "final" and on_disk.source == "trained"
-    assert on_disk.base_fingerprint == tiny_base_spec.fingerprint()  # filled in from the base it was checked on
+    assert (
+        on_disk.base_fingerprint == tiny_base_spec.fingerprint()
+    )  # filled in from the base it was checked on
     assert on_disk.recipe == {"lr": 1e-4} and on_disk.eval_metrics == {"em": 0.9}
 
 
@@ -112,13 +116,20 @@ def test_register_copies_only_the_allow_list(store: AdapterStore, make_adapter) 
 
     stored = store.register("pig", source)
     assert sorted(os.listdir(stored.path)) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors", "hotlora.json", "loss.png", "tokenizer.json",
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "hotlora.json",
+        "loss.png",
+        "tokenizer.json",
     ]
     assert (stored.path / "README.md").read_text() == "# pig latin"
     assert stored.manifest is not None and stored.manifest.name == "pig"  # ours, not the source's
 
 
-def test_registered_files_are_regular_files_even_from_symlinks(store: AdapterStore, make_adapter, tmp_path: Path) -> None:
+def test_registered_files_are_regular_files_even_from_symlinks(
+    store: AdapterStore, make_adapter, tmp_path: Path
+) -> None:
     source = make_adapter()
     blob = tmp_path / "blob.safetensors"
     (source / "adapter_model.safetensors").rename(blob)
@@ -129,7 +140,9 @@ def test_registered_files_are_regular_files_even_from_symlinks(store: AdapterSto
 
 
 @pytest.mark.parametrize("case", ["pickle-only", "incompatible", "bad-name", "missing", "not-lora"])
-def test_refusals_leave_no_trace(case: str, tmp_path: Path, make_adapter, tiny_spec_with, tiny_base_spec) -> None:
+def test_refusals_leave_no_trace(
+    case: str, tmp_path: Path, make_adapter, tiny_spec_with, tiny_base_spec
+) -> None:
     root = tmp_path / "store"
     root.mkdir()
     store = AdapterStore(root)
@@ -287,7 +300,9 @@ def test_readers_never_see_a_mix_while_overwrites_run(store: AdapterStore, make_
         files = store.load_files("pig")
         down_proj = any("down_proj" in key for key in files.tensor_shapes)
         if (files.config.rank_pattern == {}) != down_proj:  # config of one adapter, weights of the other
-            problems.append(f"mixed read: rank_pattern {files.config.rank_pattern}, down_proj weights {down_proj}")
+            problems.append(
+                f"mixed read: rank_pattern {files.config.rank_pattern}, down_proj weights {down_proj}"
+            )
         reads += 1
     thread.join(30)
     assert not problems, problems[:3]
@@ -378,7 +393,16 @@ store_module.AdapterStore(Path(sys.argv[1])).register(sys.argv[2], Path(sys.argv
 def run_and_kill(store: AdapterStore, name: str, source: Path, *, overwrite: bool, when: str) -> None:
     """Register in a real process and SIGKILL it at the hook point (`before`/`after` the publishing rename)."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_REGISTER, str(store.root), name, str(source), "1" if overwrite else "0", when],
+        [
+            sys.executable,
+            "-c",
+            CRASHING_REGISTER,
+            str(store.root),
+            name,
+            str(source),
+            "1" if overwrite else "0",
+            when,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -582,8 +606,14 @@ def test_load_files_rereads_when_replaced_meanwhile(store: AdapterStore, make_ad
 def test_manifest_for_adapter(make_adapter, tiny_base_spec) -> None:
     files = store_module.inspect_adapter(make_adapter(kind="rank-pattern"))
     manifest = Manifest.for_adapter(
-        "mix", files, source="blend", base=tiny_base_spec, sources=[{"name": "a", "weight": 0.7}, BlendSource(name="b", weight=0.3)],
-        blend_method="ties", density=0.5, created=5,
+        "mix",
+        files,
+        source="blend",
+        base=tiny_base_spec,
+        sources=[{"name": "a", "weight": 0.7}, BlendSource(name="b", weight=0.3)],
+        blend_method="ties",
+        density=0.5,
+        created=5,
     )
     assert manifest.base_fingerprint == tiny_base_spec.fingerprint() and manifest.created == 5
     assert manifest.target_modules == ["q_proj", "v_proj"] and manifest.r == 4
@@ -592,4 +622,3 @@ def test_manifest_for_adapter(make_adapter, tiny_base_spec) -> None:
     assert manifest.base_model  # from the config's base_model_name_or_path (or the architecture)
     fresh = Manifest.for_adapter("plain", files, source="imported")
     assert fresh.base_fingerprint is None and fresh.sources == [] and fresh.blend_method is None
-

@@ -48,7 +48,10 @@ def test_poll_sequence(tmp_path: Path, make_adapter) -> None:
 
     store.delete("pig")
     shutil.rmtree(store.root / "hand-copied")
-    assert watcher.poll() == [StoreChange("removed", "hand-copied", None), StoreChange("removed", "pig", None)]
+    assert watcher.poll() == [
+        StoreChange("removed", "hand-copied", None),
+        StoreChange("removed", "pig", None),
+    ]
     assert watcher.snapshot == {}
 
 
@@ -110,7 +113,9 @@ def test_run_until_stopped_and_survives_a_failing_poll(tmp_path: Path, monkeypat
     root.mkdir()
     (root / "x").mkdir()
     (root / "x" / "adapter_config.json").write_text("{}")  # listed (with an error), so reported
-    assert wait_for(lambda: batches == [[StoreChange("added", "x", batches[0][0].version)]] if batches else False)
+    assert wait_for(
+        lambda: batches == [[StoreChange("added", "x", batches[0][0].version)]] if batches else False
+    )
     stop.set()
     thread.join(5)
     assert not thread.is_alive()

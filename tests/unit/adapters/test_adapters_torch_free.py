@@ -36,7 +36,10 @@ def test_registry_works_without_torch(tmp_path: Path, safetensors_writer) -> Non
     (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2, "target_modules": ["q"]}')
     safetensors_writer(
         adapter / "adapter_model.safetensors",
-        {"base_model.model.model.q.lora_A.weight": ("F32", [2, 4]), "base_model.model.model.q.lora_B.weight": ("F32", [8, 2])},
+        {
+            "base_model.model.model.q.lora_A.weight": ("F32", [2, 4]),
+            "base_model.model.model.q.lora_B.weight": ("F32", [8, 2]),
+        },
     )
     package_parent = str(Path(hotlora_adapters.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": package_parent}

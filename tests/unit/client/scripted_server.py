@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-
 Action = Callable[[BaseHTTPRequestHandler], None]
 
 
@@ -33,7 +32,9 @@ def reply(status: int, body: Any = None, headers: dict[str, str] | None = None) 
     """Answer with `status` and a JSON body (or text when `body` is a str)."""
 
     def act(handler: BaseHTTPRequestHandler) -> None:
-        data = body.encode() if isinstance(body, str) else json.dumps(body if body is not None else {}).encode()
+        data = (
+            body.encode() if isinstance(body, str) else json.dumps(body if body is not None else {}).encode()
+        )
         handler.send_response(status)
         handler.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
         handler.send_header("Content-Length", str(len(data)))
@@ -45,7 +46,9 @@ def reply(status: int, body: Any = None, headers: dict[str, str] | None = None) 
     return act
 
 
-def error(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> Action:
+def error(
+    status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> Action:
     """An OpenAI-shaped error, as hotlora sends them."""
     kind = "server_error" if status >= 500 else "invalid_request_error"
     return reply(status, {"error": {"message": message, "type": kind, "param": None, "code": code}}, headers)
@@ -113,7 +116,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        hit = Hit(time.monotonic(), self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        hit = Hit(
+            time.monotonic(), self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+        )
         self.server.hits.append(hit)
         self.server.next_action()(self)
 

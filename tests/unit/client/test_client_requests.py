@@ -13,13 +13,35 @@ from scripted_server import ScriptedServer, reply
 
 from hotlora_client import AsyncClient, Client
 
-MODELS = {"object": "list", "data": [
-    {"id": "pig", "object": "model", "created": 1, "owned_by": "hotlora", "root": "base", "parent": "base"},
-    {"id": "base", "object": "model", "created": 1, "owned_by": "hotlora", "root": "base", "parent": None},
-]}  # fmt: skip
-ANSWER = {"id": "c", "object": "chat.completion", "created": 1, "model": "base",
-          "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}  # fmt: skip
+MODELS = {
+    "object": "list",
+    "data": [
+        {
+            "id": "pig",
+            "object": "model",
+            "created": 1,
+            "owned_by": "hotlora",
+            "root": "base",
+            "parent": "base",
+        },
+        {
+            "id": "base",
+            "object": "model",
+            "created": 1,
+            "owned_by": "hotlora",
+            "root": "base",
+            "parent": None,
+        },
+    ],
+}
+ANSWER = {
+    "id": "c",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "base",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
 
 
 def sent(scripted: ScriptedServer, index: int = -1) -> dict:
@@ -41,8 +63,10 @@ def test_environment_defaults_are_read_when_a_client_is_built(
 
 
 def test_importing_reads_no_environment() -> None:
-    code = "import os, hotlora_client; os.environ['HOTLORA_BASE_URL'] = 'http://example.test:1'; " \
-           "print(hotlora_client.Client().base_url)"  # fmt: skip
+    code = (
+        "import os, hotlora_client; os.environ['HOTLORA_BASE_URL'] = 'http://example.test:1'; "
+        "print(hotlora_client.Client().base_url)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "http://example.test:1"
 
@@ -63,8 +87,16 @@ def test_no_target_means_the_base_model_looked_up_once(scripted: ScriptedServer)
         assert client.chat("hi", max_tokens=3).text == "ok"
         client.chat([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
     paths = [(h.method, h.path) for h in scripted.hits]
-    assert paths == [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/chat/completions")]
-    assert sent(scripted, 1) == {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    assert paths == [
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/chat/completions"),
+    ]
+    assert sent(scripted, 1) == {
+        "model": "base",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3,
+    }
     assert sent(scripted)["messages"][0] == {"role": "system", "content": "be brief"}
 
 
@@ -72,8 +104,13 @@ def test_adapter_blend_and_options_in_the_body(scripted: ScriptedServer) -> None
     scripted.answer(reply(200, ANSWER))
     with Client(scripted.url) as client:
         client.chat("hi", adapter="pig", temperature=0, seed=7, stop=["\n"], user=None)
-        assert sent(scripted) == {"model": "pig", "messages": [{"role": "user", "content": "hi"}],
-                                  "temperature": 0, "seed": 7, "stop": ["\n"]}  # fmt: skip
+        assert sent(scripted) == {
+            "model": "pig",
+            "messages": [{"role": "user", "content": "hi"}],
+            "temperature": 0,
+            "seed": 7,
+            "stop": ["\n"],
+        }
         client.chat("hi", blend={"pig": 0.7, "yoda": 0.3}, blend_method="ties", density=0.5)
         assert sent(scripted)["model"] == "pig*0.7+yoda*0.3"
         assert (sent(scripted)["blend_method"], sent(scripted)["density"]) == ("ties", 0.5)
@@ -92,16 +129,37 @@ def test_sampling_extras_in_the_body(scripted: ScriptedServer) -> None:
     extras = {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "min_tokens": 2, "ignore_eos": True}
     with Client(scripted.url) as client:
         client.chat("hi", model="base", logit_bias={42: -100, "7": 5.5}, **extras)
-        assert sent(scripted) == {"model": "base", "messages": [{"role": "user", "content": "hi"}],
-                                  "logit_bias": {"42": -100, "7": 5.5}, **extras}  # fmt: skip
-        scripted.answer(reply(200, {"id": "c", "object": "text_completion", "created": 1, "model": "base",
-                                    "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}))  # fmt: skip
+        assert sent(scripted) == {
+            "model": "base",
+            "messages": [{"role": "user", "content": "hi"}],
+            "logit_bias": {"42": -100, "7": 5.5},
+            **extras,
+        }
+        scripted.answer(
+            reply(
+                200,
+                {
+                    "id": "c",
+                    "object": "text_completion",
+                    "created": 1,
+                    "model": "base",
+                    "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}],
+                },
+            )
+        )
         client.complete("once", model="base", top_k=-1, ignore_eos=False)
         assert sent(scripted) == {"model": "base", "prompt": "once", "top_k": -1, "ignore_eos": False}
 
 
 def test_adapter_management_requests(scripted: ScriptedServer) -> None:
-    card = {"id": "mix", "object": "adapter", "status": "available", "created": 1, "size_bytes": 1, "version": "v"}
+    card = {
+        "id": "mix",
+        "object": "adapter",
+        "status": "available",
+        "created": 1,
+        "size_bytes": 1,
+        "version": "v",
+    }
     scripted.answer(reply(200, card))
 
     async def go() -> None:
@@ -115,12 +173,19 @@ def test_adapter_management_requests(scripted: ScriptedServer) -> None:
     asyncio.run(go())
     hits = [(h.method, h.path, json.loads(h.body) if h.body else None) for h in scripted.hits]
     assert hits == [
-        ("POST", "/v1/adapters/blend", {"name": "mix", "adapters": [{"name": "a", "weight": 0.7},
-                                                                     {"name": "b", "weight": 0.3}], "method": "svd"}),
+        (
+            "POST",
+            "/v1/adapters/blend",
+            {
+                "name": "mix",
+                "adapters": [{"name": "a", "weight": 0.7}, {"name": "b", "weight": 0.3}],
+                "method": "svd",
+            },
+        ),
         ("POST", "/v1/adapters", {"name": "mix", "path": "/srv/adapters/mix"}),
         ("GET", "/v1/adapters/a%20b%2Fc", None),
         ("DELETE", "/v1/adapters/mix?purge=true", None),
-    ]  # fmt: skip
+    ]
 
 
 def test_bad_settings_fail_at_construction() -> None:

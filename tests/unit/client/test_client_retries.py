@@ -29,7 +29,9 @@ HEALTHY = reply(200, {"status": "ok", "model": "base"})
 
 
 def test_503_with_retry_after_is_retried_after_that_many_seconds(scripted: ScriptedServer) -> None:
-    scripted.answer(error(503, "the model is still loading", "service_unavailable", {"Retry-After": "1"}), HEALTHY)
+    scripted.answer(
+        error(503, "the model is still loading", "service_unavailable", {"Retry-After": "1"}), HEALTHY
+    )
     with Client(scripted.url) as client:
         assert client.health().status == "ok"
     assert len(scripted.hits) == 2
@@ -87,8 +89,15 @@ def test_a_retry_after_too_long_to_wait_raises_at_once(scripted: ScriptedServer)
         (418, APIStatusError),
     ],
 )
-def test_other_errors_are_not_retried(scripted: ScriptedServer, status: int, cls: type[APIStatusError]) -> None:
-    detail = {"message": f"no ({status})", "type": "invalid_request_error", "param": "temperature", "code": "x"}
+def test_other_errors_are_not_retried(
+    scripted: ScriptedServer, status: int, cls: type[APIStatusError]
+) -> None:
+    detail = {
+        "message": f"no ({status})",
+        "type": "invalid_request_error",
+        "param": "temperature",
+        "code": "x",
+    }
     body = {"error": detail}
     scripted.answer(reply(status, body, {"Retry-After": "0"}), HEALTHY)
     with Client(scripted.url) as client, pytest.raises(cls) as caught:
@@ -128,7 +137,10 @@ def test_nothing_listening_is_a_readable_connection_error() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     started = time.monotonic()
-    with Client(f"http://127.0.0.1:{port}", max_retries=1) as client, pytest.raises(APIConnectionError) as caught:
+    with (
+        Client(f"http://127.0.0.1:{port}", max_retries=1) as client,
+        pytest.raises(APIConnectionError) as caught,
+    ):
         client.health()
     assert "cannot connect" in caught.value.message and "hotlora serve" in caught.value.message
     assert not isinstance(caught.value, APITimeoutError)

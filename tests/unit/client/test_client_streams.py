@@ -23,14 +23,22 @@ from hotlora_client import (
 from hotlora_client._core import StreamDecoder
 
 
-def chunk(content: str | None = None, *, role: str | None = None, finish: str | None = None) -> dict[str, Any]:
+def chunk(
+    content: str | None = None, *, role: str | None = None, finish: str | None = None
+) -> dict[str, Any]:
     delta = {k: v for k, v in (("role", role), ("content", content)) if v is not None}
     choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
     return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
 
 
-USAGE = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
-         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}  # fmt: skip
+USAGE = {
+    "id": "c1",
+    "object": "chat.completion.chunk",
+    "created": 1,
+    "model": "m",
+    "choices": [],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+}
 REPLY = [chunk("", role="assistant"), chunk("Hel"), chunk("lo"), chunk(finish="stop"), USAGE]
 FAILURE = {"error": {"message": "the engine stopped", "type": "server_error", "code": "service_unavailable"}}
 
@@ -71,15 +79,22 @@ def test_a_stream_cut_short_raises(scripted: ScriptedServer) -> None:
 
 
 def test_an_error_status_raises_before_the_stream_and_503_is_retried(scripted: ScriptedServer) -> None:
-    scripted.answer(error(503, "busy", headers={"Retry-After": "0"}), error(404, "no model 'm'", "model_not_found"))
+    scripted.answer(
+        error(503, "busy", headers={"Retry-After": "0"}), error(404, "no model 'm'", "model_not_found")
+    )
     with Client(scripted.url) as client, pytest.raises(NotFoundError, match="no model 'm'"):
         client.chat("hi", model="m", stream=True)
     assert len(scripted.hits) == 2
 
 
 def test_a_completion_stream(scripted: ScriptedServer) -> None:
-    piece = {"id": "x", "object": "text_completion", "created": 1, "model": "m",
-             "choices": [{"index": 0, "text": "upon", "logprobs": None, "finish_reason": None}]}  # fmt: skip
+    piece = {
+        "id": "x",
+        "object": "text_completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "text": "upon", "logprobs": None, "finish_reason": None}],
+    }
     scripted.answer(sse(piece, piece))
     with Client(scripted.url) as client:
         stream = client.complete("Once", model="m", stream=True)
@@ -118,7 +133,15 @@ def test_multi_line_data_comments_and_other_fields() -> None:
     text = json.dumps(chunk("hi"), indent=1).splitlines()
     decoder = StreamDecoder(ChatCompletionChunk)
     got = []
-    for line in [": keep-alive", "event: message", "id: 7", *(f"data: {t}" for t in text), "", "data: [DONE]", ""]:
+    for line in [
+        ": keep-alive",
+        "event: message",
+        "id: 7",
+        *(f"data: {t}" for t in text),
+        "",
+        "data: [DONE]",
+        "",
+    ]:
         got += decoder.feed(line)
     assert [c.text for c in got] == ["hi"] and decoder.done and decoder.end() == []
 
@@ -138,7 +161,9 @@ def test_an_event_without_a_trailing_blank_line_is_still_read() -> None:
         ({"message": "m", "type": "server_error", "code": None}, ServerError, 500),
     ],
 )
-def test_error_frames_map_to_the_class_of_their_code_or_type(error: dict[str, Any], cls: type, status: int) -> None:
+def test_error_frames_map_to_the_class_of_their_code_or_type(
+    error: dict[str, Any], cls: type, status: int
+) -> None:
     import json
 
     with pytest.raises(cls) as caught:

@@ -182,7 +182,9 @@ def live_app(app: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(tiny_dir: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def tiny_engine(
+    tiny_dir: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """The real engine serving the tiny model, started and ready."""
     with running_engine(tiny_settings(tiny_dir, tmp_path_factory.mktemp("home"), adapter_store)) as engine:
         yield engine
@@ -221,7 +223,9 @@ def sse_events(response: Any) -> list[Any]:
     return events
 
 
-def assert_error(response: Any, status: int, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def assert_error(
+    response: Any, status: int, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     """`response` is an OpenAI-shaped error with `status`; return its `error` object."""
     assert response.status_code == status, response.text
     body = response.json()
@@ -257,9 +261,13 @@ def peft_model(real_tokenizer: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(1)
-        model = get_peft_model(base, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False), "a")
+        model = get_peft_model(
+            base, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False), "a"
+        )
         for name, r, targets in (("b", 4, "all-linear"), ("c", 8, ["q_proj", "v_proj"])):
-            model.add_adapter(name, LoraConfig(r=r, lora_alpha=3 * r, target_modules=targets, init_lora_weights=False))
+            model.add_adapter(
+                name, LoraConfig(r=r, lora_alpha=3 * r, target_modules=targets, init_lora_weights=False)
+            )
         model.add_weighted_adapter(["a", "b"], [0.7, 0.4], "ab", combination_type="cat")
     return model.eval()
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import ADAPTER_NAME, TINY_NAME, running_engine, save_tiny_adapter, tiny_settings
 
 NAME = "churn"
@@ -65,9 +64,12 @@ def big_adapter(tmp_path_factory: pytest.TempPathFactory, real_tokenizer: Any) -
 
 @pytest.fixture(params=["alone", "beside-another"])
 def churn(
-    request: pytest.FixtureRequest, tiny_dir: Path, adapter_store: Path, big_adapter: Path,
+    request: pytest.FixtureRequest,
+    tiny_dir: Path,
+    adapter_store: Path,
+    big_adapter: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Churn]:  # fmt: skip
+) -> Iterator[Churn]:
     from fastapi.testclient import TestClient
 
     from hotlora_server.api import create_app
@@ -97,21 +99,33 @@ def test_nothing_of_a_purged_adapter_stays_behind(churn: Churn) -> None:
     for _ in range(2):  # the first cycle's key, checked after the second one went the same way
         kept, key, slot = churn.cycle(refs)
     gc.collect()
-    assert kept and all(ref() is None for ref in kept), "weights or layers of a purged adapter are still alive"
+    assert kept and all(ref() is None for ref in kept), (
+        "weights or layers of a purged adapter are still alive"
+    )
 
     def stacked(pool: Any) -> float:
         """What is left in the purged adapter's columns of blocks other adapters keep (0: zeroed)."""
         assert key not in pool._stack._slots
         blocks = [s.blocks[slot.block] for s in pool._stack._layers.values() if slot.block < len(s.blocks)]
-        return sum(float(a[:, slot.start : slot.stop].abs().sum() + b[slot.start : slot.stop].abs().sum())
-                   for a, b in blocks)  # fmt: skip
+        return sum(
+            float(a[:, slot.start : slot.stop].abs().sum() + b[slot.start : slot.stop].abs().sum())
+            for a, b in blocks
+        )
 
     assert churn.in_engine(stacked) == 0.0, "a purged adapter's stacked columns still hold its weights"
 
     def leftovers(pool: Any) -> list[str]:
-        found = [f"{type(m).__name__}.{attr}" for m in pool.model.modules() for attr, value in vars(m).items()
-                 if isinstance(value, (dict, set, list)) and key in value]  # fmt: skip
-        found += [f"peft_config of {type(pool.model).__name__}"] if key in getattr(pool.model, "peft_config", {}) else []
+        found = [
+            f"{type(m).__name__}.{attr}"
+            for m in pool.model.modules()
+            for attr, value in vars(m).items()
+            if isinstance(value, (dict, set, list)) and key in value
+        ]
+        found += (
+            [f"peft_config of {type(pool.model).__name__}"]
+            if key in getattr(pool.model, "peft_config", {})
+            else []
+        )
         prefixes = churn.engine._scheduler._prefix
         found += [f"prefix cache block of {k}" for k, _ in prefixes._blocks if k == key]
         catalog = pool._catalog

@@ -19,9 +19,9 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+from conftest import ADAPTER_NAME, TINY_NAME, running_engine, tiny_settings
 from safetensors.numpy import load_file, save_file
 
-from conftest import ADAPTER_NAME, TINY_NAME, running_engine, tiny_settings
 from hotlora_adapters import CONFIG_FILENAME, WEIGHTS_FILENAME, AdapterStore
 
 NAME_RULE = "an adapter name is 1 to 64 characters"
@@ -83,7 +83,9 @@ def _rewrite_tensors(change: Callable[[str, np.ndarray], np.ndarray]) -> Callabl
     def rewrite(folder: Path) -> None:
         weights = folder / WEIGHTS_FILENAME
         tensors = load_file(weights)
-        save_file({key: change(key, value) for key, value in tensors.items()}, weights, metadata={"format": "pt"})
+        save_file(
+            {key: change(key, value) for key, value in tensors.items()}, weights, metadata={"format": "pt"}
+        )
 
     return rewrite
 
@@ -147,7 +149,10 @@ DEFECTS: dict[str, tuple[Callable[[Path], None], str]] = {
         "custom code",
     ),
     "trust-remote-code": (_config(trust_remote_code=True), "remote code is refused"),
-    "megatron-module": (_config(megatron_config={"tensor_model_parallel_size": 1}, megatron_core="evil"), "megatron"),
+    "megatron-module": (
+        _config(megatron_config={"tensor_model_parallel_size": 1}, megatron_core="evil"),
+        "megatron",
+    ),
     "not-lora": (_config(peft_type="IA3"), "only LoRA adapters"),
     "base-rewriting-init": (_config(init_lora_weights="pissa"), "rewrite the base model's weights"),
     "layer-replication": (_config(layer_replication=[[0, 2], [1, 2]]), "rewrite the base model's layer list"),
@@ -318,14 +323,18 @@ def test_bad_names_are_400_with_the_rule_on_every_management_route(
 
 
 @pytest.mark.parametrize("raw", ["/v1/adapters/a/b", "/v1/adapters/a%2Fb", "/v1/adapters/%2E%2E%2Fstore"])
-def test_slashes_in_the_path_parameter_are_400_not_a_missing_route(admin: Any, openai_error: Any, raw: str) -> None:
+def test_slashes_in_the_path_parameter_are_400_not_a_missing_route(
+    admin: Any, openai_error: Any, raw: str
+) -> None:
     for method in ("GET", "DELETE"):
         error = openai_error(admin.request(method, raw), 400, param="name")
         assert "path separator" in error["message"]
 
 
 @pytest.mark.parametrize("bad", BAD_NAMES, ids=repr)
-def test_a_chat_model_that_cannot_be_an_adapter_is_400(admin: Any, dirs: Dirs, openai_error: Any, bad: str) -> None:
+def test_a_chat_model_that_cannot_be_an_adapter_is_400(
+    admin: Any, dirs: Dirs, openai_error: Any, bad: str
+) -> None:
     before = state(admin, dirs.store)
     for fields in (
         {"model": bad},

@@ -24,7 +24,9 @@ def _chat_body(**fields: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("path", [CHAT, "/v1/completions"])
 def test_invalid_json_is_400(client: Any, openai_error: Any, path: str) -> None:
-    response = client.post(path, content=b'{"model": "tiny", "messages": [', headers={"content-type": "application/json"})
+    response = client.post(
+        path, content=b'{"model": "tiny", "messages": [', headers={"content-type": "application/json"}
+    )
     error = openai_error(response, 400)
     assert error["type"] == "invalid_request_error"
     assert "JSON" in error["message"]
@@ -36,9 +38,17 @@ def test_body_that_is_not_an_object_is_400(client: Any, openai_error: Any) -> No
 
 @pytest.mark.parametrize(
     ("param", "value"),
-    [("temperature", "hot"), ("max_tokens", "5"), ("stream", "yes"), ("n", 1.5), ("top_p", "1"), ("seed", "1"),
-     ("stop", 5), ("logprobs", "true")],
-)  # fmt: skip
+    [
+        ("temperature", "hot"),
+        ("max_tokens", "5"),
+        ("stream", "yes"),
+        ("n", 1.5),
+        ("top_p", "1"),
+        ("seed", "1"),
+        ("stop", 5),
+        ("logprobs", "true"),
+    ],
+)
 def test_wrong_types_are_400_naming_the_param(client: Any, openai_error: Any, param: str, value: Any) -> None:
     error = openai_error(client.post(CHAT, json=_chat_body(**{param: value})), 400)
     assert error["type"] == "invalid_request_error"
@@ -139,7 +149,9 @@ def test_unknown_fields_are_accepted(client: Any) -> None:
 def test_completions_refuses_echo_and_suffix(client: Any, openai_error: Any) -> None:
     base = {"model": TINY_NAME, "prompt": "Hi", "max_tokens": 2}
     assert "echo" in openai_error(client.post("/v1/completions", json={**base, "echo": True}), 400)["message"]
-    assert "suffix" in openai_error(client.post("/v1/completions", json={**base, "suffix": "x"}), 400)["message"]
+    assert (
+        "suffix" in openai_error(client.post("/v1/completions", json={**base, "suffix": "x"}), 400)["message"]
+    )
     openai_error(client.post("/v1/completions", json={**base, "logprobs": 6}), 400, param="logprobs")
     openai_error(client.post("/v1/completions", json={**base, "prompt": ["a", "b"]}), 400)
 
@@ -151,9 +163,10 @@ def test_empty_prompt_is_400(client: Any, openai_error: Any) -> None:
     openai_error(client.post("/v1/completions", json={"model": TINY_NAME, "prompt": ""}), 400, param="prompt")
 
 
-
 def test_context_length_exceeded(client: Any, openai_error: Any) -> None:
-    error = openai_error(client.post(CHAT, json=_chat_body(max_tokens=250)), 400, code="context_length_exceeded")
+    error = openai_error(
+        client.post(CHAT, json=_chat_body(max_tokens=250)), 400, code="context_length_exceeded"
+    )
     assert error["param"] == "messages"
     assert "256" in error["message"]
 
@@ -171,7 +184,13 @@ def test_prompt_plus_max_tokens_exactly_at_the_limit_is_allowed(client: Any, rea
     prompt = " word" * words
     room = 256 - len(real_tokenizer(prompt)["input_ids"])
     assert 1 <= room <= 8
-    body = {"model": TINY_NAME, "prompt": prompt, "max_tokens": room, "temperature": 0, "stop": "never-appears"}
+    body = {
+        "model": TINY_NAME,
+        "prompt": prompt,
+        "max_tokens": room,
+        "temperature": 0,
+        "stop": "never-appears",
+    }
     ok = client.post("/v1/completions", json={**body, "max_tokens": room})
     assert ok.status_code == 200, ok.text
     too_long = client.post("/v1/completions", json={**body, "max_tokens": room + 1})
@@ -254,7 +273,9 @@ def test_health_is_200_once_ready(client: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def not_ready_client(tiny_dir: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def not_ready_client(
+    tiny_dir: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """An app over an engine that was never started (the model is 'still loading')."""
     from fastapi.testclient import TestClient
 
@@ -263,10 +284,15 @@ def not_ready_client(tiny_dir: Path, adapter_store: Path, tmp_path_factory: pyte
     from hotlora_server.settings import Settings
 
     settings = Settings.build(
-        {"model": str(tiny_dir), "quantize": "none", "home": str(tmp_path_factory.mktemp("home-not-ready")),
-         "adapters_dir": str(adapter_store), "served_model_name": TINY_NAME},
+        {
+            "model": str(tiny_dir),
+            "quantize": "none",
+            "home": str(tmp_path_factory.mktemp("home-not-ready")),
+            "adapters_dir": str(adapter_store),
+            "served_model_name": TINY_NAME,
+        },
         {},
-    )  # fmt: skip
+    )
     engine = Engine(settings)
     with TestClient(create_app(engine)) as test_client:
         yield test_client
@@ -291,8 +317,13 @@ def test_not_ready_chat_is_503(not_ready_client: Any, openai_error: Any) -> None
 
 
 def test_no_error_is_fastapis_422(client: Any) -> None:
-    bodies = [{}, {"model": 1}, {"model": TINY_NAME, "messages": "hi"}, {"model": TINY_NAME, "messages": [{}]},
-              {"model": TINY_NAME, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}]  # fmt: skip
+    bodies = [
+        {},
+        {"model": 1},
+        {"model": TINY_NAME, "messages": "hi"},
+        {"model": TINY_NAME, "messages": [{}]},
+        {"model": TINY_NAME, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+    ]
     for body in bodies:
         response = client.post(CHAT, json=body)
         assert response.status_code == 400, (body, response.text)

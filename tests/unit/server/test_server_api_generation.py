@@ -61,7 +61,11 @@ def test_chat_completion_shape(client: Any, real_tokenizer: Any) -> None:
     assert choice["logprobs"] is None
     rendered = real_tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
     prompt_tokens = len(real_tokenizer(rendered, add_special_tokens=False)["input_ids"])
-    assert result["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 5, "total_tokens": prompt_tokens + 5}
+    assert result["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": 5,
+        "total_tokens": prompt_tokens + 5,
+    }
 
 
 def test_max_completion_tokens_is_honoured(client: Any) -> None:
@@ -78,10 +82,17 @@ def test_content_parts_equal_a_string(client: Any) -> None:
     parts = [{"type": "text", "text": "Say hello "}, {"type": "text", "text": "in three languages."}]
     as_parts = client.post(
         "/v1/chat/completions",
-        json={"model": TINY_NAME, "messages": [{"role": "user", "content": parts}], "max_tokens": 6, "temperature": 0},
+        json={
+            "model": TINY_NAME,
+            "messages": [{"role": "user", "content": parts}],
+            "max_tokens": 6,
+            "temperature": 0,
+        },
     )
     assert as_parts.status_code == 200, as_parts.text
-    assert as_parts.json()["choices"][0]["message"]["content"] == _content(_chat(client, max_tokens=6, temperature=0))
+    assert as_parts.json()["choices"][0]["message"]["content"] == _content(
+        _chat(client, max_tokens=6, temperature=0)
+    )
 
 
 # -- chat, streaming ---------------------------------------------------------------------------------
@@ -89,8 +100,12 @@ def test_content_parts_equal_a_string(client: Any) -> None:
 
 def test_stream_matches_non_streaming(client: Any, sse: Any) -> None:
     expected = _chat(client, max_tokens=8, temperature=0)
-    events = _stream(client, "/v1/chat/completions",
-                     {"model": TINY_NAME, "messages": MESSAGES, "max_tokens": 8, "temperature": 0, "stream": True}, sse)  # fmt: skip
+    events = _stream(
+        client,
+        "/v1/chat/completions",
+        {"model": TINY_NAME, "messages": MESSAGES, "max_tokens": 8, "temperature": 0, "stream": True},
+        sse,
+    )
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     assert chunks and all(isinstance(c, dict) for c in chunks)
@@ -107,8 +122,14 @@ def test_stream_matches_non_streaming(client: Any, sse: Any) -> None:
 
 
 def test_stream_usage_chunk_only_when_asked(client: Any, sse: Any) -> None:
-    body = {"model": TINY_NAME, "messages": MESSAGES, "max_tokens": 5, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": TINY_NAME,
+        "messages": MESSAGES,
+        "max_tokens": 5,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     events = _stream(client, "/v1/chat/completions", body, sse)
     assert events[-1] == "[DONE]"
     with_usage = [c for c in events[:-1] if c.get("usage") is not None]
@@ -139,8 +160,15 @@ def test_n_choices_with_seed(client: Any) -> None:
 
 
 def test_n_choices_stream(client: Any, sse: Any) -> None:
-    body = {"model": TINY_NAME, "messages": MESSAGES, "n": 2, "seed": 5, "temperature": 1.0, "max_tokens": 3,
-            "stream": True}  # fmt: skip
+    body = {
+        "model": TINY_NAME,
+        "messages": MESSAGES,
+        "n": 2,
+        "seed": 5,
+        "temperature": 1.0,
+        "max_tokens": 3,
+        "stream": True,
+    }
     events = _stream(client, "/v1/chat/completions", body, sse)
     expected = _chat(client, n=2, seed=5, temperature=1.0, max_tokens=3)
     for index in (0, 1):
@@ -167,7 +195,9 @@ def test_chat_logprobs_shape(client: Any) -> None:
         assert set(item) == {"token", "logprob", "bytes", "top_logprobs"}
         assert isinstance(item["token"], str)
         assert item["logprob"] <= 0.0
-        assert isinstance(item["bytes"], list) and all(isinstance(b, int) and 0 <= b < 256 for b in item["bytes"])
+        assert isinstance(item["bytes"], list) and all(
+            isinstance(b, int) and 0 <= b < 256 for b in item["bytes"]
+        )
         assert len(item["top_logprobs"]) == 3
         for alt in item["top_logprobs"]:
             assert set(alt) == {"token", "logprob", "bytes"}
@@ -189,10 +219,23 @@ def test_chat_logprobs_without_alternatives(client: Any) -> None:
 
 
 def test_chat_logprobs_in_stream(client: Any, sse: Any) -> None:
-    body = {"model": TINY_NAME, "messages": MESSAGES, "max_tokens": 4, "temperature": 0, "stream": True,
-            "logprobs": True, "top_logprobs": 2}  # fmt: skip
+    body = {
+        "model": TINY_NAME,
+        "messages": MESSAGES,
+        "max_tokens": 4,
+        "temperature": 0,
+        "stream": True,
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
     events = _stream(client, "/v1/chat/completions", body, sse)
-    items = [lp for c in events[:-1] for ch in c["choices"] if ch.get("logprobs") for lp in ch["logprobs"]["content"]]
+    items = [
+        lp
+        for c in events[:-1]
+        for ch in c["choices"]
+        if ch.get("logprobs")
+        for lp in ch["logprobs"]["content"]
+    ]
     assert len(items) == 4
     assert all(len(item["top_logprobs"]) == 2 for item in items)
 
@@ -210,7 +253,11 @@ def test_completion_shape(client: Any, real_tokenizer: Any) -> None:
     assert choice["finish_reason"] == "length"
     assert choice["logprobs"] is None
     prompt_tokens = len(real_tokenizer(PROMPT)["input_ids"])
-    assert result["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 5, "total_tokens": prompt_tokens + 5}
+    assert result["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": 5,
+        "total_tokens": prompt_tokens + 5,
+    }
 
 
 def test_completion_default_max_tokens_is_16(client: Any) -> None:
@@ -219,8 +266,10 @@ def test_completion_default_max_tokens_is_16(client: Any) -> None:
 
 
 def test_completion_prompt_as_one_element_list(client: Any) -> None:
-    assert _complete(client, prompt=[PROMPT], max_tokens=4, temperature=0)["choices"][0]["text"] == \
-        _complete(client, max_tokens=4, temperature=0)["choices"][0]["text"]  # fmt: skip
+    assert (
+        _complete(client, prompt=[PROMPT], max_tokens=4, temperature=0)["choices"][0]["text"]
+        == _complete(client, max_tokens=4, temperature=0)["choices"][0]["text"]
+    )
 
 
 def test_completion_legacy_logprobs_shape(client: Any) -> None:
@@ -228,7 +277,13 @@ def test_completion_legacy_logprobs_shape(client: Any) -> None:
     choice = result["choices"][0]
     lp = choice["logprobs"]
     assert set(lp) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
-    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == 5
+    assert (
+        len(lp["tokens"])
+        == len(lp["token_logprobs"])
+        == len(lp["top_logprobs"])
+        == len(lp["text_offset"])
+        == 5
+    )
     assert all(v <= 0.0 for v in lp["token_logprobs"])
     assert all(isinstance(d, dict) and 1 <= len(d) <= 2 for d in lp["top_logprobs"])
     for token, value, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True):
@@ -248,8 +303,14 @@ def test_completion_logprobs_zero_gives_no_alternatives(client: Any) -> None:
 
 def test_completion_stream_matches_non_streaming(client: Any, sse: Any) -> None:
     expected = _complete(client, max_tokens=6, temperature=0)["choices"][0]["text"]
-    body = {"model": TINY_NAME, "prompt": PROMPT, "max_tokens": 6, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": TINY_NAME,
+        "prompt": PROMPT,
+        "max_tokens": 6,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     events = _stream(client, "/v1/completions", body, sse)
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
@@ -280,11 +341,19 @@ def test_stop_sequence_is_honoured(client: Any, greedy20: dict[str, Any]) -> Non
 
 def test_stop_sequence_list_in_stream(client: Any, greedy20: dict[str, Any], sse: Any) -> None:
     stop, before = _pick_stop(_content(greedy20))
-    body = {"model": TINY_NAME, "messages": MESSAGES, "max_tokens": 20, "temperature": 0, "stream": True,
-            "stop": ["never-appears-anywhere", stop]}  # fmt: skip
+    body = {
+        "model": TINY_NAME,
+        "messages": MESSAGES,
+        "max_tokens": 20,
+        "temperature": 0,
+        "stream": True,
+        "stop": ["never-appears-anywhere", stop],
+    }
     events = _stream(client, "/v1/chat/completions", body, sse)
     assert "".join(ch["delta"].get("content") or "" for c in events[:-1] for ch in c["choices"]) == before
-    assert [ch["finish_reason"] for c in events[:-1] for ch in c["choices"] if ch["finish_reason"]] == ["stop"]
+    assert [ch["finish_reason"] for c in events[:-1] for ch in c["choices"] if ch["finish_reason"]] == [
+        "stop"
+    ]
 
 
 def test_stop_sequence_in_completions(client: Any) -> None:
@@ -353,10 +422,13 @@ def test_rows_that_stop_early_leave_the_others_untouched(client: Any) -> None:
     free = _chat(client, n=3, seed=99, temperature=1.0, max_tokens=12)
     texts = [_content(free, i) for i in range(3)]
     stop = next(
-        (texts[0][k : k + 3] for k in range(1, len(texts[0]) - 3)
-         if texts[0][k : k + 3].strip() and all(texts[0][k : k + 3] not in t for t in texts[1:])),
+        (
+            texts[0][k : k + 3]
+            for k in range(1, len(texts[0]) - 3)
+            if texts[0][k : k + 3].strip() and all(texts[0][k : k + 3] not in t for t in texts[1:])
+        ),
         None,
-    )  # fmt: skip
+    )
     assert stop is not None, texts
     stopped = _chat(client, n=3, seed=99, temperature=1.0, max_tokens=12, stop=stop)
     assert _content(stopped, 0) == texts[0][: texts[0].index(stop)]

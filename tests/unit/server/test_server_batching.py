@@ -24,7 +24,9 @@ from hotlora_server.errors import HotloraError
 from hotlora_server.types import BlendSpec, Usage
 
 
-def test_the_pool_stacks_blends_after_plain_adapters(tiny_dir: Path, tmp_path: Path, adapter_store: Path) -> None:
+def test_the_pool_stacks_blends_after_plain_adapters(
+    tiny_dir: Path, tmp_path: Path, adapter_store: Path
+) -> None:
     """Loaded in the order x, y, the blend x+y, z: the stacked blocks hold x, y, z, then the blend."""
     store = tmp_path / "store"
     for name in ("x", "y", "z"):
@@ -37,9 +39,9 @@ def test_the_pool_stacks_blends_after_plain_adapters(tiny_dir: Path, tmp_path: P
         assert pool._stack.covers(pool.model, set())
         labels = {r.key: r.label for r in pool._resident.values()}
         slots = pool._stack._slots
-        assert [labels[key] for key in sorted(slots, key=lambda key: (slots[key].block, slots[key].start))] == [
-            "x", "y", "z", blend.label()
-        ]
+        assert [
+            labels[key] for key in sorted(slots, key=lambda key: (slots[key].block, slots[key].start))
+        ] == ["x", "y", "z", blend.label()]
 
 
 def test_a_growing_layer_appends_in_place_and_follows_any_reassignment() -> None:
@@ -48,7 +50,9 @@ def test_a_growing_layer_appends_in_place_and_follows_any_reassignment() -> None
     gen = torch.Generator().manual_seed(0)
 
     def kv(rows: int, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.randn(rows, 2, columns, 4, generator=gen), torch.randn(rows, 2, columns, 4, generator=gen)
+        return torch.randn(rows, 2, columns, 4, generator=gen), torch.randn(
+            rows, 2, columns, 4, generator=gen
+        )
 
     plain = DynamicLayer()
     plain.update(*kv(3, 5))
@@ -106,7 +110,9 @@ def test_padded_batch_matches_each_row_alone(peft_model: PeftModel) -> None:
             break
         ids = torch.tensor([[tokens[index][done[index]]] for index in running])
         mask, positions = batch.step_inputs(torch.device("cpu"))
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=batch.cache).logits[:, -1]
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=batch.cache).logits[
+            :, -1
+        ]
         batch.advance()
         for row, index in enumerate(running):
             torch.testing.assert_close(logits[row], expected[index][done[index]], rtol=1e-4, atol=1e-4)
@@ -125,7 +131,9 @@ REQUESTS = [
 ]
 
 
-def _outputs(engine: Any, concurrently: bool, cases: list[tuple[str, str, dict[str, Any]]] = REQUESTS) -> list[tuple[dict[int, str], int]]:
+def _outputs(
+    engine: Any, concurrently: bool, cases: list[tuple[str, str, dict[str, Any]]] = REQUESTS
+) -> list[tuple[dict[int, str], int]]:
     async def run() -> list[tuple[dict[int, str], Usage]]:
         requests = [chat_request(model, text, **extra) for model, text, extra in cases]
         if concurrently:
@@ -143,7 +151,9 @@ def test_outputs_do_not_depend_on_the_batch(tiny_engine: Any) -> None:
     assert _outputs(tiny_engine, concurrently=True) == alone
 
 
-@pytest.mark.parametrize("extra", [{"max_num_batched_tokens": 16}, {"max_num_seqs": 2}], ids=["chunked-prefill", "queued"])
+@pytest.mark.parametrize(
+    "extra", [{"max_num_batched_tokens": 16}, {"max_num_seqs": 2}], ids=["chunked-prefill", "queued"]
+)
 def test_chunked_prefill_and_waiting_rows_give_the_same_outputs(
     tiny_engine: Any, tiny_dir: Path, adapter_store: Path, tmp_path: Path, extra: dict[str, int]
 ) -> None:
@@ -166,7 +176,9 @@ def test_a_cancelled_stream_leaves_and_the_others_finish(tiny_engine: Any) -> No
         long = chat_request(TINY_NAME, "never mind", max_tokens=200)
         stream = tiny_engine.generate(long)
         await anext(stream)
-        other = asyncio.create_task(collect(tiny_engine, chat_request(ADAPTER_NAME, "still here", max_tokens=30)))
+        other = asyncio.create_task(
+            collect(tiny_engine, chat_request(ADAPTER_NAME, "still here", max_tokens=30))
+        )
         await stream.aclose()  # the client went away
         return await other
 
@@ -235,8 +247,9 @@ def test_prefix_cache_gives_the_outputs_of_a_full_prefill(
 ) -> None:
     """Prompts sharing the system turn, some also a long user text, reuse its KV (cached prefixes of different
     lengths in one prefill, per adapter); the outputs are those without the cache."""
-    with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store, quantize=quantize,
-                                      enable_prefix_caching=False)) as engine:  # fmt: skip
+    with running_engine(
+        tiny_settings(tiny_dir, tmp_path, adapter_store, quantize=quantize, enable_prefix_caching=False)
+    ) as engine:
         expected = _outputs(engine, concurrently=True, cases=PREFIXED)
         assert engine._scheduler._prefix is None
     with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store, quantize=quantize)) as engine:
@@ -255,12 +268,18 @@ def test_a_cached_prefix_costs_the_prefill_budget_nothing(
     fit one step only without their cached prefix are still prefilled together, in one forward."""
     from hotlora_server.engine.scheduler import Scheduler
 
-    prompts = [SHARED + question for question in ("Which night was worst?", "Which night was calmest?", "How many?")]
+    prompts = [
+        SHARED + question for question in ("Which night was worst?", "Which night was calmest?", "How many?")
+    ]
     with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store)) as engine:
         lengths = [asyncio.run(collect(engine, chat_request(TINY_NAME, p)))[1].prompt_tokens for p in prompts]
     groups: list[int] = []
     prefill_group = Scheduler._prefill_group
-    monkeypatch.setattr(Scheduler, "_prefill_group", lambda self, jobs: (groups.append(len(jobs)), prefill_group(self, jobs))[1])
+    monkeypatch.setattr(
+        Scheduler,
+        "_prefill_group",
+        lambda self, jobs: (groups.append(len(jobs)), prefill_group(self, jobs))[1],
+    )
 
     async def burst(engine: Any) -> None:  # all three queued while a management task holds the engine thread
         gate = threading.Event()
@@ -272,14 +291,17 @@ def test_a_cached_prefix_costs_the_prefill_budget_nothing(
         await holder
         await asyncio.gather(*tasks)
 
-    with running_engine(tiny_settings(tiny_dir, tmp_path, adapter_store, max_num_batched_tokens=max(lengths))) as engine:
+    with running_engine(
+        tiny_settings(tiny_dir, tmp_path, adapter_store, max_num_batched_tokens=max(lengths))
+    ) as engine:
         asyncio.run(collect(engine, chat_request(TINY_NAME, prompts[0])))  # caches the shared blocks
         cached = engine._scheduler.stats.prefix_cache_hit_tokens
         asyncio.run(burst(engine))
         hits = engine._scheduler.stats.prefix_cache_hit_tokens - cached
-    assert sum(lengths[:2]) > max(lengths) >= sum(lengths) - hits  # two do not fit in full; all three do cached
+    assert (
+        sum(lengths[:2]) > max(lengths) >= sum(lengths) - hits
+    )  # two do not fit in full; all three do cached
     assert groups == [1, 3]
-
 
 
 class _HeldPrefills:
@@ -329,7 +351,9 @@ def test_prompts_arriving_during_a_prefill_are_prefilled_before_the_decode_step(
     async def burst(engine: Any) -> list[tuple[dict[int, str], Usage]]:
         first = asyncio.create_task(collect(engine, chat_request(TINY_NAME, "Tell me a story.")))
         await held.wait_started(0)
-        rest = [asyncio.create_task(collect(engine, chat_request(TINY_NAME, f"Count to {i}."))) for i in range(3)]
+        rest = [
+            asyncio.create_task(collect(engine, chat_request(TINY_NAME, f"Count to {i}."))) for i in range(3)
+        ]
         await _queued(engine, len(rest))
         held.release[0].set()
         return await asyncio.gather(first, *rest)

@@ -48,7 +48,9 @@ def test_without_a_template_chat_says_how_to_get_one(templateless: Path, tmp_pat
     with pytest.raises(InvalidRequestError, match="--chat-template chatml"):
         chat_prompt_text(loaded.tokenizer, MESSAGES)
     with pytest.raises(ModelLoadError, match="not a built-in name"):
-        load_model(tiny_settings(templateless, tmp_path, tmp_path / "store", chat_template=str(tmp_path / "nope")))
+        load_model(
+            tiny_settings(templateless, tmp_path, tmp_path / "store", chat_template=str(tmp_path / "nope"))
+        )
 
 
 def test_chatml_renders_the_courses_format_and_the_trainer_uses_the_same(
@@ -59,16 +61,31 @@ def test_chatml_renders_the_courses_format_and_the_trainer_uses_the_same(
 
     settings = tiny_settings(templateless, tmp_path / "home", tmp_path / "store", chat_template="chatml")
     loaded = load_model(settings)
-    assert chat_prompt_text(loaded.tokenizer, MESSAGES) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        chat_prompt_text(loaded.tokenizer, MESSAGES)
+        == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
     data = tmp_path / "d.jsonl"
-    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ih"}]}\n' * 4)
-    fields: dict[str, Any] = dict(name="chatml-bot", data=data, base=str(templateless), home=tmp_path / "home",
-                                  adapters_dir=tmp_path / "store", device="cpu", r=2, max_steps=1,
-                                  per_device_train_batch_size=2)  # fmt: skip
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ih"}]}\n' * 4
+    )
+    fields: dict[str, Any] = dict(
+        name="chatml-bot",
+        data=data,
+        base=str(templateless),
+        home=tmp_path / "home",
+        adapters_dir=tmp_path / "store",
+        device="cpu",
+        r=2,
+        max_steps=1,
+        per_device_train_batch_size=2,
+    )
     with pytest.raises(ConfigError, match="--chat-template chatml"):
         train(TrainConfig(**fields), out=lambda _line: None, progress_bar=False, env={})
-    result = train(TrainConfig(**fields, chat_template="chatml"), out=lambda _line: None, progress_bar=False, env={})
+    result = train(
+        TrainConfig(**fields, chat_template="chatml"), out=lambda _line: None, progress_bar=False, env={}
+    )
     assert result.manifest.model_dump()["recipe"]["chat_template"] == "chatml"
     assert AdapterStore(tmp_path / "store").get("chatml-bot").usable
     with running_engine(settings) as engine:

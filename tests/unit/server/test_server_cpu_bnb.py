@@ -10,6 +10,7 @@ import pytest
 import torch
 from peft import PeftModel
 
+from hotlora_adapters.runtime.base_model import quantization_config
 from hotlora_server.engine.cpu.bnb import (
     PackedDecode,
     _packed_states,
@@ -17,14 +18,15 @@ from hotlora_server.engine.cpu.bnb import (
     packing_held,
     unpack_cpu_weights,
 )
-from hotlora_adapters.runtime.base_model import quantization_config
 
 
 @pytest.fixture
 def packed_tiny(tiny_dir: Path):  # noqa: ANN201 - a 4-bit LlamaForCausalLM whose weights bitsandbytes packed
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=quantization_config("nf4", torch.float32))
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_dir, quantization_config=quantization_config("nf4", torch.float32)
+    )
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.inference_mode():
         reference = model(ids).logits

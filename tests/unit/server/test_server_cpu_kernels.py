@@ -12,11 +12,10 @@ from pathlib import Path
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
+from conftest import needs_compiler
 
 from hotlora_server.engine.cpu import kernels
 from hotlora_server.engine.cpu.kernels import CpuKernels, decode_items
-
-from conftest import needs_compiler
 
 NONE = (0, 0)
 # row slices of a 20-row call: single rows, tile edges (4 and 6 rows) and the 4-bit kernel's switch to
@@ -39,8 +38,12 @@ def threads(request: pytest.FixtureRequest) -> object:
 # -- logits and dense layers: x @ w.T ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("k", "n"), [(576, 1000), (64, 49), (37, 45), (5, 3)], ids=["aligned", "vector", "tails", "tiny"])
-def test_gemm_nt_matches_float64_and_gives_each_row_its_bits_alone(cpu_kernels: CpuKernels, threads: int, k: int, n: int) -> None:
+@pytest.mark.parametrize(
+    ("k", "n"), [(576, 1000), (64, 49), (37, 45), (5, 3)], ids=["aligned", "vector", "tails", "tiny"]
+)
+def test_gemm_nt_matches_float64_and_gives_each_row_its_bits_alone(
+    cpu_kernels: CpuKernels, threads: int, k: int, n: int
+) -> None:
     x, w = torch.randn(20, k, generator=_gen(0)), torch.randn(n, k, generator=_gen(1))
     together = cpu_kernels.gemm_nt(x, w)
     torch.testing.assert_close(together.double(), x.double() @ w.double().T, rtol=1e-5, atol=1e-4)
@@ -51,7 +54,9 @@ def test_gemm_nt_matches_float64_and_gives_each_row_its_bits_alone(cpu_kernels: 
 def test_gemm_nt_takes_rows_with_a_stride(cpu_kernels: CpuKernels) -> None:
     wide = torch.randn(6, 100, generator=_gen(2))
     w = torch.randn(9, 64, generator=_gen(3))
-    assert torch.equal(cpu_kernels.gemm_nt(wide[:, :64], w), cpu_kernels.gemm_nt(wide[:, :64].contiguous(), w))
+    assert torch.equal(
+        cpu_kernels.gemm_nt(wide[:, :64], w), cpu_kernels.gemm_nt(wide[:, :64].contiguous(), w)
+    )
 
 
 # -- the 4-bit base: x @ dequant(W).T ------------------------------------------------------------------
@@ -66,7 +71,9 @@ def test_gemm_q4_matches_bitsandbytes_dequantized_weight(
     """Against float64 products with the weight bitsandbytes itself dequantizes; within each kernel
     (decode: direct tiles below 8 rows, panels from 8; prefill: panels) a row alone and among others
     gives the same bits."""
-    packed, state = bnbf.quantize_4bit(torch.randn(n, k, generator=_gen(4)), blocksize=blocksize, quant_type=quant_type)
+    packed, state = bnbf.quantize_4bit(
+        torch.randn(n, k, generator=_gen(4)), blocksize=blocksize, quant_type=quant_type
+    )
     dense = bnbf.dequantize_4bit(packed, state).double()
     x = torch.randn(20, k, generator=_gen(5))
     weight = cpu_kernels.q4_weight(packed, state.absmax, state.code, blocksize, n)
@@ -130,7 +137,9 @@ def test_gemm_nn_checks_shapes(cpu_kernels: CpuKernels) -> None:
 # -- a decode step's LoRA deltas ----------------------------------------------------------------------
 
 
-def _case(rank: int, inputs: int, outputs: int, slots: list[tuple[int, int]], seed: int = 0) -> tuple[torch.Tensor, ...]:
+def _case(
+    rank: int, inputs: int, outputs: int, slots: list[tuple[int, int]], seed: int = 0
+) -> tuple[torch.Tensor, ...]:
     """x, a_t, b_t (three adapters' columns wide, plus a spare column) and a non-zero output to add into."""
     gen = _gen(seed)
     width = 3 * rank + 1
@@ -144,7 +153,9 @@ def _case(rank: int, inputs: int, outputs: int, slots: list[tuple[int, int]], se
 
 @pytest.mark.parametrize("rank", [16, 32, 8, 12, 3])
 @pytest.mark.parametrize(("inputs", "outputs"), [(64, 48), (37, 19)], ids=["aligned", "tails"])
-def test_each_row_gets_its_own_adapters_delta(cpu_kernels: CpuKernels, rank: int, inputs: int, outputs: int) -> None:
+def test_each_row_gets_its_own_adapters_delta(
+    cpu_kernels: CpuKernels, rank: int, inputs: int, outputs: int
+) -> None:
     """Against float64 `(x @ A.T[:, slot]) @ B.T[slot]`, for ranks and sizes on and off the vector widths;
     rows without an adapter are left exactly as they were."""
     first, second = (rank + 1, 2 * rank + 1), (0, rank)  # one adapter not at column 0
@@ -196,7 +207,9 @@ def test_rows_of_one_adapter_go_in_pairs() -> None:
 # -- the library ---------------------------------------------------------------------------------------
 
 
-def test_the_library_is_compiled_once_and_then_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_library_is_compiled_once_and_then_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     needs_compiler()
     assert kernels.build(tmp_path) is not None
     built = list(tmp_path.iterdir())
@@ -224,17 +237,28 @@ def test_the_portable_build_gives_the_same_guarantee(tmp_path: Path, monkeypatch
 
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the baseline build is x86-64's")
-    monkeypatch.setattr(kernels, "FLAGS", tuple(f if f != "-march=native" else "-march=x86-64" for f in kernels.FLAGS))
+    monkeypatch.setattr(
+        kernels, "FLAGS", tuple(f if f != "-march=native" else "-march=x86-64" for f in kernels.FLAGS)
+    )
     portable = kernels.build(tmp_path)
     assert portable is not None and portable.lanes == 4
     x, w = torch.randn(11, 72, generator=_gen(10)), torch.randn(30, 72, generator=_gen(11))
     together = portable.gemm_nt(x, w)
     assert all(torch.equal(portable.gemm_nt(x[i : i + 1], w), together[i : i + 1]) for i in range(11))
-    packed, state = bnbf.quantize_4bit(torch.randn(10, 64, generator=_gen(12)), blocksize=64, quant_type="nf4")
+    packed, state = bnbf.quantize_4bit(
+        torch.randn(10, 64, generator=_gen(12)), blocksize=64, quant_type="nf4"
+    )
     weight = portable.q4_weight(packed, state.absmax, state.code, 64, 10)
     together = portable.gemm_q4(x[:, :64], weight)
-    assert all(torch.equal(portable.gemm_q4(x[i : i + 1, :64], weight), together[i : i + 1]) for i in range(11))
-    torch.testing.assert_close(together.double(), x[:, :64].double() @ bnbf.dequantize_4bit(packed, state).double().T, rtol=1e-5, atol=1e-3)
+    assert all(
+        torch.equal(portable.gemm_q4(x[i : i + 1, :64], weight), together[i : i + 1]) for i in range(11)
+    )
+    torch.testing.assert_close(
+        together.double(),
+        x[:, :64].double() @ bnbf.dequantize_4bit(packed, state).double().T,
+        rtol=1e-5,
+        atol=1e-3,
+    )
 
 
 @pytest.mark.parametrize("compiler", ["false", "/nonexistent/cc"], ids=["fails", "missing"])

@@ -82,7 +82,9 @@ def test_a_copy_of_the_layer_computes_with_the_weight_loaded_into_it(cpu_kernels
     assert torch.equal(model.lm_head(hidden), before)
 
 
-def test_unquantized_the_server_runs_every_linear_layer_through_the_kernel(tiny_dir: Path, tmp_path: Path, cpu_kernels: CpuKernels) -> None:
+def test_unquantized_the_server_runs_every_linear_layer_through_the_kernel(
+    tiny_dir: Path, tmp_path: Path, cpu_kernels: CpuKernels
+) -> None:
     loaded = load_model(tiny_settings(tiny_dir, tmp_path, tmp_path / "store"))
     layers = [m for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)]
     assert layers and all(isinstance(m.forward, linear.FixedOrderLinear) for m in layers)

@@ -54,7 +54,9 @@ def test_auto_takes_the_fused_kernel_where_bitsandbytes_has_one_else_the_fixed_o
 def test_the_fixed_order_kernel_can_be_forced_and_bitsandbytes_too(tiny_dir: Path, tmp_path: Path) -> None:
     needs_compiler()
     forced = _load(tiny_dir, tmp_path, cpu_4bit="hotlora")
-    assert all(isinstance(m.forward, FixedOrder4bit) for m in _layers(forced.model)) and forced.batch_invariant
+    assert (
+        all(isinstance(m.forward, FixedOrder4bit) for m in _layers(forced.model)) and forced.batch_invariant
+    )
     own = _load(tiny_dir, tmp_path, cpu_4bit="bitsandbytes")
     assert not any(isinstance(m.forward, FixedOrder4bit) for m in _layers(own.model))
     if not _fused_here(own.model):  # bitsandbytes' fallback dequantizes at every forward: no guarantee
@@ -82,15 +84,25 @@ def test_no_batch_invariant_serves_the_devices_own_attention(tiny_dir: Path, tmp
 
 
 def test_batch_invariant_asked_where_it_cannot_hold_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="--batch-invariant cannot hold here: it needs the compiled CPU kernels"):
+    with pytest.raises(
+        ModelLoadError, match="--batch-invariant cannot hold here: it needs the compiled CPU kernels"
+    ):
         _load(tiny_dir, tmp_path, cpu_kernels=False, batch_invariant=True)
 
 
 @pytest.mark.parametrize(
     ("requested", "capable", "served"),
-    [(None, True, True), (None, False, False), (True, True, True), (False, True, False), (False, False, False)],
+    [
+        (None, True, True),
+        (None, False, False),
+        (True, True, True),
+        (False, True, False),
+        (False, False, False),
+    ],
 )
-def test_batch_invariance_follows_the_flag_and_the_device(requested: bool | None, capable: bool, served: bool) -> None:
+def test_batch_invariance_follows_the_flag_and_the_device(
+    requested: bool | None, capable: bool, served: bool
+) -> None:
     """The decision the loader makes for every device (on CUDA `capable` is False: its GEMMs' order follows
     the batch), so the CUDA branch's logic is tested here too."""
     assert batch_invariance(requested, capable, "why") is served
@@ -102,7 +114,9 @@ def test_batch_invariant_on_a_device_that_cannot_hold_it_names_why() -> None:
 
 
 @torch.inference_mode()
-def test_the_fixed_order_4bit_path_is_close_to_bitsandbytes_and_batch_invariant(tiny_dir: Path, tmp_path: Path) -> None:
+def test_the_fixed_order_4bit_path_is_close_to_bitsandbytes_and_batch_invariant(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
     """On the whole tiny model (4-bit layers, fixed-order logits, float64 attention): prompts prefilled
     together leave each row the logits and KV cache it gets alone, decode steps likewise; and the
     numbers are bitsandbytes' own within float32 rounding."""
@@ -114,7 +128,9 @@ def test_the_fixed_order_4bit_path_is_close_to_bitsandbytes_and_batch_invariant(
     prompts = torch.randint(0, 1000, (9, 13), generator=torch.Generator().manual_seed(1))
     cache = DynamicCache(config=model.config)
     logits = prefill(model, prompts, cache)
-    torch.testing.assert_close(logits, prefill(reference, prompts, DynamicCache(config=model.config)), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        logits, prefill(reference, prompts, DynamicCache(config=model.config)), rtol=1e-3, atol=1e-3
+    )
     kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]
     tokens = logits.argmax(-1)
     step = decode_one_token(model, tokens, cache)
@@ -133,4 +149,7 @@ def test_models_and_metrics_say_how_the_base_runs(client: Any, tiny_engine: Any)
     assert base["kernel"] == loaded.kernel and base["batch_invariant"] is loaded.batch_invariant
     metrics = client.get("/metrics").text
     line = next(line for line in metrics.splitlines() if line.startswith("hotlora_model_info{"))
-    assert f'kernel="{loaded.kernel}"' in line and f'batch_invariant="{str(loaded.batch_invariant).lower()}"' in line
+    assert (
+        f'kernel="{loaded.kernel}"' in line
+        and f'batch_invariant="{str(loaded.batch_invariant).lower()}"' in line
+    )

@@ -10,11 +10,11 @@ import torch
 from conftest import tiny_settings
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from hotlora_server.engine.cpu import prefill_gemm
+from hotlora_adapters.runtime.base_model import quantization_config
 from hotlora_server.engine.attention import use_batch_invariant_attention
+from hotlora_server.engine.cpu import prefill_gemm
 from hotlora_server.engine.cpu.bnb import PackedDecode
 from hotlora_server.engine.generate import prefill
-from hotlora_adapters.runtime.base_model import quantization_config
 from hotlora_server.engine.loader import load_model
 
 
@@ -32,7 +32,9 @@ def test_a_rows_tiled_result_does_not_depend_on_the_other_rows() -> None:
 
 def tiny_4bit(tiny_dir: Path, cache_bytes: int) -> tuple[torch.nn.Module, int]:
     """A 4-bit tiny llama with the prefill path installed, and how many of its layers cache their weight."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=quantization_config("nf4", torch.float32))
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_dir, quantization_config=quantization_config("nf4", torch.float32)
+    )
     installed, cached = prefill_gemm.install(model.eval(), cache_bytes)
     if not installed:
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes runs its generic path, no prefill path")
@@ -99,7 +101,9 @@ def test_the_server_installs_the_prefill_path_unless_told_not_to(
     assert layers and all(isinstance(p, prefill_gemm._PrefillPath) == expected for p in prefill_paths)
     assert all(p.cached is not None for p in prefill_paths if expected)  # the default budget holds them all
     decodes = [p.decode if expected else m.forward for p, m in zip(prefill_paths, layers, strict=True)]
-    assert all(isinstance(d, PackedDecode) for d in decodes)  # decode steps call the kernel directly either way
+    assert all(
+        isinstance(d, PackedDecode) for d in decodes
+    )  # decode steps call the kernel directly either way
 
 
 def test_warm_up_runs_the_prefill_path_and_leaves_the_weights_unpacked(
@@ -108,7 +112,9 @@ def test_warm_up_runs_the_prefill_path_and_leaves_the_weights_unpacked(
     model, _ = tiny_4bit(tiny_dir, 2**30)
     calls: list[int] = []
     tiled = prefill_gemm.tiled
-    monkeypatch.setattr(prefill_gemm, "tiled", lambda x, multiply: (calls.append(x.shape[0]), tiled(x, multiply))[1])
+    monkeypatch.setattr(
+        prefill_gemm, "tiled", lambda x, multiply: (calls.append(x.shape[0]), tiled(x, multiply))[1]
+    )
     prefill_gemm.warm_up(model)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert calls == [4] * len(layers)  # every 4-bit layer once, through its prefill GEMM

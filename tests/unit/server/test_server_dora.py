@@ -12,11 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ADAPTER_NAME, TINY_NAME, chat_request, collect, running_engine, save_tiny_adapter, tiny_settings
+from conftest import (
+    ADAPTER_NAME,
+    TINY_NAME,
+    chat_request,
+    collect,
+    running_engine,
+    save_tiny_adapter,
+    tiny_settings,
+)
 
 
 @pytest.fixture(scope="module")
-def dora_engine(tiny_dir: Path, real_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def dora_engine(
+    tiny_dir: Path, real_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     store = tmp_path_factory.mktemp("store")
     save_tiny_adapter(store / ADAPTER_NAME, real_tokenizer, seed=1, r=4, target_modules="all-linear")
     save_tiny_adapter(store / "dora", real_tokenizer, seed=3, r=4, target_modules=["q_proj"], use_dora=True)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ def store(adapter_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Adap
 
 
 @pytest.fixture(scope="module")
-def live(tiny_dir: Path, store: AdapterStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def live(
+    tiny_dir: Path, store: AdapterStore, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
     """The app over an engine of its own (on `store`), served by uvicorn on a free loopback port."""
     from hotlora_server.api import create_app
 
@@ -88,14 +91,20 @@ def test_a_prompt_too_long_by_its_characters_is_refused_before_it_is_tokenized(
     expected = real_tokenizer("word")["input_ids"]
     calls: list[bool] = []
     _spy(monkeypatch, type(real_tokenizer), "__call__", calls)
-    request = GenerationRequest(request_id="r", model=TINY_NAME, sampling=SamplingParams(max_tokens=4),
-                                prompt="word " * (4 * MIB // 5))  # fmt: skip
+    request = GenerationRequest(
+        request_id="r",
+        model=TINY_NAME,
+        sampling=SamplingParams(max_tokens=4),
+        prompt="word " * (4 * MIB // 5),
+    )
     with pytest.raises(ContextLengthExceededError) as refused:
         prompts.encode(request)
     assert calls == []
     assert "at least" in refused.value.message and "4194300 characters" in refused.value.message
     assert refused.value.param == "prompt"
-    fits = GenerationRequest(request_id="r", model=TINY_NAME, sampling=SamplingParams(max_tokens=4), prompt="word")
+    fits = GenerationRequest(
+        request_id="r", model=TINY_NAME, sampling=SamplingParams(max_tokens=4), prompt="word"
+    )
     assert prompts.encode(fits) == expected and calls == [False]
 
 
@@ -144,8 +153,9 @@ def test_tokenizer_routes_run_off_the_event_loop(live: httpx.Client, monkeypatch
     assert "characters" in huge.json()["error"]["message"] and time.perf_counter() - started < BOUND_S * 5
 
 
-def test_listings_describe_an_adapter_once_per_version(live: httpx.Client, store: AdapterStore,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_listings_describe_an_adapter_once_per_version(
+    live: httpx.Client, store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hotlora_adapters import store as store_module
 
     def listed() -> set[str]:
@@ -194,9 +204,17 @@ def test_a_burst_of_costly_requests_stalls_neither_a_stream_nor_health(
     streaming, done = threading.Event(), threading.Event()
 
     def stream() -> None:
-        body = {"model": TINY_NAME, "messages": [{"role": "user", "content": "go on and on"}], "max_tokens": 200,
-                "temperature": 0, "stream": True}  # fmt: skip
-        with httpx.Client(base_url=base, timeout=120) as client, client.stream("POST", CHAT, json=body) as response:
+        body = {
+            "model": TINY_NAME,
+            "messages": [{"role": "user", "content": "go on and on"}],
+            "max_tokens": 200,
+            "temperature": 0,
+            "stream": True,
+        }
+        with (
+            httpx.Client(base_url=base, timeout=120) as client,
+            client.stream("POST", CHAT, json=body) as response,
+        ):
             for line in response.iter_lines():
                 if line.startswith("data:"):
                     chunks.append(time.perf_counter())
@@ -218,12 +236,15 @@ def test_a_burst_of_costly_requests_stalls_neither_a_stream_nor_health(
         watcher = pool.submit(watch_health)
         streamer = pool.submit(stream)
         assert streaming.wait(60)
-        answers = [pool.submit(live.request, method, path, content=body, headers=JSON) for method, path, body, _ in burst]
+        answers = [
+            pool.submit(live.request, method, path, content=body, headers=JSON)
+            for method, path, body, _ in burst
+        ]
         statuses = [answer.result().status_code for answer in answers]
         streamer.result()
         done.set()
         watcher.result()
     assert statuses == [expected for *_, expected in burst]
-    gaps = [later - earlier for earlier, later in zip(chunks, chunks[1:])]
+    gaps = [later - earlier for earlier, later in pairwise(chunks)]
     assert len(chunks) > 5 and max(gaps) < BOUND_S, f"largest gap between stream chunks: {max(gaps):.2f} s"
     assert max(health) < BOUND_S, f"slowest /health: {max(health):.2f} s"

@@ -12,16 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ADAPTER_NAME, API_KEY, running_engine, tiny_settings
 from pydantic import ValidationError
 
 from hotlora_server import cli
 from hotlora_server.api.hosts import host_allowed, host_name
 from hotlora_server.settings import Settings
 
-from conftest import ADAPTER_NAME, API_KEY, running_engine, tiny_settings
-
 REBOUND = "evil.example:8000"  # a name a web page controls, pointed at 127.0.0.1
-LOCAL_HOSTS = ["localhost:8000", "127.0.0.1:8000", "[::1]:8000", "app.localhost", "LOCALHOST.", "192.168.1.5:8000"]
+LOCAL_HOSTS = [
+    "localhost:8000",
+    "127.0.0.1:8000",
+    "[::1]:8000",
+    "app.localhost",
+    "LOCALHOST.",
+    "192.168.1.5:8000",
+]
 
 
 @pytest.fixture
@@ -51,7 +57,10 @@ def test_the_command_line_says_why_an_empty_key_is_refused(env: None) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["serve", "--api-key", ""])  # what `--api-key "$KEY"` becomes with KEY unset
     message = str(exc.value.code)
-    assert message.startswith("hotlora: invalid settings: api_key: an empty API key") and "Value error" not in message
+    assert (
+        message.startswith("hotlora: invalid settings: api_key: an empty API key")
+        and "Value error" not in message
+    )
 
 
 def test_a_key_padded_with_whitespace_is_refused(tmp_path: Path) -> None:
@@ -88,8 +97,9 @@ def test_loopback_needs_no_key(env: None, host: str) -> None:
     assert serve("--host", host).api_key is None
 
 
-def test_fetch_is_not_refused_for_a_keyless_exposed_host(env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_fetch_is_not_refused_for_a_keyless_exposed_host(
+    env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("HOTLORA_HOST", "0.0.0.0")  # fetch listens nowhere
     empty = tmp_path / "not-a-model"
     empty.mkdir()
@@ -102,13 +112,17 @@ def test_fetch_is_not_refused_for_a_keyless_exposed_host(env: None, tmp_path: Pa
 
 def test_allowed_hosts_from_flags_and_the_environment(env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     assert serve("--allowed-hosts", "a.example,.B.example", "--allowed-hosts", "c.example").allowed_hosts == (
-        "a.example", ".b.example", "c.example",
-    )  # fmt: skip
+        "a.example",
+        ".b.example",
+        "c.example",
+    )
     monkeypatch.setenv("HOTLORA_ALLOWED_HOSTS", "d.example, .e.example")
     assert serve().allowed_hosts == ("d.example", ".e.example")
 
 
-@pytest.mark.parametrize("entry", ["http://a.example", "a.example:8000", "cafe.be:8000", "a.example/x", "a example"])
+@pytest.mark.parametrize(
+    "entry", ["http://a.example", "a.example:8000", "cafe.be:8000", "a.example/x", "a example"]
+)
 def test_an_allowed_host_must_be_a_name(env: None, entry: str) -> None:
     with pytest.raises(SystemExit, match="not a host name"):
         serve("--allowed-hosts", entry)
@@ -131,7 +145,9 @@ def test_host_names_are_matched_as_django_does() -> None:
     assert not host_allowed(REBOUND, ()) and not host_allowed("127.0.0.1.evil.example", ())
     assert not host_allowed("localhost.evil.example", ()) and not host_allowed("evil.example:80:80", ())
     assert host_allowed("api.b.example", (".b.example",)) and host_allowed("b.example:1", (".b.example",))
-    assert not host_allowed("notb.example", (".b.example",)) and not host_allowed("x.a.example", ("a.example",))
+    assert not host_allowed("notb.example", (".b.example",)) and not host_allowed(
+        "x.a.example", ("a.example",)
+    )
 
 
 # -- the guard in the app ------------------------------------------------------------------------------
@@ -163,17 +179,27 @@ def test_a_rebound_host_reaches_no_route(keyless_app: tuple[Any, Path], openai_e
     client, _ = keyless_app
     evil = {"host": REBOUND}
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-    for method, path, body in [("GET", "/v1/models", None), ("POST", "/v1/chat/completions", chat),
-                               ("GET", "/metrics", None), ("GET", "/openapi.json", None), ("GET", "/docs", None),
-                               ("POST", "/v1/adapters", {"name": "x", "path": "/etc"}), ("GET", "/nowhere", None)]:  # fmt: skip
-        error = openai_error(client.request(method, path, json=body, headers=evil), 403, code="host_not_allowed")
+    for method, path, body in [
+        ("GET", "/v1/models", None),
+        ("POST", "/v1/chat/completions", chat),
+        ("GET", "/metrics", None),
+        ("GET", "/openapi.json", None),
+        ("GET", "/docs", None),
+        ("POST", "/v1/adapters", {"name": "x", "path": "/etc"}),
+        ("GET", "/nowhere", None),
+    ]:
+        error = openai_error(
+            client.request(method, path, json=body, headers=evil), 403, code="host_not_allowed"
+        )
         assert "evil.example" in error["message"] and "--allowed-hosts" in error["message"], error
     assert client.get("/health", headers=evil).status_code == 200  # probes address it by any name
     for host in LOCAL_HOSTS:
         assert client.get("/v1/models", headers={"host": host}).status_code == 200, host
 
 
-def test_a_purge_from_a_rebound_host_deletes_nothing(keyless_app: tuple[Any, Path], openai_error: Any) -> None:
+def test_a_purge_from_a_rebound_host_deletes_nothing(
+    keyless_app: tuple[Any, Path], openai_error: Any
+) -> None:
     client, store = keyless_app
     purge = f"/v1/adapters/{ADAPTER_NAME}?purge=true"
     openai_error(client.delete(purge, headers={"host": REBOUND}), 403, code="host_not_allowed")
@@ -189,7 +215,9 @@ def test_with_a_key_any_host_is_answered_unless_hosts_are_listed(tiny_engine: An
 
     auth = {"authorization": f"Bearer {API_KEY}", "host": REBOUND}
     for allowed, status in ((None, 200), (["api.example"], 403)):
-        settings = Settings.build({"api_key": API_KEY, "allowed_hosts": allowed}, {"HOTLORA_HOME": str(tmp_path)})
+        settings = Settings.build(
+            {"api_key": API_KEY, "allowed_hosts": allowed}, {"HOTLORA_HOME": str(tmp_path)}
+        )
         app = create_app(tiny_engine, api_key=settings.api_key, allowed_hosts=settings.host_check)
         with TestClient(app) as client:
             assert client.get("/v1/models", headers=auth).status_code == status

@@ -18,7 +18,7 @@ from conftest import TINY_NAME
 
 CHAT = "/v1/chat/completions"
 JSON = {"content-type": "application/json"}
-CHAT_PREFIX = '{"model": "%s", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2' % TINY_NAME
+CHAT_PREFIX = f'{{"model": "{TINY_NAME}", "messages": [{{"role": "user", "content": "Hi"}}], "max_tokens": 2'
 LIMIT = 4096
 
 
@@ -46,24 +46,33 @@ def test_non_finite_integers_are_400(client: Any, openai_error: Any, param: str,
 
 @pytest.mark.parametrize(
     "extra",
-    ['"adapters": [{"name": "tiny-adapter", "weight": NaN}]', '"model": "tiny-adapter*Infinity"',
-     '"model": "tiny-adapter*nan"', '"adapters": [{"name": "tiny-adapter"}], "blend_method": "ties", "density": NaN'],
-)  # fmt: skip
+    [
+        '"adapters": [{"name": "tiny-adapter", "weight": NaN}]',
+        '"model": "tiny-adapter*Infinity"',
+        '"model": "tiny-adapter*nan"',
+        '"adapters": [{"name": "tiny-adapter"}], "blend_method": "ties", "density": NaN',
+    ],
+)
 def test_non_finite_blend_numbers_are_400(client: Any, openai_error: Any, extra: str) -> None:
     assert "finite" in openai_error(_raw_chat(client, extra), 400)["message"]
 
 
 def test_non_finite_blend_weight_when_saving_is_400(client: Any, openai_error: Any) -> None:
     body = b'{"name": "nan-blend", "adapters": [{"name": "tiny-adapter", "weight": NaN}]}'
-    error = openai_error(client.post("/v1/adapters/blend", content=body, headers=JSON), 400, param="adapters.0.weight")
+    error = openai_error(
+        client.post("/v1/adapters/blend", content=body, headers=JSON), 400, param="adapters.0.weight"
+    )
     assert "finite" in error["message"]
 
 
 @pytest.mark.parametrize(
     "extra",
-    ['"model": "tiny-adapter*1e100"', '"model": "tiny-adapter*0.5+other*-10.5"',
-     '"adapters": [{"name": "tiny-adapter", "weight": 1e30}]'],
-)  # fmt: skip
+    [
+        '"model": "tiny-adapter*1e100"',
+        '"model": "tiny-adapter*0.5+other*-10.5"',
+        '"adapters": [{"name": "tiny-adapter", "weight": 1e30}]',
+    ],
+)
 def test_blend_weights_beyond_the_bound_are_400(client: Any, openai_error: Any, extra: str) -> None:
     """A weight of 1e100 overflows the blend's sums into NaN output; it is refused before anything is built."""
     assert "between -10 and 10" in openai_error(_raw_chat(client, extra), 400)["message"]
@@ -79,7 +88,9 @@ def test_blend_weight_beyond_the_bound_when_saving_is_400(client: Any, openai_er
 
 
 def test_huge_max_tokens_is_context_length_exceeded(client: Any, openai_error: Any) -> None:
-    error = openai_error(_raw_chat(client, f'"max_completion_tokens": {10**30}'), 400, code="context_length_exceeded")
+    error = openai_error(
+        _raw_chat(client, f'"max_completion_tokens": {10**30}'), 400, code="context_length_exceeded"
+    )
     assert "256" in error["message"]
 
 
@@ -90,9 +101,14 @@ def test_huge_integers_are_400(client: Any, openai_error: Any, param: str) -> No
 
 @pytest.mark.parametrize(
     ("fields", "param"),
-    [({"n": -1}, "n"), ({"max_tokens": -5}, "max_tokens"), ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
-     ({"top_p": -0.5}, "top_p"), ({"presence_penalty": -1e308}, "presence_penalty")],
-)  # fmt: skip
+    [
+        ({"n": -1}, "n"),
+        ({"max_tokens": -5}, "max_tokens"),
+        ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+        ({"top_p": -0.5}, "top_p"),
+        ({"presence_penalty": -1e308}, "presence_penalty"),
+    ],
+)
 def test_negative_numbers_are_400(client: Any, openai_error: Any, fields: dict[str, Any], param: str) -> None:
     body = {"model": TINY_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, **fields}
     openai_error(client.post(CHAT, json=body), 400, param=param)
@@ -168,18 +184,30 @@ def test_syntax_error_names_the_position_not_a_param(client: Any, openai_error: 
 
 @pytest.mark.parametrize(
     "messages",
-    [[{"role": "user", "content": 42}], [{"role": "user"}], [{"content": "Hi"}], ["Hi"], [None],
-     [{"role": "user", "content": [{"type": "text"}]}], [{"role": ["user"], "content": "Hi"}]],
-)  # fmt: skip
-def test_malformed_messages_are_400_naming_the_message(client: Any, openai_error: Any, messages: list[Any]) -> None:
+    [
+        [{"role": "user", "content": 42}],
+        [{"role": "user"}],
+        [{"content": "Hi"}],
+        ["Hi"],
+        [None],
+        [{"role": "user", "content": [{"type": "text"}]}],
+        [{"role": ["user"], "content": "Hi"}],
+    ],
+)
+def test_malformed_messages_are_400_naming_the_message(
+    client: Any, openai_error: Any, messages: list[Any]
+) -> None:
     body = {"model": TINY_NAME, "messages": messages, "max_tokens": 2}
     error = openai_error(client.post(CHAT, json=body), 400)
     assert error["param"] is not None and error["param"].startswith("messages.0"), error
 
 
 def test_messages_with_empty_content_still_answer(client: Any) -> None:
-    body = {"model": TINY_NAME, "messages": [{"role": "user", "content": ""}, {"role": "user", "content": []}],
-            "max_tokens": 2}  # fmt: skip
+    body = {
+        "model": TINY_NAME,
+        "messages": [{"role": "user", "content": ""}, {"role": "user", "content": []}],
+        "max_tokens": 2,
+    }
     response = client.post(CHAT, json=body)
     assert response.status_code == 200, response.text
 
@@ -196,20 +224,32 @@ def test_sixteen_thousand_integers_as_messages_is_a_short_400(client: Any, opena
 
 @pytest.mark.parametrize(
     ("field", "items", "limit"),
-    [("messages", [{"role": "user", "content": "Hi"}] * 2049, 2048),
-     ("messages.0.content", [{"role": "user", "content": [{"type": "text", "text": "Hi"}] * 257}], 256)],
-)  # fmt: skip
-def test_too_many_items_are_400_with_the_limit(client: Any, openai_error: Any, field: str, items: Any, limit: int) -> None:
-    error = openai_error(client.post(CHAT, json={"model": TINY_NAME, "messages": items, "max_tokens": 2}), 400,
-                         param=field)  # fmt: skip
+    [
+        ("messages", [{"role": "user", "content": "Hi"}] * 2049, 2048),
+        ("messages.0.content", [{"role": "user", "content": [{"type": "text", "text": "Hi"}] * 257}], 256),
+    ],
+)
+def test_too_many_items_are_400_with_the_limit(
+    client: Any, openai_error: Any, field: str, items: Any, limit: int
+) -> None:
+    error = openai_error(
+        client.post(CHAT, json={"model": TINY_NAME, "messages": items, "max_tokens": 2}), 400, param=field
+    )
     assert f"at most {limit} items are allowed, not {limit + 1}" in error["message"], error
 
 
 @pytest.mark.parametrize(("stop", "param"), [("x" * 257, "stop"), (["a", "x" * 257], "stop.1")])
-def test_a_stop_sequence_over_256_characters_is_400(client: Any, openai_error: Any, stop: Any, param: str) -> None:
+def test_a_stop_sequence_over_256_characters_is_400(
+    client: Any, openai_error: Any, stop: Any, param: str
+) -> None:
     """The stop matcher's work per token grows with the square of a stop sequence's length."""
-    error = openai_error(client.post(CHAT, json={"model": TINY_NAME, "messages": [{"role": "user", "content": "Hi"}],
-                                                 "stop": stop}), 400, param=param)  # fmt: skip
+    error = openai_error(
+        client.post(
+            CHAT, json={"model": TINY_NAME, "messages": [{"role": "user", "content": "Hi"}], "stop": stop}
+        ),
+        400,
+        param=param,
+    )
     assert "256 characters" in error["message"]
 
 
@@ -244,26 +284,42 @@ def test_a_mismatched_union_branch_is_not_shown_next_to_the_real_problem() -> No
 
     from hotlora_server.api.errors import _validation_message
 
-    errors = [{"type": "string_type", "loc": ("body", "messages", 0, "content", "str"), "msg": "not a string"},
-              {"type": "missing", "loc": ("body", "messages", 0, "content", "list[TextPart]", 0, "text"),
-               "msg": "Field required"},
-              {"type": "string_type", "loc": ("body", "user"), "msg": "Input should be a valid string"}]  # fmt: skip
+    errors = [
+        {"type": "string_type", "loc": ("body", "messages", 0, "content", "str"), "msg": "not a string"},
+        {
+            "type": "missing",
+            "loc": ("body", "messages", 0, "content", "list[TextPart]", 0, "text"),
+            "msg": "Field required",
+        },
+        {"type": "string_type", "loc": ("body", "user"), "msg": "Input should be a valid string"},
+    ]
     message, param = _validation_message(RequestValidationError(errors))
     assert message == "messages.0.content.0.text: Field required; user: Input should be a valid string"
 
 
 def test_ignored_fields_are_logged_in_one_bounded_line(client: Any, caplog: pytest.LogCaptureFixture) -> None:
     messages = [{"role": "user", "content": "Hi", "refusal": None, "annotations": []}] * 10
-    body = {"model": TINY_NAME, "messages": messages, "max_tokens": 1, **{f"extra{i}": i for i in range(1000)}}
+    body = {
+        "model": TINY_NAME,
+        "messages": messages,
+        "max_tokens": 1,
+        **{f"extra{i}": i for i in range(1000)},
+    }
     with caplog.at_level(logging.INFO, logger="hotlora_server.protocol"):
         assert client.post(CHAT, json=body).status_code == 200
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignoring unsupported fields")]
-    assert lines == ["ignoring unsupported fields: extra0, extra1, extra2, extra3, extra4, extra5, extra6, extra7, ..."]
+    lines = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("ignoring unsupported fields")
+    ]
+    assert lines == [
+        "ignoring unsupported fields: extra0, extra1, extra2, extra3, extra4, extra5, extra6, extra7, ..."
+    ]
     body = {"model": TINY_NAME, "messages": messages, "max_tokens": 1, "metadata": {}}
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="hotlora_server.protocol"):
         assert client.post(CHAT, json=body).status_code == 200
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignoring unsupported fields")]
+    lines = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("ignoring unsupported fields")
+    ]
     assert lines == ["ignoring unsupported fields: metadata, messages[].refusal, messages[].annotations"]
 
 
@@ -288,8 +344,11 @@ def _padded_chat(size: int) -> bytes:
 
 
 def test_body_over_the_limit_is_413_by_content_length(limited_client: Any, openai_error: Any) -> None:
-    error = openai_error(limited_client.post(CHAT, content=_padded_chat(LIMIT + 1), headers=JSON), 413,
-                         code="payload_too_large")  # fmt: skip
+    error = openai_error(
+        limited_client.post(CHAT, content=_padded_chat(LIMIT + 1), headers=JSON),
+        413,
+        code="payload_too_large",
+    )
     assert str(LIMIT) in error["message"] and "--max-body-bytes" in error["message"]
 
 
@@ -330,7 +389,12 @@ def test_streamed_body_stops_being_read_at_the_limit() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": CHAT, "headers": [(b"content-type", b"application/json")]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": CHAT,
+        "headers": [(b"content-type", b"application/json")],
+    }
     asyncio.run(BodyLimitMiddleware(app, max_bytes=LIMIT)(scope, receive, send))
     assert sum(consumed) <= LIMIT
     assert sent[0]["status"] == 413

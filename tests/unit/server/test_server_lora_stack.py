@@ -51,7 +51,9 @@ def stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Lo
 
 
 @pytest.fixture(params=[lora_stack.BLOCK, 6], ids=["one-block", "blocks"])
-def kernel_stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, cpu_kernels: CpuKernels) -> LoraStack:
+def kernel_stack(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, cpu_kernels: CpuKernels
+) -> LoraStack:
     """A fresh stack through the compiled kernels: the batch-invariant one."""
     monkeypatch.setattr(lora_stack, "BLOCK", request.param)
     return LoraStack(torch.float32, kernels=cpu_kernels)
@@ -63,7 +65,9 @@ def kernel_stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     ids=["mixed", "one-adapter", "blend", "base-only", "partial-targets"],
 )
 @pytest.mark.parametrize("tokens", [7, 1], ids=["prefill", "decode"])
-def test_stacked_lora_matches_peft(peft_model: PeftModel, stack: LoraStack, keys: list[str], tokens: int) -> None:
+def test_stacked_lora_matches_peft(
+    peft_model: PeftModel, stack: LoraStack, keys: list[str], tokens: int
+) -> None:
     ids = torch.randint(0, 1000, (len(keys), tokens), generator=torch.Generator().manual_seed(0))
     expected = _peft_logits(peft_model, ids, keys)
     got = _stacked_logits(peft_model, stack, ids, keys)
@@ -78,7 +82,9 @@ def test_a_prefill_runs_each_adapter_once_per_run_of_its_rows(peft_model: PeftMo
         assert [(start, stop) for _, start, stop in stack.route.runs] == [(0, 2), (2, 3), (4, 5)]
 
 
-def test_a_batch_computes_only_the_blocks_its_adapters_use(peft_model: PeftModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_computes_only_the_blocks_its_adapters_use(
+    peft_model: PeftModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Blocks fill in load order (a: r2 and b: r4 share one, c: r8 exceeds 6 and gets its own, then ab)."""
     monkeypatch.setattr(lora_stack, "BLOCK", 6)
     stack = LoraStack(torch.float32)
@@ -104,7 +110,9 @@ def test_stack_follows_adapter_changes_and_skips_dora(peft_model: PeftModel) -> 
     assert stack.covers(peft_model, {"a", "b", "c", "ab"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        peft_model.add_adapter("d", LoraConfig(r=2, target_modules=["q_proj"], use_dora=True, init_lora_weights=False))
+        peft_model.add_adapter(
+            "d", LoraConfig(r=2, target_modules=["q_proj"], use_dora=True, init_lora_weights=False)
+        )
     try:
         stack.invalidate()
         assert stack.covers(peft_model, {"a"}) and not stack.covers(peft_model, {"a", "d"})
@@ -133,7 +141,10 @@ def test_adapters_coming_and_going_write_only_their_own_columns(
         return [(a.data_ptr(), a.clone()) for a, _ in blocks[:count]]
 
     def same(before: list[tuple[int, torch.Tensor]]) -> bool:
-        return all(ptr == a.data_ptr() and torch.equal(old, a) for (ptr, old), (a, _) in zip(before, blocks, strict=False))
+        return all(
+            ptr == a.data_ptr() and torch.equal(old, a)
+            for (ptr, old), (a, _) in zip(before, blocks, strict=False)
+        )
 
     untouched = snapshot(3)
     torch.manual_seed(7)
@@ -141,16 +152,23 @@ def test_adapters_coming_and_going_write_only_their_own_columns(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for name, r in (("e", 4), ("f", 2)):
-                peft_model.add_adapter(name, LoraConfig(r=r, target_modules="all-linear", init_lora_weights=False))
+                peft_model.add_adapter(
+                    name, LoraConfig(r=r, target_modules="all-linear", init_lora_weights=False)
+                )
         stack.invalidate()
         assert stack.covers(peft_model, {"e", "f"})
-        assert (stack._slots["e"], stack._slots["f"]) == (lora_stack._Slot(3, 0, 4), lora_stack._Slot(3, 4, 6))
+        assert (stack._slots["e"], stack._slots["f"]) == (
+            lora_stack._Slot(3, 0, 4),
+            lora_stack._Slot(3, 4, 6),
+        )
         assert same(untouched)
         with_f = snapshot(4)[3:]
         peft_model.delete_adapter("e")
         stack.invalidate()
         assert stack.covers(peft_model, {"f"}) and not stack.covers(peft_model, {"e"})
-        assert torch.count_nonzero(blocks[3][0][:, :4]) == 0 and torch.equal(blocks[3][0][:, 4:], with_f[0][1][:, 4:])
+        assert torch.count_nonzero(blocks[3][0][:, :4]) == 0 and torch.equal(
+            blocks[3][0][:, 4:], with_f[0][1][:, 4:]
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             peft_model.add_adapter("g", LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
@@ -159,7 +177,9 @@ def test_adapters_coming_and_going_write_only_their_own_columns(
         assert same(untouched) and blocks[3][0].data_ptr() == with_f[0][0]
         keys = ["a", "g", "f", "c", "ab", BASE]
         ids = torch.randint(0, 1000, (len(keys), 5), generator=torch.Generator().manual_seed(3))
-        torch.testing.assert_close(_stacked_logits(peft_model, stack, ids, keys), _peft_logits(peft_model, ids, keys))
+        torch.testing.assert_close(
+            _stacked_logits(peft_model, stack, ids, keys), _peft_logits(peft_model, ids, keys)
+        )
     finally:
         for name in ("e", "f", "g"):
             if name in peft_model.peft_config:
@@ -188,7 +208,9 @@ def _adding(peft_model: PeftModel, seed: int) -> Iterator[Callable[[str, LoraCon
                 peft_model.delete_adapter(name)
 
 
-def test_a_block_given_back_and_made_again_in_one_update(peft_model: PeftModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_block_given_back_and_made_again_in_one_update(
+    peft_model: PeftModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One adapter deleted and another added before the stack follows them (a new version is loaded, then
     the old one deleted): the emptied last block is given back and a narrower one made in its place."""
     monkeypatch.setattr(lora_stack, "BLOCK", 6)
@@ -202,11 +224,15 @@ def test_a_block_given_back_and_made_again_in_one_update(peft_model: PeftModel, 
         assert stack.covers(peft_model, {"f"}) and stack._slots["f"] == lora_stack._Slot(3, 0, 2)
         keys = ["a", "f", "c", BASE]
         ids = torch.randint(0, 1000, (len(keys), 5), generator=torch.Generator().manual_seed(5))
-        torch.testing.assert_close(_stacked_logits(peft_model, stack, ids, keys), _peft_logits(peft_model, ids, keys))
+        torch.testing.assert_close(
+            _stacked_logits(peft_model, stack, ids, keys), _peft_logits(peft_model, ids, keys)
+        )
 
 
 @pytest.mark.parametrize("made_in_inference_mode", [True, False], ids=["made-in-inference", "made-outside"])
-def test_a_delete_is_followed_in_or_outside_inference_mode(peft_model: PeftModel, made_in_inference_mode: bool) -> None:
+def test_a_delete_is_followed_in_or_outside_inference_mode(
+    peft_model: PeftModel, made_in_inference_mode: bool
+) -> None:
     """Blocks made during a forward (inference mode) are zeroed when an adapter leaves, which the pool may
     do outside that mode (an eviction, a purge), and the other way round."""
     stack = LoraStack(torch.float32)
@@ -248,7 +274,9 @@ class _Zeros(torch.nn.Module):
 
 
 @torch.inference_mode()
-def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(peft_model: PeftModel, kernel_stack: LoraStack) -> None:
+def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(
+    peft_model: PeftModel, kernel_stack: LoraStack
+) -> None:
     """What batch invariance rests on: the stacked deltas (also when other rows bring other blocks) and
     the attention give a row the same bits."""
     stack = kernel_stack
@@ -279,7 +307,9 @@ def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(peft_model: Pe
     mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
     mask[1, ..., :4] = False  # row 1 is left-padded by 4
     out, _ = batch_invariant_attention(module, query, keys_, values, mask, scaling=0.25)
-    alone, _ = batch_invariant_attention(module, query[1:2], keys_[1:2, :, 4:], values[1:2, :, 4:], None, scaling=0.25)
+    alone, _ = batch_invariant_attention(
+        module, query[1:2], keys_[1:2, :, 4:], values[1:2, :, 4:], None, scaling=0.25
+    )
     assert torch.equal(out[1:2], alone)
 
 
@@ -297,7 +327,9 @@ class _Rowwise(torch.nn.Module):
 
 @pytest.mark.parametrize("tokens", [1, 3], ids=["decode", "prefill"])
 @torch.inference_mode()
-def test_each_row_gets_the_bits_it_gets_alone(peft_model: PeftModel, kernel_stack: LoraStack, tokens: int) -> None:
+def test_each_row_gets_the_bits_it_gets_alone(
+    peft_model: PeftModel, kernel_stack: LoraStack, tokens: int
+) -> None:
     """Through the kernels, in long and short runs of one adapter (a prefill's GEMMs then have 51, 6 and 3
     rows: across the kernel's row tiles), a row's output equals its output alone."""
     stack = kernel_stack
@@ -321,7 +353,9 @@ def test_each_row_gets_the_bits_it_gets_alone(peft_model: PeftModel, kernel_stac
 
 @torch.inference_mode()
 @pytest.mark.parametrize("tokens", [1, 3], ids=["decode", "prefill"])
-def test_the_kernels_add_into_base_outputs_of_another_dtype(peft_model: PeftModel, cpu_kernels: CpuKernels, tokens: int) -> None:
+def test_the_kernels_add_into_base_outputs_of_another_dtype(
+    peft_model: PeftModel, cpu_kernels: CpuKernels, tokens: int
+) -> None:
     """A base layer that returns bf16 gets the kernels' float32 delta rounded once, as the torch path does."""
     keys = ["a", BASE, "ab"]
     x = torch.randn(len(keys), tokens, 64, generator=torch.Generator().manual_seed(7))

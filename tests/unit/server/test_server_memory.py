@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ADAPTER_NAME, TINY_CONTEXT, TINY_NAME, chat_request, collect, running_engine, tiny_settings
+from conftest import (
+    ADAPTER_NAME,
+    TINY_CONTEXT,
+    TINY_NAME,
+    chat_request,
+    collect,
+    running_engine,
+    tiny_settings,
+)
 
 from hotlora_server.engine.kv_budget import KvBudget
 from hotlora_server.engine.scheduler import Scheduler
@@ -43,15 +51,20 @@ def _kv(tiny_dir: Path, capacity: int = 1) -> KvBudget:
 def kv_engine(tiny_dir: Path, adapter_store: Path, home: Path) -> Iterator[Any]:
     """An engine whose KV cache budget holds one request over the whole context and no more."""
     capacity = _kv(tiny_dir).bytes_for(1, TINY_CONTEXT)
-    with running_engine(tiny_settings(tiny_dir, home, adapter_store, kv_cache_memory_bytes=capacity)) as engine:
+    with running_engine(
+        tiny_settings(tiny_dir, home, adapter_store, kv_cache_memory_bytes=capacity)
+    ) as engine:
         yield engine
 
 
-def test_the_running_batch_stays_within_the_kv_budget(kv_engine: Any, tiny_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_running_batch_stays_within_the_kv_budget(
+    kv_engine: Any, tiny_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Five requests, a budget for two at a time: the others wait in the queue, the batch's cache never
     holds more than the budget, and every request gets exactly what it gets alone."""
     requests = [
-        chat_request(TINY_NAME if i % 2 else ADAPTER_NAME, f"request number {i}", max_tokens=20) for i in range(5)
+        chat_request(TINY_NAME if i % 2 else ADAPTER_NAME, f"request number {i}", max_tokens=20)
+        for i in range(5)
     ]
     reach = [kv_engine._prepare(r).reach for r in requests]
     kv = kv_engine._kv
@@ -72,7 +85,9 @@ def test_the_running_batch_stays_within_the_kv_budget(kv_engine: Any, tiny_engin
     assert asyncio.run(together()) == alone
     assert max(size for size, _ in held) <= kv.capacity
     assert max(rows for _, rows in held) == 2  # the budget, not the queue, set the pace
-    deadline = time.monotonic() + 10  # the engine publishes its gauges after the step that ended the last request
+    deadline = (
+        time.monotonic() + 10
+    )  # the engine publishes its gauges after the step that ended the last request
     while (kv_engine.stats().kv_cache_usage, kv_engine.stats().kv_cache_bytes) != (0, 0):
         assert time.monotonic() < deadline, kv_engine.stats()
         time.sleep(0.01)
@@ -103,7 +118,9 @@ def test_a_kv_budget_that_cannot_hold_one_whole_context_stops_the_start(
 
 
 @pytest.fixture(scope="module")
-def blend_engine(tiny_dir: Path, adapter_store: Path, home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def blend_engine(
+    tiny_dir: Path, adapter_store: Path, home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """Four copies of the r=4 adapter, two slots for adapters and blends, blends up to rank 6."""
     store = tmp_path_factory.mktemp("store")
     for name in SOURCES:
@@ -151,7 +168,9 @@ def test_a_blend_above_the_rank_cap_is_refused(blend_engine: Any) -> None:
 
 
 @pytest.mark.parametrize("beside_a_stream", [True, False], ids=["beside-a-stream", "idle"])
-def test_a_step_builds_one_blend_at_most(blend_engine: Any, monkeypatch: pytest.MonkeyPatch, beside_a_stream: bool) -> None:
+def test_a_step_builds_one_blend_at_most(
+    blend_engine: Any, monkeypatch: pytest.MonkeyPatch, beside_a_stream: bool
+) -> None:
     """Two new blends and a base request arrive together: the first blend's request and the base request
     (behind both blends in the queue) are decoding before the second build starts, and a stream already
     running gets a token between the builds, so each waits for one build at a time; the stream's output
@@ -161,14 +180,19 @@ def test_a_step_builds_one_blend_at_most(blend_engine: Any, monkeypatch: pytest.
     stream_request = chat_request(TINY_NAME, "go on and on", max_tokens=120)
     alone = asyncio.run(collect(blend_engine, stream_request)) if beside_a_stream else None
     weight = 0.2 if beside_a_stream else 0.3  # blends not built yet
-    new = [_blend(("a", weight), ("c", 1 - weight)), _blend(("b", weight), ("d", 1 - weight)),
-           chat_request(TINY_NAME, "I need no adapter", max_tokens=4)]  # fmt: skip
+    new = [
+        _blend(("a", weight), ("c", 1 - weight)),
+        _blend(("b", weight), ("d", 1 - weight)),
+        chat_request(TINY_NAME, "I need no adapter", max_tokens=4),
+    ]
     builds: list[tuple[int, set[str]]] = []  # decode steps so far, the requests running
     original = AdapterPool._build_blend
 
     def build(self: AdapterPool, blend: BlendSpec) -> Any:
         scheduler = blend_engine._scheduler
-        builds.append((scheduler.stats.decode_steps, {row.job.request.request_id for row in scheduler.running}))
+        builds.append(
+            (scheduler.stats.decode_steps, {row.job.request.request_id for row in scheduler.running})
+        )
         return original(self, blend)
 
     monkeypatch.setattr(AdapterPool, "_build_blend", build)
@@ -193,7 +217,9 @@ def test_a_step_builds_one_blend_at_most(blend_engine: Any, monkeypatch: pytest.
 
     streamed, results = asyncio.run(scenario())
     assert len(builds) == 2 and builds[0][0] < builds[1][0]
-    assert {new[0].request_id, new[2].request_id} <= builds[1][1], "requests waited for a build they do not use"
+    assert {new[0].request_id, new[2].request_id} <= builds[1][1], (
+        "requests waited for a build they do not use"
+    )
     assert all(usage.completion_tokens for _, usage in results)
     assert streamed == alone
 

@@ -27,29 +27,52 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "qwen2": {},  # biases on q, k, v
     "qwen3": {"head_dim": 16},  # q and k norms
     "mistral": {"head_dim": 16, "sliding_window": 8},
-    "gemma2": {"head_dim": 16, "sliding_window": 8, "query_pre_attn_scalar": 16, "attn_logit_softcapping": 0.5},
-    "gemma3_text": {"head_dim": 16, "sliding_window": 8, "query_pre_attn_scalar": 16, "sliding_window_pattern": 2},
+    "gemma2": {
+        "head_dim": 16,
+        "sliding_window": 8,
+        "query_pre_attn_scalar": 16,
+        "attn_logit_softcapping": 0.5,
+    },
+    "gemma3_text": {
+        "head_dim": 16,
+        "sliding_window": 8,
+        "query_pre_attn_scalar": 16,
+        "sliding_window_pattern": 2,
+    },
     "phi3": {},  # fused qkv_proj and gate_up_proj
 }
-PROMPTS = ("a shared system turn that the prefix cache keeps, then the first question",
-           "a shared system turn that the prefix cache keeps, then another question entirely", "x")  # fmt: skip
+PROMPTS = (
+    "a shared system turn that the prefix cache keeps, then the first question",
+    "a shared system turn that the prefix cache keeps, then another question entirely",
+    "x",
+)
 
 
 def tiny_model(family: str, tokenizer: Any) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     config = AutoConfig.for_model(
-        family, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        family,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         **FAMILIES[family],
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_config(config).eval()
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     return model
 
@@ -79,7 +102,9 @@ BLEND = BlendSpec(components=(("trained", 0.5), ("random", 0.5)))
 def _outputs(engine: Any, cases: list[tuple[str, str]], concurrently: bool) -> list[str]:
     async def run() -> list[tuple[dict[int, str], Any]]:
         requests = [
-            dataclasses.replace(chat_request(model, text, max_tokens=10), blend=BLEND if model == BLEND.label() else None)
+            dataclasses.replace(
+                chat_request(model, text, max_tokens=10), blend=BLEND if model == BLEND.label() else None
+            )
             for model, text in cases
         ]
         if concurrently:
@@ -100,12 +125,24 @@ def test_train_serve_blend_and_batch_invariance(family: str, real_tokenizer: Any
     real_tokenizer.save_pretrained(base)
     store = tmp_path / "store"
     rows = tmp_path / "data.jsonl"
-    rows.write_text("".join(
-        f'{{"messages": [{{"role": "user", "content": "say {w}"}}, {{"role": "assistant", "content": "{w} {w}"}}]}}\n'
-        for w in ("one", "two", "three", "four")
-    ))  # fmt: skip
-    config = TrainConfig(name="trained", data=rows, base=str(base), home=tmp_path / "home", adapters_dir=store,
-                         device="cpu", r=4, max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2)  # fmt: skip
+    rows.write_text(
+        "".join(
+            f'{{"messages": [{{"role": "user", "content": "say {w}"}}, {{"role": "assistant", "content": "{w} {w}"}}]}}\n'
+            for w in ("one", "two", "three", "four")
+        )
+    )
+    config = TrainConfig(
+        name="trained",
+        data=rows,
+        base=str(base),
+        home=tmp_path / "home",
+        adapters_dir=store,
+        device="cpu",
+        r=4,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+    )
     assert train(config, out=lambda _line: None, progress_bar=False, env={}).manifest is not None
     torch.manual_seed(3)
     with warnings.catch_warnings():
@@ -123,6 +160,9 @@ def test_train_serve_blend_and_batch_invariance(family: str, real_tokenizer: Any
         alone = _outputs(engine, cases, concurrently=False)
         assert _outputs(engine, cases, concurrently=True) == alone
         assert _outputs(engine, cases, concurrently=False) == alone  # now from the prefix cache
-        by_model = {model: alone[i * len(PROMPTS) : (i + 1) * len(PROMPTS)] for i, model in enumerate(("tiny", "trained", "random", "blend"))}
+        by_model = {
+            model: alone[i * len(PROMPTS) : (i + 1) * len(PROMPTS)]
+            for i, model in enumerate(("tiny", "trained", "random", "blend"))
+        }
         assert by_model["random"] != by_model["tiny"] and by_model["blend"] != by_model["random"]
         assert engine.stats().prefix_cache_hit_tokens > 0

@@ -10,10 +10,17 @@ import pytest
 from conftest import API_KEY, TINY_NAME
 from prometheus_client.parser import text_string_to_metric_families
 
-CHAT = {"model": TINY_NAME, "messages": [{"role": "user", "content": "count to three"}], "max_tokens": 6, "temperature": 0}
+CHAT = {
+    "model": TINY_NAME,
+    "messages": [{"role": "user", "content": "count to three"}],
+    "max_tokens": 6,
+    "temperature": 0,
+}
 
 
-def scrape(client: Any, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(
+    client: Any, headers: dict[str, str] | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of `/metrics` as {(name, sorted labels): value}."""
     response = client.get("/metrics", headers=headers or {})
     assert response.status_code == 200, response.text
@@ -42,7 +49,10 @@ def test_metrics_count_requests_tokens_and_latencies(client: Any) -> None:
     assert delta("hotlora_time_to_first_token_seconds_count") == 1
     assert delta("hotlora_inter_token_latency_seconds_count") == usage["completion_tokens"] - 1
     assert delta("hotlora_decode_steps_total") >= usage["completion_tokens"] - 1
-    assert delta("hotlora_prefill_tokens_total") + delta("hotlora_prefix_cache_hit_tokens_total") == usage["prompt_tokens"]
+    assert (
+        delta("hotlora_prefill_tokens_total") + delta("hotlora_prefix_cache_hit_tokens_total")
+        == usage["prompt_tokens"]
+    )
     for gauge in ("hotlora_requests_running", "hotlora_requests_waiting", "hotlora_batch_rows"):
         assert after[(gauge, ())] == 0, gauge  # nothing in flight once the response is back
     assert after[("hotlora_adapters_resident", ())] >= 0
@@ -53,7 +63,9 @@ def test_unmatched_paths_share_one_label(client: Any) -> None:
     """Random paths (scanners, fuzzers) must not create a series each."""
     client.get("/no/such/path/123")
     client.get("/no/such/path/456")
-    labels = {dict(labels).get("endpoint") for name, labels in scrape(client) if name == "hotlora_requests_total"}
+    labels = {
+        dict(labels).get("endpoint") for name, labels in scrape(client) if name == "hotlora_requests_total"
+    }
     assert "unmatched" in labels and not any(label and "no/such" in label for label in labels)
 
 
@@ -90,8 +102,11 @@ def test_every_response_carries_a_request_id(client: Any, openai_error: Any) -> 
 
 
 def test_a_sane_client_request_id_is_kept_and_a_hostile_one_replaced(client: Any) -> None:
-    kept = client.post("/v1/completions", json={"model": TINY_NAME, "prompt": "hi", "max_tokens": 2},
-                       headers={"X-Request-ID": "trace-42.a:b"})  # fmt: skip
+    kept = client.post(
+        "/v1/completions",
+        json={"model": TINY_NAME, "prompt": "hi", "max_tokens": 2},
+        headers={"X-Request-ID": "trace-42.a:b"},
+    )
     assert kept.headers["x-request-id"] == "trace-42.a:b" and kept.json()["id"] == "cmpl-trace-42.a:b"
     for hostile in (b"has space", b"x" * 129, "a\u00e9b".encode(), b"a\\nb", b"<script>"):
         response = client.get("/health", headers={"X-Request-ID": hostile})
@@ -104,7 +119,9 @@ def test_access_log_has_the_request_id_and_never_the_key(
     from hotlora_server.logs import JsonFormatter
 
     caplog.set_level(logging.INFO)
-    good = keyed_client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {API_KEY}"})
+    good = keyed_client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     bad = keyed_client.get("/v1/models", headers={"Authorization": "Bearer sk-wrong-guess"})
     assert good.status_code == 200 and bad.status_code == 401
     access = [r for r in caplog.records if r.name == "hotlora.access"]

@@ -13,7 +13,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import ADAPTER_NAME, API_KEY, TINY_CONTEXT, TINY_NAME, chat_request, collect, running_engine, tiny_settings
+from conftest import (
+    ADAPTER_NAME,
+    API_KEY,
+    TINY_CONTEXT,
+    TINY_NAME,
+    chat_request,
+    collect,
+    running_engine,
+    tiny_settings,
+)
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Tell me about the sea."}]
@@ -43,8 +52,10 @@ def test_logit_bias_of_100_forces_a_token(client: Any, real_tokenizer: Any) -> N
     for temperature in (0, 1.0):
         reply = _chat(client, logit_bias={str(token): 100}, max_tokens=4, temperature=temperature, seed=1)
         assert _content(reply) == expected
-    completion = client.post("/v1/completions", json={"model": TINY_NAME, "prompt": "The sea", "max_tokens": 3,
-                                                      "logit_bias": {str(token): 100}})  # fmt: skip
+    completion = client.post(
+        "/v1/completions",
+        json={"model": TINY_NAME, "prompt": "The sea", "max_tokens": 3, "logit_bias": {str(token): 100}},
+    )
     assert completion.json()["choices"][0]["text"] == real_tokenizer.decode([token] * 3)
 
 
@@ -65,8 +76,10 @@ def test_min_tokens_and_ignore_eos_hold_back_an_eos(client: Any, real_tokenizer:
     assert _ending(_chat(client, logit_bias=eos, ignore_eos=True)) == ("length", 8)  # to max_tokens
     assert _ending(_chat(client, logit_bias=eos, ignore_eos=True, min_tokens=8)) == ("length", 8)
     assert _content(_chat(client, logit_bias=eos, ignore_eos=True)) == ""  # EOS has no text
-    completion = client.post("/v1/completions", json={"model": TINY_NAME, "prompt": "Hi", "max_tokens": 5,
-                                                      "logit_bias": eos, "min_tokens": 2})  # fmt: skip
+    completion = client.post(
+        "/v1/completions",
+        json={"model": TINY_NAME, "prompt": "Hi", "max_tokens": 5, "logit_bias": eos, "min_tokens": 2},
+    )
     assert completion.json()["usage"]["completion_tokens"] == 3
 
 
@@ -99,20 +112,35 @@ def test_repetition_penalty_counts_the_prompt_s_tokens(client: Any, real_tokeniz
     assert _content(_chat(client, max_tokens=1, logit_bias=bias)) == first  # the prompt holds " sea"
     assert _content(_chat(client, max_tokens=1, logit_bias=bias, repetition_penalty=1000.0)) != first
     lake = [{"role": "user", "content": "Tell me about the lake."}]
-    assert _content(_chat(client, messages=lake, max_tokens=1, logit_bias=bias, repetition_penalty=1000.0)) == first
+    assert (
+        _content(_chat(client, messages=lake, max_tokens=1, logit_bias=bias, repetition_penalty=1000.0))
+        == first
+    )
 
 
 @pytest.mark.parametrize(
     ("fields", "param"),
-    [({"logit_bias": {"abc": 1}}, "logit_bias"), ({"logit_bias": {"-1": 1}}, "logit_bias"),
-     ({"logit_bias": {"5": 100.5}}, "logit_bias"), ({"logit_bias": {"5": "1"}}, "logit_bias"),
-     ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
-     ({"logit_bias": {"49152": 1}}, "logit_bias"),  # beyond the vocabulary: the engine says so
-     ({"top_k": -2}, "top_k"), ({"top_k": 1.5}, "top_k"), ({"min_p": 1.5}, "min_p"), ({"min_p": -0.1}, "min_p"),
-     ({"repetition_penalty": 0}, "repetition_penalty"), ({"repetition_penalty": -1.0}, "repetition_penalty"),
-     ({"min_tokens": -1}, "min_tokens"), ({"min_tokens": 9}, "min_tokens"), ({"ignore_eos": "yes"}, "ignore_eos")],
-)  # fmt: skip
-def test_invalid_extras_are_400_naming_the_field(client: Any, openai_error: Any, fields: dict[str, Any], param: str) -> None:
+    [
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"-1": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": 100.5}}, "logit_bias"),
+        ({"logit_bias": {"5": "1"}}, "logit_bias"),
+        ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+        ({"logit_bias": {"49152": 1}}, "logit_bias"),  # beyond the vocabulary: the engine says so
+        ({"top_k": -2}, "top_k"),
+        ({"top_k": 1.5}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"min_p": -0.1}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"repetition_penalty": -1.0}, "repetition_penalty"),
+        ({"min_tokens": -1}, "min_tokens"),
+        ({"min_tokens": 9}, "min_tokens"),
+        ({"ignore_eos": "yes"}, "ignore_eos"),
+    ],
+)
+def test_invalid_extras_are_400_naming_the_field(
+    client: Any, openai_error: Any, fields: dict[str, Any], param: str
+) -> None:
     body = {"model": TINY_NAME, "messages": MESSAGES, "max_tokens": 8, **fields}
     error = openai_error(client.post(CHAT, json=body), 400)
     assert error["param"] == param or param in error["message"], error
@@ -121,7 +149,9 @@ def test_invalid_extras_are_400_naming_the_field(client: Any, openai_error: Any,
 
 
 def test_the_extras_are_documented_in_the_schema(client: Any) -> None:
-    fields = client.get("/openapi.json").json()["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    fields = client.get("/openapi.json").json()["components"]["schemas"]["ChatCompletionRequest"][
+        "properties"
+    ]
     assert {"logit_bias", "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos"} <= set(fields)
 
 
@@ -144,7 +174,9 @@ def _extras_cases(eos: int, token: int) -> list[tuple[str, str, dict[str, Any]]]
 def test_each_row_gets_what_it_gets_alone(tiny_engine: Any, real_tokenizer: Any) -> None:
     """Rows with logit_bias, top_k, min_p, repetition_penalty, min_tokens, ignore_eos beside rows without
     any: every row's output equals its output alone (its tokens depend on its own options and seed only)."""
-    cases = _extras_cases(real_tokenizer.eos_token_id, real_tokenizer.encode(" sea", add_special_tokens=False)[0])
+    cases = _extras_cases(
+        real_tokenizer.eos_token_id, real_tokenizer.encode(" sea", add_special_tokens=False)[0]
+    )
 
     async def run(together: bool) -> list[tuple[dict[int, str], int]]:
         requests = [chat_request(model, text, **extra) for model, text, extra in cases]
@@ -190,28 +222,34 @@ def test_tokenize_options_and_adapters(client: Any, real_tokenizer: Any) -> None
     text = "Hi there"
     base = client.post("/tokenize", json={"prompt": text, "return_token_strs": True}).json()
     assert base["token_strs"] == real_tokenizer.convert_ids_to_tokens(base["tokens"])
-    assert client.post("/tokenize", json={"model": ADAPTER_NAME, "prompt": text}).json()["tokens"] == base["tokens"]
+    assert (
+        client.post("/tokenize", json={"model": ADAPTER_NAME, "prompt": text}).json()["tokens"]
+        == base["tokens"]
+    )
     special = client.post("/tokenize", json={"prompt": text, "add_special_tokens": False}).json()
     assert special["tokens"] == real_tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @pytest.mark.parametrize(
     ("path", "body", "status", "param"),
-    [("/tokenize", {"model": "no-such-model", "prompt": "x"}, 404, "model"),
-     ("/detokenize", {"model": "no-such-model", "tokens": [1]}, 404, "model"),
-     ("/tokenize", {"prompt": "x", "messages": MESSAGES}, 400, None),
-     ("/tokenize", {"model": TINY_NAME}, 400, None),
-     ("/tokenize", {"prompt": "x", "tools": [{"type": "function"}]}, 400, None),
-     ("/tokenize", {"prompt": 7}, 400, "prompt"),
-     ("/tokenize", {"prompt": "word " * 600}, 400, "prompt"),  # beyond the context (256 tokens)
-     ("/tokenize", {"prompt": "word " * 100_000}, 400, "prompt"),  # refused by its characters
-     ("/detokenize", {"tokens": [49152]}, 400, "tokens"),  # outside the vocabulary
-     ("/detokenize", {"tokens": [-1]}, 400, "tokens"),
-     ("/detokenize", {"tokens": [1] * (TINY_CONTEXT + 1)}, 400, "tokens"),
-     ("/detokenize", {"tokens": "1 2"}, 400, "tokens")],
-)  # fmt: skip
-def test_bad_tokenizer_requests(client: Any, openai_error: Any, path: str, body: dict[str, Any], status: int,
-                                param: str | None) -> None:  # fmt: skip
+    [
+        ("/tokenize", {"model": "no-such-model", "prompt": "x"}, 404, "model"),
+        ("/detokenize", {"model": "no-such-model", "tokens": [1]}, 404, "model"),
+        ("/tokenize", {"prompt": "x", "messages": MESSAGES}, 400, None),
+        ("/tokenize", {"model": TINY_NAME}, 400, None),
+        ("/tokenize", {"prompt": "x", "tools": [{"type": "function"}]}, 400, None),
+        ("/tokenize", {"prompt": 7}, 400, "prompt"),
+        ("/tokenize", {"prompt": "word " * 600}, 400, "prompt"),  # beyond the context (256 tokens)
+        ("/tokenize", {"prompt": "word " * 100_000}, 400, "prompt"),  # refused by its characters
+        ("/detokenize", {"tokens": [49152]}, 400, "tokens"),  # outside the vocabulary
+        ("/detokenize", {"tokens": [-1]}, 400, "tokens"),
+        ("/detokenize", {"tokens": [1] * (TINY_CONTEXT + 1)}, 400, "tokens"),
+        ("/detokenize", {"tokens": "1 2"}, 400, "tokens"),
+    ],
+)
+def test_bad_tokenizer_requests(
+    client: Any, openai_error: Any, path: str, body: dict[str, Any], status: int, param: str | None
+) -> None:
     error = openai_error(client.post(path, json=body), status)
     if param is not None:
         assert error["param"] == param or param in error["message"], error
@@ -227,8 +265,11 @@ def test_tokenizer_routes_need_the_api_key(keyed_client: Any, openai_error: Any)
 # -- CORS ------------------------------------------------------------------------------------------------------
 
 ORIGIN = "https://app.example"
-PREFLIGHT = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
-             "Access-Control-Request-Headers": "authorization, content-type"}  # fmt: skip
+PREFLIGHT = {
+    "Origin": ORIGIN,
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization, content-type",
+}
 
 
 def _app_client(engine: Any, **options: Any) -> Any:
@@ -260,7 +301,9 @@ def test_cors_refuses_other_origins(tiny_engine: Any) -> None:
         other = web.options(CHAT, headers={**PREFLIGHT, "Origin": "https://evil.example"})
         assert other.status_code == 400
         assert "access-control-allow-origin" not in other.headers
-        plain = web.get("/v1/models", headers={"Origin": "https://evil.example", "Authorization": f"Bearer {API_KEY}"})
+        plain = web.get(
+            "/v1/models", headers={"Origin": "https://evil.example", "Authorization": f"Bearer {API_KEY}"}
+        )
         assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
 
 
@@ -297,16 +340,19 @@ def test_generation_config_defaults(tmp_path: Path, tiny_dir: Path) -> None:
     assert _defaults(tmp_path, tiny_dir, {}) == {}
     found = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.01, "repetition_penalty": 1.05}
     assert _defaults(tmp_path, tiny_dir, {**found, "max_new_tokens": 64, "do_sample": True}) == {
-        **found, "max_new_tokens": 64
-    }  # fmt: skip
+        **found,
+        "max_new_tokens": 64,
+    }
     assert _defaults(tmp_path, tiny_dir, found, generation_config="vllm") == {}
     override = '{"temperature": 0.0, "top_k": -1}'
     assert _defaults(tmp_path, tiny_dir, found, override_generation_config=override) == {
-        **found, "temperature": 0.0, "top_k": -1
-    }  # fmt: skip
-    assert _defaults(tmp_path, tiny_dir, {}, generation_config="vllm", override_generation_config=override) == {
-        "temperature": 0.0, "top_k": -1
-    }  # fmt: skip
+        **found,
+        "temperature": 0.0,
+        "top_k": -1,
+    }
+    assert _defaults(
+        tmp_path, tiny_dir, {}, generation_config="vllm", override_generation_config=override
+    ) == {"temperature": 0.0, "top_k": -1}
 
 
 def test_the_embedded_model_gets_its_card_s_defaults(tmp_path: Path, tiny_dir: Path) -> None:
@@ -314,24 +360,27 @@ def test_the_embedded_model_gets_its_card_s_defaults(tmp_path: Path, tiny_dir: P
     unless its folder says otherwise, `vllm` turns them off or the override replaces them."""
     assert _defaults(tmp_path, tiny_dir, {}, model=None) == {"temperature": 0.2, "top_p": 0.9}
     assert _defaults(tmp_path, tiny_dir, {"temperature": 0.7}, model="smollm2-135m-instruct") == {
-        "temperature": 0.7, "top_p": 0.9
-    }  # fmt: skip
+        "temperature": 0.7,
+        "top_p": 0.9,
+    }
     assert _defaults(tmp_path, tiny_dir, {}, model=None, generation_config="vllm") == {}
-    assert _defaults(tmp_path, tiny_dir, {}, model=None, override_generation_config='{"temperature": 1.0}') == {
-        "temperature": 1.0, "top_p": 0.9
-    }  # fmt: skip
+    assert _defaults(
+        tmp_path, tiny_dir, {}, model=None, override_generation_config='{"temperature": 1.0}'
+    ) == {"temperature": 1.0, "top_p": 0.9}
 
 
-def test_a_generation_config_folder_and_values_out_of_range(tmp_path: Path, tiny_dir: Path,
-                                                             caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_a_generation_config_folder_and_values_out_of_range(
+    tmp_path: Path, tiny_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from hotlora_server.engine.loader import ModelLoadError
 
     folder = tmp_path / "gen"
     folder.mkdir()
     (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.4, "top_p": 0.8}))
     assert _defaults(tmp_path, tiny_dir, {"temperature": 0.9}, generation_config=str(folder)) == {
-        "temperature": 0.4, "top_p": 0.8
-    }  # fmt: skip
+        "temperature": 0.4,
+        "top_p": 0.8,
+    }
     with pytest.raises(ModelLoadError, match="generation_config.json"):
         _defaults(tmp_path, tiny_dir, {}, generation_config=str(tmp_path / "nowhere"))
     with caplog.at_level(logging.WARNING):
@@ -347,13 +396,19 @@ def test_requests_take_the_model_s_defaults_for_what_they_leave_out(
     folder = tmp_path / "model"
     shutil.copytree(tiny_dir, folder)
     config = json.loads((folder / "generation_config.json").read_text())
-    (folder / "generation_config.json").write_text(json.dumps({**config, "temperature": 0.0, "max_new_tokens": 3}))
+    (folder / "generation_config.json").write_text(
+        json.dumps({**config, "temperature": 0.0, "max_new_tokens": 3})
+    )
     settings = tiny_settings(folder, tmp_path / "home", adapter_store)
     with caplog.at_level(logging.INFO), running_engine(settings) as engine:
         greedy = asyncio.run(collect(engine, chat_request(TINY_NAME, "Hi", max_tokens=3, temperature=0.0)))
-        implicit = asyncio.run(collect(engine, chat_request(TINY_NAME, "Hi", max_tokens=None, temperature=None)))
+        implicit = asyncio.run(
+            collect(engine, chat_request(TINY_NAME, "Hi", max_tokens=None, temperature=None))
+        )
         assert implicit == greedy and implicit[1].completion_tokens == 3
-        own = asyncio.run(collect(engine, chat_request(TINY_NAME, "Hi", max_tokens=5, temperature=1.0, seed=1)))
+        own = asyncio.run(
+            collect(engine, chat_request(TINY_NAME, "Hi", max_tokens=5, temperature=1.0, seed=1))
+        )
         greedy5 = asyncio.run(collect(engine, chat_request(TINY_NAME, "Hi", max_tokens=5, temperature=0.0)))
         assert own[1].completion_tokens == 5 and own[0] != greedy5[0]
     assert "temperature=0, max_new_tokens=3" in caplog.text

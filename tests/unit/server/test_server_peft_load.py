@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import ADAPTER_NAME, TINY_NAME, _tiny_llama, running_engine, tiny_settings
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from conftest import ADAPTER_NAME, TINY_NAME, _tiny_llama, running_engine, tiny_settings
 from hotlora_adapters import inspect_adapter
 from hotlora_server.engine.adapter_pool import BASE
 from hotlora_server.engine.loader import base_spec
@@ -27,9 +27,13 @@ LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_
 RECIPES: dict[str, dict[str, Any]] = {
     "all-linear": dict(target_modules="all-linear"),
     "rank-and-alpha-patterns": dict(
-        target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 2}, alpha_pattern={r"layers\.1\..*q_proj": 3}
+        target_modules=["q_proj", "v_proj"],
+        rank_pattern={"v_proj": 2},
+        alpha_pattern={r"layers\.1\..*q_proj": 3},
     ),
-    "layers-to-transform": dict(target_modules=["q_proj", "down_proj"], layers_to_transform=[1], layers_pattern="layers"),
+    "layers-to-transform": dict(
+        target_modules=["q_proj", "down_proj"], layers_to_transform=[1], layers_pattern="layers"
+    ),
     "regex-targets": dict(target_modules=r".*\.(k_proj|up_proj)"),
     "excluded": dict(target_modules=["q_proj", "v_proj"], exclude_modules=r".*layers\.0\.self_attn\.v_proj"),
     "dora": dict(target_modules=["v_proj"], use_dora=True),
@@ -43,7 +47,11 @@ IDS = torch.tensor([[1, 17, 300, 4000, 5, 60]])
 
 def _lora_layers(model: torch.nn.Module, key: str) -> dict[str, tuple[str, int, float]]:
     return {
-        name.removeprefix("base_model.model."): (type(module).__name__, module.r[key], float(module.scaling[key]))
+        name.removeprefix("base_model.model."): (
+            type(module).__name__,
+            module.r[key],
+            float(module.scaling[key]),
+        )
         for name, module in model.named_modules()
         if isinstance(module, LoraLayer) and key in module.r
     }
@@ -58,14 +66,18 @@ def test_the_layers_peft_would_build_from_the_file(recipe: str, real_tokenizer: 
     torch.manual_seed(2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trained = get_peft_model(_tiny_llama(vocab, real_tokenizer), LoraConfig(r=4, init_lora_weights=False, **RECIPES[recipe]))
+        trained = get_peft_model(
+            _tiny_llama(vocab, real_tokenizer), LoraConfig(r=4, init_lora_weights=False, **RECIPES[recipe])
+        )
         trained.save_pretrained(str(tmp_path))
         reference = PeftModel.from_pretrained(_tiny_llama(vocab, real_tokenizer), str(tmp_path)).eval()
     base = _tiny_llama(vocab, real_tokenizer)
     ours = load_adapter(base, base, inspect_adapter(tmp_path), base_spec(base), "a0")
     assert _lora_layers(ours, "a0") == _lora_layers(reference, "default")
     with torch.inference_mode():
-        torch.testing.assert_close(ours(input_ids=IDS).logits, reference(input_ids=IDS).logits, rtol=0, atol=0)
+        torch.testing.assert_close(
+            ours(input_ids=IDS).logits, reference(input_ids=IDS).logits, rtol=0, atol=0
+        )
 
 
 # -- in a running engine ------------------------------------------------------------------------------
@@ -92,12 +104,20 @@ def engine_client(tiny_dir: Path, adapter_store: Path, tmp_path: Path) -> Iterat
 
     store = tmp_path / "store"
     store.mkdir()
-    with running_engine(tiny_settings(tiny_dir, tmp_path / "home", store)) as engine, TestClient(create_app(engine)) as client:
+    with (
+        running_engine(tiny_settings(tiny_dir, tmp_path / "home", store)) as engine,
+        TestClient(create_app(engine)) as client,
+    ):
         yield engine, client, store
 
 
 def _greedy(client: Any, model: str) -> Any:
-    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "temperature": 0}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 6,
+        "temperature": 0,
+    }
     return client.post("/v1/chat/completions", json=body)
 
 
@@ -125,11 +145,16 @@ def test_a_load_that_fails_halfway_leaves_the_model_as_it_was(
     monkeypatch.setattr(peft.peft_model, "set_peft_model_state_dict", real)
     good = _greedy(client, "good").json()
     monkeypatch.setattr(peft.peft_model, "set_peft_model_state_dict", fail)
-    assert _greedy(client, "doomed").status_code >= 500  # beside a loaded one: PEFT adds to its layers, then fails
+    assert (
+        _greedy(client, "doomed").status_code >= 500
+    )  # beside a loaded one: PEFT adds to its layers, then fails
     keys = _in_engine(engine, lambda pool: list(pool.model.peft_config))
-    assert len(keys) == 1 and _in_engine(engine, lambda pool: all(
-        set(layer.r) == set(keys) for layer in pool.model.modules() if isinstance(layer, LoraLayer)
-    ))  # fmt: skip
+    assert len(keys) == 1 and _in_engine(
+        engine,
+        lambda pool: all(
+            set(layer.r) == set(keys) for layer in pool.model.modules() if isinstance(layer, LoraLayer)
+        ),
+    )
     assert torch.equal(_in_engine(engine, _base_logits), pristine)
     monkeypatch.setattr(peft.peft_model, "set_peft_model_state_dict", real)
     assert _greedy(client, "good").json()["choices"] == good["choices"]
@@ -155,7 +180,9 @@ def test_a_catastrophic_target_pattern_is_served_like_its_plain_twin(
     config_path.write_text(json.dumps(config))
 
     answers: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: answers.update(patterned=_greedy(client, "patterned")), daemon=True)
+    thread = threading.Thread(
+        target=lambda: answers.update(patterned=_greedy(client, "patterned")), daemon=True
+    )
     thread.start()
     thread.join(60)  # generous: it takes well under a second; `re` would take hours
     assert not thread.is_alive(), "the engine froze on the adapter's patterns"

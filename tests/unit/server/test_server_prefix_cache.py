@@ -25,9 +25,13 @@ def test_a_prompt_reuses_the_longest_run_of_cached_blocks_but_never_its_last_tok
     assert cache.lookup("a", ids[: 2 * BLOCK])[0] == BLOCK  # a prompt of exactly 2 blocks runs its last one
     assert cache.lookup("a", [*ids[:BLOCK], 999, *ids[BLOCK + 1 :]])[0] == BLOCK  # differs in block 2
     assert cache.lookup("b", ids) == (0, None)  # another adapter computes other keys and values
-    assert [cache.cached(key, prompt) for key, prompt in (("a", ids), ("a", ids[: 2 * BLOCK]), ("b", ids))] == [
-        3 * BLOCK, BLOCK, 0,
-    ]  # fmt: skip
+    assert [
+        cache.cached(key, prompt) for key, prompt in (("a", ids), ("a", ids[: 2 * BLOCK]), ("b", ids))
+    ] == [
+        3 * BLOCK,
+        BLOCK,
+        0,
+    ]
 
 
 def test_least_recently_used_blocks_leave_first_within_the_capacity() -> None:

@@ -55,7 +55,9 @@ def _sample(live: httpx.Client, name: str) -> float:
 
 def test_a_vanished_client_frees_its_rows_at_once(live: httpx.Client) -> None:
     aborted = _sample(live, "hotlora_requests_aborted_total")
-    with live.stream("POST", "/v1/chat/completions", json=_body("go on and on", max_tokens=220, stream=True)) as r:
+    with live.stream(
+        "POST", "/v1/chat/completions", json=_body("go on and on", max_tokens=220, stream=True)
+    ) as r:
         frames = _frames(r)
         next(frames), next(frames)
         _wait_for(lambda: _sample(live, "hotlora_requests_running") == 1)
@@ -98,7 +100,9 @@ def boom_in_row_step(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Row, "step", step)
 
 
-def test_an_engine_fault_fails_that_request_only(live: httpx.Client, boom_in_row_step: None, openai_error: Any) -> None:
+def test_an_engine_fault_fails_that_request_only(
+    live: httpx.Client, boom_in_row_step: None, openai_error: Any
+) -> None:
     prompts = ["first bystander", "second bystander", "third one"]
     alone = [live.post("/v1/chat/completions", json=_body(p)).json()["choices"] for p in prompts]
     failed_before = _sample(live, "hotlora_requests_failed_total")
@@ -114,7 +118,9 @@ def test_an_engine_fault_fails_that_request_only(live: httpx.Client, boom_in_row
         assert [o.result().json()["choices"] for o in others] == alone  # untouched, same tokens
     assert _sample(live, "hotlora_requests_failed_total") == failed_before + 1
 
-    with live.stream("POST", "/v1/chat/completions", json=_body("again", stream=True), headers={"X-Request-ID": BOOM}) as r:
+    with live.stream(
+        "POST", "/v1/chat/completions", json=_body("again", stream=True), headers={"X-Request-ID": BOOM}
+    ) as r:
         assert r.status_code == 200  # the fault comes after the first token: reported in the stream
         frames = list(_frames(r))
     assert frames[-1] == "[DONE]" and frames[-2]["error"]["type"] == "server_error"
@@ -171,7 +177,9 @@ def test_a_row_whose_logits_are_not_finite_fails_alone(
     alone = [live.post("/v1/chat/completions", json=_body(p)).json()["choices"] for p in prompts]
     failed_before = _sample(live, "hotlora_requests_failed_total")
     with ThreadPoolExecutor(4) as pool:
-        boom = pool.submit(live.post, "/v1/chat/completions", json=_body("the unlucky one"), headers={"X-Request-ID": BOOM})
+        boom = pool.submit(
+            live.post, "/v1/chat/completions", json=_body("the unlucky one"), headers={"X-Request-ID": BOOM}
+        )
         others = [pool.submit(live.post, "/v1/chat/completions", json=_body(p)) for p in prompts]
         error = openai_error(boom.result(), 500)
         assert error["type"] == "server_error" and "not finite" in error["message"]
@@ -193,8 +201,10 @@ def test_a_tiny_temperature_samples_greedily_beside_other_streams(live: httpx.Cl
 
     with ThreadPoolExecutor(4) as pool:
         beside = pool.submit(stream)
-        tiny = [pool.submit(live.post, "/v1/chat/completions", json=_body("how cold is it", temperature=t))
-                for t in (1e-40, 1e-37, 1e-6)]  # fmt: skip
+        tiny = [
+            pool.submit(live.post, "/v1/chat/completions", json=_body("how cold is it", temperature=t))
+            for t in (1e-40, 1e-37, 1e-6)
+        ]
         for response in tiny:
             assert response.result().status_code == 200, response.result().text
             assert response.result().json()["choices"] == greedy
@@ -216,11 +226,19 @@ def test_an_adapter_unloaded_mid_flight_finishes_cleanly(live: httpx.Client) -> 
             assert live.delete(f"/v1/adapters/{ADAPTER_NAME}").status_code == 200
             rest = list(frames)
         assert rest[-1] == "[DONE]"
-        finish = [c["finish_reason"] for f in rest[:-1] if "choices" in f for c in f["choices"] if c["finish_reason"]]
+        finish = [
+            c["finish_reason"]
+            for f in rest[:-1]
+            if "choices" in f
+            for c in f["choices"]
+            if c["finish_reason"]
+        ]
         assert len(finish) == 1  # it ends normally: the request keeps the weights it started with
         refused = live.post("/v1/chat/completions", json={**body, "stream": False})
         assert refused.status_code == 404
-        assert live.post("/v1/chat/completions", json=_body("the base without any adapter")).status_code == 200
+        assert (
+            live.post("/v1/chat/completions", json=_body("the base without any adapter")).status_code == 200
+        )
     finally:
         assert live.post("/v1/adapters", json={"name": ADAPTER_NAME}).status_code == 200
     assert live.post("/v1/chat/completions", json={**body, "stream": False}).status_code == 200

@@ -33,7 +33,9 @@ def test_temperature_zero_is_argmax() -> None:
 
 def test_temperature_zero_ignores_the_seed() -> None:
     logits = torch.randn(500, generator=torch.Generator().manual_seed(0))
-    assert _sampler(seed=1, temperature=0.0).choose(logits) == _sampler(seed=2, temperature=0.0).choose(logits)
+    assert _sampler(seed=1, temperature=0.0).choose(logits) == _sampler(seed=2, temperature=0.0).choose(
+        logits
+    )
 
 
 @pytest.mark.parametrize("temperature", [1e-45, 1e-40, 1e-37, 1e-20, GREEDY_BELOW / 2])
@@ -65,7 +67,9 @@ def test_same_seed_same_tokens() -> None:
 
 def test_different_seeds_differ() -> None:
     logits = _flat_logits()
-    assert _draw(_sampler(seed=1, temperature=1.0), logits, 30) != _draw(_sampler(seed=2, temperature=1.0), logits, 30)
+    assert _draw(_sampler(seed=1, temperature=1.0), logits, 30) != _draw(
+        _sampler(seed=2, temperature=1.0), logits, 30
+    )
 
 
 def test_row_offsets_the_seed() -> None:
@@ -172,8 +176,13 @@ def test_logprobs_of_accepts_half_precision_logits() -> None:
 # -- logit_bias, min_tokens and vLLM's extras (top_k, min_p, repetition_penalty) ------------------------
 
 
-def _extras(seed: int | None = 1, row: int = 0, prompt: tuple[int, ...] = (), stops: frozenset[int] = frozenset(),
-            **params: Any) -> RowSampler:  # fmt: skip
+def _extras(
+    seed: int | None = 1,
+    row: int = 0,
+    prompt: tuple[int, ...] = (),
+    stops: frozenset[int] = frozenset(),
+    **params: Any,
+) -> RowSampler:
     return RowSampler.create(SamplingParams(seed=seed, **params), row, prompt, stops)
 
 
@@ -213,7 +222,9 @@ def test_top_k_draws_from_the_k_most_likely_only() -> None:
 @pytest.mark.parametrize("off", [0, -1, 1000, 5000])
 def test_top_k_off_or_beyond_the_vocabulary_changes_nothing(off: int) -> None:
     logits = _flat_logits()
-    assert _draw(_extras(seed=3, temperature=1.0, top_k=off), logits, 30) == _draw(_extras(seed=3, temperature=1.0), logits, 30)
+    assert _draw(_extras(seed=3, temperature=1.0, top_k=off), logits, 30) == _draw(
+        _extras(seed=3, temperature=1.0), logits, 30
+    )
 
 
 def test_min_p_drops_tokens_below_its_share_of_the_top_token() -> None:

@@ -36,7 +36,9 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def fuzz_engine(tiny_dir: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def fuzz_engine(
+    tiny_dir: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """A second engine over a private copy of the store (the fuzzer deletes and creates adapters)."""
     store = tmp_path_factory.mktemp("fuzz") / "store"
     shutil.copytree(adapter_store, store)
@@ -53,8 +55,13 @@ def api_schema(fuzz_engine: Any) -> Any:
 
 
 def _fuzz(strategy: Any, steer: bool) -> None:
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=strategy, real=st.booleans())
     def check(case: Any, real: bool) -> None:
         if steer and real:
@@ -105,4 +112,7 @@ def test_schema_declares_openai_errors_and_no_422(client: Any) -> None:
             }, (op["operationId"], status)
     assert "HTTPValidationError" not in doc["components"]["schemas"]
     for path in ("/v1/chat/completions", "/v1/completions"):
-        assert set(doc["paths"][path]["post"]["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+        assert set(doc["paths"][path]["post"]["responses"]["200"]["content"]) == {
+            "application/json",
+            "text/event-stream",
+        }

@@ -40,8 +40,10 @@ def test_flag_beats_env_beats_default(tmp_path: Path) -> None:
 
 
 def test_none_flags_and_empty_env_mean_not_given(tmp_path: Path) -> None:
-    settings = Settings.build({"port": None, "api_key": None}, {"HOTLORA_HOME": str(tmp_path), "HOTLORA_PORT": "",
-                                                                 "HOTLORA_API_KEY": "from-env"})  # fmt: skip
+    settings = Settings.build(
+        {"port": None, "api_key": None},
+        {"HOTLORA_HOME": str(tmp_path), "HOTLORA_PORT": "", "HOTLORA_API_KEY": "from-env"},
+    )
     assert settings.port == 8000
     assert settings.api_key == "from-env"
 
@@ -49,7 +51,10 @@ def test_none_flags_and_empty_env_mean_not_given(tmp_path: Path) -> None:
 def test_adapters_dir_defaults_to_home_adapters(tmp_path: Path) -> None:
     assert Settings.build({}, {"HOTLORA_HOME": str(tmp_path)}).adapters_dir == tmp_path / "adapters"
     flag_home = tmp_path / "flag-home"
-    assert Settings.build({"home": str(flag_home)}, {"HOTLORA_HOME": str(tmp_path)}).adapters_dir == flag_home / "adapters"
+    assert (
+        Settings.build({"home": str(flag_home)}, {"HOTLORA_HOME": str(tmp_path)}).adapters_dir
+        == flag_home / "adapters"
+    )
 
 
 def test_home_defaults_under_the_user_home(tmp_path: Path) -> None:
@@ -61,7 +66,10 @@ def test_home_defaults_under_the_user_home(tmp_path: Path) -> None:
 def test_adapters_dir_env_and_flag(tmp_path: Path) -> None:
     env = {"HOTLORA_HOME": str(tmp_path), "HOTLORA_ADAPTERS_DIR": str(tmp_path / "env-store")}
     assert Settings.build({}, env).adapters_dir == tmp_path / "env-store"
-    assert Settings.build({"adapters_dir": str(tmp_path / "flag-store")}, env).adapters_dir == tmp_path / "flag-store"
+    assert (
+        Settings.build({"adapters_dir": str(tmp_path / "flag-store")}, env).adapters_dir
+        == tmp_path / "flag-store"
+    )
 
 
 def test_settings_are_frozen(tmp_path: Path) -> None:
@@ -72,9 +80,26 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
 
 def test_parser_serve_flags() -> None:
     args = cli.build_parser().parse_args(
-        ["serve", "--model", "x", "--quantize", "none", "--port", "1", "--api-key", "k", "--adapters-dir", "d",
-         "--served-model-name", "n", "--max-n", "3", "--cpu-prefill", "4bit"]
-    )  # fmt: skip
+        [
+            "serve",
+            "--model",
+            "x",
+            "--quantize",
+            "none",
+            "--port",
+            "1",
+            "--api-key",
+            "k",
+            "--adapters-dir",
+            "d",
+            "--served-model-name",
+            "n",
+            "--max-n",
+            "3",
+            "--cpu-prefill",
+            "4bit",
+        ]
+    )
     assert args.command == "serve"
     assert args.cpu_prefill == "4bit"
     assert args.model == "x"
@@ -92,11 +117,37 @@ def test_parsed_flags_become_settings(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("HOTLORA_PORT", "9999")
     monkeypatch.setenv("HOTLORA_HOST", "0.0.0.0")
     args = cli.build_parser().parse_args(
-        ["serve", "--model", "x", "--quantize", "none", "--port", "1", "--api-key", "k", "--adapters-dir",
-         str(tmp_path / "d"), "--served-model-name", "n", "--max-n", "3", "--cpu-prefill", "4bit",
-         "--no-enable-prefix-caching", "--cpu-prefill-cache-gb", "0.5", "--no-cpu-kernels", "--cpu-4bit", "hotlora",
-         "--kv-cache-memory-bytes", "1.5GiB", "--max-blend-rank", "64", "--no-batch-invariant"]
-    )  # fmt: skip
+        [
+            "serve",
+            "--model",
+            "x",
+            "--quantize",
+            "none",
+            "--port",
+            "1",
+            "--api-key",
+            "k",
+            "--adapters-dir",
+            str(tmp_path / "d"),
+            "--served-model-name",
+            "n",
+            "--max-n",
+            "3",
+            "--cpu-prefill",
+            "4bit",
+            "--no-enable-prefix-caching",
+            "--cpu-prefill-cache-gb",
+            "0.5",
+            "--no-cpu-kernels",
+            "--cpu-4bit",
+            "hotlora",
+            "--kv-cache-memory-bytes",
+            "1.5GiB",
+            "--max-blend-rank",
+            "64",
+            "--no-batch-invariant",
+        ]
+    )
     settings = cli._settings(args)
     assert settings.kv_cache_memory_bytes == 3 * 2**29
     assert settings.max_blend_rank == 64
@@ -118,7 +169,9 @@ def test_parsed_flags_become_settings(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize(("value", "size"), [("123456", 123456), ("500MB", 500 * 10**6), ("8GiB", 8 * 2**30)])
-def test_kv_cache_memory_bytes_reads_a_size_with_or_without_a_unit(tmp_path: Path, value: str, size: int) -> None:
+def test_kv_cache_memory_bytes_reads_a_size_with_or_without_a_unit(
+    tmp_path: Path, value: str, size: int
+) -> None:
     env = {"HOTLORA_HOME": str(tmp_path), "HOTLORA_KV_CACHE_MEMORY_BYTES": value}
     assert Settings.build({}, env).kv_cache_memory_bytes == size
 
@@ -142,11 +195,17 @@ def test_parser_requires_a_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     ("variable", "value", "field"),
-    [("HOTLORA_PORT", "abc", "port"), ("HOTLORA_PORT", "70000", "port"), ("HOTLORA_QUANTIZE", "q3", "quantize"),
-     ("HOTLORA_MAX_N", "0", "max_n"), ("HOTLORA_DEVICE", "tpu", "device"),
-     ("HOTLORA_KV_CACHE_MEMORY_BYTES", "lots", "kv_cache_memory_bytes"),
-     ("HOTLORA_KV_CACHE_MEMORY_BYTES", "0", "kv_cache_memory_bytes"), ("HOTLORA_MAX_BLEND_RANK", "0", "max_blend_rank")],
-)  # fmt: skip
+    [
+        ("HOTLORA_PORT", "abc", "port"),
+        ("HOTLORA_PORT", "70000", "port"),
+        ("HOTLORA_QUANTIZE", "q3", "quantize"),
+        ("HOTLORA_MAX_N", "0", "max_n"),
+        ("HOTLORA_DEVICE", "tpu", "device"),
+        ("HOTLORA_KV_CACHE_MEMORY_BYTES", "lots", "kv_cache_memory_bytes"),
+        ("HOTLORA_KV_CACHE_MEMORY_BYTES", "0", "kv_cache_memory_bytes"),
+        ("HOTLORA_MAX_BLEND_RANK", "0", "max_blend_rank"),
+    ],
+)
 def test_invalid_env_exits_with_a_clear_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, field: str
 ) -> None:
@@ -161,15 +220,18 @@ def test_invalid_env_exits_with_a_clear_message(
     assert "Traceback" not in message
 
 
-def test_invalid_flag_value_exits_with_a_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_invalid_flag_value_exits_with_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
     with pytest.raises(SystemExit) as exc:
         cli.main(["serve", "--max-n", "0"])
     assert isinstance(exc.value.code, str) and "max_n" in exc.value.code
 
 
-def test_fetch_reports_a_missing_model_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_fetch_reports_a_missing_model_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
     empty = tmp_path / "not-a-model"
     empty.mkdir()
@@ -191,10 +253,20 @@ def test_cors_and_generation_config_defaults(tmp_path: Path) -> None:
 def test_cors_flags_take_lists_repeated_or_as_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
     args = cli.build_parser().parse_args(
-        ["serve", "--allowed-origins", "https://App.example/,http://localhost:3000", "--allowed-origins",
-         '["https://b.example"]', "--allowed-methods", "GET,POST", "--allowed-headers", "Authorization",
-         "--allowed-headers", "Content-Type"]
-    )  # fmt: skip
+        [
+            "serve",
+            "--allowed-origins",
+            "https://App.example/,http://localhost:3000",
+            "--allowed-origins",
+            '["https://b.example"]',
+            "--allowed-methods",
+            "GET,POST",
+            "--allowed-headers",
+            "Authorization",
+            "--allowed-headers",
+            "Content-Type",
+        ]
+    )
     settings = cli._settings(args)
     assert settings.allowed_origins == ("https://app.example", "http://localhost:3000", "https://b.example")
     assert settings.allowed_methods == ("GET", "POST")
@@ -205,9 +277,15 @@ def test_cors_flags_take_lists_repeated_or_as_json(tmp_path: Path, monkeypatch: 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("allowed_origins", "app.example"), ("allowed_origins", "https://a.example/path"), ("allowed_origins", "[1]"),
-     ("allowed_origins", "[not json"), ("allowed_methods", "GET POST"), ("allowed_headers", "X:Y")],
-)  # fmt: skip
+    [
+        ("allowed_origins", "app.example"),
+        ("allowed_origins", "https://a.example/path"),
+        ("allowed_origins", "[1]"),
+        ("allowed_origins", "[not json"),
+        ("allowed_methods", "GET POST"),
+        ("allowed_headers", "X:Y"),
+    ],
+)
 def test_invalid_cors_entries_are_refused(tmp_path: Path, field: str, value: str) -> None:
     with pytest.raises(ValueError, match=field):
         Settings.build({field: [value]}, {"HOTLORA_HOME": str(tmp_path)})
@@ -216,24 +294,37 @@ def test_invalid_cors_entries_are_refused(tmp_path: Path, field: str, value: str
 def test_generation_config_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
     args = cli.build_parser().parse_args(
-        ["serve", "--generation-config", "vllm", "--override-generation-config",
-         '{"temperature": 0.5, "top_k": 40, "repetition_penalty": 1.1, "max_new_tokens": 64}']
-    )  # fmt: skip
+        [
+            "serve",
+            "--generation-config",
+            "vllm",
+            "--override-generation-config",
+            '{"temperature": 0.5, "top_k": 40, "repetition_penalty": 1.1, "max_new_tokens": 64}',
+        ]
+    )
     settings = cli._settings(args)
     assert settings.generation_config == "vllm"
     assert settings.override_generation_config.given() == {
-        "temperature": 0.5, "top_k": 40, "repetition_penalty": 1.1, "max_new_tokens": 64
-    }  # fmt: skip
+        "temperature": 0.5,
+        "top_k": 40,
+        "repetition_penalty": 1.1,
+        "max_new_tokens": 64,
+    }
     env = {"HOTLORA_HOME": str(tmp_path), "HOTLORA_OVERRIDE_GENERATION_CONFIG": '{"min_p": 0.05}'}
     assert Settings.build({}, env).override_generation_config.given() == {"min_p": 0.05}
 
 
 @pytest.mark.parametrize(
     ("value", "problem"),
-    [("{temperature: 1}", "not valid JSON"), ("[1]", "JSON object"), ('{"temprature": 0.5}', "temprature"),
-     ('{"temperature": 3}', "less than or equal to 2"), ('{"top_k": 1.5}', "top_k"),
-     ('{"repetition_penalty": 0}', "greater than 0")],
-)  # fmt: skip
+    [
+        ("{temperature: 1}", "not valid JSON"),
+        ("[1]", "JSON object"),
+        ('{"temprature": 0.5}', "temprature"),
+        ('{"temperature": 3}', "less than or equal to 2"),
+        ('{"top_k": 1.5}', "top_k"),
+        ('{"repetition_penalty": 0}', "greater than 0"),
+    ],
+)
 def test_an_invalid_generation_config_override_is_refused(tmp_path: Path, value: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         Settings.build({"override_generation_config": value}, {"HOTLORA_HOME": str(tmp_path)})

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import ADAPTER_NAME, TINY_NAME, running_engine, save_tiny_adapter, tiny_settings
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -36,7 +35,10 @@ def served(tiny_dir: Path, tmp_path: Path) -> Iterator[tuple[Any, Path]]:
 
     store = tmp_path / "store"
     store.mkdir()
-    with running_engine(tiny_settings(tiny_dir, tmp_path / "home", store)) as engine, TestClient(create_app(engine)) as client:
+    with (
+        running_engine(tiny_settings(tiny_dir, tmp_path / "home", store)) as engine,
+        TestClient(create_app(engine)) as client,
+    ):
         yield client, store
 
 
@@ -62,7 +64,9 @@ def test_a_symlink_to_a_folder_outside_the_store_is_listed_invalid_and_never_ser
     assert cards["linked"]["status"] == "invalid" and reason in cards["linked"]["error"]
     assert cards["alias"]["status"] == "available" and cards["real"]["status"] == "available"
     assert "linked" not in {m["id"] for m in client.get("/v1/models").json()["data"]}
-    chat = client.post("/v1/chat/completions", json={"model": "linked", "messages": MESSAGES, "max_tokens": 1})
+    chat = client.post(
+        "/v1/chat/completions", json={"model": "linked", "messages": MESSAGES, "max_tokens": 1}
+    )
     assert reason in openai_error(chat, 400, param="model")["message"]
     assert reason in openai_error(client.post("/v1/adapters", json={"name": "linked"}), 400)["message"]
     assert reason in openai_error(client.delete("/v1/adapters/linked"), 400)["message"]  # would write outside
@@ -84,7 +88,9 @@ def twins(adapter_store: Path, real_tokenizer: Any, tmp_path: Path) -> tuple[Pat
         for path in (*folder.iterdir(), folder):
             os.utime(path, ns=(SAME_MTIME_NS, SAME_MTIME_NS))
     assert (first / "adapter_config.json").read_bytes() == (second / "adapter_config.json").read_bytes()
-    assert (first / "adapter_model.safetensors").stat().st_size == (second / "adapter_model.safetensors").stat().st_size
+    assert (first / "adapter_model.safetensors").stat().st_size == (
+        second / "adapter_model.safetensors"
+    ).stat().st_size
     return first, second
 
 
@@ -97,9 +103,17 @@ def _metadata_blind(real: Callable[..., os.stat_result]) -> Callable[..., os.sta
         if not isinstance(path, int):
             fields[1] = zlib.crc32(os.fsencode(os.path.abspath(path)))
         fields[9] = fields[8]
-        extra = {"st_atime": st.st_atime, "st_mtime": st.st_mtime, "st_ctime": st.st_mtime, "st_atime_ns": st.st_atime_ns,
-                 "st_mtime_ns": st.st_mtime_ns, "st_ctime_ns": st.st_mtime_ns, "st_blksize": st.st_blksize,
-                 "st_blocks": st.st_blocks, "st_rdev": st.st_rdev}  # fmt: skip
+        extra = {
+            "st_atime": st.st_atime,
+            "st_mtime": st.st_mtime,
+            "st_ctime": st.st_mtime,
+            "st_atime_ns": st.st_atime_ns,
+            "st_mtime_ns": st.st_mtime_ns,
+            "st_ctime_ns": st.st_mtime_ns,
+            "st_blksize": st.st_blksize,
+            "st_blocks": st.st_blocks,
+            "st_rdev": st.st_rdev,
+        }
         return os.stat_result(fields, extra)
 
     return stat
@@ -118,9 +132,11 @@ def _renamed_over(source: Path, store: Path, name: str) -> None:
 
 @pytest.mark.parametrize("replace", [_rm_and_copy, _renamed_over], ids=["rm-and-copy", "renamed-over"])
 def test_a_replaced_folder_is_served_with_its_new_weights_within_two_seconds(
-    served: tuple[Any, Path], twins: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+    served: tuple[Any, Path],
+    twins: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
     replace: Callable[[Path, Path, str], None],
-) -> None:  # fmt: skip
+) -> None:
     client, store = served
     first, second = twins
     monkeypatch.setattr(os, "stat", _metadata_blind(os.stat))
@@ -134,6 +150,8 @@ def test_a_replaced_folder_is_served_with_its_new_weights_within_two_seconds(
     replaced = time.monotonic()
     while (served_now := greedy(client, "x")) != new:
         assert served_now == old, "neither the old weights nor the new ones"
-        assert time.monotonic() - replaced < 2.0, "the old weights are still served 2 s after the folder was replaced"
+        assert time.monotonic() - replaced < 2.0, (
+            "the old weights are still served 2 s after the folder was replaced"
+        )
         time.sleep(0.1)
     assert client.get("/v1/adapters/x").json()["version"] != version

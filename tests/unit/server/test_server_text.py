@@ -121,7 +121,7 @@ def test_token_bytes_are_exact_for_half_a_character(real_tokenizer: Any) -> None
     ids = _ids(real_tokenizer, " 🌍")  # U+1F30D is F0 9F 8C 8D, split over several tokens
     pieces = [token_bytes(real_tokenizer, i) for i in ids]
     assert b"".join(pieces) == " 🌍".encode()
-    half = next(p for i, p in zip(ids, pieces) if REPLACEMENT in real_tokenizer.decode([i]))
+    half = next(p for i, p in zip(ids, pieces, strict=True) if REPLACEMENT in real_tokenizer.decode([i]))
     assert half and REPLACEMENT.encode() not in half
     with pytest.raises(UnicodeDecodeError):
         half.decode("utf-8")

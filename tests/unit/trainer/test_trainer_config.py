@@ -18,20 +18,66 @@ from hotlora_trainer.cli import build_parser, config_from_args
 
 
 def test_cli_options_map_to_peft_and_trl_names() -> None:
-    args = build_parser().parse_args([
-        "--data", "d.jsonl", "--name", "bot", "--r", "8", "--lora-alpha", "16", "--lora-dropout", "0.1",
-        "--target-modules", "q_proj", "v_proj", "--bias", "lora_only", "--use-rslora", "--init-lora-weights",
-        "gaussian", "--modules-to-save", "lm_head", "--epochs", "2", "--learning-rate", "1e-3", "--batch-size", "4",
-        "--grad-accum", "2", "--max-seq-length", "64", "--packing", "--optim", "adamw_8bit",
-        "--gradient-checkpointing", "--eval-split", "0.1", "--seed", "7", "--overwrite",
-    ])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "--data",
+            "d.jsonl",
+            "--name",
+            "bot",
+            "--r",
+            "8",
+            "--lora-alpha",
+            "16",
+            "--lora-dropout",
+            "0.1",
+            "--target-modules",
+            "q_proj",
+            "v_proj",
+            "--bias",
+            "lora_only",
+            "--use-rslora",
+            "--init-lora-weights",
+            "gaussian",
+            "--modules-to-save",
+            "lm_head",
+            "--epochs",
+            "2",
+            "--learning-rate",
+            "1e-3",
+            "--batch-size",
+            "4",
+            "--grad-accum",
+            "2",
+            "--max-seq-length",
+            "64",
+            "--packing",
+            "--optim",
+            "adamw_8bit",
+            "--gradient-checkpointing",
+            "--eval-split",
+            "0.1",
+            "--seed",
+            "7",
+            "--overwrite",
+        ]
+    )
     config = config_from_args(args)
     assert config.lora_kwargs() == {
-        "r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"], "bias": "lora_only",
-        "use_rslora": True, "init_lora_weights": "gaussian", "modules_to_save": ["lm_head"],
-    }  # fmt: skip
+        "r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.1,
+        "target_modules": ["q_proj", "v_proj"],
+        "bias": "lora_only",
+        "use_rslora": True,
+        "init_lora_weights": "gaussian",
+        "modules_to_save": ["lm_head"],
+    }
     sft = config.sft_kwargs()
-    assert (sft["num_train_epochs"], sft["learning_rate"], sft["per_device_train_batch_size"]) == (2.0, 1e-3, 4)
+    assert (sft["num_train_epochs"], sft["learning_rate"], sft["per_device_train_batch_size"]) == (
+        2.0,
+        1e-3,
+        4,
+    )
     assert (sft["gradient_accumulation_steps"], sft["max_length"], sft["packing"]) == (2, 64, True)
     assert (sft["optim"], sft["gradient_checkpointing"], sft["seed"]) == ("adamw_8bit", True, 7)
     assert config.eval_split == 0.1 and config.overwrite
@@ -49,7 +95,10 @@ def test_defaults() -> None:
     assert config.init_lora_weights is True
     assert config.recipe()["qlora"] is False
     assert TrainConfig(name="x", data=Path("d"), init_lora_weights="default").init_lora_weights is True
-    assert TrainConfig(name="x", data=Path("d"), target_modules="q_proj,v_proj").target_modules == ["q_proj", "v_proj"]
+    assert TrainConfig(name="x", data=Path("d"), target_modules="q_proj,v_proj").target_modules == [
+        "q_proj",
+        "v_proj",
+    ]
     assert TrainConfig(name="x", data=Path("d"), target_modules=["all-linear"]).target_modules == "all-linear"
     qlora = TrainConfig(name="x", data=Path("d"), qlora=True).recipe()
     assert qlora["load_in_4bit"] and qlora["bnb_4bit_quant_type"] == "nf4"
@@ -76,8 +125,10 @@ def test_invalid_configs(fields: dict[str, Any], message: str) -> None:
 def test_cli_reports_invalid_options_by_flag() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "hotlora_trainer", "--data", "d.jsonl", "--name", "x", "--batch-size", "0"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "--batch-size" in result.stderr and "greater than or equal to 1" in result.stderr
 
@@ -87,8 +138,21 @@ def test_hotlora_train_runs_the_trainer_in_its_own_process(tmp_path: Path) -> No
     cmd = [str(hotlora)] if hotlora.is_file() else [sys.executable, "-m", "hotlora_server.cli"]
     help_text = subprocess.run([*cmd, "train", "--help"], capture_output=True, text=True, timeout=120)
     assert help_text.returncode == 0 and "--lora-alpha" in help_text.stdout
-    failed = subprocess.run([*cmd, "train", "--data", str(tmp_path / "missing.jsonl"), "--name", "x",
-                             "--adapters-dir", str(tmp_path / "store")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    failed = subprocess.run(
+        [
+            *cmd,
+            "train",
+            "--data",
+            str(tmp_path / "missing.jsonl"),
+            "--name",
+            "x",
+            "--adapters-dir",
+            str(tmp_path / "store"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert failed.returncode == 1
     assert "missing.jsonl: no such file" in failed.stderr
 
@@ -108,11 +172,20 @@ def no_weights_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def config(tmp_path: Path, base: Path, **fields: Any) -> TrainConfig:
     data = fields.pop("data", None) or write_jsonl(tmp_path / "d.jsonl", [chat_row("Hi", "Hello")] * 4)
-    return TrainConfig(name=fields.pop("name", "bot"), data=data, base=str(base), home=tmp_path / "home",
-                       adapters_dir=tmp_path / "store", device="cpu", **fields)  # fmt: skip
+    return TrainConfig(
+        name=fields.pop("name", "bot"),
+        data=data,
+        base=str(base),
+        home=tmp_path / "home",
+        adapters_dir=tmp_path / "store",
+        device="cpu",
+        **fields,
+    )
 
 
-def test_a_taken_name_is_refused_without_overwrite(tmp_path: Path, tiny_base: Path, no_weights_loaded: None) -> None:
+def test_a_taken_name_is_refused_without_overwrite(
+    tmp_path: Path, tiny_base: Path, no_weights_loaded: None
+) -> None:
     (tmp_path / "store" / "bot").mkdir(parents=True)
     (tmp_path / "store" / "bot" / "adapter_config.json").write_text("{}")
     with pytest.raises(ConfigError, match="already exists.*--overwrite"):
@@ -131,17 +204,23 @@ def test_a_malformed_file_is_refused_before_any_model_loads(
         train(config(tmp_path, tiny_base, data=bad), out=lambda _: None)
 
 
-def test_an_unknown_base_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_weights_loaded: None) -> None:
+def test_an_unknown_base_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_weights_loaded: None
+) -> None:
     import huggingface_hub.constants
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: patch the constant
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HF_HUB_OFFLINE", True
+    )  # read at import: patch the constant
     with pytest.raises(BaseModelError, match="unknown base 'no-such-org/no-such-model'.*--base"):
         train(config(tmp_path, Path("no-such-org/no-such-model")), out=lambda _: None)
     with pytest.raises(BaseModelError, match="no such model folder"):
         train(config(tmp_path, tmp_path / "nowhere"), out=lambda _: None)
 
 
-def test_a_target_module_the_base_lacks_is_refused(tmp_path: Path, tiny_base: Path, no_weights_loaded: None) -> None:
+def test_a_target_module_the_base_lacks_is_refused(
+    tmp_path: Path, tiny_base: Path, no_weights_loaded: None
+) -> None:
     with pytest.raises(ConfigError) as info:
         train(config(tmp_path, tiny_base, target_modules=["q_proj", "qkv_proj"]), out=lambda _: None)
     message = str(info.value)
@@ -151,11 +230,15 @@ def test_a_target_module_the_base_lacks_is_refused(tmp_path: Path, tiny_base: Pa
         train(config(tmp_path, tiny_base, modules_to_save=["score"]), out=lambda _: None)
 
 
-def test_an_estimate_that_cannot_fit_is_refused(tmp_path: Path, tiny_base: Path, no_weights_loaded: None) -> None:
+def test_an_estimate_that_cannot_fit_is_refused(
+    tmp_path: Path, tiny_base: Path, no_weights_loaded: None
+) -> None:
     printed: list[str] = []
     with pytest.raises(MemoryEstimateError) as info:
-        train(config(tmp_path, tiny_base, packing=True, max_length=8192, per_device_train_batch_size=4096),
-              out=printed.append)  # fmt: skip
+        train(
+            config(tmp_path, tiny_base, packing=True, max_length=8192, per_device_train_batch_size=4096),
+            out=printed.append,
+        )
     assert "does not fit" in str(info.value) and "--batch-size" in str(info.value)
     assert "--gradient-checkpointing" in str(info.value)
     assert any("memory estimate" in line for line in printed)  # printed first, then refused

@@ -16,7 +16,10 @@ def test_each_format_is_recognized(tmp_path: Path) -> None:
         "messages": [chat_row("Hi", "Hello")],
         "prompt_completion": [{"prompt": "2+2=", "completion": "4"}],
         "conversational_prompt_completion": [
-            {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Yo"}]}
+            {
+                "prompt": [{"role": "user", "content": "Hi"}],
+                "completion": [{"role": "assistant", "content": "Yo"}],
+            }
         ],
         "text": [{"text": "Once upon a time."}],
     }
@@ -41,18 +44,25 @@ def problems_of(tmp_path: Path, rows: list) -> list[tuple[int | None, str]]:
 
 
 def test_malformed_rows_are_named_by_line(tmp_path: Path) -> None:
-    problems = problems_of(tmp_path, [
-        chat_row("Hi", "Hello"),                                          # 1 fine
-        '{"messages": [}',                                               # 2 not JSON
-        "[1, 2]",                                                         # 3 not an object
-        {"question": "?", "answer": "!"},                                 # 4 no known field
-        {"messages": [{"role": "user", "content": "only a question"}]},  # 5 nothing to train on
-        {"messages": [{"role": "robot", "content": "beep"}]},             # 6 unknown role
-        {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]},  # 7 content type
-        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "  "}]},  # 8 empty reply
-        {"text": "plain"},                                                # 9 another format
-        {"messages": "hello"},                                            # 10 not a list
-    ])  # fmt: skip
+    problems = problems_of(
+        tmp_path,
+        [
+            chat_row("Hi", "Hello"),  # 1 fine
+            '{"messages": [}',  # 2 not JSON
+            "[1, 2]",  # 3 not an object
+            {"question": "?", "answer": "!"},  # 4 no known field
+            {"messages": [{"role": "user", "content": "only a question"}]},  # 5 nothing to train on
+            {"messages": [{"role": "robot", "content": "beep"}]},  # 6 unknown role
+            {
+                "messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]
+            },  # 7 content type
+            {
+                "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "  "}]
+            },  # 8 empty reply
+            {"text": "plain"},  # 9 another format
+            {"messages": "hello"},  # 10 not a list
+        ],
+    )
     by_line = {line: what for line, what in problems}
     assert sorted(by_line) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
     assert "not valid JSON" in by_line[2]
@@ -67,13 +77,19 @@ def test_malformed_rows_are_named_by_line(tmp_path: Path) -> None:
 
 
 def test_prompt_completion_checks(tmp_path: Path) -> None:
-    problems = problems_of(tmp_path, [
-        {"prompt": "a", "completion": "b"},
-        {"prompt": "a"},                                   # 2 missing completion
-        {"prompt": "a", "completion": ""},                 # 3 empty completion
-        {"prompt": 1, "completion": "b"},                  # 4 prompt not a string
-        {"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "assistant", "content": "b"}]},  # 5
-    ])  # fmt: skip
+    problems = problems_of(
+        tmp_path,
+        [
+            {"prompt": "a", "completion": "b"},
+            {"prompt": "a"},  # 2 missing completion
+            {"prompt": "a", "completion": ""},  # 3 empty completion
+            {"prompt": 1, "completion": "b"},  # 4 prompt not a string
+            {
+                "prompt": [{"role": "user", "content": "a"}],
+                "completion": [{"role": "assistant", "content": "b"}],
+            },  # 5
+        ],
+    )
     by_line = dict(problems)
     assert "missing 'completion'" in by_line[2]
     assert "'completion' is empty" in by_line[3]
@@ -82,15 +98,23 @@ def test_prompt_completion_checks(tmp_path: Path) -> None:
 
 
 def test_conversational_completion_must_be_assistant(tmp_path: Path) -> None:
-    problems = problems_of(tmp_path, [
-        {"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "user", "content": "b"}]},
-    ])
+    problems = problems_of(
+        tmp_path,
+        [
+            {"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "user", "content": "b"}]},
+        ],
+    )
     assert problems[0][0] == 1 and "no assistant message" in problems[0][1]
 
 
 def test_system_message_only_first(tmp_path: Path) -> None:
-    row = {"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"},
-                        {"role": "assistant", "content": "b"}]}  # fmt: skip
+    row = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "system", "content": "s"},
+            {"role": "assistant", "content": "b"},
+        ]
+    }
     assert "may only come first" in problems_of(tmp_path, [row])[0][1]
 
 

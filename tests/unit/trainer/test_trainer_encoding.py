@@ -23,7 +23,10 @@ def pieces(tokenizer: Any, fmt: str, data: dict) -> list[tuple[str, bool]]:
     assert len(encoded.input_ids) == len(encoded.labels)
     for token, label in zip(encoded.input_ids, encoded.labels, strict=True):
         assert label in (token, IGNORE_INDEX)
-    return [(tokenizer.decode([t]), lab != IGNORE_INDEX) for t, lab in zip(encoded.input_ids, encoded.labels, strict=True)]
+    return [
+        (tokenizer.decode([t]), lab != IGNORE_INDEX)
+        for t, lab in zip(encoded.input_ids, encoded.labels, strict=True)
+    ]
 
 
 def trained_text(parts: list[tuple[str, bool]]) -> list[str]:
@@ -45,51 +48,78 @@ def test_pad_token_is_eos(tokenizer: Any) -> None:
 
 
 def test_messages_train_assistant_turns_and_their_end_of_turn_only(tokenizer: Any) -> None:
-    data = {"messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello there."},
-        {"role": "user", "content": "Bye"},
-        {"role": "assistant", "content": "Goodbye!"},
-    ]}  # fmt: skip
+    data = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello there."},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Goodbye!"},
+        ]
+    }
     parts = pieces(tokenizer, "messages", data)
     assert trained_text(parts) == ["Hello there." + END, "Goodbye!" + END]
     text = "".join(t for t, _ in parts)
     assert text == tokenizer.apply_chat_template(data["messages"], tokenize=False)
     # the headers, the system and user turns and the newline after each turn carry no loss
     masked = "".join(t for t, trained in parts if not trained)
-    for fragment in ("<|im_start|>system\nBe brief.", "<|im_start|>user\nHi", "<|im_start|>assistant\n", "Bye"):
+    for fragment in (
+        "<|im_start|>system\nBe brief.",
+        "<|im_start|>user\nHi",
+        "<|im_start|>assistant\n",
+        "Bye",
+    ):
         assert fragment in masked
 
 
 def test_messages_without_system_use_the_templates_default(tokenizer: Any) -> None:
-    parts = pieces(tokenizer, "messages", {"messages": [{"role": "user", "content": "The birch canoe."},
-                                                        {"role": "assistant", "content": "ethay irchbay anoecay."}]})  # fmt: skip
+    parts = pieces(
+        tokenizer,
+        "messages",
+        {
+            "messages": [
+                {"role": "user", "content": "The birch canoe."},
+                {"role": "assistant", "content": "ethay irchbay anoecay."},
+            ]
+        },
+    )
     assert trained_text(parts) == ["ethay irchbay anoecay." + END]
-    assert "You are a helpful AI assistant named SmolLM" in "".join(t for t, _ in parts)  # as the server renders it
+    assert "You are a helpful AI assistant named SmolLM" in "".join(
+        t for t, _ in parts
+    )  # as the server renders it
 
 
 def test_training_text_matches_what_the_server_prompts(tokenizer: Any) -> None:
     # the prompt part of a training row is token for token what the server sends for the same user message
     messages = [{"role": "user", "content": "Glue the sheet to the dark blue background."}]
-    row = encode_row(tokenizer, "messages", Row(1, {"messages": [*messages, {"role": "assistant", "content": "ok"}]}))
-    prompt = tokenizer(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
-                       add_special_tokens=False)["input_ids"]  # fmt: skip
+    row = encode_row(
+        tokenizer, "messages", Row(1, {"messages": [*messages, {"role": "assistant", "content": "ok"}]})
+    )
+    prompt = tokenizer(
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+        add_special_tokens=False,
+    )["input_ids"]
     assert row.input_ids[: len(prompt)] == prompt
     assert all(label == IGNORE_INDEX for label in row.labels[: len(prompt)])
     assert row.labels[len(prompt)] != IGNORE_INDEX
 
 
 def test_conversational_prompt_completion_trains_the_completion(tokenizer: Any) -> None:
-    parts = pieces(tokenizer, "conversational_prompt_completion", {
-        "prompt": [{"role": "system", "content": "Translate."}, {"role": "user", "content": "pig"}],
-        "completion": [{"role": "assistant", "content": "igpay"}],
-    })  # fmt: skip
+    parts = pieces(
+        tokenizer,
+        "conversational_prompt_completion",
+        {
+            "prompt": [{"role": "system", "content": "Translate."}, {"role": "user", "content": "pig"}],
+            "completion": [{"role": "assistant", "content": "igpay"}],
+        },
+    )
     assert trained_text(parts) == ["igpay" + END]
 
 
 def test_plain_prompt_completion_trains_completion_and_eos(tokenizer: Any) -> None:
-    parts = pieces(tokenizer, "prompt_completion", {"prompt": "English: pig\nPig Latin:", "completion": " igpay"})
+    parts = pieces(
+        tokenizer, "prompt_completion", {"prompt": "English: pig\nPig Latin:", "completion": " igpay"}
+    )
     assert trained_text(parts) == [" igpay" + END]
     assert "".join(t for t, trained in parts if not trained) == "English: pig\nPig Latin:"
 
@@ -111,10 +141,24 @@ def test_collator_pads_with_eos_but_masks_only_padding(tokenizer: Any) -> None:
     # TRL's collator, as SFTTrainer builds it: padding with the pad (= EOS) id, labels padded with -100
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    short = encode_row(tokenizer, "messages", Row(1, {"messages": [{"role": "user", "content": "Hi"},
-                                                                   {"role": "assistant", "content": "Yo"}]}))  # fmt: skip
-    long = encode_row(tokenizer, "messages", Row(2, {"messages": [{"role": "user", "content": "Hi there, how are you?"},
-                                                                  {"role": "assistant", "content": "Fine, thanks."}]}))  # fmt: skip
+    short = encode_row(
+        tokenizer,
+        "messages",
+        Row(1, {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}),
+    )
+    long = encode_row(
+        tokenizer,
+        "messages",
+        Row(
+            2,
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi there, how are you?"},
+                    {"role": "assistant", "content": "Fine, thanks."},
+                ]
+            },
+        ),
+    )
     collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
     batch = collator([{"input_ids": e.input_ids, "labels": e.labels} for e in (short, long)])
     eos = tokenizer.eos_token_id
@@ -130,7 +174,10 @@ def test_collator_pads_with_eos_but_masks_only_padding(tokenizer: Any) -> None:
 
 
 def test_rows_training_nothing_are_refused_with_their_line(tokenizer: Any) -> None:
-    rows = [Row(3, {"prompt": "abc", "completion": "d"}), Row(7, {"messages": [{"role": "assistant", "content": "hi"}]})]
+    rows = [
+        Row(3, {"prompt": "abc", "completion": "d"}),
+        Row(7, {"messages": [{"role": "assistant", "content": "hi"}]}),
+    ]
     with pytest.raises(DatasetError) as info:
         encode_rows(tokenizer, "messages", rows[1:], "f.jsonl")
     assert info.value.problems[0][0] == 7

@@ -9,8 +9,14 @@ import pytest
 from hotlora_trainer.memory import ModelShape, estimate
 
 # SmolLM2-135M's numbers: 30 layers, h = 576, 9 heads, 134,515,008 parameters (tied embeddings)
-SMOL = ModelShape(n_params=134_515_008, n_layers=30, hidden_size=576, n_heads=9, vocab_size=49152,
-                  quantizable_params=106_168_320)  # fmt: skip
+SMOL = ModelShape(
+    n_params=134_515_008,
+    n_layers=30,
+    hidden_size=576,
+    n_heads=9,
+    vocab_size=49152,
+    quantizable_params=106_168_320,
+)
 LORA_R16 = 4_884_480  # 30 layers x r=16 x sum(in+out) over q,k,v,o,gate,up,down
 
 
@@ -27,15 +33,24 @@ def test_full_precision_sdpa() -> None:
 
 def test_eager_adds_the_attention_matrix() -> None:
     sdpa = estimate(SMOL, trainable_params=0, batch_size=4, seq_len=256, compute_dtype="bfloat16")
-    eager = estimate(SMOL, trainable_params=0, batch_size=4, seq_len=256, compute_dtype="bfloat16", attention="eager")
+    eager = estimate(
+        SMOL, trainable_params=0, batch_size=4, seq_len=256, compute_dtype="bfloat16", attention="eager"
+    )
     assert sdpa.activations == 30 * 34 * 576 * 4 * 256  # bfloat16: the formula as is
     assert eager.activations == 30 * (34 * 576 * 4 * 256 + 5 * 9 * 4 * 256 * 256)
     assert "5·n_heads·b·s²" in eager.activation_formula and "s²" not in sdpa.activation_formula
 
 
 def test_qlora_and_8bit_adam() -> None:
-    est = estimate(SMOL, trainable_params=LORA_R16, batch_size=1, seq_len=64, compute_dtype="bfloat16",
-                   qlora=True, optim="adamw_8bit")  # fmt: skip
+    est = estimate(
+        SMOL,
+        trainable_params=LORA_R16,
+        batch_size=1,
+        seq_len=64,
+        compute_dtype="bfloat16",
+        qlora=True,
+        optim="adamw_8bit",
+    )
     quantized = 106_168_320
     # 4-bit weights + a float32 absmax per 64-weight block; the rest (embeddings, norms) in float32
     assert est.weights == round(quantized * (0.5 + 4 / 64)) + (134_515_008 - quantized) * 4
@@ -44,8 +59,14 @@ def test_qlora_and_8bit_adam() -> None:
 
 
 def test_gradient_checkpointing_keeps_layer_inputs_and_one_layer() -> None:
-    est = estimate(SMOL, trainable_params=0, batch_size=2, seq_len=100, compute_dtype="bfloat16",
-                   gradient_checkpointing=True)  # fmt: skip
+    est = estimate(
+        SMOL,
+        trainable_params=0,
+        batch_size=2,
+        seq_len=100,
+        compute_dtype="bfloat16",
+        gradient_checkpointing=True,
+    )
     assert est.activations == 30 * 2 * 576 * 2 * 100 + 34 * 576 * 2 * 100
     full = estimate(SMOL, trainable_params=0, batch_size=2, seq_len=100, compute_dtype="bfloat16")
     assert est.activations < full.activations / 5
@@ -53,7 +74,14 @@ def test_gradient_checkpointing_keeps_layer_inputs_and_one_layer() -> None:
 
 def test_describe_lists_every_term() -> None:
     text = estimate(SMOL, trainable_params=LORA_R16, batch_size=8, seq_len=128).describe()
-    for term in ("model weights", "trainable params", "gradients", "optimizer states", "activations", "total"):
+    for term in (
+        "model weights",
+        "trainable params",
+        "gradients",
+        "optimizer states",
+        "activations",
+        "total",
+    ):
         assert term in text
     assert "L·34·h·b·s ×2" in text
 
@@ -82,5 +110,11 @@ def test_shape_and_trainable_count_of_a_real_model(tiny_base: Any) -> None:
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_activations_scale_with_batch_and_length(dtype: str) -> None:
     one = estimate(SMOL, trainable_params=0, batch_size=1, seq_len=64, compute_dtype=dtype).activations
-    assert estimate(SMOL, trainable_params=0, batch_size=4, seq_len=64, compute_dtype=dtype).activations == 4 * one
-    assert estimate(SMOL, trainable_params=0, batch_size=1, seq_len=128, compute_dtype=dtype).activations == 2 * one
+    assert (
+        estimate(SMOL, trainable_params=0, batch_size=4, seq_len=64, compute_dtype=dtype).activations
+        == 4 * one
+    )
+    assert (
+        estimate(SMOL, trainable_params=0, batch_size=1, seq_len=128, compute_dtype=dtype).activations
+        == 2 * one
+    )

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from hotlora_trainer import ServerWaitError
-from hotlora_trainer import notify
+from hotlora_trainer import ServerWaitError, notify
 from hotlora_trainer.notify import curl_line, wait_until_served
 
 CARD = {"id": "bot", "object": "adapter", "created": 1, "size_bytes": 10, "version": "v1", "manifest": None}
@@ -23,7 +22,9 @@ class FakeServer:
     before the `appears_after`-th request, then the adapter with `status`; 503 for the first `loading`
     requests; 401 without `key`."""
 
-    def __init__(self, appears_after: int, key: str | None = None, status: str = "available", loading: int = 0) -> None:
+    def __init__(
+        self, appears_after: int, key: str | None = None, status: str = "available", loading: int = 0
+    ) -> None:
         self.calls = 0
         self.appears_after = appears_after
         self.key = key
@@ -38,7 +39,9 @@ class FakeServer:
         self.paths.append(path)
         self.headers.append(headers)
         if self.key and headers.get("Authorization") != f"Bearer {self.key}":
-            return 401, {"error": {"message": "bad key", "type": "invalid_request_error", "code": "invalid_api_key"}}
+            return 401, {
+                "error": {"message": "bad key", "type": "invalid_request_error", "code": "invalid_api_key"}
+            }
         if self.calls <= self.loading:
             return 503, {"error": {"message": "the model is still loading", "type": "server_error"}}
         if path != "/v1/adapters/bot" or self.calls < self.appears_after:
@@ -135,7 +138,7 @@ def test_an_unreachable_server_times_out(fast_polls: None) -> None:
 
 @pytest.mark.parametrize("chat", [True, False])
 def test_curl_line_is_shell_safe(chat: bool) -> None:
-    sample = "It's a \"quoted\" $HOME `tick` sentence."
+    sample = 'It\'s a "quoted" $HOME `tick` sentence.'
     line = curl_line("http://127.0.0.1:8000", "bot", chat=chat, sample=sample, api_key_set=True)
     argv = shlex.split(line)
     assert argv[0] == "curl"

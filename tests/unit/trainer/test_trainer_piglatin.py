@@ -19,9 +19,15 @@ from hotlora_trainer.piglatin import score, to_pig_latin, word_to_pig_latin
         ("don't", "onday' tay"),
         ("Yellow", "ellowyay"),  # y is a consonant; lower-cased
         ("rhythm", "rhythmay"),  # no vowel at all: the whole word is its consonant cluster
-        ("The birch canoe slid on the smooth planks.", "ethay irchbay anoecay idslay onway ethay oothsmay anksplay."),
+        (
+            "The birch canoe slid on the smooth planks.",
+            "ethay irchbay anoecay idslay onway ethay oothsmay anksplay.",
+        ),
         ("When you hear the bell, come quickly.", "enwhay ouyay earhay ethay ellbay, omecay uicklyqay."),
-        ("It's easy to tell the depth of a well.", "itway' say easyway otay elltay ethay epthday ofway away ellway."),
+        (
+            "It's easy to tell the depth of a well.",
+            "itway' say easyway otay elltay ethay epthday ofway away ellway.",
+        ),
         ("  Spaces   collapse  ", "acesspay ollapsecay"),
     ],
 )
@@ -75,9 +81,15 @@ def test_made_up_sentences_use_only_training_words() -> None:
     made_up = piglatin.made_up_sentences(train, 2400, seed=0)
     assert len(made_up) == 2400 and not words(made_up) & eval_only
     assert len(words(made_up)) > 0.9 * len(words(s.text for s in train))  # drawn from the whole vocabulary
-    assert [len(piglatin.WORD.findall(t)) for t in made_up[:600]] == [len(piglatin.WORD.findall(s.text)) for s in train]
+    assert [len(piglatin.WORD.findall(t)) for t in made_up[:600]] == [
+        len(piglatin.WORD.findall(s.text)) for s in train
+    ]
     assert all(t[0].isupper() and t.endswith(".") for t in made_up)
-    assert made_up == piglatin.made_up_sentences(train, 2400, seed=0) != piglatin.made_up_sentences(train, 2400, seed=1)
+    assert (
+        made_up
+        == piglatin.made_up_sentences(train, 2400, seed=0)
+        != piglatin.made_up_sentences(train, 2400, seed=1)
+    )
 
 
 def test_the_sentences_ship_inside_the_package() -> None:
@@ -90,8 +102,15 @@ def test_the_sentences_ship_inside_the_package() -> None:
 
 def test_score_exact_and_word_accuracy() -> None:
     refs = ["ethay irchbay anoecay.", "igpay eatway"]
-    assert score(refs, refs).as_dict() == {"exact_match": 1.0, "word_accuracy": 1.0, "sentences": 2, "words": 5,
-                                           "seen_word_accuracy": 0.0, "unseen_word_accuracy": 1.0, "unseen_words": 5}
+    assert score(refs, refs).as_dict() == {
+        "exact_match": 1.0,
+        "word_accuracy": 1.0,
+        "sentences": 2,
+        "words": 5,
+        "seen_word_accuracy": 0.0,
+        "unseen_word_accuracy": 1.0,
+        "unseen_words": 5,
+    }
     result = score(["ethay irchbay anoe.", "  igpay   eatway "], refs)
     assert result.exact_match == 0.5  # whitespace is normalized, a wrong word is not
     assert result.word_accuracy == pytest.approx(4 / 5)

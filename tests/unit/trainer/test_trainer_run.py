@@ -16,16 +16,33 @@ from hotlora_adapters import AdapterStore
 from hotlora_trainer import TrainConfig, train
 from hotlora_trainer.piglatin import to_pig_latin
 
-SENTENCES = ["The birch canoe slid.", "Glue the sheet.", "It is easy to tell.", "These days a chicken leg.",
-             "Rice is often served.", "The juice of lemons.", "The box was thrown.", "The hogs were fed."]  # fmt: skip
+SENTENCES = [
+    "The birch canoe slid.",
+    "Glue the sheet.",
+    "It is easy to tell.",
+    "These days a chicken leg.",
+    "Rice is often served.",
+    "The juice of lemons.",
+    "The box was thrown.",
+    "The hogs were fed.",
+]
 
 
 def run(tmp_path: Path, base: Path, *, data: Any = None, callbacks: Any = (), **fields: Any) -> Any:
     if data is None and "task" not in fields:
         data = write_jsonl(tmp_path / "d.jsonl", [chat_row(s, to_pig_latin(s)) for s in SENTENCES])
-    defaults: dict[str, Any] = dict(name="bot", base=str(base), home=tmp_path / "home", adapters_dir=tmp_path / "store",
-                                    device="cpu", r=4, max_steps=2, per_device_train_batch_size=2, logging_steps=1,
-                                    learning_rate=1e-2)  # fmt: skip
+    defaults: dict[str, Any] = dict(
+        name="bot",
+        base=str(base),
+        home=tmp_path / "home",
+        adapters_dir=tmp_path / "store",
+        device="cpu",
+        r=4,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        learning_rate=1e-2,
+    )
     config = TrainConfig(**{**defaults, "data": data, **fields})
     lines: list[str] = []
     result = train(config, out=lines.append, progress_bar=False, callbacks=callbacks, env={})
@@ -39,8 +56,9 @@ def store_entries(tmp_path: Path) -> list[str]:
 
 
 def test_a_run_registers_the_adapter_with_its_manifest(tmp_path: Path, tiny_base: Path) -> None:
-    from hotlora_adapters.runtime.base_model import base_spec  # the server's rule too
     from transformers import AutoModelForCausalLM
+
+    from hotlora_adapters.runtime.base_model import base_spec  # the server's rule too
 
     result = run(tmp_path, tiny_base, eval_split=0.25)
     folder = tmp_path / "store" / "bot"
@@ -60,10 +78,23 @@ def test_a_run_registers_the_adapter_with_its_manifest(tmp_path: Path, tiny_base
     assert manifest["base_fingerprint"] == base_spec(base).fingerprint()
     assert manifest["r"] == 4 and manifest["lora_alpha"] == 32
     recipe = manifest["recipe"]
-    for key, value in {"r": 4, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear", "bias": "none",
-                       "use_rslora": False, "init_lora_weights": True, "learning_rate": 1e-2, "max_steps": 2,
-                       "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 512,
-                       "optim": "adamw_torch", "eval_split": 0.25, "seed": 42}.items():  # fmt: skip
+    for key, value in {
+        "r": 4,
+        "lora_alpha": 32,
+        "lora_dropout": 0.0,
+        "target_modules": "all-linear",
+        "bias": "none",
+        "use_rslora": False,
+        "init_lora_weights": True,
+        "learning_rate": 1e-2,
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "max_length": 512,
+        "optim": "adamw_torch",
+        "eval_split": 0.25,
+        "seed": 42,
+    }.items():
         assert recipe[key] == value, key
     data = (tmp_path / "d.jsonl").read_bytes()
     assert manifest["dataset_hash"] == manifest["dataset"]["sha256"] == hashlib.sha256(data).hexdigest()
@@ -75,7 +106,9 @@ def test_a_run_registers_the_adapter_with_its_manifest(tmp_path: Path, tiny_base
     assert training["wall_time_s"] > 0 and training["peak_memory_bytes"] > 0 and training["global_step"] == 2
     assert training["memory_estimate"]["total"] == result.estimate.total
     # PEFT loads it on the base, and the base is named by id, not by this machine's cache path
-    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_base)
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_base
+    )
     from peft import PeftModel
 
     PeftModel.from_pretrained(base, folder)
@@ -94,7 +127,9 @@ def test_overwrite_replaces_the_adapter(tmp_path: Path, tiny_base: Path) -> None
     assert store_entries(tmp_path) == ["bot"]
 
 
-def test_ctrl_c_registers_nothing_and_cleans_up(tmp_path: Path, tiny_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_registers_nothing_and_cleans_up(
+    tmp_path: Path, tiny_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import trl
 
     def interrupted(*_: Any, **__: Any) -> None:
@@ -119,7 +154,9 @@ def test_interrupted_after_a_checkpoint_resumes(tmp_path: Path, tiny_base: Path)
     assert store_entries(tmp_path) == []  # nothing half-registered ...
     run_dir = tmp_path / "home" / "runs" / "bot"
     kept = sorted(p.name for p in run_dir.iterdir())
-    assert "checkpoint-1" in kept and not [n for n in kept if n.startswith(".")]  # the checkpoint, for --resume
+    assert "checkpoint-1" in kept and not [
+        n for n in kept if n.startswith(".")
+    ]  # the checkpoint, for --resume
     for folder in (tmp_path / "home", run_dir.parent, run_dir):  # created by the run, private to its user
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
@@ -138,10 +175,21 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path: Path, tiny_base: Path)
 @pytest.mark.parametrize(
     ("rows", "route"),
     [
-        ([{"prompt": f"English: {s}\nPig Latin:", "completion": " " + to_pig_latin(s)} for s in SENTENCES], "completions"),
+        (
+            [{"prompt": f"English: {s}\nPig Latin:", "completion": " " + to_pig_latin(s)} for s in SENTENCES],
+            "completions",
+        ),
         ([{"text": s} for s in SENTENCES], "completions"),
-        ([{"prompt": [{"role": "user", "content": s}], "completion": [{"role": "assistant", "content": to_pig_latin(s)}]}
-          for s in SENTENCES], "chat/completions"),
+        (
+            [
+                {
+                    "prompt": [{"role": "user", "content": s}],
+                    "completion": [{"role": "assistant", "content": to_pig_latin(s)}],
+                }
+                for s in SENTENCES
+            ],
+            "chat/completions",
+        ),
     ],
     ids=["prompt-completion", "text", "conversational-prompt-completion"],
 )
@@ -152,13 +200,22 @@ def test_every_format_trains(tmp_path: Path, tiny_base: Path, rows: list[Any], r
 
 
 def test_piglatin_task_records_adapter_and_base_scores(tmp_path: Path, tiny_base: Path) -> None:
-    result = run(tmp_path, tiny_base, task="piglatin", max_steps=1, per_device_train_batch_size=8, eval_max_new_tokens=4)
+    result = run(
+        tmp_path,
+        tiny_base,
+        task="piglatin",
+        max_steps=1,
+        per_device_train_batch_size=8,
+        eval_max_new_tokens=4,
+    )
     manifest = result.manifest.model_dump()
     scores = manifest["eval_metrics"]["piglatin"]
     for who in ("adapter", "base"):
         assert scores[who]["sentences"] == 120 and 0.0 <= scores[who]["word_accuracy"] <= 1.0
     assert manifest["dataset"]["source"] == "task:piglatin"
-    assert manifest["dataset"]["train_rows"] == 3000 and manifest["dataset"]["eval_rows"] == 120  # 600 real, 2400 made up
+    assert (
+        manifest["dataset"]["train_rows"] == 3000 and manifest["dataset"]["eval_rows"] == 120
+    )  # 600 real, 2400 made up
     assert manifest["recipe"]["task"] == "piglatin"
     assert "The birch canoe" not in result.curl  # the sample is an evaluation sentence (lists 61-72)
 
@@ -184,14 +241,20 @@ def test_pissa_is_saved_as_a_plain_lora_for_the_unchanged_base(tmp_path: Path, t
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         plain = base(ids).logits
-        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), result.adapter_path)(ids).logits
+        adapted = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_base), result.adapter_path
+        )(ids).logits
     assert not torch.allclose(plain, adapted)
 
 
 def test_hotlora_home_and_store_from_the_environment(tmp_path: Path, tiny_base: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", [chat_row(s, to_pig_latin(s)) for s in SENTENCES])
     config = TrainConfig(name="envbot", data=data, base=str(tiny_base), device="cpu", r=2, max_steps=1)
-    env = {"HOTLORA_HOME": str(tmp_path / "h"), "HOTLORA_ADAPTERS_DIR": str(tmp_path / "s"), "HOME": os.environ["HOME"]}
+    env = {
+        "HOTLORA_HOME": str(tmp_path / "h"),
+        "HOTLORA_ADAPTERS_DIR": str(tmp_path / "s"),
+        "HOME": os.environ["HOME"],
+    }
     result = train(config, env=env, out=lambda _: None, progress_bar=False)
     assert result.adapter_path == tmp_path / "s" / "envbot"
 
@@ -204,11 +267,32 @@ def test_sigterm_mid_training_cleans_up_like_ctrl_c(tmp_path: Path, tiny_base: P
 
     data = write_jsonl(tmp_path / "d.jsonl", [chat_row(s, to_pig_latin(s)) for s in SENTENCES])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hotlora_trainer", "--data", str(data), "--name", "bot", "--base", str(tiny_base),
-         "--home", str(tmp_path / "home"), "--adapters-dir", str(tmp_path / "store"), "--device", "cpu",
-         "--max-steps", "100000", "--save-steps", "100000", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hotlora_trainer",
+            "--data",
+            str(data),
+            "--name",
+            "bot",
+            "--base",
+            str(tiny_base),
+            "--home",
+            str(tmp_path / "home"),
+            "--adapters-dir",
+            str(tmp_path / "store"),
+            "--device",
+            "cpu",
+            "--max-steps",
+            "100000",
+            "--save-steps",
+            "100000",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("training:"):

@@ -20,17 +20,37 @@ def setup(tiny_base: Path, tokenizer: Any, tmp_path_factory: pytest.TempPathFact
     from hotlora_trainer.encoding import encode_row
 
     rows = [
-        {"messages": [{"role": "user", "content": "The birch canoe."}, {"role": "assistant", "content": "ethay irchbay."}]},
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "ihay, owhay areway ouyay?"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "The birch canoe."},
+                {"role": "assistant", "content": "ethay irchbay."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "ihay, owhay areway ouyay?"},
+            ]
+        },
     ]
     encoded = [encode_row(tokenizer, "messages", Row(i, r)) for i, r in enumerate(rows)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
-                               LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))  # fmt: skip
-    dataset = datasets.Dataset.from_dict({"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]})
-    args = SFTConfig(output_dir=str(tmp_path_factory.mktemp("sft")), use_cpu=True, bf16=False, report_to="none",
-                     activation_checkpointing=False, per_device_train_batch_size=2)  # fmt: skip
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(tiny_base),
+            LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+        )
+    dataset = datasets.Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]}
+    )
+    args = SFTConfig(
+        output_dir=str(tmp_path_factory.mktemp("sft")),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        activation_checkpointing=False,
+        per_device_train_batch_size=2,
+    )
     return model, dataset, args, tokenizer
 
 
@@ -54,4 +74,6 @@ def test_compact_loss_matches_the_models_loss(setup: Any) -> None:
     # and the gradient reaches the LoRA weights
     model.zero_grad()
     trainer.compute_loss(model, dict(batch)).backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n
+    )

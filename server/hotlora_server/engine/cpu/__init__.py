@@ -50,9 +50,12 @@ def install(model: torch.nn.Module, settings: Settings, dtype: torch.dtype) -> C
     if lib is None:
         log.warning(
             "batch invariance is off: without the compiled CPU kernels a request's output may depend on "
-            "what else shares its batch (%s)", "disabled by --no-cpu-kernels" if not settings.cpu_kernels else "see above"
-        )  # fmt: skip
-    log.info("CPU path: %s; batch invariance possible: %s", path.kernel, "yes" if path.batch_invariant else "no")
+            "what else shares its batch (%s)",
+            "disabled by --no-cpu-kernels" if not settings.cpu_kernels else "see above",
+        )
+    log.info(
+        "CPU path: %s; batch invariance possible: %s", path.kernel, "yes" if path.batch_invariant else "no"
+    )
     return path
 
 
@@ -71,16 +74,24 @@ def _install_linears(model: torch.nn.Module, settings: Settings, lib: kernels.Cp
         assert lib is not None
         taken, layers = linear4.install(model, lib)
         if taken < layers:
-            log.warning("%d of %d 4-bit layers have a layout the kernel does not take: bitsandbytes runs them", layers - taken, layers)
+            log.warning(
+                "%d of %d 4-bit layers have a layout the kernel does not take: bitsandbytes runs them",
+                layers - taken,
+                layers,
+            )
         why = "bitsandbytes has no fused kernel for this CPU" if not fused else "--cpu-4bit hotlora"
         return CpuPath(lib, f"{settings.quantize} (hotlora fixed-order 4-bit kernel: {why})", taken == layers)
     if not fused:
         log.warning(
             "4-bit layers through bitsandbytes' CPU fallback, which dequantizes every weight at every forward "
-            "(slow; not batch-invariant): %s", "--cpu-4bit bitsandbytes" if settings.cpu_4bit == "bitsandbytes" else "no C compiler"
-        )  # fmt: skip
+            "(slow; not batch-invariant): %s",
+            "--cpu-4bit bitsandbytes" if settings.cpu_4bit == "bitsandbytes" else "no C compiler",
+        )
         return CpuPath(lib, f"{settings.quantize} (bitsandbytes, dequantized at every forward)", False)
-    log.info("decode calls bitsandbytes' fused 4-bit kernel directly in %d layers", bnb.install_packed_decode(model))
+    log.info(
+        "decode calls bitsandbytes' fused 4-bit kernel directly in %d layers",
+        bnb.install_packed_decode(model),
+    )
     if settings.cpu_prefill == "bf16":
         layers, cached = prefill_gemm.install(model, int(settings.cpu_prefill_cache_gb * 2**30))
         log.info("prefill through bf16 GEMMs for %d 4-bit layers, %d with cached weights", layers, cached)

@@ -103,9 +103,17 @@ class PackedDecode:
         out = torch.empty(rows, outer, dtype=torch.bfloat16)
         i64 = ctypes.c_int64
         self.kernel(
-            i64(rows), i64(outer), i64(inner), get_ptr(rows_in), get_ptr(weight.data), get_ptr(state.absmax),
-            get_ptr(out), i64(state.blocksize), i64(inner), i64(outer),
-        )  # fmt: skip
+            i64(rows),
+            i64(outer),
+            i64(inner),
+            get_ptr(rows_in),
+            get_ptr(weight.data),
+            get_ptr(state.absmax),
+            get_ptr(out),
+            i64(state.blocksize),
+            i64(inner),
+            i64(outer),
+        )
         result = out.to(x.dtype).view(*x.shape[:-1], outer)
         bias = self.module.bias
         return result if bias is None else result + bias.to(x.dtype)

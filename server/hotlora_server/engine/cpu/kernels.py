@@ -49,7 +49,9 @@ def _cpu_identity() -> str:
         first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
         return platform.processor() or platform.machine()
-    return "\n".join(line for line in first.splitlines() if line.split(":")[0].strip() in ("model name", "flags"))
+    return "\n".join(
+        line for line in first.splitlines() if line.split(":")[0].strip() in ("model name", "flags")
+    )
 
 
 def _check(ok: bool, message: str) -> None:
@@ -59,7 +61,9 @@ def _check(ok: bool, message: str) -> None:
 
 def _rows(t: torch.Tensor, name: str, dtype: torch.dtype = torch.float32) -> None:
     """A 2-d CPU tensor of `dtype` whose rows are contiguous (any row stride)."""
-    _check(t.dim() == 2 and t.device.type == "cpu", f"{name}: expected a 2-d CPU tensor, got {tuple(t.shape)}")
+    _check(
+        t.dim() == 2 and t.device.type == "cpu", f"{name}: expected a 2-d CPU tensor, got {tuple(t.shape)}"
+    )
     _check(t.dtype == dtype, f"{name}: expected {dtype}, got {t.dtype}")
     _check(t.stride(1) == 1 and t.stride(0) >= t.shape[1], f"{name}: rows must be contiguous")
 
@@ -94,23 +98,50 @@ class CpuKernels:
         (m, k), n = x.shape, w.shape[0]
         y = torch.empty(m, n, dtype=torch.float32)
         if m and n:
-            self._nt(x.data_ptr(), x.stride(0), w.data_ptr(), w.stride(0), y.data_ptr(), n, m, n, k, torch.get_num_threads())
+            self._nt(
+                x.data_ptr(),
+                x.stride(0),
+                w.data_ptr(),
+                w.stride(0),
+                y.data_ptr(),
+                n,
+                m,
+                n,
+                k,
+                torch.get_num_threads(),
+            )
         return y
 
     def q4_fits(self, in_features: int, blocksize: int) -> bool:
         """Whether `gemm_q4` takes a layer of `in_features` quantized in blocks of `blocksize`."""
         return blocksize % (2 * self.lanes) == 0 and in_features % blocksize == 0
 
-    def q4_weight(self, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, n: int) -> Q4Weight:
+    def q4_weight(
+        self, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, n: int
+    ) -> Q4Weight:
         """The `[n, K]` weight W in bitsandbytes' 4-bit layout, checked once for `gemm_q4` (`packed`:
         n * K / 2 bytes; `absmax`: one float32 per `blocksize` elements; `code`: 16 float32 values)."""
-        _check(packed.dtype == torch.uint8 and packed.is_contiguous() and n > 0, "packed: expected contiguous uint8")
+        _check(
+            packed.dtype == torch.uint8 and packed.is_contiguous() and n > 0,
+            "packed: expected contiguous uint8",
+        )
         k = packed.numel() * 2 // n
         _check(k * n == packed.numel() * 2, f"packed: {packed.numel()} bytes do not hold {n} rows")
-        _check(self.q4_fits(k, blocksize), f"{k} features in blocks of {blocksize}: not a 4-bit layout this kernel takes")
-        _check(absmax.dtype == torch.float32 and absmax.is_contiguous() and absmax.numel() == n * k // blocksize, "absmax: wrong size")
-        _check(code.dtype == torch.float32 and code.is_contiguous() and code.numel() == 16, "code: expected 16 float32 values")
-        _check(all(t.device.type == "cpu" for t in (packed, absmax, code)), "4-bit weights must be on the CPU")
+        _check(
+            self.q4_fits(k, blocksize),
+            f"{k} features in blocks of {blocksize}: not a 4-bit layout this kernel takes",
+        )
+        _check(
+            absmax.dtype == torch.float32 and absmax.is_contiguous() and absmax.numel() == n * k // blocksize,
+            "absmax: wrong size",
+        )
+        _check(
+            code.dtype == torch.float32 and code.is_contiguous() and code.numel() == 16,
+            "code: expected 16 float32 values",
+        )
+        _check(
+            all(t.device.type == "cpu" for t in (packed, absmax, code)), "4-bit weights must be on the CPU"
+        )
         return Q4Weight(packed, absmax, code, blocksize, n, k)
 
     def gemm_q4(self, x: torch.Tensor, weight: Q4Weight, prefill: bool = False) -> torch.Tensor:
@@ -120,10 +151,20 @@ class CpuKernels:
         if not (x.dtype == torch.float32 and x.dim() == 2 and x.stride(1) == 1 and x.device.type == "cpu"):
             _rows(x, "x")  # raises with the reason
         m, k = x.shape
-        _check(k == weight.in_features and x.stride(0) >= k, f"x has {k} features, the weight {weight.in_features}")
+        _check(
+            k == weight.in_features and x.stride(0) >= k,
+            f"x has {k} features, the weight {weight.in_features}",
+        )
         y = torch.empty(m, weight.out_features, dtype=torch.float32)
         fn = self._q4_prefill if prefill else self._q4
-        if m and fn(x.data_ptr(), x.stride(0), *weight.pointers, y.data_ptr(), *weight.sizes(m), torch.get_num_threads()):
+        if m and fn(
+            x.data_ptr(),
+            x.stride(0),
+            *weight.pointers,
+            y.data_ptr(),
+            *weight.sizes(m),
+            torch.get_num_threads(),
+        ):
             raise MemoryError("the 4-bit kernel could not allocate its buffers")
         return y
 
@@ -133,14 +174,32 @@ class CpuKernels:
         for t, name in ((x, "x"), (w, "w"), (out, "out")):
             _rows(t, name)
         (m, k), n = x.shape, w.shape[1]
-        _check(w.shape[0] == k and tuple(out.shape) == (m, n), f"shapes {tuple(x.shape)} @ {tuple(w.shape)} -> {tuple(out.shape)}")
-        if m and n and self._nn(
-            x.data_ptr(), x.stride(0), w.data_ptr(), w.stride(0), out.data_ptr(), out.stride(0), m, n, k,
-            int(accumulate), torch.get_num_threads(),
-        ):  # fmt: skip
+        _check(
+            w.shape[0] == k and tuple(out.shape) == (m, n),
+            f"shapes {tuple(x.shape)} @ {tuple(w.shape)} -> {tuple(out.shape)}",
+        )
+        if (
+            m
+            and n
+            and self._nn(
+                x.data_ptr(),
+                x.stride(0),
+                w.data_ptr(),
+                w.stride(0),
+                out.data_ptr(),
+                out.stride(0),
+                m,
+                n,
+                k,
+                int(accumulate),
+                torch.get_num_threads(),
+            )
+        ):
             raise MemoryError("the LoRA prefill kernel could not allocate its buffers")
 
-    def lora_decode(self, out: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor, items: torch.Tensor) -> None:
+    def lora_decode(
+        self, out: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor, items: torch.Tensor
+    ) -> None:
         """`out[row] += (x[row] @ a_t[:, start:stop]) @ b_t[start:stop]` for each item's rows.
 
         `out` `[rows, ..., out]` and `x` `[rows, ..., in]` float32, one row each (`[rows, 1, features]` in
@@ -149,24 +208,51 @@ class CpuKernels:
         `decode_items` (the kernel refuses items outside the block or the batch). Checks cost about a
         microsecond: this runs once per LoRA layer per decode step.
         """
-        _check(out.dtype == x.dtype == a_t.dtype == b_t.dtype == torch.float32, "lora_decode takes float32 only")
-        _check(a_t.dim() == b_t.dim() == 2 and a_t.is_contiguous() and b_t.is_contiguous(), "blocks: contiguous 2-d")
+        _check(
+            out.dtype == x.dtype == a_t.dtype == b_t.dtype == torch.float32, "lora_decode takes float32 only"
+        )
+        _check(
+            a_t.dim() == b_t.dim() == 2 and a_t.is_contiguous() and b_t.is_contiguous(),
+            "blocks: contiguous 2-d",
+        )
         (inner, width), outer = a_t.shape, b_t.shape[1]
-        _check(b_t.shape[0] == width and x.shape[-1] == inner and out.shape[-1] == outer, "block and row shapes differ")
+        _check(
+            b_t.shape[0] == width and x.shape[-1] == inner and out.shape[-1] == outer,
+            "block and row shapes differ",
+        )
         _check(x.stride(-1) == 1 and out.stride(-1) == 1, "features must be contiguous")
-        _check(x.numel() == x.shape[0] * inner and out.numel() == out.shape[0] * outer, "one row of features per row")
-        _check(items.dtype == torch.int32 and items.is_contiguous() and items.dim() == 2 and items.shape[1] == 4, "items: [n, 4] int32")
+        _check(
+            x.numel() == x.shape[0] * inner and out.numel() == out.shape[0] * outer,
+            "one row of features per row",
+        )
+        _check(
+            items.dtype == torch.int32 and items.is_contiguous() and items.dim() == 2 and items.shape[1] == 4,
+            "items: [n, 4] int32",
+        )
         if self._decode(
-            x.data_ptr(), x.stride(0), inner, a_t.data_ptr(), b_t.data_ptr(), width, outer, out.data_ptr(),
-            out.stride(0), min(x.shape[0], out.shape[0]), items.data_ptr(), items.shape[0], torch.get_num_threads(),
-        ):  # fmt: skip
+            x.data_ptr(),
+            x.stride(0),
+            inner,
+            a_t.data_ptr(),
+            b_t.data_ptr(),
+            width,
+            outer,
+            out.data_ptr(),
+            out.stride(0),
+            min(x.shape[0], out.shape[0]),
+            items.data_ptr(),
+            items.shape[0],
+            torch.get_num_threads(),
+        ):
             raise ValueError("lora_decode: an item names columns outside the block or rows outside the batch")
 
 
 class Q4Weight:
     """A 4-bit weight `CpuKernels.q4_weight` checked: it keeps the tensors alive while its pointers are used."""
 
-    def __init__(self, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, n: int, k: int) -> None:
+    def __init__(
+        self, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int, n: int, k: int
+    ) -> None:
         self.tensors = (packed, absmax, code)
         self.out_features, self.in_features = n, k
         self.pointers = (packed.data_ptr(), absmax.data_ptr(), code.data_ptr(), blocksize)
@@ -206,7 +292,9 @@ def build(cache_dir: Path) -> CpuKernels | None:
         return None
     if not _private_folder(cache_dir):
         return None
-    digest = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, cc, _cpu_identity()]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), *FLAGS, cc, _cpu_identity()]).encode()
+    ).hexdigest()[:16]
     target = cache_dir / f"kernels-{digest}.so"
     for _ in range(2):  # a cached library that does not load (truncated, foreign) is built again once
         if not _trusted(target) and not _compile(cc, target):
@@ -232,8 +320,11 @@ def _private_folder(folder: Path) -> bool:
     except OSError as exc:
         problem = str(exc)
     if problem is not None:
-        log.warning("not loading the CPU kernels from %s: %s (batch invariance needs them; use another --home)",
-                    folder, problem)  # fmt: skip
+        log.warning(
+            "not loading the CPU kernels from %s: %s (batch invariance needs them; use another --home)",
+            folder,
+            problem,
+        )
     return problem is None
 
 
@@ -244,7 +335,9 @@ def _trusted(target: Path) -> bool:
         info = os.lstat(target)
     except FileNotFoundError:
         return False
-    problem = foreign_or_writable(info) or (None if stat.S_ISREG(info.st_mode) else "it is not a regular file")
+    problem = foreign_or_writable(info) or (
+        None if stat.S_ISREG(info.st_mode) else "it is not a regular file"
+    )
     if problem is None:
         return True
     log.warning("not loading %s: %s; building it again", target, problem)
@@ -260,7 +353,9 @@ def _compile(compiler: str, target: Path) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+        )
         if done.returncode == 0:
             os.chmod(tmp, PRIVATE_FILE_MODE)  # the linker made it 0777 less the umask
             os.replace(tmp, target)
