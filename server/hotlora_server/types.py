@@ -71,6 +71,17 @@ class BlendSpec:
 
 
 @dataclass(frozen=True)
+class StructuredOutput:
+    """Decode every row of a request under a grammar, so its text always parses.
+
+    `json_schema` is the schema as canonical JSON text (hashable, and what grammar compilers take);
+    None means any JSON object (`response_format: {"type": "json_object"}`).
+    """
+
+    json_schema: str | None = None
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One client request: `n` rows sharing one prompt and one target (base, adapter or blend).
 
@@ -84,6 +95,7 @@ class GenerationRequest:
     prompt: str | None = None  # raw completion
     n: int = 1
     blend: BlendSpec | None = None
+    structured: StructuredOutput | None = None  # response_format (or a forced tool call) as a grammar
 
 
 @dataclass(frozen=True)
