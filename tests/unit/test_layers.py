@@ -1,7 +1,8 @@
 """The layer rules of DESIGN.md: import-linter contracts (pyproject.toml) and a torch-free import check.
 
 - server and trainer never import each other; the adapter package imports neither;
-- the server's protocol/api/types/errors/settings/metrics/logs and the adapter registry import no model stack;
+- the server's protocol/api/types/tools/errors/settings/metrics/logs and the adapter registry import no model
+  stack;
 - and, at run time, those modules import with torch & co. made unimportable.
 """
 
@@ -25,6 +26,7 @@ TORCH_FREE_MODULES = (
     "hotlora_server.protocol",
     "hotlora_server.api",
     "hotlora_server.types",
+    "hotlora_server.tools",
     "hotlora_server.blend_methods",
     "hotlora_server.errors",
     "hotlora_server.metrics",
@@ -76,6 +78,7 @@ def test_the_contracts_say_what_the_design_says() -> None:
                     "protocol",
                     "api",
                     "types",
+                    "tools",
                     "blend_methods",
                     "errors",
                     "settings",
