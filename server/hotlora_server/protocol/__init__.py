@@ -6,7 +6,8 @@ range, lists and the strings that cost work per token are capped, and features t
 are refused with a message instead of being silently ignored.
 
 One module per topic: `common` (the base models, text, messages, usage, errors), `sampling` (the fields
-chat and completions share), `blends`, `chat`, `completions`, `tokenize`, `models`, `adapters`. Everything
+chat and completions share), `blends`, `tools` (the tools a chat offers), `chat`, `completions`,
+`tokenize`, `models`, `adapters`. Everything
 others use is importable from here (`from hotlora_server import protocol as p`).
 """
 
@@ -35,9 +36,12 @@ from .chat import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatFinishReason,
     ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    DeltaFunctionCall,
+    DeltaToolCall,
     TokenLogprob,
     TopLogprob,
 )
@@ -46,16 +50,21 @@ from .common import (
     MAX_LOGGED_FIELDS,
     MAX_MESSAGES,
     MAX_MODEL_LENGTH,
+    MAX_TOOL_CALLS,
     AdapterName,
     ChatMessage,
     ContentParts,
     ErrorDetail,
     ErrorResponse,
+    FunctionCall,
+    FunctionName,
     Messages,
     ModelId,
     PositiveInt,
     Text,
     TextPart,
+    ToolCall,
+    ToolCalls,
     Usage,
     finite,
 )
@@ -84,6 +93,16 @@ from .tokenize import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from .tools import (
+    MAX_TOOLS,
+    FunctionDefinition,
+    NamedFunction,
+    NamedToolChoice,
+    ToolChoice,
+    ToolDefinition,
+    Tools,
+    schema_problem,
+)
 
 __all__ = [
     "LOGIT_BIAS_RANGE",
@@ -97,6 +116,8 @@ __all__ = [
     "MAX_MODEL_LENGTH",
     "MAX_STOP_LENGTH",
     "MAX_STOP_SEQUENCES",
+    "MAX_TOOLS",
+    "MAX_TOOL_CALLS",
     "MAX_TOP_LOGPROBS",
     "AdapterCard",
     "AdapterDeleted",
@@ -111,6 +132,7 @@ __all__ = [
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
+    "ChatFinishReason",
     "ChatMessage",
     "ChoiceLogprobs",
     "ChunkChoice",
@@ -120,11 +142,16 @@ __all__ = [
     "CompletionRequest",
     "ContentParts",
     "Delta",
+    "DeltaFunctionCall",
+    "DeltaToolCall",
     "Density",
     "DetokenizeRequest",
     "DetokenizeResponse",
     "ErrorDetail",
     "ErrorResponse",
+    "FunctionCall",
+    "FunctionDefinition",
+    "FunctionName",
     "LoadLoraAdapterRequest",
     "LogitBias",
     "Messages",
@@ -132,6 +159,8 @@ __all__ = [
     "ModelCard",
     "ModelId",
     "ModelList",
+    "NamedFunction",
+    "NamedToolChoice",
     "Penalty",
     "PositiveInt",
     "RepetitionPenalty",
@@ -144,6 +173,11 @@ __all__ = [
     "TokenLogprob",
     "TokenizeRequest",
     "TokenizeResponse",
+    "ToolCall",
+    "ToolCalls",
+    "ToolChoice",
+    "ToolDefinition",
+    "Tools",
     "TopK",
     "TopLogprob",
     "TopP",
@@ -152,4 +186,5 @@ __all__ = [
     "finite",
     "make_blend",
     "parse_blend_model",
+    "schema_problem",
 ]
