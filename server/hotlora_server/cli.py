@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the chat template for models without one (or to replace it): `chatml` (built in), "
         "a Jinja file, or the template itself; train with the same one",
     )
+    serve.add_argument(
+        "--tool-call-parser",
+        help="how chat replies write tool calls, as vLLM's flag: `hermes` (default: "
+        '<tool_call>{"name": ..., "arguments": {...}}</tool_call>, what the fallback prompt for '
+        "templates without tools asks for)",
+    )
     serve.add_argument("--adapters-dir", help="adapter store (default $HOTLORA_HOME/adapters)")
     serve.add_argument(
         "--allow-adapter-dir",
@@ -302,6 +308,7 @@ def serve(settings: Settings) -> int:
         allowed_origins=settings.allowed_origins,
         allowed_methods=settings.allowed_methods,
         allowed_headers=settings.allowed_headers,
+        tool_call_parser=settings.tool_call_parser,
     )
     config = uvicorn.Config(
         app,

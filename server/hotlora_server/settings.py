@@ -19,6 +19,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationInfo, fie
 from hotlora_adapters import default_home_dir, default_store_dir
 
 from .protocol import MinP, PositiveInt, RepetitionPenalty, Temperature, TopK, TopP
+from .tools import DEFAULT_TOOL_PARSER, get_tool_parser
 
 Quantize = Literal["nf4", "fp4", "int8", "none"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -60,6 +61,9 @@ class Settings(BaseModel):
     model: str | None = Field(None, description="HF folder, GGUF file or hub id; None: the embedded SmolLM2")
     served_model_name: str | None = None
     chat_template: str | None = Field(None, description="chatml, a Jinja file, or a template (vLLM's flag)")
+    tool_call_parser: str = Field(
+        DEFAULT_TOOL_PARSER, description="how chat replies write tool calls (vLLM's flag; tools.TOOL_PARSERS)"
+    )
     quantize: Quantize = "nf4"
     device: Device = "auto"
     dtype: DType = "auto"
@@ -148,6 +152,12 @@ class Settings(BaseModel):
                 "the API key starts or ends with whitespace, which no Authorization header carries"
             )
         return key
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, name: str) -> str:
+        get_tool_parser(name)  # a ValueError naming the parsers there are
+        return name
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod
