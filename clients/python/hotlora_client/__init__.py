@@ -33,8 +33,10 @@ from .types import (
     ChatCompletionChunk,
     Completion,
     ErrorDetail,
+    FunctionCall,
     Health,
     Model,
+    ToolCall,
     Usage,
 )
 
@@ -57,6 +59,7 @@ __all__ = [
     "Completion",
     "ConflictError",
     "ErrorDetail",
+    "FunctionCall",
     "Health",
     "HotloraError",
     "Model",
@@ -66,6 +69,7 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "Stream",
+    "ToolCall",
     "Usage",
     "__version__",
 ]
