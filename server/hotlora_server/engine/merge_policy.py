@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from .loader import LoadedModel
-from .merging import MergedAdapter, NotMergeable, merge
+from .merging import MergedAdapter, NotMergeable, merge, mergeable_layers
 from .peft_load import BASE
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,11 @@ class Merger:
         def logits(adapter: str) -> torch.Tensor:
             return model(input_ids=probe, adapter_names=[adapter]).logits.float()
 
+        try:
+            mergeable_layers(model, key)
+        except NotMergeable as exc:
+            self._refuse(key, label, exc)
+            return
         expected, base = logits(key), logits(BASE)
         try:
             if self._kernel_error is None:
