@@ -32,9 +32,11 @@ from .types import (
     ChatCompletion,
     ChatCompletionChunk,
     Completion,
+    DetokenizeResponse,
     ErrorDetail,
     Health,
     Model,
+    TokenizeResponse,
     Usage,
 )
 
@@ -56,6 +58,7 @@ __all__ = [
     "Client",
     "Completion",
     "ConflictError",
+    "DetokenizeResponse",
     "ErrorDetail",
     "Health",
     "HotloraError",
@@ -66,6 +69,7 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "Stream",
+    "TokenizeResponse",
     "Usage",
     "__version__",
 ]

@@ -6,7 +6,7 @@ range, lists and the strings that cost work per token are capped, and features t
 are refused with a message instead of being silently ignored.
 
 One module per topic: `common` (the base models, text, messages, usage, errors), `sampling` (the fields
-chat and completions share), `blends`, `chat`, `completions`, `tokenize`, `models`, `adapters`. Everything
+chat and completions share), `blends`, `chat`, `completions`, `responses`, `tokenize`, `models`, `adapters`. Everything
 others use is importable from here (`from hotlora_server import protocol as p`).
 """
 
@@ -61,6 +61,25 @@ from .common import (
 )
 from .completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from .models import ModelCard, ModelList
+from .responses import (
+    MAX_METADATA,
+    MAX_TOOLS,
+    ContentPartEvent,
+    ErrorEvent,
+    IncompleteDetails,
+    InputMessage,
+    InputText,
+    OutputItemEvent,
+    OutputMessage,
+    OutputText,
+    ResponseError,
+    ResponseEvent,
+    ResponsesRequest,
+    ResponsesResponse,
+    ResponseUsage,
+    TextDeltaEvent,
+    TextDoneEvent,
+)
 from .sampling import (
     LOGIT_BIAS_RANGE,
     MAX_LOGIT_BIAS,
@@ -94,9 +113,11 @@ __all__ = [
     "MAX_LOGGED_FIELDS",
     "MAX_LOGIT_BIAS",
     "MAX_MESSAGES",
+    "MAX_METADATA",
     "MAX_MODEL_LENGTH",
     "MAX_STOP_LENGTH",
     "MAX_STOP_SEQUENCES",
+    "MAX_TOOLS",
     "MAX_TOP_LOGPROBS",
     "AdapterCard",
     "AdapterDeleted",
@@ -118,13 +139,18 @@ __all__ = [
     "CompletionChoice",
     "CompletionLogprobs",
     "CompletionRequest",
+    "ContentPartEvent",
     "ContentParts",
     "Delta",
     "Density",
     "DetokenizeRequest",
     "DetokenizeResponse",
     "ErrorDetail",
+    "ErrorEvent",
     "ErrorResponse",
+    "IncompleteDetails",
+    "InputMessage",
+    "InputText",
     "LoadLoraAdapterRequest",
     "LogitBias",
     "Messages",
@@ -132,14 +158,24 @@ __all__ = [
     "ModelCard",
     "ModelId",
     "ModelList",
+    "OutputItemEvent",
+    "OutputMessage",
+    "OutputText",
     "Penalty",
     "PositiveInt",
     "RepetitionPenalty",
+    "ResponseError",
+    "ResponseEvent",
+    "ResponseUsage",
+    "ResponsesRequest",
+    "ResponsesResponse",
     "StopSequence",
     "StopSequences",
     "StreamOptions",
     "Temperature",
     "Text",
+    "TextDeltaEvent",
+    "TextDoneEvent",
     "TextPart",
     "TokenLogprob",
     "TokenizeRequest",
