@@ -1,6 +1,7 @@
 """The layer rules of DESIGN.md: import-linter contracts (pyproject.toml) and a torch-free import check.
 
 - server and trainer never import each other; the adapter package imports neither;
+- the server imports neither the client nor the trainer, and no part imports the front door (`hotlora_cli`);
 - the server's protocol/api/types/errors/settings/metrics/logs and the adapter registry import no model stack;
 - and, at run time, those modules import with torch & co. made unimportable.
 """
@@ -32,6 +33,7 @@ TORCH_FREE_MODULES = (
     "hotlora_adapters",
     "hotlora_client",
     "hotlora_client.terminal",
+    "hotlora_cli.main",  # `hotlora --help` and the parsing of every subcommand
 )
 
 
@@ -59,7 +61,7 @@ def test_import_contracts_are_kept() -> None:
 def test_the_contracts_say_what_the_design_says() -> None:
     # lint-imports passes on a weakened contract too; pin down the rules themselves.
     assert IMPORTLINTER.get("include_external_packages") is True, "needed to forbid torch & co."
-    roots = {"hotlora_server", "hotlora_adapters", "hotlora_trainer", "hotlora_client"}
+    roots = {"hotlora_server", "hotlora_adapters", "hotlora_trainer", "hotlora_client", "hotlora_cli"}
     assert set(IMPORTLINTER["root_packages"]) >= roots
 
     independent = CONTRACTS["server-trainer-independent"]
@@ -68,6 +70,12 @@ def test_the_contracts_say_what_the_design_says() -> None:
 
     for contract_id, sources, forbidden in (
         ("adapters-below-server-and-trainer", {"hotlora_adapters"}, {"hotlora_server", "hotlora_trainer"}),
+        (
+            "server-imports-neither-client-nor-trainer",
+            {"hotlora_server"},
+            {"hotlora_client", "hotlora_trainer"},
+        ),
+        ("front-door-above-the-parts", roots - {"hotlora_cli"}, {"hotlora_cli"}),
         (
             "server-http-layer-torch-free",
             {
