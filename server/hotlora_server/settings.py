@@ -17,12 +17,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationInfo, field_validator
 
 from hotlora_adapters import default_home_dir, default_store_dir
+from hotlora_adapters.runtime.placement import Device, DType, Quantize
 
 from .protocol import MinP, PositiveInt, RepetitionPenalty, Temperature, TopK, TopP
 
-Quantize = Literal["nf4", "fp4", "int8", "none"]
-Device = Literal["auto", "cpu", "cuda"]
-DType = Literal["auto", "float32", "bfloat16", "float16"]
+MergePolicy = Literal["auto", "never", "always"]  # when the engine merges an adapter into the base
+AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch for this many forwards
 
 
 _PATH_LISTS = {"allow_adapter_dir"}  # list settings: `os.pathsep`-separated in the environment
@@ -87,7 +87,7 @@ class Settings(BaseModel):
     max_blend_rank: int = Field(
         256, ge=1, description="largest rank of a blend (`cat` adds its sources' ranks)"
     )
-    merge_policy: Literal["auto", "never", "always"] = "never"
+    merge_policy: MergePolicy = "never"
     max_n: int = Field(8, ge=1)
     max_num_seqs: int = Field(32, ge=1, description="rows decoded together in the running batch")
     max_num_batched_tokens: int = Field(512, ge=16, description="prompt tokens prefilled per batch step")
