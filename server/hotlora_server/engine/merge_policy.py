@@ -9,18 +9,17 @@ is served unmerged from then on. The merge itself is `merging`'s.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 
+from ..settings import AUTO_MERGE_AFTER, MergePolicy
 from .loader import LoadedModel
 from .merging import MergedAdapter, NotMergeable, merge, mergeable_layers
 from .peft_load import BASE
 
 log = logging.getLogger(__name__)
 
-MergePolicy = Literal["auto", "never", "always"]
-AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch for this many forwards
 MERGE_PROBE = "Verify the merge: the quick brown fox jumps over the lazy dog."
 
 
