@@ -23,6 +23,7 @@ from typing import Any
 
 from ..compat import BaseSpec
 from ..private import make_private_dirs
+from .placement import Device, DType, Quantize
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def resolve_base(spec: str | None, models_dir: Path, flag: str) -> ResolvedBase:
     return ResolvedBase(spec, spec)
 
 
-def pick_device(requested: str) -> str:
+def pick_device(requested: Device) -> str:
     """`auto`: CUDA when present, else the CPU; `cuda` where there is none is refused."""
     import torch
 
@@ -153,7 +154,7 @@ def pick_device(requested: str) -> str:
     return requested
 
 
-def pick_dtype(requested: str, device: str) -> Any:
+def pick_dtype(requested: DType, device: str) -> Any:
     """The compute dtype: bf16 on CUDA; on a CPU float32 unless asked, since bf16 changes greedy outputs."""
     import torch
 
@@ -162,7 +163,7 @@ def pick_dtype(requested: str, device: str) -> Any:
     return getattr(torch, requested)
 
 
-def quantization_config(quantize: str, dtype: Any) -> Any:
+def quantization_config(quantize: Quantize, dtype: Any) -> Any:
     """bitsandbytes' config for `--quantize` (NF4/FP4 without double quantization, or int8); None: none."""
     from transformers import BitsAndBytesConfig
 

@@ -104,6 +104,8 @@ class Adapters(_Part[ClientT]):
 
 class _BaseClient(_Part[ClientT]):
     health = _Endpoint(_core.health)
+    tokenize = _Endpoint(_core.tokenize)
+    detokenize = _Endpoint(_core.detokenize)
 
     def __init__(self, base_url: str | None, api_key: str | None, timeout: Timeout, max_retries: int) -> None:
         self._config = _core.Config.build(base_url, api_key, timeout, max_retries)
@@ -127,8 +129,9 @@ class Client(_BaseClient["Client"]):
     and 503 are retried up to `max_retries` times with backoff, honouring `Retry-After`; other errors
     raise at once (`hotlora_client.errors`). `timeout` is in seconds (or an `httpx.Timeout`).
 
-    `client.chat(...)`, `client.complete(...)`, `client.health()`, `client.models.list()/get(id)`,
-    `client.adapters.list()/get/load/unload/blend/wait_until_ready`. Close it, or use it in a `with`.
+    `client.chat(...)`, `client.complete(...)`, `client.tokenize(...)/detokenize(...)`, `client.health()`,
+    `client.models.list()/get(id)`, `client.adapters.list()/get/load/unload/blend/wait_until_ready`. Close
+    it, or use it in a `with`.
     """
 
     def __init__(

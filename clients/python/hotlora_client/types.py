@@ -28,6 +28,7 @@ __all__ = [
     "CompletionLogprobs",
     "CompletionParams",
     "Delta",
+    "DetokenizeResponse",
     "ErrorDetail",
     "FunctionCall",
     "FunctionCallDelta",
@@ -37,6 +38,7 @@ __all__ = [
     "Messages",
     "Model",
     "TokenLogprob",
+    "TokenizeResponse",
     "Tool",
     "ToolCall",
     "ToolCallDelta",
@@ -198,6 +200,29 @@ class Completion(_Wire):
     @property
     def text(self) -> str:
         return next((c.text for c in self.choices if c.index == 0), "")
+
+
+# -- tokens ----------------------------------------------------------------------------------------------
+
+
+class TokenizeResponse(_Wire):
+    """`POST /tokenize` (vLLM's): the token ids, how many, the context they count against, and with
+    `return_token_strs` each token's string."""
+
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(_Wire):
+    """`POST /detokenize` (vLLM's): the text is vLLM's `prompt` field, `.text` here too."""
+
+    prompt: str
+
+    @property
+    def text(self) -> str:
+        return self.prompt
 
 
 # -- models and adapters ------------------------------------------------------------------------------

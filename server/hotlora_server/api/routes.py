@@ -1,7 +1,7 @@
 """Thin OpenAI routes: FastAPI parses and validates the body, a serving module does the rest.
 
 Each route only wires HTTP to its serving module (`serving_chat.py`, `serving_completions.py`,
-`serving_models.py`): request in, answer or stream out.
+`serving_responses.py`, `serving_models.py`): request in, answer or stream out.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .disconnect import cancelled_on_disconnect
 from .openapi import streamed
 from .serving_chat import ServingChat
 from .serving_completions import ServingCompletions
+from .serving_responses import ServingResponses
 
 
 def build_router(
@@ -27,6 +28,7 @@ def build_router(
     router = APIRouter(prefix="/v1")  # in the route paths: metrics label requests by them
     chat = ServingChat(engine, metrics, tool_call_parser)
     completion = ServingCompletions(engine, metrics)
+    responses = ServingResponses(chat)
 
     @router.get("/models")
     async def list_models() -> p.ModelList:
@@ -47,5 +49,12 @@ def build_router(
     @cancelled_on_disconnect
     async def completions(body: p.CompletionRequest, request: Request) -> JSONResponse | EventSourceResponse:
         return await completion.serve(body)
+
+    @router.post("/responses", response_model=None, responses=streamed(p.ResponsesResponse, named=True))
+    @cancelled_on_disconnect
+    async def create_response(
+        body: p.ResponsesRequest, request: Request
+    ) -> JSONResponse | EventSourceResponse:
+        return await responses.serve(body)
 
     return router

@@ -28,12 +28,13 @@ from hotlora_adapters import AdapterError, StoredAdapter, inspect_adapter
 
 from ..blend_methods import combination_type
 from ..errors import HotloraError, InvalidRequestError, ServiceUnavailableError
+from ..settings import MergePolicy
 from ..types import BlendSpec
 from .catalog import AdapterCatalog
 from .cpu.bnb import packing_held
 from .loader import LoadedModel
 from .lora_stack import LoraStack
-from .merge_policy import MergePolicy, Merger
+from .merge_policy import Merger
 from .peft_load import BASE, load_adapter
 
 log = logging.getLogger(__name__)

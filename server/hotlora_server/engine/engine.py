@@ -92,17 +92,9 @@ class Engine:
             kernel=loaded.kernel,
             batch_invariant=loaded.batch_invariant,
         )
+        # an adapter is served on the base: the same quantization, context and kernel
         adapters = [
-            ModelInfo(
-                id=a.name,
-                created=a.created,
-                parent=loaded.name,
-                quantization=loaded.quantization,
-                context_length=loaded.context_length,
-                kernel=loaded.kernel,
-                batch_invariant=loaded.batch_invariant,
-            )
-            for a in servable
+            dataclasses.replace(base, id=a.name, created=a.created, parent=loaded.name) for a in servable
         ]
         return [base, *adapters]
 

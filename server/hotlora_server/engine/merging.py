@@ -43,13 +43,10 @@ def _dense_weight(base: torch.nn.Module) -> torch.Tensor:
     return weight.data
 
 
-@torch.inference_mode()
-def merge(model: torch.nn.Module, key: str, dtype: torch.dtype, delta_scale: float = 1.0) -> MergedAdapter:
-    """Fold adapter `key` into dense copies of the layers it targets (all-or-nothing).
+def mergeable_layers(model: torch.nn.Module, key: str) -> list[LoraLayer]:
+    """The layers adapter `key` targets, if `merge` can fold every one exactly; else NotMergeable.
 
-    `delta_scale=0` gives the dense base alone: the reference that measures the quantized kernel's own
-    rounding, against which a merge is judged.
-    """
+    Checked before anything runs the adapter: PEFT cannot even route rows to some kinds (DoRA)."""
     layers = [
         m
         for m in model.modules()
@@ -62,6 +59,17 @@ def merge(model: torch.nn.Module, key: str, dtype: torch.dtype, delta_scale: flo
             )
         if layer.use_dora.get(key, False):
             raise NotMergeable("DoRA adapters are served unmerged")
+    return layers
+
+
+@torch.inference_mode()
+def merge(model: torch.nn.Module, key: str, dtype: torch.dtype, delta_scale: float = 1.0) -> MergedAdapter:
+    """Fold adapter `key` into dense copies of the layers it targets (all-or-nothing).
+
+    `delta_scale=0` gives the dense base alone: the reference that measures the quantized kernel's own
+    rounding, against which a merge is judged.
+    """
+    layers = mergeable_layers(model, key)
     unpack_cpu_weights(model)  # dequantizing needs bitsandbytes' standard layout
     merged = MergedAdapter(key)
     for layer in layers:

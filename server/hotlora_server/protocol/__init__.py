@@ -7,8 +7,8 @@ are refused with a message instead of being silently ignored.
 
 One module per topic: `common` (the base models, text, messages, usage, errors), `sampling` (the fields
 chat and completions share), `blends`, `tools` (the tools a chat offers), `chat`, `completions`,
-`tokenize`, `models`, `adapters`. Everything
-others use is importable from here (`from hotlora_server import protocol as p`).
+`responses`, `tokenize`, `models`, `adapters`. Everything others use is importable from here
+(`from hotlora_server import protocol as p`).
 """
 
 from .adapters import (
@@ -70,6 +70,24 @@ from .common import (
 )
 from .completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from .models import ModelCard, ModelList
+from .responses import (
+    MAX_METADATA,
+    ContentPartEvent,
+    ErrorEvent,
+    IncompleteDetails,
+    InputMessage,
+    InputText,
+    OutputItemEvent,
+    OutputMessage,
+    OutputText,
+    ResponseError,
+    ResponseEvent,
+    ResponsesRequest,
+    ResponsesResponse,
+    ResponseUsage,
+    TextDeltaEvent,
+    TextDoneEvent,
+)
 from .sampling import (
     LOGIT_BIAS_RANGE,
     MAX_LOGIT_BIAS,
@@ -113,6 +131,7 @@ __all__ = [
     "MAX_LOGGED_FIELDS",
     "MAX_LOGIT_BIAS",
     "MAX_MESSAGES",
+    "MAX_METADATA",
     "MAX_MODEL_LENGTH",
     "MAX_STOP_LENGTH",
     "MAX_STOP_SEQUENCES",
@@ -140,6 +159,7 @@ __all__ = [
     "CompletionChoice",
     "CompletionLogprobs",
     "CompletionRequest",
+    "ContentPartEvent",
     "ContentParts",
     "Delta",
     "DeltaFunctionCall",
@@ -148,10 +168,14 @@ __all__ = [
     "DetokenizeRequest",
     "DetokenizeResponse",
     "ErrorDetail",
+    "ErrorEvent",
     "ErrorResponse",
     "FunctionCall",
     "FunctionDefinition",
     "FunctionName",
+    "IncompleteDetails",
+    "InputMessage",
+    "InputText",
     "LoadLoraAdapterRequest",
     "LogitBias",
     "Messages",
@@ -161,14 +185,24 @@ __all__ = [
     "ModelList",
     "NamedFunction",
     "NamedToolChoice",
+    "OutputItemEvent",
+    "OutputMessage",
+    "OutputText",
     "Penalty",
     "PositiveInt",
     "RepetitionPenalty",
+    "ResponseError",
+    "ResponseEvent",
+    "ResponseUsage",
+    "ResponsesRequest",
+    "ResponsesResponse",
     "StopSequence",
     "StopSequences",
     "StreamOptions",
     "Temperature",
     "Text",
+    "TextDeltaEvent",
+    "TextDoneEvent",
     "TextPart",
     "TokenLogprob",
     "TokenizeRequest",

@@ -238,6 +238,42 @@ def test_adapter_management_requests(scripted: ScriptedServer) -> None:
     ]
 
 
+def test_tokenizer_requests(scripted: ScriptedServer) -> None:
+    """vLLM's bodies: a string is a raw `prompt`, a list `messages`; no target means no `model` (the server
+    takes its base) and no lookup of it; options the caller left alone are not sent."""
+    scripted.answer(
+        reply(200, {"count": 2, "max_model_len": 8192, "tokens": [5, 6], "token_strs": ["a", "b"]})
+    )
+    messages = [{"role": "user", "content": "hi"}]
+    with Client(scripted.url) as client:
+        tokenized = client.tokenize("hi")
+        assert (tokenized.count, tokenized.tokens, tokenized.token_strs) == (2, [5, 6], ["a", "b"])
+        client.tokenize(messages, adapter="pig", add_generation_prompt=False, return_token_strs=True)
+        client.tokenize("hi", blend={"pig": 0.5}, add_special_tokens=False)
+        with pytest.raises(ValueError, match="at most one of model, adapter and blend"):
+            client.tokenize("hi", model="base", blend={"pig": 1})
+        scripted.answer(reply(200, {"prompt": "hi there"}))
+        assert client.detokenize((5, 6)).text == "hi there"
+
+    async def go() -> None:
+        async with AsyncClient(scripted.url) as client:
+            assert (await client.detokenize([7], model="base")).prompt == "hi there"
+
+    asyncio.run(go())
+    hits = [(h.method, h.path, json.loads(h.body)) for h in scripted.hits]
+    assert hits == [
+        ("POST", "/tokenize", {"prompt": "hi"}),
+        (
+            "POST",
+            "/tokenize",
+            {"model": "pig", "messages": messages, "add_generation_prompt": False, "return_token_strs": True},
+        ),
+        ("POST", "/tokenize", {"model": "pig*0.5", "prompt": "hi", "add_special_tokens": False}),
+        ("POST", "/detokenize", {"tokens": [5, 6]}),
+        ("POST", "/detokenize", {"tokens": [7], "model": "base"}),
+    ]
+
+
 def test_bad_settings_fail_at_construction() -> None:
     with pytest.raises(ValueError, match="http"):
         Client("localhost:8000")
