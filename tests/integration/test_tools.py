@@ -2,9 +2,9 @@
 official `openai` SDK, LangChain's `ChatOpenAI`, our SDK and curl.
 
 SmolLM2's template has no tool support, so the server writes the tools into the prompt in its fallback
-format. A 135M model does not call tools reliably from a bare question; with three earlier turns that
-called the tool the same way, greedy decoding (temperature 0) calls it for the fourth city every time,
-which makes `auto` deterministic here. `required` and a named function must give a valid call whatever
+format. A 135M model does not call tools reliably from a bare question; after three earlier questions
+answered by a call, its result and a sentence, greedy decoding (temperature 0) calls the tool for the
+fourth city and, given its result, answers in a sentence: that makes `auto` deterministic here. `required` and a named function must give a valid call whatever
 the model would write: they are decoded under the tools' JSON schemas (the engine's `structured` output).
 """
 
@@ -47,17 +47,22 @@ def call_message(i: int, city: str) -> dict[str, Any]:
     return {"role": "assistant", "content": None, "tool_calls": [call]}
 
 
-# three questions, each answered by a call: the model continues the pattern for the fourth
+# three questions, each answered by a call, its result and a sentence: the model follows the pattern
 FEW_SHOT: list[dict[str, Any]] = []
 for _i, _city in enumerate(["London", "Berlin", "Rome"]):
-    FEW_SHOT += [{"role": "user", "content": f"What is the weather in {_city}?"}, call_message(_i, _city)]
+    FEW_SHOT += [
+        {"role": "user", "content": f"What is the weather in {_city}?"},
+        call_message(_i, _city),
+        {"role": "tool", "tool_call_id": f"call_{_i}", "content": "sunny"},
+        {"role": "assistant", "content": f"It is sunny in {_city}."},
+    ]
 FEW_SHOT.append({"role": "user", "content": "What is the weather in Paris?"})
 PLAIN = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def chat(client: openai.OpenAI, messages: list[Any], **options: Any) -> Any:
     return client.chat.completions.create(
-        model=BASE_ID, messages=messages, temperature=0, max_tokens=40, **options
+        model=BASE_ID, messages=messages, **{"temperature": 0, "max_tokens": 40, **options}
     )
 
 
@@ -156,6 +161,8 @@ def test_langchain_bind_tools_and_tool_message(server: RunningServer) -> None:
         history += [
             HumanMessage(f"What is the weather in {city}?"),
             AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": city}, "id": f"call_{i}"}]),
+            ToolMessage("sunny", tool_call_id=f"call_{i}"),
+            AIMessage(f"It is sunny in {city}."),
         ]
     history.append(HumanMessage("What is the weather in Paris?"))
     model = ChatOpenAI(
