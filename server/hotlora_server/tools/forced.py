@@ -4,6 +4,10 @@ even a small model returns a call that parses and fits the function's parameters
 A named function's reply is its arguments object, decoded under the function's `parameters`. `required`
 decodes a JSON array of `{"name": ..., "parameters": {...}}`, each item one of the tools (an `anyOf` over
 them; one item at most without parallel calls). Both are read back into calls here, streamed like any.
+
+Objects that do not say whether they take other properties are closed (`additionalProperties: false`, as
+OpenAI's strict mode requires): a function has no use for arguments it did not declare, and a small model
+left free to add some copies the tool's schema from its prompt into the arguments.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ from .calls import (
 
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 _DEFS = ("$defs", "definitions")
+_OPEN_ENDED = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+_COMBINED = ("allOf", "anyOf", "oneOf", "$ref")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "dependentSchemas")
+_SUBSCHEMAS = ("items", "not", "if", "then", "else", "contains", "additionalItems")
 
 
 class ForcedToolError(ValueError):
@@ -38,8 +47,31 @@ def schema_text(schema: Mapping[str, Any]) -> str:
 
 
 def named_schema(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A named function's reply: its arguments object (no parameters: an empty object)."""
-    return dict(parameters) if parameters else dict(EMPTY_PARAMETERS)
+    """A named function's reply: its arguments object (no parameters: an empty object), closed."""
+    return closed(parameters or EMPTY_PARAMETERS)
+
+
+def closed(schema: Any) -> Any:
+    """`schema` with every object that lists `properties`, and says nothing of other ones, closed.
+
+    An object whose properties come from a combination (`allOf`, `$ref`, ...) is left as it is, and so are
+    the branches of an `allOf`: closing either would refuse the properties the other part declares.
+    """
+    if not isinstance(schema, Mapping):
+        return schema
+    out = dict(schema)
+    if "properties" in out and not any(k in out for k in (*_OPEN_ENDED, *_COMBINED)):
+        out["additionalProperties"] = False
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed(s) for s in out[key]]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), Mapping):
+            out[key] = {name: closed(s) for name, s in out[key].items()}
+    for key in _SUBSCHEMAS:
+        if key in out:
+            out[key] = closed(out[key])
+    return out
 
 
 def required_schema(tools: Sequence[tuple[str, Mapping[str, Any] | None]], parallel: bool) -> dict[str, Any]:

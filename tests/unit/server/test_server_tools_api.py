@@ -154,12 +154,19 @@ def test_tool_choice_decides_the_prompt_and_the_schema(chat: ServingChat) -> Non
     )
     assert named.tools == (WEATHER, TIME)
     assert named.structured is not None
-    assert json.loads(named.structured.json_schema) == WEATHER["function"]["parameters"]
+    assert json.loads(named.structured.json_schema) == {
+        **WEATHER["function"]["parameters"],
+        "additionalProperties": False,
+    }
     no_parameters = engine_request(
         chat, tools=[TIME], tool_choice={"type": "function", "function": {"name": "get_time"}}
     )
     assert no_parameters.structured is not None
-    assert json.loads(no_parameters.structured.json_schema) == {"type": "object", "properties": {}}
+    assert json.loads(no_parameters.structured.json_schema) == {
+        "type": "object",
+        "properties": {},
+        "additionalProperties": False,
+    }
 
 
 def test_required_decodes_an_array_of_calls_under_one_schema(chat: ServingChat) -> None:
@@ -187,10 +194,35 @@ def test_required_decodes_an_array_of_calls_under_one_schema(chat: ServingChat) 
         [{"name": "nope", "parameters": {}}],
         [{"name": "lookup", "parameters": {"id": "seven"}}],  # the moved $defs still apply
         [{"name": "get_time", "parameters": {}, "extra": 1}],
+        [{"name": "get_weather", "parameters": {"city": "Paris", "type": "object"}}],  # closed arguments
     ):
         assert not valid.is_valid(wrong), wrong
     single = engine_request(chat, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False)
     assert json.loads(single.structured.json_schema)["maxItems"] == 1
+
+
+def test_forced_arguments_are_closed_objects_unless_the_schema_says_otherwise() -> None:
+    from hotlora_server.tools import named_schema
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "place": {"type": "object", "properties": {"city": {"type": "string"}}},
+            "tags": {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string"}}}},
+            "extra": {"type": "object", "properties": {}, "additionalProperties": {"type": "string"}},
+            "both": {"allOf": [{"type": "object", "properties": {"a": {}}}, {"properties": {"b": {}}}]},
+        },
+        "$defs": {"x": {"type": "object", "properties": {"y": {}}}},
+    }
+    out = named_schema(schema)
+    assert out["additionalProperties"] is False
+    props = out["properties"]
+    assert props["place"]["additionalProperties"] is False
+    assert props["tags"]["items"]["additionalProperties"] is False
+    assert props["extra"]["additionalProperties"] == {"type": "string"}  # said otherwise: kept
+    assert all("additionalProperties" not in branch for branch in props["both"]["allOf"])  # would clash
+    assert out["$defs"]["x"]["additionalProperties"] is False
+    assert "additionalProperties" not in schema  # the request's own schema is left as it was
 
 
 # -- replies -----------------------------------------------------------------------------------------------
