@@ -14,7 +14,7 @@ One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
   where hotlora picks its own fixed-order kernel (a CPU without AVX512-BF16: the path served before that
   kernel), else hotlora's kernel: c=1 base and c=16 base;
 - hotlora-variant: the same server with `--no-batch-invariant` (the device's own attention instead of the
-  float64 one): c=1 base and c=16 base, so that the table says what batch invariance costs;
+  fixed-order one): c=1 base and c=16 base, so that the table says what batch invariance costs;
 - `transformers serve --continuous-batching --quantization bnb-4bit` on the same converted base folder:
   c=1 and c=16 base (its bnb-4bit is nf4 with double quantization, hotlora's without);
 - naive: in this process, one request at a time, PEFT `set_adapter` + `model.generate`, over the same

@@ -117,14 +117,15 @@ def test_batch_invariant_on_a_device_that_cannot_hold_it_names_why() -> None:
 def test_the_fixed_order_4bit_path_is_close_to_bitsandbytes_and_batch_invariant(
     tiny_dir: Path, tmp_path: Path
 ) -> None:
-    """On the whole tiny model (4-bit layers, fixed-order logits, float64 attention): prompts prefilled
+    """On the whole tiny model (4-bit layers, fixed-order logits and attention): prompts prefilled
     together leave each row the logits and KV cache it gets alone, decode steps likewise; and the
     numbers are bitsandbytes' own within float32 rounding."""
     needs_compiler()
     reference = _load(tiny_dir, tmp_path, cpu_4bit="bitsandbytes", cpu_kernels=False).model
-    model = _load(tiny_dir, tmp_path, cpu_4bit="hotlora").model
+    loaded = _load(tiny_dir, tmp_path, cpu_4bit="hotlora")
+    model = loaded.model
     for m in (reference, model):
-        use_batch_invariant_attention(m)
+        use_batch_invariant_attention(m, loaded.kernels)
     prompts = torch.randint(0, 1000, (9, 13), generator=torch.Generator().manual_seed(1))
     cache = DynamicCache(config=model.config)
     logits = prefill(model, prompts, cache)
