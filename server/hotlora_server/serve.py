@@ -65,6 +65,7 @@ def serve(settings: Settings) -> int:
         allowed_origins=settings.allowed_origins,
         allowed_methods=settings.allowed_methods,
         allowed_headers=settings.allowed_headers,
+        tool_call_parser=settings.tool_call_parser,
     )
     config = uvicorn.Config(
         app,

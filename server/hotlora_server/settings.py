@@ -20,6 +20,7 @@ from hotlora_adapters import default_home_dir, default_store_dir
 from hotlora_adapters.runtime.placement import Device, DType, Quantize
 
 from .protocol import MinP, PositiveInt, RepetitionPenalty, Temperature, TopK, TopP
+from .tools import DEFAULT_TOOL_PARSER, get_tool_parser
 
 MergePolicy = Literal["auto", "never", "always"]  # when the engine merges an adapter into the base
 AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch for this many forwards
@@ -69,6 +70,12 @@ class Settings(BaseModel):
         None,
         description="the chat template for models without one (or to replace it): `chatml` (built in), a "
         "Jinja file, or the template itself; train with the same one",
+    )
+    tool_call_parser: str = Field(
+        DEFAULT_TOOL_PARSER,
+        description="how chat replies write tool calls, as vLLM's flag: `hermes` "
+        '(<tool_call>{"name": ..., "arguments": {...}}</tool_call>, what the fallback prompt for templates '
+        "without tool support asks for)",
     )
     quantize: Quantize = Field("nf4", description="weight quantization")
     device: Device = Field("auto", description="where the model runs")
@@ -239,6 +246,12 @@ class Settings(BaseModel):
                 "the API key starts or ends with whitespace, which no Authorization header carries"
             )
         return key
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, name: str) -> str:
+        get_tool_parser(name)  # a ValueError naming the parsers there are
+        return name
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

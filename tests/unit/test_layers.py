@@ -2,8 +2,8 @@
 
 - server and trainer never import each other; the adapter package imports neither;
 - the server imports neither the client nor the trainer, and no part imports the front door (`hotlora_cli`);
-- the server's protocol/api/types/errors/settings/metrics/logs and the adapter registry import no model stack
-  (the registry: all of hotlora_adapters but its `runtime`, which no registry module imports);
+- the server's protocol/api/types/tools/errors/settings/metrics/logs and the adapter registry import no model
+  stack (the registry: all of hotlora_adapters but its `runtime`, which no registry module imports);
 - and, at run time, those modules import with torch & co. made unimportable.
 """
 
@@ -27,6 +27,7 @@ TORCH_FREE_MODULES = (
     "hotlora_server.protocol",
     "hotlora_server.api",
     "hotlora_server.types",
+    "hotlora_server.tools",
     "hotlora_server.blend_methods",
     "hotlora_server.errors",
     "hotlora_server.metrics",
@@ -85,6 +86,7 @@ def test_the_contracts_say_what_the_design_says() -> None:
                     "protocol",
                     "api",
                     "types",
+                    "tools",
                     "blend_methods",
                     "errors",
                     "settings",

@@ -34,9 +34,11 @@ from .types import (
     Completion,
     DetokenizeResponse,
     ErrorDetail,
+    FunctionCall,
     Health,
     Model,
     TokenizeResponse,
+    ToolCall,
     Usage,
 )
 
@@ -60,6 +62,7 @@ __all__ = [
     "ConflictError",
     "DetokenizeResponse",
     "ErrorDetail",
+    "FunctionCall",
     "Health",
     "HotloraError",
     "Model",
@@ -70,6 +73,7 @@ __all__ = [
     "ServerError",
     "Stream",
     "TokenizeResponse",
+    "ToolCall",
     "Usage",
     "__version__",
 ]

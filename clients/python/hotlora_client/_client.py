@@ -18,7 +18,7 @@ import httpx
 
 from . import _core
 from ._core import C
-from .types import ChatCompletion, ChatCompletionChunk, Completion, Messages, Usage
+from .types import ChatCompletion, ChatCompletionChunk, Completion, Messages, ToolCall, Usage
 
 if TYPE_CHECKING:
     from typing import Self, Unpack
@@ -286,6 +286,11 @@ class _StreamBase(Generic[C]):
     def text(self) -> str:
         """The first choice's text received so far (all of it once the stream is consumed)."""
         return self._decoder.text
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The first choice's tool calls received so far, their pieces put together (a chat stream)."""
+        return self._decoder.tool_calls
 
     @property
     def usage(self) -> Usage | None:

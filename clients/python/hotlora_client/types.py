@@ -5,6 +5,7 @@ The models accept fields they do not know, so a newer server does not break an o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypedDict
 
@@ -29,6 +30,8 @@ __all__ = [
     "Delta",
     "DetokenizeResponse",
     "ErrorDetail",
+    "FunctionCall",
+    "FunctionCallDelta",
     "GenerationParams",
     "Health",
     "Message",
@@ -36,6 +39,10 @@ __all__ = [
     "Model",
     "TokenLogprob",
     "TokenizeResponse",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolChoice",
     "TopLogprob",
     "Usage",
 ]
@@ -68,16 +75,35 @@ class ChoiceLogprobs(_Wire):
     content: list[TokenLogprob] | None = None
 
 
+class FunctionCall(_Wire):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+    def parsed_arguments(self) -> Any:
+        """The arguments as Python values (`json.JSONDecodeError` if the model wrote no valid JSON)."""
+        return json.loads(self.arguments)
+
+
+class ToolCall(_Wire):
+    """A call the assistant made: answer it with a `{"role": "tool", "tool_call_id": id, "content": ...}`
+    message after the assistant's message in the conversation."""
+
+    id: str
+    type: str = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(_Wire):
     role: str = "assistant"
-    content: str
+    content: str | None = None  # None when the reply is only tool calls
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(_Wire):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: str | None = None  # "stop" or "length"
+    finish_reason: str | None = None  # "stop", "length" or "tool_calls"
 
 
 class ChatCompletion(_Wire):
@@ -93,12 +119,33 @@ class ChatCompletion(_Wire):
 
     @property
     def text(self) -> str:
-        return self.choices[0].message.content if self.choices else ""
+        return (self.choices[0].message.content or "") if self.choices else ""
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The first choice's tool calls (none: an empty list)."""
+        return (self.choices[0].message.tool_calls or []) if self.choices else []
+
+
+class FunctionCallDelta(_Wire):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_Wire):
+    """A piece of a streamed call: the first of a call has its `id`, `type` and name, the rest pieces of
+    its `arguments` (`Stream.tool_calls` puts them together)."""
+
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: FunctionCallDelta | None = None
 
 
 class Delta(_Wire):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(_Wire):
@@ -248,9 +295,16 @@ BlendMethod = Literal["cat", "linear", "svd", "ties", "dare_linear", "dare_ties"
 Blend = Mapping[str, float] | Sequence[tuple[str, float]]
 """Adapter weights: `{"piglatin": 0.7, "yoda": 0.3}` or `[("piglatin", 0.7), ("yoda", 0.3)]`."""
 Message = Mapping[str, Any]
-"""A chat message: `{"role": "user", "content": "..."}` (role system, developer, user or assistant)."""
+"""A chat message: `{"role": "user", "content": "..."}` (role system, developer, user or assistant), an
+assistant's with its `tool_calls`, or a tool result `{"role": "tool", "tool_call_id": ..., "content": ...}`."""
 Messages = str | Sequence[Message]
 """A conversation, or one text sent as a single user message."""
+Tool = Mapping[str, Any]
+"""A function the model may call, as OpenAI's: `{"type": "function", "function": {"name": "get_weather",
+"description": "...", "parameters": <JSON schema of the arguments object>}}`."""
+ToolChoice = Literal["none", "auto", "required"] | Mapping[str, Any]
+"""`auto` (the model decides), `none`, `required` (at least one call), or one function:
+`{"type": "function", "function": {"name": "get_weather"}}`."""
 
 
 class GenerationParams(TypedDict, total=False):
@@ -288,6 +342,9 @@ class ChatParams(GenerationParams, total=False):
     logprobs: bool
     top_logprobs: int
     response_format: dict[str, Any]
+    tools: Sequence[Tool]
+    tool_choice: ToolChoice
+    parallel_tool_calls: bool  # False: at most one call
 
 
 class CompletionParams(GenerationParams, total=False):

@@ -12,6 +12,7 @@ from sse_starlette import EventSourceResponse
 
 from .. import protocol as p
 from ..metrics import Metrics
+from ..tools import DEFAULT_TOOL_PARSER
 from ..types import EngineClient
 from . import serving_models
 from .disconnect import cancelled_on_disconnect
@@ -21,9 +22,12 @@ from .serving_completions import ServingCompletions
 from .serving_responses import ServingResponses
 
 
-def build_router(engine: EngineClient, metrics: Metrics) -> APIRouter:
+def build_router(
+    engine: EngineClient, metrics: Metrics, tool_call_parser: str = DEFAULT_TOOL_PARSER
+) -> APIRouter:
     router = APIRouter(prefix="/v1")  # in the route paths: metrics label requests by them
-    chat, completion = ServingChat(engine, metrics), ServingCompletions(engine, metrics)
+    chat = ServingChat(engine, metrics, tool_call_parser)
+    completion = ServingCompletions(engine, metrics)
     responses = ServingResponses(chat)
 
     @router.get("/models")

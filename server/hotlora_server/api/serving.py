@@ -33,6 +33,7 @@ from ..types import (
     GenerationEvent,
     GenerationRequest,
     SamplingParams,
+    TemplateMessage,
     TokenLogprob,
     Usage,
 )
@@ -98,9 +99,36 @@ def blend_target(
     return body.blend
 
 
-def template_messages(messages: Iterable[p.ChatMessage]) -> tuple[dict[str, str], ...]:
-    """Messages as the chat template takes them: a role it knows, the text of the content."""
-    return tuple({"role": m.template_role(), "content": m.text()} for m in messages)
+def template_messages(messages: Iterable[p.ChatMessage]) -> tuple[TemplateMessage, ...]:
+    """Messages as the chat template takes them: a role it knows, the text of the content, and the tool
+    calls they made or answer."""
+    return tuple(_template_message(m) for m in messages)
+
+
+def _template_message(message: p.ChatMessage) -> TemplateMessage:
+    out: TemplateMessage = {"role": message.template_role(), "content": message.text()}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.function.name, "arguments": _arguments(call.function.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _arguments(text: str) -> object:
+    """A call's arguments as templates read them, an object (as vLLM hands them); text that is not a JSON
+    object stays text."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    return value if isinstance(value, dict) else text
 
 
 # -- engine events -> answer ------------------------------------------------------------------------------

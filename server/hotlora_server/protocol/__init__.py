@@ -6,8 +6,9 @@ range, lists and the strings that cost work per token are capped, and features t
 are refused with a message instead of being silently ignored.
 
 One module per topic: `common` (the base models, text, messages, usage, errors), `sampling` (the fields
-chat and completions share), `blends`, `chat`, `completions`, `responses`, `tokenize`, `models`, `adapters`. Everything
-others use is importable from here (`from hotlora_server import protocol as p`).
+chat and completions share), `blends`, `tools` (the tools a chat offers), `chat`, `completions`,
+`responses`, `tokenize`, `models`, `adapters`. Everything others use is importable from here
+(`from hotlora_server import protocol as p`).
 """
 
 from .adapters import (
@@ -35,9 +36,12 @@ from .chat import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatFinishReason,
     ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    DeltaFunctionCall,
+    DeltaToolCall,
     TokenLogprob,
     TopLogprob,
 )
@@ -46,16 +50,21 @@ from .common import (
     MAX_LOGGED_FIELDS,
     MAX_MESSAGES,
     MAX_MODEL_LENGTH,
+    MAX_TOOL_CALLS,
     AdapterName,
     ChatMessage,
     ContentParts,
     ErrorDetail,
     ErrorResponse,
+    FunctionCall,
+    FunctionName,
     Messages,
     ModelId,
     PositiveInt,
     Text,
     TextPart,
+    ToolCall,
+    ToolCalls,
     Usage,
     finite,
 )
@@ -63,7 +72,6 @@ from .completions import Completion, CompletionChoice, CompletionLogprobs, Compl
 from .models import ModelCard, ModelList
 from .responses import (
     MAX_METADATA,
-    MAX_TOOLS,
     ContentPartEvent,
     ErrorEvent,
     IncompleteDetails,
@@ -103,6 +111,16 @@ from .tokenize import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from .tools import (
+    MAX_TOOLS,
+    FunctionDefinition,
+    NamedFunction,
+    NamedToolChoice,
+    ToolChoice,
+    ToolDefinition,
+    Tools,
+    schema_problem,
+)
 
 __all__ = [
     "LOGIT_BIAS_RANGE",
@@ -118,6 +136,7 @@ __all__ = [
     "MAX_STOP_LENGTH",
     "MAX_STOP_SEQUENCES",
     "MAX_TOOLS",
+    "MAX_TOOL_CALLS",
     "MAX_TOP_LOGPROBS",
     "AdapterCard",
     "AdapterDeleted",
@@ -132,6 +151,7 @@ __all__ = [
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
+    "ChatFinishReason",
     "ChatMessage",
     "ChoiceLogprobs",
     "ChunkChoice",
@@ -142,12 +162,17 @@ __all__ = [
     "ContentPartEvent",
     "ContentParts",
     "Delta",
+    "DeltaFunctionCall",
+    "DeltaToolCall",
     "Density",
     "DetokenizeRequest",
     "DetokenizeResponse",
     "ErrorDetail",
     "ErrorEvent",
     "ErrorResponse",
+    "FunctionCall",
+    "FunctionDefinition",
+    "FunctionName",
     "IncompleteDetails",
     "InputMessage",
     "InputText",
@@ -158,6 +183,8 @@ __all__ = [
     "ModelCard",
     "ModelId",
     "ModelList",
+    "NamedFunction",
+    "NamedToolChoice",
     "OutputItemEvent",
     "OutputMessage",
     "OutputText",
@@ -180,6 +207,11 @@ __all__ = [
     "TokenLogprob",
     "TokenizeRequest",
     "TokenizeResponse",
+    "ToolCall",
+    "ToolCalls",
+    "ToolChoice",
+    "ToolDefinition",
+    "Tools",
     "TopK",
     "TopLogprob",
     "TopP",
@@ -188,4 +220,5 @@ __all__ = [
     "finite",
     "make_blend",
     "parse_blend_model",
+    "schema_problem",
 ]

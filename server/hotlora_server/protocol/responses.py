@@ -31,11 +31,11 @@ from .blends import BlendComponents, Density
 from .chat import ChatCompletionRequest
 from .common import MAX_CONTENT_PARTS, MAX_MESSAGES, ChatMessage, ModelId, PositiveInt, Text, _Lenient, _Open
 from .sampling import Temperature, TopP
+from .tools import MAX_TOOLS
 
 MAX_METADATA = 16  # OpenAI's limits for `metadata`: pairs, key and value lengths
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
-MAX_TOOLS = 128
 _STATELESS = "hotlora keeps no responses: send the whole conversation in `input` every time"
 
 

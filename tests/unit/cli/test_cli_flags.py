@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[3]
 # The flags users and scripts already pass: a field renamed would rename its flag, so they are pinned here.
 SERVE_FLAGS = set(
     """
---model --served-model-name --chat-template --quantize --device --dtype --host --port --api-key
+--model --served-model-name --chat-template --tool-call-parser --quantize --device --dtype --host --port --api-key
 --allowed-hosts --insecure-no-api-key --allowed-origins --allowed-methods --allowed-headers --home
 --adapters-dir --allow-adapter-dir --max-loaded-adapters --max-lora-rank --max-blend-rank
 --merge-policy --max-n --max-num-seqs --max-num-batched-tokens --kv-cache-memory-bytes --cpu-prefill

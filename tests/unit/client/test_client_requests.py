@@ -151,6 +151,56 @@ def test_sampling_extras_in_the_body(scripted: ScriptedServer) -> None:
         assert sent(scripted) == {"model": "base", "prompt": "once", "top_k": -1, "ignore_eos": False}
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
+
+
+def test_tools_in_the_body_and_typed_calls_in_the_answer(scripted: ScriptedServer) -> None:
+    """`tools`, `tool_choice` and `parallel_tool_calls` go as is; the answer's calls come back typed, and a
+    conversation with them (a message object from an answer included) goes back to the server."""
+    answer = {
+        **ANSWER,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                "finish_reason": "tool_calls",
+            }
+        ],
+    }
+    scripted.answer(reply(200, answer))
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    with Client(scripted.url) as client:
+        completion = client.chat(
+            "weather?", model="base", tools=[WEATHER], tool_choice=choice, parallel_tool_calls=False
+        )
+        assert sent(scripted) == {
+            "model": "base",
+            "messages": [{"role": "user", "content": "weather?"}],
+            "tools": [WEATHER],
+            "tool_choice": choice,
+            "parallel_tool_calls": False,
+        }
+        assert completion.text == "" and completion.choices[0].finish_reason == "tool_calls"
+        (call,) = completion.tool_calls
+        assert (call.id, call.function.name, call.function.parsed_arguments()) == (
+            "call_1",
+            "get_weather",
+            {"city": "Paris"},
+        )
+        followup = [
+            {"role": "user", "content": "weather?"},
+            completion.choices[0].message,
+            {"role": "tool", "tool_call_id": call.id, "content": "rain"},
+        ]
+        client.chat(followup, model="base", tools=[WEATHER])
+        assert sent(scripted)["messages"][1] == {"role": "assistant", "tool_calls": [CALL]}
+
+
 def test_adapter_management_requests(scripted: ScriptedServer) -> None:
     card = {
         "id": "mix",

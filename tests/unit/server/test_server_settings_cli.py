@@ -329,3 +329,14 @@ def test_generation_config_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_an_invalid_generation_config_override_is_refused(tmp_path: Path, value: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         Settings.build({"override_generation_config": value}, {"HOTLORA_HOME": str(tmp_path)})
+
+
+def test_tool_call_parser_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
+    assert Settings.build({}, {"HOTLORA_HOME": str(tmp_path)}).tool_call_parser == "hermes"
+    assert (
+        settings_from(build_parser().parse_args(["serve", "--tool-call-parser", "hermes"])).tool_call_parser
+        == "hermes"
+    )
+    with pytest.raises(SystemExit, match="tool_call_parser: no tool-call parser named 'mistral'.*hermes"):
+        settings_from(build_parser().parse_args(["serve", "--tool-call-parser", "mistral"]))
