@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -40,7 +41,8 @@ def create_app(
     may call it from those origins (CORS), with `allowed_methods` and `allowed_headers`."""
     from .. import __version__
 
-    keyed = {"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}  # guarded below
+    # with a key, the schema is served behind it below
+    keyed: dict[str, Any] = {"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}
     app = FastAPI(title="hotlora", version=__version__, responses=ERROR_RESPONSES, **keyed)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)  # inside the observer: 413s are counted
