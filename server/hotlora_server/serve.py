@@ -74,7 +74,8 @@ def serve(settings: Settings) -> int:
         log_level=settings.log_level,
         log_config=None,
         access_log=False,  # our access log carries the request id
-        timeout_graceful_shutdown=settings.shutdown_timeout,
+        # uvicorn annotates an int; it hands the value to asyncio.timeout, which takes float seconds
+        timeout_graceful_shutdown=settings.shutdown_timeout,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     engine.start()

@@ -6,7 +6,7 @@ Plain dataclasses and a Protocol, no torch: the API depends on this module only,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -50,7 +50,7 @@ class SamplingParams:
     def with_defaults(self, defaults: Mapping[str, float | int]) -> SamplingParams:
         """These options, the fields left out (None) taken from `defaults` (the model's generation config,
         by the names of `SAMPLING_DEFAULTS`; `max_tokens` is the engine's to apply, within the context)."""
-        given = {
+        given: dict[str, Any] = {
             name: defaults[name]
             for name in SAMPLING_DEFAULTS
             if name in defaults and getattr(self, name) is None
@@ -232,7 +232,7 @@ class EngineClient(Protocol):
 
     def stats(self) -> EngineStats: ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Stream the request's events; raises a `HotloraError` (before any event) for a bad request.
 
         Closing the iterator early aborts the request: its rows leave the engine at the next step.

@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from live_server import ADAPTER, API_KEY, BASE_ID, RunningServer
 
 from hotlora_client import (
     Adapter,
@@ -24,6 +23,8 @@ from hotlora_client import (
     NotFoundError,
     TokenizeResponse,
 )
+
+from support.live_server import ADAPTER, API_KEY, BASE_ID, RunningServer
 
 pytestmark = pytest.mark.integration
 

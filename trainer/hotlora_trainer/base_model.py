@@ -132,7 +132,7 @@ def load_for_training(source: Path | str, *, device: str, qlora: bool, attn_impl
     except OSError as e:
         raise BaseModelError(f"cannot load the base model {source}: {e}") from e
     if not qlora:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' wrapper around `to` hides its signature
     if qlora and device == "cpu":
         _keep_cpu_4bit_layout(model)
     return model

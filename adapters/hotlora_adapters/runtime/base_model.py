@@ -89,7 +89,7 @@ def convert_gguf(gguf: Path, models_dir: Path, name: str) -> Path:
         # The GGUF quantizer marks the model unserializable; the weights are already dequantized.
         model.config.quantization_config = None
         del model.config.quantization_config
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors/modules only
         model.config._name_or_path = name
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

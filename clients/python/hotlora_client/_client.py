@@ -74,7 +74,7 @@ class _Endpoint(Generic[P, T]):
 
         method.__name__ = method.__qualname__ = self._name
         method.__doc__ = self.__doc__
-        method.__signature__ = self.__signature__  # type: ignore[attr-defined]
+        method.__signature__ = self.__signature__  # type: ignore[attr-defined]  # read by inspect.signature
         return method
 
 
@@ -109,7 +109,7 @@ class _BaseClient(_Part[ClientT]):
 
     def __init__(self, base_url: str | None, api_key: str | None, timeout: Timeout, max_retries: int) -> None:
         self._config = _core.Config.build(base_url, api_key, timeout, max_retries)
-        self._client = self  # type: ignore[assignment]
+        self._client = self  # type: ignore[assignment]  # self is the ClientT (Client or AsyncClient)
         self.models: Models[ClientT] = Models(self._client)
         self.adapters: Adapters[ClientT] = Adapters(self._client)
 

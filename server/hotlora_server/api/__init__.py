@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -43,7 +44,8 @@ def create_app(
     read for tool calls with the parser named `tool_call_parser` (`tools.TOOL_PARSERS`)."""
     from .. import __version__
 
-    keyed = {"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}  # guarded below
+    # with a key, the schema is served behind it below
+    keyed: dict[str, Any] = {"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}
     app = FastAPI(title="hotlora", version=__version__, responses=ERROR_RESPONSES, **keyed)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)  # inside the observer: 413s are counted

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -207,7 +207,7 @@ class GenerationServing(Generic[Body]):
 
     async def start(
         self, request: GenerationRequest
-    ) -> tuple[GenerationEvent, AsyncIterator[GenerationEvent]]:
+    ) -> tuple[GenerationEvent, AsyncGenerator[GenerationEvent, None]]:
         """Wait for the first event, so that a bad request fails with its status before any byte is streamed."""
         events = self.metrics.timed(self.engine.generate(request))
         try:
@@ -282,7 +282,7 @@ class ChunkWriter:
 
 
 def sse(
-    first: GenerationEvent, events: AsyncIterator[GenerationEvent], writer: EventWriter
+    first: GenerationEvent, events: AsyncGenerator[GenerationEvent, None], writer: EventWriter
 ) -> EventSourceResponse:
     """Stream the writer's frames as Server-Sent Events; a mid-stream failure is reported in-band."""
 

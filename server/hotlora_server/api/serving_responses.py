@@ -8,7 +8,7 @@ import itertools
 import json
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -66,7 +66,7 @@ class Answer:
         self,
         status: Literal["in_progress", "completed", "incomplete", "failed"],
         output: list[p.OutputMessage],
-        **fields: object,
+        **fields: Any,  # further fields of ResponsesResponse, checked by pydantic
     ) -> p.ResponsesResponse:
         body = self.body
         return p.ResponsesResponse(

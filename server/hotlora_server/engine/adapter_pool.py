@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTuner
 
 from hotlora_adapters import AdapterError, StoredAdapter, inspect_adapter
 
@@ -178,6 +179,7 @@ class AdapterPool:
         if not isinstance(self.model, PeftModel) or target == self._active:
             return
         tuner = self.model.base_model
+        assert isinstance(tuner, BaseTuner)  # a LoRA PeftModel's base_model is its tuner
         if target == BASE:
             tuner.disable_adapter_layers()
         else:

@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from scripted_server import ScriptedServer, reply
 
 from hotlora_client import AsyncClient, Client
+
+from support.scripted_server import ScriptedServer, reply
 
 MODELS = {
     "object": "list",

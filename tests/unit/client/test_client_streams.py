@@ -7,7 +7,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from scripted_server import ScriptedServer, error, sse
 
 from hotlora_client import (
     APIConnectionError,
@@ -21,6 +20,8 @@ from hotlora_client import (
     ServerError,
 )
 from hotlora_client._core import StreamDecoder
+
+from support.scripted_server import ScriptedServer, error, sse
 
 
 def chunk(

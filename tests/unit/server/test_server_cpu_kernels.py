@@ -12,10 +12,11 @@ from pathlib import Path
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
-from conftest import needs_compiler
 
 from hotlora_server.engine.cpu import kernels
 from hotlora_server.engine.cpu.kernels import CpuKernels, decode_items
+
+from support.tiny_server import needs_compiler
 
 NONE = (0, 0)
 # row slices of a 20-row call: single rows, tile edges (4 and 6 rows) and the 4-bit kernel's switch to

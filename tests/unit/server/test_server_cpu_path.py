@@ -10,7 +10,6 @@ from typing import Any
 import bitsandbytes as bnb
 import pytest
 import torch
-from conftest import needs_compiler, tiny_settings
 from transformers import DynamicCache
 
 from hotlora_server.engine import attention
@@ -20,6 +19,8 @@ from hotlora_server.engine.cpu.linear import FixedOrderLinear
 from hotlora_server.engine.cpu.linear4 import FixedOrder4bit
 from hotlora_server.engine.generate import decode_one_token, prefill
 from hotlora_server.engine.loader import ModelLoadError, batch_invariance, load_model
+
+from support.tiny_server import needs_compiler, tiny_settings
 
 
 def _fused_here(model: torch.nn.Module) -> bool:

@@ -8,7 +8,6 @@ from typing import Any
 import bitsandbytes as bnb
 import pytest
 import torch
-from conftest import tiny_settings
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from hotlora_adapters.runtime.base_model import quantization_config
@@ -17,6 +16,8 @@ from hotlora_server.engine.cpu import prefill_gemm
 from hotlora_server.engine.cpu.bnb import PackedDecode
 from hotlora_server.engine.generate import prefill
 from hotlora_server.engine.loader import load_model
+
+from support.tiny_server import tiny_settings
 
 
 def test_a_rows_tiled_result_does_not_depend_on_the_other_rows() -> None:

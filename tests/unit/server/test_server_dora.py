@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+
+from support.tiny_server import (
     ADAPTER_NAME,
     TINY_NAME,
     chat_request,

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ADAPTER_NAME, API_KEY, running_engine, tiny_settings
 from pydantic import ValidationError
 
 from hotlora_cli.main import build_parser, main
 from hotlora_cli.serve import serve_settings
 from hotlora_server.api.hosts import host_allowed, host_name
 from hotlora_server.settings import Settings
+
+from support.tiny_server import ADAPTER_NAME, API_KEY, running_engine, tiny_settings
 
 REBOUND = "evil.example:8000"  # a name a web page controls, pointed at 127.0.0.1
 LOCAL_HOSTS = [

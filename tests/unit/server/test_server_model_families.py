@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import chat_request, collect, running_engine, tiny_settings
 
 from hotlora_server.engine.attention import use_batch_invariant_attention
 from hotlora_server.types import BlendSpec
+
+from support.tiny_server import chat_request, collect, running_engine, tiny_settings
 
 FAMILIES: dict[str, dict[str, Any]] = {
     "llama": {},

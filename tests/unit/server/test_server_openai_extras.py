@@ -13,7 +13,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import (
+
+from support.tiny_server import (
     ADAPTER_NAME,
     API_KEY,
     TINY_CONTEXT,

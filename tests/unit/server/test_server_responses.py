@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import ADAPTER_NAME, TINY_NAME, live_app
+
+from support.tiny_server import ADAPTER_NAME, TINY_NAME, live_app
 
 RESPONSES = "/v1/responses"
 QUESTION = "Tell me about the sea."

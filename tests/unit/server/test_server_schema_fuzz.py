@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 import schemathesis
-from conftest import ADAPTER_NAME, TINY_NAME, running_engine, tiny_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
+
+from support.tiny_server import ADAPTER_NAME, TINY_NAME, running_engine, tiny_settings
 
 MAX_EXAMPLES = 30
 MAX_BODY_BYTES = 64 * 1024

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from trainer_helpers import chat_row, write_jsonl
 
 import hotlora_trainer.fit as fit_module
 import hotlora_trainer.preflight as preflight_module
 from hotlora_trainer import BaseModelError, ConfigError, DatasetError, MemoryEstimateError, TrainConfig, train
 from hotlora_trainer.cli import build_parser, config_from_args
+
+from support.trainer_data import chat_row, write_jsonl
 
 
 def test_cli_options_map_to_peft_and_trl_names() -> None:

@@ -91,7 +91,7 @@ class CpuKernels:
         self._decode.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I32, _I32]
         self._decode.restype = _I32
         self._attention = library.hotlora_attention
-        self._attention.argtypes = [*[_PTR, _I64, _I64, _I64] * 3, _PTR, _I64, _I64, _PTR, _I64, _I64, _I64]
+        self._attention.argtypes = [*(_PTR, _I64, _I64, _I64) * 3, _PTR, _I64, _I64, _PTR, _I64, _I64, _I64]
         self._attention.argtypes += [_I64] * 6 + [ctypes.c_float, ctypes.c_float, _I32]
         self._attention.restype = _I32
 
