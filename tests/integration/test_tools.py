@@ -17,7 +17,8 @@ from typing import Any
 
 import openai
 import pytest
-from live_server import API_KEY, BASE_ID, RunningServer
+
+from support.live_server import API_KEY, BASE_ID, RunningServer
 
 WEATHER = {
     "type": "function",

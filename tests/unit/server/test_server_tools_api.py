@@ -8,13 +8,14 @@ import json
 from typing import Any
 
 import pytest
-from conftest import TINY_NAME
 
 from hotlora_server import protocol as p
 from hotlora_server.api.serving import ChoiceAccumulator
 from hotlora_server.api.serving_chat import ServingChat
 from hotlora_server.metrics import Metrics
 from hotlora_server.types import ChoiceDelta
+
+from support.tiny_server import TINY_NAME
 
 CHAT = "/v1/chat/completions"
 WEATHER = {
