@@ -127,7 +127,7 @@ def test_a_choice_that_stops_on_its_own_completes_the_response() -> None:
     from hotlora_server.types import ChoiceDelta, Usage
 
     body = p.ResponsesRequest.model_validate({"model": TINY_NAME, "input": QUESTION, "tool_choice": "none"})
-    writer = ResponseEvents(Answer(body, "r1", 1700000000))
+    writer = ResponseEvents(Answer(body, "r1", 1700000000), None)
     frames = writer.frames(ChoiceDelta(0, "Hello")) + writer.frames(ChoiceDelta(0, "", finish_reason="stop"))
     frames += writer.frames(Usage(prompt_tokens=7, completion_tokens=2))
     events = [(f["event"], json.loads(f["data"])) for f in frames]
@@ -305,14 +305,7 @@ def test_the_openai_sdk_reads_responses_and_their_streams(sdk: Any) -> None:
             "not supported yet",
         ),
         ({"text": {"format": {"type": "json_object"}}}, "text", "not supported yet"),
-        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools", "not supported yet"),
-        ({"tool_choice": "required"}, "tool_choice", "not supported yet"),
-        (
-            {"input": [{"type": "function_call_output", "call_id": "c", "output": "4"}]},
-            "input.0",
-            "not supported yet",
-        ),
-        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0", "not supported yet"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0", "`item_reference` are not"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
             "input.0.content.0.type",
