@@ -31,6 +31,7 @@ class ServingChat(GenerationServing[p.ChatCompletionRequest]):
             messages=template_messages(body.messages),
             n=body.n or 1,
             blend=blend_target(body, self.engine.served_model_name),
+            structured=p.structured_output(body.response_format),
         )
 
     def choice(self, body: p.ChatCompletionRequest, index: int, acc: ChoiceAccumulator) -> p.ChatChoice:

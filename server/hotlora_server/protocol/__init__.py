@@ -6,8 +6,9 @@ range, lists and the strings that cost work per token are capped, and features t
 are refused with a message instead of being silently ignored.
 
 One module per topic: `common` (the base models, text, messages, usage, errors), `sampling` (the fields
-chat and completions share), `blends`, `chat`, `completions`, `tokenize`, `models`, `adapters`. Everything
-others use is importable from here (`from hotlora_server import protocol as p`).
+chat and completions share), `structured` (`response_format`), `blends`, `chat`, `completions`, `tokenize`,
+`models`, `adapters`. Everything others use is importable from here (`from hotlora_server import protocol as
+p`).
 """
 
 from .adapters import (
@@ -77,6 +78,14 @@ from .sampling import (
     TopK,
     TopP,
 )
+from .structured import (
+    JsonSchema,
+    ResponseFormat,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
+    ResponseFormatText,
+    structured_output,
+)
 from .tokenize import (
     MAX_DETOKENIZE_TOKENS,
     DetokenizeRequest,
@@ -125,6 +134,7 @@ __all__ = [
     "DetokenizeResponse",
     "ErrorDetail",
     "ErrorResponse",
+    "JsonSchema",
     "LoadLoraAdapterRequest",
     "LogitBias",
     "Messages",
@@ -135,6 +145,10 @@ __all__ = [
     "Penalty",
     "PositiveInt",
     "RepetitionPenalty",
+    "ResponseFormat",
+    "ResponseFormatJsonObject",
+    "ResponseFormatJsonSchema",
+    "ResponseFormatText",
     "StopSequence",
     "StopSequences",
     "StreamOptions",
@@ -152,4 +166,5 @@ __all__ = [
     "finite",
     "make_blend",
     "parse_blend_model",
+    "structured_output",
 ]
