@@ -21,6 +21,7 @@ from .errors import (
     BadRequestError,
     ConflictError,
     HotloraError,
+    IncompleteOutputError,
     NotFoundError,
     PayloadTooLargeError,
     RateLimitError,
@@ -35,6 +36,7 @@ from .types import (
     ErrorDetail,
     Health,
     Model,
+    ParsedChatCompletion,
     Usage,
 )
 
@@ -59,9 +61,11 @@ __all__ = [
     "ErrorDetail",
     "Health",
     "HotloraError",
+    "IncompleteOutputError",
     "Model",
     "Models",
     "NotFoundError",
+    "ParsedChatCompletion",
     "PayloadTooLargeError",
     "RateLimitError",
     "ServerError",

@@ -6,7 +6,7 @@ The models accept fields they do not know, so a newer server does not break an o
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypedDict
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -33,6 +33,9 @@ __all__ = [
     "Message",
     "Messages",
     "Model",
+    "ParseParams",
+    "ParsedChatCompletion",
+    "ResponseFormat",
     "TokenLogprob",
     "TopLogprob",
     "Usage",
@@ -92,6 +95,20 @@ class ChatCompletion(_Wire):
     @property
     def text(self) -> str:
         return self.choices[0].message.content if self.choices else ""
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)  # the model class of a `parse` call
+
+
+class ParsedChatCompletion(ChatCompletion, Generic[ModelT]):
+    """`parse`'s answer: the chat completion, and each choice's reply as an instance of the model class
+    given as `response_format` (`parsed_choices`, in choice order; `.parsed` is the first)."""
+
+    parsed_choices: list[ModelT]
+
+    @property
+    def parsed(self) -> ModelT:
+        return self.parsed_choices[0]
 
 
 class Delta(_Wire):
@@ -226,6 +243,9 @@ Message = Mapping[str, Any]
 """A chat message: `{"role": "user", "content": "..."}` (role system, developer, user or assistant)."""
 Messages = str | Sequence[Message]
 """A conversation, or one text sent as a single user message."""
+ResponseFormat = Mapping[str, Any] | type[BaseModel]
+"""OpenAI's `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {...}}`, or a pydantic
+model class (sent as a strict JSON schema named after it)."""
 
 
 class GenerationParams(TypedDict, total=False):
@@ -258,12 +278,18 @@ class GenerationParams(TypedDict, total=False):
     extra_body: Mapping[str, Any]
 
 
-class ChatParams(GenerationParams, total=False):
+class ParseParams(GenerationParams, total=False):
+    """Options of `parse`: `chat`'s, but for `response_format`, which `parse` takes as a model class."""
+
     max_completion_tokens: int
     logprobs: bool
     top_logprobs: int
-    response_format: dict[str, Any]
+
+
+class ChatParams(ParseParams, total=False):
+    response_format: ResponseFormat  # the reply follows a JSON schema (decoded under a grammar)
 
 
 class CompletionParams(GenerationParams, total=False):
     logprobs: int
+    response_format: ResponseFormat
