@@ -1,9 +1,9 @@
 """Structured outputs: a JSON schema compiled into a grammar (llguidance), and one matcher per row.
 
 llguidance was chosen by measurement over xgrammar and outlines-core (docs/performance.md, "Structured
-outputs"): its per-token mask costs a small part of a decode step, a schema compiles in milliseconds, it
-refuses the schema features it cannot enforce (`not`, `if`, `uniqueItems`, ...) and unsatisfiable schemas
-instead of ignoring them, and it depends on nothing.
+outputs"): its mask costs little beside a decode step, a new schema compiles without a noticeable wait,
+it refuses the schema features it cannot enforce (`not`, `if`, `uniqueItems`, ...) and unsatisfiable
+schemas instead of ignoring them, and it depends on nothing.
 
 `GrammarCompiler.compile` runs in worker threads (`Engine._prepare`): a schema's compilation and the 400
 for a bad one never hold the event loop or the engine thread. Compiled grammars are cached by schema text
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions  # in the type stub only
 
 MAX_SCHEMA_PROPERTIES = 1000  # over all of a schema's objects; compiling optional ones costs their square
-GRAMMAR_CACHE_SIZE = 64  # compiled schemas kept (each holds a matcher's lexer: tens to hundreds of KiB)
+GRAMMAR_CACHE_SIZE = 64  # compiled schemas kept, each with its start matcher
 # One line, `json.dumps`'s separators, no free whitespace: a small model allowed free whitespace tends to
 # emit it until its token budget ends.
 JSON_OPTIONS: JsonCompileOptions = {
@@ -92,8 +92,8 @@ def apply_bitmask(logits: np.ndarray, bitmask: np.ndarray, keep: np.ndarray) -> 
     """A copy of `logits` (float32) with -inf wherever `bitmask` (a bit per token, least significant bit
     first, the layout every grammar library shares) has a 0; `keep` is scratch space of the logits' length.
 
-    A branch-free bit select on the floats' bit patterns: numpy's and torch's masked writes are several
-    times slower on a vocabulary-wide vector (docs/performance.md).
+    A branch-free bit select on the floats' bit patterns, which costs the same for any mask: numpy's and
+    torch's masked writes slow down with how mixed the mask is (docs/performance.md).
     """
     bits = np.unpackbits(bitmask.view(np.uint8), count=logits.shape[-1], bitorder="little")
     np.negative(bits, out=keep, dtype=np.int32, casting="unsafe")  # all ones where allowed, else 0
