@@ -60,7 +60,8 @@ from typing import Any
 
 import httpx
 from _common import machine_header, model_folder, percentile, publish, random_adapters, register_all
-from live_server import BASE_ID, RunningServer, free_port, serving, stop_server
+
+from support.live_server import BASE_ID, RunningServer, free_port, serving, stop_server
 
 SYSTEMS = {
     "hotlora": "hotlora",
