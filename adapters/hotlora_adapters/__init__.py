@@ -1,8 +1,8 @@
 """hotlora's adapter registry: names, the on-disk store, PEFT file validation and base compatibility.
 
 Torch-free by contract (stdlib + pydantic), so the HTTP layer, the CLI and the trainer's bookkeeping can
-use it without loading a model. PEFT operations that need torch live in `hotlora_adapters.runtime`,
-which this module never imports.
+use it without loading a model. The base model, which needs torch, is `hotlora_adapters.runtime`'s; no
+registry module imports it.
 """
 
 from .chat_templates import ChatTemplateError, resolve_chat_template

@@ -49,7 +49,7 @@ def _libc_renameat2() -> Callable[..., int] | None:
         return None
     func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     func.restype = ctypes.c_int
-    return func  # type: ignore[no-any-return]
+    return func
 
 
 def renameat2(src: Path, dst: Path, flags: int) -> bool:

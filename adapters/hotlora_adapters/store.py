@@ -9,6 +9,7 @@ checks `store_write`, the writer lock and temporary names `store_lock`.
 
 from __future__ import annotations
 
+import builtins  # in the class body below, `list` is `AdapterStore.list`
 import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -257,7 +258,7 @@ class AdapterStore:
             replace_manifest(path, manifest)
         return self.get(name)
 
-    def cleanup_stale(self, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    def cleanup_stale(self, older_than_s: float = STALE_AFTER_S) -> builtins.list[Path]:
         """Remove what crashed writers left behind (".tmp-*" / ".trash-*" folders, manifest temp files)
         older than `older_than_s` seconds; return what was removed."""
         if not self.root.is_dir():
@@ -349,5 +350,5 @@ class AdapterStore:
     def _lock(self) -> AbstractContextManager[None]:
         return writer_lock(self.root)
 
-    def _import_roots(self, allowed_roots: Sequence[Path]) -> list[Path]:
+    def _import_roots(self, allowed_roots: Sequence[Path]) -> builtins.list[Path]:
         return [self.root.resolve()] + [Path(root).resolve() for root in allowed_roots]

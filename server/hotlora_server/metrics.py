@@ -7,7 +7,7 @@ The engine keeps plain counters (it must not pay for metrics in its loop); `Engi
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -106,7 +106,9 @@ class Metrics:
         self.requests.labels(endpoint, str(status)).inc()
         self.duration.labels(endpoint).observe(seconds)
 
-    async def timed(self, events: AsyncIterator[GenerationEvent]) -> AsyncIterator[GenerationEvent]:
+    async def timed(
+        self, events: AsyncGenerator[GenerationEvent, None]
+    ) -> AsyncGenerator[GenerationEvent, None]:
         """Pass `events` through, observing time to first token, inter-token latency and token counts."""
         last = time.perf_counter()
         first = True

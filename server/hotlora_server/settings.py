@@ -17,12 +17,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationInfo, field_validator
 
 from hotlora_adapters import default_home_dir, default_store_dir
+from hotlora_adapters.runtime.placement import Device, DType, Quantize
 
 from .protocol import MinP, PositiveInt, RepetitionPenalty, Temperature, TopK, TopP
+from .tools import DEFAULT_TOOL_PARSER, get_tool_parser
 
-Quantize = Literal["nf4", "fp4", "int8", "none"]
-Device = Literal["auto", "cpu", "cuda"]
-DType = Literal["auto", "float32", "bfloat16", "float16"]
+MergePolicy = Literal["auto", "never", "always"]  # when the engine merges an adapter into the base
+AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch for this many forwards
 
 
 _PATH_LISTS = {"allow_adapter_dir"}  # list settings: `os.pathsep`-separated in the environment
@@ -53,86 +54,183 @@ class GenerationDefaults(BaseModel):
 
 
 class Settings(BaseModel):
-    """Everything `hotlora serve` can be told; every field also reads `HOTLORA_<FIELD>`."""
+    """Everything `hotlora serve` can be told: every field is a flag (`--<field>`, its description the
+    flag's help, its default shown from here) and also reads `HOTLORA_<FIELD>`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str | None = Field(None, description="HF folder, GGUF file or hub id; None: the embedded SmolLM2")
-    served_model_name: str | None = None
-    chat_template: str | None = Field(None, description="chatml, a Jinja file, or a template (vLLM's flag)")
-    quantize: Quantize = "nf4"
-    device: Device = "auto"
-    dtype: DType = "auto"
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    api_key: str | None = Field(None, description="every route but /health needs it as a bearer token")
-    allowed_hosts: tuple[str, ...] = Field(
-        (), description="Host names served besides localhost and IP addresses (Django's ALLOWED_HOSTS)"
+    model: str | None = Field(
+        None,
+        description="HF model folder, .gguf file or hub id (default: the embedded SmolLM2-135M-Instruct)",
     )
-    insecure_no_api_key: bool = Field(False, description="serve beyond loopback without an API key")
+    served_model_name: str | None = Field(
+        None, description="id of the base model in the API (default: derived from --model)"
+    )
+    chat_template: str | None = Field(
+        None,
+        description="the chat template for models without one (or to replace it): `chatml` (built in), a "
+        "Jinja file, or the template itself; train with the same one",
+    )
+    tool_call_parser: str = Field(
+        DEFAULT_TOOL_PARSER,
+        description="how chat replies write tool calls, as vLLM's flag: `hermes` "
+        '(<tool_call>{"name": ..., "arguments": {...}}</tool_call>, what the fallback prompt for templates '
+        "without tool support asks for)",
+    )
+    quantize: Quantize = Field("nf4", description="weight quantization")
+    device: Device = Field("auto", description="where the model runs")
+    dtype: DType = Field("auto", description="compute dtype; auto: bfloat16 on CUDA, float32 on CPU")
+    host: str = Field(
+        "127.0.0.1",
+        description="interface to bind: loopback keeps the server on this machine; any other needs --api-key "
+        "or --insecure-no-api-key",
+    )
+    port: int = Field(8000, ge=0, le=65535, description="port")
+    api_key: str | None = Field(
+        None,
+        description="require 'Authorization: Bearer KEY' on every route but /health ($HOTLORA_API_KEY, which "
+        "`ps` does not show; an empty key is refused)",
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        (),
+        description="Host names to answer besides localhost and IP addresses, comma-separated or repeated; "
+        "`.example.com` is it and its subdomains, `*` any (without an API key other names get 403: DNS "
+        "rebinding)",
+    )
+    insecure_no_api_key: bool = Field(
+        False,
+        description="allow a --host beyond loopback without an API key: anyone who can reach the port can use "
+        "the server and change or delete its adapters",
+    )
     allowed_origins: tuple[str, ...] = Field(
-        (), description="web origins allowed to call the API from a browser (CORS; none: CORS off), `*` any"
+        (),
+        description="web origins whose pages may call the API from a browser (CORS, vLLM's flag), "
+        "comma-separated, repeated or a JSON list, e.g. https://app.example.com; `*` any (default: none, "
+        "CORS off). Requests still need the API key when one is set",
     )
     allowed_methods: tuple[str, ...] = Field(
-        ("*",), description="HTTP methods allowed to those origins (CORS)"
+        ("*",), description="with --allowed-origins: the HTTP methods those pages may use"
     )
     allowed_headers: tuple[str, ...] = Field(
-        ("*",), description="request headers allowed to those origins (CORS)"
+        ("*",), description="with --allowed-origins: the request headers those pages may send"
     )
-    home: Path
-    adapters_dir: Path
-    allow_adapter_dir: tuple[Path, ...] = ()
-    max_loaded_adapters: int = Field(8, ge=1)
-    max_lora_rank: int = Field(64, ge=1, le=512, description="larger LoRA ranks are refused (vLLM's flag)")
+    home: Path = Field(description="data folder for converted models and adapters ($HOTLORA_HOME)")
+    adapters_dir: Path = Field(description="adapter store (default $HOTLORA_HOME/adapters)")
+    allow_adapter_dir: tuple[Path, ...] = Field(
+        (),
+        description="a folder adapters may be loaded from by path (repeatable; the store is always allowed)",
+    )
+    max_loaded_adapters: int = Field(
+        8, ge=1, description="adapters and blends kept in memory at once, least recently used evicted"
+    )
+    max_lora_rank: int = Field(
+        64,
+        ge=1,
+        le=512,
+        description="largest LoRA rank an adapter may have, as vLLM's flag: larger ones are refused before "
+        "loading",
+    )
     max_blend_rank: int = Field(
-        256, ge=1, description="largest rank of a blend (`cat` adds its sources' ranks)"
+        256,
+        ge=1,
+        description="largest rank a blend may have: 'cat' adds its adapters' ranks, 'svd' keeps the largest; "
+        "larger blends are refused with 400",
     )
-    merge_policy: Literal["auto", "never", "always"] = "never"
-    max_n: int = Field(8, ge=1)
-    max_num_seqs: int = Field(32, ge=1, description="rows decoded together in the running batch")
-    max_num_batched_tokens: int = Field(512, ge=16, description="prompt tokens prefilled per batch step")
+    merge_policy: MergePolicy = Field(
+        "never",
+        description="merge an adapter into dense weights for speed: always, auto (once it had the whole batch "
+        f"to itself for {AUTO_MERGE_AFTER} steps) or never, so that outputs never depend on merge state",
+    )
+    max_n: int = Field(8, ge=1, description="largest `n` a request may ask for")
+    max_num_seqs: int = Field(
+        32, ge=1, description="rows (requests x n) decoded together in the running batch; more wait"
+    )
+    max_num_batched_tokens: int = Field(
+        512,
+        ge=16,
+        description="prompt tokens prefilled per batch step (cached prefix tokens are free): longer prompts "
+        "are prefilled in chunks between decode steps",
+    )
     kv_cache_memory_bytes: ByteSize = Field(
-        ByteSize(4 * 2**30), gt=0, description="bytes the running batch's KV cache may reserve (vLLM's name)"
+        ByteSize(4 * 2**30),
+        gt=0,
+        description="bytes the running batch's keys and values may take, as an integer or with a unit (8GiB, "
+        "500MB); a request waits until its worst case fits",
     )
     cpu_prefill: Literal["bf16", "4bit"] = Field(
-        "bf16", description="how a 4-bit base prefills on a CPU with native bf16 (see engine/prefill_gemm.py)"
+        "bf16",
+        description="how a 4-bit base prefills on a CPU with native bf16: bf16 through bf16 GEMMs on "
+        "dequantized weights (several times faster; keeps a second copy of the 4-bit weights, half a byte "
+        "per weight), 4bit through bitsandbytes' 4-bit kernel",
     )
     cpu_prefill_cache_gb: float = Field(
         1.0,
         ge=0,
-        description="GiB of dequantized bf16 weights kept for the bf16 CPU prefill (0: dequantize each time)",
+        description="with --cpu-prefill bf16: GiB of dequantized bf16 weights kept so that a prefill neither "
+        "dequantizes nor reorders them, 2 bytes per weight in place of the 4-bit copy; 0 dequantizes at "
+        "every prefill",
     )
     cpu_kernels: bool = Field(
         True,
-        description="the CPU's fixed-order kernels, compiled once (batch invariance needs them; engine/cpu)",
+        description="on a CPU: hotlora's fixed-order kernels (4-bit layers where bitsandbytes has no fused "
+        "kernel, logits, LoRA deltas), compiled once with the system C compiler; batch invariance needs them. "
+        "Without a compiler, or off, torch and bitsandbytes alone",
     )
     batch_invariant: bool | None = Field(
         None,
-        description="a request's output independent of its batch: None (auto) where it holds (a float32 CPU with "
-        "the kernels), True to refuse to start elsewhere, False for the device's fastest attention",
+        description="a request's output does not depend on what shares its batch: on by default where it "
+        "holds (a float32 CPU with the kernels); --batch-invariant refuses to start elsewhere, "
+        "--no-batch-invariant takes the device's faster attention",
     )
     cpu_4bit: Literal["auto", "bitsandbytes", "hotlora"] = Field(
         "auto",
-        description="4-bit layers on a CPU: bitsandbytes' fused kernel or hotlora's (auto: the fast one)",
+        description="4-bit layers on a CPU: bitsandbytes' fused kernel (fast only with AVX512-BF16; elsewhere "
+        "it dequantizes every weight at every forward) or hotlora's fixed-order 4-bit kernel; auto: "
+        "bitsandbytes where its kernel is fused, else hotlora",
     )
-    enable_prefix_caching: bool = Field(True, description="reuse the KV of prompt prefixes already computed")
-    max_queue: int = Field(64, ge=1, description="requests waiting for the running batch before 429")
-    max_model_len: int | None = Field(None, ge=16)
+    enable_prefix_caching: bool = Field(
+        True,
+        description="reuse the KV cache of prompt prefixes already computed (the system turn, shared context) "
+        "across requests of the same adapter",
+    )
+    max_queue: int = Field(
+        64,
+        ge=1,
+        description="requests that may wait for a place in the running batch; beyond it the server answers 429 "
+        "with Retry-After at once",
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="cap the context window (default: the model's)"
+    )
     generation_config: str = Field(
         "auto",
         min_length=1,
-        description="sampling defaults: `auto` (the model's generation config), `vllm` (none) or a folder "
-        "holding a generation_config.json (vLLM's flag)",
+        description="where the sampling defaults of requests that leave them out come from, as vLLM's flag: "
+        "`auto` (the model's generation_config.json; the embedded model: its card's temperature 0.2, top_p "
+        "0.9), `vllm` (none: temperature 1, top_p 1, ...) or a folder holding a generation_config.json",
     )
     override_generation_config: GenerationDefaults = Field(
         GenerationDefaults(),
-        description="sampling defaults over the generation config's, as JSON (vLLM's flag)",
+        description="sampling defaults over those, as JSON (vLLM's flag): "
+        f"{', '.join(GenerationDefaults.model_fields)}, e.g. '{{\"temperature\": 0.7}}'",
     )
-    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body; beyond it 413")
-    metrics_public: bool = Field(False, description="serve /metrics without the API key")
-    shutdown_timeout: float = Field(30.0, ge=0, description="seconds SIGTERM waits for in-flight requests")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["text", "json"] = "text"
+    max_body_bytes: ByteSize = Field(
+        ByteSize(16 * 2**20),
+        ge=1024,
+        description="largest request body, in bytes or with a unit (1MiB); larger ones get 413",
+    )
+    metrics_public: bool = Field(
+        False, description="serve /metrics without the API key (for a Prometheus scraper)"
+    )
+    shutdown_timeout: float = Field(
+        30.0, ge=0, description="on SIGTERM, seconds to let in-flight requests finish before exiting"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="the least severe log lines written"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text lines, or one JSON object per line with the request id"
+    )
 
     @field_validator("api_key")
     @classmethod
@@ -148,6 +246,12 @@ class Settings(BaseModel):
                 "the API key starts or ends with whitespace, which no Authorization header carries"
             )
         return key
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, name: str) -> str:
+        get_tool_parser(name)  # a ValueError naming the parsers there are
+        return name
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

@@ -6,14 +6,20 @@ Plain dataclasses and a Protocol, no torch: the API depends on this module only,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 # the blend methods are the registry's (blend_methods.py); the names stay importable from here
 from .blend_methods import BLEND_METHODS, DEFAULT_METHOD, DENSITY_METHODS, BlendMethod  # noqa: F401
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length"]  # a chat reply that made tool calls says so itself (protocol.chat)
+
+TemplateMessage = dict[str, Any]
+"""A chat message as chat templates take it: `role` and `content`, and OpenAI's `tool_calls` (arguments as
+an object) or `tool_call_id`."""
+TemplateTool = dict[str, Any]
+"""A tool as chat templates take it: `{"type": "function", "function": {"name", "description", "parameters"}}`."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class SamplingParams:
     def with_defaults(self, defaults: Mapping[str, float | int]) -> SamplingParams:
         """These options, the fields left out (None) taken from `defaults` (the model's generation config,
         by the names of `SAMPLING_DEFAULTS`; `max_tokens` is the engine's to apply, within the context)."""
-        given = {
+        given: dict[str, Any] = {
             name: defaults[name]
             for name in SAMPLING_DEFAULTS
             if name in defaults and getattr(self, name) is None
@@ -91,7 +97,8 @@ class GenerationRequest:
     request_id: str
     model: str
     sampling: SamplingParams
-    messages: tuple[dict[str, str], ...] | None = None  # chat: rendered with the tokenizer's template
+    messages: tuple[TemplateMessage, ...] | None = None  # chat: rendered with the tokenizer's template
+    tools: tuple[TemplateTool, ...] | None = None  # chat: the functions the prompt offers
     prompt: str | None = None  # raw completion
     n: int = 1
     blend: BlendSpec | None = None
@@ -103,7 +110,8 @@ class TokenizeRequest:
     """vLLM's `POST /tokenize`: a chat (rendered with the template) or a raw prompt, as token ids."""
 
     model: str
-    messages: tuple[dict[str, str], ...] | None = None
+    messages: tuple[TemplateMessage, ...] | None = None
+    tools: tuple[TemplateTool, ...] | None = None
     prompt: str | None = None
     add_generation_prompt: bool = (
         True  # a chat: end with the assistant's turn opening, as a chat request does
@@ -224,7 +232,7 @@ class EngineClient(Protocol):
 
     def stats(self) -> EngineStats: ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Stream the request's events; raises a `HotloraError` (before any event) for a bad request.
 
         Closing the iterator early aborts the request: its rows leave the engine at the next step.

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import ADAPTER, API_KEY, RunningServer, save_random_lora, serving
+
+from support.live_server import ADAPTER, API_KEY, RunningServer, save_random_lora, serving
 
 
 @pytest.fixture(scope="session")

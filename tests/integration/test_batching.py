@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import BASE_ID, RunningServer, save_random_lora, serving
+
+from support.live_server import BASE_ID, RunningServer, save_random_lora, serving
 
 pytestmark = pytest.mark.integration
 

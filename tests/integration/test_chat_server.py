@@ -9,7 +9,8 @@ import subprocess
 import httpx
 import openai
 import pytest
-from live_server import ADAPTER, API_KEY, BASE_ID, RunningServer
+
+from support.live_server import ADAPTER, API_KEY, BASE_ID, RunningServer
 
 pytestmark = pytest.mark.integration
 

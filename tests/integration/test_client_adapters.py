@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_server import API_KEY, RunningServer, save_random_lora, serving
 
 from hotlora_client import (
     AdapterNotReadyError,
@@ -26,6 +25,8 @@ from hotlora_client import (
     ConflictError,
     NotFoundError,
 )
+
+from support.live_server import API_KEY, RunningServer, save_random_lora, serving
 
 pytestmark = pytest.mark.integration
 

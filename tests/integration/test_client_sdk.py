@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from live_server import ADAPTER, API_KEY, BASE_ID, RunningServer
 
 from hotlora_client import (
     Adapter,
@@ -20,8 +19,12 @@ from hotlora_client import (
     Client,
     Completion,
     ConflictError,
+    DetokenizeResponse,
     NotFoundError,
+    TokenizeResponse,
 )
+
+from support.live_server import ADAPTER, API_KEY, BASE_ID, RunningServer
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +88,27 @@ def test_reading_the_adapter_store(sdk: Client) -> None:
     one = sdk.adapters.get(ADAPTER)
     assert isinstance(one, Adapter) and one == adapters[ADAPTER].model_copy(update={"status": one.status})
     assert sdk.adapters.wait_until_ready(ADAPTER, timeout=5).ready
+
+
+def test_tokenize_and_detokenize(sdk: Client) -> None:
+    """A conversation counts what `chat` is charged for it; a text is a raw prompt; detokenize reverses it."""
+    messages = [{"role": "user", "content": QUESTION}]
+    reply = sdk.chat(messages, **GREEDY)
+    chat = sdk.tokenize(messages)
+    assert isinstance(chat, TokenizeResponse) and chat.count == len(chat.tokens) == reply.usage.prompt_tokens
+    assert chat.max_model_len == 8192 and chat.token_strs is None
+    assert sdk.tokenize(messages, adapter=ADAPTER) == sdk.tokenize(messages, blend={ADAPTER: 0.5}) == chat
+    opened = sdk.tokenize(messages, add_generation_prompt=False)  # without the assistant's turn opening
+    assert opened.count < chat.count and chat.tokens[: opened.count] == opened.tokens
+    raw = sdk.tokenize(" Paris", return_token_strs=True)
+    assert raw.count == len(raw.token_strs or []) >= 1
+    spelled = sdk.detokenize(raw.tokens)
+    assert isinstance(spelled, DetokenizeResponse) and spelled.text == spelled.prompt == " Paris"
+    with pytest.raises(NotFoundError):
+        sdk.tokenize(QUESTION, model="no-such-model")
+    with pytest.raises(BadRequestError) as caught:
+        sdk.detokenize([chat.max_model_len * 1000])
+    assert caught.value.param == "tokens"
 
 
 # -- errors, as the server sends them -----------------------------------------------------------------------------
@@ -153,6 +177,8 @@ def test_async_client(server: RunningServer) -> None:
             assert ADAPTER in [a.id for a in await client.adapters.list()]
             assert (await client.adapters.get(ADAPTER)).ready
             assert (await client.adapters.wait_until_ready(ADAPTER, timeout=5)).id == ADAPTER
+            tokens = (await client.tokenize(QUESTION, adapter=ADAPTER)).tokens
+            assert (await client.detokenize(tokens)).text == QUESTION
             with pytest.raises(BadRequestError):
                 await client.chat(QUESTION, top_p=0, max_tokens=4)
             with pytest.raises(NotFoundError):

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from live_server import ADAPTER, API_KEY, BASE_ID, RunningServer, hotlora_cmd
+
+from support.live_server import ADAPTER, API_KEY, BASE_ID, RunningServer, hotlora_cmd
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from live_server import ADAPTER, hotlora_cmd, save_random_lora, serving
+
+from support.live_server import ADAPTER, hotlora_cmd, save_random_lora, serving
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from live_server import API_KEY, BASE_ID, RunningServer, save_random_lora, serving
 
 from hotlora_adapters import AdapterStore
+
+from support.live_server import API_KEY, BASE_ID, RunningServer, save_random_lora, serving
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from live_server import hotlora_cmd
 
 from hotlora_adapters.runtime.base_model import embedded_gguf
+
+from support.live_server import hotlora_cmd
 
 pytestmark = pytest.mark.integration
 

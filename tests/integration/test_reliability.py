@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import API_KEY, BASE_ID, RunningServer, start_server
+
+from support.live_server import API_KEY, BASE_ID, RunningServer, start_server
 
 pytestmark = pytest.mark.integration
 

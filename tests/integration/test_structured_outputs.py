@@ -17,8 +17,9 @@ from typing import Any, Literal
 import httpx
 import openai
 import pytest
-from live_server import BASE_ID, RunningServer, save_random_lora, serving
 from pydantic import BaseModel, ConfigDict, Field
+
+from support.live_server import BASE_ID, RunningServer, save_random_lora, serving
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from live_server import API_KEY, BASE_ID, hotlora_cmd, start_server, stop_server
+
+from support.live_server import API_KEY, BASE_ID, hotlora_cmd, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 

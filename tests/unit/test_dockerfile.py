@@ -440,7 +440,8 @@ def docker_run_examples() -> list[DockerRun]:
 def container_serve(args: list[str] | tuple[str, ...], env: dict[str, str], monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """What the image's ENTRYPOINT would serve with `args` after the image name and `env` (the image's ENV
     plus `-e`), parsed and checked as `hotlora serve` does before it loads anything."""
-    from hotlora_server import cli
+    from hotlora_cli.main import build_parser
+    from hotlora_cli.serve import serve_settings
 
     entrypoint = json.loads(instructions("ENTRYPOINT")[-1].args)
     assert entrypoint[:2] == ["hotlora", "serve"], entrypoint
@@ -448,7 +449,7 @@ def container_serve(args: list[str] | tuple[str, ...], env: dict[str, str], monk
         monkeypatch.delenv(name)
     for name, value in {**docker_variables(), **env}.items():
         monkeypatch.setenv(name, value)
-    return cli.serve_settings(cli.build_parser().parse_args([*entrypoint[1:], *args]))
+    return serve_settings(build_parser().parse_args([*entrypoint[1:], *args]))
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from typing import Any
 from hotlora_adapters import ChatTemplateError, resolve_chat_template
 from hotlora_adapters.runtime import base_model as runtime
 from hotlora_adapters.runtime.base_model import ResolvedBase
+from hotlora_adapters.runtime.placement import Device
 
 from .errors import BaseModelError, ConfigError
 from .memory import ModelShape
@@ -27,7 +28,7 @@ def resolve_base(base: str | None, models_dir: Path) -> ResolvedBase:
         raise BaseModelError(str(e)) from None
 
 
-def pick_device(requested: str) -> str:
+def pick_device(requested: Device) -> str:
     try:
         return runtime.pick_device(requested)
     except runtime.BaseModelError as e:
@@ -131,7 +132,7 @@ def load_for_training(source: Path | str, *, device: str, qlora: bool, attn_impl
     except OSError as e:
         raise BaseModelError(f"cannot load the base model {source}: {e}") from e
     if not qlora:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' wrapper around `to` hides its signature
     if qlora and device == "cpu":
         _keep_cpu_4bit_layout(model)
     return model

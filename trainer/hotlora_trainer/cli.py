@@ -7,9 +7,11 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
+
+from hotlora_adapters.runtime.placement import Device
 
 from .config import OPTIMIZERS, TrainConfig
 from .errors import TrainError
@@ -121,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a base without a chat template (or to replace it): `chatml`, a Jinja file, or the "
         "template itself; serve with the same --chat-template",
     )
-    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto (CUDA when present)")
+    tr.add_argument("--device", choices=get_args(Device), help="default auto (CUDA when present)")
     tr.add_argument(
         "--threads", dest="torch_threads", type=int, help="CPU threads for torch (default: one per idle core)"
     )

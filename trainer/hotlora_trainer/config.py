@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hotlora_adapters import InvalidAdapterNameError, validate_adapter_name
+from hotlora_adapters.runtime.placement import Device
 
 Task = Literal["piglatin"]
 InitLoraWeights = bool | Literal["gaussian", "pissa", "olora", "loftq"]
@@ -80,7 +81,7 @@ class TrainConfig(BaseModel):
 
     # hotlora
     qlora: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     torch_threads: int | None = Field(None, ge=1, description="CPU threads; None: one per idle core")
     home: Path | None = None
     adapters_dir: Path | None = None

@@ -90,9 +90,11 @@ def _wrap_lora(run: Run) -> None:
         # PiSSA/OLoRA move the adapter's initial value out of the base weights; saving relative to that
         # initial adapter turns the result into a plain LoRA for the unmodified base (PEFT's conversion).
         run.init_dir = run.scratch / "initial-adapter"
-        model.peft_config["default"].init_lora_weights = True
-        model.save_pretrained(run.init_dir)
-        model.peft_config["default"].init_lora_weights = config.init_lora_weights
+        lora = model.peft_config["default"]
+        assert isinstance(lora, LoraConfig)
+        lora.init_lora_weights = True
+        model.save_pretrained(str(run.init_dir))
+        lora.init_lora_weights = config.init_lora_weights
 
 
 def _sft_trainer(run: Run) -> Any:

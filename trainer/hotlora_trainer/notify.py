@@ -10,6 +10,7 @@ import json
 import shlex
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .errors import ServerWaitError
 
@@ -66,6 +67,7 @@ def wait_until_served(
 
 def curl_line(server: str, name: str, *, chat: bool, sample: str | None, api_key_set: bool) -> str:
     """A shell-ready `curl` that asks the adapter something (the first evaluation or training input)."""
+    body: dict[str, Any]
     if chat:
         body = {"model": name, "messages": [{"role": "user", "content": sample or "Hello!"}]}
         route = "chat/completions"

@@ -42,7 +42,7 @@ class CompactLossSFTTrainer(SFTTrainer):
         import torch
         import torch.nn.functional as F
 
-        mode = "train" if self.model.training else "eval"
+        mode = "train" if self.model.training else "eval"  # type: ignore[union-attr]  # set while training
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         backbone = getattr(base, base.base_model_prefix)
         labels = inputs["labels"]

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..compat import BaseSpec
 from ..private import make_private_dirs
+from .placement import Device, DType, Quantize
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def convert_gguf(gguf: Path, models_dir: Path, name: str) -> Path:
         # The GGUF quantizer marks the model unserializable; the weights are already dequantized.
         model.config.quantization_config = None
         del model.config.quantization_config
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors/modules only
         model.config._name_or_path = name
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -142,7 +143,7 @@ def resolve_base(spec: str | None, models_dir: Path, flag: str) -> ResolvedBase:
     return ResolvedBase(spec, spec)
 
 
-def pick_device(requested: str) -> str:
+def pick_device(requested: Device) -> str:
     """`auto`: CUDA when present, else the CPU; `cuda` where there is none is refused."""
     import torch
 
@@ -153,7 +154,7 @@ def pick_device(requested: str) -> str:
     return requested
 
 
-def pick_dtype(requested: str, device: str) -> Any:
+def pick_dtype(requested: DType, device: str) -> Any:
     """The compute dtype: bf16 on CUDA; on a CPU float32 unless asked, since bf16 changes greedy outputs."""
     import torch
 
@@ -162,7 +163,7 @@ def pick_dtype(requested: str, device: str) -> Any:
     return getattr(torch, requested)
 
 
-def quantization_config(quantize: str, dtype: Any) -> Any:
+def quantization_config(quantize: Quantize, dtype: Any) -> Any:
     """bitsandbytes' config for `--quantize` (NF4/FP4 without double quantization, or int8); None: none."""
     from transformers import BitsAndBytesConfig
 

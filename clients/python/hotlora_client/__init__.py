@@ -33,10 +33,14 @@ from .types import (
     ChatCompletion,
     ChatCompletionChunk,
     Completion,
+    DetokenizeResponse,
     ErrorDetail,
+    FunctionCall,
     Health,
     Model,
     ParsedChatCompletion,
+    TokenizeResponse,
+    ToolCall,
     Usage,
 )
 
@@ -58,7 +62,9 @@ __all__ = [
     "Client",
     "Completion",
     "ConflictError",
+    "DetokenizeResponse",
     "ErrorDetail",
+    "FunctionCall",
     "Health",
     "HotloraError",
     "IncompleteOutputError",
@@ -70,6 +76,8 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "Stream",
+    "TokenizeResponse",
+    "ToolCall",
     "Usage",
     "__version__",
 ]

@@ -25,6 +25,7 @@ from .types import (
     Messages,
     ModelT,
     ParsedChatCompletion,
+    ToolCall,
     Usage,
 )
 
@@ -82,7 +83,7 @@ class _Endpoint(Generic[P, T]):
 
         method.__name__ = method.__qualname__ = self._name
         method.__doc__ = self.__doc__
-        method.__signature__ = self.__signature__  # type: ignore[attr-defined]
+        method.__signature__ = self.__signature__  # type: ignore[attr-defined]  # read by inspect.signature
         return method
 
 
@@ -112,10 +113,12 @@ class Adapters(_Part[ClientT]):
 
 class _BaseClient(_Part[ClientT]):
     health = _Endpoint(_core.health)
+    tokenize = _Endpoint(_core.tokenize)
+    detokenize = _Endpoint(_core.detokenize)
 
     def __init__(self, base_url: str | None, api_key: str | None, timeout: Timeout, max_retries: int) -> None:
         self._config = _core.Config.build(base_url, api_key, timeout, max_retries)
-        self._client = self  # type: ignore[assignment]
+        self._client = self  # type: ignore[assignment]  # self is the ClientT (Client or AsyncClient)
         self.models: Models[ClientT] = Models(self._client)
         self.adapters: Adapters[ClientT] = Adapters(self._client)
 
@@ -135,7 +138,8 @@ class Client(_BaseClient["Client"]):
     and 503 are retried up to `max_retries` times with backoff, honouring `Retry-After`; other errors
     raise at once (`hotlora_client.errors`). `timeout` is in seconds (or an `httpx.Timeout`).
 
-    `client.chat(...)`, `client.parse(...)`, `client.complete(...)`, `client.health()`, `client.models.list()/get(id)`,
+    `client.chat(...)`, `client.parse(...)`, `client.complete(...)`, `client.tokenize(...)/detokenize(...)`,
+    `client.health()`, `client.models.list()/get(id)`,
     `client.adapters.list()/get/load/unload/blend/wait_until_ready`. Close it, or use it in a `with`.
     """
 
@@ -172,7 +176,7 @@ class Client(_BaseClient["Client"]):
         """`chat` whose every choice follows the JSON schema of `response_format`, a pydantic model class:
         `.parsed` is the first choice's reply as an instance of it (`.parsed_choices`, all of them). A
         choice cut short by `max_tokens` raises `IncompleteOutputError`."""
-        return self._run(_core.parse_chat(self._config, messages, response_format, params))  # type: ignore[no-any-return]
+        return self._run(_core.parse_chat(self._config, messages, response_format, params))
 
     @overload
     def complete(
@@ -249,7 +253,7 @@ class AsyncClient(_BaseClient["AsyncClient"]):
         self, messages: Messages, *, response_format: type[ModelT], **params: Unpack[ParseParams]
     ) -> ParsedChatCompletion[ModelT]:
         """See `Client.parse`."""
-        return await self._run(_core.parse_chat(self._config, messages, response_format, params))  # type: ignore[no-any-return]
+        return await self._run(_core.parse_chat(self._config, messages, response_format, params))
 
     @overload
     async def complete(
@@ -305,6 +309,11 @@ class _StreamBase(Generic[C]):
     def text(self) -> str:
         """The first choice's text received so far (all of it once the stream is consumed)."""
         return self._decoder.text
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The first choice's tool calls received so far, their pieces put together (a chat stream)."""
+        return self._decoder.tool_calls
 
     @property
     def usage(self) -> Usage | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -31,11 +31,14 @@ from .types import (
     ChatCompletion,
     ChatCompletionChunk,
     Completion,
+    DetokenizeResponse,
     Health,
+    Message,
     Messages,
     Model,
     ModelT,
     ParsedChatCompletion,
+    TokenizeResponse,
 )
 
 __all__ = [  # the API calls, and what `_client` needs to run them
@@ -45,6 +48,7 @@ __all__ = [  # the API calls, and what `_client` needs to run them
     "chat",
     "chat_messages",
     "complete",
+    "detokenize",
     "generate",
     "generation_body",
     "get_adapter",
@@ -54,6 +58,8 @@ __all__ = [  # the API calls, and what `_client` needs to run them
     "list_models",
     "load_adapter",
     "parse_chat",
+    "target_model",
+    "tokenize",
     "unload_adapter",
     "wait_until_ready",
     "C",
@@ -119,6 +125,18 @@ def blend_model(blend: Blend) -> str:
     return "+".join(f"{name}*{float(weight)!r}" for name, weight in pairs)
 
 
+def target_model(model: str | None, adapter: str | None, blend: Blend | None) -> str | None:
+    """The `model` string of the one target given (None: no target, the base model)."""
+    given = [
+        name
+        for name, value in (("model", model), ("adapter", adapter), ("blend", blend))
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of model, adapter and blend (got {', '.join(given)})")
+    return blend_model(blend) if blend is not None else model if model is not None else adapter
+
+
 def chat_messages(messages: Messages) -> list[dict[str, Any]]:
     if isinstance(messages, str):
         return [{"role": "user", "content": messages}]
@@ -142,13 +160,8 @@ def generation_body(config: Config, params: Mapping[str, Any], **fields: Any) ->
         options["response_format"] = response_format(options["response_format"])
     if isinstance(options.get("logit_bias"), Mapping):  # JSON object keys are strings: token ids as text
         options["logit_bias"] = {str(token): bias for token, bias in options["logit_bias"].items()}
-    targets = {key: options.pop(key) for key in ("model", "adapter", "blend") if key in options}
-    if len(targets) > 1:
-        raise ValueError(f"give at most one of model, adapter and blend (got {', '.join(targets)})")
-    model: str | None = targets.get("model", targets.get("adapter"))
-    if "blend" in targets:
-        model = blend_model(targets["blend"])
-    elif model is None:
+    model = target_model(options.pop("model", None), options.pop("adapter", None), options.pop("blend", None))
+    if model is None:
         model = yield from base_model(config)
     return {"model": model, **fields, **options, **extra}
 
@@ -188,6 +201,59 @@ def complete(
         fields["stream"] = True
     body = yield from generation_body(config, params, **fields)
     return (yield from generate(config, "/v1/completions", body, Completion, Completion))
+
+
+# -- tokens ----------------------------------------------------------------------------------------------------
+
+
+def tokenize(
+    config: Config,
+    text: str | Sequence[Message],
+    *,
+    model: str | None = None,
+    adapter: str | None = None,
+    blend: Blend | None = None,
+    add_generation_prompt: bool = True,
+    add_special_tokens: bool | None = None,
+    return_token_strs: bool = False,
+) -> Plan[TokenizeResponse]:
+    """The server's token ids for `text` (vLLM's `POST /tokenize`). A string is a raw prompt (unlike in
+    `chat`); a list of messages is rendered with the chat template, as `chat` sends it — ending with the
+    assistant's turn opening unless `add_generation_prompt=False` — so `count` is its `prompt_tokens`.
+    `add_special_tokens`: the tokenizer's own BOS/EOS (default: for a prompt, not for messages);
+    `return_token_strs=True` fills `token_strs`. The target (`model`, `adapter` or `blend`) defaults to the
+    base model; adapters share its tokenizer, and an unknown one raises `NotFoundError`."""
+    body: dict[str, Any] = {}
+    target = target_model(model, adapter, blend)
+    if target is not None:
+        body["model"] = target
+    if isinstance(text, str):
+        body["prompt"] = text
+    else:
+        body["messages"] = chat_messages(text)
+        body["add_generation_prompt"] = add_generation_prompt
+    if add_special_tokens is not None:
+        body["add_special_tokens"] = add_special_tokens
+    if return_token_strs:
+        body["return_token_strs"] = True
+    return (yield from call(config, TokenizeResponse, "POST", "/tokenize", json=body))
+
+
+def detokenize(
+    config: Config,
+    tokens: Sequence[int],
+    *,
+    model: str | None = None,
+    adapter: str | None = None,
+    blend: Blend | None = None,
+) -> Plan[DetokenizeResponse]:
+    """The text of token ids (vLLM's `POST /detokenize`; `.text`). A token id outside the vocabulary
+    raises `BadRequestError`; the target is `tokenize`'s."""
+    body: dict[str, Any] = {"tokens": list(tokens)}
+    target = target_model(model, adapter, blend)
+    if target is not None:
+        body["model"] = target
+    return (yield from call(config, DetokenizeResponse, "POST", "/detokenize", json=body))
 
 
 # -- adapters --------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import httpx
 from pydantic import ValidationError
 
 from . import errors
-from .types import ChatCompletionChunk, Completion, Usage
+from .types import ChatCompletionChunk, Completion, FunctionCall, ToolCall, Usage
 
 C = TypeVar("C", ChatCompletionChunk, Completion)
 
@@ -20,7 +20,8 @@ class StreamDecoder(Generic[C]):
     """Server-Sent Events → typed chunks. Feed it the body line by line, then call `end()`.
 
     An `{"error": ...}` frame raises the matching `APIStatusError`; a body that ends without `[DONE]`
-    raises `APIConnectionError`. `text` is the first choice's text so far, `usage` the last usage seen.
+    raises `APIConnectionError`. `text` is the first choice's text so far, `tool_calls` its calls put
+    together from their pieces, `usage` the last usage seen.
     """
 
     def __init__(self, chunk: type[C], response: httpx.Response | None = None) -> None:
@@ -30,6 +31,14 @@ class StreamDecoder(Generic[C]):
         self.done = False
         self.text = ""
         self.usage: Usage | None = None
+        self._calls: dict[int, dict[str, str]] = {}  # the first choice's calls by index: id, name, arguments
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(id=c["id"], function=FunctionCall(name=c["name"], arguments=c["arguments"]))
+            for _, c in sorted(self._calls.items())
+        ]
 
     def feed(self, line: str) -> list[C]:
         if self.done:
@@ -66,9 +75,20 @@ class StreamDecoder(Generic[C]):
         except ValidationError as exc:
             raise errors.APIError(f"unexpected event in the stream: {exc}", body=payload) from None
         self.text += chunk.text
+        if isinstance(chunk, ChatCompletionChunk):
+            self._add_calls(chunk)
         if chunk.usage is not None:
             self.usage = chunk.usage
         return [chunk]
+
+    def _add_calls(self, chunk: ChatCompletionChunk) -> None:
+        for choice in chunk.choices:
+            for piece in (choice.delta.tool_calls or []) if choice.index == 0 else []:
+                call = self._calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] = piece.id or call["id"]
+                if piece.function is not None:
+                    call["name"] += piece.function.name or ""
+                    call["arguments"] += piece.function.arguments or ""
 
 
 @contextmanager

@@ -47,5 +47,5 @@ def parsed_completion(model: type[ModelT], completion: ChatCompletion) -> Parsed
             f"choice {cut[0]} reached max_tokens before its JSON was complete; raise max_tokens",
             completion=completion,
         )
-    parsed = [model.model_validate_json(choice.message.content) for choice in completion.choices]
+    parsed = [model.model_validate_json(choice.message.content or "") for choice in completion.choices]
     return ParsedChatCompletion[model](**completion.model_dump(), parsed_choices=parsed)  # type: ignore[valid-type]

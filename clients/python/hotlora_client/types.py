@@ -5,6 +5,7 @@ The models accept fields they do not know, so a newer server does not break an o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, Literal, TypedDict, TypeVar
 
@@ -27,7 +28,10 @@ __all__ = [
     "CompletionLogprobs",
     "CompletionParams",
     "Delta",
+    "DetokenizeResponse",
     "ErrorDetail",
+    "FunctionCall",
+    "FunctionCallDelta",
     "GenerationParams",
     "Health",
     "Message",
@@ -37,6 +41,11 @@ __all__ = [
     "ParsedChatCompletion",
     "ResponseFormat",
     "TokenLogprob",
+    "TokenizeResponse",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolChoice",
     "TopLogprob",
     "Usage",
 ]
@@ -69,16 +78,35 @@ class ChoiceLogprobs(_Wire):
     content: list[TokenLogprob] | None = None
 
 
+class FunctionCall(_Wire):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+    def parsed_arguments(self) -> Any:
+        """The arguments as Python values (`json.JSONDecodeError` if the model wrote no valid JSON)."""
+        return json.loads(self.arguments)
+
+
+class ToolCall(_Wire):
+    """A call the assistant made: answer it with a `{"role": "tool", "tool_call_id": id, "content": ...}`
+    message after the assistant's message in the conversation."""
+
+    id: str
+    type: str = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(_Wire):
     role: str = "assistant"
-    content: str
+    content: str | None = None  # None when the reply is only tool calls
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(_Wire):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: str | None = None  # "stop" or "length"
+    finish_reason: str | None = None  # "stop", "length" or "tool_calls"
 
 
 class ChatCompletion(_Wire):
@@ -94,7 +122,27 @@ class ChatCompletion(_Wire):
 
     @property
     def text(self) -> str:
-        return self.choices[0].message.content if self.choices else ""
+        return (self.choices[0].message.content or "") if self.choices else ""
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The first choice's tool calls (none: an empty list)."""
+        return (self.choices[0].message.tool_calls or []) if self.choices else []
+
+
+class FunctionCallDelta(_Wire):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_Wire):
+    """A piece of a streamed call: the first of a call has its `id`, `type` and name, the rest pieces of
+    its `arguments` (`Stream.tool_calls` puts them together)."""
+
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: FunctionCallDelta | None = None
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)  # the model class of a `parse` call
@@ -114,6 +162,7 @@ class ParsedChatCompletion(ChatCompletion, Generic[ModelT]):
 class Delta(_Wire):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(_Wire):
@@ -168,6 +217,29 @@ class Completion(_Wire):
     @property
     def text(self) -> str:
         return next((c.text for c in self.choices if c.index == 0), "")
+
+
+# -- tokens ----------------------------------------------------------------------------------------------
+
+
+class TokenizeResponse(_Wire):
+    """`POST /tokenize` (vLLM's): the token ids, how many, the context they count against, and with
+    `return_token_strs` each token's string."""
+
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(_Wire):
+    """`POST /detokenize` (vLLM's): the text is vLLM's `prompt` field, `.text` here too."""
+
+    prompt: str
+
+    @property
+    def text(self) -> str:
+        return self.prompt
 
 
 # -- models and adapters ------------------------------------------------------------------------------
@@ -240,12 +312,19 @@ BlendMethod = Literal["cat", "linear", "svd", "ties", "dare_linear", "dare_ties"
 Blend = Mapping[str, float] | Sequence[tuple[str, float]]
 """Adapter weights: `{"piglatin": 0.7, "yoda": 0.3}` or `[("piglatin", 0.7), ("yoda", 0.3)]`."""
 Message = Mapping[str, Any]
-"""A chat message: `{"role": "user", "content": "..."}` (role system, developer, user or assistant)."""
+"""A chat message: `{"role": "user", "content": "..."}` (role system, developer, user or assistant), an
+assistant's with its `tool_calls`, or a tool result `{"role": "tool", "tool_call_id": ..., "content": ...}`."""
 Messages = str | Sequence[Message]
 """A conversation, or one text sent as a single user message."""
 ResponseFormat = Mapping[str, Any] | type[BaseModel]
 """OpenAI's `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {...}}`, or a pydantic
 model class (sent as a strict JSON schema named after it)."""
+Tool = Mapping[str, Any]
+"""A function the model may call, as OpenAI's: `{"type": "function", "function": {"name": "get_weather",
+"description": "...", "parameters": <JSON schema of the arguments object>}}`."""
+ToolChoice = Literal["none", "auto", "required"] | Mapping[str, Any]
+"""`auto` (the model decides), `none`, `required` (at least one call), or one function:
+`{"type": "function", "function": {"name": "get_weather"}}`."""
 
 
 class GenerationParams(TypedDict, total=False):
@@ -288,6 +367,9 @@ class ParseParams(GenerationParams, total=False):
 
 class ChatParams(ParseParams, total=False):
     response_format: ResponseFormat  # the reply follows a JSON schema (decoded under a grammar)
+    tools: Sequence[Tool]
+    tool_choice: ToolChoice
+    parallel_tool_calls: bool  # False: at most one call
 
 
 class CompletionParams(GenerationParams, total=False):

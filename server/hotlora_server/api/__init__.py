@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -10,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..errors import ServiceUnavailableError
 from ..metrics import Metrics
+from ..tools import DEFAULT_TOOL_PARSER
 from ..types import EngineClient
 from .adapters import build_adapter_router
 from .auth import bearer_guard
@@ -32,15 +34,18 @@ def create_app(
     allowed_origins: Sequence[str] = (),
     allowed_methods: Sequence[str] = ("*",),
     allowed_headers: Sequence[str] = ("*",),
+    tool_call_parser: str = DEFAULT_TOOL_PARSER,
 ) -> FastAPI:
     """The OpenAI-compatible app. With `api_key`, every route but `/health` (and `/metrics` when
     `metrics_public`) requires it as a bearer token; bodies over `max_body_bytes` get 413 (None: no limit);
     with `allowed_hosts` (`Settings.host_check`), a request to any other `Host` than those, localhost and IP
     addresses gets 403 on every route but `/health` (None: any `Host`). With `allowed_origins`, browsers
-    may call it from those origins (CORS), with `allowed_methods` and `allowed_headers`."""
+    may call it from those origins (CORS), with `allowed_methods` and `allowed_headers`. Chat replies are
+    read for tool calls with the parser named `tool_call_parser` (`tools.TOOL_PARSERS`)."""
     from .. import __version__
 
-    keyed = {"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}  # guarded below
+    # with a key, the schema is served behind it below
+    keyed: dict[str, Any] = {"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}
     app = FastAPI(title="hotlora", version=__version__, responses=ERROR_RESPONSES, **keyed)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)  # inside the observer: 413s are counted
@@ -83,7 +88,7 @@ def create_app(
         async def openapi() -> JSONResponse:
             return JSONResponse(app.openapi())
 
-    app.include_router(build_router(engine, metrics), dependencies=guard)
+    app.include_router(build_router(engine, metrics, tool_call_parser), dependencies=guard)
     app.include_router(build_tokenize_router(engine), dependencies=guard)
     app.include_router(build_adapter_router(engine), dependencies=guard)
     return app

@@ -42,22 +42,29 @@ ERROR_RESPONSES: Responses = {
     "default": _error("Any other error, in the same shape"),
 }
 
-_EVENT = {  # one Server-Sent Event (OpenAPI 3.1 has an event-stream schema describe a single event)
-    "type": "object",
-    "required": ["data"],
-    "properties": {
-        "data": {
-            "type": "string",
-            "description": "a chunk as JSON, an error body if generation fails, `[DONE]` last",
-        },
-        "event": {"type": "string"},
-    },
-}
+
+def _event(data: str, named: bool) -> dict[str, Any]:
+    """One Server-Sent Event (OpenAPI 3.1 has an event-stream schema describe a single event)."""
+    return {
+        "type": "object",
+        "required": ["event", "data"] if named else ["data"],
+        "properties": {"data": {"type": "string", "description": data}, "event": {"type": "string"}},
+    }
+
+
+_CHUNK_EVENT = _event("a chunk as JSON, an error body if generation fails, `[DONE]` last", named=False)
+_NAMED_EVENT = _event(
+    "the event as JSON, its `type` the event's name: `response.created` first, `response.completed`, "
+    "`response.incomplete` or (after an `error` event) `response.failed` last",
+    named=True,
+)
 
 # for routes declared with `response_class=Response`, so that their errors are still documented as JSON
 PLAIN_TEXT: Responses = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}}}
 
 
-def streamed(model: type[BaseModel]) -> Responses:
-    """A 200 that is `model` as JSON, or Server-Sent Events of its chunks with `"stream": true`."""
-    return {200: {"model": model, "content": {"text/event-stream": {"schema": _EVENT}}}}
+def streamed(model: type[BaseModel], *, named: bool = False) -> Responses:
+    """A 200 that is `model` as JSON, or Server-Sent Events with `"stream": true`: its chunks, or with
+    `named`, the Responses API's named events."""
+    event = _NAMED_EVENT if named else _CHUNK_EVENT
+    return {200: {"model": model, "content": {"text/event-stream": {"schema": event}}}}

@@ -4,7 +4,8 @@ engine's events to one JSON answer or a stream of chunks, for every endpoint in 
 An endpoint (`serving_chat.py`, `serving_completions.py`) is a `GenerationServing` that says only what is
 its own: how its body becomes a `GenerationRequest`, how a finished choice looks, and which choices a delta
 streams as. Ids, timestamps, the first-event wait, usage, `stream_options`, the SSE framing and mid-stream
-errors are written once, here.
+errors are written once, here. `serving_responses.py` answers in another shape, so it reuses the parts
+(`start`, `collect`, `sse` with its own `EventWriter`) rather than the whole.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -32,10 +33,10 @@ from ..types import (
     GenerationEvent,
     GenerationRequest,
     SamplingParams,
+    TemplateMessage,
     TokenLogprob,
     Usage,
 )
-from .errors import error_body
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,19 @@ GenerationBody = p.ChatCompletionRequest | p.CompletionRequest
 Body = TypeVar("Body", p.ChatCompletionRequest, p.CompletionRequest)
 DeltaChoices = Callable[[ChoiceDelta], list[BaseModel]]
 """A stream's choices for one delta, each sent as its own chunk; keeps what it needs between deltas."""
+Frame = dict[str, str]
+"""One Server-Sent Event: its `data`, and its `event` name where the stream names its events."""
+
+
+class EventWriter(Protocol):
+    """How an endpoint writes its stream: the frames of each engine event, of a failure once the stream has
+    begun, and the frames that close it (after a failure too)."""
+
+    def frames(self, event: GenerationEvent) -> list[Frame]: ...
+
+    def failed(self, error: p.ErrorDetail) -> list[Frame]: ...
+
+    def closing(self) -> list[Frame]: ...
 
 
 # -- request -> engine request ----------------------------------------------------------------------------
@@ -85,9 +99,36 @@ def blend_target(
     return body.blend
 
 
-def template_messages(messages: Iterable[p.ChatMessage]) -> tuple[dict[str, str], ...]:
-    """Messages as the chat template takes them: a role it knows, the text of the content."""
-    return tuple({"role": m.template_role(), "content": m.text()} for m in messages)
+def template_messages(messages: Iterable[p.ChatMessage]) -> tuple[TemplateMessage, ...]:
+    """Messages as the chat template takes them: a role it knows, the text of the content, and the tool
+    calls they made or answer."""
+    return tuple(_template_message(m) for m in messages)
+
+
+def _template_message(message: p.ChatMessage) -> TemplateMessage:
+    out: TemplateMessage = {"role": message.template_role(), "content": message.text()}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.function.name, "arguments": _arguments(call.function.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _arguments(text: str) -> object:
+    """A call's arguments as templates read them, an object (as vLLM hands them); text that is not a JSON
+    object stays text."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    return value if isinstance(value, dict) else text
 
 
 # -- engine events -> answer ------------------------------------------------------------------------------
@@ -151,10 +192,10 @@ class GenerationServing(Generic[Body]):
     async def serve(self, body: Body) -> JSONResponse | EventSourceResponse:
         rid = request_id.get()
         reply = Reply(id=f"{self.id_prefix}-{rid}", created=int(time.time()), model=body.model)
-        first, events = await self._start(self.engine_request(body, rid))
+        first, events = await self.start(self.engine_request(body, rid))
         if body.stream:
-            return _sse(first, events, self._chunks(body, reply))
-        choices, totals = await _collect(first, events)
+            return sse(first, events, ChunkWriter(self._chunks(body, reply)))
+        choices, totals = await collect(first, events)
         answer = self.response_type(
             id=reply.id,
             created=reply.created,
@@ -164,9 +205,9 @@ class GenerationServing(Generic[Body]):
         )
         return JSONResponse(answer.model_dump())
 
-    async def _start(
+    async def start(
         self, request: GenerationRequest
-    ) -> tuple[GenerationEvent, AsyncIterator[GenerationEvent]]:
+    ) -> tuple[GenerationEvent, AsyncGenerator[GenerationEvent, None]]:
         """Wait for the first event, so that a bad request fails with its status before any byte is streamed."""
         events = self.metrics.timed(self.engine.generate(request))
         try:
@@ -207,7 +248,7 @@ async def _all(
         yield event
 
 
-async def _collect(
+async def collect(
     first: GenerationEvent, events: AsyncIterator[GenerationEvent]
 ) -> tuple[dict[int, ChoiceAccumulator], Usage]:
     """Gather a whole response: every choice's text and logprobs, then the usage the engine ends with."""
@@ -223,25 +264,45 @@ async def _collect(
     return choices, totals
 
 
-def _sse(
-    first: GenerationEvent,
-    events: AsyncIterator[GenerationEvent],
-    build: Callable[[GenerationEvent], list[dict[str, Any]]],
-) -> EventSourceResponse:
-    """Stream chunks as Server-Sent Events ending with `[DONE]`; a mid-stream failure becomes an error frame."""
+@dataclass(frozen=True)
+class ChunkWriter:
+    """OpenAI's chunk streams (chat, completions): one `data:` chunk each, an error body if generation fails
+    midway, and `[DONE]` last."""
 
-    async def frames() -> AsyncIterator[dict[str, str]]:
+    chunks: Callable[[GenerationEvent], list[dict[str, Any]]]
+
+    def frames(self, event: GenerationEvent) -> list[Frame]:
+        return [{"data": json.dumps(chunk, ensure_ascii=False)} for chunk in self.chunks(event)]
+
+    def failed(self, error: p.ErrorDetail) -> list[Frame]:
+        return [{"data": json.dumps(p.ErrorResponse(error=error).model_dump())}]
+
+    def closing(self) -> list[Frame]:
+        return [{"data": "[DONE]"}]
+
+
+def sse(
+    first: GenerationEvent, events: AsyncGenerator[GenerationEvent, None], writer: EventWriter
+) -> EventSourceResponse:
+    """Stream the writer's frames as Server-Sent Events; a mid-stream failure is reported in-band."""
+
+    async def frames() -> AsyncIterator[Frame]:
         try:
             async for event in _all(first, events):
-                for chunk in build(event):
-                    yield {"data": json.dumps(chunk, ensure_ascii=False)}
+                for frame in writer.frames(event):
+                    yield frame
         except HotloraError as exc:
-            yield {"data": json.dumps(error_body(exc.message, exc.type, exc.param, exc.code))}
+            for frame in writer.failed(
+                p.ErrorDetail(message=exc.message, type=exc.type, param=exc.param, code=exc.code)
+            ):
+                yield frame
         except Exception:  # headers are sent: report in-band, and still end the stream properly
             log.exception("stream failed")
-            yield {"data": json.dumps(error_body("internal server error", "server_error"))}
+            for frame in writer.failed(p.ErrorDetail(message="internal server error", type="server_error")):
+                yield frame
         finally:
             await events.aclose()  # a vanished client cancels generation at the next step
-        yield {"data": "[DONE]"}
+        for frame in writer.closing():
+            yield frame
 
     return EventSourceResponse(frames(), ping=15)

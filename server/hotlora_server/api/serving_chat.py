@@ -1,12 +1,19 @@
 """`POST /v1/chat/completions` (vLLM's `serving_chat.py`): a chat body to the engine's request, and a choice
-as a chat answer and as chat chunks (a role chunk first, then content, then the finish reason)."""
+as a chat answer and as chat chunks (a role chunk first, then content and tool calls, then the finish
+reason). What tools change is in `chat_tools.py`."""
 
 from __future__ import annotations
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
 
 from .. import protocol as p
-from ..types import ChoiceDelta, GenerationRequest, TokenLogprob
+from ..errors import UnsupportedSchemaError
+from ..metrics import Metrics
+from ..tools import DEFAULT_TOOL_PARSER, CallStream, ContentText, Item, get_tool_parser, read_all
+from ..types import ChoiceDelta, EngineClient, GenerationRequest, TokenLogprob
+from . import chat_tools
 from .serving import (
     ChoiceAccumulator,
     DeltaChoices,
@@ -22,6 +29,22 @@ class ServingChat(GenerationServing[p.ChatCompletionRequest]):
     response_type = p.ChatCompletion
     chunk_type = p.ChatCompletionChunk
 
+    def __init__(
+        self, engine: EngineClient, metrics: Metrics, tool_call_parser: str = DEFAULT_TOOL_PARSER
+    ) -> None:
+        super().__init__(engine, metrics)
+        self._parser = get_tool_parser(tool_call_parser)
+
+    async def serve(self, body: p.ChatCompletionRequest) -> JSONResponse | EventSourceResponse:
+        """A forced call's schema comes from `tools`: the engine's refusal of it names them, not
+        `response_format`."""
+        try:
+            return await super().serve(body)
+        except UnsupportedSchemaError as exc:
+            if chat_tools.forced_output(body) is None:
+                raise
+            raise UnsupportedSchemaError(exc.message, param="tools") from None
+
     def engine_request(self, body: p.ChatCompletionRequest, request_id: str) -> GenerationRequest:
         sampling = sampling_params(body, body.token_limit(), bool(body.logprobs), body.top_logprobs or 0)
         return GenerationRequest(
@@ -29,36 +52,54 @@ class ServingChat(GenerationServing[p.ChatCompletionRequest]):
             model=body.model,
             sampling=sampling,
             messages=template_messages(body.messages),
+            tools=chat_tools.template_tools(body.offered_tools()),
             n=body.n or 1,
             blend=blend_target(body, self.engine.served_model_name),
-            structured=p.structured_output(body.response_format),
+            # a forced tool call's schema, else `response_format`'s
+            structured=chat_tools.forced_output(body) or p.structured_output(body.response_format),
         )
 
     def choice(self, body: p.ChatCompletionRequest, index: int, acc: ChoiceAccumulator) -> p.ChatChoice:
+        reader = chat_tools.call_reader(body, self._parser)
+        content, calls = read_all(reader(), acc.text) if reader is not None else (acc.text, [])
         return p.ChatChoice(
             index=index,
-            message=p.AssistantMessage(content=acc.text),
+            message=chat_tools.message(content, calls),
             logprobs=chat_logprobs(acc.logprobs) if body.logprobs else None,
-            finish_reason=acc.finish_reason or "stop",
+            finish_reason=chat_tools.finish_reason(acc.finish_reason, bool(calls)),
         )
 
     def delta_choices(self, body: p.ChatCompletionRequest) -> DeltaChoices:
+        reader = chat_tools.call_reader(body, self._parser)
         started: set[int] = set()
+        readers: dict[int, CallStream] = {}  # each choice's, from its first delta
+        called: set[int] = set()  # choices that made a call
+
+        def items(event: ChoiceDelta) -> list[Item]:
+            if reader is None:
+                return [ContentText(event.text)] if event.text else []
+            if event.index not in readers:
+                readers[event.index] = reader()
+            stream = readers[event.index]
+            return stream.feed(event.text) + (stream.finish() if event.finish_reason else [])
 
         def choices(event: ChoiceDelta) -> list[BaseModel]:
             out: list[BaseModel] = []
             if event.index not in started:
                 started.add(event.index)
                 out.append(p.ChunkChoice(index=event.index, delta=p.Delta(role="assistant", content="")))
-            if event.text or event.logprobs:
-                logprobs = chat_logprobs(event.logprobs) if event.logprobs else None
-                out.append(
-                    p.ChunkChoice(index=event.index, delta=p.Delta(content=event.text), logprobs=logprobs)
-                )
+            deltas = [chat_tools.delta(item) for item in items(event)]
+            logprobs = chat_logprobs(event.logprobs) if event.logprobs else None
+            if logprobs is not None and not deltas:  # their text is held back (a split character, a call)
+                deltas = [p.Delta(content="")]
+            for delta in deltas:
+                if delta.tool_calls:
+                    called.add(event.index)
+                out.append(p.ChunkChoice(index=event.index, delta=delta, logprobs=logprobs))
+                logprobs = None  # on the first chunk of the event only
             if event.finish_reason:
-                out.append(
-                    p.ChunkChoice(index=event.index, delta=p.Delta(), finish_reason=event.finish_reason)
-                )
+                reason = chat_tools.finish_reason(event.finish_reason, event.index in called)
+                out.append(p.ChunkChoice(index=event.index, delta=p.Delta(), finish_reason=reason))
             return out
 
         return choices

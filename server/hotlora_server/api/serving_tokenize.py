@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .. import protocol as p
 from ..types import EngineClient, TokenizeRequest
+from .chat_tools import template_tools
 from .serving import blend_target, template_messages
 
 
@@ -13,6 +14,7 @@ async def tokenize(engine: EngineClient, body: p.TokenizeRequest) -> p.TokenizeR
     request = TokenizeRequest(
         model=body.model or base,
         messages=template_messages(body.messages) if body.messages else None,
+        tools=template_tools([tool.function for tool in body.tools or ()]),
         prompt=body.prompt,
         add_generation_prompt=body.add_generation_prompt,
         add_special_tokens=body.special_tokens(),

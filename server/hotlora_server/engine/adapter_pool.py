@@ -23,17 +23,19 @@ from typing import Any, Literal
 
 import torch
 from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTuner
 
 from hotlora_adapters import AdapterError, StoredAdapter, inspect_adapter
 
 from ..blend_methods import combination_type
 from ..errors import HotloraError, InvalidRequestError, ServiceUnavailableError
+from ..settings import MergePolicy
 from ..types import BlendSpec
 from .catalog import AdapterCatalog
 from .cpu.bnb import packing_held
 from .loader import LoadedModel
 from .lora_stack import LoraStack
-from .merge_policy import MergePolicy, Merger
+from .merge_policy import Merger
 from .peft_load import BASE, load_adapter
 
 log = logging.getLogger(__name__)
@@ -177,6 +179,7 @@ class AdapterPool:
         if not isinstance(self.model, PeftModel) or target == self._active:
             return
         tuner = self.model.base_model
+        assert isinstance(tuner, BaseTuner)  # a LoRA PeftModel's base_model is its tuner
         if target == BASE:
             tuner.disable_adapter_layers()
         else:

@@ -26,7 +26,7 @@ from hotlora_adapters import (
 )
 
 from ..errors import ConflictError, HotloraError, InvalidRequestError, NotFoundError
-from ..types import AdapterInfo, BlendSpec
+from ..types import AdapterInfo, AdapterStatus, BlendSpec
 from .catalog import AdapterCatalog
 from .loader import LoadedModel
 from .mailbox import EngineMailbox
@@ -139,6 +139,7 @@ class AdapterAdmin:
 
     def _info(self, entry: StoredAdapter, resident: frozenset[str]) -> AdapterInfo:
         refusal = self._catalog.refusal(entry)
+        status: AdapterStatus
         if entry.disabled:
             status = "disabled"
         elif refusal is not None:

@@ -10,11 +10,26 @@ A decode step writes its column in place into room kept after the cache (`_Growi
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 ROOM = 64  # columns of room added whenever a layer's buffer is full or was replaced
+
+
+class KVLayer(Protocol):
+    """A prefilled cache layer: its keys and values, `[rows, kv_heads, columns, head_dim]`."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+def kv_layers(cache: DynamicCache) -> list[KVLayer]:
+    """The layers of a cache that a prefill has filled (transformers types a layer's keys and values as
+    optional, since a layer fills at its first update, and its layers as any kind of cache layer)."""
+    return cast(list[KVLayer], cache.layers)
 
 
 def new_cache() -> DynamicCache:
@@ -44,33 +59,36 @@ class _GrowingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         length, new = self.get_seq_length(), key_states.shape[-2]
-        if not self._holds(length + new):
-            self._buffers = (
+        buffers = self._room(length + new)
+        if buffers is None:
+            buffers = self._buffers = (
                 _with_room(self.keys, key_states, length + new + ROOM),
                 _with_room(self.values, value_states, length + new + ROOM),
             )
-        keys, values = self._buffers
+        keys, values = buffers
         keys[:, :, length : length + new] = key_states
         values[:, :, length : length + new] = value_states
         self.keys, self.values = keys[:, :, : length + new], values[:, :, : length + new]
         return self.keys, self.values
 
-    def _holds(self, columns: int) -> bool:
-        """Whether `keys`/`values` are still the start of the buffers and those have `columns` columns."""
-        if self._buffers is None or self.keys.dim() != 4:
-            return False
-        return all(
+    def _room(self, columns: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The buffers while `keys`/`values` are still their start and they have `columns` columns, else None."""
+        buffers = self._buffers
+        if buffers is None or self.keys is None or self.values is None or self.keys.dim() != 4:
+            return None
+        held = all(
             mine.data_ptr() == buffer.data_ptr()
             and mine.shape[:2] == buffer.shape[:2]
             and buffer.shape[2] >= columns
-            for mine, buffer in zip((self.keys, self.values), self._buffers, strict=True)
+            for mine, buffer in zip((self.keys, self.values), buffers, strict=True)
         )
+        return buffers if held else None
 
 
-def _with_room(tensor: torch.Tensor, like: torch.Tensor, columns: int) -> torch.Tensor:
+def _with_room(tensor: torch.Tensor | None, like: torch.Tensor, columns: int) -> torch.Tensor:
     """A buffer of `columns` columns, rows and heads as `like`'s, that starts with `tensor`'s columns (if any)."""
     buffer = like.new_empty(*like.shape[:2], columns, like.shape[3])
-    if tensor.numel():
+    if tensor is not None and tensor.numel():
         buffer[:, :, : tensor.shape[2]] = tensor
     return buffer
 
@@ -105,7 +123,7 @@ class BatchCache:
             self.cache, self.length, self.pad = cache, length, pad.clone()
             return
         width = max(self.length, length)
-        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+        for mine, theirs in zip(kv_layers(self.cache), kv_layers(cache), strict=True):
             mine.keys = torch.cat(
                 [_pad_left(mine.keys, width - self.length), _pad_left(theirs.keys, width - length)]
             )
@@ -122,11 +140,11 @@ class BatchCache:
             return
         assert self.cache is not None
         index = torch.tensor(rows, dtype=torch.long)
-        self.cache.batch_select_indices(index.to(self.cache.layers[0].keys.device))
+        self.cache.batch_select_indices(index.to(kv_layers(self.cache)[0].keys.device))
         self.pad = self.pad[index]
         trim = int(self.pad.min())
         if trim:
-            for layer in self.cache.layers:
+            for layer in kv_layers(self.cache):
                 layer.keys, layer.values = layer.keys[:, :, trim:], layer.values[:, :, trim:]
             self.pad -= trim
             self.length -= trim
@@ -137,7 +155,7 @@ class BatchCache:
         if self.cache is None:
             return 0
         storages: dict[int, int] = {}
-        for layer in self.cache.layers:
+        for layer in kv_layers(self.cache):
             for tensor in (layer.keys, layer.values, *(getattr(layer, "_buffers", None) or ())):
                 storage = tensor.untyped_storage()
                 storages[storage.data_ptr()] = storage.nbytes()

@@ -17,7 +17,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TypeVar
 
 from hotlora_adapters import AdapterStore, StoreChange, StoreWatcher
@@ -94,25 +94,21 @@ class Engine:
             kernel=loaded.kernel,
             batch_invariant=loaded.batch_invariant,
         )
+        # an adapter is served on the base: the same quantization, context and kernel
         adapters = [
-            ModelInfo(
-                id=a.name,
-                created=a.created,
-                parent=loaded.name,
-                quantization=loaded.quantization,
-                context_length=loaded.context_length,
-                kernel=loaded.kernel,
-                batch_invariant=loaded.batch_invariant,
-            )
-            for a in servable
+            dataclasses.replace(base, id=a.name, created=a.created, parent=loaded.name) for a in servable
         ]
         return [base, *adapters]
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         job = await asyncio.to_thread(self._prepare, request)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent | HotloraError] = asyncio.Queue()
-        job.emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+
+        def emit(event: GenerationEvent | HotloraError) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        job.emit = emit
         self._mailbox.submit(job)
         try:
             while True:

@@ -108,7 +108,8 @@ def load_model(settings: Settings) -> LoadedModel:
         why = f"on {device.type} the matrix products' summation order follows the batch"
     invariant = batch_invariance(settings.batch_invariant, capable, why)
     if invariant:
-        use_batch_invariant_attention(model)
+        assert kernels is not None  # only the compiled kernels make a CPU path capable of it
+        use_batch_invariant_attention(model, kernels)
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:
         if settings.max_model_len > context:
@@ -142,7 +143,7 @@ def batch_invariance(requested: bool | None, capable: bool, why: str) -> bool:
     invariant = capable if requested is None else requested
     log.info(
         "batch invariance: %s",
-        "on (float64 attention, fixed-order products)"
+        "on (fixed-order attention and products)"
         if invariant
         else "off (the device's attention; a request's output may depend on what shares its batch)",
     )

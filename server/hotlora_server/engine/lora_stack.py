@@ -49,6 +49,7 @@ class _LayerStack:
     """One LoRA layer's stacked weights, updated column by column as the resident adapters change."""
 
     def __init__(self, layer: LoraLayer, stack: LoraStack) -> None:
+        assert isinstance(layer, torch.nn.Module)  # PEFT mixes LoraLayer into its LoRA modules
         self.layer = layer
         self.blocks: list[
             tuple[torch.Tensor, torch.Tensor]
@@ -65,6 +66,7 @@ class _LayerStack:
         layer had no blocks (every adapter's columns are to be written)."""
         fresh = not self.blocks
         base = self.layer.get_base_layer()
+        assert isinstance(base, torch.nn.Linear)  # the stack serves LoRA layers `_over_linear` only
         device = next(p.device for p in self.layer.parameters())
         for index, width in enumerate(widths):
             if index < len(self.blocks) and self.blocks[index][0].shape[1] == width:
@@ -84,8 +86,8 @@ class _LayerStack:
         if key not in self.layer.lora_A:
             return  # the adapter does not target this layer: its columns stay zero
         a_block, b_block = self.blocks[slot.block]
-        a = self.layer.lora_A[key].weight
-        b = self.layer.lora_B[key].weight * self.layer.scaling[key]
+        a, b = _factors(self.layer, key)
+        b = b * self.layer.scaling[key]
         a_block[:, slot.start : slot.start + a.shape[0]] = a.T.to(dtype)
         b_block[slot.start : slot.start + a.shape[0]] = b.T.to(dtype)
 
@@ -244,7 +246,7 @@ class LoraStack:
             stack.release(gone, len(self._widths))
         new = [key for key in wanted if key not in self._slots]
         for key in new:
-            rank = max(layer.lora_A[key].weight.shape[0] for layer in layers if key in layer.lora_A)
+            rank = max(_factors(layer, key)[0].shape[0] for layer in layers if key in layer.lora_A)
             self._slots[key] = self._place(self._group(key), rank)
         for stack in stacks.values():
             for key in self._slots if stack.fit(self._widths, self.dtype) else new:
@@ -298,6 +300,13 @@ def _runs(slots: list[_Slot | None]) -> list[tuple[_Slot, int, int]]:
         else:
             runs.append((slot, row, row + 1))
     return runs
+
+
+def _factors(layer: LoraLayer, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adapter `key`'s A `[r, in]` and B `[out, r]` in `layer`: linear, as every stacked adapter's are."""
+    a, b = layer.lora_A[key], layer.lora_B[key]
+    assert isinstance(a, torch.nn.Linear) and isinstance(b, torch.nn.Linear)
+    return a.weight, b.weight
 
 
 def _over_linear(layer: LoraLayer) -> bool:

@@ -9,18 +9,17 @@ is served unmerged from then on. The merge itself is `merging`'s.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 
+from ..settings import AUTO_MERGE_AFTER, MergePolicy
 from .loader import LoadedModel
-from .merging import MergedAdapter, NotMergeable, merge
+from .merging import MergedAdapter, NotMergeable, merge, mergeable_layers
 from .peft_load import BASE
 
 log = logging.getLogger(__name__)
 
-MergePolicy = Literal["auto", "never", "always"]
-AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch for this many forwards
 MERGE_PROBE = "Verify the merge: the quick brown fox jumps over the lazy dog."
 
 
@@ -73,6 +72,11 @@ class Merger:
         def logits(adapter: str) -> torch.Tensor:
             return model(input_ids=probe, adapter_names=[adapter]).logits.float()
 
+        try:
+            mergeable_layers(model, key)
+        except NotMergeable as exc:
+            self._refuse(key, label, exc)
+            return
         expected, base = logits(key), logits(BASE)
         try:
             if self._kernel_error is None:

@@ -36,11 +36,32 @@ class MergedAdapter:
         self.swaps.clear()
 
 
-def _dense_weight(base: torch.nn.Module) -> torch.Tensor:
+def _dense_weight(base: torch.nn.Linear) -> torch.Tensor:
     weight = base.weight
-    if weight.__class__.__name__ in ("Params4bit", "Int8Params"):
+    if isinstance(weight, torch.nn.Parameter) and weight.__class__.__name__ in ("Params4bit", "Int8Params"):
         return dequantize_bnb_weight(weight, state=getattr(base, "state", None))
     return weight.data
+
+
+def mergeable_layers(model: torch.nn.Module, key: str) -> list[tuple[LoraLayer, torch.nn.Linear]]:
+    """The layers adapter `key` targets and their linear bases, if `merge` can fold every one exactly; else
+    NotMergeable.
+
+    Checked before anything runs the adapter: PEFT cannot even route rows to some kinds (DoRA)."""
+    layers: list[LoraLayer] = [
+        m
+        for m in model.modules()
+        if isinstance(m, LoraLayer) and (key in m.lora_A or key in m.lora_embedding_A)
+    ]
+    targets: list[tuple[LoraLayer, torch.nn.Linear]] = []
+    for layer in layers:
+        base = layer.get_base_layer()
+        if key in layer.lora_embedding_A or not isinstance(base, torch.nn.Linear):
+            raise NotMergeable(f"adapter targets a non-linear layer ({type(base).__name__})")
+        if layer.use_dora.get(key, False):
+            raise NotMergeable("DoRA adapters are served unmerged")
+        targets.append((layer, base))
+    return targets
 
 
 @torch.inference_mode()
@@ -50,23 +71,13 @@ def merge(model: torch.nn.Module, key: str, dtype: torch.dtype, delta_scale: flo
     `delta_scale=0` gives the dense base alone: the reference that measures the quantized kernel's own
     rounding, against which a merge is judged.
     """
-    layers = [
-        m
-        for m in model.modules()
-        if isinstance(m, LoraLayer) and (key in m.lora_A or key in m.lora_embedding_A)
-    ]
-    for layer in layers:
-        if key in layer.lora_embedding_A or not isinstance(layer.get_base_layer(), torch.nn.Linear):
-            raise NotMergeable(
-                f"adapter targets a non-linear layer ({type(layer.get_base_layer()).__name__})"
-            )
-        if layer.use_dora.get(key, False):
-            raise NotMergeable("DoRA adapters are served unmerged")
+    targets = mergeable_layers(model, key)
     unpack_cpu_weights(model)  # dequantizing needs bitsandbytes' standard layout
     merged = MergedAdapter(key)
-    for layer in layers:
-        base = layer.get_base_layer()
-        weight = _dense_weight(base).to(dtype) + delta_scale * layer.get_delta_weight(key).to(dtype)
+    for layer, base in targets:
+        # PEFT defines get_delta_weight on each LoRA layer class, not on their LoraLayer mixin
+        delta = layer.get_delta_weight(key)  # type: ignore[attr-defined]
+        weight = _dense_weight(base).to(dtype) + delta_scale * delta.to(dtype)
         dense = torch.nn.Linear(
             base.in_features, base.out_features, bias=base.bias is not None, device=weight.device, dtype=dtype
         )

@@ -8,7 +8,7 @@ Entries are least recently used first out, within `capacity` bytes. Prompts long
 budget (prefilled alone, in chunks) neither use nor fill it, and nothing does while an adapter is merged
 into the base weights (the base computes something else then).
 
-Batch invariance holds: every product of a prefill is row-invariant and attention runs in float64, so a
+Batch invariance holds: every product of a prefill is row-invariant and attention runs in the kernels' fixed order, so a
 prefix's keys and values are the same bits computed alone, within a longer prompt or within a batch —
 the prompt gets the same KV from the cache as it would compute.
 """

@@ -5,28 +5,49 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Sequence
+from typing import Any
 
+import jinja2
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import ContextLengthExceededError, InvalidRequestError
-from ..types import GenerationRequest, TokenizeRequest
+from ..tools import fallback_messages, supports_tools
+from ..types import GenerationRequest, TemplateMessage, TemplateTool, TokenizeRequest
 
 
 def chat_prompt_text(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[TemplateMessage],
+    tools: Sequence[TemplateTool] | None = None,
+    add_generation_prompt: bool = True,
 ) -> str:
-    """`messages` rendered with the chat template, the generation prompt appended (unless told not to)."""
+    """`messages` rendered with the chat template, the generation prompt appended (unless told not to).
+
+    A template that renders tools gets `tools` and the conversation's calls as they are; for any other,
+    they are written into plain turns first (`tools.prompt`'s fallback).
+    """
     if tokenizer.chat_template is None:
         raise InvalidRequestError(
             "this model has no chat template: the server can be started with --chat-template chatml (or a "
             "Jinja file), or use /v1/completions with a raw prompt",
             param="messages",
         )
-    return str(
-        tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=add_generation_prompt, tokenize=False
+    options: dict[str, Any] = {}
+    if supports_tools(tokenizer.get_chat_template(tools=list(tools) if tools else None)):
+        conversation = list(messages)
+        if tools:
+            options["tools"] = list(tools)
+    else:
+        conversation = fallback_messages(messages, tools)
+    try:
+        text = tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=add_generation_prompt, tokenize=False, **options
         )
-    )
+    except jinja2.TemplateError as exc:  # a template's `raise_exception`, e.g. roles out of order
+        raise InvalidRequestError(
+            f"the chat template cannot render these messages: {exc}", param="messages"
+        ) from None
+    return str(text)
 
 
 class PromptTokenizer:
@@ -56,7 +77,8 @@ class PromptTokenizer:
         wanted = request.sampling.max_tokens
         with self._lock:
             if request.messages is not None:
-                param, text, special = "messages", chat_prompt_text(self._tokenizer, request.messages), False
+                text = chat_prompt_text(self._tokenizer, request.messages, request.tools)
+                param, special = "messages", False
             else:
                 param, text, special = "prompt", request.prompt or "", True
             self._check_fits(len(text), wanted or 1, param, exact=False)
@@ -72,7 +94,9 @@ class PromptTokenizer:
         with self._lock:
             if request.messages is not None:
                 param = "messages"
-                text = chat_prompt_text(self._tokenizer, request.messages, request.add_generation_prompt)
+                text = chat_prompt_text(
+                    self._tokenizer, request.messages, request.tools, request.add_generation_prompt
+                )
             else:
                 param, text = "prompt", request.prompt or ""
             self._check_fits(len(text), 0, param, exact=False)

@@ -12,7 +12,14 @@ import torch
 from transformers import DynamicCache
 
 from ..errors import HotloraError
-from ..types import ChoiceDelta, GenerationEvent, GenerationRequest, TokenLogprob, TopLogprob
+from ..types import (
+    ChoiceDelta,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    TokenLogprob,
+    TopLogprob,
+)
 from .grammar import Grammar
 from .loader import LoadedModel
 from .sampling import RowSampler, logprobs_of
@@ -87,13 +94,17 @@ class Row:
             self._emit(text, logprobs)
 
     def _emit(
-        self, text: str, logprobs: list[TokenLogprob], finish: str | None = None, flush: bool = False
+        self,
+        text: str,
+        logprobs: list[TokenLogprob],
+        finish: FinishReason | None = None,
+        flush: bool = False,
     ) -> None:
         if flush:
             tail, hit = self.stops.feed(self.detok.flush())
             text += tail if hit else tail + self.stops.flush()
         self.finished = finish is not None
-        self.job.emit(ChoiceDelta(index=self.index, text=text, logprobs=logprobs, finish_reason=finish))  # type: ignore[arg-type]
+        self.job.emit(ChoiceDelta(index=self.index, text=text, logprobs=logprobs, finish_reason=finish))
 
     def _logprobs(self, token: int, logits: torch.Tensor, loaded: LoadedModel) -> list[TokenLogprob]:
         tok = loaded.tokenizer

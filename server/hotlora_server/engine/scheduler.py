@@ -16,6 +16,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from transformers import DynamicCache
@@ -23,7 +24,7 @@ from transformers import DynamicCache
 from ..errors import HotloraError
 from ..types import Usage
 from .adapter_pool import AdapterPool
-from .batch_cache import BatchCache, new_cache
+from .batch_cache import BatchCache, kv_layers, new_cache
 from .generate import decode_one_token, prefill
 from .kv_budget import KvBudget
 from .loader import LoadedModel
@@ -193,7 +194,7 @@ class Scheduler:
             elif group:
                 break  # the group goes first: arrival order
             else:
-                self._guarded([job], lambda job=job: self._prefill_chunk(job))
+                self._guarded([job], partial(self._prefill_chunk, job))
                 return cost
             budget -= cost
             rows += job.request.n
@@ -294,7 +295,7 @@ class Scheduler:
                 start = int(total_pad[i])
                 kv = [
                     (layer.keys[i : i + 1, :, start:], layer.values[i : i + 1, :, start:])
-                    for layer in cache.layers
+                    for layer in kv_layers(cache)
                 ]
                 prefixes.store(job.key, job.prompt_ids, kv)  # type: ignore[arg-type]
         self._start_rows(jobs, cache, total_pad, logits)
@@ -337,12 +338,14 @@ class Scheduler:
         tokens = torch.tensor([row.last_token for row in rows], device=device)
         mask, positions = self._batch.step_inputs(device)
         keys = [row.job.key for row in rows]
+        cache = self._batch.cache
+        assert cache is not None  # running rows are rows of the batch's cache
         try:
             with self._pool.routing(keys, decode=True) as kwargs:  # type: ignore[arg-type]
                 logits = decode_one_token(
                     self._pool.model,
                     tokens,
-                    self._batch.cache,
+                    cache,
                     attention_mask=mask,
                     position_ids=positions,
                     **kwargs,

@@ -25,7 +25,8 @@ class IncrementalDetokenizer:
         self._read_offset = 0
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        # transformers types decode's result as `str | list[str]` (for batches); one sequence gives a str
+        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)  # type: ignore[return-value]
 
     def add(self, token_id: int) -> str:
         """Append a token; return the text it completes (possibly empty while a character is split)."""
@@ -105,4 +106,4 @@ def token_bytes(tokenizer: PreTrainedTokenizerBase, token_id: int) -> bytes:
     decoder = _byte_decoder()
     if isinstance(piece, str) and piece and all(ch in decoder for ch in piece):
         return bytes(decoder[ch] for ch in piece)
-    return tokenizer.decode([token_id]).encode("utf-8")
+    return tokenizer.decode([token_id]).encode("utf-8")  # type: ignore[union-attr]  # one sequence: a str

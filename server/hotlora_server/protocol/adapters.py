@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from ..blend_methods import DEFAULT_METHOD, BlendMethod
-from ..types import AdapterInfo, BlendSpec
+from ..types import AdapterInfo, AdapterStatus, BlendSpec
 from .blends import BlendComponents, Density, make_blend
 from .common import AdapterName, _Lenient
 
@@ -52,7 +52,7 @@ class BlendSaveRequest(_Lenient):
 class AdapterCard(BaseModel):
     id: str
     object: Literal["adapter"] = "adapter"
-    status: Literal["resident", "available", "disabled", "invalid"]
+    status: AdapterStatus
     created: int
     size_bytes: int
     version: str

@@ -7,13 +7,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from .common import Messages, PositiveInt, Usage, _Response
+from .common import FunctionName, Messages, PositiveInt, ToolCall, Usage, _Response
 from .sampling import _SamplingFields
+from .tools import _ToolFields
 
 MAX_TOP_LOGPROBS = 20
 
 
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(_SamplingFields, _ToolFields):
     messages: Messages
     max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
@@ -54,16 +55,26 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None
 
 
+ChatFinishReason = Literal["stop", "length", "tool_calls"]  # the engine's, and the calls a reply made
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # null when the reply is only tool calls
+    tool_calls: list[ToolCall] | None = Field(
+        default=None, exclude_if=_absent
+    )  # left out without calls, as OpenAI
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: ChatFinishReason
 
 
 class ChatCompletion(_Response):
@@ -72,16 +83,32 @@ class ChatCompletion(_Response):
     usage: Usage
 
 
+class DeltaFunctionCall(BaseModel):
+    name: FunctionName | None = Field(default=None, exclude_if=_absent)
+    arguments: str | None = Field(default=None, exclude_if=_absent)
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of a streamed call: its first carries the id, type and name (arguments ""), the rest
+    fragments of the arguments; what a piece does not carry is left out, as OpenAI sends them."""
+
+    index: int
+    id: str | None = Field(default=None, exclude_if=_absent)
+    type: Literal["function"] | None = Field(default=None, exclude_if=_absent)
+    function: DeltaFunctionCall
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = Field(default=None, exclude_if=_absent)
 
 
 class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: ChatFinishReason | None = None
 
 
 class ChatCompletionChunk(_Response):

@@ -77,16 +77,58 @@ class TextPart(TypedDict):
 ContentParts = Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS, fail_fast=True)]
 
 
-class ChatMessage(_Open):
-    """One message; its ignored fields are logged with the request's (`messages[].name`)."""
+MAX_TOOL_CALLS = 128  # calls in one assistant message, as tools in a request (OpenAI's limit)
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI's rule for a function's name
+FunctionName = Annotated[str, Field(pattern=FUNCTION_NAME)]
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | ContentParts
+
+class FunctionCall(_Strict):
+    name: FunctionName
+    arguments: Text  # JSON text, as the model wrote it
+
+
+class ToolCall(_Strict):
+    """A call an assistant made: in an answer, and in the conversation a client sends back."""
+
+    id: Annotated[Text, Field(min_length=1)]
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+ToolCalls = Annotated[list[ToolCall], Field(max_length=MAX_TOOL_CALLS, fail_fast=True)]
+
+
+class ChatMessage(_Open):
+    """One message; its ignored fields are logged with the request's (`messages[].name`).
+
+    An assistant message may carry `tool_calls` (its `content` may then be null); a `tool` message is the
+    result of one of them, named by `tool_call_id`.
+    """
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | ContentParts | None = None
     name: Text | None = None
+    tool_calls: ToolCalls | None = None
+    tool_call_id: Annotated[Text, Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _check_role(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"only assistant messages carry `tool_calls`, not {self.role} messages")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError(
+                "a tool message needs `tool_call_id` (the id of the call it answers)"
+                if self.role == "tool"
+                else f"only tool messages carry `tool_call_id`, not {self.role} messages"
+            )
+        if self.content is None and not self.tool_calls:
+            either = " or `tool_calls`" if self.role == "assistant" else ""
+            raise ValueError(f"a {self.role} message needs `content`{either}")
+        return self
 
     def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
         return "".join(part["text"] for part in self.content)
 
     def template_role(self) -> str:
@@ -94,7 +136,24 @@ class ChatMessage(_Open):
         return "system" if self.role == "developer" else self.role
 
 
-Messages = Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)]
+def _check_tool_results(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """A tool message answers a call of an earlier assistant message (OpenAI refuses one that does not)."""
+    calls: set[str] = set()
+    for i, message in enumerate(messages):
+        calls.update(call.id for call in message.tool_calls or ())
+        if message.tool_call_id is not None and message.tool_call_id not in calls:
+            raise ValueError(
+                f"message {i} answers tool call '{message.tool_call_id[:64]}', which no earlier assistant "
+                "message made (a tool message follows the assistant message whose `tool_calls` it answers)"
+            )
+    return messages
+
+
+Messages = Annotated[
+    list[ChatMessage],
+    Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True),
+    AfterValidator(_check_tool_results),
+]
 ModelId = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_LENGTH)]
 PositiveInt = Annotated[int, Field(ge=1)]
 # a name that may become a folder in the store: refused with the naming rule before anything looks it up

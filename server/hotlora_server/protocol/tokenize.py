@@ -8,10 +8,10 @@ from pydantic import BaseModel, Field, model_validator
 
 from .blends import _BlendFields
 from .common import Messages, ModelId, Text, _Lenient
+from .tools import Tools
 
 MAX_DETOKENIZE_TOKENS = 2**17  # a bound on validation; the engine refuses more than the context holds
 _TOKENIZE_UNSUPPORTED = {
-    "tools": "tool calling",
     "chat_template": "a chat template per request",
     "chat_template_kwargs": "chat template arguments",
     "continue_final_message": "continuing the final message",
@@ -24,6 +24,7 @@ class TokenizeRequest(_BlendFields, _Lenient):
     model: ModelId | None = None  # the base model when left out, as vLLM
     prompt: Text | None = None
     messages: Messages | None = None
+    tools: Tools | None = None  # rendered into the prompt of `messages`, as a chat request's
     add_generation_prompt: bool = True
     add_special_tokens: bool | None = None  # default: true for a prompt, false for messages (the template's)
     return_token_strs: bool | None = False

@@ -1,11 +1,12 @@
-"""Fixtures for the client's unit tests: a scripted real HTTP server (scripted_server.py)."""
+"""Fixtures for the client's unit tests: a scripted real HTTP server (`tests/support/scripted_server.py`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-from scripted_server import ScriptedServer, running
+
+from support.scripted_server import ScriptedServer, running
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from scripted_server import ScriptedServer, reply
 
 from hotlora_client import AsyncClient, Client
+
+from support.scripted_server import ScriptedServer, reply
 
 MODELS = {
     "object": "list",
@@ -151,6 +152,56 @@ def test_sampling_extras_in_the_body(scripted: ScriptedServer) -> None:
         assert sent(scripted) == {"model": "base", "prompt": "once", "top_k": -1, "ignore_eos": False}
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
+
+
+def test_tools_in_the_body_and_typed_calls_in_the_answer(scripted: ScriptedServer) -> None:
+    """`tools`, `tool_choice` and `parallel_tool_calls` go as is; the answer's calls come back typed, and a
+    conversation with them (a message object from an answer included) goes back to the server."""
+    answer = {
+        **ANSWER,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                "finish_reason": "tool_calls",
+            }
+        ],
+    }
+    scripted.answer(reply(200, answer))
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    with Client(scripted.url) as client:
+        completion = client.chat(
+            "weather?", model="base", tools=[WEATHER], tool_choice=choice, parallel_tool_calls=False
+        )
+        assert sent(scripted) == {
+            "model": "base",
+            "messages": [{"role": "user", "content": "weather?"}],
+            "tools": [WEATHER],
+            "tool_choice": choice,
+            "parallel_tool_calls": False,
+        }
+        assert completion.text == "" and completion.choices[0].finish_reason == "tool_calls"
+        (call,) = completion.tool_calls
+        assert (call.id, call.function.name, call.function.parsed_arguments()) == (
+            "call_1",
+            "get_weather",
+            {"city": "Paris"},
+        )
+        followup = [
+            {"role": "user", "content": "weather?"},
+            completion.choices[0].message,
+            {"role": "tool", "tool_call_id": call.id, "content": "rain"},
+        ]
+        client.chat(followup, model="base", tools=[WEATHER])
+        assert sent(scripted)["messages"][1] == {"role": "assistant", "tool_calls": [CALL]}
+
+
 def test_adapter_management_requests(scripted: ScriptedServer) -> None:
     card = {
         "id": "mix",
@@ -185,6 +236,42 @@ def test_adapter_management_requests(scripted: ScriptedServer) -> None:
         ("POST", "/v1/adapters", {"name": "mix", "path": "/srv/adapters/mix"}),
         ("GET", "/v1/adapters/a%20b%2Fc", None),
         ("DELETE", "/v1/adapters/mix?purge=true", None),
+    ]
+
+
+def test_tokenizer_requests(scripted: ScriptedServer) -> None:
+    """vLLM's bodies: a string is a raw `prompt`, a list `messages`; no target means no `model` (the server
+    takes its base) and no lookup of it; options the caller left alone are not sent."""
+    scripted.answer(
+        reply(200, {"count": 2, "max_model_len": 8192, "tokens": [5, 6], "token_strs": ["a", "b"]})
+    )
+    messages = [{"role": "user", "content": "hi"}]
+    with Client(scripted.url) as client:
+        tokenized = client.tokenize("hi")
+        assert (tokenized.count, tokenized.tokens, tokenized.token_strs) == (2, [5, 6], ["a", "b"])
+        client.tokenize(messages, adapter="pig", add_generation_prompt=False, return_token_strs=True)
+        client.tokenize("hi", blend={"pig": 0.5}, add_special_tokens=False)
+        with pytest.raises(ValueError, match="at most one of model, adapter and blend"):
+            client.tokenize("hi", model="base", blend={"pig": 1})
+        scripted.answer(reply(200, {"prompt": "hi there"}))
+        assert client.detokenize((5, 6)).text == "hi there"
+
+    async def go() -> None:
+        async with AsyncClient(scripted.url) as client:
+            assert (await client.detokenize([7], model="base")).prompt == "hi there"
+
+    asyncio.run(go())
+    hits = [(h.method, h.path, json.loads(h.body)) for h in scripted.hits]
+    assert hits == [
+        ("POST", "/tokenize", {"prompt": "hi"}),
+        (
+            "POST",
+            "/tokenize",
+            {"model": "pig", "messages": messages, "add_generation_prompt": False, "return_token_strs": True},
+        ),
+        ("POST", "/tokenize", {"model": "pig*0.5", "prompt": "hi", "add_special_tokens": False}),
+        ("POST", "/detokenize", {"tokens": [5, 6]}),
+        ("POST", "/detokenize", {"tokens": [7], "model": "base"}),
     ]
 
 

@@ -8,7 +8,6 @@ import socket
 import time
 
 import pytest
-from scripted_server import ScriptedServer, error, hang_up, reply, slow
 
 from hotlora_client import (
     APIConnectionError,
@@ -24,6 +23,8 @@ from hotlora_client import (
     RateLimitError,
     ServerError,
 )
+
+from support.scripted_server import ScriptedServer, error, hang_up, reply, slow
 
 HEALTHY = reply(200, {"status": "ok", "model": "base"})
 

@@ -7,7 +7,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from scripted_server import ScriptedServer, error, sse
 
 from hotlora_client import (
     APIConnectionError,
@@ -21,6 +20,8 @@ from hotlora_client import (
     ServerError,
 )
 from hotlora_client._core import StreamDecoder
+
+from support.scripted_server import ScriptedServer, error, sse
 
 
 def chunk(
@@ -51,6 +52,37 @@ def test_a_stream_yields_typed_chunks_and_its_text(scripted: ScriptedServer) -> 
     assert all(isinstance(c, ChatCompletionChunk) for c in chunks) and len(chunks) == 5
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[3].choices[0].finish_reason == "stop"
     assert stream.text == "Hello" and stream.usage is not None and stream.usage.total_tokens == 5
+
+
+def tool_chunk(
+    index: int, arguments: str, *, id: str | None = None, name: str | None = None
+) -> dict[str, Any]:
+    piece: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+    if id is not None:
+        piece.update(id=id, type="function", function={"name": name, "arguments": arguments})
+    reply = chunk()
+    reply["choices"][0]["delta"] = {"tool_calls": [piece]}
+    return reply
+
+
+def test_a_stream_puts_tool_calls_together(scripted: ScriptedServer) -> None:
+    scripted.answer(
+        sse(
+            chunk("", role="assistant"),
+            tool_chunk(0, "", id="call_a", name="get_weather"),
+            tool_chunk(0, '{"city": '),
+            tool_chunk(1, "", id="call_b", name="get_time"),
+            tool_chunk(0, '"Paris"}'),
+            tool_chunk(1, "{}"),
+            chunk(finish="tool_calls"),
+        )
+    )
+    with Client(scripted.url) as client, client.chat("hi", model="m", stream=True) as stream:
+        chunks = list(stream)
+    assert chunks[1].choices[0].delta.tool_calls[0].function.name == "get_weather"
+    calls = [(c.id, c.function.name, c.function.parsed_arguments()) for c in stream.tool_calls]
+    assert calls == [("call_a", "get_weather", {"city": "Paris"}), ("call_b", "get_time", {})]
+    assert stream.text == ""
 
 
 def test_text_stream_yields_only_the_text(scripted: ScriptedServer) -> None:

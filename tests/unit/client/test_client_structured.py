@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from scripted_server import ScriptedServer, reply
 
 from hotlora_client import AsyncClient, Client, IncompleteOutputError, ParsedChatCompletion
+
+from support.scripted_server import ScriptedServer, reply
 
 
 class Point(BaseModel):

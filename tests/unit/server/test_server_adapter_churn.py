@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ADAPTER_NAME, TINY_NAME, running_engine, save_tiny_adapter, tiny_settings
+
+from support.tiny_server import ADAPTER_NAME, TINY_NAME, running_engine, save_tiny_adapter, tiny_settings
 
 NAME = "churn"
 MESSAGES = [{"role": "user", "content": "Say something about the sea, please, in a few words."}]

@@ -19,10 +19,11 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from conftest import ADAPTER_NAME, TINY_NAME, running_engine, tiny_settings
 from safetensors.numpy import load_file, save_file
 
 from hotlora_adapters import CONFIG_FILENAME, WEIGHTS_FILENAME, AdapterStore
+
+from support.tiny_server import ADAPTER_NAME, TINY_NAME, running_engine, tiny_settings
 
 NAME_RULE = "an adapter name is 1 to 64 characters"
 BAD_NAMES = ["a/b", "../escape", "..", "a\x00b", "a" * 1000, "Upper", ".hidden", "a b"]

@@ -114,7 +114,7 @@ def test_missing_model_is_400(client: Any, openai_error: Any) -> None:
 
 
 def test_unknown_role_is_400(client: Any, openai_error: Any) -> None:
-    body = _chat_body(messages=[{"role": "tool", "content": "42", "tool_call_id": "x"}])
+    body = _chat_body(messages=[{"role": "function", "content": "42", "name": "f"}])
     error = openai_error(client.post(CHAT, json=body), 400)
     assert "role" in error["message"]
     assert error["param"] is not None and error["param"].startswith("messages")
@@ -123,9 +123,8 @@ def test_unknown_role_is_400(client: Any, openai_error: Any) -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
-        {"tool_choice": "required"},
         {"functions": [{"name": "f"}]},
+        {"function_call": "auto"},
         {"prediction": {"type": "content", "content": "x"}},
     ],
 )

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ADAPTER_NAME, TINY_NAME, chat_request, collect, running_engine, tiny_settings
 from peft import PeftModel
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -22,6 +21,8 @@ from transformers.cache_utils import DynamicLayer
 from hotlora_server.engine.batch_cache import ROOM, BatchCache, _GrowingLayer
 from hotlora_server.errors import HotloraError
 from hotlora_server.types import BlendSpec, Usage
+
+from support.tiny_server import ADAPTER_NAME, TINY_NAME, chat_request, collect, running_engine, tiny_settings
 
 
 def test_the_pool_stacks_blends_after_plain_adapters(

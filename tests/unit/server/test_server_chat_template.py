@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TINY_NAME, running_engine, tiny_settings
 
 from hotlora_adapters import AdapterStore, ChatTemplateError, resolve_chat_template
 from hotlora_adapters.chat_templates import CHATML
 from hotlora_server.engine.loader import ModelLoadError, load_model
 from hotlora_server.engine.prompts import chat_prompt_text
 from hotlora_server.errors import InvalidRequestError
+
+from support.tiny_server import TINY_NAME, running_engine, tiny_settings
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

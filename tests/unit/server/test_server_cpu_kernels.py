@@ -12,10 +12,11 @@ from pathlib import Path
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
-from conftest import needs_compiler
 
 from hotlora_server.engine.cpu import kernels
 from hotlora_server.engine.cpu.kernels import CpuKernels, decode_items
+
+from support.tiny_server import needs_compiler
 
 NONE = (0, 0)
 # row slices of a 20-row call: single rows, tile edges (4 and 6 rows) and the 4-bit kernel's switch to
@@ -205,6 +206,87 @@ def test_rows_of_one_adapter_go_in_pairs() -> None:
 
 
 # -- the library ---------------------------------------------------------------------------------------
+
+
+# -- attention: softmax(q k^T) v per row, head and query --------------------------------------------
+
+
+def _attention_inputs(
+    rows: int, heads: int, kv_heads: int, q_len: int, keys: int, dim: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random q, k, v and a causal mask in which row 0 is left-padded by 3 positions."""
+    gen = _gen(seed)
+    q = torch.randn(rows, heads, q_len, dim, generator=gen)
+    k, v = (torch.randn(rows, kv_heads, keys, dim, generator=gen) for _ in range(2))
+    mask = (
+        torch.ones(keys, keys, dtype=torch.bool).tril()[keys - q_len :].expand(rows, 1, q_len, keys).clone()
+    )
+    mask[0, ..., :3] = False
+    return q, k, v, mask
+
+
+def _attention_float64(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
+    group = q.shape[1] // k.shape[1]
+    k, v = (t.double().repeat_interleave(group, 1) for t in (k, v))
+    scores = q.double() @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1).nan_to_num(0.0)
+    return (probs @ v).transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "q_len", "keys", "dim", "softcap"),
+    [(9, 3, 1, 40, 64, None), (4, 2, 7, 10, 16, None), (4, 4, 5, 12, 20, 30.0), (2, 1, 1, 3, 5, None)],
+    ids=["decode-gqa", "prefill", "softcap-tails", "tiny"],
+)
+def test_attention_matches_float64_and_gives_each_row_its_bits_alone(
+    cpu_kernels: CpuKernels,
+    threads: int,
+    heads: int,
+    kv_heads: int,
+    q_len: int,
+    keys: int,
+    dim: int,
+    softcap: float | None,
+) -> None:
+    """A left-padded row gets, bit for bit, what it gets alone without the padding; padding queries get zeros."""
+    q, k, v, mask = _attention_inputs(3, heads, kv_heads, q_len, keys, dim, seed=20)
+    scale = dim**-0.5
+    together = cpu_kernels.attention(q, k, v, mask, scale, softcap)
+    torch.testing.assert_close(
+        together.double(), _attention_float64(q, k, v, mask, softcap), rtol=1e-5, atol=1e-5
+    )
+    alone = cpu_kernels.attention(q[:1], k[:1, :, 3:], v[:1, :, 3:], mask[:1, ..., 3:], scale, softcap)
+    rows_alone = [
+        cpu_kernels.attention(q[r : r + 1], k[r : r + 1], v[r : r + 1], None, scale, softcap) for r in (1, 2)
+    ]
+    if keys - q_len < 3:  # the padded row's first queries see nothing: zeros, and no such query alone
+        assert torch.equal(
+            together[0, : 3 - (keys - q_len)], torch.zeros_like(together[0, : 3 - (keys - q_len)])
+        )
+        assert torch.equal(alone[:, 3 - (keys - q_len) :], together[:1, 3 - (keys - q_len) :])
+    else:
+        assert torch.equal(alone, together[:1])
+    assert all(torch.equal(got, together[r : r + 1]) for r, got in zip((1, 2), rows_alone, strict=True))
+
+
+def test_attention_refuses_what_it_cannot_read(cpu_kernels: CpuKernels) -> None:
+    q, k, v, mask = _attention_inputs(2, 4, 2, 1, 6, 8, seed=21)
+    bad = [
+        ((q.double(), k, v, mask), "float32 only"),
+        ((q, k[:, :, :5], v, mask), "do not fit"),
+        ((q[:, :3], k, v, mask), "do not share"),
+        ((q, k.transpose(-1, -2), v.transpose(-1, -2), mask), "do not fit"),
+        ((q, k, v, mask.int()), "mask: expected bool"),
+        ((torch.randn(2, 4, 7, 8), k, v, None), "causal: 7 queries over 6 keys"),
+        ((q, k, torch.randn(2, 2, 8, 6).transpose(-1, -2), mask), "contiguous"),
+    ]
+    for args, message in bad:
+        with pytest.raises(ValueError, match=message):
+            cpu_kernels.attention(*args, scale=0.5)
 
 
 def test_the_library_is_compiled_once_and_then_reused(

@@ -7,11 +7,12 @@ from copy import deepcopy
 from pathlib import Path
 
 import torch
-from conftest import tiny_settings
 
 from hotlora_server.engine.cpu import linear
 from hotlora_server.engine.cpu.kernels import CpuKernels
 from hotlora_server.engine.loader import load_model
+
+from support.tiny_server import tiny_settings
 
 
 class _Tied(torch.nn.Module):

@@ -10,7 +10,6 @@ from typing import Any
 import bitsandbytes as bnb
 import pytest
 import torch
-from conftest import needs_compiler, tiny_settings
 from transformers import DynamicCache
 
 from hotlora_server.engine import attention
@@ -20,6 +19,8 @@ from hotlora_server.engine.cpu.linear import FixedOrderLinear
 from hotlora_server.engine.cpu.linear4 import FixedOrder4bit
 from hotlora_server.engine.generate import decode_one_token, prefill
 from hotlora_server.engine.loader import ModelLoadError, batch_invariance, load_model
+
+from support.tiny_server import needs_compiler, tiny_settings
 
 
 def _fused_here(model: torch.nn.Module) -> bool:
@@ -117,14 +118,15 @@ def test_batch_invariant_on_a_device_that_cannot_hold_it_names_why() -> None:
 def test_the_fixed_order_4bit_path_is_close_to_bitsandbytes_and_batch_invariant(
     tiny_dir: Path, tmp_path: Path
 ) -> None:
-    """On the whole tiny model (4-bit layers, fixed-order logits, float64 attention): prompts prefilled
+    """On the whole tiny model (4-bit layers, fixed-order logits and attention): prompts prefilled
     together leave each row the logits and KV cache it gets alone, decode steps likewise; and the
     numbers are bitsandbytes' own within float32 rounding."""
     needs_compiler()
     reference = _load(tiny_dir, tmp_path, cpu_4bit="bitsandbytes", cpu_kernels=False).model
-    model = _load(tiny_dir, tmp_path, cpu_4bit="hotlora").model
+    loaded = _load(tiny_dir, tmp_path, cpu_4bit="hotlora")
+    model = loaded.model
     for m in (reference, model):
-        use_batch_invariant_attention(m)
+        use_batch_invariant_attention(m, loaded.kernels)
     prompts = torch.randint(0, 1000, (9, 13), generator=torch.Generator().manual_seed(1))
     cache = DynamicCache(config=model.config)
     logits = prefill(model, prompts, cache)

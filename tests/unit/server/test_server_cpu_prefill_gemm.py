@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import bitsandbytes as bnb
 import pytest
 import torch
-from conftest import tiny_settings
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from hotlora_adapters.runtime.base_model import quantization_config
@@ -16,6 +16,8 @@ from hotlora_server.engine.cpu import prefill_gemm
 from hotlora_server.engine.cpu.bnb import PackedDecode
 from hotlora_server.engine.generate import prefill
 from hotlora_server.engine.loader import load_model
+
+from support.tiny_server import tiny_settings
 
 
 def test_a_rows_tiled_result_does_not_depend_on_the_other_rows() -> None:
@@ -30,7 +32,7 @@ def test_a_rows_tiled_result_does_not_depend_on_the_other_rows() -> None:
     torch.testing.assert_close(together.float(), (rows.float() @ weight.float().T), rtol=2e-2, atol=2e-2)
 
 
-def tiny_4bit(tiny_dir: Path, cache_bytes: int) -> tuple[torch.nn.Module, int]:
+def tiny_4bit(tiny_dir: Path, cache_bytes: int, kernels: Any) -> tuple[torch.nn.Module, int]:
     """A 4-bit tiny llama with the prefill path installed, and how many of its layers cache their weight."""
     model = AutoModelForCausalLM.from_pretrained(
         tiny_dir, quantization_config=quantization_config("nf4", torch.float32)
@@ -38,7 +40,7 @@ def tiny_4bit(tiny_dir: Path, cache_bytes: int) -> tuple[torch.nn.Module, int]:
     installed, cached = prefill_gemm.install(model.eval(), cache_bytes)
     if not installed:
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes runs its generic path, no prefill path")
-    use_batch_invariant_attention(model)
+    use_batch_invariant_attention(model, kernels)
     return model, cached
 
 
@@ -51,8 +53,10 @@ def run_prefill(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor
 
 @pytest.mark.parametrize("cache_bytes", [0, 2**30], ids=["dequantizing", "cached"])
 @torch.inference_mode()
-def test_prefill_is_batch_invariant_and_close_to_the_4bit_kernel(tiny_dir: Path, cache_bytes: int) -> None:
-    model, _ = tiny_4bit(tiny_dir, cache_bytes)
+def test_prefill_is_batch_invariant_and_close_to_the_4bit_kernel(
+    tiny_dir: Path, cache_bytes: int, cpu_kernels: Any
+) -> None:
+    model, _ = tiny_4bit(tiny_dir, cache_bytes, cpu_kernels)
     gen = torch.Generator().manual_seed(1)
     prompts = torch.randint(0, 1000, (5, 13), generator=gen)
     logits, kv = run_prefill(model, prompts)
@@ -65,16 +69,18 @@ def test_prefill_is_batch_invariant_and_close_to_the_4bit_kernel(tiny_dir: Path,
 
 
 @torch.inference_mode()
-def test_cached_weights_prefill_the_same_bits_and_only_within_the_budget(tiny_dir: Path) -> None:
-    dequantizing, none = tiny_4bit(tiny_dir, 0)
+def test_cached_weights_prefill_the_same_bits_and_only_within_the_budget(
+    tiny_dir: Path, cpu_kernels: Any
+) -> None:
+    dequantizing, none = tiny_4bit(tiny_dir, 0, cpu_kernels)
     layers = [m for m in dequantizing.modules() if isinstance(m, bnb.nn.Linear4bit)]
     first_two = sum(m.in_features * m.out_features * 2 for m in layers[:2])
-    cached, two = tiny_4bit(tiny_dir, first_two + 1)
+    cached, two = tiny_4bit(tiny_dir, first_two + 1, cpu_kernels)
     assert (none, two) == (0, 2)
     paths = [m.forward.__self__ for m in cached.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert [p.cached is not None for p in paths] == [True, True] + [False] * (len(paths) - 2)
     assert paths[0].data is None and paths[2].data is not None  # a cached layer keeps no second 4-bit copy
-    everything, count = tiny_4bit(tiny_dir, 2**30)
+    everything, count = tiny_4bit(tiny_dir, 2**30, cpu_kernels)
     assert count == len(layers)
     ids = torch.randint(0, 1000, (3, 70), generator=torch.Generator().manual_seed(2))  # two tiles
     reference = run_prefill(dequantizing, ids)
@@ -107,9 +113,9 @@ def test_the_server_installs_the_prefill_path_unless_told_not_to(
 
 
 def test_warm_up_runs_the_prefill_path_and_leaves_the_weights_unpacked(
-    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, cpu_kernels: Any
 ) -> None:
-    model, _ = tiny_4bit(tiny_dir, 2**30)
+    model, _ = tiny_4bit(tiny_dir, 2**30, cpu_kernels)
     calls: list[int] = []
     tiled = prefill_gemm.tiled
     monkeypatch.setattr(

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+
+from support.tiny_server import (
     ADAPTER_NAME,
     TINY_NAME,
     chat_request,
@@ -24,21 +25,37 @@ from conftest import (
 
 
 @pytest.fixture(scope="module")
-def dora_engine(
-    tiny_dir: Path, real_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
+def dora_store(real_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("store")
     save_tiny_adapter(store / ADAPTER_NAME, real_tokenizer, seed=1, r=4, target_modules="all-linear")
     save_tiny_adapter(store / "dora", real_tokenizer, seed=3, r=4, target_modules=["q_proj"], use_dora=True)
-    with running_engine(tiny_settings(tiny_dir, tmp_path_factory.mktemp("home"), store)) as engine:
+    return store
+
+
+@pytest.fixture(scope="module")
+def dora_engine(tiny_dir: Path, dora_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with running_engine(tiny_settings(tiny_dir, tmp_path_factory.mktemp("home"), dora_store)) as engine:
         yield engine
 
 
-def test_a_dora_adapter_is_served_alone_and_between_others(dora_engine: Any) -> None:
-    def text(model: str) -> str:
-        texts, usage = asyncio.run(collect(dora_engine, chat_request(model, "Hello there")))
-        assert usage.completion_tokens > 0
-        return texts[0]
+def _text(engine: Any, model: str) -> str:
+    texts, usage = asyncio.run(collect(engine, chat_request(model, "Hello there")))
+    assert usage.completion_tokens > 0
+    return texts[0]
 
-    first = text("dora")
-    assert [text(m) for m in (ADAPTER_NAME, "dora", TINY_NAME, "dora")][1::2] == [first, first]
+
+def test_a_dora_adapter_is_served_alone_and_between_others(dora_engine: Any) -> None:
+    first = _text(dora_engine, "dora")
+    assert [_text(dora_engine, m) for m in (ADAPTER_NAME, "dora", TINY_NAME, "dora")][1::2] == [first, first]
+
+
+def test_merge_policy_always_serves_a_dora_adapter_and_the_rest_after_it(
+    dora_engine: Any, tiny_dir: Path, dora_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """PEFT cannot route rows of a DoRA adapter by `adapter_names`, which the merge's probe does: the
+    adapter is served unmerged, and the requests after it are not hurt."""
+    expected = {m: _text(dora_engine, m) for m in ("dora", TINY_NAME, ADAPTER_NAME)}
+    settings = tiny_settings(tiny_dir, tmp_path_factory.mktemp("home"), dora_store, merge_policy="always")
+    with running_engine(settings) as engine:
+        got = {m: _text(engine, m) for m in ("dora", TINY_NAME, ADAPTER_NAME, "dora")}
+        assert got == expected

@@ -21,9 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ADAPTER_NAME, TINY_NAME, live_app, running_engine, tiny_settings
 
 from hotlora_adapters import AdapterStore
+
+from support.tiny_server import ADAPTER_NAME, TINY_NAME, live_app, running_engine, tiny_settings
 
 CHAT = "/v1/chat/completions"
 JSON = {"content-type": "application/json"}

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ADAPTER_NAME, API_KEY, running_engine, tiny_settings
 from pydantic import ValidationError
 
-from hotlora_server import cli
+from hotlora_cli.main import build_parser, main
+from hotlora_cli.serve import serve_settings
 from hotlora_server.api.hosts import host_allowed, host_name
 from hotlora_server.settings import Settings
+
+from support.tiny_server import ADAPTER_NAME, API_KEY, running_engine, tiny_settings
 
 REBOUND = "evil.example:8000"  # a name a web page controls, pointed at 127.0.0.1
 LOCAL_HOSTS = [
@@ -39,7 +41,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def serve(*argv: str) -> Settings:
     """What `hotlora serve ARGV` would run with (nothing is started)."""
-    return cli.serve_settings(cli.build_parser().parse_args(["serve", *argv]))
+    return serve_settings(build_parser().parse_args(["serve", *argv]))
 
 
 # -- the API key ---------------------------------------------------------------------------------------
@@ -55,7 +57,7 @@ def test_an_empty_api_key_is_refused_from_the_flag_and_the_environment(tmp_path:
 
 def test_the_command_line_says_why_an_empty_key_is_refused(env: None) -> None:
     with pytest.raises(SystemExit) as exc:
-        cli.main(["serve", "--api-key", ""])  # what `--api-key "$KEY"` becomes with KEY unset
+        main(["serve", "--api-key", ""])  # what `--api-key "$KEY"` becomes with KEY unset
     message = str(exc.value.code)
     assert (
         message.startswith("hotlora: invalid settings: api_key: an empty API key")
@@ -103,7 +105,7 @@ def test_fetch_is_not_refused_for_a_keyless_exposed_host(
     monkeypatch.setenv("HOTLORA_HOST", "0.0.0.0")  # fetch listens nowhere
     empty = tmp_path / "not-a-model"
     empty.mkdir()
-    assert cli.main(["fetch", "--model", str(empty)]) == 1
+    assert main(["fetch", "--model", str(empty)]) == 1
     assert "config.json" in capsys.readouterr().err
 
 

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import TINY_NAME
+
+from support.tiny_server import TINY_NAME
 
 CHAT = "/v1/chat/completions"
 JSON = {"content-type": "application/json"}

@@ -275,7 +275,7 @@ class _Zeros(torch.nn.Module):
 
 @torch.inference_mode()
 def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(
-    peft_model: PeftModel, kernel_stack: LoraStack
+    peft_model: PeftModel, kernel_stack: LoraStack, cpu_kernels: CpuKernels
 ) -> None:
     """What batch invariance rests on: the stacked deltas (also when other rows bring other blocks) and
     the attention give a row the same bits."""
@@ -306,9 +306,9 @@ def test_decode_rows_are_bit_identical_alone_and_in_a_mixed_batch(
     keys_, values = torch.randn(3, 2, 9, 16, generator=gen), torch.randn(3, 2, 9, 16, generator=gen)
     mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
     mask[1, ..., :4] = False  # row 1 is left-padded by 4
-    out, _ = batch_invariant_attention(module, query, keys_, values, mask, scaling=0.25)
+    out, _ = batch_invariant_attention(module, query, keys_, values, mask, scaling=0.25, kernels=cpu_kernels)
     alone, _ = batch_invariant_attention(
-        module, query[1:2], keys_[1:2, :, 4:], values[1:2, :, 4:], None, scaling=0.25
+        module, query[1:2], keys_[1:2, :, 4:], values[1:2, :, 4:], None, scaling=0.25, kernels=cpu_kernels
     )
     assert torch.equal(out[1:2], alone)
 

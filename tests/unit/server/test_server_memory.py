@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import (
+
+from hotlora_server.engine.kv_budget import KvBudget
+from hotlora_server.engine.scheduler import Scheduler
+from hotlora_server.errors import InvalidRequestError
+from hotlora_server.types import BlendSpec, GenerationRequest
+
+from support.tiny_server import (
     ADAPTER_NAME,
     TINY_CONTEXT,
     TINY_NAME,
@@ -23,11 +29,6 @@ from conftest import (
     running_engine,
     tiny_settings,
 )
-
-from hotlora_server.engine.kv_budget import KvBudget
-from hotlora_server.engine.scheduler import Scheduler
-from hotlora_server.errors import InvalidRequestError
-from hotlora_server.types import BlendSpec, GenerationRequest
 
 SOURCES = ("a", "b", "c", "d")
 

@@ -7,9 +7,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from conftest import ADAPTER_NAME, TINY_NAME, chat_request, collect, running_engine, tiny_settings
-
 from hotlora_server.engine.merge_policy import AUTO_MERGE_AFTER
+
+from support.tiny_server import ADAPTER_NAME, TINY_NAME, chat_request, collect, running_engine, tiny_settings
 
 
 def _answer(engine: Any, model: str, max_tokens: int = 12) -> str:

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import chat_request, collect, running_engine, tiny_settings
 
 from hotlora_server.engine.attention import use_batch_invariant_attention
 from hotlora_server.types import BlendSpec
+
+from support.tiny_server import chat_request, collect, running_engine, tiny_settings
 
 FAMILIES: dict[str, dict[str, Any]] = {
     "llama": {},
@@ -83,14 +84,14 @@ def family(request: pytest.FixtureRequest) -> str:
 
 
 @torch.inference_mode()
-def test_batch_invariant_attention_matches_eager(family: str, real_tokenizer: Any) -> None:
+def test_batch_invariant_attention_matches_eager(family: str, real_tokenizer: Any, cpu_kernels: Any) -> None:
     model = tiny_model(family, real_tokenizer)
     ids = torch.randint(0, 1000, (2, 20), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, :5] = 0  # row 1 left-padded
     model.set_attn_implementation("eager")
     expected = model(input_ids=ids, attention_mask=mask).logits
-    use_batch_invariant_attention(model)
+    use_batch_invariant_attention(model, cpu_kernels)
     got = model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(got[0], expected[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got[1, 5:], expected[1, 5:], rtol=1e-4, atol=1e-4)

@@ -7,8 +7,9 @@ import logging
 from typing import Any
 
 import pytest
-from conftest import API_KEY, TINY_NAME
 from prometheus_client.parser import text_string_to_metric_families
+
+from support.tiny_server import API_KEY, TINY_NAME
 
 CHAT = {
     "model": TINY_NAME,

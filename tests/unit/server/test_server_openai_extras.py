@@ -13,7 +13,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import (
+
+from support.tiny_server import (
     ADAPTER_NAME,
     API_KEY,
     TINY_CONTEXT,
@@ -237,7 +238,7 @@ def test_tokenize_options_and_adapters(client: Any, real_tokenizer: Any) -> None
         ("/detokenize", {"model": "no-such-model", "tokens": [1]}, 404, "model"),
         ("/tokenize", {"prompt": "x", "messages": MESSAGES}, 400, None),
         ("/tokenize", {"model": TINY_NAME}, 400, None),
-        ("/tokenize", {"prompt": "x", "tools": [{"type": "function"}]}, 400, None),
+        ("/tokenize", {"prompt": "x", "tools": [{"type": "function"}]}, 400, "tools"),
         ("/tokenize", {"prompt": 7}, 400, "prompt"),
         ("/tokenize", {"prompt": "word " * 600}, 400, "prompt"),  # beyond the context (256 tokens)
         ("/tokenize", {"prompt": "word " * 100_000}, 400, "prompt"),  # refused by its characters

@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ADAPTER_NAME, TINY_NAME, _tiny_llama, running_engine, tiny_settings
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from hotlora_adapters import inspect_adapter
 from hotlora_server.engine.adapter_pool import BASE
 from hotlora_server.engine.loader import base_spec
+
+from support.tiny_server import ADAPTER_NAME, TINY_NAME, running_engine, tiny_llama, tiny_settings
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RECIPES: dict[str, dict[str, Any]] = {
@@ -67,11 +68,11 @@ def test_the_layers_peft_would_build_from_the_file(recipe: str, real_tokenizer: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trained = get_peft_model(
-            _tiny_llama(vocab, real_tokenizer), LoraConfig(r=4, init_lora_weights=False, **RECIPES[recipe])
+            tiny_llama(vocab, real_tokenizer), LoraConfig(r=4, init_lora_weights=False, **RECIPES[recipe])
         )
         trained.save_pretrained(str(tmp_path))
-        reference = PeftModel.from_pretrained(_tiny_llama(vocab, real_tokenizer), str(tmp_path)).eval()
-    base = _tiny_llama(vocab, real_tokenizer)
+        reference = PeftModel.from_pretrained(tiny_llama(vocab, real_tokenizer), str(tmp_path)).eval()
+    base = tiny_llama(vocab, real_tokenizer)
     ours = load_adapter(base, base, inspect_adapter(tmp_path), base_spec(base), "a0")
     assert _lora_layers(ours, "a0") == _lora_layers(reference, "default")
     with torch.inference_mode():

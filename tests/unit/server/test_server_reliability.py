@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ADAPTER_NAME, TINY_NAME, live_app
 from test_server_observability import scrape
+
+from support.tiny_server import ADAPTER_NAME, TINY_NAME, live_app
 
 BOOM = "boom-request"
 

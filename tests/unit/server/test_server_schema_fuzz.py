@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 import schemathesis
-from conftest import ADAPTER_NAME, TINY_NAME, running_engine, tiny_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
+
+from support.tiny_server import ADAPTER_NAME, TINY_NAME, running_engine, tiny_settings
 
 MAX_EXAMPLES = 30
 MAX_BODY_BYTES = 64 * 1024
@@ -82,10 +83,12 @@ def _steer(case: Any) -> None:
         if "model" in fields:  # a generation request
             for name in ("adapters", "blend_method", "density", "stream_options", "max_completion_tokens"):
                 fields.pop(name, None)
-            tokens = fields.get("max_tokens")
-            fields["max_tokens"] = min(tokens, 8) if isinstance(tokens, int) else 8  # None: up to the context
-        if isinstance(fields.get("messages"), list):
-            fields["messages"] = fields["messages"][-2:]
+            limit = "max_output_tokens" if "input" in fields else "max_tokens"  # /v1/responses names it so
+            tokens = fields.get(limit)
+            fields[limit] = min(tokens, 8) if isinstance(tokens, int) else 8  # None: up to the context
+        for name in ("messages", "input"):
+            if isinstance(fields.get(name), list):
+                fields[name] = fields[name][-2:]
 
 
 # schemathesis' own `from_fixture` + `parametrize` fails on pytest 9 (it rewrites `node._nodeid`), so each
@@ -111,7 +114,7 @@ def test_schema_declares_openai_errors_and_no_422(client: Any) -> None:
                 "$ref": "#/components/schemas/ErrorResponse"
             }, (op["operationId"], status)
     assert "HTTPValidationError" not in doc["components"]["schemas"]
-    for path in ("/v1/chat/completions", "/v1/completions"):
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
         assert set(doc["paths"][path]["post"]["responses"]["200"]["content"]) == {
             "application/json",
             "text/event-stream",

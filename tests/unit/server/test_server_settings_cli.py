@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hotlora_server import cli
+from hotlora_cli.main import build_parser, main
+from hotlora_cli.settings_flags import settings_from
 from hotlora_server.settings import Settings
 
 
@@ -79,7 +80,7 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
 
 
 def test_parser_serve_flags() -> None:
-    args = cli.build_parser().parse_args(
+    args = build_parser().parse_args(
         [
             "serve",
             "--model",
@@ -116,7 +117,7 @@ def test_parsed_flags_become_settings(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
     monkeypatch.setenv("HOTLORA_PORT", "9999")
     monkeypatch.setenv("HOTLORA_HOST", "0.0.0.0")
-    args = cli.build_parser().parse_args(
+    args = build_parser().parse_args(
         [
             "serve",
             "--model",
@@ -148,7 +149,7 @@ def test_parsed_flags_become_settings(tmp_path: Path, monkeypatch: pytest.Monkey
             "--no-batch-invariant",
         ]
     )
-    settings = cli._settings(args)
+    settings = settings_from(args)
     assert settings.kv_cache_memory_bytes == 3 * 2**29
     assert settings.max_blend_rank == 64
     assert settings.cpu_kernels is False
@@ -177,20 +178,20 @@ def test_kv_cache_memory_bytes_reads_a_size_with_or_without_a_unit(
 
 
 def test_parser_fetch() -> None:
-    args = cli.build_parser().parse_args(["fetch", "--model", "m", "--quantize", "nf4"])
+    args = build_parser().parse_args(["fetch", "--model", "m", "--quantize", "nf4"])
     assert args.command == "fetch" and args.model == "m"
 
 
 def test_parser_rejects_bad_choices(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        cli.build_parser().parse_args(["serve", "--quantize", "q3"])
+        build_parser().parse_args(["serve", "--quantize", "q3"])
     assert exc.value.code == 2
     assert "--quantize" in capsys.readouterr().err
 
 
 def test_parser_requires_a_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        cli.build_parser().parse_args([])
+        build_parser().parse_args([])
 
 
 @pytest.mark.parametrize(
@@ -212,7 +213,7 @@ def test_invalid_env_exits_with_a_clear_message(
     monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
     monkeypatch.setenv(variable, value)
     with pytest.raises(SystemExit) as exc:
-        cli.main(["serve"])
+        main(["serve"])
     message = exc.value.code
     assert isinstance(message, str), "SystemExit must carry the message, not a status"
     assert message.startswith("hotlora: invalid settings")
@@ -225,7 +226,7 @@ def test_invalid_flag_value_exits_with_a_clear_message(
 ) -> None:
     monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
     with pytest.raises(SystemExit) as exc:
-        cli.main(["serve", "--max-n", "0"])
+        main(["serve", "--max-n", "0"])
     assert isinstance(exc.value.code, str) and "max_n" in exc.value.code
 
 
@@ -235,7 +236,7 @@ def test_fetch_reports_a_missing_model_folder(
     monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
     empty = tmp_path / "not-a-model"
     empty.mkdir()
-    assert cli.main(["fetch", "--model", str(empty)]) == 1
+    assert main(["fetch", "--model", str(empty)]) == 1
     assert "config.json" in capsys.readouterr().err
 
 
@@ -252,7 +253,7 @@ def test_cors_and_generation_config_defaults(tmp_path: Path) -> None:
 
 def test_cors_flags_take_lists_repeated_or_as_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
-    args = cli.build_parser().parse_args(
+    args = build_parser().parse_args(
         [
             "serve",
             "--allowed-origins",
@@ -267,7 +268,7 @@ def test_cors_flags_take_lists_repeated_or_as_json(tmp_path: Path, monkeypatch: 
             "Content-Type",
         ]
     )
-    settings = cli._settings(args)
+    settings = settings_from(args)
     assert settings.allowed_origins == ("https://app.example", "http://localhost:3000", "https://b.example")
     assert settings.allowed_methods == ("GET", "POST")
     assert settings.allowed_headers == ("Authorization", "Content-Type")
@@ -293,7 +294,7 @@ def test_invalid_cors_entries_are_refused(tmp_path: Path, field: str, value: str
 
 def test_generation_config_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
-    args = cli.build_parser().parse_args(
+    args = build_parser().parse_args(
         [
             "serve",
             "--generation-config",
@@ -302,7 +303,7 @@ def test_generation_config_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             '{"temperature": 0.5, "top_k": 40, "repetition_penalty": 1.1, "max_new_tokens": 64}',
         ]
     )
-    settings = cli._settings(args)
+    settings = settings_from(args)
     assert settings.generation_config == "vllm"
     assert settings.override_generation_config.given() == {
         "temperature": 0.5,
@@ -328,3 +329,14 @@ def test_generation_config_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_an_invalid_generation_config_override_is_refused(tmp_path: Path, value: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         Settings.build({"override_generation_config": value}, {"HOTLORA_HOME": str(tmp_path)})
+
+
+def test_tool_call_parser_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
+    assert Settings.build({}, {"HOTLORA_HOME": str(tmp_path)}).tool_call_parser == "hermes"
+    assert (
+        settings_from(build_parser().parse_args(["serve", "--tool-call-parser", "hermes"])).tool_call_parser
+        == "hermes"
+    )
+    with pytest.raises(SystemExit, match="tool_call_parser: no tool-call parser named 'mistral'.*hermes"):
+        settings_from(build_parser().parse_args(["serve", "--tool-call-parser", "mistral"]))

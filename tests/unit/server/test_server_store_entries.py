@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ADAPTER_NAME, TINY_NAME, running_engine, save_tiny_adapter, tiny_settings
+
+from support.tiny_server import ADAPTER_NAME, TINY_NAME, running_engine, save_tiny_adapter, tiny_settings
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 SAME_MTIME_NS = 1_700_000_000 * 10**9

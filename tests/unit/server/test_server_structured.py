@@ -16,8 +16,9 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 import torch
-from conftest import ADAPTER_NAME, TINY_NAME, chat_request, collect
 from pydantic import BaseModel, ConfigDict, Field
+
+from support.tiny_server import ADAPTER_NAME, TINY_NAME, chat_request, collect
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Describe a person as JSON."}]
@@ -259,3 +260,19 @@ def test_bad_schemas_are_400_naming_the_problem(
         "/v1/completions", json={"model": TINY_NAME, "prompt": "x", "response_format": response_format}
     )
     assert named in openai_error(completion, 400)["message"]
+
+
+def test_a_forced_call_s_unsupported_schema_names_the_tools(client: Any, openai_error: Any) -> None:
+    """The engine compiles a forced tool call's schema as it does `response_format`'s; its 400 says where
+    the schema came from."""
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "pick",
+            "parameters": {"type": "object", "properties": {"a": {"not": {"type": "string"}}}},
+        },
+    }
+    body = {"model": TINY_NAME, "messages": MESSAGES, "max_tokens": 8, "tools": [tool]}
+    for choice in ("required", {"type": "function", "function": {"name": "pick"}}):
+        error = openai_error(client.post(CHAT, json={**body, "tool_choice": choice}), 400)
+        assert error["param"] == "tools" and "not" in error["message"], error

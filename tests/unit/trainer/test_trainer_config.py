@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from trainer_helpers import chat_row, write_jsonl
 
 import hotlora_trainer.fit as fit_module
 import hotlora_trainer.preflight as preflight_module
 from hotlora_trainer import BaseModelError, ConfigError, DatasetError, MemoryEstimateError, TrainConfig, train
 from hotlora_trainer.cli import build_parser, config_from_args
+
+from support.trainer_data import chat_row, write_jsonl
 
 
 def test_cli_options_map_to_peft_and_trl_names() -> None:
@@ -133,9 +134,9 @@ def test_cli_reports_invalid_options_by_flag() -> None:
     assert "--batch-size" in result.stderr and "greater than or equal to 1" in result.stderr
 
 
-def test_hotlora_train_runs_the_trainer_in_its_own_process(tmp_path: Path) -> None:
+def test_hotlora_train_is_the_trainers_command(tmp_path: Path) -> None:
     hotlora = Path(sys.executable).parent / "hotlora"
-    cmd = [str(hotlora)] if hotlora.is_file() else [sys.executable, "-m", "hotlora_server.cli"]
+    cmd = [str(hotlora)] if hotlora.is_file() else [sys.executable, "-m", "hotlora_cli"]
     help_text = subprocess.run([*cmd, "train", "--help"], capture_output=True, text=True, timeout=120)
     assert help_text.returncode == 0 and "--lora-alpha" in help_text.stdout
     failed = subprocess.run(

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from trainer_helpers import chat_row, write_jsonl
 
 from hotlora_trainer import DatasetError
 from hotlora_trainer.data import load_jsonl
+
+from support.trainer_data import chat_row, write_jsonl
 
 
 def test_each_format_is_recognized(tmp_path: Path) -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainer_helpers import chat_row, write_jsonl
 
 from hotlora_adapters import AdapterStore
 from hotlora_trainer import TrainConfig, train
 from hotlora_trainer.piglatin import to_pig_latin
+
+from support.trainer_data import chat_row, write_jsonl
 
 SENTENCES = [
     "The birch canoe slid.",

@@ -20,22 +20,28 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeGuard
 
 import bitsandbytes as bnb
 import torch
 from bitsandbytes.cextension import lib
-from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse, get_ptr
+from bitsandbytes.functional import QuantState, _convert_weight_packed_for_cpu_inverse, get_ptr
 
 
-def _packed_states(model: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, object]]:
-    """Each packed weight once (a PEFT LoRA layer exposes its base layer's `weight` too)."""
+def _packed_states(model: torch.nn.Module) -> Iterator[tuple[bnb.nn.Params4bit, QuantState]]:
+    """Each packed weight and its state once (a PEFT LoRA layer exposes its base layer's `weight` too)."""
     seen: set[int] = set()
     for module in model.modules():
         weight = getattr(module, "weight", None)
         state = getattr(weight, "quant_state", None)
-        if state is not None and getattr(state, "packing_format_for_cpu", False) and id(weight) not in seen:
+        if (
+            isinstance(weight, bnb.nn.Params4bit)
+            and state is not None
+            and getattr(state, "packing_format_for_cpu", False)
+            and id(weight) not in seen
+        ):
             seen.add(id(weight))
-            yield module, state
+            yield weight, state
 
 
 @contextmanager
@@ -46,12 +52,12 @@ def packing_held(model: torch.nn.Module) -> Iterator[None]:
     """
     states = [state for _, state in _packed_states(model)]
     for state in states:
-        state.packing_format_for_cpu = False  # type: ignore[attr-defined]
+        state.packing_format_for_cpu = False  # type: ignore[attr-defined]  # bitsandbytes sets it outside the class
     try:
         yield
     finally:
         for state in states:
-            state.packing_format_for_cpu = True  # type: ignore[attr-defined]
+            state.packing_format_for_cpu = True  # type: ignore[attr-defined]  # as above
 
 
 def unpack_cpu_weights(model: torch.nn.Module) -> int:
@@ -60,9 +66,8 @@ def unpack_cpu_weights(model: torch.nn.Module) -> int:
     The next forward packs them again (about a second for SmolLM2 on 2 cores).
     """
     restored = 0
-    for module, state in list(_packed_states(model)):
-        weight = module.weight
-        nested = state.original_nested  # type: ignore[attr-defined]
+    for weight, state in list(_packed_states(model)):
+        nested = state.original_nested
         data, state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
         if not nested:  # the step bitsandbytes' inverse misses: absmax back to [blocks] in float32
             state.absmax = state.absmax.T.reshape(-1).to(torch.float32).contiguous()
@@ -71,7 +76,7 @@ def unpack_cpu_weights(model: torch.nn.Module) -> int:
     return restored
 
 
-def packs_on_cpu(module: torch.nn.Module) -> bool:
+def packs_on_cpu(module: torch.nn.Module) -> TypeGuard[bnb.nn.Linear4bit]:
     """Whether `module` is a 4-bit layer bitsandbytes will run (or runs) with its packed CPU kernel."""
     return (
         isinstance(module, bnb.nn.Linear4bit)
@@ -90,12 +95,12 @@ class PackedDecode:
     def __init__(self, module: bnb.nn.Linear4bit) -> None:
         self.module = module
         self.fallback: Callable[[torch.Tensor], torch.Tensor] = module.forward
-        quant_type = module.weight.quant_state.quant_type  # type: ignore[attr-defined]
+        quant_type = module.weight.quant_state.quant_type  # type: ignore[attr-defined]  # Params4bit sets it in __new__
         self.kernel = getattr(lib, f"gemv_4bit_inference_cpu_{quant_type}_bf16")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.module.weight
-        state = weight.quant_state  # type: ignore[attr-defined]
+        state = weight.quant_state  # type: ignore[attr-defined]  # as above
         if not getattr(state, "packing_format_for_cpu", False):
             return self.fallback(x)  # bitsandbytes packs the weight now (or its layout is not ours)
         rows_in = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
@@ -123,5 +128,5 @@ def install_packed_decode(model: torch.nn.Module) -> int:
     """Give every layer of `model` that `packs_on_cpu` the direct kernel call; return how many."""
     layers = [module for module in model.modules() if packs_on_cpu(module)]
     for module in layers:
-        module.forward = PackedDecode(module)  # type: ignore[method-assign]
+        module.forward = PackedDecode(module)  # type: ignore[method-assign]  # replaced on purpose
     return len(layers)

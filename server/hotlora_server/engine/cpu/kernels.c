@@ -10,7 +10,9 @@
  *   hotlora_gemm_q4_prefill  the same for a prefill's many rows, in panels
  *   hotlora_gemm_nn   y (+)= x @ w, w [K, N] float32 (a prefill's LoRA deltas on the stacked blocks)
  *   hotlora_lora_decode  a decode step's LoRA deltas, each row through its own adapter's columns only
+ *   hotlora_attention  softmax(q k^T) v per row, head and query, over the keys its mask allows
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -495,4 +497,78 @@ int32_t hotlora_lora_decode(const float *x, int64_t x_stride, int64_t in_feature
         expand(b_t + start * out_features, out_features, rank, (const float *const[]){h[0], h[1]}, n, outs);
     }
     return 0;
+}
+
+/* ---- Attention, one (row, head, query position) at a time: its scores q . k_j (as in gemm_nt: lanes,
+ * then the tail), scaled and optionally soft-capped, over the keys its mask allows, in key order; the
+ * softmax's maximum and sum, and the weighted sum of values, in key order too. Masked keys are skipped,
+ * not weighted by zero, so a left-padded row runs the very operations it runs alone. A query that may
+ * attend to nothing (a padding position) gets zeros. Strides are in floats (bytes for the mask); the
+ * last dimension of every tensor is contiguous. ---- */
+
+static inline float dot(const float *a, const float *b, int64_t n)
+{
+    vf acc = vzero();
+    int64_t d = 0;
+    for (; d + LANES <= n; d += LANES) acc = vfma(vload(a + d), vload(b + d), acc);
+    float s = hsum(acc);
+    for (; d < n; d++) s = __builtin_fmaf(a[d], b[d], s);
+    return s;
+}
+
+int32_t hotlora_attention(const float *q, int64_t q_row, int64_t q_head, int64_t q_pos, const float *k,
+                          int64_t k_row, int64_t k_head, int64_t k_pos, const float *v, int64_t v_row,
+                          int64_t v_head, int64_t v_pos, const uint8_t *mask, int64_t m_row, int64_t m_pos,
+                          float *out, int64_t o_row, int64_t o_pos, int64_t o_head, int64_t rows, int64_t heads,
+                          int64_t kv_heads, int64_t q_len, int64_t keys, int64_t dim, float scale, float softcap,
+                          int32_t threads)
+{
+    const int64_t group = heads / kv_heads, tasks = rows * heads * q_len;
+    int32_t failed = 0;
+#pragma omp parallel num_threads(threads) if (tasks > 1)
+    {
+        float *scores = malloc((size_t)(keys > 0 ? keys : 1) * sizeof(float));
+        float *acc = malloc((size_t)(dim > 0 ? dim : 1) * sizeof(float));
+        if (!scores || !acc) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < tasks; task++) {
+            if (!scores || !acc) continue;
+            const int64_t r = task / (heads * q_len), h = task / q_len % heads, i = task % q_len;
+            const float *qv = q + r * q_row + h * q_head + i * q_pos;
+            const float *kb = k + r * k_row + (h / group) * k_head, *vb = v + r * v_row + (h / group) * v_head;
+            const uint8_t *allowed = mask ? mask + r * m_row + i * m_pos : NULL;
+            const int64_t causal_stop = keys - q_len + i + 1; /* without a mask: keys up to this query */
+            float *o = out + r * o_row + i * o_pos + h * o_head;
+            float top = 0.0f;
+            int any = 0;
+            for (int64_t j = 0; j < keys; j++) {
+                if (allowed ? !allowed[j] : j >= causal_stop) continue;
+                float s = dot(qv, kb + j * k_pos, dim) * scale;
+                if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+                scores[j] = s;
+                if (!any || s > top) top = s;
+                any = 1;
+            }
+            for (int64_t d = 0; d < dim; d++) acc[d] = 0.0f;
+            float total = 0.0f;
+            for (int64_t j = 0; any && j < keys; j++) {
+                if (allowed ? !allowed[j] : j >= causal_stop) continue;
+                const float p = expf(scores[j] - top);
+                total += p;
+                const float *vj = vb + j * v_pos;
+                const vf pv = vsplat(p);
+                int64_t d = 0;
+                for (; d + LANES <= dim; d += LANES) vstore(acc + d, vfma(pv, vload(vj + d), vload(acc + d)));
+                for (; d < dim; d++) acc[d] = __builtin_fmaf(p, vj[d], acc[d]);
+            }
+            const float inv = any ? 1.0f / total : 0.0f;
+            for (int64_t d = 0; d < dim; d++) o[d] = acc[d] * inv;
+        }
+        free(scores);
+        free(acc);
+    }
+    return failed ? -1 : 0;
 }

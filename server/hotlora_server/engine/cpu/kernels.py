@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
+LIBS = ("-lm",)  # after the source: linkers that drop unused libraries read them in order
 _I64, _I32, _PTR = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
 
 
@@ -89,6 +90,10 @@ class CpuKernels:
         self._decode = library.hotlora_lora_decode
         self._decode.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _I64, _I64, _PTR, _I64, _I64, _PTR, _I32, _I32]
         self._decode.restype = _I32
+        self._attention = library.hotlora_attention
+        self._attention.argtypes = [*(_PTR, _I64, _I64, _I64) * 3, _PTR, _I64, _I64, _PTR, _I64, _I64, _I64]
+        self._attention.argtypes += [_I64] * 6 + [ctypes.c_float, ctypes.c_float, _I32]
+        self._attention.restype = _I32
 
     def gemm_nt(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """`x @ w.T` for float32 `x` `[M, K]` and `w` `[N, K]`: the output layer's logits."""
@@ -246,6 +251,63 @@ class CpuKernels:
         ):
             raise ValueError("lora_decode: an item names columns outside the block or rows outside the batch")
 
+    def attention(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        scale: float,
+        softcap: float | None = None,
+    ) -> torch.Tensor:
+        """Attention in transformers' layout: float32 `query` `[rows, heads, q, dim]`, `key` and `value`
+        `[rows, kv_heads, keys, dim]` (any strides, `dim` contiguous), `mask` bool `[rows, 1, q, keys]`
+        (True: may attend; keys contiguous) or None for causal over the last `q` keys; returns
+        `[rows, q, heads, dim]`. `softcap` caps scores as `softcap * tanh(s / softcap)` (Gemma 2)."""
+        _check(query.dtype == key.dtype == value.dtype == torch.float32, "attention takes float32 only")
+        _check(query.dim() == key.dim() == value.dim() == 4, "query, key and value: 4-d")
+        rows, heads, q_len, dim = query.shape
+        kv_heads, keys = key.shape[1], key.shape[2]
+        _check(
+            tuple(key.shape) == tuple(value.shape) == (rows, kv_heads, keys, dim),
+            f"key {tuple(key.shape)} and value {tuple(value.shape)} do not fit query {tuple(query.shape)}",
+        )
+        _check(kv_heads > 0 and heads % kv_heads == 0, f"{heads} heads do not share {kv_heads} kv heads")
+        _check(all(t.stride(-1) == 1 for t in (query, key, value)), "the last dimension must be contiguous")
+        _check(
+            all(t.device.type == "cpu" for t in (query, key, value)), "attention's tensors must be on the CPU"
+        )
+        mask_args: tuple[int, int, int] = (0, 0, 0)
+        _check(mask is not None or q_len <= keys, f"causal: {q_len} queries over {keys} keys")
+        if mask is not None:
+            _check(
+                mask.dtype == torch.bool and tuple(mask.shape) == (rows, 1, q_len, keys),
+                f"mask: expected bool {(rows, 1, q_len, keys)}",
+            )
+            mask = mask if mask.stride(-1) == 1 else mask.contiguous()
+            mask_args = (mask.data_ptr(), mask.stride(0), mask.stride(2))
+        out = torch.empty(rows, q_len, heads, dim, dtype=torch.float32)
+        strides = [(t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)) for t in (query, key, value)]
+        if out.numel() and self._attention(
+            *[a for s in strides for a in s],
+            *mask_args,
+            out.data_ptr(),
+            out.stride(0),
+            out.stride(1),
+            out.stride(2),
+            rows,
+            heads,
+            kv_heads,
+            q_len,
+            keys,
+            dim,
+            scale,
+            softcap or 0.0,
+            torch.get_num_threads(),
+        ):
+            raise MemoryError("the attention kernel could not allocate its buffers")
+        return out
+
 
 class Q4Weight:
     """A 4-bit weight `CpuKernels.q4_weight` checked: it keeps the tensors alive while its pointers are used."""
@@ -293,7 +355,7 @@ def build(cache_dir: Path) -> CpuKernels | None:
     if not _private_folder(cache_dir):
         return None
     digest = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), *FLAGS, cc, _cpu_identity()]).encode()
+        "\0".join([SOURCE.read_text(), *FLAGS, *LIBS, cc, _cpu_identity()]).encode()
     ).hexdigest()[:16]
     target = cache_dir / f"kernels-{digest}.so"
     for _ in range(2):  # a cached library that does not load (truncated, foreign) is built again once
@@ -354,7 +416,7 @@ def _compile(compiler: str, target: Path) -> bool:
     os.close(fd)
     try:
         done = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+            [compiler, *FLAGS, str(SOURCE), "-o", tmp, *LIBS], capture_output=True, text=True, timeout=300
         )
         if done.returncode == 0:
             os.chmod(tmp, PRIVATE_FILE_MODE)  # the linker made it 0777 less the umask

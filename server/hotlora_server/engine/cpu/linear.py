@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -32,19 +32,19 @@ class FixedOrderLinear:
         module = copy.deepcopy(self.module, memo)
         return type(module).forward.__get__(module)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled():
-            return torch.nn.functional.linear(x, self.module.weight, self.module.bias)
-        rows = x.reshape(-1, x.shape[-1]).to(torch.float32)
+    def __call__(self, input: torch.Tensor) -> torch.Tensor:  # `input`: it stands in for Linear.forward
+        if input.requires_grad and torch.is_grad_enabled():
+            return torch.nn.functional.linear(input, self.module.weight, self.module.bias)
+        rows = input.reshape(-1, input.shape[-1]).to(torch.float32)
         if rows.stride(-1) != 1:
             rows = rows.contiguous()
         out = self.kernels.gemm_nt(rows, self.module.weight)
         if self.module.bias is not None:
             out = out + self.module.bias
-        return out.to(x.dtype).view(*x.shape[:-1], -1)
+        return out.to(input.dtype).view(*input.shape[:-1], -1)
 
 
-def _takes(module: torch.nn.Module) -> bool:
+def _takes(module: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
     weight = getattr(module, "weight", None)
     return (
         type(module) is torch.nn.Linear
@@ -57,10 +57,10 @@ def _takes(module: torch.nn.Module) -> bool:
 
 def install_output(model: torch.nn.Module, kernels: CpuKernels) -> bool:
     """Route `model`'s output layer through `FixedOrderLinear`; False where it does not apply."""
-    head = model.get_output_embeddings()  # type: ignore[operator]
+    head = model.get_output_embeddings()  # type: ignore[operator]  # a transformers model's method
     if not _takes(head):
         return False
-    head.forward = FixedOrderLinear(head, kernels)  # type: ignore[method-assign]
+    head.forward = FixedOrderLinear(head, kernels)  # type: ignore[method-assign]  # replaced on purpose
     return True
 
 
@@ -68,5 +68,5 @@ def install_all(model: torch.nn.Module, kernels: CpuKernels) -> int:
     """Route every float32 `Linear` layer of `model` through `FixedOrderLinear`; return how many."""
     layers = [m for m in model.modules() if _takes(m)]
     for module in layers:
-        module.forward = FixedOrderLinear(module, kernels)  # type: ignore[method-assign]
+        module.forward = FixedOrderLinear(module, kernels)  # type: ignore[method-assign]  # as above
     return len(layers)

@@ -32,13 +32,14 @@ class FixedOrder4bit:
 
     def _prepare(self) -> Q4Weight:
         weight = self.module.weight
-        state = weight.quant_state  # type: ignore[attr-defined]
+        state = weight.quant_state  # type: ignore[attr-defined]  # Params4bit sets it in __new__
         return self.kernels.q4_weight(weight.data, state.absmax, state.code, state.blocksize, state.shape[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad and torch.is_grad_enabled():
             return self.fallback(x)
-        if self.module._parameters["weight"].data_ptr() != self.weight.pointers[0]:
+        param = self.module._parameters["weight"]  # the dict, not `Module.__getattr__`: this runs every step
+        if param is None or param.data_ptr() != self.weight.pointers[0]:
             self.weight = self._prepare()
         rows = x.reshape(-1, x.shape[-1])
         if rows.dtype != torch.float32 or rows.stride(-1) != 1:
@@ -71,5 +72,5 @@ def install(model: torch.nn.Module, kernels: CpuKernels) -> tuple[int, int]:
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     taken = [m for m in layers if takes(m, kernels)]
     for module in taken:
-        module.forward = FixedOrder4bit(module, kernels)  # type: ignore[method-assign]
+        module.forward = FixedOrder4bit(module, kernels)  # type: ignore[method-assign]  # replaced on purpose
     return len(taken), len(layers)

@@ -59,7 +59,8 @@ class _PrefillPath:
     def __init__(self, module: bnb.nn.Linear4bit, cache: bool) -> None:
         self.module = module
         self.decode = module.forward
-        self.state = copy.deepcopy(module.weight.quant_state)
+        # `quant_state` is on bitsandbytes' Params4bit weight, set in its __new__ (out of mypy's sight)
+        self.state = copy.deepcopy(module.weight.quant_state)  # type: ignore[attr-defined]
         self.state.dtype = torch.bfloat16  # straight to bf16: over twice as fast as via fp32
         self.data = None if cache else module.weight.data.clone()
         self.cached = packed_linear(dequantize_4bit(module.weight.data, self.state)) if cache else None
@@ -68,6 +69,7 @@ class _PrefillPath:
         """This prefill's tile GEMM: on the cached weight, or on the weight dequantized now."""
         if self.cached is not None:
             return self.cached
+        assert self.data is not None  # an uncached layer keeps its 4-bit data
         return partial(torch.nn.functional.linear, weight=dequantize_4bit(self.data, self.state))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,10 +88,10 @@ def install(model: torch.nn.Module, cache_bytes: int) -> tuple[int, int]:
     count = cached = 0
     cache = torch.backends.mkldnn.is_available()
     for module in model.modules():
-        if packs_on_cpu(module) and not getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+        if packs_on_cpu(module) and not getattr(module.weight.quant_state, "packing_format_for_cpu", False):  # type: ignore[attr-defined]
             size = module.in_features * module.out_features * torch.bfloat16.itemsize
             fits = cache and size <= cache_bytes
-            module.forward = _PrefillPath(module, fits).forward  # type: ignore[method-assign]
+            module.forward = _PrefillPath(module, fits).forward  # type: ignore[method-assign]  # on purpose
             cache_bytes -= size if fits else 0
             count, cached = count + 1, cached + fits
     return count, cached

@@ -43,7 +43,7 @@ class RunningServer:
 def hotlora_cmd() -> list[str]:
     """The installed console script, as a user runs it (the module where the project is not installed)."""
     script = Path(sys.executable).parent / "hotlora"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "hotlora_server.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "hotlora_cli"]
 
 
 def start_server(args: list[str], log: Path, timeout: float = 240.0) -> RunningServer:

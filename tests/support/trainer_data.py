@@ -1,4 +1,4 @@
-"""Small helpers for the trainer tests."""
+"""Helpers for the trainer tests: training data files."""
 
 from __future__ import annotations
 
