@@ -6,9 +6,9 @@ range, lists and the strings that cost work per token are capped, and features t
 are refused with a message instead of being silently ignored.
 
 One module per topic: `common` (the base models, text, messages, usage, errors), `sampling` (the fields
-chat and completions share), `blends`, `tools` (the tools a chat offers), `chat`, `completions`,
-`responses`, `tokenize`, `models`, `adapters`. Everything others use is importable from here
-(`from hotlora_server import protocol as p`).
+chat and completions share), `structured` (`response_format`), `blends`, `tools` (the tools a chat
+offers), `chat`, `completions`, `responses`, `tokenize`, `models`, `adapters`. Everything others use is
+importable from here (`from hotlora_server import protocol as p`).
 """
 
 from .adapters import (
@@ -104,6 +104,14 @@ from .sampling import (
     TopK,
     TopP,
 )
+from .structured import (
+    JsonSchema,
+    ResponseFormat,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
+    ResponseFormatText,
+    structured_output,
+)
 from .tokenize import (
     MAX_DETOKENIZE_TOKENS,
     DetokenizeRequest,
@@ -176,6 +184,7 @@ __all__ = [
     "IncompleteDetails",
     "InputMessage",
     "InputText",
+    "JsonSchema",
     "LoadLoraAdapterRequest",
     "LogitBias",
     "Messages",
@@ -196,6 +205,10 @@ __all__ = [
     "ResponseUsage",
     "ResponsesRequest",
     "ResponsesResponse",
+    "ResponseFormat",
+    "ResponseFormatJsonObject",
+    "ResponseFormatJsonSchema",
+    "ResponseFormatText",
     "StopSequence",
     "StopSequences",
     "StreamOptions",
@@ -221,4 +234,5 @@ __all__ = [
     "make_blend",
     "parse_blend_model",
     "schema_problem",
+    "structured_output",
 ]
