@@ -1,6 +1,6 @@
 """What the serving benchmarks share: the real base and its random adapters, percentiles, the report's header.
 
-Importing it also puts tests/integration on the path, so that a script can import `live_server` (the
+Importing it also puts tests/ on the path, so that a script can import `support.live_server` (the
 helpers that start and stop a real `hotlora serve` on a loopback port) right after it.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-
-from live_server import save_random_lora  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))
 
 from hotlora_adapters import AdapterStore  # noqa: E402
+
+from support.live_server import save_random_lora  # noqa: E402
 
 
 def model_folder(home: Path) -> Path:

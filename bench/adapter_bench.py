@@ -21,11 +21,11 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-
-from live_server import BASE_ID, save_random_lora, serving  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))
 
 from hotlora_adapters import AdapterStore  # noqa: E402
+
+from support.live_server import BASE_ID, save_random_lora, serving  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import httpx
 from _common import REPO, machine_header, model_folder, publish
-from live_server import BASE_ID, save_random_lora, serving
+
+from support.live_server import BASE_ID, save_random_lora, serving
 
 NAME = "churn"
 MIB = 2**20

@@ -21,7 +21,7 @@ import httpx
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "tests"))
 
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
 
@@ -70,10 +70,10 @@ def main() -> int:
         print("gpu_check: skipped, no CUDA device on this machine (--device cpu measures the CPU)")
         return 0
 
-    from live_server import save_random_lora, serving
-
     from hotlora_server.engine.loader import resolve_model
     from hotlora_server.settings import Settings
+
+    from support.live_server import save_random_lora, serving
 
     with tempfile.TemporaryDirectory() as tmp:
         home, store = Path(tmp) / "home", Path(tmp) / "store"

@@ -39,9 +39,10 @@ from pathlib import Path
 
 import httpx
 from _common import REPO, machine_header, model_folder, publish, save_random_lora
-from live_server import BASE_ID, RunningServer, serving
 
 from hotlora_adapters import AdapterStore
+
+from support.live_server import BASE_ID, RunningServer, serving
 
 MIB = 2**20
 HEALTH_EVERY_S = 0.05

@@ -1,7 +1,8 @@
 """Serving throughput and latency: hotlora against `transformers serve` and a naive PEFT loop.
 
     python bench/serve_bench.py [--quick] [--tokens 64] [--rounds 3]
-                                [--only hotlora,hotlora-slots,hotlora-other,hotlora-variant,transformers,naive]
+                                [--only hotlora,hotlora-slots,hotlora-other,hotlora-variant,hotlora-structured,
+                                        transformers,naive]
                                 [--workloads "base,8 adapters,4 blends,12 blends"] [--home DIR] [--keep-logs]
 
 One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
@@ -15,6 +16,9 @@ One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
   kernel), else hotlora's kernel: c=1 base and c=16 base;
 - hotlora-variant: the same server with `--no-batch-invariant` (the device's own attention instead of the
   fixed-order one): c=1 base and c=16 base, so that the table says what batch invariance costs;
+- hotlora-structured: the `hotlora` server, c=1 and c=16 base, each with and without `response_format`
+  (a strict JSON schema whose last field is a story of at least 2000 characters, so that the answer runs
+  to --tokens like the others), so that the table says what decoding under a grammar costs;
 - `transformers serve --continuous-batching --quantization bnb-4bit` on the same converted base folder:
   c=1 and c=16 base (its bnb-4bit is nf4 with double quantization, hotlora's without);
 - naive: in this process, one request at a time, PEFT `set_adapter` + `model.generate`, over the same
@@ -60,13 +64,15 @@ from typing import Any
 
 import httpx
 from _common import machine_header, model_folder, percentile, publish, random_adapters, register_all
-from live_server import BASE_ID, RunningServer, free_port, serving, stop_server
+
+from support.live_server import BASE_ID, RunningServer, free_port, serving, stop_server
 
 SYSTEMS = {
     "hotlora": "hotlora",
     "hotlora-slots": "hotlora, default 8 adapter slots",
     "hotlora-other": "hotlora, other 4-bit path",
     "hotlora-variant": "hotlora, --no-batch-invariant",
+    "hotlora-structured": "hotlora, response_format",
     "transformers": "transformers serve",
     "naive": "naive (sequential PEFT)",
 }
@@ -87,6 +93,26 @@ TOPICS = (
     "a desert caravan",
 )
 
+# the story comes last and may not end before 2000 characters: every answer runs to the token cap, as the
+# unconstrained ones do, so both count the same tokens per request
+STORY_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "story",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {
+                "title": {"type": "string", "maxLength": 60},
+                "genre": {"enum": ["fantasy", "adventure", "mystery", "comedy"]},
+                "story": {"type": "string", "minLength": 2000},
+            },
+            "required": ["title", "genre", "story"],
+            "additionalProperties": False,
+        },
+    },
+}
+
 Request = tuple[str, list[dict[str, str]]]  # model, messages
 
 
@@ -95,6 +121,7 @@ class Workload:
     label: str
     concurrency: int
     models: tuple[str, ...]  # request i asks for models[i % len(models)]
+    response_format: dict[str, Any] | None = None  # every request's, if any
 
     def requests(self, rounds: int) -> list[Request]:
         """The (model, messages) of every request, in the order clients take them."""
@@ -156,7 +183,11 @@ def summarize(
 
 
 async def stream_chat(
-    client: httpx.AsyncClient, model: str, messages: list[dict[str, str]], tokens: int
+    client: httpx.AsyncClient,
+    model: str,
+    messages: list[dict[str, str]],
+    tokens: int,
+    response_format: dict[str, Any] | None = None,
 ) -> Sample:
     """One greedy streamed chat: when each content chunk arrived, and the usage's completion tokens."""
     body = {
@@ -166,6 +197,7 @@ async def stream_chat(
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **({"response_format": response_format} if response_format else {}),
     }
     sent = time.perf_counter()
     stamps: list[float] = []
@@ -190,7 +222,11 @@ async def stream_chat(
 
 
 async def run_clients(
-    base_url: str, requests: list[Request], concurrency: int, tokens: int
+    base_url: str,
+    requests: list[Request],
+    concurrency: int,
+    tokens: int,
+    response_format: dict[str, Any] | None = None,
 ) -> tuple[list[Sample], float]:
     """`concurrency` clients share the request list; the samples and the wall time."""
     pending = iter(requests)
@@ -200,7 +236,7 @@ async def run_clients(
 
         async def client_loop() -> None:
             for model, messages in pending:
-                samples.append(await stream_chat(client, model, messages, tokens))
+                samples.append(await stream_chat(client, model, messages, tokens, response_format))
 
         started = time.perf_counter()
         await asyncio.gather(*(client_loop() for _ in range(concurrency)))
@@ -230,11 +266,18 @@ def bench_server(
     """Each workload after a warm-up of every model; `churn`: count hotlora's adapter evictions and loads."""
     models = dict.fromkeys(m for w in workloads for m in w.models)
     asyncio.run(run_clients(base_url, [(m, story_prompt(0)) for m in models], 1, 2))  # warm-up
+    for response_format in dict.fromkeys(
+        json.dumps(w.response_format) for w in workloads if w.response_format
+    ):
+        warm = [(workloads[0].models[0], story_prompt(0))]  # the schema compiled once, as in steady use
+        asyncio.run(run_clients(base_url, warm, 1, 2, json.loads(response_format)))
     summaries = []
     for workload in workloads:
         before = adapter_churn(base_url) if churn else None
         samples, wall = asyncio.run(
-            run_clients(base_url, workload.requests(rounds), workload.concurrency, tokens)
+            run_clients(
+                base_url, workload.requests(rounds), workload.concurrency, tokens, workload.response_format
+            )
         )
         after = adapter_churn(base_url) if churn else None
         counted = (after[0] - before[0], after[1] - before[1]) if before and after else None
@@ -246,21 +289,24 @@ def bench_hotlora(
     home: Path, store: Path, logs: Path, args: argparse.Namespace, kernels: dict[str, str], system: str
 ) -> list[Summary]:
     """hotlora as it serves by default with room for every adapter and blend (`hotlora`), with the default
-    adapter slots (`hotlora-slots`), with the 4-bit path it does not pick on this CPU (`hotlora-other`), or
-    without batch invariance (`hotlora-variant`)."""
+    adapter slots (`hotlora-slots`), with the 4-bit path it does not pick on this CPU (`hotlora-other`),
+    without batch invariance (`hotlora-variant`), or asked for structured outputs (`hotlora-structured`)."""
     flags = ["--home", str(home), "--adapters-dir", str(store), "--log-level", "warning"]
     base = [Workload("base", 1, (BASE_ID,)), Workload("base", CONCURRENCY, (BASE_ID,))]
+    structured = [Workload("base, json_schema", conc, (BASE_ID,), STORY_FORMAT) for conc in (1, CONCURRENCY)]
     adapters = [Workload("8 adapters", CONCURRENCY, ADAPTERS), Workload("4 blends", CONCURRENCY, BLENDS)]
     if system == "hotlora-slots":
         workloads = [*adapters, Workload("12 blends", CONCURRENCY, MANY_BLENDS)]
     else:  # room for the 8 adapters and the 4 blends, so that none is evicted while measured
         flags += ["--max-loaded-adapters", "16"]
         workloads = base if system in ("hotlora-other", "hotlora-variant") else base + adapters
+        if system == "hotlora-structured":  # with and without, one after the other on one server
+            workloads = [base[0], structured[0], base[1], structured[1]]
     if system == "hotlora-other":
         flags += ["--cpu-4bit", other_4bit_path()]
     if system == "hotlora-variant":
         flags += ["--no-batch-invariant"]
-    workloads = [w for w in workloads if args.workloads is None or w.label in args.workloads]
+    workloads = [w for w in workloads if args.workloads is None or w.label.split(",")[0] in args.workloads]
     with serving(flags, logs / f"{system}.log") as server:
         kernels[system] = served_kernel(server.base_url)
         return bench_server(system, server.base_url, workloads, args.rounds, args.tokens, churn=True)
@@ -432,6 +478,16 @@ def targets_table(rows: list[Summary | Skipped]) -> list[str]:
             lines.append(f"| {name} | {value:.2f}x | ≥ {goal}x | {'PASS' if value >= goal else 'FAIL'} |")
         else:
             lines.append(f"| {name} | | ≥ {goal}x | n/a (not run) |")
+    for conc in (c, 1):  # what a grammar costs: the target at c=16, a figure at c=1
+        plain = by_key.get(("hotlora-structured", "base", conc))
+        constrained = by_key.get(("hotlora-structured", "base, json_schema", conc))
+        name = f"response_format: hotlora c={conc} base, json_schema / c={conc} base"
+        if plain and constrained:
+            value = constrained.tokens_per_s / plain.tokens_per_s
+            verdict = ("PASS" if value >= 0.85 else "FAIL") if conc == c else "info"
+            lines.append(f"| {name} | {value:.2f}x | {'≥ 0.85x' if conc == c else '(cost)'} | {verdict} |")
+        elif conc == c:
+            lines.append(f"| {name} | | ≥ 0.85x | n/a (not run) |")
     for conc in (1, c):  # what the guarantee costs: not a target, a figure to choose the flag by
         kept, dropped = by_key.get(("hotlora", "base", conc)), by_key.get(("hotlora-variant", "base", conc))
         if kept and dropped:
@@ -475,7 +531,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--workloads",
         type=lambda text: {w.strip() for w in text.split(",")},
-        help="hotlora workloads to run, by label: base, 8 adapters, 4 blends, 12 blends (default: all)",
+        help="hotlora workloads to run, by label: base (with its json_schema twin), 8 adapters, 4 blends, "
+        "12 blends (default: all)",
     )
     parser.add_argument(
         "--home",
@@ -498,7 +555,7 @@ def run_systems(
     home = (args.home or root / "home").resolve()
     model_dir = model_folder(home)
     library = root / "library"
-    hotloras = ("hotlora", "hotlora-slots", "hotlora-other", "hotlora-variant")
+    hotloras = ("hotlora", "hotlora-slots", "hotlora-other", "hotlora-variant", "hotlora-structured")
     if {*hotloras, "naive"} & set(args.only):
         random_adapters(model_dir, library, ADAPTERS)
     rows: list[Summary | Skipped] = []

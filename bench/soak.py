@@ -50,9 +50,10 @@ from typing import Literal
 import httpx
 import soak_hostile as hostile
 from _common import REPO, machine_header, model_folder, percentile, publish, random_adapters, register_all
-from live_server import BASE_ID, RunningServer, serving
 from prometheus_client.parser import text_string_to_metric_families
 from soak_wire import Outcome, one_request, status_of
+
+from support.live_server import BASE_ID, RunningServer, serving
 
 STEADY = tuple(f"steady{i}" for i in range(4))
 CHURN = ("churn0", "churn1")

@@ -81,6 +81,23 @@ def invalid_bodies(base_id: str) -> dict[str, bytes]:
             **chat,
             "model": "+".join([component] * (8 * MIB // (len(component) + 1))),
         },
+        "JSON schema of 10,000 optional properties": {
+            **chat,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "wide",
+                    "schema": {"type": "object", "properties": {f"p{i}": {} for i in range(10_000)}},
+                },
+            },
+        },
+        "JSON schema with unsupported keywords": {
+            **chat,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"not": {"type": "string"}, "uniqueItems": True}},
+            },
+        },
         "16,000 tools": {
             **chat,
             "tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(16_000)],

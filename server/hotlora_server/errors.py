@@ -35,6 +35,14 @@ class InvalidRequestError(HotloraError):
     type = "invalid_request_error"
 
 
+class UnsupportedSchemaError(InvalidRequestError):
+    """A JSON schema the grammar engine cannot compile or enforce; the message names the problem. Its
+    `param` is `response_format` unless the schema came from elsewhere (a forced tool call's parameters)."""
+
+    def __init__(self, message: str, *, param: str | None = "response_format") -> None:
+        super().__init__(message, param=param)
+
+
 class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
 

@@ -18,12 +18,21 @@ import httpx
 
 from . import _core
 from ._core import C
-from .types import ChatCompletion, ChatCompletionChunk, Completion, Messages, ToolCall, Usage
+from .types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    Messages,
+    ModelT,
+    ParsedChatCompletion,
+    ToolCall,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from typing import Self, Unpack
 
-    from .types import ChatParams, CompletionParams
+    from .types import ChatParams, CompletionParams, ParseParams
 
 __all__ = ["Adapters", "AsyncClient", "AsyncStream", "Client", "Models", "Stream"]
 
@@ -129,9 +138,9 @@ class Client(_BaseClient["Client"]):
     and 503 are retried up to `max_retries` times with backoff, honouring `Retry-After`; other errors
     raise at once (`hotlora_client.errors`). `timeout` is in seconds (or an `httpx.Timeout`).
 
-    `client.chat(...)`, `client.complete(...)`, `client.tokenize(...)/detokenize(...)`, `client.health()`,
-    `client.models.list()/get(id)`, `client.adapters.list()/get/load/unload/blend/wait_until_ready`. Close
-    it, or use it in a `with`.
+    `client.chat(...)`, `client.parse(...)`, `client.complete(...)`, `client.tokenize(...)/detokenize(...)`,
+    `client.health()`, `client.models.list()/get(id)`,
+    `client.adapters.list()/get/load/unload/blend/wait_until_ready`. Close it, or use it in a `with`.
     """
 
     def __init__(
@@ -160,6 +169,14 @@ class Client(_BaseClient["Client"]):
         and vLLM's sampling extras (`top_k`, `min_p`, `repetition_penalty`, `min_tokens`, `ignore_eos`).
         With `stream=True`, a `Stream` of chunks (`.text_stream` for the text alone)."""
         return self._run(_core.chat(self._config, messages, stream, params))
+
+    def parse(
+        self, messages: Messages, *, response_format: type[ModelT], **params: Unpack[ParseParams]
+    ) -> ParsedChatCompletion[ModelT]:
+        """`chat` whose every choice follows the JSON schema of `response_format`, a pydantic model class:
+        `.parsed` is the first choice's reply as an instance of it (`.parsed_choices`, all of them). A
+        choice cut short by `max_tokens` raises `IncompleteOutputError`."""
+        return self._run(_core.parse_chat(self._config, messages, response_format, params))
 
     @overload
     def complete(
@@ -231,6 +248,12 @@ class AsyncClient(_BaseClient["AsyncClient"]):
     async def chat(self, messages: Messages, *, stream: bool = False, **params: Any) -> Any:
         """See `Client.chat`; with `stream=True`, an `AsyncStream`."""
         return await self._run(_core.chat(self._config, messages, stream, params))
+
+    async def parse(
+        self, messages: Messages, *, response_format: type[ModelT], **params: Unpack[ParseParams]
+    ) -> ParsedChatCompletion[ModelT]:
+        """See `Client.parse`."""
+        return await self._run(_core.parse_chat(self._config, messages, response_format, params))
 
     @overload
     async def complete(

@@ -22,6 +22,7 @@ from ._config import Config
 from ._plan import Plan, Runner, Send, Sleep, Streaming
 from ._request import M, call, parse, request, segment
 from ._stream import C, StreamDecoder, stream_transport_errors
+from ._structured import parsed_completion, response_format
 from .types import (
     Adapter,
     AdapterDeleted,
@@ -35,6 +36,8 @@ from .types import (
     Message,
     Messages,
     Model,
+    ModelT,
+    ParsedChatCompletion,
     TokenizeResponse,
 )
 
@@ -54,6 +57,7 @@ __all__ = [  # the API calls, and what `_client` needs to run them
     "list_adapters",
     "list_models",
     "load_adapter",
+    "parse_chat",
     "target_model",
     "tokenize",
     "unload_adapter",
@@ -152,6 +156,8 @@ def generation_body(config: Config, params: Mapping[str, Any], **fields: Any) ->
     """The JSON body of a chat or text completion: the target, `fields`, the options, then `extra_body`."""
     options = {key: value for key, value in params.items() if value is not None}
     extra = options.pop("extra_body", None) or {}
+    if "response_format" in options:
+        options["response_format"] = response_format(options["response_format"])
     if isinstance(options.get("logit_bias"), Mapping):  # JSON object keys are strings: token ids as text
         options["logit_bias"] = {str(token): bias for token, bias in options["logit_bias"].items()}
     model = target_model(options.pop("model", None), options.pop("adapter", None), options.pop("blend", None))
@@ -176,6 +182,15 @@ def chat(
         fields["stream"] = True
     body = yield from generation_body(config, params, **fields)
     return (yield from generate(config, "/v1/chat/completions", body, ChatCompletion, ChatCompletionChunk))
+
+
+def parse_chat(
+    config: Config, messages: Messages, model: type[ModelT], params: Mapping[str, Any]
+) -> Plan[ParsedChatCompletion[ModelT]]:
+    """A chat completion whose every choice follows `model`'s JSON schema, parsed into `model`."""
+    completion = yield from chat(config, messages, False, {**params, "response_format": model})
+    assert isinstance(completion, ChatCompletion)
+    return parsed_completion(model, completion)
 
 
 def complete(

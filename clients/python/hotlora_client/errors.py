@@ -13,7 +13,8 @@ HotloraError
 │   │   └── ServerError           5xx
 │   └── APIConnectionError        no answer: refused, dropped, or a stream cut short
 │       └── APITimeoutError       no answer in time
-└── AdapterNotReadyError          `adapters.wait_until_ready` ran out of time (also a TimeoutError)
+├── AdapterNotReadyError          `adapters.wait_until_ready` ran out of time (also a TimeoutError)
+└── IncompleteOutputError         `parse`: a choice reached max_tokens before its JSON was complete
 ```
 """
 
@@ -34,6 +35,7 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "HotloraError",
+    "IncompleteOutputError",
     "NotFoundError",
     "PayloadTooLargeError",
     "RateLimitError",
@@ -136,6 +138,15 @@ class AdapterNotReadyError(HotloraError, TimeoutError):
         self.name = name
         self.status = status
         self.error = error
+
+
+class IncompleteOutputError(HotloraError):
+    """`parse` got a choice cut short by `max_tokens`: its text is not a whole JSON value. `completion` is
+    the answer as it came (OpenAI's SDK raises `LengthFinishReasonError` there)."""
+
+    def __init__(self, message: str, *, completion: Any) -> None:
+        super().__init__(message)
+        self.completion = completion
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypedDict
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -37,6 +37,9 @@ __all__ = [
     "Message",
     "Messages",
     "Model",
+    "ParseParams",
+    "ParsedChatCompletion",
+    "ResponseFormat",
     "TokenLogprob",
     "TokenizeResponse",
     "Tool",
@@ -140,6 +143,20 @@ class ToolCallDelta(_Wire):
     id: str | None = None
     type: str | None = None
     function: FunctionCallDelta | None = None
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)  # the model class of a `parse` call
+
+
+class ParsedChatCompletion(ChatCompletion, Generic[ModelT]):
+    """`parse`'s answer: the chat completion, and each choice's reply as an instance of the model class
+    given as `response_format` (`parsed_choices`, in choice order; `.parsed` is the first)."""
+
+    parsed_choices: list[ModelT]
+
+    @property
+    def parsed(self) -> ModelT:
+        return self.parsed_choices[0]
 
 
 class Delta(_Wire):
@@ -299,6 +316,9 @@ Message = Mapping[str, Any]
 assistant's with its `tool_calls`, or a tool result `{"role": "tool", "tool_call_id": ..., "content": ...}`."""
 Messages = str | Sequence[Message]
 """A conversation, or one text sent as a single user message."""
+ResponseFormat = Mapping[str, Any] | type[BaseModel]
+"""OpenAI's `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {...}}`, or a pydantic
+model class (sent as a strict JSON schema named after it)."""
 Tool = Mapping[str, Any]
 """A function the model may call, as OpenAI's: `{"type": "function", "function": {"name": "get_weather",
 "description": "...", "parameters": <JSON schema of the arguments object>}}`."""
@@ -337,11 +357,16 @@ class GenerationParams(TypedDict, total=False):
     extra_body: Mapping[str, Any]
 
 
-class ChatParams(GenerationParams, total=False):
+class ParseParams(GenerationParams, total=False):
+    """Options of `parse`: `chat`'s, but for `response_format`, which `parse` takes as a model class."""
+
     max_completion_tokens: int
     logprobs: bool
     top_logprobs: int
-    response_format: dict[str, Any]
+
+
+class ChatParams(ParseParams, total=False):
+    response_format: ResponseFormat  # the reply follows a JSON schema (decoded under a grammar)
     tools: Sequence[Tool]
     tool_choice: ToolChoice
     parallel_tool_calls: bool  # False: at most one call
@@ -349,3 +374,4 @@ class ChatParams(GenerationParams, total=False):
 
 class CompletionParams(GenerationParams, total=False):
     logprobs: int
+    response_format: ResponseFormat

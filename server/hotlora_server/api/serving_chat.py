@@ -4,9 +4,12 @@ reason). What tools change is in `chat_tools.py`."""
 
 from __future__ import annotations
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
 
 from .. import protocol as p
+from ..errors import UnsupportedSchemaError
 from ..metrics import Metrics
 from ..tools import DEFAULT_TOOL_PARSER, CallStream, ContentText, Item, get_tool_parser, read_all
 from ..types import ChoiceDelta, EngineClient, GenerationRequest, TokenLogprob
@@ -32,6 +35,16 @@ class ServingChat(GenerationServing[p.ChatCompletionRequest]):
         super().__init__(engine, metrics)
         self._parser = get_tool_parser(tool_call_parser)
 
+    async def serve(self, body: p.ChatCompletionRequest) -> JSONResponse | EventSourceResponse:
+        """A forced call's schema comes from `tools`: the engine's refusal of it names them, not
+        `response_format`."""
+        try:
+            return await super().serve(body)
+        except UnsupportedSchemaError as exc:
+            if chat_tools.forced_output(body) is None:
+                raise
+            raise UnsupportedSchemaError(exc.message, param="tools") from None
+
     def engine_request(self, body: p.ChatCompletionRequest, request_id: str) -> GenerationRequest:
         sampling = sampling_params(body, body.token_limit(), bool(body.logprobs), body.top_logprobs or 0)
         return GenerationRequest(
@@ -42,7 +55,8 @@ class ServingChat(GenerationServing[p.ChatCompletionRequest]):
             tools=chat_tools.template_tools(body.offered_tools()),
             n=body.n or 1,
             blend=blend_target(body, self.engine.served_model_name),
-            structured=chat_tools.forced_output(body),
+            # a forced tool call's schema, else `response_format`'s
+            structured=chat_tools.forced_output(body) or p.structured_output(body.response_format),
         )
 
     def call_reader(self, body: p.ChatCompletionRequest) -> chat_tools.CallReader | None:

@@ -24,6 +24,7 @@ class ServingCompletions(GenerationServing[p.CompletionRequest]):
             prompt=body.prompt_text(),
             n=body.n or 1,
             blend=blend_target(body, self.engine.served_model_name),
+            structured=p.structured_output(body.response_format),
         )
 
     def choice(self, body: p.CompletionRequest, index: int, acc: ChoiceAccumulator) -> p.CompletionChoice:

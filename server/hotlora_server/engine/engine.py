@@ -38,6 +38,7 @@ from ..types import (
 from .adapter_pool import AdapterPool, PoolStats
 from .admin import AdapterAdmin
 from .catalog import AdapterCatalog
+from .grammar import GrammarCompiler
 from .kv_budget import KvBudget
 from .loader import LoadedModel, ModelLoadError, load_model
 from .mailbox import EngineMailbox
@@ -63,6 +64,7 @@ class Engine:
         self._pool: AdapterPool | None = None
         self._admin: AdapterAdmin | None = None
         self._prompts: PromptTokenizer | None = None
+        self._grammars: GrammarCompiler | None = None
         self._scheduler: Scheduler | None = None
         self._kv: KvBudget | None = None
         self._watcher: StoreWatcher | None = None
@@ -236,6 +238,9 @@ class Engine:
         max_new_tokens = request.sampling.max_tokens or min(defaults.max_new_tokens or room, room)
         job = Job(request=request, prompt_ids=prompt_ids, max_new_tokens=max_new_tokens, emit=lambda _: None)
         self._check_kv(job)
+        if request.structured is not None:  # compiled here, in a worker thread; a bad schema is a 400
+            assert self._grammars is not None
+            job.grammar = self._grammars.compile(request.structured)
         return job
 
     async def tokenize(self, request: TokenizeRequest, token_strs: bool = False) -> Tokenized:
@@ -312,6 +317,7 @@ class Engine:
         self._watcher.poll()  # what is there now is known; later polls report changes
         self._watcher.start(self._on_store_change)
         stop_ids = stop_token_ids(loaded.tokenizer, loaded.model.generation_config.eos_token_id)
+        self._grammars = GrammarCompiler(loaded.tokenizer, loaded.vocab_size, stop_ids)
         prefixes = PrefixCache() if settings.enable_prefix_caching else None
         if prefixes is not None:
             self._pool.on_drop(prefixes.discard)

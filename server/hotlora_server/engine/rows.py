@@ -20,6 +20,7 @@ from ..types import (
     TokenLogprob,
     TopLogprob,
 )
+from .grammar import Grammar
 from .loader import LoadedModel
 from .sampling import RowSampler, logprobs_of
 from .text import IncrementalDetokenizer, StopMatcher, token_bytes
@@ -39,6 +40,7 @@ class Job:
     prefilled: int = 0  # prompt tokens run so far
     rows: list[Row] = field(default_factory=list)
     failed: bool = False
+    grammar: Grammar | None = None  # structured output: each row decodes under its own copy
 
     @property
     def reach(self) -> int:
@@ -61,7 +63,8 @@ class Row:
     def __init__(self, index: int, job: Job, loaded: LoadedModel, stop_ids: frozenset[int]) -> None:
         self.index = index
         self.job = job
-        self.sampler = RowSampler.create(job.request.sampling, index, job.prompt_ids, stop_ids)
+        grammar = job.grammar.matcher() if job.grammar is not None else None
+        self.sampler = RowSampler.create(job.request.sampling, index, job.prompt_ids, stop_ids, grammar)
         self.detok = IncrementalDetokenizer(loaded.tokenizer)
         self.stops = StopMatcher(job.request.sampling.stop)
         self.generated = 0
@@ -73,6 +76,7 @@ class Row:
         self.generated += 1
         self.last_token = token
         params = self.job.request.sampling
+        grammar = self.sampler.grammar
         if token in stop_ids and not params.ignore_eos:
             self._emit(self.detok.flush(), [], finish="stop", flush=True)
             return
@@ -82,6 +86,8 @@ class Row:
         text, hit = self.stops.feed(piece) if self.generated > params.min_tokens else (piece, False)
         if hit:
             self._emit(text, logprobs, finish="stop")
+        elif grammar is not None and grammar.done:  # the answer is complete: no EOS to wait for
+            self._emit(text, logprobs, finish="stop", flush=True)
         elif self.generated >= self.job.max_new_tokens:
             self._emit(text, logprobs, finish="length", flush=True)
         elif text or logprobs:

@@ -1,4 +1,5 @@
-"""Per-row sampling: logit bias, min_tokens, penalties, temperature, min-p, top-k, top-p, seeds and logprobs.
+"""Per-row sampling: logit bias, min_tokens, penalties, grammar masks, temperature, min-p, top-k, top-p, seeds
+and logprobs.
 
 Every row carries its own `SamplingParams`, its own `torch.Generator` and its own history (the prompt's
 tokens and what it generated), so a row's tokens depend only on its own options, seed and logits — never on
@@ -6,7 +7,9 @@ which other rows share the batch — and a row that cannot be sampled raises for
 ends that request and the others carry on).
 
 The order is vLLM's: logit bias and the min_tokens mask, then the penalties (repetition, frequency, presence),
-then either the greedy choice, or temperature, min-p, top-k, top-p and a draw.
+then the row's grammar mask (structured outputs: every token its grammar forbids next is dropped), then
+either the greedy choice, or temperature, min-p, top-k, top-p and a draw; the grammar then advances with
+the token chosen.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from ..errors import HotloraError
 from ..types import SamplingParams
+from .grammar import RowGrammar
 
 GREEDY_BELOW = 1e-5  # vLLM's `_SAMPLING_EPS`: dividing logits by a smaller temperature overflows float32
 
@@ -36,18 +40,31 @@ class RowSampler:
     counts: dict[int, int]  # generated token -> occurrences, for presence/frequency penalties
     prompt_ids: Sequence[int] = ()  # for the repetition penalty, which counts the prompt's tokens too
     stop_ids: Collection[int] = ()  # EOS tokens, masked until `min_tokens` tokens were generated
+    grammar: RowGrammar | None = None  # structured output: the row's own grammar state
     generated: int = 0
     _seen: torch.Tensor | None = field(default=None, repr=False)  # prompt and output tokens, for repetition
 
     @classmethod
     def create(
-        cls, params: SamplingParams, row: int, prompt_ids: Sequence[int] = (), stop_ids: Collection[int] = ()
+        cls,
+        params: SamplingParams,
+        row: int,
+        prompt_ids: Sequence[int] = (),
+        stop_ids: Collection[int] = (),
+        grammar: RowGrammar | None = None,
     ) -> RowSampler:
         """Row `row` of a request with seed `s` samples from seed `s + row`: same seed, same choices."""
         seed = params.seed + row if params.seed is not None else secrets.randbits(63)
         generator = torch.Generator(device="cpu")
         generator.manual_seed(seed % (2**63))
-        return cls(params=params, generator=generator, counts={}, prompt_ids=prompt_ids, stop_ids=stop_ids)
+        return cls(
+            params=params,
+            generator=generator,
+            counts={},
+            prompt_ids=prompt_ids,
+            stop_ids=stop_ids,
+            grammar=grammar,
+        )
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """One row's logits after its logit bias, min_tokens mask and penalties (a copy when any applies)."""
@@ -93,6 +110,8 @@ class RowSampler:
                 "adapter or blend makes the computation overflow"
             )
         logits = self.process(logits)
+        if self.grammar is not None:
+            logits = self.grammar.mask(logits)
         p = self.params
         temperature = 1.0 if p.temperature is None else p.temperature
         if temperature < GREEDY_BELOW:  # 0, or so close that the division would overflow: greedy
@@ -106,6 +125,8 @@ class RowSampler:
             if p.top_p is not None and p.top_p < 1.0:
                 probs = _top_p(probs, p.top_p)
             token = int(torch.multinomial(probs, 1, generator=self.generator))
+        if self.grammar is not None:
+            self.grammar.advance(token)
         self.counts[token] = self.counts.get(token, 0) + 1
         self.generated += 1
         if self._seen is not None:

@@ -6,8 +6,8 @@ range, lists and the strings that cost work per token are capped, and features t
 are refused with a message instead of being silently ignored.
 
 One module per topic: `common` (the base models, text, messages, usage, errors), `sampling` (the fields
-chat and completions share), `blends`, `tools` (the tools a chat offers), `chat`, `completions`,
-`responses` (the request; its items in `responses_items`, its answer in
+chat and completions share), `structured` (`response_format`), `blends`, `tools` (the tools a chat
+offers), `chat`, `completions`, `responses` (the request; its items in `responses_items`, its answer in
 `responses_output`), `tokenize`, `models`, `adapters`. Everything others use is importable from here
 (`from hotlora_server import protocol as p`).
 """
@@ -116,6 +116,14 @@ from .sampling import (
     TopK,
     TopP,
 )
+from .structured import (
+    JsonSchema,
+    ResponseFormat,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
+    ResponseFormatText,
+    structured_output,
+)
 from .tokenize import (
     MAX_DETOKENIZE_TOKENS,
     DetokenizeRequest,
@@ -197,6 +205,7 @@ __all__ = [
     "IncompleteDetails",
     "InputMessage",
     "InputText",
+    "JsonSchema",
     "LoadLoraAdapterRequest",
     "LogitBias",
     "Messages",
@@ -217,6 +226,10 @@ __all__ = [
     "ResponseUsage",
     "ResponsesRequest",
     "ResponsesResponse",
+    "ResponseFormat",
+    "ResponseFormatJsonObject",
+    "ResponseFormatJsonSchema",
+    "ResponseFormatText",
     "StopSequence",
     "StopSequences",
     "StreamOptions",
@@ -243,4 +256,5 @@ __all__ = [
     "make_blend",
     "parse_blend_model",
     "schema_problem",
+    "structured_output",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -20,14 +20,11 @@ class ChatCompletionRequest(_SamplingFields, _ToolFields):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-    response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("`top_logprobs` requires `logprobs` to be true")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise ValueError("`response_format`: only {'type': 'text'} is supported by this server")
         self.check_min_tokens(self.token_limit())
         return self
 

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from .blends import _BlendFields
 from .common import ModelId, PositiveInt, Text, _characters_only, _Lenient, _Strict
+from .structured import ResponseFormat
 
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 256  # characters; the stop matcher's work per token grows with the square of it
@@ -56,6 +57,7 @@ class _SamplingFields(_BlendFields, _Lenient):
     frequency_penalty: Penalty | None = None
     user: Text | None = None
     logit_bias: LogitBias | None = None
+    response_format: ResponseFormat | None = None  # `structured.py`
     # vLLM's sampling extras (`extra_body` in the `openai` SDK)
     top_k: TopK | None = None
     min_p: MinP | None = None

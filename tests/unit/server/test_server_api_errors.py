@@ -91,7 +91,7 @@ def test_out_of_range_is_400(client: Any, openai_error: Any, fields: dict[str, A
         {"stop": ""},
         {"top_logprobs": 2},  # without logprobs
         {"stream_options": {"include_usage": True}},  # without stream
-        {"response_format": {"type": "json_object"}},
+        {"response_format": {"type": "json_schema"}},  # without its `json_schema`
     ],
 )
 def test_inconsistent_options_are_400(client: Any, openai_error: Any, fields: dict[str, Any]) -> None:

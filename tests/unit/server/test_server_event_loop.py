@@ -137,6 +137,29 @@ def test_costly_parts_of_requests_run_off_the_event_loop(
         assert checked and not any(checked), (i, checked)
 
 
+def test_schemas_compile_off_the_event_loop_and_the_engine_thread(
+    live: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`response_format`'s grammar is compiled (or refused with a 400) in a worker thread: neither the loop
+    nor the running batch waits for a schema."""
+    from hotlora_server.engine.grammar import GrammarCompiler
+
+    where: list[tuple[bool, str]] = []
+    original = GrammarCompiler._compile
+
+    def spy(self: GrammarCompiler, schema: str) -> Any:
+        where.append((_on_loop(), threading.current_thread().name))
+        return original(self, schema)
+
+    monkeypatch.setattr(GrammarCompiler, "_compile", spy)
+    chat = {"model": TINY_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    for schema, status in (({"enum": ["a", "b"]}, 200), ({"not": {}}, 400)):
+        response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+        assert live.post(CHAT, json={**chat, "response_format": response_format}).status_code == status
+    assert len(where) == 2
+    assert not any(on_loop or thread == "hotlora-engine" for on_loop, thread in where), where
+
+
 def test_tokenizer_routes_run_off_the_event_loop(live: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """`/tokenize` and `/detokenize` use the engine's tokenizer in a worker thread, and a text the context
     could not hold is refused by its characters, without being tokenized."""
