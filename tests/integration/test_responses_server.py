@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from support.live_server import ADAPTER, API_KEY, BASE_ID, RunningServer
 
@@ -228,3 +229,25 @@ def test_required_gives_one_valid_call_without_parallel_calls(client: openai.Ope
     key = {"get_weather": "city", "get_time": "zone"}[call.name]
     arguments = json.loads(call.arguments)
     assert set(arguments) == {key} and isinstance(arguments[key], str)
+
+
+# -- text.format -------------------------------------------------------------------------------------------
+
+
+class Person(BaseModel):
+    name: str = Field(max_length=30)  # bounded, as real schemas are: a small model may ramble in a string
+    age: int = Field(ge=0, le=120)
+
+
+def test_the_sdk_parses_a_response_into_a_pydantic_model(client: openai.OpenAI) -> None:
+    reply = client.responses.parse(
+        model=BASE_ID, input="Alice is 31 years old.", text_format=Person, temperature=0, max_output_tokens=60
+    )
+    assert reply.status == "completed" and isinstance(reply.output_parsed, Person)
+    assert reply.output_parsed == Person.model_validate_json(reply.output_text)
+    assert reply.text.format.type == "json_schema" and reply.text.format.name == "Person"
+    with client.responses.stream(
+        model=BASE_ID, input="Alice is 31 years old.", text_format=Person, temperature=0, max_output_tokens=60
+    ) as stream:
+        final = stream.get_final_response()
+    assert final.output_parsed == reply.output_parsed

@@ -16,8 +16,10 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from .. import protocol as p
+from ..errors import UnsupportedSchemaError
 from ..logs import request_id
 from ..types import ChoiceDelta, FinishReason, GenerationEvent, Usage
+from . import chat_tools
 from .chat_tools import CallReader
 from .response_items import OutputItems
 from .serving import ChoiceAccumulator, Frame, collect, sse
@@ -28,7 +30,7 @@ Status = Literal["completed", "incomplete"]
 
 class ServingResponses:
     """`serve(body)` is the whole of the route; the engine request is chat's, so whatever chat learns to
-    run (structured outputs, tools) the mapping in `protocol/responses.py` can hand it."""
+    run the mapping in `protocol/responses.py` can hand it."""
 
     def __init__(self, chat: ServingChat) -> None:
         self.chat = chat
@@ -36,7 +38,11 @@ class ServingResponses:
     async def serve(self, body: p.ResponsesRequest) -> JSONResponse | EventSourceResponse:
         answer = Answer(body, request_id.get(), int(time.time()))
         reader = self.chat.call_reader(body.chat)
-        first, events = await self.chat.start(self.chat.engine_request(body.chat, answer.rid))
+        try:
+            first, events = await self.chat.start(self.chat.engine_request(body.chat, answer.rid))
+        except UnsupportedSchemaError as exc:  # the schema is a forced call's (from `tools`) or `text.format`
+            forced = chat_tools.forced_output(body.chat) is not None
+            raise UnsupportedSchemaError(exc.message, param="tools" if forced else "text.format") from None
         if body.stream:
             return sse(first, events, ResponseEvents(answer, reader))
         choices, totals = await collect(first, events)
@@ -72,7 +78,7 @@ class Answer:
         **fields: Any,  # further fields of ResponsesResponse, checked by pydantic
     ) -> p.ResponsesResponse:
         body = self.body
-        text = body.text.format if body.text is not None and body.text.format is not None else None
+        text = body.text.format if body.text is not None else None
         return p.ResponsesResponse(
             id=self.id,
             created_at=self.created_at,
@@ -87,7 +93,9 @@ class Answer:
             top_p=body.top_p,
             tool_choice=body.tool_choice or "auto",
             tools=body.tools or [],
-            text=p.TextSettings(format=text) if text is not None else p.TextSettings(),
+            text=p.TextSettings(format=text.model_dump(by_alias=True, exclude_none=True))
+            if text is not None
+            else p.TextSettings(),
             user=body.user,
             **fields,
         )

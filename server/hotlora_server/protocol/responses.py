@@ -4,14 +4,14 @@ A Responses request is a chat request in another shape, so its validator turns i
 (`ResponsesRequest.chat`): the serving layer runs that through chat's path to the engine and only writes
 the answer as a Responses object (`responses_output`). `_chat_request` is the one place where the two
 shapes meet: function tools, `tool_choice` and the function calls and outputs of `input` become chat's
-tools, assistant `tool_calls` and tool messages. Anything that needs a stored response (`store`,
+tools, assistant `tool_calls` and tool messages, and `text.format` chat's `response_format`. Anything that needs a stored response (`store`,
 `previous_response_id`, `conversation`, `background`) is refused: hotlora keeps none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -40,6 +40,13 @@ from .responses_items import (
     ToolChoice,
 )
 from .sampling import Temperature, TopP
+from .structured import (
+    JsonSchema,
+    ResponseFormat,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
+    ResponseFormatText,
+)
 from .tools import check_choice, check_unique_names
 
 MAX_METADATA = 16  # OpenAI's limits for `metadata`: pairs, key and value lengths
@@ -56,11 +63,38 @@ Metadata = Annotated[
 ]
 
 
-class TextConfig(_Open):
-    """`text`: only the plain-text format for now (`json_schema` and `json_object` come with structured
-    outputs on chat)."""
+class TextJsonSchema(JsonSchema):
+    """`text.format` for a JSON schema: chat's `json_schema`, flattened beside `type`."""
 
-    format: dict[str, Any] | None = None
+    type: Literal["json_schema"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flattened(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "json_schema" in data:
+            raise ValueError(
+                "`text.format` carries `name` and `schema` beside `type` (the Responses shape), not in a "
+                "`json_schema` object as chat's `response_format` does"
+            )
+        return data
+
+    def chat_format(self) -> ResponseFormatJsonSchema:
+        schema = JsonSchema.model_validate(self.model_dump(by_alias=True, exclude={"type"}))
+        return ResponseFormatJsonSchema(type="json_schema", json_schema=schema)
+
+
+TextFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | TextJsonSchema, Field(discriminator="type")
+]
+
+
+class TextConfig(_Open):
+    """`text`: its `format` is chat's `response_format` (structured outputs) in the Responses shape."""
+
+    format: TextFormat | None = None
+
+    def chat_format(self) -> ResponseFormat | None:
+        return self.format.chat_format() if isinstance(self.format, TextJsonSchema) else self.format
 
 
 class ResponsesRequest(_Lenient):
@@ -101,16 +135,6 @@ class ResponsesRequest(_Lenient):
             raise ValueError(_STATELESS)
         return value
 
-    @field_validator("text")
-    @classmethod
-    def _plain_text_only(cls, value: TextConfig | None) -> TextConfig | None:
-        kind = (value.format or {}).get("type") if value is not None else None
-        if kind not in (None, "text"):
-            raise ValueError(
-                f"`text.format` `{str(kind)[:40]}` is not supported yet: only {{'type': 'text'}}"
-            )
-        return value
-
     @field_validator("tools")
     @classmethod
     def _unique_names(cls, tools: list[FunctionTool] | None) -> list[FunctionTool] | None:
@@ -140,6 +164,8 @@ class ResponsesRequest(_Lenient):
 
     def unknown_fields(self) -> Iterator[str]:
         yield from super().unknown_fields()
+        if self.text is not None:
+            yield from (f"text.{name}" for name in self.text.unknown_fields())
         if isinstance(self.input, list):
             seen: set[str] = set()
             for item in self.input:
@@ -152,7 +178,7 @@ class ResponsesRequest(_Lenient):
 def _chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
     """The one place where a Responses request becomes a chat request: `instructions` a system message
     first, a string `input` one user message, `max_output_tokens` the completion's limit, the function
-    tools chat's tools."""
+    tools chat's tools, `text.format` its `response_format`."""
     turns: list[dict[str, Any]] = []
     if body.instructions is not None:
         turns.append({"role": "system", "content": body.instructions})
@@ -172,6 +198,7 @@ def _chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
             tools=[tool.chat_tool() for tool in body.tools] if body.tools is not None else None,
             tool_choice=choice.chat_choice() if isinstance(choice, FunctionChoice) else choice,
             parallel_tool_calls=body.parallel_tool_calls,
+            response_format=body.text.chat_format() if body.text is not None else None,
             adapters=body.adapters,
             blend_method=body.blend_method,
             density=body.density,

@@ -299,12 +299,6 @@ def test_the_openai_sdk_reads_responses_and_their_streams(sdk: Any) -> None:
         ({"background": True}, "background", "keeps no responses"),
         ({"previous_response_id": "resp_1"}, "previous_response_id", "keeps no responses"),
         ({"conversation": "conv_1"}, "conversation", "keeps no responses"),
-        (
-            {"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}},
-            "text",
-            "not supported yet",
-        ),
-        ({"text": {"format": {"type": "json_object"}}}, "text", "not supported yet"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0", "`item_reference` are not"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
@@ -355,6 +349,7 @@ def test_unknown_fields_are_accepted_and_logged(client: Any, caplog: pytest.LogC
             client,
             reasoning={"effort": "low"},
             include=["message.output_text.logprobs"],
+            text={"format": {"type": "text"}, "verbosity": "low"},
             input=[{"role": "user", "content": QUESTION, "phase": "final_answer"}],
         )
     assert answer["status"] == "incomplete"
@@ -362,3 +357,4 @@ def test_unknown_fields_are_accepted_and_logged(client: Any, caplog: pytest.LogC
         r.getMessage() for r in caplog.records if "ignoring unsupported fields" in r.getMessage()
     )
     assert "reasoning" in logged and "include" in logged and "input[].phase" in logged
+    assert "text.verbosity" in logged
