@@ -59,8 +59,12 @@ class ServingChat(GenerationServing[p.ChatCompletionRequest]):
             structured=chat_tools.forced_output(body) or p.structured_output(body.response_format),
         )
 
+    def call_reader(self, body: p.ChatCompletionRequest) -> chat_tools.CallReader | None:
+        """How a choice's text is read for tool calls, with this server's `--tool-call-parser`."""
+        return chat_tools.call_reader(body, self._parser)
+
     def choice(self, body: p.ChatCompletionRequest, index: int, acc: ChoiceAccumulator) -> p.ChatChoice:
-        reader = chat_tools.call_reader(body, self._parser)
+        reader = self.call_reader(body)
         content, calls = read_all(reader(), acc.text) if reader is not None else (acc.text, [])
         return p.ChatChoice(
             index=index,
@@ -70,7 +74,7 @@ class ServingChat(GenerationServing[p.ChatCompletionRequest]):
         )
 
     def delta_choices(self, body: p.ChatCompletionRequest) -> DeltaChoices:
-        reader = chat_tools.call_reader(body, self._parser)
+        reader = self.call_reader(body)
         started: set[int] = set()
         readers: dict[int, CallStream] = {}  # each choice's, from its first delta
         called: set[int] = set()  # choices that made a call

@@ -1,6 +1,7 @@
 """`POST /v1/responses` (vLLM's `serving_responses.py`): the body runs as the chat request it maps to
 (`ResponsesRequest.chat`, through chat's own `engine_request`), and the one choice comes back as a
-Responses object: whole, or as OpenAI's sequence of named, numbered events."""
+Responses object, its text read into messages and function calls (`response_items`): whole, or as
+OpenAI's sequence of named, numbered events."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from .. import protocol as p
+from ..errors import UnsupportedSchemaError
 from ..logs import request_id
 from ..types import ChoiceDelta, FinishReason, GenerationEvent, Usage
+from . import chat_tools
+from .chat_tools import CallReader
+from .response_items import OutputItems
 from .serving import ChoiceAccumulator, Frame, collect, sse
 from .serving_chat import ServingChat
 
@@ -25,19 +30,33 @@ Status = Literal["completed", "incomplete"]
 
 class ServingResponses:
     """`serve(body)` is the whole of the route; the engine request is chat's, so whatever chat learns to
-    run (structured outputs, tools) the mapping in `protocol/responses.py` can hand it."""
+    run the mapping in `protocol/responses.py` can hand it."""
 
     def __init__(self, chat: ServingChat) -> None:
         self.chat = chat
 
     async def serve(self, body: p.ResponsesRequest) -> JSONResponse | EventSourceResponse:
         answer = Answer(body, request_id.get(), int(time.time()))
-        first, events = await self.chat.start(self.chat.engine_request(body.chat, answer.rid))
+        reader = self.chat.call_reader(body.chat)
+        try:
+            first, events = await self.chat.start(self.chat.engine_request(body.chat, answer.rid))
+        except UnsupportedSchemaError as exc:  # the schema is a forced call's (from `tools`) or `text.format`
+            forced = chat_tools.forced_output(body.chat) is not None
+            raise UnsupportedSchemaError(exc.message, param="tools" if forced else "text.format") from None
         if body.stream:
-            return sse(first, events, ResponseEvents(answer))
+            return sse(first, events, ResponseEvents(answer, reader))
         choices, totals = await collect(first, events)
         choice = choices.get(0, ChoiceAccumulator())
-        return JSONResponse(answer.finished(choice.text, choice.finish_reason, totals).model_dump())
+        done = status(choice.finish_reason)
+        output = OutputItems(answer.rid, reader)
+        output.feed(choice.text)
+        output.close(done)
+        return JSONResponse(answer.finished(output.output(), done, totals).model_dump())
+
+
+def status(finish_reason: FinishReason | None) -> Status:
+    """`incomplete` when the answer ran into its token limit, else `completed`."""
+    return "incomplete" if finish_reason == "length" else "completed"
 
 
 @dataclass(frozen=True)
@@ -52,23 +71,14 @@ class Answer:
     def id(self) -> str:
         return f"resp_{self.rid}"
 
-    @property
-    def item_id(self) -> str:
-        return f"msg_{self.rid}"
-
-    def message(
-        self, text: str, status: Literal["in_progress", "completed", "incomplete"]
-    ) -> p.OutputMessage:
-        content = [p.OutputText(text=text)] if status != "in_progress" else []
-        return p.OutputMessage(id=self.item_id, status=status, content=content)
-
     def response(
         self,
         status: Literal["in_progress", "completed", "incomplete", "failed"],
-        output: list[p.OutputMessage],
+        output: list[p.OutputItem],
         **fields: Any,  # further fields of ResponsesResponse, checked by pydantic
     ) -> p.ResponsesResponse:
         body = self.body
+        text = body.text.format if body.text is not None else None
         return p.ResponsesResponse(
             id=self.id,
             created_at=self.created_at,
@@ -81,20 +91,23 @@ class Answer:
             parallel_tool_calls=body.parallel_tool_calls is not False,
             temperature=body.temperature,
             top_p=body.top_p,
-            tool_choice="none" if body.tool_choice == "none" else "auto",
+            tool_choice=body.tool_choice or "auto",
+            tools=body.tools or [],
+            text=p.TextSettings(format=text.model_dump(by_alias=True, exclude_none=True))
+            if text is not None
+            else p.TextSettings(),
             user=body.user,
             **fields,
         )
 
-    def finished(self, text: str, finish_reason: FinishReason | None, totals: Usage) -> p.ResponsesResponse:
-        """The whole answer: `incomplete` when it ran into its token limit, else `completed`."""
-        status: Status = "incomplete" if finish_reason == "length" else "completed"
+    def finished(self, output: list[p.OutputItem], done: Status, totals: Usage) -> p.ResponsesResponse:
+        """The whole answer, `incomplete` when it ran into its token limit."""
         return self.response(
-            status,
-            [self.message(text, status)],
-            completed_at=int(time.time()) if status == "completed" else None,
+            done,
+            output,
+            completed_at=int(time.time()) if done == "completed" else None,
             incomplete_details=p.IncompleteDetails(reason="max_output_tokens")
-            if status == "incomplete"
+            if done == "incomplete"
             else None,
             usage=p.ResponseUsage(
                 input_tokens=totals.prompt_tokens,
@@ -105,14 +118,14 @@ class Answer:
 
 
 class ResponseEvents:
-    """A response as OpenAI streams it: created, in progress, its message and text part added, the text in
-    deltas, then the text, part and message done and the response completed (or incomplete). Each event is
-    an SSE `event:` named by its type and numbered by `sequence_number`; no `[DONE]` follows."""
+    """A response as OpenAI streams it: created and in progress, then each output item added, written
+    (text or arguments in deltas) and done, then the response completed (or incomplete). Each event is an
+    SSE `event:` named by its type and numbered by `sequence_number`; no `[DONE]` follows."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, reader: CallReader | None) -> None:
         self.answer = answer
         self.numbers = itertools.count()
-        self.text = ""
+        self.output = OutputItems(answer.rid, reader)
         self.finish_reason: FinishReason | None = None
         self.opened = False
 
@@ -120,18 +133,24 @@ class ResponseEvents:
         events = [] if self.opened else self._opening()
         if isinstance(event, ChoiceDelta):  # choice 0: a Responses request has no `n`
             self.finish_reason = event.finish_reason or self.finish_reason
-            if event.text:
-                self.text += event.text
-                events.append(p.TextDeltaEvent(item_id=self.answer.item_id, delta=event.text))
+            events += self.output.feed(event.text)
         else:  # the usage, which ends every generation
-            events.extend(self._closing(event))
+            done = status(self.finish_reason)
+            events += self.output.close(done)
+            whole = self.answer.finished(self.output.output(), done, event)
+            events.append(
+                p.ResponseEvent(
+                    type="response.completed" if done == "completed" else "response.incomplete",
+                    response=whole,
+                )
+            )
         return [self._frame(e) for e in events]
 
     def failed(self, error: p.ErrorDetail) -> list[Frame]:
+        """An `error` event and the response failed, with its output so far (the last item incomplete)."""
+        self.output.close("incomplete")
         failure = p.ResponseError(code="server_error", message=error.message)
-        response = self.answer.response(
-            "failed", [self.answer.message(self.text, "incomplete")], error=failure
-        )
+        response = self.answer.response("failed", self.output.output(), error=failure)
         events = [
             p.ErrorEvent(code=error.code or error.type, message=error.message, param=error.param),
             p.ResponseEvent(type="response.failed", response=response),
@@ -147,23 +166,6 @@ class ResponseEvents:
         return [
             p.ResponseEvent(type="response.created", response=started),
             p.ResponseEvent(type="response.in_progress", response=started),
-            p.OutputItemEvent(type="response.output_item.added", item=self.answer.message("", "in_progress")),
-            p.ContentPartEvent(
-                type="response.content_part.added", item_id=self.answer.item_id, part=p.OutputText(text="")
-            ),
-        ]
-
-    def _closing(self, totals: Usage) -> list[BaseModel]:
-        whole = self.answer.finished(self.text, self.finish_reason, totals)
-        item = whole.output[0]
-        return [
-            p.TextDoneEvent(item_id=item.id, text=self.text),
-            p.ContentPartEvent(type="response.content_part.done", item_id=item.id, part=item.content[0]),
-            p.OutputItemEvent(type="response.output_item.done", item=item),
-            p.ResponseEvent(
-                type="response.completed" if whole.status == "completed" else "response.incomplete",
-                response=whole,
-            ),
         ]
 
     def _frame(self, event: BaseModel) -> Frame:

@@ -7,8 +7,9 @@ are refused with a message instead of being silently ignored.
 
 One module per topic: `common` (the base models, text, messages, usage, errors), `sampling` (the fields
 chat and completions share), `structured` (`response_format`), `blends`, `tools` (the tools a chat
-offers), `chat`, `completions`, `responses`, `tokenize`, `models`, `adapters`. Everything others use is
-importable from here (`from hotlora_server import protocol as p`).
+offers), `chat`, `completions`, `responses` (the request; its items in `responses_items`, its answer in
+`responses_output`), `tokenize`, `models`, `adapters`. Everything others use is importable from here
+(`from hotlora_server import protocol as p`).
 """
 
 from .adapters import (
@@ -70,23 +71,34 @@ from .common import (
 )
 from .completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from .models import ModelCard, ModelList
-from .responses import (
-    MAX_METADATA,
-    ContentPartEvent,
-    ErrorEvent,
-    IncompleteDetails,
+from .responses import MAX_METADATA, ResponsesRequest
+from .responses_items import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionChoice,
+    FunctionTool,
     InputMessage,
     InputText,
+)
+from .responses_output import (
+    ArgumentsDeltaEvent,
+    ArgumentsDoneEvent,
+    ContentPartEvent,
+    ErrorEvent,
+    FunctionToolCall,
+    IncompleteDetails,
+    ItemStatus,
+    OutputItem,
     OutputItemEvent,
     OutputMessage,
     OutputText,
     ResponseError,
     ResponseEvent,
-    ResponsesRequest,
     ResponsesResponse,
     ResponseUsage,
     TextDeltaEvent,
     TextDoneEvent,
+    TextSettings,
 )
 from .sampling import (
     LOGIT_BIAS_RANGE,
@@ -131,6 +143,15 @@ from .tools import (
 )
 
 __all__ = [
+    "OutputItem",
+    "ItemStatus",
+    "FunctionToolCall",
+    "FunctionTool",
+    "FunctionChoice",
+    "FunctionCallOutputItem",
+    "FunctionCallItem",
+    "ArgumentsDoneEvent",
+    "ArgumentsDeltaEvent",
     "LOGIT_BIAS_RANGE",
     "MAX_BLEND_COMPONENTS",
     "MAX_BLEND_WEIGHT",
@@ -217,6 +238,7 @@ __all__ = [
     "TextDeltaEvent",
     "TextDoneEvent",
     "TextPart",
+    "TextSettings",
     "TokenLogprob",
     "TokenizeRequest",
     "TokenizeResponse",

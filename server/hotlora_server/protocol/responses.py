@@ -1,82 +1,59 @@
-"""`POST /v1/responses` (OpenAI's Responses API, stateless): the request, the response object and its
-streamed events.
+"""`POST /v1/responses` (OpenAI's Responses API, stateless): the request, and the chat request it runs as.
 
 A Responses request is a chat request in another shape, so its validator turns it into one
 (`ResponsesRequest.chat`): the serving layer runs that through chat's path to the engine and only writes
-the answer as a Responses object. Mapping `text.format` onto `response_format` and `tools` onto chat's
-`tools` belongs in `_chat_request`, the one place where the two shapes meet; until then both are refused.
-Anything that needs a stored response (`store`, `previous_response_id`, `conversation`, `background`) is
-refused: hotlora keeps none.
+the answer as a Responses object (`responses_output`). `_chat_request` is the one place where the two
+shapes meet: function tools, `tool_choice` and the function calls and outputs of `input` become chat's
+tools, assistant `tool_calls` and tool messages, and `text.format` chat's `response_format`. Anything that needs a stored response (`store`,
+`previous_response_id`, `conversation`, `background`) is refused: hotlora keeps none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-    with_config,
-)
-from typing_extensions import TypedDict
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..blend_methods import BlendMethod
 from .blends import BlendComponents, Density
 from .chat import ChatCompletionRequest
-from .common import MAX_CONTENT_PARTS, MAX_MESSAGES, ChatMessage, ModelId, PositiveInt, Text, _Lenient, _Open
+from .common import (
+    MAX_MESSAGES,
+    ChatMessage,
+    FunctionCall,
+    ModelId,
+    PositiveInt,
+    Text,
+    ToolCall,
+    _Lenient,
+    _Open,
+)
+from .responses_items import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionChoice,
+    FunctionTool,
+    FunctionTools,
+    InputItem,
+    InputItems,
+    ToolChoice,
+)
 from .sampling import Temperature, TopP
-from .tools import MAX_TOOLS
+from .structured import (
+    JsonSchema,
+    ResponseFormat,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
+    ResponseFormatText,
+)
+from .tools import check_choice, check_unique_names
 
 MAX_METADATA = 16  # OpenAI's limits for `metadata`: pairs, key and value lengths
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 _STATELESS = "hotlora keeps no responses: send the whole conversation in `input` every time"
 
-
-@with_config(ConfigDict(strict=True, extra="ignore"))
-class InputText(TypedDict):
-    """A text part of an input message: `input_text`, or an `output_text` part of an answer sent back (its
-    `annotations` and `logprobs` are ignored)."""
-
-    type: Literal["input_text", "output_text"]
-    text: Text
-
-
-InputParts = Annotated[list[InputText], Field(max_length=MAX_CONTENT_PARTS, fail_fast=True)]
-
-
-class InputMessage(_Open):
-    """One item of `input`: a message (OpenAI's `EasyInputMessage`, or an output message sent back, whose
-    `id` and `status` mean nothing here). Other items (tool calls and their outputs, references to stored
-    items) are refused by their type."""
-
-    type: Literal["message"] | None = None
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | InputParts
-    id: str | None = None
-    status: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _only_messages(cls, data: Any) -> Any:
-        kind = data.get("type") if isinstance(data, dict) else None
-        if kind not in (None, "message"):
-            raise ValueError(f"input items of type `{str(kind)[:40]}` are not supported yet (only messages)")
-        return data
-
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part["text"] for part in self.content)
-
-
-InputItems = Annotated[list[InputMessage], Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)]
 Metadata = Annotated[
     dict[
         Annotated[str, Field(max_length=MAX_METADATA_KEY)],
@@ -86,11 +63,38 @@ Metadata = Annotated[
 ]
 
 
-class TextConfig(_Open):
-    """`text`: only the plain-text format for now (`json_schema` and `json_object` come with structured
-    outputs on chat)."""
+class TextJsonSchema(JsonSchema):
+    """`text.format` for a JSON schema: chat's `json_schema`, flattened beside `type`."""
 
-    format: dict[str, Any] | None = None
+    type: Literal["json_schema"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flattened(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "json_schema" in data:
+            raise ValueError(
+                "`text.format` carries `name` and `schema` beside `type` (the Responses shape), not in a "
+                "`json_schema` object as chat's `response_format` does"
+            )
+        return data
+
+    def chat_format(self) -> ResponseFormatJsonSchema:
+        schema = JsonSchema.model_validate(self.model_dump(by_alias=True, exclude={"type"}))
+        return ResponseFormatJsonSchema(type="json_schema", json_schema=schema)
+
+
+TextFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | TextJsonSchema, Field(discriminator="type")
+]
+
+
+class TextConfig(_Open):
+    """`text`: its `format` is chat's `response_format` (structured outputs) in the Responses shape."""
+
+    format: TextFormat | None = None
+
+    def chat_format(self) -> ResponseFormat | None:
+        return self.format.chat_format() if isinstance(self.format, TextJsonSchema) else self.format
 
 
 class ResponsesRequest(_Lenient):
@@ -103,10 +107,10 @@ class ResponsesRequest(_Lenient):
     stream: bool | None = None
     metadata: Metadata | None = None
     user: Text | None = None
-    parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
-    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
-    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    tools: FunctionTools | None = None
+    tool_choice: ToolChoice | None = None  # default: "auto" (with tools)
+    parallel_tool_calls: bool | None = None  # default true; false: at most one call
     store: bool | None = None
     background: bool | None = None
     previous_response_id: str | None = None
@@ -131,31 +135,20 @@ class ResponsesRequest(_Lenient):
             raise ValueError(_STATELESS)
         return value
 
-    @field_validator("text")
-    @classmethod
-    def _plain_text_only(cls, value: TextConfig | None) -> TextConfig | None:
-        kind = (value.format or {}).get("type") if value is not None else None
-        if kind not in (None, "text"):
-            raise ValueError(
-                f"`text.format` `{str(kind)[:40]}` is not supported yet: only {{'type': 'text'}}"
-            )
-        return value
-
     @field_validator("tools")
     @classmethod
-    def _no_tools_yet(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if value:
-            raise ValueError("tools are not supported yet on /v1/responses")
-        return value
+    def _unique_names(cls, tools: list[FunctionTool] | None) -> list[FunctionTool] | None:
+        check_unique_names(tool.name for tool in tools or ())
+        return tools
 
     @field_validator("tool_choice")
     @classmethod
-    def _no_forced_tools(cls, value: object) -> object:
-        if value not in (None, "auto", "none"):
-            raise ValueError(
-                "forcing a tool call is not supported yet (tools are not): only 'auto' and 'none'"
-            )
-        return value
+    def _choice_fits_tools(cls, choice: object, info: ValidationInfo) -> object:
+        if "tools" in info.data:  # else `tools` itself is invalid: that is the error to report
+            named = choice.name if isinstance(choice, FunctionChoice) else None
+            tools = info.data["tools"] or ()
+            check_choice(choice == "required" or named is not None, named, (tool.name for tool in tools))
+        return choice
 
     @model_validator(mode="after")
     def _check_responses(self) -> ResponsesRequest:
@@ -171,6 +164,8 @@ class ResponsesRequest(_Lenient):
 
     def unknown_fields(self) -> Iterator[str]:
         yield from super().unknown_fields()
+        if self.text is not None:
+            yield from (f"text.{name}" for name in self.text.unknown_fields())
         if isinstance(self.input, list):
             seen: set[str] = set()
             for item in self.input:
@@ -182,22 +177,28 @@ class ResponsesRequest(_Lenient):
 
 def _chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
     """The one place where a Responses request becomes a chat request: `instructions` a system message
-    first, a string `input` one user message, `max_output_tokens` the completion's limit."""
-    messages = (
-        [ChatMessage(role="system", content=body.instructions)] if body.instructions is not None else []
-    )
+    first, a string `input` one user message, `max_output_tokens` the completion's limit, the function
+    tools chat's tools, `text.format` its `response_format`."""
+    turns: list[dict[str, Any]] = []
+    if body.instructions is not None:
+        turns.append({"role": "system", "content": body.instructions})
     if isinstance(body.input, str):
-        messages.append(ChatMessage(role="user", content=body.input))
+        turns.append({"role": "user", "content": body.input})
     else:
-        messages.extend(ChatMessage(role=item.role, content=item.text()) for item in body.input)
+        turns.extend(_chat_turns(body.input))
+    choice = body.tool_choice
     try:
         return ChatCompletionRequest(
             model=body.model,
-            messages=messages,
+            messages=[ChatMessage(**turn) for turn in turns],
             max_completion_tokens=body.max_output_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
             user=body.user,
+            tools=[tool.chat_tool() for tool in body.tools] if body.tools is not None else None,
+            tool_choice=choice.chat_choice() if isinstance(choice, FunctionChoice) else choice,
+            parallel_tool_calls=body.parallel_tool_calls,
+            response_format=body.text.chat_format() if body.text is not None else None,
             adapters=body.adapters,
             blend_method=body.blend_method,
             density=body.density,
@@ -207,139 +208,19 @@ def _chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
         raise ValueError(str(error["msg"]).removeprefix("Value error, ")) from None
 
 
-# -- the response ------------------------------------------------------------------------------------------
-
-
-class OutputText(BaseModel):
-    type: Literal["output_text"] = "output_text"
-    text: str
-    annotations: list[dict[str, Any]] = []
-    logprobs: list[dict[str, Any]] = []
-
-
-class OutputMessage(BaseModel):
-    type: Literal["message"] = "message"
-    id: str
-    role: Literal["assistant"] = "assistant"
-    status: Literal["in_progress", "completed", "incomplete"]
-    content: list[OutputText]
-
-
-class InputTokensDetails(BaseModel):
-    cached_tokens: int = 0  # prompt tokens served from the prefix cache are not counted apart
-
-
-class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = 0
-
-
-class ResponseUsage(BaseModel):
-    input_tokens: int
-    input_tokens_details: InputTokensDetails = InputTokensDetails()
-    output_tokens: int
-    output_tokens_details: OutputTokensDetails = OutputTokensDetails()
-    total_tokens: int
-
-
-class IncompleteDetails(BaseModel):
-    reason: Literal["max_output_tokens"]
-
-
-class ResponseError(BaseModel):
-    code: str
-    message: str
-
-
-class TextFormat(BaseModel):
-    type: Literal["text"] = "text"
-
-
-class TextSettings(BaseModel):
-    format: TextFormat = TextFormat()
-
-
-class ResponsesResponse(BaseModel):
-    id: str
-    object: Literal["response"] = "response"
-    created_at: int
-    completed_at: int | None = None
-    status: Literal["in_progress", "completed", "incomplete", "failed"]
-    error: ResponseError | None = None
-    incomplete_details: IncompleteDetails | None = None
-    model: str
-    output: list[OutputMessage]
-    instructions: str | None = None
-    max_output_tokens: int | None = None
-    metadata: dict[str, str] = {}
-    parallel_tool_calls: bool = True
-    temperature: float | None = None
-    top_p: float | None = None
-    tool_choice: Literal["auto", "none"] = "auto"
-    tools: list[dict[str, Any]] = []
-    text: TextSettings = TextSettings()
-    truncation: Literal["disabled"] = "disabled"
-    store: Literal[False] = False
-    background: Literal[False] = False
-    previous_response_id: None = None
-    user: str | None = None
-    usage: ResponseUsage | None = None
-
-
-# -- streamed events (each an SSE `event:` of its `type`) ---------------------------------------------------
-
-
-class _Event(BaseModel):
-    sequence_number: int = 0  # numbered as it is sent
-
-
-class _TextEvent(_Event):
-    """An event of the answer's text: the one message's one text part."""
-
-    item_id: str
-    output_index: int = 0
-    content_index: int = 0
-
-
-class ResponseEvent(_Event):
-    """The response as a whole: at the start, and once it ends."""
-
-    type: Literal[
-        "response.created",
-        "response.in_progress",
-        "response.completed",
-        "response.incomplete",
-        "response.failed",
-    ]
-    response: ResponsesResponse
-
-
-class OutputItemEvent(_Event):
-    type: Literal["response.output_item.added", "response.output_item.done"]
-    output_index: int = 0
-    item: OutputMessage
-
-
-class ContentPartEvent(_TextEvent):
-    type: Literal["response.content_part.added", "response.content_part.done"]
-    part: OutputText
-
-
-class TextDeltaEvent(_TextEvent):
-    type: Literal["response.output_text.delta"] = "response.output_text.delta"
-    delta: str
-    logprobs: list[dict[str, Any]] = []
-
-
-class TextDoneEvent(_TextEvent):
-    type: Literal["response.output_text.done"] = "response.output_text.done"
-    text: str
-    logprobs: list[dict[str, Any]] = []
-
-
-class ErrorEvent(_Event):
-    """A failure after the stream began (then `response.failed`)."""
-
-    type: Literal["error"] = "error"
-    code: str | None
-    message: str
-    param: str | None
+def _chat_turns(items: Sequence[InputItem]) -> list[dict[str, Any]]:
+    """Input items as the fields of chat messages: a `function_call` joins the assistant turn just before
+    it (the text and the calls of one answer are one chat message), a `function_call_output` is a tool
+    message."""
+    turns: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, FunctionCallItem):
+            if not turns or turns[-1]["role"] != "assistant":
+                turns.append({"role": "assistant", "content": None})
+            call = ToolCall(id=item.call_id, function=FunctionCall(name=item.name, arguments=item.arguments))
+            turns[-1].setdefault("tool_calls", []).append(call)
+        elif isinstance(item, FunctionCallOutputItem):
+            turns.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
+        else:
+            turns.append({"role": item.role, "content": item.text()})
+    return turns

@@ -7,6 +7,7 @@ without any, or one naming a function that is not among them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 import jsonschema_rs
@@ -26,6 +27,24 @@ def schema_problem(schema: dict[str, Any]) -> str | None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"{first} (at `{where}`)" if where else first
     return None
+
+
+def check_unique_names(names: Iterable[str]) -> None:
+    """Two tools of one name are refused, as OpenAI does: a call could not say which it means."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"two tools are named '{name}': function names must be unique")
+        seen.add(name)
+
+
+def check_choice(forced: bool, named: str | None, tool_names: Iterable[str]) -> None:
+    """A `tool_choice` that forces a call needs tools, and one naming a function needs it among them."""
+    names = set(tool_names)
+    if forced and not names:
+        raise ValueError("a `tool_choice` that requires a call needs `tools` to call")
+    if named is not None and named not in names:
+        raise ValueError(f"names function '{named}', which is not among `tools` ({', '.join(sorted(names))})")
 
 
 class FunctionDefinition(_Strict):
@@ -84,11 +103,7 @@ class _ToolFields(_Open):
     @field_validator("tools")
     @classmethod
     def _unique_names(cls, tools: list[ToolDefinition] | None) -> list[ToolDefinition] | None:
-        seen: set[str] = set()
-        for tool in tools or ():
-            if tool.function.name in seen:
-                raise ValueError(f"two tools are named '{tool.function.name}': function names must be unique")
-            seen.add(tool.function.name)
+        check_unique_names(tool.function.name for tool in tools or ())
         return tools
 
     @field_validator("tool_choice")
@@ -96,15 +111,9 @@ class _ToolFields(_Open):
     def _choice_fits_tools(cls, choice: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
         if "tools" not in info.data:  # `tools` itself is invalid: that is the error to report
             return choice
-        names = {tool.function.name for tool in info.data["tools"] or ()}
-        forced = choice == "required" or isinstance(choice, NamedToolChoice)
-        if forced and not names:
-            raise ValueError("a `tool_choice` that requires a call needs `tools` to call")
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-            raise ValueError(
-                f"names function '{choice.function.name}', which is not among `tools` "
-                f"({', '.join(sorted(names))})"
-            )
+        named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+        tools = info.data["tools"] or ()
+        check_choice(choice == "required" or named is not None, named, (tool.function.name for tool in tools))
         return choice
 
     def offered_tools(self) -> list[FunctionDefinition]:

@@ -127,7 +127,7 @@ def test_a_choice_that_stops_on_its_own_completes_the_response() -> None:
     from hotlora_server.types import ChoiceDelta, Usage
 
     body = p.ResponsesRequest.model_validate({"model": TINY_NAME, "input": QUESTION, "tool_choice": "none"})
-    writer = ResponseEvents(Answer(body, "r1", 1700000000))
+    writer = ResponseEvents(Answer(body, "r1", 1700000000), None)
     frames = writer.frames(ChoiceDelta(0, "Hello")) + writer.frames(ChoiceDelta(0, "", finish_reason="stop"))
     frames += writer.frames(Usage(prompt_tokens=7, completion_tokens=2))
     events = [(f["event"], json.loads(f["data"])) for f in frames]
@@ -299,20 +299,7 @@ def test_the_openai_sdk_reads_responses_and_their_streams(sdk: Any) -> None:
         ({"background": True}, "background", "keeps no responses"),
         ({"previous_response_id": "resp_1"}, "previous_response_id", "keeps no responses"),
         ({"conversation": "conv_1"}, "conversation", "keeps no responses"),
-        (
-            {"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}},
-            "text",
-            "not supported yet",
-        ),
-        ({"text": {"format": {"type": "json_object"}}}, "text", "not supported yet"),
-        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools", "not supported yet"),
-        ({"tool_choice": "required"}, "tool_choice", "not supported yet"),
-        (
-            {"input": [{"type": "function_call_output", "call_id": "c", "output": "4"}]},
-            "input.0",
-            "not supported yet",
-        ),
-        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0", "not supported yet"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0", "`item_reference` are not"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
             "input.0.content.0.type",
@@ -362,6 +349,7 @@ def test_unknown_fields_are_accepted_and_logged(client: Any, caplog: pytest.LogC
             client,
             reasoning={"effort": "low"},
             include=["message.output_text.logprobs"],
+            text={"format": {"type": "text"}, "verbosity": "low"},
             input=[{"role": "user", "content": QUESTION, "phase": "final_answer"}],
         )
     assert answer["status"] == "incomplete"
@@ -369,3 +357,4 @@ def test_unknown_fields_are_accepted_and_logged(client: Any, caplog: pytest.LogC
         r.getMessage() for r in caplog.records if "ignoring unsupported fields" in r.getMessage()
     )
     assert "reasoning" in logged and "include" in logged and "input[].phase" in logged
+    assert "text.verbosity" in logged
