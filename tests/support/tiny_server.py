@@ -181,7 +181,7 @@ def assert_error(
 def needs_compiler() -> None:
     """Skip where the machine has no C compiler: the server runs without its CPU kernels there (and says
     that batch invariance is off)."""
-    from hotlora_server.engine.cpu import kernels
+    from hotlora_server.engine.cpu import kernels_build
 
-    if kernels.compiler() is None:
+    if kernels_build.compiler() is None:
         pytest.skip("no C compiler here: the server runs without its fixed-order CPU kernels")

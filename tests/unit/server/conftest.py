@@ -125,9 +125,9 @@ def peft_model(real_tokenizer: Any) -> Any:
 @pytest.fixture(scope="session")
 def cpu_kernels(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The compiled CPU kernels (built once for the session)."""
-    from hotlora_server.engine.cpu import kernels
+    from hotlora_server.engine.cpu import kernels_build
 
     needs_compiler()
-    built = kernels.build(tmp_path_factory.mktemp("kernels"))
+    built = kernels_build.build(tmp_path_factory.mktemp("kernels"))
     assert built is not None, "a compiler is present, yet the kernels did not build (see the log)"
     return built

@@ -13,7 +13,7 @@ import bitsandbytes.functional as bnbf
 import pytest
 import torch
 
-from hotlora_server.engine.cpu import kernels
+from hotlora_server.engine.cpu import kernels_build
 from hotlora_server.engine.cpu.kernels import CpuKernels, decode_items
 
 from support.tiny_server import needs_compiler
@@ -293,21 +293,21 @@ def test_the_library_is_compiled_once_and_then_reused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     needs_compiler()
-    assert kernels.build(tmp_path) is not None
+    assert kernels_build.build(tmp_path) is not None
     built = list(tmp_path.iterdir())
     assert len(built) == 1 and built[0].suffix == ".so"
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
-    assert kernels.build(tmp_path) is not None
+    assert kernels_build.build(tmp_path) is not None
 
 
 def test_a_broken_cached_library_is_built_again(tmp_path: Path) -> None:
     needs_compiler()
-    assert kernels.build(tmp_path / "first") is not None
+    assert kernels_build.build(tmp_path / "first") is not None
     (built,) = (tmp_path / "first").iterdir()
     broken = tmp_path / "second" / built.name  # another path: this process has the first one loaded
     broken.parent.mkdir()
     broken.write_bytes(b"not a library")
-    assert kernels.build(broken.parent) is not None
+    assert kernels_build.build(broken.parent) is not None
     assert broken.read_bytes()[:4] == b"\x7fELF"
 
 
@@ -320,9 +320,11 @@ def test_the_portable_build_gives_the_same_guarantee(tmp_path: Path, monkeypatch
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the baseline build is x86-64's")
     monkeypatch.setattr(
-        kernels, "FLAGS", tuple(f if f != "-march=native" else "-march=x86-64" for f in kernels.FLAGS)
+        kernels_build,
+        "FLAGS",
+        tuple(f if f != "-march=native" else "-march=x86-64" for f in kernels_build.FLAGS),
     )
-    portable = kernels.build(tmp_path)
+    portable = kernels_build.build(tmp_path)
     assert portable is not None and portable.lanes == 4
     x, w = torch.randn(11, 72, generator=_gen(10)), torch.randn(30, 72, generator=_gen(11))
     together = portable.gemm_nt(x, w)
@@ -348,8 +350,8 @@ def test_without_a_working_compiler_there_are_no_kernels_and_no_debris(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, compiler: str
 ) -> None:
     monkeypatch.setenv("CC", compiler)
-    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
-        assert kernels.build(tmp_path) is None
+    with caplog.at_level(logging.WARNING, logger=kernels_build.__name__):
+        assert kernels_build.build(tmp_path) is None
     assert "kernels" in caplog.text
     assert list(tmp_path.iterdir()) == []
 
@@ -366,7 +368,7 @@ int hotlora_lora_decode(void) { return 0; }
 
 def _library_name(tmp_path: Path) -> str:
     """The name `build` gives the library on this machine (the hash of source, flags, compiler, CPU)."""
-    assert kernels.build(tmp_path / "probe") is not None
+    assert kernels_build.build(tmp_path / "probe") is not None
     (built,) = (tmp_path / "probe").iterdir()
     return built.name
 
@@ -375,7 +377,7 @@ def _planted_library(path: Path) -> Path:
     """A library with every entry point the loader looks up, whose `hotlora_lanes` says 12345."""
     source = path.with_suffix(".c")
     source.write_text(STUB)
-    subprocess.run([kernels.compiler(), "-shared", "-fPIC", str(source), "-o", str(path)], check=True)
+    subprocess.run([kernels_build.compiler(), "-shared", "-fPIC", str(source), "-o", str(path)], check=True)
     return path
 
 
@@ -383,7 +385,7 @@ def test_the_library_and_its_folder_are_private_whatever_the_umask(tmp_path: Pat
     needs_compiler()
     before = os.umask(0o002)
     try:
-        built = kernels.build(tmp_path / "home" / "kernels")
+        built = kernels_build.build(tmp_path / "home" / "kernels")
     finally:
         os.umask(before)
     assert built is not None
@@ -411,8 +413,8 @@ def test_a_library_someone_else_could_have_put_there_is_built_again(
                 pytest.skip("giving a file to another user needs root")
             os.chown(target, 65534, 65534)
             os.chmod(target, 0o755)
-    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
-        built = kernels.build(folder)
+    with caplog.at_level(logging.WARNING, logger=kernels_build.__name__):
+        built = kernels_build.build(folder)
     assert built is not None and built.lanes != 12345  # the planted library was not loaded
     assert f"not loading {target}" in caplog.text
     info = os.lstat(target)
@@ -430,8 +432,8 @@ def test_a_kernels_folder_someone_else_owns_is_not_used(
     _planted_library(folder / _library_name(tmp_path))
     monkeypatch.setattr(os, "geteuid", lambda: os.stat(folder).st_uid + 1)  # as if another user owned it
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("compiled in someone else's folder"))
-    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
-        assert kernels.build(folder) is None
+    with caplog.at_level(logging.WARNING, logger=kernels_build.__name__):
+        assert kernels_build.build(folder) is None
     assert f"not loading the CPU kernels from {folder}" in caplog.text and "owned by uid" in caplog.text
 
 
@@ -440,5 +442,5 @@ def test_a_kernels_folder_of_ours_open_to_others_is_made_private(tmp_path: Path)
     folder = tmp_path / "kernels"
     folder.mkdir()
     os.chmod(folder, 0o777)
-    assert kernels.build(folder) is not None
+    assert kernels_build.build(folder) is not None
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700

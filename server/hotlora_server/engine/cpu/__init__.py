@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ...settings import Settings
-from . import bnb, kernels, linear, linear4, prefill_gemm
+from . import bnb, kernels, kernels_build, linear, linear4, prefill_gemm
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,9 @@ class CpuPath:
 
 def install(model: torch.nn.Module, settings: Settings, dtype: torch.dtype) -> CpuPath:
     """Choose and install the CPU forward path for `model` (loaded on the CPU, before its first forward)."""
-    lib = kernels.build(settings.kernels_dir) if settings.cpu_kernels and dtype == torch.float32 else None
+    lib = (
+        kernels_build.build(settings.kernels_dir) if settings.cpu_kernels and dtype == torch.float32 else None
+    )
     if settings.cpu_4bit == "hotlora" and lib is None:
         raise CpuPathError(
             "--cpu-4bit hotlora needs the compiled CPU kernels: a C compiler (cc), float32 compute and "
