@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import httpx
 import openai
 import pytest
 
-from support.live_server import ADAPTER, API_KEY, BASE_ID, RunningServer
+from support.live_server import ADAPTER, BASE_ID, RunningServer, curl
 
 pytestmark = pytest.mark.integration
 
@@ -189,23 +188,6 @@ def test_api_key_required(server: RunningServer) -> None:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_readme_curl_example(server: RunningServer) -> None:
-    body = json.dumps({"model": ADAPTER, "messages": QUESTION, "max_tokens": 8})
-    out = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            f"{server.v1}/chat/completions",
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            f"Authorization: Bearer {API_KEY}",
-            "-d",
-            body,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    reply = json.loads(out.stdout)
+    out = curl(server, "/chat/completions", {"model": ADAPTER, "messages": QUESTION, "max_tokens": 8})
+    reply = json.loads(out)
     assert reply["model"] == ADAPTER and reply["choices"][0]["message"]["content"]

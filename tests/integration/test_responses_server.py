@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from support.live_server import ADAPTER, API_KEY, BASE_ID, RunningServer
+from support.live_server import ADAPTER, BASE_ID, RunningServer, curl
 
 if TYPE_CHECKING:
     from openai.types.responses import ResponseInputParam
@@ -125,29 +124,13 @@ def test_stored_responses_are_refused(client: openai.OpenAI) -> None:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_streams_named_events(server: RunningServer) -> None:
-    body = json.dumps({"model": ADAPTER, "input": QUESTION, "max_output_tokens": 8, "stream": True})
-    out = subprocess.run(
-        [
-            "curl",
-            "-sSN",
-            f"{server.v1}/responses",
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            f"Authorization: Bearer {API_KEY}",
-            "-d",
-            body,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    lines = [line for line in out.stdout.splitlines() if line and not line.startswith(":")]
+    body = {"model": ADAPTER, "input": QUESTION, "max_output_tokens": 8, "stream": True}
+    out = curl(server, "/responses", body)
+    lines = [line for line in out.splitlines() if line and not line.startswith(":")]
     names = [line.removeprefix("event: ") for line in lines[::2]]
     data = [json.loads(line.removeprefix("data: ")) for line in lines[1::2]]
     assert names[0] == "response.created" and names[-1] in ("response.completed", "response.incomplete")
-    assert [d["type"] for d in data] == names and "[DONE]" not in out.stdout
+    assert [d["type"] for d in data] == names and "[DONE]" not in out
     text = "".join(d["delta"] for d in data if d["type"] == "response.output_text.delta")
     assert text and data[-1]["response"]["output"][0]["content"][0]["text"] == text
     assert data[-1]["response"]["model"] == ADAPTER

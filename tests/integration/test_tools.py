@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from typing import Any
 
 import openai
 import pytest
 
-from support.live_server import API_KEY, BASE_ID, RunningServer
+from support.live_server import API_KEY, BASE_ID, RunningServer, curl
 
 WEATHER = {
     "type": "function",
@@ -196,33 +195,14 @@ def test_our_sdk_types_the_calls(server: RunningServer) -> None:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_tool_call_whole_and_streamed(server: RunningServer) -> None:
-    def curl(body: dict[str, Any]) -> str:
-        return subprocess.run(
-            [
-                "curl",
-                "-sSN",
-                f"{server.v1}/chat/completions",
-                "-H",
-                "Content-Type: application/json",
-                "-H",
-                f"Authorization: Bearer {API_KEY}",
-                "-d",
-                json.dumps(body),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        ).stdout
-
     body = {"model": BASE_ID, "messages": FEW_SHOT, "tools": [WEATHER], "temperature": 0, "max_tokens": 40}
-    message = json.loads(curl(body))["choices"][0]["message"]
+    message = json.loads(curl(server, "/chat/completions", body))["choices"][0]["message"]
     assert message["content"] is None
     assert message["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
 
     events = [
         line.removeprefix("data: ")
-        for line in curl({**body, "stream": True}).splitlines()
+        for line in curl(server, "/chat/completions", {**body, "stream": True}).splitlines()
         if line.startswith("data: ")
     ]
     assert events[-1] == "[DONE]"

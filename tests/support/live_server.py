@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -89,6 +90,19 @@ def serving(args: list[str], log: Path) -> Iterator[RunningServer]:
         yield server
     finally:
         stop_server(server)
+
+
+def curl(server: RunningServer, route: str, body: dict[str, Any]) -> str:
+    """POST `body` to `route` under /v1 with the real `curl` (unbuffered, so streams arrive as sent), with
+    the test key; its output."""
+    return subprocess.run(
+        ["curl", "-sSN", f"{server.v1}{route}", "-H", "Content-Type: application/json"]
+        + ["-H", f"Authorization: Bearer {API_KEY}", "-d", json.dumps(body)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
 
 
 def save_random_lora(model_dir: Path, target: Path, seed: int = 0, r: int = 8, strength: float = 1.0) -> None:
