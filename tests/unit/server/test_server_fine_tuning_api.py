@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, TINY_NAME, assert_error, running_engine, tiny_settings
+from conftest import API_KEY, TINY_NAME, assert_error, live_app, running_engine, tiny_settings
 from fastapi.testclient import TestClient
 
 from hotlora_adapters import AdapterStore
@@ -240,3 +240,50 @@ def test_the_routes_need_the_key_and_can_be_turned_off(ft_env: Any) -> None:
         assert_error(client.get("/v1/fine_tuning/jobs"), 404)
         assert_error(upload(client, chat_rows()), 404)
 
+
+def test_the_sdk_uploads_trains_and_reads_the_job(ft_env: Any, tmp_path: Path) -> None:
+    """hotlora's client SDK, sync and async, against the real app on a loopback port."""
+    import asyncio
+
+    from hotlora_client import AsyncClient, Client, errors
+
+    engine, settings = ft_env
+    app = create_app(engine, fine_tuning=ServingFineTuning.from_settings(settings, engine))
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(chat_rows())
+    with live_app(app) as http, Client(str(http.base_url), api_key="", max_retries=0) as sdk:
+        file = sdk.files.create(data)
+        assert file.filename == "train.jsonl" and sdk.files.content(file.id) == chat_rows()
+        with pytest.raises(errors.BadRequestError, match=r"bad\.jsonl:1: not valid JSON"):
+            sdk.files.create(b"{nope\n", filename="bad.jsonl")
+        job = sdk.fine_tuning.jobs.create(
+            file.id, suffix="sdk", batch_size=2, hotlora={"max_steps": 1, "r": 4, "max_length": 64}
+        )
+        assert job.model == TINY_NAME and job.hyperparameters["batch_size"] == 2
+        done = sdk.fine_tuning.jobs.wait(job.id, timeout=300, interval=0.25)
+        assert (
+            done.status == "succeeded"
+            and done.fine_tuned_model
+            and done.fine_tuned_model.startswith("ft-sdk-")
+        )
+        assert sdk.chat("Hi", model=done.fine_tuned_model, max_tokens=2).choices
+        events = sdk.fine_tuning.jobs.list_events(job.id, limit=2)
+        assert len(events.data) == 2 and events.has_more and events.last_id == events.data[-1].id
+        older = sdk.fine_tuning.jobs.list_events(job.id, after=events.last_id, limit=100)
+        assert older.data and older.data[-1].message.startswith("Validating training file")
+        [checkpoint] = sdk.fine_tuning.jobs.list_checkpoints(job.id).data
+        assert checkpoint.fine_tuned_model_checkpoint == done.fine_tuned_model and checkpoint.step_number == 1
+        with pytest.raises(errors.JobNotDoneError):
+            sdk.fine_tuning.jobs.wait(
+                sdk.fine_tuning.jobs.create(file.id, hotlora={**LONG, "logging_steps": 1000}).id, timeout=0
+            )
+
+        async def from_async() -> tuple[list[str], Any]:
+            async with AsyncClient(str(http.base_url), api_key="", max_retries=0) as client:
+                jobs = await client.fine_tuning.jobs.list(limit=10)
+                cancelled = await client.fine_tuning.jobs.cancel(jobs.data[0].id)
+                return [j.id for j in jobs.data], cancelled
+
+        ids, cancelled = asyncio.run(from_async())
+        assert ids[1] == job.id and cancelled.status == "cancelled"
+        assert sdk.files.delete(file.id).deleted
