@@ -1,10 +1,10 @@
 """The job runner: trains queued jobs, each in a worker subprocess, `max_concurrent` at a time.
 
 It lives on the server's event loop and never blocks it: the process is an asyncio subprocess, database
-writes go to worker threads. Each job's process is `python -m hotlora_trainer` (`command.Launch`) with
-lowered CPU priority, so serving keeps the cores when both want them. Its JSON lines become the job's
-events; when it exits 0 the adapter it registered is loaded into the engine, and only then is the job
-`succeeded` — its `fine_tuned_model` is servable the moment a client sees that. A cancel stops the process
+writes go to worker threads. Each job's process is `python -m hotlora_trainer` (`command.Launch`) at the
+lowest CPU priority (SCHED_IDLE), so that it trains on the CPU time serving leaves. Its JSON lines become
+the job's events; when it exits 0 the adapter it registered is loaded into the engine, and only then is
+the job `succeeded` — its `fine_tuned_model` is servable the moment a client sees that. A cancel stops the process
 (SIGTERM: the trainer cleans up and registers nothing; SIGKILL if it does not stop in time), and removes
 the adapter should the trainer have registered it in that moment.
 """
@@ -28,7 +28,7 @@ from .progress import Progress
 
 log = logging.getLogger(__name__)
 
-NICENESS = 10  # training yields the CPU to serving (threads the trainer makes later inherit it)
+NICENESS = 10  # where SCHED_IDLE is missing
 STOP_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 LINE_LIMIT = 1 << 20  # longest line read from the trainer
 STDERR_LINES = 20  # kept to explain a process that died without saying why
@@ -130,12 +130,13 @@ class JobRunner:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self._launch.env(os.environ),
-            start_new_session=True,  # a signal to its group reaches whatever it starts too
+            # its own process group, so a signal to the group reaches whatever it starts too; not its own
+            # session, which Linux's autogroup would schedule as a peer of the server's, whatever its priority
+            process_group=0,
             limit=LINE_LIMIT,
         )
         self._procs[job_id] = proc
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, proc.pid, NICENESS)
+        _yield_to_serving(proc.pid)
         if job_id in self._stopping:  # cancelled or shut down while it was starting
             self._stop(job_id, self._stopping[job_id])
         progress = Progress()
@@ -218,6 +219,16 @@ async def _tail(proc: asyncio.subprocess.Process) -> list[str]:
             lines.append(text)
             log.debug("trainer: %s", text)
     return list(lines)
+
+
+def _yield_to_serving(pid: int) -> None:
+    """Run the training process only on CPU time serving leaves: Linux's SCHED_IDLE, else nice 10. Set
+    before it starts its threads, which inherit it."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, NICENESS)
 
 
 def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
