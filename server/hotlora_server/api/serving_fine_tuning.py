@@ -123,7 +123,7 @@ class ServingFineTuning:
             return await asyncio.to_thread(self._files.path(file_id).read_bytes)
         except FileNotFoundError:  # deleted meanwhile
             raise NotFoundError(
-                f"no file with id '{file_id}'", param="file_id", code="file_not_found"
+                f"no file with id '{file_id[:128]}'", param="file_id", code="file_not_found"
             ) from None
 
     async def delete_file(self, file_id: str) -> p.FileDeleted:

@@ -78,7 +78,7 @@ class FileStore:
     def get(self, file_id: str) -> FileRecord:
         rows = self._db.query("SELECT * FROM files WHERE id = ?", (file_id,))
         if not rows:
-            raise NotFoundError(f"no file with id '{file_id}'", param="file_id", code="file_not_found")
+            raise NotFoundError(f"no file with id '{file_id[:128]}'", param="file_id", code="file_not_found")
         return FileRecord.of(rows[0])
 
     def page(

@@ -92,7 +92,9 @@ class JobStore:
         rows = self._db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise NotFoundError(
-                f"no fine-tuning job with id '{job_id}'", param="fine_tuning_job_id", code="job_not_found"
+                f"no fine-tuning job with id '{job_id[:128]}'",
+                param="fine_tuning_job_id",
+                code="job_not_found",
             )
         return _record(JobRecord, rows[0])
 
