@@ -30,9 +30,10 @@ from typing import Any
 
 import httpx
 from _common import REPO, machine_header, publish
-from live_server import API_KEY, BASE_ID, serving
 
 from hotlora_trainer.piglatin import split_sentences, to_pig_latin
+
+from support.live_server import API_KEY, BASE_ID, serving
 
 ENDLESS = {"max_steps": 100000, "logging_steps": 1, "max_length": 96}
 

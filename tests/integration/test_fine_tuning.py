@@ -17,7 +17,8 @@ from typing import Any
 
 import openai
 import pytest
-from live_server import API_KEY, BASE_ID, RunningServer, start_server, stop_server
+
+from support.live_server import API_KEY, BASE_ID, RunningServer, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY, TINY_NAME, assert_error, live_app, running_engine, tiny_settings
 from fastapi.testclient import TestClient
 
 from hotlora_adapters import AdapterStore
 from hotlora_server.api import create_app
 from hotlora_server.api.serving_fine_tuning import ServingFineTuning
+
+from support.tiny_server import API_KEY, TINY_NAME, assert_error, live_app, running_engine, tiny_settings
 
 SENTENCES = ["The birch canoe slid.", "Glue the sheet.", "It is easy to tell.", "These days a chicken leg."]
 PIG = ["Ethay irchbay anoecay idslay.", "Ueglay ethay eetshay.", "Itway isway easyway.", "Esethay aysday."]

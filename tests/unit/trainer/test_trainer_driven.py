@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 from test_trainer_run import SENTENCES, run, store_entries
-from trainer_helpers import chat_row, write_jsonl
 
 from hotlora_trainer import DatasetError
 from hotlora_trainer.piglatin import to_pig_latin
+
+from support.trainer_data import chat_row, write_jsonl
 
 
 def trainer(tmp_path: Path, base: Path, data: Path, *options: str, **popen: Any) -> subprocess.Popen[str]:
