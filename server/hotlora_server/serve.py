@@ -44,6 +44,7 @@ def serve(settings: Settings) -> int:
     from sse_starlette.sse import AppStatus
 
     from .api import create_app
+    from .api.serving_fine_tuning import ServingFineTuning
     from .engine.engine import Engine
 
     # sse-starlette ends every open stream at the first signal; uvicorn's graceful shutdown drains instead
@@ -56,6 +57,7 @@ def serve(settings: Settings) -> int:
             server.should_exit = True
 
     engine = Engine(settings, on_fatal=fatal)
+    fine_tuning = ServingFineTuning.from_settings(settings, engine) if settings.fine_tuning else None
     app = create_app(
         engine,
         api_key=settings.api_key,
@@ -66,6 +68,7 @@ def serve(settings: Settings) -> int:
         allowed_methods=settings.allowed_methods,
         allowed_headers=settings.allowed_headers,
         tool_call_parser=settings.tool_call_parser,
+        fine_tuning=fine_tuning,
     )
     config = uvicorn.Config(
         app,

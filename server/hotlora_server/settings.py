@@ -219,6 +219,26 @@ class Settings(BaseModel):
         ge=1024,
         description="largest request body, in bytes or with a unit (1MiB); larger ones get 413",
     )
+    fine_tuning: bool = Field(
+        True,
+        description="OpenAI's fine-tuning API: upload JSONL files (/v1/files) and train adapters with jobs "
+        "(/v1/fine_tuning/jobs), each in a worker process; --no-fine-tuning: those routes are 404",
+    )
+    max_concurrent_jobs: int = Field(
+        1, ge=1, description="fine-tuning jobs that train at once; more wait in the queue"
+    )
+    fine_tuning_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads of each training process, which also runs at a lower priority, so that "
+        "serving stays responsive (default: half the cores, at least one)",
+    )
+    max_file_bytes: ByteSize = Field(
+        ByteSize(64 * 2**20),
+        gt=0,
+        description="largest fine-tuning file an upload may hold, in bytes or with a unit (100MB, 1GiB); "
+        "larger ones get 413",
+    )
     metrics_public: bool = Field(
         False, description="serve /metrics without the API key (for a Prometheus scraper)"
     )
@@ -328,6 +348,11 @@ class Settings(BaseModel):
     def models_dir(self) -> Path:
         """Where converted models (the embedded GGUF as safetensors) are cached."""
         return self.home / "models"
+
+    @property
+    def fine_tuning_dir(self) -> Path:
+        """Where fine-tuning files and the jobs database are kept."""
+        return self.home / "fine_tuning"
 
     @property
     def kernels_dir(self) -> Path:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, get_args
 
@@ -111,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--warmup-steps", type=float, help="warm-up steps, or a fraction of all steps if < 1")
     tr.add_argument("--weight-decay", type=float)
     tr.add_argument("--eval-split", type=float, help="fraction of --data held out for eval_loss (default 0)")
+    tr.add_argument(
+        "--eval-data",
+        help="a JSONL file of evaluation rows for eval_loss, in --data's format (no --eval-split)",
+    )
     tr.add_argument("--seed", type=int, help="default 42")
     tr.add_argument("--logging-steps", type=int, help="log the loss every N steps (default: ~50 points)")
     tr.add_argument("--save-steps", type=int, help="checkpoint every N steps, for --resume (default 100)")
@@ -143,14 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimate-only", action="store_true", default=None, help="print the memory estimate and stop"
     )
     st.add_argument("--no-progress", action="store_true", help="no progress bar")
+    st.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines, or one JSON object per line on stdout (no progress bar) for a program that "
+        "drives the trainer, as the server's fine-tuning jobs do (default text)",
+    )
+    st.add_argument(
+        "--stop-on-stdin-close",
+        action="store_true",
+        help="stop as on Ctrl-C (registering nothing) when stdin closes: the program that started the "
+        "trainer and holds its stdin has gone",
+    )
     return p
+
+
+OUTPUT_OPTIONS = {"no_progress", "log_format", "stop_on_stdin_close"}  # how to run, not what to train
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Only the options given become fields; the rest keep TrainConfig's (or the task's) defaults."""
     values: dict[str, Any] = {}
     for option, value in vars(args).items():
-        if value is None or option == "no_progress":
+        if value is None or option in OUTPUT_OPTIONS:
             continue
         values[FIELD_OF.get(option, option)] = value
     return TrainConfig(**values)
@@ -174,28 +196,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
+    json_lines = args.log_format == "json"
+    from . import json_log
+    from .runner import train
+
     def out(message: str) -> None:
         print(message, flush=True)
-
-    from .runner import train
 
     def terminated(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt  # clean up as for Ctrl-C: nothing half-registered, no temp files left
 
     signal.signal(signal.SIGTERM, terminated)
+    if args.stop_on_stdin_close:
+        threading.Thread(target=_terminate_at_stdin_eof, name="stdin-watch", daemon=True).start()
     try:
-        train(config, out=out, progress_bar=not args.no_progress)
+        result = train(
+            config,
+            out=json_log.message if json_lines else out,
+            progress_bar=not (args.no_progress or json_lines),
+            callbacks=[json_log.log_callback()] if json_lines else (),
+        )
     except TrainError as e:
+        if json_lines:
+            json_log.emit("error", message=str(e))
         print(f"hotlora train: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if json_lines:
+            json_log.emit("error", message="interrupted; nothing was registered")
         print(
             "\nhotlora train: interrupted; nothing was registered (checkpoints, if any were written, are kept "
             "for --resume)",
             file=sys.stderr,
         )
         return 130
+    if json_lines:
+        json_log.result(result)
     return 0
+
+
+def _terminate_at_stdin_eof() -> None:
+    """`--stop-on-stdin-close`: wait for the end of stdin, then stop this process as SIGTERM does. It reads
+    the descriptor itself: `sys.stdin`'s buffer would hold a lock that stops the interpreter's exit."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:  # no stdin at all counts as closed
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

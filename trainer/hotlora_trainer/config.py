@@ -73,6 +73,7 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(100, ge=1, description="checkpoint every this many steps (for --resume)")
     seed: int = 42
     eval_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of the file held out for eval_loss")
+    eval_data: Path | None = Field(None, description="a JSONL file of evaluation rows, in the data's format")
     resume: bool = False
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     chat_template: str | None = Field(
@@ -137,6 +138,8 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if (self.data is None) == (self.task is None):
             raise ValueError("give exactly one of --data FILE.jsonl and --task piglatin")
+        if self.eval_data is not None and (self.task is not None or self.eval_split):
+            raise ValueError("--eval-data goes with --data, without --eval-split (it replaces the split)")
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ValueError("--target-modules is empty")
         if self.init_lora_weights == "loftq":

@@ -143,7 +143,9 @@ def encode_dataset(tokenizer: Any, dataset: Dataset) -> tuple[list[Encoded], lis
     """(train, eval) encodings of a validated dataset."""
     train = encode_rows(tokenizer, dataset.format, dataset.rows, dataset.source)
     evaluation = (
-        encode_rows(tokenizer, dataset.format, dataset.eval_rows, dataset.source) if dataset.eval_rows else []
+        encode_rows(tokenizer, dataset.format, dataset.eval_rows, dataset.eval_source or dataset.source)
+        if dataset.eval_rows
+        else []
     )
     return train, evaluation
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hotlora_adapters.training_data import InvalidDatasetError
+
 
 class TrainError(Exception):
     """Training was refused or failed; `str(error)` is meant for the user as is."""
@@ -11,18 +13,9 @@ class ConfigError(TrainError):
     """The options cannot work together, or do not fit the base model (refused before any training step)."""
 
 
-class DatasetError(TrainError):
-    """The dataset file is malformed; the message names each bad line (1-based) and what is wrong with it."""
-
-    def __init__(self, path: str, problems: list[tuple[int | None, str]], *, more: int = 0) -> None:
-        self.path = path
-        self.problems = problems
-        lines = [
-            f"{path}:{line}: {what}" if line is not None else f"{path}: {what}" for line, what in problems
-        ]
-        if more:
-            lines.append(f"... and {more} more problem(s)")
-        super().__init__("the dataset is not usable:\n  " + "\n  ".join(lines))
+class DatasetError(InvalidDatasetError, TrainError):
+    """The dataset file is malformed; the message names each bad line (1-based) and what is wrong with it
+    (the rules, shared with the server's upload check, are `hotlora_adapters.training_data`'s)."""
 
 
 class BaseModelError(TrainError):

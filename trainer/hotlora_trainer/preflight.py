@@ -158,7 +158,10 @@ def _load_dataset(config: TrainConfig) -> Dataset:
             )
         return piglatin.task_dataset(config.seed)
     assert config.data is not None
-    return load_jsonl(config.data).split(config.eval_split, config.seed)
+    dataset = load_jsonl(config.data)
+    if config.eval_data is not None:
+        return dataset.with_eval(load_jsonl(config.eval_data))
+    return dataset.split(config.eval_split, config.seed)
 
 
 def _require_train_extra(config: TrainConfig) -> None:

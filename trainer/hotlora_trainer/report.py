@@ -138,6 +138,7 @@ def _manifest(run: Run, export: Path, metrics: dict[str, Any]) -> Manifest:
             "eval_rows": len(run.eval_enc),
             "train_tokens": sum(len(e.input_ids) for e in run.train_enc),
             "trained_tokens": sum(e.trained_tokens for e in run.train_enc),
+            **({"eval_source": dataset.eval_source} if dataset.eval_source else {}),
         },
         "training": {
             "wall_time_s": round(run.result.wall_time_s, 1),

@@ -9,7 +9,7 @@
 terminal chat.
 """
 
-from ._client import Adapters, AsyncClient, AsyncStream, Client, Models, Stream
+from ._client import Adapters, AsyncClient, AsyncStream, Client, Files, FineTuning, Jobs, Models, Stream
 from ._version import __version__
 from .errors import (
     AdapterNotReadyError,
@@ -22,11 +22,13 @@ from .errors import (
     ConflictError,
     HotloraError,
     IncompleteOutputError,
+    JobNotDoneError,
     NotFoundError,
     PayloadTooLargeError,
     RateLimitError,
     ServerError,
 )
+from .fine_tuning_types import File, FileDeleted, FineTuningJob, JobCheckpoint, JobEvent, Page
 from .types import (
     Adapter,
     AdapterDeleted,
@@ -64,13 +66,23 @@ __all__ = [
     "ConflictError",
     "DetokenizeResponse",
     "ErrorDetail",
+    "File",
+    "FileDeleted",
+    "Files",
+    "FineTuning",
+    "FineTuningJob",
     "FunctionCall",
     "Health",
     "HotloraError",
     "IncompleteOutputError",
+    "JobCheckpoint",
+    "JobEvent",
+    "JobNotDoneError",
+    "Jobs",
     "Model",
     "Models",
     "NotFoundError",
+    "Page",
     "ParsedChatCompletion",
     "PayloadTooLargeError",
     "RateLimitError",

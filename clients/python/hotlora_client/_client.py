@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
 import httpx
 
-from . import _core
-from ._core import C
+from . import _core, _fine_tuning
+from ._stream import AsyncStream, Stream
 from .types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -25,8 +25,6 @@ from .types import (
     Messages,
     ModelT,
     ParsedChatCompletion,
-    ToolCall,
-    Usage,
 )
 
 if TYPE_CHECKING:
@@ -34,7 +32,17 @@ if TYPE_CHECKING:
 
     from .types import ChatParams, CompletionParams, ParseParams
 
-__all__ = ["Adapters", "AsyncClient", "AsyncStream", "Client", "Models", "Stream"]
+__all__ = [
+    "Adapters",
+    "AsyncClient",
+    "AsyncStream",
+    "Client",
+    "Files",
+    "FineTuning",
+    "Jobs",
+    "Models",
+    "Stream",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -111,6 +119,42 @@ class Adapters(_Part[ClientT]):
     wait_until_ready = _Endpoint(_core.wait_until_ready)
 
 
+class Files(_Part[ClientT]):
+    """`client.files`: JSONL training files uploaded for fine-tuning (OpenAI's `/v1/files`)."""
+
+    def __init__(self, client: ClientT) -> None:
+        self._client = client
+
+    create = _Endpoint(_fine_tuning.upload_file)
+    list = _Endpoint(_fine_tuning.list_files)
+    get = _Endpoint(_fine_tuning.get_file)
+    content = _Endpoint(_fine_tuning.file_content)
+    delete = _Endpoint(_fine_tuning.delete_file)
+
+
+class Jobs(_Part[ClientT]):
+    """`client.fine_tuning.jobs`: training adapters on the server (OpenAI's fine-tuning jobs)."""
+
+    def __init__(self, client: ClientT) -> None:
+        self._client = client
+
+    create = _Endpoint(_fine_tuning.create_job)
+    list = _Endpoint(_fine_tuning.list_jobs)
+    get = _Endpoint(_fine_tuning.get_job)
+    cancel = _Endpoint(_fine_tuning.cancel_job)
+    list_events = _Endpoint(_fine_tuning.list_events)
+    list_checkpoints = _Endpoint(_fine_tuning.list_checkpoints)
+    wait = _Endpoint(_fine_tuning.wait_for_job)
+
+
+class FineTuning(_Part[ClientT]):
+    """`client.fine_tuning`: its `jobs`."""
+
+    def __init__(self, client: ClientT) -> None:
+        self._client = client
+        self.jobs: Jobs[ClientT] = Jobs(client)
+
+
 class _BaseClient(_Part[ClientT]):
     health = _Endpoint(_core.health)
     tokenize = _Endpoint(_core.tokenize)
@@ -121,6 +165,8 @@ class _BaseClient(_Part[ClientT]):
         self._client = self  # type: ignore[assignment]  # self is the ClientT (Client or AsyncClient)
         self.models: Models[ClientT] = Models(self._client)
         self.adapters: Adapters[ClientT] = Adapters(self._client)
+        self.files: Files[ClientT] = Files(self._client)
+        self.fine_tuning: FineTuning[ClientT] = FineTuning(self._client)
 
     @property
     def base_url(self) -> str:
@@ -140,7 +186,9 @@ class Client(_BaseClient["Client"]):
 
     `client.chat(...)`, `client.parse(...)`, `client.complete(...)`, `client.tokenize(...)/detokenize(...)`,
     `client.health()`, `client.models.list()/get(id)`,
-    `client.adapters.list()/get/load/unload/blend/wait_until_ready`. Close it, or use it in a `with`.
+    `client.adapters.list()/get/load/unload/blend/wait_until_ready`, `client.files.create/list/get/content/
+    delete`, `client.fine_tuning.jobs.create/list/get/cancel/list_events/list_checkpoints/wait`. Close it,
+    or use it in a `with`.
     """
 
     def __init__(
@@ -294,90 +342,3 @@ class AsyncClient(_BaseClient["AsyncClient"]):
         if op.stream and response.is_error:
             await response.aread()
         return response
-
-
-# -- streams ---------------------------------------------------------------------------------------------------------
-
-
-class _StreamBase(Generic[C]):
-    def __init__(self, streaming: _core.Streaming[C], base_url: str) -> None:
-        self.response = streaming.response
-        self._decoder: _core.StreamDecoder[C] = streaming.decoder
-        self._base_url = base_url
-
-    @property
-    def text(self) -> str:
-        """The first choice's text received so far (all of it once the stream is consumed)."""
-        return self._decoder.text
-
-    @property
-    def tool_calls(self) -> list[ToolCall]:
-        """The first choice's tool calls received so far, their pieces put together (a chat stream)."""
-        return self._decoder.tool_calls
-
-    @property
-    def usage(self) -> Usage | None:
-        """Token usage, once received (ask for it with `stream_options={"include_usage": True}`)."""
-        return self._decoder.usage
-
-
-class Stream(_StreamBase[C]):
-    """The chunks of a streamed answer as they arrive. Iterate it once (or its `.text_stream`); it closes
-    itself at the end; `close()` it, or use it in a `with`, to stop early. An error frame in the stream
-    raises the matching `APIStatusError`, a cut-short stream `APIConnectionError`."""
-
-    def __iter__(self) -> Iterator[C]:
-        try:
-            with _core.stream_transport_errors(self._base_url):
-                for line in self.response.iter_lines():
-                    yield from self._decoder.feed(line)
-                    if self._decoder.done:
-                        return
-                yield from self._decoder.end()
-        finally:
-            self.response.close()
-
-    @property
-    def text_stream(self) -> Iterator[str]:
-        """Only the first choice's new text, piece by piece."""
-        return (chunk.text for chunk in self if chunk.text)
-
-    def close(self) -> None:
-        self.response.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class AsyncStream(_StreamBase[C]):
-    """`Stream` for `AsyncClient`: `async for chunk in stream`, `async for text in stream.text_stream`."""
-
-    async def __aiter__(self) -> AsyncIterator[C]:
-        try:
-            with _core.stream_transport_errors(self._base_url):
-                async for line in self.response.aiter_lines():
-                    for chunk in self._decoder.feed(line):
-                        yield chunk
-                    if self._decoder.done:
-                        return
-                for chunk in self._decoder.end():
-                    yield chunk
-        finally:
-            await self.response.aclose()
-
-    @property
-    def text_stream(self) -> AsyncIterator[str]:
-        """Only the first choice's new text, piece by piece."""
-        return (chunk.text async for chunk in self if chunk.text)
-
-    async def close(self) -> None:
-        await self.response.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()

@@ -28,9 +28,13 @@ class Send:
     json: Any = None
     params: Mapping[str, str] | None = None
     stream: bool = False
+    files: Mapping[str, tuple[str, bytes]] | None = None  # a multipart body: these files ...
+    data: Mapping[str, str] | None = None  # ... and these fields
 
     def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
-        return http.build_request(self.method, self.path, json=self.json, params=self.params)
+        return http.build_request(
+            self.method, self.path, json=self.json, params=self.params, files=self.files, data=self.data
+        )
 
 
 @dataclass(frozen=True)

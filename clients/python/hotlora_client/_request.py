@@ -61,10 +61,12 @@ def request(
     json: Any = None,
     params: Mapping[str, str] | None = None,
     stream: bool = False,
+    files: Mapping[str, tuple[str, bytes]] | None = None,
+    data: Mapping[str, str] | None = None,
 ) -> Plan[httpx.Response]:
     """Send a request, retrying connection failures, 429 and 503 (after `Retry-After` when the server
     sends one) up to `config.max_retries` times; any other error status raises at once."""
-    send = Send(method, path, json, params, stream)
+    send = Send(method, path, json, params, stream, files, data)
     for attempt in itertools.count():
         may_retry = attempt < config.max_retries
         try:

@@ -1,17 +1,23 @@
-"""Server-Sent Events decoded into typed chunks, and the errors a stream can end with."""
+"""Server-Sent Events decoded into typed chunks, the errors a stream can end with, and the `Stream` and
+`AsyncStream` a streamed call returns."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import httpx
 from pydantic import ValidationError
 
 from . import errors
 from .types import ChatCompletionChunk, Completion, FunctionCall, ToolCall, Usage
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from ._plan import Streaming
 
 C = TypeVar("C", ChatCompletionChunk, Completion)
 
@@ -98,3 +104,87 @@ def stream_transport_errors(base_url: str) -> Iterator[None]:
         yield
     except httpx.TransportError as exc:
         raise errors.connection_error(exc, base_url) from exc
+
+
+class _StreamBase(Generic[C]):
+    def __init__(self, streaming: Streaming[C], base_url: str) -> None:
+        self.response = streaming.response
+        self._decoder: StreamDecoder[C] = streaming.decoder
+        self._base_url = base_url
+
+    @property
+    def text(self) -> str:
+        """The first choice's text received so far (all of it once the stream is consumed)."""
+        return self._decoder.text
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The first choice's tool calls received so far, their pieces put together (a chat stream)."""
+        return self._decoder.tool_calls
+
+    @property
+    def usage(self) -> Usage | None:
+        """Token usage, once received (ask for it with `stream_options={"include_usage": True}`)."""
+        return self._decoder.usage
+
+
+class Stream(_StreamBase[C]):
+    """The chunks of a streamed answer as they arrive. Iterate it once (or its `.text_stream`); it closes
+    itself at the end; `close()` it, or use it in a `with`, to stop early. An error frame in the stream
+    raises the matching `APIStatusError`, a cut-short stream `APIConnectionError`."""
+
+    def __iter__(self) -> Iterator[C]:
+        try:
+            with stream_transport_errors(self._base_url):
+                for line in self.response.iter_lines():
+                    yield from self._decoder.feed(line)
+                    if self._decoder.done:
+                        return
+                yield from self._decoder.end()
+        finally:
+            self.response.close()
+
+    @property
+    def text_stream(self) -> Iterator[str]:
+        """Only the first choice's new text, piece by piece."""
+        return (chunk.text for chunk in self if chunk.text)
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncStream(_StreamBase[C]):
+    """`Stream` for `AsyncClient`: `async for chunk in stream`, `async for text in stream.text_stream`."""
+
+    async def __aiter__(self) -> AsyncIterator[C]:
+        try:
+            with stream_transport_errors(self._base_url):
+                async for line in self.response.aiter_lines():
+                    for chunk in self._decoder.feed(line):
+                        yield chunk
+                    if self._decoder.done:
+                        return
+                for chunk in self._decoder.end():
+                    yield chunk
+        finally:
+            await self.response.aclose()
+
+    @property
+    def text_stream(self) -> AsyncIterator[str]:
+        """Only the first choice's new text, piece by piece."""
+        return (chunk.text async for chunk in self if chunk.text)
+
+    async def close(self) -> None:
+        await self.response.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

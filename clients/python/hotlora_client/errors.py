@@ -14,7 +14,8 @@ HotloraError
 │   └── APIConnectionError        no answer: refused, dropped, or a stream cut short
 │       └── APITimeoutError       no answer in time
 ├── AdapterNotReadyError          `adapters.wait_until_ready` ran out of time (also a TimeoutError)
-└── IncompleteOutputError         `parse`: a choice reached max_tokens before its JSON was complete
+├── IncompleteOutputError         `parse`: a choice reached max_tokens before its JSON was complete
+└── JobNotDoneError               `fine_tuning.jobs.wait` ran out of time (also a TimeoutError)
 ```
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "ConflictError",
     "HotloraError",
     "IncompleteOutputError",
+    "JobNotDoneError",
     "NotFoundError",
     "PayloadTooLargeError",
     "RateLimitError",
@@ -147,6 +149,14 @@ class IncompleteOutputError(HotloraError):
     def __init__(self, message: str, *, completion: Any) -> None:
         super().__init__(message)
         self.completion = completion
+
+
+class JobNotDoneError(HotloraError, TimeoutError):
+    """`fine_tuning.jobs.wait` timed out; `job` is the job as last seen (still queued or running)."""
+
+    def __init__(self, message: str, *, job: Any) -> None:
+        super().__init__(message)
+        self.job = job
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -16,11 +17,13 @@ from ..types import EngineClient
 from .adapters import build_adapter_router
 from .auth import bearer_guard
 from .errors import error_response, install_error_handlers
+from .fine_tuning import build_fine_tuning_router
 from .hosts import HostGuard
 from .limits import BodyLimitMiddleware
 from .observe import RequestObserver
 from .openapi import ERROR_RESPONSES, PLAIN_TEXT
 from .routes import build_router
+from .serving_fine_tuning import ServingFineTuning
 from .tokenize import build_tokenize_router
 
 
@@ -35,20 +38,31 @@ def create_app(
     allowed_methods: Sequence[str] = ("*",),
     allowed_headers: Sequence[str] = ("*",),
     tool_call_parser: str = DEFAULT_TOOL_PARSER,
+    fine_tuning: ServingFineTuning | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app. With `api_key`, every route but `/health` (and `/metrics` when
     `metrics_public`) requires it as a bearer token; bodies over `max_body_bytes` get 413 (None: no limit);
     with `allowed_hosts` (`Settings.host_check`), a request to any other `Host` than those, localhost and IP
     addresses gets 403 on every route but `/health` (None: any `Host`). With `allowed_origins`, browsers
     may call it from those origins (CORS), with `allowed_methods` and `allowed_headers`. Chat replies are
-    read for tool calls with the parser named `tool_call_parser` (`tools.TOOL_PARSERS`)."""
+    read for tool calls with the parser named `tool_call_parser` (`tools.TOOL_PARSERS`). With `fine_tuning`,
+    it serves OpenAI's files and fine-tuning jobs routes and runs their job runner while it runs (without:
+    they are 404, `--no-fine-tuning`)."""
     from .. import __version__
 
     # with a key, the schema is served behind it below
     keyed: dict[str, Any] = {"openapi_url": None, "docs_url": None, "redoc_url": None} if api_key else {}
-    app = FastAPI(title="hotlora", version=__version__, responses=ERROR_RESPONSES, **keyed)
+    app = FastAPI(
+        title="hotlora",
+        version=__version__,
+        responses=ERROR_RESPONSES,
+        lifespan=_running(fine_tuning) if fine_tuning is not None else None,
+        **keyed,
+    )
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)  # inside the observer: 413s are counted
+    uploads = {"/v1/files": (fine_tuning.max_upload_bytes, "--max-file-bytes")} if fine_tuning else {}
+    # inside the observer: 413s are counted
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, paths=uploads)
     if allowed_origins:
         # inside the Host guard (a rebound name gets no CORS answer either), outside the routes and their API
         # key check: a preflight (OPTIONS, no credentials) is answered here, the request itself needs the key;
@@ -91,7 +105,24 @@ def create_app(
     app.include_router(build_router(engine, metrics, tool_call_parser), dependencies=guard)
     app.include_router(build_tokenize_router(engine), dependencies=guard)
     app.include_router(build_adapter_router(engine), dependencies=guard)
+    if fine_tuning is not None:
+        app.include_router(build_fine_tuning_router(fine_tuning), dependencies=guard)
     return app
+
+
+def _running(fine_tuning: ServingFineTuning) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the fine-tuning job runner starts with the server and stops its trainings
+    (failing their jobs) when the server shuts down."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await fine_tuning.start()
+        try:
+            yield
+        finally:
+            await fine_tuning.stop()
+
+    return lifespan
 
 
 __all__ = ["create_app"]

@@ -5,6 +5,8 @@ Pure ASGI (not `BaseHTTPMiddleware`), so it sees the body as it arrives and neve
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,29 +18,36 @@ class _BodyTooLarge(Exception):
     """Aborts the app's read of a body that went past the limit (the 413 is already sent)."""
 
 
-def _refusal(limit: int) -> Response:
-    message = f"the request body is larger than {limit} bytes, this server's limit (--max-body-bytes)"
+def _refusal(limit: int, flag: str) -> Response:
+    message = f"the request body is larger than {limit} bytes, this server's limit ({flag})"
     return error_response(PayloadTooLargeError(message))
 
 
 class BodyLimitMiddleware:
     """Refuse bodies over `max_bytes`: by `Content-Length` before reading, or while a chunked body streams in.
 
-    `max_bytes=None` passes everything through (an app built without a limit).
+    `max_bytes=None` passes everything through (an app built without a limit). `paths` gives routes a
+    limit of their own, with the flag that sets it (file uploads: `--max-file-bytes`).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int | None) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int | None, paths: Mapping[str, tuple[int, str]] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.paths = dict(paths or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.max_bytes
-        if scope["type"] != "http" or limit is None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, flag = self.paths.get(scope["path"], (self.max_bytes, "--max-body-bytes"))
+        if limit is None:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await _refusal(limit)(scope, receive, send)
+            await _refusal(limit, flag)(scope, receive, send)
             return
         received = 0
         refused = False
@@ -52,7 +61,7 @@ class BodyLimitMiddleware:
                 if received > limit:
                     if not started and not refused:
                         refused = True
-                        await _refusal(limit)(scope, receive, send)
+                        await _refusal(limit, flag)(scope, receive, send)
                     raise _BodyTooLarge
             return message
 

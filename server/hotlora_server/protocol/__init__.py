@@ -8,8 +8,8 @@ are refused with a message instead of being silently ignored.
 One module per topic: `common` (the base models, text, messages, usage, errors), `sampling` (the fields
 chat and completions share), `structured` (`response_format`), `blends`, `tools` (the tools a chat
 offers), `chat`, `completions`, `responses` (the request; its items in `responses_items`, its answer in
-`responses_output`), `tokenize`, `models`, `adapters`. Everything others use is importable from here
-(`from hotlora_server import protocol as p`).
+`responses_output`), `tokenize`, `models`, `adapters`, `fine_tuning` (files and fine-tuning jobs).
+Everything others use is importable from here (`from hotlora_server import protocol as p`).
 """
 
 from .adapters import (
@@ -70,6 +70,24 @@ from .common import (
     finite,
 )
 from .completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
+from .fine_tuning import (
+    CheckpointMetrics,
+    FileDeleted,
+    FileList,
+    FileObject,
+    FineTuningJob,
+    Hyperparameters,
+    JobCheckpoint,
+    JobCheckpointList,
+    JobCreateRequest,
+    JobError,
+    JobEvent,
+    JobEventList,
+    JobList,
+    Method,
+    SupervisedMethod,
+    TrainingOptions,
+)
 from .models import ModelCard, ModelList
 from .responses import MAX_METADATA, ResponsesRequest
 from .responses_items import (
@@ -143,15 +161,6 @@ from .tools import (
 )
 
 __all__ = [
-    "OutputItem",
-    "ItemStatus",
-    "FunctionToolCall",
-    "FunctionTool",
-    "FunctionChoice",
-    "FunctionCallOutputItem",
-    "FunctionCallItem",
-    "ArgumentsDoneEvent",
-    "ArgumentsDeltaEvent",
     "LOGIT_BIAS_RANGE",
     "MAX_BLEND_COMPONENTS",
     "MAX_BLEND_WEIGHT",
@@ -172,6 +181,8 @@ __all__ = [
     "AdapterList",
     "AdapterLoadRequest",
     "AdapterName",
+    "ArgumentsDeltaEvent",
+    "ArgumentsDoneEvent",
     "AssistantMessage",
     "BlendComponent",
     "BlendComponents",
@@ -182,6 +193,7 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatFinishReason",
     "ChatMessage",
+    "CheckpointMetrics",
     "ChoiceLogprobs",
     "ChunkChoice",
     "Completion",
@@ -199,22 +211,42 @@ __all__ = [
     "ErrorDetail",
     "ErrorEvent",
     "ErrorResponse",
+    "FileDeleted",
+    "FileList",
+    "FileObject",
+    "FineTuningJob",
     "FunctionCall",
+    "FunctionCallItem",
+    "FunctionCallOutputItem",
+    "FunctionChoice",
     "FunctionDefinition",
     "FunctionName",
+    "FunctionTool",
+    "FunctionToolCall",
+    "Hyperparameters",
     "IncompleteDetails",
     "InputMessage",
     "InputText",
+    "ItemStatus",
+    "JobCheckpoint",
+    "JobCheckpointList",
+    "JobCreateRequest",
+    "JobError",
+    "JobEvent",
+    "JobEventList",
+    "JobList",
     "JsonSchema",
     "LoadLoraAdapterRequest",
     "LogitBias",
     "Messages",
+    "Method",
     "MinP",
     "ModelCard",
     "ModelId",
     "ModelList",
     "NamedFunction",
     "NamedToolChoice",
+    "OutputItem",
     "OutputItemEvent",
     "OutputMessage",
     "OutputText",
@@ -223,16 +255,17 @@ __all__ = [
     "RepetitionPenalty",
     "ResponseError",
     "ResponseEvent",
-    "ResponseUsage",
-    "ResponsesRequest",
-    "ResponsesResponse",
     "ResponseFormat",
     "ResponseFormatJsonObject",
     "ResponseFormatJsonSchema",
     "ResponseFormatText",
+    "ResponseUsage",
+    "ResponsesRequest",
+    "ResponsesResponse",
     "StopSequence",
     "StopSequences",
     "StreamOptions",
+    "SupervisedMethod",
     "Temperature",
     "Text",
     "TextDeltaEvent",
@@ -250,6 +283,7 @@ __all__ = [
     "TopK",
     "TopLogprob",
     "TopP",
+    "TrainingOptions",
     "UnloadLoraAdapterRequest",
     "Usage",
     "finite",

@@ -3,7 +3,8 @@
 It runs schema-valid and schema-invalid requests against every operation of the real app over the tiny
 engine, and checks status codes, content types, headers and bodies against the schema. The engine serves
 its own copy of the adapter store, so fuzzing `DELETE /v1/adapters/{name}?purge=true` and blends cannot
-touch the store the other tests share. Bounded: a few examples per operation, derandomized, no database.
+touch the store the other tests share; the fine-tuning routes keep their files and jobs in a folder of their
+own. Bounded: a few examples per operation, derandomized, no database.
 """
 
 from __future__ import annotations
@@ -48,10 +49,15 @@ def fuzz_engine(
 
 
 @pytest.fixture(scope="module")
-def api_schema(fuzz_engine: Any) -> Any:
+def api_schema(fuzz_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from hotlora_server.api import create_app
+    from hotlora_server.api.serving_fine_tuning import ServingFineTuning
+    from hotlora_server.fine_tuning import Launch
 
-    app = create_app(fuzz_engine, max_body_bytes=MAX_BODY_BYTES)
+    home = tmp_path_factory.mktemp("fuzz-fine-tuning")
+    launch = Launch(home=home, adapters_dir=home / "store", base=None, chat_template=None, device="cpu")
+    fine_tuning = ServingFineTuning(fuzz_engine, home / "fine_tuning", launch)
+    app = create_app(fuzz_engine, max_body_bytes=MAX_BODY_BYTES, fine_tuning=fine_tuning)
     return schemathesis.openapi.from_asgi("/openapi.json", app, config=SchemathesisConfig.from_dict(CONFIG))
 
 

@@ -340,3 +340,19 @@ def test_tool_call_parser_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     )
     with pytest.raises(SystemExit, match="tool_call_parser: no tool-call parser named 'mistral'.*hermes"):
         settings_from(build_parser().parse_args(["serve", "--tool-call-parser", "mistral"]))
+
+
+def test_fine_tuning_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOTLORA_HOME", str(tmp_path))
+    defaults = settings_from(build_parser().parse_args(["serve"]))
+    assert defaults.fine_tuning is True and defaults.max_concurrent_jobs == 1
+    assert defaults.fine_tuning_threads is None and defaults.max_file_bytes == 64 * 2**20
+    assert defaults.fine_tuning_dir == tmp_path / "fine_tuning"
+    argv = ["serve", "--no-fine-tuning", "--max-concurrent-jobs", "2", "--fine-tuning-threads", "3"]
+    settings = settings_from(build_parser().parse_args([*argv, "--max-file-bytes", "1MiB"]))
+    assert settings.fine_tuning is False and settings.max_concurrent_jobs == 2
+    assert settings.fine_tuning_threads == 3 and settings.max_file_bytes == 2**20
+    monkeypatch.setenv("HOTLORA_FINE_TUNING", "false")
+    assert settings_from(build_parser().parse_args(["serve"])).fine_tuning is False
+    with pytest.raises(SystemExit, match="max_concurrent_jobs"):
+        settings_from(build_parser().parse_args(["serve", "--max-concurrent-jobs", "0"]))
