@@ -11,7 +11,11 @@ from .settings_flags import add_settings_flags, settings_from, start_logging
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("serve", help="serve the base model and its adapters over OpenAI's API")
+    parser = sub.add_parser(
+        "serve",
+        help="serve the base model and its adapters over OpenAI's API",
+        allow_abbrev=False,  # a prefix of a flag is a typo, not that flag
+    )
     add_settings_flags(parser)  # every field of Settings
 
 

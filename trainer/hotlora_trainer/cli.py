@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # `--lr 1e-2` must not quietly become `--lr-scheduler-type 1e-2`
     )
     p.add_argument("--data", help="JSONL file in one of TRL's formats (messages, prompt/completion, text)")
     p.add_argument("--task", choices=["piglatin"], help="a built-in task instead of --data")

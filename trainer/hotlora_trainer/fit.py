@@ -46,8 +46,10 @@ def fit(run: Run) -> None:
     trainer = _sft_trainer(run)
     config = run.config
     batch = f"batch {config.per_device_train_batch_size} x {config.gradient_accumulation_steps} accumulation"
+    if run.world > 1:
+        batch += f" x {run.world} processes"
     run.out(
-        f"training: {_total_steps(config, run.train_enc)} steps ({batch}, "
+        f"training: {_total_steps(config, run.train_enc, run.world)} steps ({batch}, "
         f"{trainable_parameters(run.model):,} trainable parameters)"
     )
     reset_peak(run.kind)
@@ -106,7 +108,7 @@ def _sft_trainer(run: Run) -> Any:
     config = run.config
     train_ds = _token_dataset(run.train_enc)
     eval_ds = _token_dataset(run.eval_enc) if run.eval_enc else None
-    total_steps = _total_steps(config, run.train_enc)
+    total_steps = _total_steps(config, run.train_enc, run.world)
     eval_kwargs: dict[str, Any] = {"eval_strategy": "no"}
     if eval_ds is not None:
         eval_kwargs = {
@@ -132,10 +134,13 @@ def _sft_trainer(run: Run) -> Any:
         use_cpu=run.kind == "cpu",
         disable_tqdm=not run.progress_bar,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False if run.world > 1 else None,  # every LoRA weight is used
     )
     trainer_class = SFTTrainer
-    if run.kind == "cpu" and compact_loss_supported(run.model):
-        trainer_class = CompactLossSFTTrainer  # no full-vocabulary projection of prompt positions
+    if run.kind == "cpu" and run.world == 1 and compact_loss_supported(run.model):
+        # no full-vocabulary projection of prompt positions; not under DDP, whose gradient sync is armed
+        # by the wrapped model's own forward, which the compact loss goes around
+        trainer_class = CompactLossSFTTrainer
     trainer = trainer_class(
         model=run.model,
         args=args,
@@ -157,7 +162,8 @@ def _token_dataset(encoded: list[Encoded]) -> Any:
     )
 
 
-def _total_steps(config: TrainConfig, train_enc: list[Encoded]) -> int:
+def _total_steps(config: TrainConfig, train_enc: list[Encoded], world: int = 1) -> int:
+    """Optimizer steps; each takes `per_device_train_batch_size` rows in each of the `world` processes."""
     if config.max_steps > 0:
         return config.max_steps
     if config.packing:
@@ -165,7 +171,8 @@ def _total_steps(config: TrainConfig, train_enc: list[Encoded]) -> int:
     else:
         rows = len(train_enc)
     per_epoch = max(
-        1, math.ceil(rows / config.per_device_train_batch_size) // config.gradient_accumulation_steps
+        1,
+        math.ceil(rows / (config.per_device_train_batch_size * world)) // config.gradient_accumulation_steps,
     )
     return max(1, math.ceil(per_epoch * config.num_train_epochs))
 

@@ -119,3 +119,9 @@ def test_every_serve_flag_is_documented() -> None:
     flags = {flag for flag in options("serve") if flag.startswith("--") and flag != "--help"}
     missing = {f for f in flags if f not in documented and f.replace("--no-", "--", 1) not in documented}
     assert not missing, f"add {sorted(missing)} to the `hotlora serve` table of docs/configuration.md"
+
+
+def test_a_flag_prefix_is_a_typo_not_that_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--max-lora", "4"])  # not --max-lora-rank or --max-loras
+    assert "unrecognized arguments: --max-lora 4" in capsys.readouterr().err

@@ -266,3 +266,9 @@ def test_server_without_the_client_sdk_is_refused_before_training(
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(ConfigError, match="--server needs the hotlora client SDK"):
         train(config(tmp_path, tiny_base, server="http://127.0.0.1:9"), out=lambda _: None)
+
+
+def test_a_flag_prefix_is_refused_not_taken_for_another_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):  # `--lr` is a prefix of --lr-scheduler-type, not --learning-rate
+        build_parser().parse_args(["--name", "bot", "--lr", "1e-2"])
+    assert "unrecognized arguments: --lr 1e-2" in capsys.readouterr().err
