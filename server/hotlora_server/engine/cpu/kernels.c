@@ -28,7 +28,6 @@ typedef __m512i vi;
 static inline vf vload(const float *p) { return _mm512_loadu_ps(p); }
 static inline void vstore(float *p, vf v) { _mm512_storeu_ps(p, v); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-static inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline vf vsplat(float s) { return _mm512_set1_ps(s); }
 static inline vf vzero(void) { return _mm512_setzero_ps(); }
@@ -37,6 +36,7 @@ static inline vi high4(vi q) { return _mm512_srli_epi32(q, 4); }
 static inline vi low4(vi q) { return q; } /* lut16 reads bits 0-3 only */
 typedef struct { vf t; } lut_t;
 static inline lut_t lut_make(const float *code) { return (lut_t){_mm512_loadu_ps(code)}; }
+static inline lut_t lut_scaled(lut_t lut, float s) { return (lut_t){_mm512_mul_ps(lut.t, _mm512_set1_ps(s))}; }
 static inline vf lut16(lut_t lut, vi idx) { return _mm512_permutexvar_ps(idx, lut.t); }
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -46,7 +46,6 @@ typedef __m256i vi;
 static inline vf vload(const float *p) { return _mm256_loadu_ps(p); }
 static inline void vstore(float *p, vf v) { _mm256_storeu_ps(p, v); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-static inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline vf vsplat(float s) { return _mm256_set1_ps(s); }
 static inline vf vzero(void) { return _mm256_setzero_ps(); }
@@ -55,6 +54,11 @@ static inline vi high4(vi q) { return _mm256_srli_epi32(q, 4); }
 static inline vi low4(vi q) { return q; } /* lut16 reads bits 0-3 only */
 typedef struct { vf lo, hi; } lut_t;
 static inline lut_t lut_make(const float *code) { return (lut_t){_mm256_loadu_ps(code), _mm256_loadu_ps(code + 8)}; }
+static inline lut_t lut_scaled(lut_t lut, float s)
+{
+    const __m256 v = _mm256_set1_ps(s);
+    return (lut_t){_mm256_mul_ps(lut.lo, v), _mm256_mul_ps(lut.hi, v)};
+}
 static inline vf lut16(lut_t lut, vi idx)
 {
     const vf lo = _mm256_permutevar8x32_ps(lut.lo, idx), hi = _mm256_permutevar8x32_ps(lut.hi, idx);
@@ -71,18 +75,27 @@ static inline vf vfma(vf a, vf b, vf c)
     for (int l = 0; l < LANES; l++) c[l] = __builtin_fmaf(a[l], b[l], c[l]);
     return c;
 }
-static inline vf vmul(vf a, vf b) { return a * b; }
 static inline vf vadd(vf a, vf b) { return a + b; }
 static inline vf vsplat(float s) { return (vf){s, s, s, s}; }
 static inline vf vzero(void) { return (vf){0, 0, 0, 0}; }
 static inline vi bytes_u32(const uint8_t *p) { return (vi){p[0], p[1], p[2], p[3]}; }
 static inline vi high4(vi q) { return q >> 4; }
 static inline vi low4(vi q) { return q & 15; }
-typedef struct { const float *code; } lut_t;
-static inline lut_t lut_make(const float *code) { return (lut_t){code}; }
+typedef struct { float v[16]; } lut_t;
+static inline lut_t lut_make(const float *code)
+{
+    lut_t lut;
+    memcpy(lut.v, code, sizeof lut.v);
+    return lut;
+}
+static inline lut_t lut_scaled(lut_t lut, float s)
+{
+    for (int i = 0; i < 16; i++) lut.v[i] *= s;
+    return lut;
+}
 static inline vf lut16(lut_t lut, vi idx)
 {
-    return (vf){lut.code[idx[0]], lut.code[idx[1]], lut.code[idx[2]], lut.code[idx[3]]};
+    return (vf){lut.v[idx[0]], lut.v[idx[1]], lut.v[idx[2]], lut.v[idx[3]]};
 }
 #endif
 
@@ -153,7 +166,7 @@ void hotlora_gemm_nt(const float *x, int64_t ldx, const float *w, int64_t ldw, f
 
 /* ---- y = x @ dequant(w).T for bitsandbytes' 4-bit layout: w [N * K / 2] bytes, element 2i in the high
  * nibble of byte i and 2i + 1 in the low one, value code[nibble] * absmax[element / blocksize] (rounded
- * once, as bitsandbytes dequantizes). K is a multiple of blocksize, blocksize of 2 * LANES (the caller
+ * once, as bitsandbytes dequantizes; looked up in the code scaled once per block, the same product). K is a multiple of blocksize, blocksize of 2 * LANES (the caller
  * checks). x is split into its even and odd columns (xe, xo: [M, K / 2]); per element, lane l adds the
  * even then the odd product of each chunk of 2 * LANES columns in order, then the lanes in order. ---- */
 
@@ -170,14 +183,14 @@ void hotlora_gemm_nt(const float *x, int64_t ldx, const float *w, int64_t ldw, f
             for (int c = 0; c < NC; c++) acc[r][c] = vzero();                                         \
         const int64_t half = K / 2, blocks = K / blocksize, step = blocksize / 2;                     \
         for (int64_t b = 0; b < blocks; b++) {                                                        \
-            vf scale[NC];                                                                             \
-            for (int c = 0; c < NC; c++) scale[c] = vsplat(absmax[c * blocks + b]);                  \
+            lut_t scaled[NC];                                                                         \
+            for (int c = 0; c < NC; c++) scaled[c] = lut_scaled(lut, absmax[c * blocks + b]);         \
             for (int64_t k = b * step; k < (b + 1) * step; k += LANES) {                              \
                 vf whi[NC], wlo[NC];                                                                  \
                 for (int c = 0; c < NC; c++) {                                                        \
                     const vi q = bytes_u32(w + c * half + k);                                         \
-                    whi[c] = vmul(lut16(lut, high4(q)), scale[c]);                                    \
-                    wlo[c] = vmul(lut16(lut, low4(q)), scale[c]);                                     \
+                    whi[c] = lut16(scaled[c], high4(q));                                              \
+                    wlo[c] = lut16(scaled[c], low4(q));                                               \
                 }                                                                                     \
                 for (int r = 0; r < MR; r++) {                                                        \
                     const vf e = vload(xe + r * ldx + k), o = vload(xo + r * ldx + k);                \
@@ -207,11 +220,13 @@ static const q4_fn Q4[Q4_MR][Q4_NC] = {{q4_1_1, q4_1_2}, {q4_2_1, q4_2_2}, {q4_3
 static void q4_dequant(const uint8_t *w, const float *absmax, lut_t lut, int64_t blocksize, int64_t K, float *out)
 {
     const int64_t step = blocksize / 2;
-    for (int64_t k = 0; k < K / 2; k += LANES) {
-        const vi q = bytes_u32(w + k);
-        const vf scale = vsplat(absmax[k / step]);
-        vstore(out + 2 * k, vmul(lut16(lut, high4(q)), scale));
-        vstore(out + 2 * k + LANES, vmul(lut16(lut, low4(q)), scale));
+    for (int64_t b = 0; b < K / blocksize; b++) {
+        const lut_t scaled = lut_scaled(lut, absmax[b]);
+        for (int64_t k = b * step; k < (b + 1) * step; k += LANES) {
+            const vi q = bytes_u32(w + k);
+            vstore(out + 2 * k, lut16(scaled, high4(q)));
+            vstore(out + 2 * k + LANES, lut16(scaled, low4(q)));
+        }
     }
 }
 

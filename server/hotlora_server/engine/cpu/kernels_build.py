@@ -52,9 +52,9 @@ def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def build(cache_dir: Path) -> CpuKernels | None:
+def build(cache_dir: Path, source: Path = SOURCE) -> CpuKernels | None:
     """The library, compiled into `cache_dir` if this machine has no build of it yet; None without a
-    working compiler (the reason is logged)."""
+    working compiler (the reason is logged). `source`: another version of kernels.c (bench/kernel_ab.py)."""
     cc = compiler()
     if cc is None:
         log.warning("no C compiler (cc): the CPU's fixed-order kernels are not available")
@@ -62,11 +62,11 @@ def build(cache_dir: Path) -> CpuKernels | None:
     if not _private_folder(cache_dir):
         return None
     digest = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), *FLAGS, *LIBS, cc, _cpu_identity()]).encode()
+        "\0".join([source.read_text(), *FLAGS, *LIBS, cc, _cpu_identity()]).encode()
     ).hexdigest()[:16]
     target = cache_dir / f"kernels-{digest}.so"
     for _ in range(2):  # a cached library that does not load (truncated, foreign) is built again once
-        if not _trusted(target) and not _compile(cc, target):
+        if not _trusted(target) and not _compile(cc, source, target):
             return None
         try:
             return CpuKernels(ctypes.CDLL(str(target)), target)
@@ -117,13 +117,13 @@ def _trusted(target: Path) -> bool:
     return False
 
 
-def _compile(compiler: str, target: Path) -> bool:
+def _compile(compiler: str, source: Path, target: Path) -> bool:
     """Compile into a temporary file renamed into place, so a concurrent start never loads half a library."""
     fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         done = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp, *LIBS], capture_output=True, text=True, timeout=300
+            [compiler, *FLAGS, str(source), "-o", tmp, *LIBS], capture_output=True, text=True, timeout=300
         )
         if done.returncode == 0:
             os.chmod(tmp, PRIVATE_FILE_MODE)  # the linker made it 0777 less the umask
