@@ -10,6 +10,9 @@ The order is vLLM's: logit bias and the min_tokens mask, then the penalties (rep
 then the row's grammar mask (structured outputs: every token its grammar forbids next is dropped), then
 either the greedy choice, or temperature, min-p, top-k, top-p and a draw; the grammar then advances with
 the token chosen.
+
+`choose_tokens` takes a whole batch's logits where they are (on a GPU, on the GPU): the greedy rows with
+nothing to apply share one argmax, so an accelerator sends back token ids rather than every row's logits.
 """
 
 from __future__ import annotations
@@ -36,13 +39,15 @@ class RowSampler:
     """Sampling state of one generated row."""
 
     params: SamplingParams
-    generator: torch.Generator
+    generator: torch.Generator  # on the CPU
+    seed: int
     counts: dict[int, int]  # generated token -> occurrences, for presence/frequency penalties
     prompt_ids: Sequence[int] = ()  # for the repetition penalty, which counts the prompt's tokens too
     stop_ids: Collection[int] = ()  # EOS tokens, masked until `min_tokens` tokens were generated
     grammar: RowGrammar | None = None  # structured output: the row's own grammar state
     generated: int = 0
     _seen: torch.Tensor | None = field(default=None, repr=False)  # prompt and output tokens, for repetition
+    _device_generator: torch.Generator | None = field(default=None, repr=False)  # for logits off the CPU
 
     @classmethod
     def create(
@@ -60,10 +65,27 @@ class RowSampler:
         return cls(
             params=params,
             generator=generator,
+            seed=seed % (2**63),
             counts={},
             prompt_ids=prompt_ids,
             stop_ids=stop_ids,
             grammar=grammar,
+        )
+
+    @property
+    def greedy_as_is(self) -> bool:
+        """Whether the next token is the argmax of the logits as they come: greedy, nothing to apply first."""
+        p = self.params
+        greedy = p.temperature is not None and p.temperature < GREEDY_BELOW
+        return (
+            greedy
+            and self.grammar is None
+            and not (
+                p.logit_bias
+                or (self.generated < p.min_tokens and self.stop_ids)
+                or (p.repetition_penalty is not None and p.repetition_penalty != 1.0)
+                or (self.counts and (p.presence_penalty != 0 or p.frequency_penalty != 0))
+            )
         )
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
@@ -72,8 +94,8 @@ class RowSampler:
         out = logits
         if p.logit_bias:
             out = out.clone()
-            ids = torch.tensor([token for token, _ in p.logit_bias], dtype=torch.long)
-            out[ids] += torch.tensor([bias for _, bias in p.logit_bias], dtype=out.dtype)
+            ids = torch.tensor([token for token, _ in p.logit_bias], dtype=torch.long, device=out.device)
+            out[ids] += torch.tensor([bias for _, bias in p.logit_bias], dtype=out.dtype, device=out.device)
         if self.generated < p.min_tokens and self.stop_ids:
             out = out.clone() if out is logits else out
             out[[i for i in self.stop_ids if i < out.shape[-1]]] = float("-inf")
@@ -81,8 +103,8 @@ class RowSampler:
             out = self._repetition(out.clone() if out is logits else out, p.repetition_penalty)
         if self.counts and (p.presence_penalty != 0 or p.frequency_penalty != 0):
             out = out.clone() if out is logits else out
-            ids = torch.tensor(list(self.counts), dtype=torch.long)
-            counts = torch.tensor(list(self.counts.values()), dtype=out.dtype)
+            ids = torch.tensor(list(self.counts), dtype=torch.long, device=out.device)
+            counts = torch.tensor(list(self.counts.values()), dtype=out.dtype, device=out.device)
             out[ids] -= counts * p.frequency_penalty + p.presence_penalty  # OpenAI's definition
         return out
 
@@ -90,7 +112,7 @@ class RowSampler:
         """HF's `RepetitionPenaltyLogitsProcessor` (vLLM's too) over every token of the prompt and the output:
         a positive logit divided by `penalty`, a negative one multiplied."""
         if self._seen is None:
-            self._seen = torch.zeros(logits.shape[-1], dtype=torch.bool)
+            self._seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
             prompt = [i for i in set(self.prompt_ids) if 0 <= i < logits.shape[-1]]
             self._seen[prompt] = True
             self._seen[list(self.counts)] = True
@@ -102,8 +124,9 @@ class RowSampler:
         return logits
 
     def choose(self, logits: torch.Tensor) -> int:
-        """Pick the next token from one row's float32 logits; raises `NonFiniteLogitsError` if they hold NaN
-        or infinity, where argmax would pick garbage and sampling would fail."""
+        """Pick the next token from one row's float32 logits (on any device; a grammar's row on the CPU);
+        raises `NonFiniteLogitsError` if they hold NaN or infinity, where argmax would pick garbage and
+        sampling would fail."""
         if not bool(torch.isfinite(logits).all()):
             raise NonFiniteLogitsError(
                 "the model's scores for this request's next token are not finite (NaN or infinity): its "
@@ -124,14 +147,52 @@ class RowSampler:
                 probs = _top_k(probs, p.top_k)
             if p.top_p is not None and p.top_p < 1.0:
                 probs = _top_p(probs, p.top_p)
-            token = int(torch.multinomial(probs, 1, generator=self.generator))
+            token = int(torch.multinomial(probs, 1, generator=self._generator(probs.device)))
+        self.accept(token)
+        return token
+
+    def accept(self, token: int) -> None:
+        """Count the token chosen for this row, and move its grammar past it."""
         if self.grammar is not None:
             self.grammar.advance(token)
         self.counts[token] = self.counts.get(token, 0) + 1
         self.generated += 1
         if self._seen is not None:
             self._seen[token] = True
-        return token
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The row's generator on `device`: a draw on a GPU needs one there (seeded alike; its draws are
+        its own: a seed repeats its answers on the same kind of device)."""
+        if device.type == "cpu":
+            return self.generator
+        if self._device_generator is None or self._device_generator.device != device:
+            self._device_generator = torch.Generator(device=device)
+            self._device_generator.manual_seed(self.seed)
+        return self._device_generator
+
+
+def choose_tokens(samplers: Sequence[RowSampler], logits: torch.Tensor) -> list[int | Exception]:
+    """Each row's next token from the batch's logits `[rows, vocabulary]`, or the error that row raised.
+
+    One finiteness check and one argmax serve every greedy row with nothing to apply; the other rows are
+    chosen one by one (a grammar's row on the CPU). The tokens are those of choosing row by row.
+    """
+    scores = logits.float()
+    finite = torch.isfinite(scores).all(dim=-1).tolist()
+    plain = [i for i, sampler in enumerate(samplers) if finite[i] and sampler.greedy_as_is]
+    tokens: list[int | Exception] = [0] * len(samplers)
+    if plain:
+        picked = torch.argmax(scores[plain], dim=-1).tolist()
+        for i, token in zip(plain, picked, strict=True):
+            samplers[i].accept(token)
+            tokens[i] = token
+    for i in sorted(set(range(len(samplers))) - set(plain)):
+        sampler = samplers[i]
+        try:
+            tokens[i] = sampler.choose(scores[i] if sampler.grammar is None else scores[i].cpu())
+        except Exception as exc:  # this row's failure is its own
+            tokens[i] = exc
+    return tokens
 
 
 def _overflow_kept(scaled: torch.Tensor) -> torch.Tensor:

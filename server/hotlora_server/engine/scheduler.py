@@ -30,6 +30,7 @@ from .kv_budget import KvBudget
 from .loader import LoadedModel
 from .prefix_cache import PrefixCache, fill_past, shorten_hit
 from .rows import Job, Row, jobs_of
+from .sampling import choose_tokens
 
 log = logging.getLogger(__name__)
 
@@ -363,12 +364,15 @@ class Scheduler:
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> None:
         """Sample every row's next token and emit its text. A row that fails (logits that are not finite,
         text that does not decode) ends its own request; the other rows carry on as if it were not there."""
-        scores = logits.float().cpu()
-        for i, row in enumerate(rows):
-            if row.job.done:
-                continue
+        live = [i for i, row in enumerate(rows) if not row.job.done]
+        batch = logits if len(live) == len(rows) else logits[live]
+        tokens = choose_tokens([rows[i].sampler for i in live], batch) if live else []
+        for i, token in zip(live, tokens, strict=True):
+            row = rows[i]
             try:
-                row.step(row.sampler.choose(scores[i]), logits[i], self._loaded, self._stop_ids)
+                if isinstance(token, Exception):
+                    raise token
+                row.step(token, logits[i], self._loaded, self._stop_ids)
             except Exception as exc:  # this request's failure must not take the others down
                 self._fail(row.job, _internal(row.job, exc))
 

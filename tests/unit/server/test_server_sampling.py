@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 import torch
 
-from hotlora_server.engine.sampling import GREEDY_BELOW, NonFiniteLogitsError, RowSampler, logprobs_of
+from hotlora_server.engine.sampling import (
+    GREEDY_BELOW,
+    NonFiniteLogitsError,
+    RowSampler,
+    choose_tokens,
+    logprobs_of,
+)
 from hotlora_server.types import SamplingParams
 
 
@@ -283,3 +289,40 @@ def test_min_tokens_masks_the_stop_ids_until_that_many_tokens() -> None:
     assert 2 not in drawn[:3] and 7 not in drawn[:3]
     assert drawn[3] == 2
     assert _draw(_extras(temperature=1.0, stops=frozenset({2}), min_tokens=0), logits, 1) == [2]
+
+
+def _mixed_batch() -> list[RowSampler]:
+    """Rows of every kind: plain greedy, greedy with something to apply, and seeded draws."""
+    return [
+        _sampler(temperature=0.0),
+        _sampler(temperature=0.0, presence_penalty=1.5),
+        RowSampler.create(SamplingParams(temperature=0.0, logit_bias=((7, 100.0),)), 0),
+        RowSampler.create(SamplingParams(temperature=0.0, min_tokens=3), 0, stop_ids=(3,)),
+        _sampler(seed=5, temperature=0.8, top_p=0.9),
+        _sampler(seed=6, temperature=1.0, repetition_penalty=1.3),
+        _sampler(temperature=0.0),
+    ]
+
+
+def test_a_batch_chooses_the_tokens_row_by_row_choosing_does() -> None:
+    """The shared argmax of the plain greedy rows and the rows chosen on their own give, step after step,
+    what each row's own `choose` gives."""
+    generator = torch.Generator().manual_seed(11)
+    batched, alone = _mixed_batch(), _mixed_batch()
+    assert [s.greedy_as_is for s in batched] == [True, True, False, False, False, False, True]
+    for _ in range(6):
+        logits = torch.randn(len(batched), 300, generator=generator) * 3
+        logits[:, 3] += 4  # the stop id is likely, so min_tokens has something to mask
+        expected = [sampler.choose(logits[i]) for i, sampler in enumerate(alone)]
+        assert choose_tokens(batched, logits) == expected
+    assert not batched[1].greedy_as_is  # once it has counts, its presence penalty applies
+
+
+def test_a_batch_row_that_cannot_be_sampled_fails_alone() -> None:
+    samplers = [_sampler(temperature=0.0), _sampler(temperature=0.0), _sampler(seed=1, temperature=1.0)]
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(2))
+    logits[1, 4] = float("nan")
+    first, second, third = choose_tokens(samplers, logits)
+    assert first == int(torch.argmax(logits[0])) and isinstance(third, int)
+    assert isinstance(second, NonFiniteLogitsError)
+    assert samplers[1].generated == 0 and samplers[0].generated == 1
