@@ -92,7 +92,7 @@ export class AdaptersTab {
         }, "delete danger"),
       ),
       chart,
-      h("details", { open: true }, h("summary", {}, "manifest"), h("pre", { class: "manifest" }, JSON.stringify(card.manifest, null, 2))),
+      h("details", {}, h("summary", {}, "manifest"), h("pre", { class: "manifest" }, JSON.stringify(card.manifest, null, 2))),
     );
     try {
       const log = await getJSON(`/v1/adapters/${name}/training_log`);
