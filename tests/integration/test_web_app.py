@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
@@ -224,6 +225,50 @@ def test_a_job_trained_from_the_train_tab_opens_in_the_playground(page: Any, tmp
     page.locator("nav [data-tab=adapters]").click()
     page.locator(f"#adapters tr[data-adapter='{model}']").click()
     page.locator("#adapters .loss svg.chart circle.train").first.wait_for()  # drawn from its training log
+
+
+def test_the_adapters_tab_manages_the_store_and_shows_api_errors(page: Any, server: RunningServer) -> None:
+    page.on("dialog", lambda dialog: dialog.accept())  # the confirmation before a delete
+    page.locator("nav [data-tab=adapters]").click()
+    tab = page.locator("#adapters")
+    row = tab.locator(f"tr[data-adapter='{ADAPTERS[1]}']")
+    row.click()
+    expect(tab.locator(".detail h3")).to_have_text(ADAPTERS[1])
+    expect(tab.locator(".loss")).to_contain_text("no training log")  # copied in, not trained here
+    tab.locator(".detail .unload").click()
+    expect(row.locator(".status")).to_have_text("disabled")
+    tab.locator(".detail .load").click()
+    expect(row.locator(".status")).to_have_text("resident")
+
+    save = tab.locator(".save-blend")
+    save.locator(".model-select").select_option(label="Blend of adapters…")
+    save.locator(f"input[data-adapter='{ADAPTERS[0]}']").focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowRight")
+    body = {"name": "Bad Name", "adapters": [{"name": ADAPTERS[0], "weight": 0.5}], "method": "cat"}
+    refused = httpx.post(
+        f"{server.v1}/adapters/blend", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert refused.status_code == 400
+    save.locator(".blend-name").fill("Bad Name")
+    save.locator("button.primary").click()
+    expect(page.locator("#errors .error span").last).to_have_text(refused.json()["error"]["message"])
+
+    save.locator(".blend-name").fill("half-smol")
+    with page.expect_response("**/v1/adapters/blend") as saved:
+        save.locator("button.primary").click()
+    assert saved.value.status == 200 and saved.value.request.post_data_json["adapters"] == body["adapters"]
+    blend_row = tab.locator("tr[data-adapter='half-smol']")
+    expect(blend_row).to_contain_text("blend")
+    blend_row.click()
+    tab.locator(".detail .delete").click()
+    expect(blend_row).to_have_count(0)
+    assert (
+        httpx.get(
+            f"{server.v1}/adapters/half-smol", headers={"Authorization": f"Bearer {API_KEY}"}
+        ).status_code
+        == 404
+    )
 
 
 def test_a_page_without_the_key_asks_for_it(browser: Any, server: RunningServer, screenshots: Path) -> None:
