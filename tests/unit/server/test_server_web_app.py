@@ -77,16 +77,24 @@ def test_assets_are_served_with_their_content_type(keyed: Any, name: str, conten
     assert answer.content == (STATIC_DIR / name).read_bytes()
 
 
-def test_every_module_the_page_imports_is_shipped(keyed: Any) -> None:
+def test_every_module_the_page_imports_is_shipped_and_nothing_comes_from_elsewhere() -> None:
     for module in STATIC_DIR.glob("*.js"):
-        for imported in module.read_text().split('from "./')[1:]:
+        source = module.read_text()
+        for imported in source.split('from "./')[1:]:
             assert (STATIC_DIR / imported.split('"')[0]).is_file(), (module.name, imported)
-            assert "https://" not in module.read_text().replace("http://www.w3.org/2000/svg", "")
+        assert "://" not in source.replace("http://www.w3.org/2000/svg", ""), module.name  # no remote URL
 
 
 @pytest.mark.parametrize("path", ["/static/missing.js", "/static/..%2f__init__.py", "/static/__init__.py"])
 def test_anything_else_is_a_404(keyed: Any, path: str) -> None:
     assert_error(keyed.get(path), 404)
+
+
+def test_the_page_is_behind_the_host_check(tiny_engine: Any) -> None:
+    app = create_app(tiny_engine, allowed_hosts=[])
+    with TestClient(app, base_url="http://localhost") as client:
+        assert client.get("/").status_code == 200
+        assert_error(client.get("/", headers={"Host": "rebound.example"}), 403, code="host_not_allowed")
 
 
 def test_the_web_app_can_be_turned_off(tiny_engine: Any) -> None:

@@ -21,8 +21,8 @@ function emphasis(escaped) {
     );
 }
 
-// Inline markup of one line of text: `code` (taken as is), **bold**, *italic*, [links](https://...).
-export function renderInline(text) {
+// Inline markup of one line of text: `code` (taken as is), **bold**, *italic*, [links](http or https URLs only).
+function renderInline(text) {
   return text
     .split(/(`[^`\n]+`)/)
     .map((part, i) =>
