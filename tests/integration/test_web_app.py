@@ -1,5 +1,5 @@
 """The web app in a real browser: Debian's headless Chromium, driven by Playwright, against the real
-`hotlora serve` (SmolLM2, an API key, two real PEFT adapters in its store).
+`hotlora serve` (SmolLM2, an API key, a real PEFT adapter in its store under two names).
 
 A chat streams its answer; compare streams the base and an adapter side by side; a blend slider changes
 the model the request names; a tiny fine-tuning job started from the Train tab succeeds and opens in the
@@ -22,11 +22,11 @@ import pytest
 from playwright.sync_api import expect
 
 from support.live_server import (
+    ADAPTER,
     API_KEY,
     BASE_ID,
     RunningServer,
     own_home,
-    save_random_lora,
     start_server,
     stop_server,
 )
@@ -45,7 +45,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ADAPTERS = ("smol-lora", "smol-lora-2")
+ADAPTERS = ("smol-a", "smol-b")
 TRAINING = [
     chat_row("The birch canoe slid on the smooth planks.", "ethay irchbay anoecay idslay onway ethay."),
     chat_row("Glue the sheet to the dark blue background.", "ueglay ethay eetshay otay ethay arkday."),
@@ -57,22 +57,14 @@ ANSWERED = 180_000  # ms: a CPU answer of a few dozen tokens, with the model sha
 
 @pytest.fixture(scope="module")
 def server(
-    tmp_path_factory: pytest.TempPathFactory, hotlora_home: Path, smollm2_dir: Path
+    tmp_path_factory: pytest.TempPathFactory, hotlora_home: Path, adapter_store: Path
 ) -> Iterator[RunningServer]:
-    """One server for the module, with its own home (store, jobs) and two gentle random adapters."""
+    """One server for the module, with its own home (store, jobs) holding the session's random adapter
+    under two names (a blend of the two is a blend like any)."""
     home = own_home(tmp_path_factory.mktemp("web-app-home"), hotlora_home)
-    for seed, name in enumerate(ADAPTERS):
-        save_random_lora(smollm2_dir, home / "adapters" / name, seed=seed, strength=0.3)
-    args = [
-        "--home",
-        str(home),
-        "--api-key",
-        API_KEY,
-        "--fine-tuning-threads",
-        "1",
-        "--max-loaded-adapters",
-        "4",
-    ]
+    for name in ADAPTERS:
+        shutil.copytree(adapter_store / ADAPTER, home / "adapters" / name)
+    args = ["--home", str(home), "--api-key", API_KEY, "--fine-tuning-threads", "1"]
     running = start_server(args, home / "server.log")
     try:
         yield running
@@ -101,9 +93,9 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtur
     root = os.environ.get("HOTLORA_TEST_ARTIFACTS")
     folder = Path(root) / "web-app" if root else tmp_path_factory.mktemp("web-app-screenshots")
     folder.mkdir(parents=True, exist_ok=True)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"web app screenshots: {folder}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # in the test log even when the tests pass
+        print(f"\nweb app screenshots: {folder}")
     return folder
 
 
@@ -147,24 +139,27 @@ def test_a_chat_streams_its_answer(page: Any) -> None:
     assert "tokens" in chat.locator(".message.assistant .meta").last.inner_text()
 
 
-def test_compare_streams_the_base_and_an_adapter_side_by_side(page: Any) -> None:
+def test_compare_streams_the_base_and_adapters_side_by_side(page: Any) -> None:
     page.locator("nav [data-tab=compare]").click()
     compare = page.locator("#compare")
     columns = compare.locator(".column")
     assert columns.count() == 2
-    assert [columns.nth(i).locator(".model-string").inner_text() for i in range(2)] == [BASE_ID, ADAPTERS[0]]
+    compare.locator(".third").click()
+    models = [BASE_ID, *ADAPTERS]  # each new column starts on another model
+    assert [columns.nth(i).locator(".model-string").inner_text() for i in range(3)] == models
     compare.locator(".temperature").fill("0")
     compare.locator(".max-tokens").fill("16")
     compare.locator(".prompt").fill("Name three colours.")
-    models = []
+    sent: list[str] = []
     page.on(
         "request",
-        lambda r: models.append(r.post_data_json["model"]) if r.url.endswith("/chat/completions") else None,
+        lambda r: sent.append(r.post_data_json["model"]) if r.url.endswith("/completions") else None,
     )
     compare.locator(".run").click()
-    texts = [answer_text(columns.nth(i).locator(".answer")) for i in range(2)]
-    assert sorted(models) == sorted([BASE_ID, ADAPTERS[0]])
+    texts = [answer_text(columns.nth(i).locator(".answer")) for i in range(3)]
+    assert sorted(sent) == sorted(models)
     assert all(t.strip() for t in texts) and texts[0] != texts[1], texts
+    assert texts[1] == texts[2], texts  # the same weights under two names: the same greedy answer
 
 
 def test_a_blend_slider_sets_the_weight_the_request_sends(page: Any) -> None:

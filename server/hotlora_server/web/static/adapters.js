@@ -41,7 +41,6 @@ export class AdaptersTab {
 
   setModels(base, adapters) {
     this.blendPicker.setModels(base, adapters);
-    this.blendPicker.choose(this.blendPicker.value ?? base);
   }
 
   async refresh() {

@@ -30,7 +30,15 @@ export class CompareTab {
     const element = h("div", { class: "column" }, picker.element, answer);
     this.columns.push({ picker, answer, element });
     this.grid.append(element);
-    if (this.models) picker.setModels(...this.models);
+    if (this.models) this.fill(this.columns.length - 1, true);
+  }
+
+  // A column's model list; a new column starts on another model: the base, then the adapters in turn.
+  fill(index, fresh) {
+    const [base, adapters] = this.models;
+    const { picker } = this.columns[index];
+    picker.setModels(base, adapters);
+    if (fresh && index > 0 && adapters.length) picker.choose(adapters[(index - 1) % adapters.length]);
   }
 
   toggleThird() {
@@ -43,14 +51,10 @@ export class CompareTab {
     }
   }
 
-  // Each new column starts on another model: the base, then the adapters in turn.
   setModels(base, adapters) {
     const fresh = this.models === null;
     this.models = [base, adapters];
-    this.columns.forEach(({ picker }, i) => {
-      picker.setModels(base, adapters);
-      if (fresh && i > 0 && adapters.length) picker.choose(adapters[(i - 1) % adapters.length]);
-    });
+    this.columns.forEach((_, index) => this.fill(index, fresh));
   }
 
   async compare() {
