@@ -143,6 +143,18 @@ setup() {
     fi
 }
 
+ensure_chromium() {
+    # The web app's browser tests drive Debian's chromium (never a browser Playwright downloads). As root
+    # on a machine with apt-get, install it when it is missing; elsewhere those tests skip, saying why.
+    [[ -x /usr/bin/chromium ]] && return 0
+    [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1 || return 0
+    log "installing Debian's chromium for the web app's browser tests (apt-get, quiet)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; } ||
+        die "could not install chromium with apt-get (the web app's browser tests need it)"
+}
+
 lint() {
     # All four run, so that one run shows every finding; pyproject.toml configures each of them. Fails
     # (status 1) after naming the checks that found something.
@@ -194,6 +206,7 @@ main() {
             else
                 lint || die "the tests did not run: the lint failed (HOTLORA_LINT=0 runs them without it)"
             fi
+            ensure_chromium
             cd "$ROOT"
             exec "$VENV/bin/python" -m pytest "$@"
             ;;

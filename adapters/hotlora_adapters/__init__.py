@@ -26,6 +26,7 @@ from .peft_files import WEIGHTS_FILENAME, AdapterFiles, inspect_adapter, read_te
 from .safetensors_header import SafetensorsHeader, TensorInfo, read_safetensors_header
 from .store import AdapterStore, StoredAdapter
 from .targets import is_targeted, peft_lora_kwargs, targeted_modules
+from .training_log import TRAINING_LOG_FILENAME, read_training_log
 from .versions import adapter_version
 from .watch import StoreChange, StoreWatcher
 
@@ -33,6 +34,7 @@ __all__ = [
     "ADAPTER_NAME_PATTERN",
     "CONFIG_FILENAME",
     "MANIFEST_FILENAME",
+    "TRAINING_LOG_FILENAME",
     "WEIGHTS_FILENAME",
     "AdapterConfig",
     "AdapterError",
@@ -73,6 +75,7 @@ __all__ = [
     "read_manifest",
     "read_safetensors_header",
     "read_tensor_shapes",
+    "read_training_log",
     "resolve_chat_template",
     "targeted_modules",
     "validate_adapter_name",

@@ -69,6 +69,7 @@ def serve(settings: Settings) -> int:
         allowed_headers=settings.allowed_headers,
         tool_call_parser=settings.tool_call_parser,
         fine_tuning=fine_tuning,
+        web_app=settings.web_app,
     )
     config = uvicorn.Config(
         app,

@@ -239,6 +239,11 @@ class Settings(BaseModel):
         description="largest fine-tuning file an upload may hold, in bytes or with a unit (100MB, 1GiB); "
         "larger ones get 413",
     )
+    web_app: bool = Field(
+        True,
+        description="the web app at / (chat playground, compare, adapters, training; it calls the API with "
+        "the same key as any client); --no-web-app: / is 404",
+    )
     metrics_public: bool = Field(
         False, description="serve /metrics without the API key (for a Prometheus scraper)"
     )

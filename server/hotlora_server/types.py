@@ -260,3 +260,7 @@ class EngineClient(Protocol):
     async def save_blend(self, name: str, blend: BlendSpec) -> AdapterInfo:
         """Build `blend` and register it in the store as adapter `name`."""
         ...
+
+    async def training_log(self, name: str) -> list[dict[str, float]] | None:
+        """The trainer's `log_history` of adapter `name` (finite numbers only), None when it has none."""
+        ...

@@ -18,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 
-from support.live_server import API_KEY, BASE_ID, RunningServer, start_server, stop_server
+from support.live_server import API_KEY, BASE_ID, RunningServer, own_home, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -55,11 +55,7 @@ PIG_LATIN = jsonl(
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory, hotlora_home: Path) -> Path:
     """A home of its own (jobs database, store, runs), sharing the converted model and compiled kernels."""
-    folder = tmp_path_factory.mktemp("fine-tuning-home")
-    for shared in ("models", "kernels"):
-        if (hotlora_home / shared).is_dir():
-            (folder / shared).symlink_to(hotlora_home / shared)
-    return folder
+    return own_home(tmp_path_factory.mktemp("fine-tuning-home"), hotlora_home)
 
 
 def serve(home: Path) -> RunningServer:

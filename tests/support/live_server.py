@@ -41,6 +41,15 @@ class RunningServer:
         return self.log.read_text(errors="replace")
 
 
+def own_home(folder: Path, shared_home: Path) -> Path:
+    """`folder` made a home of its own (jobs database, store, runs) that shares `shared_home`'s converted
+    model and compiled kernels, so a server started on it converts and compiles nothing again."""
+    for shared in ("models", "kernels"):
+        if (shared_home / shared).is_dir():
+            (folder / shared).symlink_to(shared_home / shared)
+    return folder
+
+
 def hotlora_cmd() -> list[str]:
     """The installed console script, as a user runs it (the module where the project is not installed)."""
     script = Path(sys.executable).parent / "hotlora"

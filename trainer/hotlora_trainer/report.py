@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from hotlora_adapters import Manifest, inspect_adapter
+from hotlora_adapters import TRAINING_LOG_FILENAME, Manifest, inspect_adapter
 from hotlora_adapters.runtime.base_model import EMBEDDED_HUB_ID, EMBEDDED_MODEL_NAME
 
 from .base_model import bf16_autocast, compute_dtype_name
@@ -22,7 +22,6 @@ from .notify import curl_line, wait_until_served
 from .run import Run
 
 LOSS_PLOT = "loss.png"
-TRAINING_LOG = "training_log.json"
 
 
 def register(run: Run) -> None:
@@ -35,7 +34,7 @@ def register(run: Run) -> None:
     run.result.metrics = metrics
     plot_losses(fitted.history, export / LOSS_PLOT, title=f"{config.name} ({run.base.name})")
     log = {"log_history": fitted.history, "samples": run.samples}
-    (export / TRAINING_LOG).write_text(json.dumps(log, indent=1) + "\n")
+    (export / TRAINING_LOG_FILENAME).write_text(json.dumps(log, indent=1) + "\n")
 
     run.result.wall_time_s = wall = time.monotonic() - run.started
     stored = run.store.register(

@@ -14,6 +14,7 @@ from ..errors import ServiceUnavailableError
 from ..metrics import Metrics
 from ..tools import DEFAULT_TOOL_PARSER
 from ..types import EngineClient
+from ..web import build_web_router
 from .adapters import build_adapter_router
 from .auth import bearer_guard
 from .errors import error_response, install_error_handlers
@@ -39,6 +40,7 @@ def create_app(
     allowed_headers: Sequence[str] = ("*",),
     tool_call_parser: str = DEFAULT_TOOL_PARSER,
     fine_tuning: ServingFineTuning | None = None,
+    web_app: bool = True,
 ) -> FastAPI:
     """The OpenAI-compatible app. With `api_key`, every route but `/health` (and `/metrics` when
     `metrics_public`) requires it as a bearer token; bodies over `max_body_bytes` get 413 (None: no limit);
@@ -47,7 +49,8 @@ def create_app(
     may call it from those origins (CORS), with `allowed_methods` and `allowed_headers`. Chat replies are
     read for tool calls with the parser named `tool_call_parser` (`tools.TOOL_PARSERS`). With `fine_tuning`,
     it serves OpenAI's files and fine-tuning jobs routes and runs their job runner while it runs (without:
-    they are 404, `--no-fine-tuning`)."""
+    they are 404, `--no-fine-tuning`). With `web_app`, `/` serves the web app (`hotlora_server.web`),
+    which calls these routes with the key like any client (without: 404, `--no-web-app`)."""
     from .. import __version__
 
     # with a key, the schema is served behind it below
@@ -107,6 +110,8 @@ def create_app(
     app.include_router(build_adapter_router(engine), dependencies=guard)
     if fine_tuning is not None:
         app.include_router(build_fine_tuning_router(fine_tuning), dependencies=guard)
+    if web_app:  # no key: the page holds no secret, and asks for the key when the API answers 401
+        app.include_router(build_web_router())
     return app
 
 

@@ -18,6 +18,17 @@ def build_adapter_router(engine: EngineClient) -> APIRouter:
     async def list_adapters() -> p.AdapterList:
         return p.AdapterList(data=[p.AdapterCard.of(info) for info in await engine.list_adapters()])
 
+    @router.get("/adapters/{name}/training_log")
+    async def training_log(name: p.AdapterName) -> p.AdapterTrainingLog:
+        history = await engine.training_log(name)
+        if history is None:
+            raise NotFoundError(
+                f"adapter '{name}' has no training log (only adapters trained by hotlora have one)",
+                param="name",
+                code="training_log_not_found",
+            )
+        return p.AdapterTrainingLog(id=name, log_history=history)
+
     # `:path` lets a name holding `/` (also sent as `%2F`) reach the name check and get its 400
     @router.get("/adapters/{name:path}")
     async def get_adapter(name: p.AdapterName) -> p.AdapterCard:

@@ -19,9 +19,11 @@ from hotlora_adapters import (
     AdapterNotFoundError,
     AdapterPathError,
     BlendSource,
+    InvalidAdapterError,
     InvalidAdapterNameError,
     Manifest,
     StoredAdapter,
+    read_training_log,
     validate_adapter_name,
 )
 
@@ -112,6 +114,17 @@ class AdapterAdmin:
             except AdapterError as exc:
                 raise domain_error(exc) from None
         return await asyncio.to_thread(self._describe, name)  # its first check reads the new weights
+
+    def training_log(self, name: str) -> list[dict[str, float]] | None:
+        """The loss history the trainer logged beside `name` (blocking: reads the file)."""
+        try:
+            validate_adapter_name(name)
+            entry = self._store.get(name)
+            if entry.config is None and entry.error is not None:  # it reaches outside the store: not read
+                raise InvalidAdapterError(entry.error)
+            return read_training_log(entry.path)
+        except AdapterError as exc:
+            raise domain_error(exc) from None
 
     # -- helpers ------------------------------------------------------------------------------------
 

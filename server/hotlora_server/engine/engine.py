@@ -177,6 +177,9 @@ class Engine:
     async def save_blend(self, name: str, blend: BlendSpec) -> AdapterInfo:
         return await self._require_admin().save_blend(name, blend)
 
+    async def training_log(self, name: str) -> list[dict[str, float]] | None:
+        return await asyncio.to_thread(self._require_admin().training_log, name)
+
     async def call(self, fn: Callable[[AdapterPool], T]) -> T:
         """Run `fn(pool)` in the engine thread, between requests, and return its result here."""
         return await self._mailbox.call(fn)

@@ -79,6 +79,14 @@ class AdapterDeleted(BaseModel):
     status: Literal["disabled", "deleted"]
 
 
+class AdapterTrainingLog(BaseModel):
+    """`GET /v1/adapters/{name}/training_log`: the trainer's `log_history` (TRL's), finite numbers only."""
+
+    object: Literal["adapter.training_log"] = "adapter.training_log"
+    id: str
+    log_history: list[dict[str, float]]
+
+
 class AdapterList(BaseModel):
     object: Literal["list"] = "list"
     data: list[AdapterCard]
