@@ -194,6 +194,8 @@ class AdapterInfo:
     version: str
     manifest: dict[str, object] | None = None
     error: str | None = None
+    rank: int | None = None  # from its PEFT config: the largest rank, `rank_pattern` included
+    target_modules: list[str] | str | None = None  # as its PEFT config says (names, or one regex)
 
 
 @dataclass(frozen=True)

@@ -274,6 +274,8 @@ class Adapter(_Wire):
     version: str
     manifest: dict[str, Any] | None = None
     error: str | None = None
+    rank: int | None = None  # from its PEFT config: the largest rank
+    target_modules: list[str] | str | None = None  # as its PEFT config says (names, or one regex)
 
     @property
     def name(self) -> str:

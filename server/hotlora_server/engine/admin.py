@@ -29,7 +29,7 @@ from hotlora_adapters import (
 
 from ..errors import ConflictError, HotloraError, InvalidRequestError, NotFoundError
 from ..types import AdapterInfo, AdapterStatus, BlendSpec
-from .catalog import AdapterCatalog
+from .catalog import AdapterCatalog, max_rank
 from .loader import LoadedModel
 from .mailbox import EngineMailbox
 
@@ -167,4 +167,6 @@ class AdapterAdmin:
             version=entry.version,
             manifest=entry.manifest.model_dump(mode="json") if entry.manifest else None,
             error=refusal,
+            rank=max_rank(entry.config) if entry.config else None,
+            target_modules=entry.config.target_modules if entry.config else None,
         )

@@ -11,6 +11,7 @@ import logging
 import threading
 
 from hotlora_adapters import (
+    AdapterConfig,
     AdapterError,
     AdapterFiles,
     AdapterNotFoundError,
@@ -148,7 +149,10 @@ class AdapterCatalog:
         method that needs equal ranks when they differ, and a blend whose rank passes `--max-blend-rank`
         (`cat` adds its sources' ranks, so blends of saved blends would grow without end)."""
         entries = [self.get(name) for name, _ in blend.components]
-        ranks = {e.name: _max_rank(e) for e in entries}
+        ranks: dict[str, int] = {}
+        for entry in entries:
+            assert entry.config is not None  # servable entries have a readable config
+            ranks[entry.name] = max_rank(entry.config)
         listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
         if blend.method in EQUAL_RANK_METHODS and len(set(ranks.values())) > 1:
             raise InvalidRequestError(
@@ -167,7 +171,6 @@ class AdapterCatalog:
         return entries
 
 
-def _max_rank(entry: StoredAdapter) -> int:
-    config = entry.config
-    assert config is not None  # servable entries have a readable config
+def max_rank(config: AdapterConfig) -> int:
+    """An adapter's largest rank: `r`, or a larger one `rank_pattern` gives some of its layers."""
     return max([config.r, *(config.rank_pattern or {}).values()])

@@ -58,6 +58,8 @@ class AdapterCard(BaseModel):
     version: str
     manifest: dict[str, Any] | None = None
     error: str | None = None
+    rank: int | None = None  # from adapter_config.json: the largest rank, `rank_pattern` included
+    target_modules: list[str] | str | None = None  # as adapter_config.json says (names, or one regex)
 
     @classmethod
     def of(cls, info: AdapterInfo) -> AdapterCard:
@@ -69,6 +71,8 @@ class AdapterCard(BaseModel):
             version=info.version,
             manifest=info.manifest,
             error=info.error,
+            rank=info.rank,
+            target_modules=info.target_modules,
         )
 
 

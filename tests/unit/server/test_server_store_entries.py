@@ -156,3 +156,21 @@ def test_a_replaced_folder_is_served_with_its_new_weights_within_two_seconds(
         )
         time.sleep(0.1)
     assert client.get("/v1/adapters/x").json()["version"] != version
+
+
+def test_an_adapter_card_shows_its_rank_and_targets_from_its_peft_config(
+    served: tuple[Any, Path], real_tokenizer: Any
+) -> None:
+    """Any PEFT adapter, not only one hotlora trained (whose manifest says as much): the web app's table."""
+    client, store = served
+    save_tiny_adapter(
+        store / "peft-only",
+        real_tokenizer,
+        seed=3,
+        r=4,
+        target_modules=["q_proj", "v_proj"],
+        rank_pattern={"q_proj": 6},
+    )
+    card = client.get("/v1/adapters/peft-only").json()
+    assert card["manifest"] is None
+    assert card["rank"] == 6 and sorted(card["target_modules"]) == ["q_proj", "v_proj"]

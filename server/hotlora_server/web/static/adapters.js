@@ -57,13 +57,14 @@ export class AdaptersTab {
 
   row(card) {
     const m = card.manifest ?? {};
-    const targets = (m.target_modules ?? []).join(", ");
+    const t = card.target_modules ?? m.target_modules ?? [];
+    const targets = Array.isArray(t) ? t.join(", ") : t;
     return h(
       "tr",
       { "data-adapter": card.id, class: card.id === this.selected ? "selected" : "", onclick: () => this.show(card) },
       h("td", {}, card.id),
       h("td", {}, h("span", { class: `status ${card.status}`, title: card.error ?? "" }, card.status)),
-      h("td", {}, m.r ?? ""),
+      h("td", {}, card.rank ?? m.r ?? ""),
       h("td", { class: "targets", title: targets }, targets),
       h("td", {}, formatBytes(card.size_bytes)),
       h("td", {}, m.source ?? ""),
