@@ -3,13 +3,15 @@
     python bench/kernel_ab.py [--base HEAD] [--repeats 30] [--threads 1]
 
 Builds `server/hotlora_server/engine/cpu/kernels.c` as it is at `--base` and as it is in the working tree
-(each with the flags the server uses), then, for the 4-bit product (`gemm_q4`) over the seven 4-bit layers
-of one SmolLM2-135M decoder layer (q, k, v, o, gate, up, down) in NF4 with blocks of 64:
+(each with the flags the server uses), then, at SmolLM2-135M's shapes, for one decoder layer's work:
 
-- checks that both give the same bits, for a decode step of 1 and 16 rows and a 40-row prefill — a
-  change meant to be faster, not different, must pass this (the report says which shapes differ);
-- times one decoder layer's seven products for 1 row and for 16 rows, the two libraries interleaved call
-  by call, so that other load on the machine weighs on both alike; the ratio is the figure to read.
+- the 4-bit products (`gemm_q4`) of its seven 4-bit layers (q, k, v, o, gate, up, down; NF4, blocks of
+  64), and its attention (`attention`: 9 heads over 3 KV heads of 64, 256 cached keys; 16 rows are
+  left-padded, each row masked to its own length);
+- checks that both libraries give the same bits, for a decode step of 1 and 16 rows and a 40-row prefill
+  — a change meant to be faster, not different, must pass this (the report says which shapes differ);
+- times both for 1 row and for 16 rows, the two libraries interleaved, each first in turn, so that other
+  load on the machine weighs on both alike; the ratio is the figure to read.
 
 The markdown goes to stdout, bench/results/kernel_ab-<UTC time>.md and bench/results/kernel_ab-latest.md.
 """
@@ -48,6 +50,31 @@ def build_both(base: str, cache: Path) -> tuple[object, object]:
     return old, new
 
 
+def attention_inputs(rows: int, q_len: int, generator: object) -> tuple[object, ...]:
+    """Query, key, value, mask and scale for one layer; rows after the first are left-padded."""
+    import torch
+
+    keys = 256 if q_len == 1 else q_len
+    query = torch.randn(rows, 9, q_len, 64, generator=generator)  # type: ignore[arg-type]
+    key, value = (torch.randn(rows, 3, keys, 64, generator=generator) for _ in range(2))  # type: ignore[arg-type]
+    mask = torch.ones(rows, 1, q_len, keys, dtype=torch.bool).tril(keys - q_len)
+    for r in range(1, rows):
+        mask[r, :, :, : r * 7] = False  # padding
+    return query, key, value, mask, 0.125
+
+
+def interleaved(calls: list[object], repeats: int) -> list[float]:
+    """Seconds each of the two calls took over `repeats` rounds of ten, either first in turn."""
+    spent = [0.0, 0.0]
+    for round_ in range(repeats):
+        for which in (0, 1) if round_ % 2 else (1, 0):
+            started = time.perf_counter()
+            for _ in range(10):
+                calls[which](which)  # type: ignore[operator]
+            spent[which] += (time.perf_counter() - started) / 10
+    return spent
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -82,30 +109,33 @@ def main() -> int:
                 new.gemm_q4(x, weights[name][1], prefill),  # type: ignore[attr-defined]
             )
         ]
+        for rows, q_len in ((1, 1), (16, 1), (3, 40)):
+            att = attention_inputs(rows, q_len, generator)
+            if not torch.equal(old.attention(*att), new.attention(*att)):  # type: ignore[attr-defined]
+                differ.append(f"attention {rows} rows of {q_len} queries")
         rows_out = []
         for rows in (1, 16):
             inputs = {name: torch.randn(rows, k, generator=generator) for name, (_, k) in LAYER.items()}
-            spent = [0.0, 0.0]
-            for round_ in range(args.repeats):
-                for which in (0, 1) if round_ % 2 else (1, 0):  # either first in turn
-                    lib = (old, new)[which]
-                    started = time.perf_counter()
-                    for _ in range(10):
-                        for name, x in inputs.items():
-                            lib.gemm_q4(x, weights[name][which])  # type: ignore[attr-defined]
-                    spent[which] += (time.perf_counter() - started) / 10
-            per_layer = [s / args.repeats * 1e6 for s in spent]
-            rows_out.append(
-                f"| {rows} | {per_layer[0]:.0f} | {per_layer[1]:.0f} | {spent[0] / spent[1]:.3f} |"
-            )
+            att = attention_inputs(rows, 1, generator)
+            products = [
+                lambda w, lib=lib, inputs=inputs: [lib.gemm_q4(x, weights[n][w]) for n, x in inputs.items()]
+                for lib in (old, new)
+            ]
+            attends = [lambda w, lib=lib, att=att: lib.attention(*att) for lib in (old, new)]
+            for label, calls in (("4-bit products", products), ("attention", attends)):
+                spent = interleaved(calls, args.repeats)
+                per_layer = [s / args.repeats * 1e6 for s in spent]
+                rows_out.append(
+                    f"| {label} | {rows} | {per_layer[0]:.0f} | {per_layer[1]:.0f} | {spent[0] / spent[1]:.3f} |"
+                )
     report = [
         *machine_header("kernel_ab", stamp),
         f"- base: `{args.base}`; threads: {args.threads}; rounds: {args.repeats}",
         "",
         "Bits: " + ("the same for every shape." if not differ else "DIFFERENT for " + ", ".join(differ)),
         "",
-        "| rows | base µs / layer | working tree µs / layer | base / working tree |",
-        "|--:|--:|--:|--:|",
+        "| kernel | rows | base µs / layer | working tree µs / layer | base / working tree |",
+        "|---|--:|--:|--:|--:|",
         *rows_out,
         "",
     ]
