@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Protocol
 
 from hotlora_adapters import (
     AdapterError,
     AdapterFiles,
     AdapterNotFoundError,
     AdapterStore,
+    BaseSpec,
     InvalidAdapterNameError,
     StoredAdapter,
     check_compatible,
@@ -23,9 +25,19 @@ from hotlora_adapters import (
 from ..blend_methods import EQUAL_RANK_METHODS, blend_rank
 from ..errors import InvalidRequestError, NotFoundError
 from ..types import BlendSpec
-from .loader import LoadedModel
 
 log = logging.getLogger(__name__)
+
+
+class ServedBase(Protocol):
+    """What the catalog judges adapters against: the served base's id and shape (the built-in engine's
+    loaded model, or the vLLM engine's description of the folder it hands vLLM); no torch needed."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spec(self) -> BaseSpec: ...
 
 
 class AdapterCatalog:
@@ -37,7 +49,7 @@ class AdapterCatalog:
     other state is whole dict entries, so a race at worst reads a description twice.
     """
 
-    def __init__(self, store: AdapterStore, loaded: LoadedModel, max_rank: int, max_blend_rank: int) -> None:
+    def __init__(self, store: AdapterStore, loaded: ServedBase, max_rank: int, max_blend_rank: int) -> None:
         self.store = store
         self.max_rank = max_rank  # --max-lora-rank
         self._loaded = loaded
