@@ -83,6 +83,10 @@ class VllmEngine:
     def ready_replicas(self) -> int:
         return sum(r.ready for r in self._replicas)
 
+    def health(self) -> dict[str, object]:
+        """The fleet: how many vLLM servers there are and how many take requests now."""
+        return {"engine": "vllm", "servers": len(self._replicas), "servers_ready": self.ready_replicas()}
+
     async def list_models(self) -> list[ModelInfo]:
         base, catalog, _ = self._require_ready()
         servable = await asyncio.to_thread(catalog.servable)
@@ -150,8 +154,8 @@ class VllmEngine:
             model_info={
                 "model": self.served_model_name,
                 "engine": "vllm",
-                "replicas": str(len(self._replicas)),
-                "replicas_ready": str(self.ready_replicas()),
+                "servers": str(len(self._replicas)),
+                "servers_ready": str(self.ready_replicas()),
             },
         )
 
