@@ -40,15 +40,16 @@ def vllm_args(home: Path, store: Path) -> list[str]:
         pytest.skip("vLLM's environment is absent: ./scripts/dev.sh vllm creates it")
     return [
         *("--engine", "vllm", "--vllm-python", str(VLLM_PYTHON), "--gpu-memory-utilization", "0.2"),
+        *("--max-lora-rank", "16"),  # a blend of two r=8 adapters fits, of three does not
         *("--home", str(home), "--adapters-dir", str(store), "--api-key", API_KEY),
     ]
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
-    """`a`, `b` (r=8), `a2` (other weights for `a`'s name)."""
+    """`a`, `b`, `c` (r=8), `a2` (other weights for `a`'s name)."""
     root = tmp_path_factory.mktemp("vllm-library")
-    for name, seed in (("a", 1), ("b", 2), ("a2", 4)):
+    for name, seed in (("a", 1), ("b", 2), ("c", 3), ("a2", 4)):
         save_random_lora(smollm2_dir, root / name, seed=seed, strength=0.5)
     return root
 
@@ -56,7 +57,7 @@ def library(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, library: Path) -> Path:
     root = tmp_path_factory.mktemp("vllm-store")
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         shutil.copytree(library / name, root / name)
     return root
 
@@ -99,7 +100,8 @@ def error_of(response: httpx.Response, status: int) -> str:
 
 
 def test_health_and_models_list_the_base_and_the_store(http: httpx.Client) -> None:
-    assert http.get("/health").json() == {"status": "ok", "model": BASE_ID}
+    health = {"status": "ok", "model": BASE_ID, "engine": "vllm", "servers": 1, "servers_ready": 1}
+    assert http.get("/health").json() == health
     models = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
     assert {BASE_ID, "a", "b"} <= set(models)
     assert models["a"]["parent"] == BASE_ID
@@ -190,6 +192,22 @@ def test_disabled_and_deleted_adapters_are_unloaded(http: httpx.Client, store: P
         assert time.monotonic() < deadline
         time.sleep(0.2)
     error_of(http.post("/v1/chat/completions", json={"model": "gone", "messages": QUESTION}), 404)
+
+
+def test_blends_are_built_once_and_served_as_loras(http: httpx.Client, store: Path) -> None:
+    a = greedy(http, "a")
+    assert greedy(http, "a*1+b*0") == a  # `cat` is the exact weighted sum
+    by_field = {"model": BASE_ID, "messages": QUESTION, "temperature": 0, "max_tokens": 8}
+    by_field["adapters"] = [{"name": "a", "weight": 1}, {"name": "b", "weight": 0}]
+    answer = http.post("/v1/chat/completions", json=by_field)
+    assert answer.json()["choices"][0]["message"]["content"] == a
+    assert len(list((store / ".blends").iterdir())) == 1  # one blend, built once
+    too_big = {"model": "a+b+c", "messages": QUESTION, "max_tokens": 2}
+    assert "--max-lora-rank 16" in error_of(http.post("/v1/chat/completions", json=too_big), 400)
+    saved = http.post("/v1/adapters/blend", json={"name": "ab", "adapters": by_field["adapters"]})
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["manifest"]["source"] == "blend"
+    assert greedy(http, "ab") == a
 
 
 def test_stopping_hotlora_stops_vllm(served: RunningServer) -> None:
