@@ -10,8 +10,8 @@
 # Environment:
 #   HOTLORA_LINT    0: `test` skips the lint (for quick runs of a few tests; CI always lints)
 #   HOTLORA_PYTHON  interpreter to build .venv with (default: python3.11, else a python3 >= 3.11)
-#   HOTLORA_VLLM    1: `test` sets up .venv-vllm first, so the vLLM engine's integration tests run (they
-#                   are skipped without it); CI sets it
+#   HOTLORA_VLLM    0: `test` does not set up .venv-vllm (vLLM's CPU build, about 3 minutes the first
+#                   time), and the vLLM engine's integration tests skip; by default (and in CI) it does
 #   HOTLORA_TORCH   pip requirement (and options) for torch; default "torch==2.13.0" (a CPU build on the
 #                   dev machines). E.g. HOTLORA_TORCH=torch for PyPI's CUDA build, or
 #                   HOTLORA_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu130"
@@ -52,7 +52,7 @@ usage: scripts/dev.sh serve [hotlora serve options]   set up .venv, then serve (
        scripts/dev.sh vllm                            set up .venv-vllm (vLLM's CPU build)
 environment: HOTLORA_PYTHON (interpreter for .venv), HOTLORA_TORCH (torch requirement, default torch==2.13.0),
              HOTLORA_LINT=0 (test without the lint),
-             HOTLORA_VLLM=1 (test sets up .venv-vllm first)
+             HOTLORA_VLLM=0 (test without setting up .venv-vllm)
 USAGE
 }
 
@@ -230,7 +230,9 @@ main() {
         # serve keeps the caller's working directory, so relative paths in its options work.
         serve) exec "$VENV/bin/hotlora" serve "$@" ;;
         test)
-            if [[ "${HOTLORA_VLLM:-0}" == 1 ]]; then
+            if [[ "${HOTLORA_VLLM:-1}" == 0 ]]; then
+                log "vLLM set-up skipped (HOTLORA_VLLM=0): the vLLM engine's tests skip"
+            else
                 setup_vllm
             fi
             if [[ "${HOTLORA_LINT:-1}" == 0 ]]; then
