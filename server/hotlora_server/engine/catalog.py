@@ -160,7 +160,7 @@ class AdapterCatalog:
         method that needs equal ranks when they differ, and a blend whose rank passes `--max-blend-rank`
         (`cat` adds its sources' ranks, so blends of saved blends would grow without end)."""
         entries = [self.get(name) for name, _ in blend.components]
-        ranks = {e.name: _max_rank(e) for e in entries}
+        ranks = {e.name: adapter_rank(e) for e in entries}
         listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
         if blend.method in EQUAL_RANK_METHODS and len(set(ranks.values())) > 1:
             raise InvalidRequestError(
@@ -179,7 +179,8 @@ class AdapterCatalog:
         return entries
 
 
-def _max_rank(entry: StoredAdapter) -> int:
+def adapter_rank(entry: StoredAdapter) -> int:
+    """The largest LoRA rank of a servable adapter (its `r`, or a larger one of its `rank_pattern`)."""
     config = entry.config
     assert config is not None  # servable entries have a readable config
     return max([config.r, *(config.rank_pattern or {}).values()])

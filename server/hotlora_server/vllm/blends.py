@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..blend_methods import blend_rank
-from ..engine.catalog import AdapterCatalog
+from ..engine.catalog import AdapterCatalog, adapter_rank
 from ..errors import InvalidRequestError
 from ..types import BlendSpec
 from .names import blend_key
@@ -37,7 +37,7 @@ class BlendFolders:
     def key(self, blend: BlendSpec) -> str:
         """The blend's name (blocking: checks its sources); a 400 when vLLM could not serve its rank."""
         entries = self._catalog.check_blend(blend)
-        ranks = [max([e.config.r, *(e.config.rank_pattern or {}).values()]) for e in entries if e.config]
+        ranks = [adapter_rank(e) for e in entries]
         rank = blend_rank(blend.method, ranks)
         if rank > self._max_lora_rank:
             raise InvalidRequestError(

@@ -66,7 +66,6 @@ class VllmEngine:
         self._started = threading.Event()  # the base is known and a server was ready once
         self._stopping = threading.Event()
         self._created = int(time.time())
-        self._requests = 0
         self._failed = 0
         self._thread = threading.Thread(target=self._run, name="hotlora-vllm", daemon=True)
         self.error: BaseException | None = None
@@ -113,7 +112,6 @@ class VllmEngine:
             if replica is None:
                 raise ServiceUnavailableError("no vLLM server is ready; retry shortly", retry_after=2)
             tried.add(replica)
-            self._requests += 1
             replica.in_flight += 1
             started = False
             try:

@@ -158,7 +158,3 @@ class Replica:
             return await self.client.post(path, json=body, timeout=timeout or _TIMEOUT)
         except httpx.TransportError as exc:
             raise ReplicaDown(f"vLLM server {self.url}: {exc}") from exc
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
