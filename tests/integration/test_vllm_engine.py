@@ -4,6 +4,7 @@ with the `openai` SDK and httpx. One vLLM start for the module: vLLM's CPU build
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -42,6 +43,7 @@ def vllm_args(home: Path, store: Path) -> list[str]:
         *("--engine", "vllm", "--vllm-python", str(VLLM_PYTHON), "--gpu-memory-utilization", "0.2"),
         *("--max-lora-rank", "16"),  # a blend of two r=8 adapters fits, of three does not
         *("--home", str(home), "--adapters-dir", str(store), "--api-key", API_KEY),
+        *("--fine-tuning-threads", "1"),
     ]
 
 
@@ -208,6 +210,46 @@ def test_blends_are_built_once_and_served_as_loras(http: httpx.Client, store: Pa
     assert saved.status_code == 200, saved.text
     assert saved.json()["manifest"]["source"] == "blend"
     assert greedy(http, "ab") == a
+
+
+def test_a_fine_tuned_adapter_is_served_by_vllm_when_its_job_succeeds(client: openai.OpenAI) -> None:
+    """Train through OpenAI's fine-tuning API (hotlora's trainer, in its worker) and chat with the result
+    through vLLM the moment the job has succeeded."""
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "ooray ooray!"}]}
+        for q in ("Hello.", "Name three colours.", "What is the sky?", "Count to three.")
+    ]
+    data = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    file = client.files.create(file=("cheer.jsonl", data), purpose="fine-tune")
+    hyper = {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 25}
+    job = client.fine_tuning.jobs.create(
+        model=BASE_ID,
+        training_file=file.id,
+        suffix="cheer",
+        method={"type": "supervised", "supervised": {"hyperparameters": hyper}},  # type: ignore[typeddict-item]
+        extra_body={"hotlora": {"max_steps": 2, "max_length": 64}},
+    )
+    deadline = time.monotonic() + 900
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
+        assert time.monotonic() < deadline, job
+        time.sleep(2)
+    assert job.status == "succeeded", job
+    assert job.fine_tuned_model is not None
+
+    def answer(model: str) -> str | None:
+        reply = client.chat.completions.create(
+            model=model,
+            messages=QUESTION,
+            temperature=0,
+            max_tokens=8,  # type: ignore[arg-type]
+        )
+        return reply.choices[0].message.content
+
+    assert answer(job.fine_tuned_model) != answer(BASE_ID)
 
 
 def test_stopping_hotlora_stops_vllm(served: RunningServer) -> None:
