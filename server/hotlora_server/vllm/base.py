@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hotlora_adapters import AdapterError, BaseSpec
@@ -21,12 +21,15 @@ from ..settings import Settings
 _RESOLVE = """
 import json, sys
 from pathlib import Path
-from hotlora_adapters.runtime.base_model import BaseModelError, resolve_base
+from hotlora_adapters.runtime.base_model import (
+    EMBEDDED_GENERATION_DEFAULTS, EMBEDDED_MODEL_NAME, BaseModelError, resolve_base
+)
 try:
     r = resolve_base(sys.argv[1] or None, Path(sys.argv[2]), "--model")
 except BaseModelError as exc:
     sys.exit(str(exc))
-print(json.dumps([r.name, str(r.source)]))
+embedded = (sys.argv[1] or None) in (None, EMBEDDED_MODEL_NAME)
+print(json.dumps([r.name, str(r.source), EMBEDDED_GENERATION_DEFAULTS if embedded else {}]))
 """
 
 
@@ -36,11 +39,14 @@ class BaseResolutionError(RuntimeError):
 
 @dataclass(frozen=True)
 class VllmBase:
-    """`name`: the served id; `folder`: what vLLM loads; `spec`: what adapters are judged by."""
+    """`name`: the served id; `folder`: what vLLM loads; `spec`: what adapters are judged by;
+    `card_defaults`: sampling defaults the model's files do not carry (the embedded model's card's, which
+    the built-in engine applies too under `--generation-config auto`)."""
 
     name: str
     folder: Path
     spec: BaseSpec
+    card_defaults: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_vllm_base(settings: Settings) -> VllmBase:
@@ -52,7 +58,7 @@ def resolve_vllm_base(settings: Settings) -> VllmBase:
     )
     if done.returncode != 0:
         raise BaseResolutionError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed")
-    name, source = json.loads(done.stdout.strip().splitlines()[-1])
+    name, source, card_defaults = json.loads(done.stdout.strip().splitlines()[-1])
     folder = Path(source)
     if not folder.is_dir():
         raise BaseResolutionError(
@@ -63,4 +69,4 @@ def resolve_vllm_base(settings: Settings) -> VllmBase:
         spec = base_spec_from_folder(folder)
     except AdapterError as exc:
         raise BaseResolutionError(str(exc)) from None
-    return VllmBase(settings.served_model_name or name, folder, spec)
+    return VllmBase(settings.served_model_name or name, folder, spec, card_defaults)

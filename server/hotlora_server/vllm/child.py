@@ -10,6 +10,7 @@ when hotlora dies without stopping it.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 
 from ..settings import Settings
+from .base import VllmBase
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +34,18 @@ def free_port() -> int:
         return port
 
 
-def vllm_command(settings: Settings, model: str, served_name: str, port: int) -> list[str]:
-    """The child's command line: the base hotlora resolved, LoRA on with hotlora's limits (vLLM's flags)."""
+def vllm_command(settings: Settings, base: VllmBase, port: int) -> list[str]:
+    """The child's command line: the base hotlora resolved, LoRA on with hotlora's limits, the sampling
+    defaults the built-in engine would apply (vLLM's flags)."""
     assert settings.vllm_python is not None
     command = [
         str(settings.vllm_python),
         "-m",
         "vllm.entrypoints.openai.api_server",
         "--model",
-        model,
+        str(base.folder),
         "--served-model-name",
-        served_name,
+        base.name,
         "--host",
         "127.0.0.1",
         "--port",
@@ -62,8 +65,10 @@ def vllm_command(settings: Settings, model: str, served_name: str, port: int) ->
         command += ["--max-model-len", str(settings.max_model_len)]
     if settings.gpu_memory_utilization is not None:
         command += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
-    if settings.override_generation_config.given():
-        command += ["--override-generation-config", settings.override_generation_config.model_dump_json()]
+    card = base.card_defaults if settings.generation_config == "auto" else {}
+    overrides = {**card, **settings.override_generation_config.given()}
+    if overrides:
+        command += ["--override-generation-config", json.dumps(overrides)]
     return command
 
 

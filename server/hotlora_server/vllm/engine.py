@@ -254,7 +254,7 @@ class VllmEngine:
         self._base, self._catalog = base, catalog
         if settings.vllm_python is not None:
             port = free_port()
-            self._child = VllmChild(vllm_command(settings, str(base.folder), base.name, port), port)
+            self._child = VllmChild(vllm_command(settings, base, port), port)
             self._child.start()
             self._replicas = [Replica(self._child.url)]
         blends = BlendFolders(catalog, base.folder, settings.max_lora_rank)

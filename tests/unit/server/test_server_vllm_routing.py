@@ -11,7 +11,7 @@ import pytest
 
 from hotlora_adapters import AdapterStore, BaseSpec, check_compatible, inspect_adapter
 from hotlora_server.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
-from hotlora_server.settings import Settings
+from hotlora_server.settings import GenerationDefaults, Settings
 from hotlora_server.types import (
     BlendSpec,
     ChoiceDelta,
@@ -20,6 +20,7 @@ from hotlora_server.types import (
     StructuredOutput,
     Usage,
 )
+from hotlora_server.vllm.base import VllmBase
 from hotlora_server.vllm.child import vllm_command
 from hotlora_server.vllm.errors import from_vllm
 from hotlora_server.vllm.names import adapter_of, blend_key, lora_name
@@ -195,7 +196,8 @@ def test_the_child_gets_hotloras_lora_limits_as_vllms_flags(tmp_path: Path) -> N
         {"home": tmp_path, "engine": "vllm", "vllm_python": "/venv/bin/python", "max_lora_rank": 16},
         {},
     )
-    command = vllm_command(settings, "/models/base", "base", 4321)
+    base = VllmBase("base", Path("/models/base"), BaseSpec("llama", {}), {"temperature": 0.2, "top_p": 0.9})
+    command = vllm_command(settings, base, 4321)
     assert command[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
 
     def flag(name: str) -> str:
@@ -203,6 +205,12 @@ def test_the_child_gets_hotloras_lora_limits_as_vllms_flags(tmp_path: Path) -> N
 
     assert (flag("--model"), flag("--host"), flag("--port")) == ("/models/base", "127.0.0.1", "4321")
     assert flag("--max-lora-rank") == "16" and "--enable-lora" in command
+    # the embedded model's card defaults, as the built-in engine applies them; the flag's over them
+    assert json.loads(flag("--override-generation-config")) == {"temperature": 0.2, "top_p": 0.9}
+    overridden = settings.model_copy(update={"override_generation_config": GenerationDefaults(top_p=0.5)})
+    assert json.loads(vllm_command(overridden, base, 1)[-1]) == {"temperature": 0.2, "top_p": 0.5}
+    no_defaults = settings.model_copy(update={"generation_config": "vllm"})
+    assert "--override-generation-config" not in vllm_command(no_defaults, base, 1)
 
 
 def test_the_store_probe_is_a_valid_lora_for_the_base(tmp_path: Path) -> None:
