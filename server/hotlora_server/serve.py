@@ -9,8 +9,11 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from typing import Protocol
 
 from .settings import Settings, is_loopback
+from .types import EngineClient
 
 log = logging.getLogger("hotlora")
 
@@ -18,7 +21,7 @@ log = logging.getLogger("hotlora")
 def check_servable(settings: Settings) -> Settings:
     """`settings` if they may be served; `SystemExit` with the reason if not (listening beyond loopback
     without an API key), and a loud warning for the risky choices the flags allow."""
-    problem = settings.exposure_problem()
+    problem = settings.engine_problem() or settings.exposure_problem()
     if problem is not None:
         raise SystemExit(f"hotlora: {problem}")
     if settings.api_key is None and not is_loopback(settings.host):  # allowed by --insecure-no-api-key
@@ -36,6 +39,28 @@ def check_servable(settings: Settings) -> Settings:
     return settings
 
 
+class ServedEngine(EngineClient, Protocol):
+    """An engine `serve` runs: the API's `EngineClient`, started and stopped here, with the error that
+    stopped it (None: it did not fail)."""
+
+    error: BaseException | None
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def _engine(settings: Settings, fatal: Callable[[BaseException], None]) -> ServedEngine:
+    """The engine `--engine` names; each imports only what it needs (the vLLM engine no torch)."""
+    if settings.engine == "vllm":
+        from .vllm.engine import VllmEngine
+
+        return VllmEngine(settings, on_fatal=fatal)
+    from .engine.engine import Engine
+
+    return Engine(settings, on_fatal=fatal)
+
+
 def serve(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM; then stop accepting connections, let in-flight requests finish (up to
     `--shutdown-timeout`), stop the engine and return 0 (1 if the engine failed)."""
@@ -45,7 +70,6 @@ def serve(settings: Settings) -> int:
 
     from .api import create_app
     from .api.serving_fine_tuning import ServingFineTuning
-    from .engine.engine import Engine
 
     # sse-starlette ends every open stream at the first signal; uvicorn's graceful shutdown drains instead
     AppStatus.disable_automatic_graceful_drain()
@@ -56,7 +80,7 @@ def serve(settings: Settings) -> int:
         if server is not None:
             server.should_exit = True
 
-    engine = Engine(settings, on_fatal=fatal)
+    engine = _engine(settings, fatal)
     fine_tuning = ServingFineTuning.from_settings(settings, engine) if settings.fine_tuning else None
     app = create_app(
         engine,

@@ -22,6 +22,7 @@ from hotlora_adapters.runtime.placement import Device, DType, Quantize
 from .protocol import MinP, PositiveInt, RepetitionPenalty, Temperature, TopK, TopP
 from .tools import DEFAULT_TOOL_PARSER, get_tool_parser
 
+EngineKind = Literal["builtin", "vllm"]  # who generates: hotlora's own engine, or vLLM behind hotlora
 MergePolicy = Literal["auto", "never", "always"]  # when the engine merges an adapter into the base
 AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch for this many forwards
 
@@ -30,6 +31,7 @@ _PATH_LISTS = {"allow_adapter_dir"}  # list settings: `os.pathsep`-separated in 
 _EMPTY_IS_AN_ERROR = {"api_key"}  # an empty value is refused rather than read as "not given"
 _HOST_NAME = re.compile(r"\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")  # a name, `.name` (and its subdomains) or `*`
 _ORIGIN = re.compile(r"\*|[a-z][a-z0-9+.-]*://[^/\s?#]+")  # `*` or scheme://host[:port], as browsers send it
+_URL = re.compile(r"https?://[^/\s?#]+")  # a server's root: scheme://host[:port]
 _TOKEN = re.compile(r"\*|[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP method or header name (RFC 9110 token)
 
 
@@ -76,6 +78,33 @@ class Settings(BaseModel):
         description="how chat replies write tool calls, as vLLM's flag: `hermes` "
         '(<tool_call>{"name": ..., "arguments": {...}}</tool_call>, what the fallback prompt for templates '
         "without tool support asks for)",
+    )
+    engine: EngineKind = Field(
+        "builtin",
+        description="who generates: hotlora's own engine, or vLLM (a child started from --vllm-python, or "
+        "the running servers of --vllm-url) with hotlora as its API and adapter control plane",
+    )
+    vllm_python: Path | None = Field(
+        None,
+        description="with --engine vllm: the Python of an environment with vLLM installed (vLLM pins its own "
+        "torch); hotlora starts vLLM's OpenAI server with it on a private loopback port",
+    )
+    vllm_url: tuple[str, ...] = Field(
+        (),
+        description="with --engine vllm: a running vLLM server (started with --enable-lora and "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, reading the adapter store by the same path), repeatable or "
+        "comma-separated: a fleet, routed by adapter affinity",
+    )
+    max_loras: int = Field(4, ge=1, description="with --engine vllm: LoRAs in one vLLM batch, as vLLM's flag")
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="with --engine vllm: the share of the device's memory vLLM may take, as vLLM's flag (its "
+        "CPU build: the share of RAM; default: vLLM's)",
+    )
+    vllm_start_timeout: float = Field(
+        900.0, gt=0, description="with --engine vllm: seconds a vLLM server may take to become ready"
     )
     quantize: Quantize = Field("nf4", description="weight quantization")
     device: Device = Field("auto", description="where the model runs")
@@ -317,6 +346,19 @@ class Settings(BaseModel):
             raise ValueError(f"not valid: {', '.join(bad)} (give {what})")
         return tuple(entries)
 
+    @field_validator("vllm_url", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        """Comma-separated or repeated; each an http(s) URL without a path (vLLM's routes sit at its root)."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            return value
+        urls = [u.strip().rstrip("/") for item in items for u in str(item).split(",") if u.strip()]
+        bad = [u for u in urls if not _URL.fullmatch(u)]
+        if bad:
+            raise ValueError(f"not a server URL: {', '.join(bad)} (give e.g. http://10.0.0.5:8000)")
+        return tuple(urls)
+
     @field_validator("override_generation_config", mode="before")
     @classmethod
     def _defaults_json(cls, value: Any) -> Any:
@@ -337,6 +379,17 @@ class Settings(BaseModel):
         if "*" in self.allowed_hosts or (self.api_key is not None and not self.allowed_hosts):
             return None
         return self.allowed_hosts
+
+    def engine_problem(self) -> str | None:
+        """Why the engine settings do not go together, or None."""
+        if self.engine == "builtin" and (self.vllm_python is not None or self.vllm_url):
+            return "--vllm-python and --vllm-url need --engine vllm"
+        if self.engine == "vllm" and (self.vllm_python is None) == (not self.vllm_url):
+            return (
+                "--engine vllm needs either --vllm-python (hotlora starts vLLM: e.g. .venv-vllm/bin/python, "
+                "from ./scripts/dev.sh vllm) or --vllm-url (running vLLM servers), not both"
+            )
+        return None
 
     def exposure_problem(self) -> str | None:
         """Why these settings must not be served: listening beyond loopback with no API key, unless

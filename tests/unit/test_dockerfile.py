@@ -518,7 +518,12 @@ def ignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_keeps_local_state_out_and_the_sources_in() -> None:
     patterns = dockerignore_patterns()
-    for path in (".venv/bin/python", ".git/HEAD", "server/hotlora_server/__pycache__/x.pyc"):
+    for path in (
+        ".venv/bin/python",
+        ".venv-vllm/bin/python",
+        ".git/HEAD",
+        "server/hotlora_server/__pycache__/x.pyc",
+    ):
         assert ignored(path, patterns), f".dockerignore should exclude {path}"
     for ins in instructions("COPY"):
         for source in [a for a in shlex.split(ins.args) if not a.startswith("--")][:-1]:

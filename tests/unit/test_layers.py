@@ -33,6 +33,7 @@ TORCH_FREE_MODULES = (
     "hotlora_server.metrics",
     "hotlora_server.logs",
     "hotlora_server.web",
+    "hotlora_server.vllm.engine",  # the vLLM engine: the model is in vLLM's process
     "hotlora_adapters",
     "hotlora_client",
     "hotlora_client.terminal",

@@ -85,7 +85,7 @@ def create_app(
     async def health() -> JSONResponse:
         if not engine.is_ready():
             return error_response(ServiceUnavailableError("the model is still loading", retry_after=2))
-        return JSONResponse({"status": "ok", "model": engine.served_model_name})
+        return JSONResponse({"status": "ok", "model": engine.served_model_name, **engine.health()})
 
     guard = [Depends(bearer_guard(api_key))]
 

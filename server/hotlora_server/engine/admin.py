@@ -1,9 +1,10 @@
-"""Adapter management: the store's write side and the pool, behind the management routes.
+"""Adapter management: the store's write side and the engine's adapters, behind the management routes.
 
 File work (import, disable, delete, register) runs in a worker thread so the event loop stays free;
-anything that touches the model runs in the engine thread through the engine's mailbox. Every step checks
-before it writes, and a load that fails after an import removes what the import added, so a refused
-adapter is never left half-registered or half-loaded.
+anything that touches the model goes through an `AdapterHost`: the built-in engine's runs in its engine
+thread through its mailbox, the vLLM engine's talks to vLLM. Every step checks before it writes, and a
+load that fails after an import removes what the import added, so a refused adapter is never left
+half-registered or half-loaded. No torch here: both engines share it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from hotlora_adapters import (
     AdapterError,
@@ -29,9 +31,27 @@ from hotlora_adapters import (
 
 from ..errors import ConflictError, HotloraError, InvalidRequestError, NotFoundError
 from ..types import AdapterInfo, AdapterStatus, BlendSpec
-from .catalog import AdapterCatalog, max_rank
-from .loader import LoadedModel
-from .mailbox import EngineMailbox
+from .catalog import AdapterCatalog, ServedBase, max_rank
+
+
+class AdapterHost(Protocol):
+    """Where an engine keeps adapters in memory: what `AdapterAdmin` needs of it."""
+
+    def resident_adapters(self) -> frozenset[str]:
+        """Store adapters in memory now (a snapshot, safe from any thread)."""
+        ...
+
+    async def load(self, name: str) -> None:
+        """Make store adapter `name` resident now (a `HotloraError` if it cannot be served)."""
+        ...
+
+    async def invalidate(self, name: str) -> None:
+        """Drop whatever is held of `name` (it was disabled or deleted)."""
+        ...
+
+    async def save_blend(self, blend: BlendSpec, target: Path) -> Path:
+        """Write `blend` as a PEFT folder under `target`; return the folder."""
+        ...
 
 
 def domain_error(exc: AdapterError) -> HotloraError:
@@ -49,9 +69,9 @@ class AdapterAdmin:
     """Implements the engine's adapter-management calls."""
 
     def __init__(
-        self, mailbox: EngineMailbox, catalog: AdapterCatalog, loaded: LoadedModel, allowed: Sequence[Path]
+        self, host: AdapterHost, catalog: AdapterCatalog, loaded: ServedBase, allowed: Sequence[Path]
     ) -> None:
-        self._mailbox = mailbox
+        self._host = host
         self._catalog = catalog
         self._store = catalog.store
         self._loaded = loaded
@@ -59,7 +79,7 @@ class AdapterAdmin:
 
     def list_adapters(self) -> list[AdapterInfo]:
         """Every adapter of the store with its status (blocking: a first check reads an adapter's weights)."""
-        resident = self._mailbox.resident_adapters()
+        resident = self._host.resident_adapters()
         return [self._info(entry, resident) for entry in self._catalog.entries()]
 
     async def load(self, name: str, path: str | None) -> AdapterInfo:
@@ -72,7 +92,7 @@ class AdapterAdmin:
             entry = self._store.get(name)
             if entry.disabled:
                 await asyncio.to_thread(self._store.set_disabled, name, False)
-            await self._mailbox.call(lambda pool: pool.load(name))
+            await self._host.load(name)
         except AdapterError as exc:
             raise domain_error(exc) from None
         except HotloraError:
@@ -90,7 +110,7 @@ class AdapterAdmin:
                 await asyncio.to_thread(self._store.set_disabled, name, True)
         except AdapterError as exc:
             raise domain_error(exc) from None
-        await self._mailbox.call(lambda pool: pool.invalidate(name))
+        await self._host.invalidate(name)
 
     async def save_blend(self, name: str, blend: BlendSpec) -> AdapterInfo:
         try:
@@ -100,7 +120,7 @@ class AdapterAdmin:
         except AdapterError as exc:
             raise domain_error(exc) from None
         with tempfile.TemporaryDirectory(prefix="hotlora-blend-") as tmp:
-            folder = await self._mailbox.call(lambda pool: pool.save_blend(blend, Path(tmp)))
+            folder = await self._host.save_blend(blend, Path(tmp))
             manifest = self._blend_manifest(name, blend, folder)
             try:
                 await asyncio.to_thread(
@@ -148,7 +168,7 @@ class AdapterAdmin:
         )
 
     def _describe(self, name: str) -> AdapterInfo:
-        return self._info(self._store.get(name), self._mailbox.resident_adapters())
+        return self._info(self._store.get(name), self._host.resident_adapters())
 
     def _info(self, entry: StoredAdapter, resident: frozenset[str]) -> AdapterInfo:
         refusal = self._catalog.refusal(entry)

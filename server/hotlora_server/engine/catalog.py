@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Protocol
 
 from hotlora_adapters import (
     AdapterConfig,
@@ -16,6 +17,7 @@ from hotlora_adapters import (
     AdapterFiles,
     AdapterNotFoundError,
     AdapterStore,
+    BaseSpec,
     InvalidAdapterNameError,
     StoredAdapter,
     check_compatible,
@@ -24,9 +26,19 @@ from hotlora_adapters import (
 from ..blend_methods import EQUAL_RANK_METHODS, blend_rank
 from ..errors import InvalidRequestError, NotFoundError
 from ..types import BlendSpec
-from .loader import LoadedModel
 
 log = logging.getLogger(__name__)
+
+
+class ServedBase(Protocol):
+    """What the catalog judges adapters against: the served base's id and shape (the built-in engine's
+    loaded model, or the vLLM engine's description of the folder it hands vLLM); no torch needed."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spec(self) -> BaseSpec: ...
 
 
 class AdapterCatalog:
@@ -38,7 +50,7 @@ class AdapterCatalog:
     other state is whole dict entries, so a race at worst reads a description twice.
     """
 
-    def __init__(self, store: AdapterStore, loaded: LoadedModel, max_rank: int, max_blend_rank: int) -> None:
+    def __init__(self, store: AdapterStore, loaded: ServedBase, max_rank: int, max_blend_rank: int) -> None:
         self.store = store
         self.max_rank = max_rank  # --max-lora-rank
         self._loaded = loaded
@@ -149,10 +161,7 @@ class AdapterCatalog:
         method that needs equal ranks when they differ, and a blend whose rank passes `--max-blend-rank`
         (`cat` adds its sources' ranks, so blends of saved blends would grow without end)."""
         entries = [self.get(name) for name, _ in blend.components]
-        ranks: dict[str, int] = {}
-        for entry in entries:
-            assert entry.config is not None  # servable entries have a readable config
-            ranks[entry.name] = max_rank(entry.config)
+        ranks = {e.name: adapter_rank(e) for e in entries}
         listed = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
         if blend.method in EQUAL_RANK_METHODS and len(set(ranks.values())) > 1:
             raise InvalidRequestError(
@@ -169,6 +178,12 @@ class AdapterCatalog:
                 param="model",
             )
         return entries
+
+
+def adapter_rank(entry: StoredAdapter) -> int:
+    """The largest LoRA rank of a servable adapter."""
+    assert entry.config is not None  # servable entries have a readable config
+    return max_rank(entry.config)
 
 
 def max_rank(config: AdapterConfig) -> int:

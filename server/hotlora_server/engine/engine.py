@@ -81,6 +81,9 @@ class Engine:
     def is_ready(self) -> bool:
         return self._ready.is_set()
 
+    def health(self) -> dict[str, object]:
+        return {}
+
     async def list_models(self) -> list[ModelInfo]:
         """The base and every servable adapter; listed in a worker thread, as an adapter's first look
         reads its weights."""

@@ -1,8 +1,8 @@
 """The engine thread's mailbox: how other threads hand it requests and model work.
 
 Jobs and management tasks share one queue, so a task runs between batch steps, in order with the jobs
-around it. `AdapterAdmin` reaches the engine only through a mailbox, so it needs nothing of `Engine`,
-which owns the mailbox and is the only reader of its queue.
+around it. `AdapterAdmin` reaches the engine only through a mailbox (an `AdapterHost`), so it needs
+nothing of `Engine`, which owns the mailbox and is the only reader of its queue.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import logging
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import HotloraError
+from ..types import BlendSpec
 from .adapter_pool import AdapterPool
 from .rows import Job
 
@@ -75,6 +77,17 @@ class EngineMailbox:
     def resident_adapters(self) -> frozenset[str]:
         """Store adapters loaded in memory now (the pool's published snapshot)."""
         return self._pool.resident if self._pool is not None else frozenset()
+
+    # -- AdapterHost: the pool's management calls, run in the engine thread --------------------------
+
+    async def load(self, name: str) -> None:
+        await self.call(lambda pool: pool.load(name))
+
+    async def invalidate(self, name: str) -> None:
+        await self.call(lambda pool: pool.invalidate(name))
+
+    async def save_blend(self, blend: BlendSpec, target: Path) -> Path:
+        return await self.call(lambda pool: pool.save_blend(blend, target))
 
     def queued(self) -> int:
         """Jobs and tasks not taken yet (approximate)."""
