@@ -190,3 +190,26 @@ class AdapterAdmin:
             rank=max_rank(entry.config) if entry.config else None,
             target_modules=entry.config.target_modules if entry.config else None,
         )
+
+
+class StoreRoutes:
+    """The store half of `EngineClient` (list, load, unload, blends, training logs), the same for every
+    engine: each hands it its `AdapterAdmin` once ready (`_require_admin` raises until then)."""
+
+    def _require_admin(self) -> AdapterAdmin:
+        raise NotImplementedError
+
+    async def list_adapters(self) -> list[AdapterInfo]:
+        return await asyncio.to_thread(self._require_admin().list_adapters)
+
+    async def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
+        return await self._require_admin().load(name, path)
+
+    async def unload_adapter(self, name: str, purge: bool = False) -> None:
+        await self._require_admin().unload(name, purge)
+
+    async def save_blend(self, name: str, blend: BlendSpec) -> AdapterInfo:
+        return await self._require_admin().save_blend(name, blend)
+
+    async def training_log(self, name: str) -> list[dict[str, float]] | None:
+        return await asyncio.to_thread(self._require_admin().training_log, name)

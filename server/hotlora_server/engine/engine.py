@@ -25,7 +25,6 @@ from hotlora_adapters import AdapterStore, StoreChange, StoreWatcher
 from ..errors import HotloraError, InvalidRequestError, OverloadedError, ServiceUnavailableError
 from ..settings import Settings
 from ..types import (
-    AdapterInfo,
     BlendSpec,
     EngineStats,
     GenerationEvent,
@@ -36,7 +35,7 @@ from ..types import (
     Usage,
 )
 from .adapter_pool import AdapterPool, PoolStats
-from .admin import AdapterAdmin
+from .admin import AdapterAdmin, StoreRoutes
 from .catalog import AdapterCatalog
 from .grammar import GrammarCompiler
 from .kv_budget import KvBudget
@@ -51,7 +50,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Engine:
+class Engine(StoreRoutes):
     """Implements `EngineClient`: loads the model in its own thread, then serves jobs in one running batch."""
 
     def __init__(self, settings: Settings, on_fatal: Callable[[BaseException], None] | None = None) -> None:
@@ -167,21 +166,6 @@ class Engine:
     def resident_adapters(self) -> frozenset[str]:
         """Store adapters loaded in memory now (a snapshot, safe from any thread)."""
         return self._mailbox.resident_adapters()
-
-    async def list_adapters(self) -> list[AdapterInfo]:
-        return await asyncio.to_thread(self._require_admin().list_adapters)
-
-    async def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
-        return await self._require_admin().load(name, path)
-
-    async def unload_adapter(self, name: str, purge: bool = False) -> None:
-        await self._require_admin().unload(name, purge)
-
-    async def save_blend(self, name: str, blend: BlendSpec) -> AdapterInfo:
-        return await self._require_admin().save_blend(name, blend)
-
-    async def training_log(self, name: str) -> list[dict[str, float]] | None:
-        return await asyncio.to_thread(self._require_admin().training_log, name)
 
     async def call(self, fn: Callable[[AdapterPool], T]) -> T:
         """Run `fn(pool)` in the engine thread, between requests, and return its result here."""

@@ -19,12 +19,11 @@ from typing import Any
 
 from hotlora_adapters import AdapterStore, StoreChange, StoreWatcher
 
-from ..engine.admin import AdapterAdmin
+from ..engine.admin import AdapterAdmin, StoreRoutes
 from ..engine.catalog import AdapterCatalog
 from ..errors import InvalidRequestError, OverloadedError, ServiceUnavailableError
 from ..settings import Settings
 from ..types import (
-    AdapterInfo,
     BlendSpec,
     EngineStats,
     GenerationEvent,
@@ -48,7 +47,7 @@ log = logging.getLogger(__name__)
 _HEALTH_EVERY_S = 1.0
 
 
-class VllmEngine:
+class VllmEngine(StoreRoutes):
     """Implements `EngineClient` (and `start`/`stop`/`error`, as the built-in `Engine`)."""
 
     def __init__(self, settings: Settings, on_fatal: Callable[[BaseException], None] | None = None) -> None:
@@ -179,18 +178,6 @@ class VllmEngine:
         await adapters.target(model, blend, base.name)
         data = await self._any_replica().post_json("/detokenize", {"model": base.name, "tokens": tokens})
         return str(data["prompt"])
-
-    async def list_adapters(self) -> list[AdapterInfo]:
-        return await asyncio.to_thread(self._require_admin().list_adapters)
-
-    async def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
-        return await self._require_admin().load(name, path)
-
-    async def unload_adapter(self, name: str, purge: bool = False) -> None:
-        await self._require_admin().unload(name, purge)
-
-    async def save_blend(self, name: str, blend: BlendSpec) -> AdapterInfo:
-        return await self._require_admin().save_blend(name, blend)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
