@@ -4,6 +4,7 @@
 #   export HOTLORA_API_KEY="$(openssl rand -hex 32)"   # clients send it as 'Authorization: Bearer ...'
 #   docker run --gpus all -p 8000:8000 -v hotlora-data:/data/hotlora -e HOTLORA_API_KEY hotlora
 #   docker run --gpus all -p 127.0.0.1:8000:8000 hotlora --insecure-no-api-key   # this machine only, no key
+#   docker build --build-arg VLLM_VERSION=0.32.0 -t hotlora-vllm .   # with vLLM as the engine (below)
 #
 # Arguments after the image name go to `hotlora serve`. The server listens on all of the container's
 # interfaces, so it refuses to start without an API key (HOTLORA_API_KEY or --api-key; an empty one is
@@ -56,6 +57,13 @@ COPY trainer/ trainer/
 COPY cli/ cli/
 COPY clients/python/ clients/python/
 RUN pip install --no-cache-dir "./[train]" ./clients/python
+
+# `--build-arg VLLM_VERSION=<version>` adds vLLM's CUDA build in an environment of its own (vLLM pins its
+# own torch), for `hotlora serve --engine vllm --vllm-python /opt/vllm/bin/python` (docs/scale-out.md).
+ARG VLLM_VERSION=""
+RUN if [ -n "${VLLM_VERSION}" ]; then \
+        python3 -m venv /opt/vllm && /opt/vllm/bin/pip install --no-cache-dir "vllm==${VLLM_VERSION}"; \
+    fi
 
 RUN useradd --no-log-init --create-home --uid 10001 --user-group hotlora \
     && mkdir -p "$HOTLORA_HOME" \

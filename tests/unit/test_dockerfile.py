@@ -565,3 +565,16 @@ def test_dev_sh_refuses_an_unknown_command_before_any_setup(tmp_path: Path) -> N
     )
     assert result.returncode != 0
     assert "unknown command" in result.stderr and "usage" in result.stderr, result.stderr
+
+
+def test_a_build_argument_adds_vllm_in_an_environment_of_its_own() -> None:
+    """`--engine vllm --vllm-python /opt/vllm/bin/python` in the image: vLLM's own venv, only when asked."""
+    text = DOCKERFILE.read_text()
+    assert 'ARG VLLM_VERSION=""' in text
+    run = re.search(r"RUN if \[ -n \"\$\{VLLM_VERSION\}\" \]; then \\\n(.*?)\n\s*fi", text, re.S)
+    assert run is not None
+    assert (
+        'python3 -m venv /opt/vllm && /opt/vllm/bin/pip install --no-cache-dir "vllm==${VLLM_VERSION}"'
+        in run.group(1)
+    )
+    assert "--vllm-python /opt/vllm/bin/python" in (REPO / "docs" / "scale-out.md").read_text()
