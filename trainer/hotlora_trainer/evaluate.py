@@ -11,23 +11,28 @@ from . import piglatin
 from .encoding import render_chat
 from .run import Run
 
-SAMPLES_KEPT = 20  # replies written to the training log
-
 
 def score_base(run: Run) -> None:
-    """With a task, score the loaded base (before LoRA wraps it) into `run.task_metrics["base"]`."""
+    """With a task, score the loaded base (before LoRA wraps it) into `run.task_metrics["base"]`, and
+    keep its replies for the side-by-side comparison the training log holds."""
     if run.config.task is None:
         return
     run.out("evaluating the base model on the evaluation lists (greedy)")
-    run.task_metrics["base"], _ = _score_task(run)
+    run.task_metrics["base"], run.base_replies = _score_task(run)
 
 
 def score_adapter(run: Run) -> None:
-    """With a task, score the trained adapter, keep sample replies, and compare with the base."""
+    """With a task, score the trained adapter and compare with the base: the figures, and both replies to
+    every evaluation sentence side by side (`run.evaluation`), so a person can read where they differ."""
     if run.config.task is None:
         return
     run.out("evaluating the adapter on the evaluation lists (greedy)")
-    run.task_metrics["adapter"], run.samples = _score_task(run)
+    run.task_metrics["adapter"], replies = _score_task(run)
+    _, sentences = piglatin.split_sentences()
+    run.evaluation = [
+        {"input": s.text, "reference": piglatin.to_pig_latin(s.text), "base": base, "adapter": adapter}
+        for s, base, adapter in zip(sentences, run.base_replies, replies, strict=True)
+    ]
     b, a = run.task_metrics["base"], run.task_metrics["adapter"]
     run.out(
         f"{run.config.task}: word accuracy adapter {a['word_accuracy']:.1%} vs base {b['word_accuracy']:.1%}; "
@@ -35,7 +40,7 @@ def score_adapter(run: Run) -> None:
     )
 
 
-def _score_task(run: Run) -> tuple[dict[str, Any], list[dict[str, str]]]:
+def _score_task(run: Run) -> tuple[dict[str, Any], list[str]]:
     model, tokenizer = run.model, run.tokenizer
     training, sentences = piglatin.split_sentences()
     sources = [s.text for s in sentences]
@@ -54,11 +59,7 @@ def _score_task(run: Run) -> tuple[dict[str, Any], list[dict[str, str]]]:
         f"(words seen in training {score.seen_word_accuracy:.1%}, the {score.unseen_words} unseen "
         f"{score.unseen_word_accuracy:.1%}), exact match {score.exact_match:.1%}"
     )
-    samples = [
-        {"input": s, "reference": r, "output": o}
-        for s, r, o in zip(sources, references, replies, strict=True)
-    ]
-    return score.as_dict(), samples[:SAMPLES_KEPT]
+    return score.as_dict(), replies
 
 
 def generate_replies(

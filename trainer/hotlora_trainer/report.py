@@ -34,7 +34,7 @@ def register(run: Run) -> None:
         metrics[config.task] = run.task_metrics
     run.result.metrics = metrics
     plot_losses(fitted.history, export / LOSS_PLOT, title=f"{config.name} ({run.base.name})")
-    log = {"log_history": fitted.history, "samples": run.samples}
+    log = {"log_history": fitted.history, "evaluation": run.evaluation}
     (export / TRAINING_LOG).write_text(json.dumps(log, indent=1) + "\n")
 
     run.result.wall_time_s = wall = time.monotonic() - run.started

@@ -89,7 +89,10 @@ class Run:
     fitted: Fitted = _later()
     # evaluate (a built-in task only)
     task_metrics: dict[str, Any] = field(default_factory=dict)
-    samples: list[dict[str, str]] = field(default_factory=list)
+    base_replies: list[str] = field(default_factory=list)
+    evaluation: list[dict[str, str]] = field(
+        default_factory=list
+    )  # per sentence: input, reference, base, adapter
 
     @classmethod
     def begin(

@@ -13,7 +13,7 @@ import pytest
 
 from hotlora_adapters import AdapterStore
 from hotlora_trainer import TrainConfig, train
-from hotlora_trainer.piglatin import to_pig_latin
+from hotlora_trainer.piglatin import split_sentences, to_pig_latin
 
 from support.trainer_data import chat_row, write_jsonl
 
@@ -219,6 +219,15 @@ def test_piglatin_task_records_adapter_and_base_scores(tmp_path: Path, tiny_base
     )  # 600 real, 2400 made up
     assert manifest["recipe"]["task"] == "piglatin"
     assert "The birch canoe" not in result.curl  # the sample is an evaluation sentence (lists 61-72)
+    # the training log holds the base's and the adapter's reply to every evaluation sentence, side by side
+    log = json.loads((result.adapter_path / "training_log.json").read_text())
+    _, evaluation = split_sentences()
+    assert [row["input"] for row in log["evaluation"]] == [s.text for s in evaluation]
+    for row in log["evaluation"]:
+        assert set(row) == {"input", "reference", "base", "adapter"}
+        assert row["reference"] == to_pig_latin(row["input"])
+        assert isinstance(row["base"], str) and isinstance(row["adapter"], str)
+    assert any(row["base"] != row["adapter"] for row in log["evaluation"])  # one step of lr 1e-2 moves it
 
 
 def test_qlora_with_8bit_adam(tmp_path: Path, tiny_base: Path) -> None:
