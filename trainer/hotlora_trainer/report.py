@@ -25,10 +25,9 @@ LOSS_PLOT = "loss.png"
 TRAINING_LOG = "training_log.json"
 
 
-def register(run: Run) -> None:
-    """Save the trained adapter with its plot, log and manifest, and register it in the store."""
+def register(run: Run, export: Path) -> None:
+    """Add the loss plot, log and manifest to the saved adapter `export`, and register it in the store."""
     config, fitted = run.config, run.fitted
-    export = _save_adapter(run)
     metrics: dict[str, Any] = {"train_loss": fitted.train_loss, "eval_loss": fitted.eval_loss}
     if config.task is not None:
         metrics[config.task] = run.task_metrics
@@ -102,7 +101,7 @@ def plot_losses(history: list[dict[str, Any]], path: Path, *, title: str) -> Non
     plt.close(fig)
 
 
-def _save_adapter(run: Run) -> Path:
+def save_adapter(run: Run) -> Path:
     """PEFT's files of the trained adapter in the scratch folder, naming the base by id."""
     export = run.scratch / "adapter"
     with warnings.catch_warnings():

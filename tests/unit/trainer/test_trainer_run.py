@@ -200,11 +200,14 @@ def test_every_format_trains(tmp_path: Path, tiny_base: Path, rows: list[Any], r
     assert result.curl.startswith(f"curl http://127.0.0.1:8000/v1/{route} ")
 
 
-def test_piglatin_task_records_adapter_and_base_scores(tmp_path: Path, tiny_base: Path) -> None:
+def test_piglatin_task_records_adapter_and_base_scores(
+    tmp_path: Path, tiny_base: Path, hotlora_home: Path
+) -> None:
     result = run(
         tmp_path,
         tiny_base,
         task="piglatin",
+        home=hotlora_home,  # the evaluation server's CPU kernels, compiled once per checkout
         max_steps=1,
         per_device_train_batch_size=8,
         eval_max_new_tokens=4,
@@ -213,6 +216,9 @@ def test_piglatin_task_records_adapter_and_base_scores(tmp_path: Path, tiny_base
     scores = manifest["eval_metrics"]["piglatin"]
     for who in ("adapter", "base"):
         assert scores[who]["sentences"] == 120 and 0.0 <= scores[who]["word_accuracy"] <= 1.0
+    # scored through a real `hotlora serve`: what users get, the 4-bit base the server serves
+    assert scores["served"]["server"] == "hotlora serve" and scores["served"]["quantization"] == "nf4"
+    assert scores["served"]["model"] == str(tiny_base)  # the base's id there: the --model path
     assert manifest["dataset"]["source"] == "task:piglatin"
     assert (
         manifest["dataset"]["train_rows"] == 3000 and manifest["dataset"]["eval_rows"] == 120
