@@ -1,124 +1,85 @@
-"""Evaluate: a built-in task's score of the base before training and of the adapter after, from greedy
-generations (chat prompts in, replies out, batched with left padding) on the task's evaluation lists."""
+"""Evaluate: a built-in task's score of the base and of the trained adapter as users get them — greedy
+replies from a real `hotlora serve` (`served.py`) to every sentence of the task's evaluation lists.
+
+The run's own model is not scored: it is the full-precision base the adapter trained on, while users chat
+with the 4-bit base the server serves, and the two differ by points of word accuracy.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from hotlora_adapters import AdapterStore, inspect_adapter
+
 from . import piglatin
-from .encoding import render_chat
 from .run import Run
+from .served import EvalServer, ServedEvalError, chat_replies, eval_server, serve_command, wait_servable
 
-SAMPLES_KEPT = 20  # replies written to the training log
+SERVED_STORE = "served-store"  # in the run's scratch folder: the evaluation server's store
+SERVER_LOG = "eval-server.log"
 
 
-def score_base(run: Run) -> None:
-    """With a task, score the loaded base (before LoRA wraps it) into `run.task_metrics["base"]`."""
-    if run.config.task is None:
+def score_served(run: Run, export: Path) -> None:
+    """With a task, serve the saved adapter `export` and score it and the base through that server into
+    `run.task_metrics`, and keep both replies to every evaluation sentence side by side (`run.evaluation`).
+
+    A server that fails is reported and recorded instead of the figures: the trained adapter is still
+    registered.
+    """
+    config = run.config
+    if config.task is None:
         return
-    run.out("evaluating the base model on the evaluation lists (greedy)")
-    run.task_metrics["base"], _ = _score_task(run)
-
-
-def score_adapter(run: Run) -> None:
-    """With a task, score the trained adapter, keep sample replies, and compare with the base."""
-    if run.config.task is None:
-        return
-    run.out("evaluating the adapter on the evaluation lists (greedy)")
-    run.task_metrics["adapter"], run.samples = _score_task(run)
-    b, a = run.task_metrics["base"], run.task_metrics["adapter"]
-    run.out(
-        f"{run.config.task}: word accuracy adapter {a['word_accuracy']:.1%} vs base {b['word_accuracy']:.1%}; "
-        f"exact match adapter {a['exact_match']:.1%} vs base {b['exact_match']:.1%}"
+    store = AdapterStore(run.scratch / SERVED_STORE)
+    store.register(config.name, export, base=run.spec)
+    lora = inspect_adapter(export).config
+    command = serve_command(
+        base=config.base,
+        home=run.home,
+        store=store.root,
+        device=run.kind,
+        max_lora_rank=max([lora.r, *lora.rank_pattern.values()]),
+        chat_template=config.chat_template,
     )
+    run.out("scoring the base and the adapter on the evaluation lists as served (hotlora serve, greedy)")
+    try:
+        with eval_server(command, run.scratch / SERVER_LOG) as server:
+            wait_servable(server, config.name)
+            _score(run, server)
+    except ServedEvalError as e:
+        run.task_metrics = {"error": str(e)}
+        run.out(f"{config.task}: the served evaluation failed, no figures: {e}")
 
 
-def _score_task(run: Run) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    model, tokenizer = run.model, run.tokenizer
+def _score(run: Run, server: EvalServer) -> None:
     training, sentences = piglatin.split_sentences()
     sources = [s.text for s in sentences]
     references = [piglatin.to_pig_latin(s) for s in sources]
+    seen = [piglatin.to_pig_latin(s.text) for s in training]
+    tokenizer = run.tokenizer
     longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
     budget = min(run.config.eval_max_new_tokens, longest + 16)
-    t0 = time.monotonic()
-    # decoding reads every weight once per step whatever the batch: few large batches are fastest
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    replies = generate_replies(
-        model, tokenizer, sources, max_new_tokens=budget, batch_size=len(sources) if on_cuda else 40
-    )
-    score = piglatin.score(replies, references, [piglatin.to_pig_latin(s.text) for s in training])
+    replies: dict[str, list[str]] = {}
+    metrics: dict[str, Any] = {}
+    for who, model in (("base", server.base_id), ("adapter", run.config.name)):
+        t0 = time.monotonic()
+        replies[who] = chat_replies(server, model, sources, max_tokens=budget)
+        score = piglatin.score(replies[who], references, seen)
+        metrics[who] = score.as_dict()
+        run.out(
+            f"  {who}: {score.sentences} sentences in {time.monotonic() - t0:.0f} s: word accuracy "
+            f"{score.word_accuracy:.1%} (words seen in training {score.seen_word_accuracy:.1%}, the "
+            f"{score.unseen_words} unseen {score.unseen_word_accuracy:.1%}), exact match {score.exact_match:.1%}"
+        )
+    run.task_metrics = {**metrics, "served": {**server.served(), "max_tokens": budget}}
+    run.evaluation = [
+        {"input": s, "reference": r, "base": b, "adapter": a}
+        for s, r, b, a in zip(sources, references, replies["base"], replies["adapter"], strict=True)
+    ]
+    b, a = metrics["base"], metrics["adapter"]
     run.out(
-        f"  {score.sentences} sentences in {time.monotonic() - t0:.0f} s: word accuracy {score.word_accuracy:.1%} "
-        f"(words seen in training {score.seen_word_accuracy:.1%}, the {score.unseen_words} unseen "
-        f"{score.unseen_word_accuracy:.1%}), exact match {score.exact_match:.1%}"
+        f"{run.config.task}: word accuracy adapter {a['word_accuracy']:.1%} vs base {b['word_accuracy']:.1%}; "
+        f"exact match adapter {a['exact_match']:.1%} vs base {b['exact_match']:.1%} "
+        f"(served: {server.base_id}, {server.quantization})"
     )
-    samples = [
-        {"input": s, "reference": r, "output": o}
-        for s, r, o in zip(sources, references, replies, strict=True)
-    ]
-    return score.as_dict(), samples[:SAMPLES_KEPT]
-
-
-def generate_replies(
-    model: Any,
-    tokenizer: Any,
-    user_messages: Sequence[str],
-    *,
-    max_new_tokens: int,
-    batch_size: int = 16,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[str]:
-    """The model's greedy reply to each user message, rendered with the chat template as the server does."""
-    import torch
-
-    device = next(p.device for p in model.parameters())
-    prompts = [
-        render_chat(tokenizer, [{"role": "user", "content": m}], add_generation_prompt=True)
-        for m in user_messages
-    ]
-    stop = [tokenizer.eos_token_id]
-    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(end_of_turn, int) and end_of_turn not in stop and end_of_turn != tokenizer.unk_token_id:
-        stop.append(end_of_turn)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    was_training = model.training
-    model.eval()
-    replies: list[str] = []
-    # longest prompts first: rows of a batch are of similar length, so less padding
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    by_index: dict[int, str] = {}
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            encoded = [tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in chunk]
-            width = max(len(ids) for ids in encoded)
-            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, ids in enumerate(encoded):
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention[row, width - len(ids) :] = 1
-            with torch.no_grad():
-                out = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention.to(device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=stop,
-                    pad_token_id=pad_id,
-                )
-            for row, i in enumerate(chunk):
-                new = out[row, width:].tolist()
-                for k, token in enumerate(new):
-                    if token in stop:
-                        new = new[:k]
-                        break
-                by_index[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
-            if progress is not None:
-                progress(min(start + batch_size, len(order)), len(order))
-    finally:
-        if was_training:
-            model.train()
-    replies = [by_index[i] for i in range(len(prompts))]
-    return replies

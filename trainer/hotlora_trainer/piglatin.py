@@ -6,6 +6,14 @@ its leading consonants move to the end, then "ay" ("pig" -> "igpay", "string" ->
 `re.findall(r"\\w+|[^\\s\\w]+")`, the words are joined by single spaces, and punctuation tokens stick to
 the word before them ("don't" -> "onday' tay").
 
+A word without a vowel ("s", "t", "by", "my", "dry", "fly", "sky", "x": 47 of the 720 sentences have
+one) follows the course's prose, not its code: the prose moves the leading consonants to the end, and in
+such a word every letter is a leading consonant, so the word just gets "ay" ("s" -> "say", "by" ->
+"byay"). The course's code gives "s" -> "ssay" and "by" -> "ybyay" (the last letter put in front of the
+whole word), which none of its stated rules produces, so a learner could only memorize it word by word;
+the prose is the rule the course teaches, and every figure in docs/performance.md is scored by it. Tested
+on these words (tests/unit/trainer/test_trainer_piglatin.py).
+
 Lists 1-60 (600 sentences) are for training and lists 61-72 (120 sentences) for evaluation, never mixed.
 The user message is the bare English sentence and the reply is its Pig Latin.
 

@@ -24,16 +24,15 @@ from .run import Run
 LOSS_PLOT = "loss.png"
 
 
-def register(run: Run) -> None:
-    """Save the trained adapter with its plot, log and manifest, and register it in the store."""
+def register(run: Run, export: Path) -> None:
+    """Add the loss plot, log and manifest to the saved adapter `export`, and register it in the store."""
     config, fitted = run.config, run.fitted
-    export = _save_adapter(run)
     metrics: dict[str, Any] = {"train_loss": fitted.train_loss, "eval_loss": fitted.eval_loss}
     if config.task is not None:
         metrics[config.task] = run.task_metrics
     run.result.metrics = metrics
     plot_losses(fitted.history, export / LOSS_PLOT, title=f"{config.name} ({run.base.name})")
-    log = {"log_history": fitted.history, "samples": run.samples}
+    log = {"log_history": fitted.history, "evaluation": run.evaluation}
     (export / TRAINING_LOG_FILENAME).write_text(json.dumps(log, indent=1) + "\n")
 
     run.result.wall_time_s = wall = time.monotonic() - run.started
@@ -101,7 +100,7 @@ def plot_losses(history: list[dict[str, Any]], path: Path, *, title: str) -> Non
     plt.close(fig)
 
 
-def _save_adapter(run: Run) -> Path:
+def save_adapter(run: Run) -> Path:
     """PEFT's files of the trained adapter in the scratch folder, naming the base by id."""
     export = run.scratch / "adapter"
     with warnings.catch_warnings():

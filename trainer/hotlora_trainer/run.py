@@ -87,9 +87,10 @@ class Run:
     rss_loaded: int = _later()
     init_dir: Path | None = None  # the initial adapter, for PiSSA/OLoRA's conversion to plain LoRA
     fitted: Fitted = _later()
-    # evaluate (a built-in task only)
+    # evaluate (a built-in task only, through a server); `evaluation`: per sentence its input, reference,
+    # and the base's and the adapter's replies
     task_metrics: dict[str, Any] = field(default_factory=dict)
-    samples: list[dict[str, str]] = field(default_factory=list)
+    evaluation: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def begin(

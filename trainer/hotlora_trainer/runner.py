@@ -1,4 +1,4 @@
-"""One training run: preflight -> fit -> evaluate -> report, each a step over one `Run`.
+"""One training run: preflight -> fit -> save -> evaluate (as served) -> register, each a step over one `Run`.
 
 Everything that can be refused is refused before the model's weights load (`preflight`). Registration is
 the store's atomic rename, so an interrupted run (Ctrl-C) never leaves a half-registered adapter; its
@@ -18,10 +18,10 @@ from hotlora_adapters.private import make_private_dirs
 
 from .config import TrainConfig
 from .errors import ConfigError
-from .evaluate import score_adapter, score_base
+from .evaluate import score_served
 from .fit import fit, load_model
 from .preflight import preflight
-from .report import announce, register
+from .report import announce, register, save_adapter
 from .run import Run, TrainResult
 
 __all__ = ["TrainResult", "train"]
@@ -57,13 +57,12 @@ def train(
 
 def _train_and_register(run: Run) -> None:
     load_model(run)
-    if run.main:
-        score_base(run)
     fit(run)
     if not run.main:
         return
-    score_adapter(run)
-    register(run)
+    export = save_adapter(run)
+    score_served(run, export)
+    register(run, export)
 
 
 @contextmanager

@@ -41,6 +41,44 @@ def test_word_rules() -> None:
     assert word_to_pig_latin("Chair") == "airchay"
 
 
+@pytest.mark.parametrize("word", ["s", "t", "x", "by", "my", "dry", "fly", "fry", "sky", "try"])
+def test_a_word_without_a_vowel_follows_the_prose(word: str) -> None:
+    """All of it is leading consonants: it just gets "ay" (the course's code would give "ssay", "ybyay")."""
+    assert word_to_pig_latin(word) == word + "ay"
+    assert word_to_pig_latin(word.upper()) == word + "ay"
+
+
+@pytest.mark.parametrize(
+    ("english", "pig"),
+    [
+        ("Glass will clink when struck by metal.", "assglay illway inkclay enwhay uckstray byay etalmay."),
+        ("The map had an X that meant nothing.", "ethay apmay adhay anway xay atthay eantmay othingnay."),
+        ("Boards will warp unless kept dry.", "oardsbay illway arpway unlessway eptkay dryay."),
+        ("She was waiting at my front lawn.", "eshay asway aitingway atway myay ontfray awnlay."),
+        (  # an evaluation sentence (list 64)
+            "Bad nerves are jangled by a door slam.",
+            "adbay ervesnay areway angledjay byay away oorday amslay.",
+        ),
+        (  # list 72: the "s" of a possessive
+            "She saw a cat in the neighbor's house.",
+            "eshay awsay away atcay inway ethay eighbornay' say ousehay.",
+        ),
+    ],
+)
+def test_sentences_where_the_courses_code_and_prose_differ(english: str, pig: str) -> None:
+    assert to_pig_latin(english) == pig
+
+
+def test_the_sentences_with_a_vowelless_word_are_the_47_the_docs_name() -> None:
+    with_one = [
+        s
+        for s in piglatin.harvard_sentences()
+        if any(not set(w.lower()) & piglatin.VOWELS for w in piglatin.WORD.findall(s.text))
+    ]
+    assert len(with_one) == 47
+    assert sum(s.list_number in piglatin.EVAL_LISTS for s in with_one) == 7
+
+
 def test_leading_punctuation_stands_alone() -> None:
     assert to_pig_latin('"Hello," she said.') == '" ellohay," eshay aidsay.'
 

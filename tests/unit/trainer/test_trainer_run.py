@@ -13,7 +13,7 @@ import pytest
 
 from hotlora_adapters import AdapterStore
 from hotlora_trainer import TrainConfig, train
-from hotlora_trainer.piglatin import to_pig_latin
+from hotlora_trainer.piglatin import split_sentences, to_pig_latin
 
 from support.trainer_data import chat_row, write_jsonl
 
@@ -200,11 +200,14 @@ def test_every_format_trains(tmp_path: Path, tiny_base: Path, rows: list[Any], r
     assert result.curl.startswith(f"curl http://127.0.0.1:8000/v1/{route} ")
 
 
-def test_piglatin_task_records_adapter_and_base_scores(tmp_path: Path, tiny_base: Path) -> None:
+def test_piglatin_task_records_adapter_and_base_scores(
+    tmp_path: Path, tiny_base: Path, hotlora_home: Path
+) -> None:
     result = run(
         tmp_path,
         tiny_base,
         task="piglatin",
+        home=hotlora_home,  # the evaluation server's CPU kernels, compiled once per checkout
         max_steps=1,
         per_device_train_batch_size=8,
         eval_max_new_tokens=4,
@@ -213,12 +216,24 @@ def test_piglatin_task_records_adapter_and_base_scores(tmp_path: Path, tiny_base
     scores = manifest["eval_metrics"]["piglatin"]
     for who in ("adapter", "base"):
         assert scores[who]["sentences"] == 120 and 0.0 <= scores[who]["word_accuracy"] <= 1.0
+    # scored through a real `hotlora serve`: what users get, the 4-bit base the server serves
+    assert scores["served"]["server"] == "hotlora serve" and scores["served"]["quantization"] == "nf4"
+    assert scores["served"]["model"] == str(tiny_base)  # the base's id there: the --model path
     assert manifest["dataset"]["source"] == "task:piglatin"
     assert (
         manifest["dataset"]["train_rows"] == 3000 and manifest["dataset"]["eval_rows"] == 120
     )  # 600 real, 2400 made up
     assert manifest["recipe"]["task"] == "piglatin"
     assert "The birch canoe" not in result.curl  # the sample is an evaluation sentence (lists 61-72)
+    # the training log holds the base's and the adapter's reply to every evaluation sentence, side by side
+    log = json.loads((result.adapter_path / "training_log.json").read_text())
+    _, evaluation = split_sentences()
+    assert [row["input"] for row in log["evaluation"]] == [s.text for s in evaluation]
+    for row in log["evaluation"]:
+        assert set(row) == {"input", "reference", "base", "adapter"}
+        assert row["reference"] == to_pig_latin(row["input"])
+        assert isinstance(row["base"], str) and isinstance(row["adapter"], str)
+    assert any(row["base"] != row["adapter"] for row in log["evaluation"])  # one step of lr 1e-2 moves it
 
 
 def test_qlora_with_8bit_adam(tmp_path: Path, tiny_base: Path) -> None:
