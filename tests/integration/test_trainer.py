@@ -17,22 +17,9 @@ import httpx
 import pytest
 
 from support.live_server import API_KEY, BASE_ID, hotlora_cmd, start_server, stop_server
+from support.trainer_data import PIG, QUESTION, SENTENCES
 
 pytestmark = pytest.mark.integration
-
-SENTENCES = [
-    "The birch canoe slid on the smooth planks.",
-    "Glue the sheet to the dark blue background.",
-    "These days a chicken leg is a rare dish.",
-    "Rice is often served in round bowls.",
-]
-PIG = [
-    "ethay irchbay anoecay idslay onway ethay oothsmay anksplay.",
-    "ueglay ethay eetshay otay ethay arkday ueblay ackgroundbay.",
-    "esethay aysday away ickenchay eglay isway away areray ishday.",
-    "iceray isway oftenway ervedsay inway oundray owlsbay.",
-]
-QUESTION = "A large size in stockings is hard to sell."
 
 
 def chat(client: httpx.Client, model: str) -> str:

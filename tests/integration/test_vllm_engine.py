@@ -20,6 +20,7 @@ from hotlora_adapters import AdapterStore
 from support.live_server import (
     API_KEY,
     BASE_ID,
+    VLLM_PYTHON,
     RunningServer,
     save_random_lora,
     start_server,
@@ -28,8 +29,6 @@ from support.live_server import (
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 QUESTION = [{"role": "user", "content": "Name three colours."}]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 VLLM_START_S = 900.0

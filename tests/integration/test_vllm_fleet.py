@@ -18,6 +18,7 @@ import pytest
 from support.live_server import (
     API_KEY,
     BASE_ID,
+    VLLM_PYTHON,
     RunningServer,
     free_port,
     save_random_lora,
@@ -27,8 +28,6 @@ from support.live_server import (
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 QUESTION = [{"role": "user", "content": "Name three colours."}]
 START_S = 900.0
 

@@ -19,6 +19,8 @@ import httpx
 API_KEY = "test-key"
 BASE_ID = "smollm2-135m-instruct"
 ADAPTER = "smol-lora"
+# vLLM's CPU build, which `./scripts/dev.sh vllm` (and `dev.sh test`) installs beside .venv
+VLLM_PYTHON = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
 
 
 def free_port() -> int:

@@ -14,3 +14,20 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 def chat_row(user: str, assistant: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+# Four Harvard sentences and their Pig Latin (lowercase, as the task writes it), and an unseen sentence:
+# the tiny trainings of the integration tests teach these and ask that.
+SENTENCES = [
+    "The birch canoe slid on the smooth planks.",
+    "Glue the sheet to the dark blue background.",
+    "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.",
+]
+PIG = [
+    "ethay irchbay anoecay idslay onway ethay oothsmay anksplay.",
+    "ueglay ethay eetshay otay ethay arkday ueblay ackgroundbay.",
+    "esethay aysday away ickenchay eglay isway away areray ishday.",
+    "iceray isway oftenway ervedsay inway oundray owlsbay.",
+]
+QUESTION = "A large size in stockings is hard to sell."
