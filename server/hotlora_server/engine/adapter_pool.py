@@ -15,6 +15,7 @@ import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -87,18 +88,24 @@ class AdapterPool:
         """Whether `acquire` may run now without waiting: the target is in memory, or `load` (it may be
         attached) and its preparation has ended. Starts preparing a cold target beside the batch."""
         try:
-            if blend is not None:
-                entries = self._catalog.check_blend(blend)
-                cache_key = blend_key(blend, (entry.version for entry in entries))
-                start: Start = self._preparing.blend(blend, entries)
-            elif model == self._loaded.name:
-                return True
-            else:
-                entry = self._catalog.get(model)
-                cache_key, start = ("adapter", model, entry.version), self._preparing.adapter(entry)
+            preparation = self.preparation(model, blend)
         except HotloraError:
             return True  # `acquire` fails at once, loading nothing
-        return cache_key in self._resident or (self._preparing.ready(cache_key, start) and load)
+        return preparation is None or (preparation.done() and load)
+
+    def preparation(self, model: str, blend: BlendSpec | None = None) -> Future[Any] | None:
+        """The preparation of a target not in memory, started beside the batch if it has not begun; None
+        if it is in memory (or the base)."""
+        if blend is not None:
+            entries = self._catalog.check_blend(blend)
+            cache_key = blend_key(blend, (entry.version for entry in entries))
+            start: Start = self._preparing.blend(blend, entries)
+        elif model == self._loaded.name:
+            return None
+        else:
+            entry = self._catalog.get(model)
+            cache_key, start = ("adapter", model, entry.version), self._preparing.adapter(entry)
+        return None if cache_key in self._resident else self._preparing.start(cache_key, start)
 
     @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
     def release(self, key: str) -> None:

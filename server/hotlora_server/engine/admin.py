@@ -1,7 +1,8 @@
 """Adapter management: the store's write side and the pool, behind the management routes.
 
 File work (import, disable, delete, register) runs in a worker thread so the event loop stays free;
-anything that touches the model runs in the engine thread through the engine's mailbox. Every step checks
+anything that touches the model runs in the engine thread through the engine's mailbox, and a load is
+prepared beside the batch first (`preparing`), so that the engine thread only attaches it. Every step checks
 before it writes, and a load that fails after an import removes what the import added, so a refused
 adapter is never left half-registered or half-loaded.
 """
@@ -70,6 +71,7 @@ class AdapterAdmin:
             entry = self._store.get(name)
             if entry.disabled:
                 await asyncio.to_thread(self._store.set_disabled, name, False)
+            await self._prepared(name)
             await self._mailbox.call(lambda pool: pool.load(name))
         except AdapterError as exc:
             raise domain_error(exc) from None
@@ -97,6 +99,7 @@ class AdapterAdmin:
                 raise AdapterExistsError(f"adapter '{name}' already exists")
         except AdapterError as exc:
             raise domain_error(exc) from None
+        await self._prepared(blend.label(), blend)
         with tempfile.TemporaryDirectory(prefix="hotlora-blend-") as tmp:
             folder = await self._mailbox.call(lambda pool: pool.save_blend(blend, Path(tmp)))
             manifest = self._blend_manifest(name, blend, folder)
@@ -114,6 +117,13 @@ class AdapterAdmin:
         return await asyncio.to_thread(self._describe, name)  # its first check reads the new weights
 
     # -- helpers ------------------------------------------------------------------------------------
+
+    async def _prepared(self, model: str, blend: BlendSpec | None = None) -> None:
+        """Have the target read and built beside the batch, so that loading it only attaches it; its
+        error, if any, comes with the load."""
+        preparation = await self._mailbox.call(lambda pool: pool.preparation(model, blend))
+        if preparation is not None:
+            await asyncio.wait([asyncio.wrap_future(preparation)])
 
     def _import(self, path: Path, name: str) -> StoredAdapter:
         return self._store.import_adapter(

@@ -1,6 +1,6 @@
 """Cold adapters and blends prepared in one worker thread while the batch runs (the skeleton: `staging`).
 
-The pool asks `Preparations.ready` for each waiting request's target: the first ask starts its
+The pool asks `Preparations.start` for each waiting request's target: the first ask starts its
 preparation, and the request stays in the queue (those behind it go ahead) until it has ended. The engine
 thread then takes the result (`take`) and attaches it between two steps; a preparation that failed raises
 its error there, for the requests of that target alone, and leaves the served model as it was. Results
@@ -34,7 +34,7 @@ Start = Callable[[str], Prepared | None]  # prepares under the given key; None: 
 class Preparations:
     """Preparations by pool entry (`AdapterPool`'s cache keys), run one at a time in their own thread.
 
-    `ready`, `take` and `forget` are called from the engine thread only; the skeleton is used only by the
+    `start`, `take` and `forget` are called from the engine thread only; the skeleton is used only by the
     worker thread.
     """
 
@@ -53,14 +53,14 @@ class Preparations:
         """Call `listener()` (from the worker thread) whenever a preparation ends, e.g. to wake the engine."""
         self._listeners.append(listener)
 
-    def ready(self, cache_key: tuple[Any, ...], start: Start) -> bool:
-        """Whether the preparation of `cache_key` has ended; starts it with `start` if it has not begun."""
+    def start(self, cache_key: tuple[Any, ...], start: Start) -> Future[Prepared | None]:
+        """The preparation of `cache_key`, started with `start` if it has not begun."""
         future = self._futures.get(cache_key)
         if future is None:
             future = self._futures[cache_key] = Future()
             key = next(self._keys)
             self._queue.put((lambda: start(key), future))
-        return future.done()
+        return future
 
     def take(self, cache_key: tuple[Any, ...]) -> Prepared | None:
         """The ended preparation of `cache_key` (None: none, or the engine thread must load it); raises the

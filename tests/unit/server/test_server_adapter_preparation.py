@@ -119,9 +119,34 @@ def test_a_stream_keeps_decoding_while_a_cold_adapter_is_prepared(
     assert streamed == alone
     assert prepared[1].completion_tokens > 0
     monkeypatch.undo()
-    asyncio.run(engine.unload_adapter("cold"))  # disabled: dropped from the model
-    asyncio.run(engine.load_adapter("cold"))  # enabled and loaded by PEFT in the engine thread
+
+    def reload(pool: Any) -> None:  # dropped, then loaded by PEFT into the served model itself
+        pool.invalidate("cold")
+        pool.load("cold")
+
+    asyncio.run(engine.call(reload))
     assert asyncio.run(collect(engine, request)) == prepared
+
+
+def test_a_load_through_the_api_is_prepared_beside_the_batch(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`POST /v1/adapters` (the engine's `load_adapter`) has the adapter prepared while a stream decodes,
+    and answers once it is in memory."""
+    advanced = _held(engine, monkeypatch, "adapter")
+
+    async def scenario() -> Any:
+        stream = asyncio.create_task(
+            collect(engine, chat_request(TINY_NAME, "go on", max_tokens=80, ignore_eos=True))
+        )
+        while engine._scheduler.stats.decode_steps < 2:
+            await asyncio.sleep(0.01)
+        info = await engine.load_adapter("cold")
+        await stream
+        return info
+
+    assert asyncio.run(scenario()).status == "resident"
+    assert advanced == [True]
 
 
 def test_a_blend_is_built_beside_the_batch(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
