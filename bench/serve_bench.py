@@ -22,8 +22,9 @@ One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
 - hotlora-loads: the `hotlora` server with one adapter in use (lora0), a greedy base stream of
   --load-stream-tokens tokens (`ignore_eos`); once it has 16 chunks, one request for an adapter not loaded
   yet (lora1), then, on a second stream, one for a blend not built yet (`lora2*0.5+lora3*0.5`, `cat`, its
-  sources not loaded either). Reported: the stream's median gap between chunks, and its largest gap while
-  the other request waited for its first chunk (the load, or the build, and its prefill);
+  sources not loaded either), after one for lora0 (loaded: the gap an arrival's prefill alone makes).
+  Reported: the stream's median gap between chunks, and its largest gap while the other request waited
+  for its first chunk (the load, or the build, and its prefill);
 - `transformers serve --continuous-batching --quantization bnb-4bit` on the same converted base folder:
   c=1 and c=16 base (its bnb-4bit is nf4 with double quantization, hotlora's without);
 - naive: in this process, one request at a time, PEFT `set_adapter` + `model.generate`, over the same
@@ -333,6 +334,7 @@ def bench_loads(base_url: str, tokens: int) -> list[LoadGap]:
     """hotlora-loads: one adapter in use, then a stream beside a cold adapter, and beside a new blend."""
     asyncio.run(run_clients(base_url, [(ADAPTERS[0], story_prompt(0))], 1, 2))  # PEFT wraps the base
     return [
+        asyncio.run(gap_beside(base_url, ADAPTERS[0], "a request for a loaded adapter arrives", tokens)),
         asyncio.run(gap_beside(base_url, ADAPTERS[1], "a cold adapter loads", tokens)),
         asyncio.run(gap_beside(base_url, f"{ADAPTERS[2]}*0.5+{ADAPTERS[3]}*0.5", "a blend is built", tokens)),
     ]

@@ -268,7 +268,7 @@ class AdapterPool:
         prepared = self._preparing.take(cache_key)
         if prepared is not None and attach(self.model, prepared):
             key = prepared.key
-            self._model_changed()
+            self._stack.invalidate()  # what PEFT runs is as it was: only the stacks change
         else:
             key, entry = self._load_consistent(entry)
         self.invalidate(name, entry.version)  # older versions: requests in flight finish on them
@@ -309,7 +309,7 @@ class AdapterPool:
         prepared = self._preparing.take(cache_key)
         if prepared is None or not attach(self.model, prepared):
             return self._build_blend(blend)
-        self._model_changed()
+        self._stack.invalidate()  # what PEFT runs is as it was: only the stacks change
         versions = {entry.name: entry.version for entry in entries}
         return self._add_blend(blend, prepared.key, versions)
 
