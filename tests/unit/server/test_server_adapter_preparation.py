@@ -38,10 +38,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory, real_tokenizer: Any) -> Path:
-    """Adapters to register: `cold` and `other` (r=8, all linear layers)."""
+    """Adapters to register: `cold` and `other` (r=8, all linear layers), and `odd`."""
     folder = tmp_path_factory.mktemp("library")
     save_tiny_adapter(folder / "cold", real_tokenizer, seed=5, r=8, target_modules="all-linear")
     save_tiny_adapter(folder / "other", real_tokenizer, seed=6, r=8, target_modules="all-linear")
+    save_tiny_adapter(  # r=4; the registry counts the rank of a pattern that selects nothing, PEFT does not
+        folder / "odd", real_tokenizer, seed=7, r=4, target_modules="all-linear", rank_pattern={"nothing": 8}
+    )
     return folder
 
 
@@ -179,3 +182,36 @@ def test_a_reregistered_adapter_is_prepared_again(engine: Any, library: Path, tm
     store.register("cold", library / "other", overwrite=True)
     expected = asyncio.run(collect(engine, dataclasses.replace(request, model="other")))
     assert asyncio.run(collect(engine, request)) == expected != before
+
+
+def test_a_failing_preparation_fails_only_its_requests(engine: Any) -> None:
+    """A `linear` blend that the registry lets through (equal ranks as it counts them) but PEFT refuses
+    (unequal ranks as PEFT counts them) fails in the preparing thread: its request gets the 400 it got
+    when PEFT built blends in the engine thread, a stream beside it is unharmed, and nothing is added to
+    the pool or left in the served model."""
+    from hotlora_server.errors import InvalidRequestError
+
+    pool = engine._pool
+    before = (dict(pool._resident), set(pool.model.peft_config), pool.stats.built)
+    alone = asyncio.run(
+        collect(engine, chat_request(TINY_NAME, "go on and on", max_tokens=80, ignore_eos=True))
+    )
+    request = _blend(("odd", 0.5), ("other", 0.5), method="linear")
+
+    async def scenario() -> tuple[Any, BaseException | None]:
+        stream = asyncio.create_task(
+            collect(engine, chat_request(TINY_NAME, "go on and on", max_tokens=80, ignore_eos=True))
+        )
+        while engine._scheduler.stats.decode_steps < 2:
+            await asyncio.sleep(0.01)
+        try:
+            await collect(engine, request)
+        except InvalidRequestError as exc:
+            return await stream, exc
+        return await stream, None
+
+    streamed, error = asyncio.run(scenario())
+    assert isinstance(error, InvalidRequestError) and error.param == "model"
+    assert "cannot blend odd*0.5+other*0.5 with 'linear'" in str(error) and "same r" in str(error)
+    assert streamed == alone
+    assert (dict(pool._resident), set(pool.model.peft_config), pool.stats.built) == before
