@@ -66,7 +66,8 @@ class AdapterPool:
         self._active: str | None = None  # what PEFT runs now; None: unknown (PEFT changed it)
         self._stack = LoraStack(loaded.dtype, group=self._stack_group, kernels=loaded.kernels)
         self._drop_listeners: list[Callable[[str], None]] = []
-        self._preparing = Preparations(Skeleton(loaded.model, loaded.spec), catalog, self._keys)
+        skeleton = Skeleton(loaded.model, loaded.spec)
+        self._preparing = Preparations(skeleton, catalog, self._keys, kept=max_resident)
         self.on_prepared = self._preparing.on_done
 
     # -- what requests use --------------------------------------------------------------------------

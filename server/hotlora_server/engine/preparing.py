@@ -38,10 +38,11 @@ class Preparations:
     worker thread.
     """
 
-    def __init__(self, skeleton: Skeleton, catalog: AdapterCatalog, keys: Iterator[str]) -> None:
+    def __init__(self, skeleton: Skeleton, catalog: AdapterCatalog, keys: Iterator[str], kept: int) -> None:
         self._skeleton = skeleton
         self._catalog = catalog
         self._keys = keys  # the pool's PEFT names: a prepared adapter keeps the one it was given
+        self._kept = kept  # ended preparations kept for requests that have not come back for them
         self._futures: dict[tuple[Any, ...], Future[Prepared | None]] = {}
         self._listeners: list[Callable[[], None]] = []
         self._queue: queue.Queue[tuple[Callable[[], Prepared | None], Future[Prepared | None]]] = (
@@ -57,6 +58,9 @@ class Preparations:
         """The preparation of `cache_key`, started with `start` if it has not begun."""
         future = self._futures.get(cache_key)
         if future is None:
+            ended = [k for k, f in self._futures.items() if f.done()]  # oldest first
+            for stale in ended[: max(0, len(ended) - self._kept + 1)]:
+                del self._futures[stale]  # whoever still waits for it (a cancelled request?) starts it again
             future = self._futures[cache_key] = Future()
             key = next(self._keys)
             self._queue.put((lambda: start(key), future))

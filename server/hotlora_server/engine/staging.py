@@ -61,6 +61,7 @@ class Skeleton:
                 _put(root, name, _stand_in(module))
                 names.append(name)
         self.names = frozenset(names)
+        vars(root)["name_or_path"] = vars(model).get("name_or_path")  # what PEFT writes into each config
         self.root = root
         anchor = LoraConfig(r=1, target_modules=names[:1], inference_mode=True)
         self.model = PeftModel(root, anchor, adapter_name=_ANCHOR)
