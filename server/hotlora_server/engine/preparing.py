@@ -135,6 +135,7 @@ class Preparations:
                 future.set_result(start())
             except BaseException as exc:  # the requests that wait for it get the error
                 future.set_exception(exc)
+            del start, future  # the result is the engine thread's now: nothing here may keep it alive
             for listener in self._listeners:
                 listener()
 
