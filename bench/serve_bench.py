@@ -2,7 +2,7 @@
 
     python bench/serve_bench.py [--quick] [--tokens 64] [--rounds 3]
                                 [--only hotlora,hotlora-slots,hotlora-other,hotlora-variant,hotlora-structured,
-                                        transformers,naive]
+                                        hotlora-loads,transformers,naive]
                                 [--workloads "base,8 adapters,4 blends,12 blends"] [--home DIR] [--keep-logs]
 
 One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
@@ -19,6 +19,12 @@ One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
 - hotlora-structured: the `hotlora` server, c=1 and c=16 base, each with and without `response_format`
   (a strict JSON schema whose last field is a story of at least 2000 characters, so that the answer runs
   to --tokens like the others), so that the table says what decoding under a grammar costs;
+- hotlora-loads: the `hotlora` server with one adapter in use (lora0), a greedy base stream of
+  --load-stream-tokens tokens (`ignore_eos`); once it has 16 chunks, one request for an adapter not loaded
+  yet (lora1), then, on a second stream, one for a blend not built yet (`lora2*0.5+lora3*0.5`, `cat`, its
+  sources not loaded either), after one for lora0 (loaded: the gap an arrival's prefill alone makes).
+  Reported: the stream's median gap between chunks, and its largest gap while the other request waited
+  for its first chunk (the load, or the build, and its prefill);
 - `transformers serve --continuous-batching --quantization bnb-4bit` on the same converted base folder:
   c=1 and c=16 base (its bnb-4bit is nf4 with double quantization, hotlora's without);
 - naive: in this process, one request at a time, PEFT `set_adapter` + `model.generate`, over the same
@@ -37,6 +43,8 @@ The table's numbers:
   when the request c places before it ended), so its TTFT includes the wait, as a server's would;
 - ITL: the gaps between successive content chunks of a request, pooled over all requests (naive: the
   gaps between tokens, timed by a generate streamer);
+- TPOT (time per output token, c=1 rows, in a table of their own): per request, from its first content
+  chunk to its last, divided by its completion tokens less one (vLLM's definition); mean, p50 and p95;
 - evictions / loads: hotlora's `hotlora_adapter_evictions_total` and `hotlora_adapter_loads_total`
   (adapters loaded and blends built) from /metrics, counted over the workload.
 
@@ -73,6 +81,7 @@ SYSTEMS = {
     "hotlora-other": "hotlora, other 4-bit path",
     "hotlora-variant": "hotlora, --no-batch-invariant",
     "hotlora-structured": "hotlora, response_format",
+    "hotlora-loads": "hotlora, a stream beside loads",
     "transformers": "transformers serve",
     "naive": "naive (sequential PEFT)",
 }
@@ -146,7 +155,18 @@ class Summary:
     tokens_per_s: float
     ttft: tuple[float, float]  # p50, p95 in seconds
     itl: tuple[float, float]  # p50, p95 in seconds
+    tpot: tuple[float, float, float]  # mean, p50, p95 in seconds
     churn: tuple[int, int] | None = None  # hotlora's adapter evictions and loads during the workload
+
+
+@dataclass(frozen=True)
+class LoadGap:
+    """A running stream's gaps while another request waited for its adapter or blend (hotlora-loads)."""
+
+    label: str  # what the other request waited for
+    median: float  # the stream's median gap between chunks, seconds
+    largest: float  # its largest gap while the other request had no first chunk yet, seconds
+    wait: float  # the other request's time to first chunk, seconds
 
 
 @dataclass(frozen=True)
@@ -168,6 +188,7 @@ def summarize(
 ) -> Summary:
     ttfts = [s.stamps[0] - s.sent for s in samples]
     gaps = [b - a for s in samples for a, b in pairwise(s.stamps)]
+    tpots = [(s.stamps[-1] - s.stamps[0]) / (s.tokens - 1) for s in samples if s.tokens > 1]
     tokens = sum(s.tokens for s in samples)
     return Summary(
         system,
@@ -178,6 +199,7 @@ def summarize(
         tokens / wall,
         (percentile(ttfts, 50), percentile(ttfts, 95)),
         (percentile(gaps, 50), percentile(gaps, 95)),
+        (sum(tpots) / len(tpots) if tpots else float("nan"), percentile(tpots, 50), percentile(tpots, 95)),
         churn,
     )
 
@@ -188,8 +210,11 @@ async def stream_chat(
     messages: list[dict[str, str]],
     tokens: int,
     response_format: dict[str, Any] | None = None,
+    stamps: list[float] | None = None,
+    ignore_eos: bool = False,
 ) -> Sample:
-    """One greedy streamed chat: when each content chunk arrived, and the usage's completion tokens."""
+    """One greedy streamed chat: when each content chunk arrived (appended to `stamps` as they come, if
+    given), and the usage's completion tokens."""
     body = {
         "model": model,
         "messages": messages,
@@ -198,9 +223,10 @@ async def stream_chat(
         "stream": True,
         "stream_options": {"include_usage": True},
         **({"response_format": response_format} if response_format else {}),
+        **({"ignore_eos": True} if ignore_eos else {}),
     }
     sent = time.perf_counter()
-    stamps: list[float] = []
+    stamps = [] if stamps is None else stamps
     produced: int | None = None
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
@@ -285,12 +311,42 @@ def bench_server(
     return summaries
 
 
+async def gap_beside(base_url: str, model: str, label: str, tokens: int) -> LoadGap:
+    """A base stream of `tokens`, and once it runs a short request for `model`: the stream's gaps."""
+    stamps: list[float] = []
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+        stream = asyncio.create_task(
+            stream_chat(client, BASE_ID, story_prompt(1), tokens, stamps=stamps, ignore_eos=True)
+        )
+        while len(stamps) < 16 and not stream.done():
+            await asyncio.sleep(0.005)
+        other = await stream_chat(client, model, story_prompt(2), 4)
+        await stream
+    first = other.stamps[0]
+    gaps = list(pairwise(stamps))
+    if stamps[-1] < first:
+        raise RuntimeError(f"{label}: the stream ended before {model} answered; raise --load-stream-tokens")
+    during = [b - a for a, b in gaps if b > other.sent and a < first]
+    return LoadGap(label, percentile([b - a for a, b in gaps], 50), max(during), first - other.sent)
+
+
+def bench_loads(base_url: str, tokens: int) -> list[LoadGap]:
+    """hotlora-loads: one adapter in use, then a stream beside a cold adapter, and beside a new blend."""
+    asyncio.run(run_clients(base_url, [(ADAPTERS[0], story_prompt(0))], 1, 2))  # PEFT wraps the base
+    return [
+        asyncio.run(gap_beside(base_url, ADAPTERS[0], "a request for a loaded adapter arrives", tokens)),
+        asyncio.run(gap_beside(base_url, ADAPTERS[1], "a cold adapter loads", tokens)),
+        asyncio.run(gap_beside(base_url, f"{ADAPTERS[2]}*0.5+{ADAPTERS[3]}*0.5", "a blend is built", tokens)),
+    ]
+
+
 def bench_hotlora(
     home: Path, store: Path, logs: Path, args: argparse.Namespace, kernels: dict[str, str], system: str
-) -> list[Summary]:
+) -> list[Summary | LoadGap]:
     """hotlora as it serves by default with room for every adapter and blend (`hotlora`), with the default
     adapter slots (`hotlora-slots`), with the 4-bit path it does not pick on this CPU (`hotlora-other`),
-    without batch invariance (`hotlora-variant`), or asked for structured outputs (`hotlora-structured`)."""
+    without batch invariance (`hotlora-variant`), asked for structured outputs (`hotlora-structured`), or
+    streaming beside an adapter load and a blend build (`hotlora-loads`)."""
     flags = ["--home", str(home), "--adapters-dir", str(store), "--log-level", "warning"]
     base = [Workload("base", 1, (BASE_ID,)), Workload("base", CONCURRENCY, (BASE_ID,))]
     structured = [Workload("base, json_schema", conc, (BASE_ID,), STORY_FORMAT) for conc in (1, CONCURRENCY)]
@@ -309,7 +365,9 @@ def bench_hotlora(
     workloads = [w for w in workloads if args.workloads is None or w.label.split(",")[0] in args.workloads]
     with serving(flags, logs / f"{system}.log") as server:
         kernels[system] = served_kernel(server.base_url)
-        return bench_server(system, server.base_url, workloads, args.rounds, args.tokens, churn=True)
+        if system == "hotlora-loads":
+            return list(bench_loads(server.base_url, args.load_stream_tokens))
+        return list(bench_server(system, server.base_url, workloads, args.rounds, args.tokens, churn=True))
 
 
 def other_4bit_path() -> str:
@@ -432,7 +490,10 @@ def bench_naive(home: Path, library: Path, rounds: int, tokens: int) -> list[Sum
     return [summarize("naive", workload, samples, time.perf_counter() - started)]
 
 
-def results_table(rows: list[Summary | Skipped]) -> list[str]:
+Row = Summary | LoadGap | Skipped
+
+
+def results_table(rows: list[Row]) -> list[str]:
     lines = [
         "| system | workload | c | requests | tokens/request | output tok/s | TTFT p50 (s) | TTFT p95 (s) "
         "| ITL p50 (ms) | ITL p95 (ms) | evictions / loads |",
@@ -441,6 +502,8 @@ def results_table(rows: list[Summary | Skipped]) -> list[str]:
     for row in rows:
         if isinstance(row, Skipped):
             lines.append(f"| {SYSTEMS[row.system]} | skipped: {row.reason} | | | | | | | | | |")
+            continue
+        if isinstance(row, LoadGap):
             continue
         churn = f"{row.churn[0]} / {row.churn[1]}" if row.churn else ""
         lines.append(
@@ -451,7 +514,37 @@ def results_table(rows: list[Summary | Skipped]) -> list[str]:
     return lines
 
 
-def targets_table(rows: list[Summary | Skipped]) -> list[str]:
+def tpot_table(rows: list[Row]) -> list[str]:
+    """Time per output token of the c=1 rows."""
+    lines = [
+        "| system | workload | TPOT mean (ms) | TPOT p50 (ms) | TPOT p95 (ms) |",
+        "|---|---|--:|--:|--:|",
+    ]
+    for row in rows:
+        if isinstance(row, Summary) and row.concurrency == 1:
+            mean, p50, p95 = (value * 1000 for value in row.tpot)
+            lines.append(f"| {SYSTEMS[row.system]} | {row.label} | {mean:.1f} | {p50:.1f} | {p95:.1f} |")
+    return lines
+
+
+def loads_table(rows: list[Row]) -> list[str]:
+    """hotlora-loads: the stream's largest gap beside a load or a build, against the ≤ 3x median target."""
+    lines = [
+        "| a running base stream while | its median gap (ms) | its largest gap meanwhile (ms) | ratio | goal "
+        "| result | the other request's TTFT (s) |",
+        "|---|--:|--:|--:|--:|---|--:|",
+    ]
+    for row in rows:
+        if isinstance(row, LoadGap):
+            ratio = row.largest / row.median
+            lines.append(
+                f"| {row.label} | {row.median * 1000:.0f} | {row.largest * 1000:.0f} | {ratio:.1f}x | ≤ 3x "
+                f"| {'PASS' if ratio <= 3 else 'FAIL'} | {row.wait:.2f} |"
+            )
+    return lines
+
+
+def targets_table(rows: list[Row]) -> list[str]:
     """The serving targets, each from this run's rows: value, goal, PASS/FAIL (n/a when a row is missing)."""
     by_key = {(r.system, r.label, r.concurrency): r for r in rows if isinstance(r, Summary)}
     c = CONCURRENCY
@@ -535,6 +628,12 @@ def parse_args() -> argparse.Namespace:
         "12 blends (default: all)",
     )
     parser.add_argument(
+        "--load-stream-tokens",
+        type=int,
+        default=240,
+        help="hotlora-loads: tokens of the stream that runs beside the loads (default 240)",
+    )
+    parser.add_argument(
         "--home",
         type=Path,
         help="hotlora home with the converted base (default: a temporary one, converted afresh)",
@@ -549,16 +648,21 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run_systems(
-    args: argparse.Namespace, root: Path, logs: Path, kernels: dict[str, str]
-) -> list[Summary | Skipped]:
+def run_systems(args: argparse.Namespace, root: Path, logs: Path, kernels: dict[str, str]) -> list[Row]:
     home = (args.home or root / "home").resolve()
     model_dir = model_folder(home)
     library = root / "library"
-    hotloras = ("hotlora", "hotlora-slots", "hotlora-other", "hotlora-variant", "hotlora-structured")
+    hotloras = (
+        "hotlora",
+        "hotlora-slots",
+        "hotlora-other",
+        "hotlora-variant",
+        "hotlora-structured",
+        "hotlora-loads",
+    )
     if {*hotloras, "naive"} & set(args.only):
         random_adapters(model_dir, library, ADAPTERS)
-    rows: list[Summary | Skipped] = []
+    rows: list[Row] = []
     if set(hotloras) & set(args.only):
         register_all(root / "store", library, ADAPTERS)
     for system in hotloras:
@@ -583,7 +687,20 @@ def main() -> int:
         rows = run_systems(args, Path(tmp), logs, kernels)
     served = [f"- {SYSTEMS[system]}: {kernel}" for system, kernel in kernels.items()]
     report = "\n".join(
-        [*machine_header("serve_bench", stamp), *served, "", *results_table(rows), "", *targets_table(rows)]
+        [
+            *machine_header("serve_bench", stamp),
+            *served,
+            "",
+            *results_table(rows),
+            "",
+            "c=1 time per output token:",
+            "",
+            *tpot_table(rows),
+            "",
+            *loads_table(rows),
+            "",
+            *targets_table(rows),
+        ]
     )
     publish("serve_bench", stamp, report + "\n")
     if args.keep_logs:

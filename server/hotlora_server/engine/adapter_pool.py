@@ -5,21 +5,20 @@ row (`lora_stack`, or PEFT's per-row `adapter_names` for adapters the stack cann
 for different adapters never disturb each other and the base weights are never touched. The pool keeps at
 most `max_resident` adapters and blends (LRU), never evicts one a request is using, loads a re-registered
 adapter's new weights under a new key (requests in flight finish on the old ones), and may merge one
-adapter for speed (see `merge_policy`).
+adapter for speed (see `merge_policy`). A cold adapter or blend is prepared beside the running batch
+(`preparing`) and attached between two steps; the engine thread loads it itself only when it cannot be.
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -37,38 +36,13 @@ from .loader import LoadedModel
 from .lora_stack import LoraStack
 from .merge_policy import Merger
 from .peft_load import BASE, load_adapter
+from .pool_entries import PoolStats, Resident, blend_key, release_memory
+from .preparing import Preparations, Start
+from .staging import Skeleton, attach
 
 log = logging.getLogger(__name__)
 
 _MIXED = "__mixed__"  # rows of several targets: PEFT routes each row by `adapter_names`
-
-
-@dataclass
-class _Resident:
-    """One adapter or blend loaded into the PeftModel under the internal name `key`."""
-
-    key: str
-    label: str  # what clients call it: an adapter name or a blend string
-    kind: Literal["adapter", "blend"]
-    sources: dict[str, str]  # store adapter -> the version it was built from
-    refs: int = 0
-    stale: bool = False  # superseded or removed: dropped as soon as no request uses it
-
-
-@dataclass
-class PoolStats:
-    loads: int = 0
-    evictions: int = 0
-    unloads: int = 0
-    blends: int = 0
-    merges: int = 0
-    unmerges: int = 0
-    merge_refusals: int = 0
-
-    @property
-    def built(self) -> int:
-        """Adapters loaded and blends built: the work that may make `acquire` slow."""
-        return self.loads + self.blends
 
 
 class AdapterPool:
@@ -84,7 +58,7 @@ class AdapterPool:
         self._catalog = catalog
         self._max_resident = max_resident
         self.model: Any = loaded.model
-        self._resident: OrderedDict[tuple[Any, ...], _Resident] = OrderedDict()  # LRU order
+        self._resident: OrderedDict[tuple[Any, ...], Resident] = OrderedDict()  # LRU order
         self._keys = (f"a{i}" for i in itertools.count())  # PEFT names: adapter names may contain "."
         self.stats = PoolStats()
         self._merge = Merger(merge_policy, loaded, self.stats)
@@ -92,6 +66,9 @@ class AdapterPool:
         self._active: str | None = None  # what PEFT runs now; None: unknown (PEFT changed it)
         self._stack = LoraStack(loaded.dtype, group=self._stack_group, kernels=loaded.kernels)
         self._drop_listeners: list[Callable[[str], None]] = []
+        skeleton = Skeleton(loaded.model, loaded.spec)
+        self._preparing = Preparations(skeleton, catalog, self._keys, kept=max_resident)
+        self.on_prepared = self._preparing.on_done
 
     # -- what requests use --------------------------------------------------------------------------
 
@@ -108,18 +85,28 @@ class AdapterPool:
         self._evict()
         return resident.key
 
-    def resident_for(self, model: str, blend: BlendSpec | None) -> bool:
-        """Whether `acquire` would find the target in memory: admitting it loads and builds nothing."""
+    def ready_for(self, model: str, blend: BlendSpec | None, load: bool = True) -> bool:
+        """Whether `acquire` may run now without waiting: the target is in memory, or `load` (it may be
+        attached) and its preparation has ended. Starts preparing a cold target beside the batch."""
         try:
-            if blend is not None:
-                versions = (entry.version for entry in self._catalog.check_blend(blend))
-                return _blend_key(blend, versions) in self._resident
-            return (
-                model == self._loaded.name
-                or ("adapter", model, self._catalog.get(model).version) in self._resident
-            )
+            preparation = self.preparation(model, blend)
         except HotloraError:
             return True  # `acquire` fails at once, loading nothing
+        return preparation is None or (preparation.done() and load)
+
+    def preparation(self, model: str, blend: BlendSpec | None = None) -> Future[Any] | None:
+        """The preparation of a target not in memory, started beside the batch if it has not begun; None
+        if it is in memory (or the base)."""
+        if blend is not None:
+            entries = self._catalog.check_blend(blend)
+            cache_key = blend_key(blend, (entry.version for entry in entries))
+            start: Start = self._preparing.blend(blend, entries)
+        elif model == self._loaded.name:
+            return None
+        else:
+            entry = self._catalog.get(model)
+            cache_key, start = ("adapter", model, entry.version), self._preparing.adapter(entry)
+        return None if cache_key in self._resident else self._preparing.start(cache_key, start)
 
     @torch.inference_mode()  # PEFT's bookkeeping touches tensors made in inference mode
     def release(self, key: str) -> None:
@@ -129,7 +116,7 @@ class AdapterPool:
         resident.refs -= 1
         if resident.stale and resident.refs == 0:
             self._drop(resident)
-            _release_memory()
+            release_memory()
 
     @contextmanager
     def routing(self, keys: list[str], decode: bool) -> Iterator[dict[str, Any]]:
@@ -202,6 +189,7 @@ class AdapterPool:
         another version, at once if idle, else when its last request finishes."""
         if current is None:
             self._catalog.forget(name)
+        self._preparing.forget(name, current)
         dropped = False
         for resident in list(self._resident.values()):
             if name in resident.sources and resident.sources[name] != current:
@@ -211,7 +199,7 @@ class AdapterPool:
                     dropped = True
         self._update_resident()
         if dropped:
-            _release_memory()
+            release_memory()
 
     def on_drop(self, listener: Callable[[str], None]) -> None:
         """Call `listener(key)` whenever an adapter or blend leaves the model, so that whatever is kept
@@ -262,26 +250,31 @@ class AdapterPool:
         instead of two (docs/performance.md)."""
         return int(any(r.key == key and r.kind == "blend" for r in self._resident.values()))
 
-    def _by_key(self, key: str) -> _Resident:
+    def _by_key(self, key: str) -> Resident:
         return next(r for r in self._resident.values() if r.key == key)
 
-    def _touch(self, cache_key: tuple[Any, ...]) -> _Resident | None:
+    def _touch(self, cache_key: tuple[Any, ...]) -> Resident | None:
         resident = self._resident.get(cache_key)
         if resident is not None:
             self._resident.move_to_end(cache_key)
         return resident
 
-    def _adapter(self, name: str, touch: bool = True) -> _Resident:
+    def _adapter(self, name: str, touch: bool = True) -> Resident:
         """`name` in memory, loaded if needed; `touch`: this counts as a use (least recently used order)."""
         entry = self._catalog.get(name)
         cache_key = ("adapter", name, entry.version)
         resident = self._touch(cache_key) if touch else self._resident.get(cache_key)
         if resident is not None:
             return resident
-        key, entry = self._load_consistent(entry)
+        prepared = self._preparing.take(cache_key)
+        if prepared is not None and attach(self.model, prepared):
+            key = prepared.key
+            self._stack.invalidate()  # what PEFT runs is as it was: only the stacks change
+        else:
+            key, entry = self._load_consistent(entry)
         self.invalidate(name, entry.version)  # older versions: requests in flight finish on them
         self.stats.loads += 1
-        resident = _Resident(key=key, label=name, kind="adapter", sources={name: entry.version})
+        resident = Resident(key=key, label=name, kind="adapter", sources={name: entry.version})
         self._resident[("adapter", name, entry.version)] = resident
         self._update_resident()
         return resident
@@ -306,15 +299,22 @@ class AdapterPool:
             entry = self._catalog.get(entry.name)
         raise ServiceUnavailableError(f"adapter '{entry.name}' keeps changing on disk; retry", retry_after=1)
 
-    def _blend(self, blend: BlendSpec) -> _Resident:
+    def _blend(self, blend: BlendSpec) -> Resident:
         """The blend in memory, built if needed. Found by its sources' store versions, so a built blend is
         served without its sources in memory: they are only needed to build it."""
-        resident = self._touch(
-            _blend_key(blend, (entry.version for entry in self._catalog.check_blend(blend)))
-        )
-        return resident if resident is not None else self._build_blend(blend)
+        entries = self._catalog.check_blend(blend)
+        cache_key = blend_key(blend, (entry.version for entry in entries))
+        resident = self._touch(cache_key)
+        if resident is not None:
+            return resident
+        prepared = self._preparing.take(cache_key)
+        if prepared is None or not attach(self.model, prepared):
+            return self._build_blend(blend)
+        self._stack.invalidate()  # what PEFT runs is as it was: only the stacks change
+        versions = {entry.name: entry.version for entry in entries}
+        return self._add_blend(blend, prepared.key, versions)
 
-    def _build_blend(self, blend: BlendSpec) -> _Resident:
+    def _build_blend(self, blend: BlendSpec) -> Resident:
         """Build `blend` from its sources. Sources loaded only for this build are made the least recently
         used entries: the first evicted when the slots are full, instead of the blends being served."""
         held = set(self._resident)
@@ -347,10 +347,13 @@ class AdapterPool:
             for cache_key in set(self._resident) - held:
                 self._resident.move_to_end(cache_key, last=False)
         self._model_changed()
+        return self._add_blend(blend, key, versions)
+
+    def _add_blend(self, blend: BlendSpec, key: str, versions: dict[str, str]) -> Resident:
         self.stats.blends += 1
         log.info("built blend %s (%s) as %s", blend.label(), blend.method, key)
-        resident = _Resident(key=key, label=blend.label(), kind="blend", sources=versions)
-        self._resident[_blend_key(blend, versions.values())] = resident
+        resident = Resident(key=key, label=blend.label(), kind="blend", sources=versions)
+        self._resident[blend_key(blend, versions.values())] = resident
         return resident
 
     def _evict(self) -> None:
@@ -362,9 +365,9 @@ class AdapterPool:
             self.stats.evictions += 1
             self._drop(resident)
         if evicted:
-            _release_memory()  # once for them all: a full garbage collection is not cheap
+            release_memory()  # once for them all: a full garbage collection is not cheap
 
-    def _drop(self, resident: _Resident) -> None:
+    def _drop(self, resident: Resident) -> None:
         if self._merge.key == resident.key:
             self._unmerge()
         for cache_key, entry in list(self._resident.items()):
@@ -379,20 +382,4 @@ class AdapterPool:
 
     def _unmerge(self) -> None:
         if self._merge.unmerge():
-            _release_memory()
-
-
-def _blend_key(blend: BlendSpec, versions: Iterable[str]) -> tuple[Any, ...]:
-    """A blend's entry in the pool: by its sources' store versions, so re-registering a source makes it new."""
-    return ("blend", blend.components, tuple(versions), blend.method, blend.density)
-
-
-def _release_memory() -> None:
-    """Give freed tensors back to the OS, so many load/unload cycles do not grow the process."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the allocator keeps its own counsel
-        pass
+            release_memory()

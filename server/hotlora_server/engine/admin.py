@@ -1,10 +1,10 @@
 """Adapter management: the store's write side and the engine's adapters, behind the management routes.
 
 File work (import, disable, delete, register) runs in a worker thread so the event loop stays free;
-anything that touches the model goes through an `AdapterHost`: the built-in engine's runs in its engine
-thread through its mailbox, the vLLM engine's talks to vLLM. Every step checks before it writes, and a
-load that fails after an import removes what the import added, so a refused adapter is never left
-half-registered or half-loaded. No torch here: both engines share it.
+anything that touches the model goes through an `AdapterHost`: the built-in engine's mailbox has a load
+prepared beside the batch (`preparing`) and then attached in the engine thread, the vLLM engine's talks to
+vLLM. Every step checks before it writes, and a load that fails after an import removes what the import
+added, so a refused adapter is never left half-registered or half-loaded. No torch here: both engines share it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ neither the event loop nor the engine thread waits for a long prompt or an adapt
 hands a job to the engine thread through its mailbox (`mailbox`) and streams its events back through a
 per-request asyncio queue. The engine thread alternates between taking what arrived (jobs for the
 scheduler, management tasks run at once, between batch steps) and one scheduler step, which takes
-arrivals again between its prefills; it sleeps when idle.
+arrivals again between its prefills; it sleeps when idle, or when every waiting request waits for its
+adapter's preparation (which posts to the mailbox when it ends).
 Closing a stream early sets the job's cancel flag; the scheduler drops its rows at the next step.
 """
 
@@ -280,7 +281,7 @@ class Engine(StoreRoutes):
         scheduler = self._scheduler
         assert scheduler is not None
         mailbox = self._mailbox  # arrived jobs go to the scheduler; arrived tasks run at once
-        while mailbox.take(scheduler.add, block=scheduler.idle):
+        while mailbox.take(scheduler.add, block=scheduler.idle or scheduler.stalled):
             scheduler.step(arrivals=lambda: mailbox.take(scheduler.add, block=False))
         scheduler.fail_all(ServiceUnavailableError("the server is shutting down", retry_after=1))
 
@@ -301,6 +302,7 @@ class Engine(StoreRoutes):
         settings = self._settings
         self._pool = AdapterPool(loaded, catalog, settings.max_loaded_adapters, settings.merge_policy)
         self._mailbox.open(self._pool)
+        self._pool.on_prepared(functools.partial(self._mailbox.post, _wake))  # a waiting request may run
         self._admin = AdapterAdmin(self._mailbox, catalog, loaded, settings.allow_adapter_dir)
         self._prompts = PromptTokenizer(loaded.tokenizer, loaded.context_length)
         self._watcher = StoreWatcher(store)
@@ -332,6 +334,10 @@ class Engine(StoreRoutes):
             ", ".join(adapters) or "none",
         )
         self._ready.set()
+
+
+def _wake() -> None:
+    """Nothing to do: posted to wake the engine thread, which then steps again."""
 
 
 def _kv_budget(loaded: LoadedModel, capacity: int) -> KvBudget:

@@ -81,13 +81,22 @@ class EngineMailbox:
     # -- AdapterHost: the pool's management calls, run in the engine thread --------------------------
 
     async def load(self, name: str) -> None:
+        await self._prepared(name)
         await self.call(lambda pool: pool.load(name))
 
     async def invalidate(self, name: str) -> None:
         await self.call(lambda pool: pool.invalidate(name))
 
     async def save_blend(self, blend: BlendSpec, target: Path) -> Path:
+        await self._prepared(blend.label(), blend)
         return await self.call(lambda pool: pool.save_blend(blend, target))
+
+    async def _prepared(self, model: str, blend: BlendSpec | None = None) -> None:
+        """Have the target read and built beside the batch, so that loading it in the engine thread only
+        attaches it; its error, if any, comes with the load."""
+        preparation = await self.call(lambda pool: pool.preparation(model, blend))
+        if preparation is not None:
+            await asyncio.wait([asyncio.wrap_future(preparation)])
 
     def queued(self) -> int:
         """Jobs and tasks not taken yet (approximate)."""

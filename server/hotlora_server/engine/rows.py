@@ -4,6 +4,7 @@ choices, which turns each sampled token into text, stop checks and events for it
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from .grammar import Grammar
 from .loader import LoadedModel
 from .sampling import RowSampler, logprobs_of
 from .text import IncrementalDetokenizer, StopMatcher, token_bytes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,3 +128,17 @@ class Row:
 def jobs_of(rows: list[Row]) -> list[Job]:
     """The requests `rows` belong to, each once, in row order."""
     return list({id(row.job): row.job for row in rows}.values())
+
+
+def internal_error(job: Job, exc: Exception) -> HotloraError:
+    """Log why `job` failed; the error its client gets (a `HotloraError` already says what went wrong)."""
+    log.error(
+        "request failed: %s: %s",
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+        extra={"request_id": job.request.request_id},
+    )
+    if isinstance(exc, HotloraError):
+        return exc
+    return HotloraError(f"internal error while generating: {type(exc).__name__}: {exc}")

@@ -29,7 +29,7 @@ from .generate import decode_one_token, prefill
 from .kv_budget import KvBudget
 from .loader import LoadedModel
 from .prefix_cache import PrefixCache, fill_past, shorten_hit
-from .rows import Job, Row, jobs_of
+from .rows import Job, Row, internal_error, jobs_of
 from .sampling import choose_tokens
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,13 @@ class Scheduler:
     def idle(self) -> bool:
         return not self.waiting and not self.running
 
+    @property
+    def stalled(self) -> bool:
+        """Nothing to run until an adapter's preparation ends (the pool tells its listeners when one does)."""
+        return not self.running and all(
+            not self._pool.ready_for(job.request.model, job.request.blend) for job in self.waiting
+        )
+
     def add(self, job: Job) -> None:
         self.waiting.append(job)
 
@@ -125,7 +132,7 @@ class Scheduler:
         self.running = []
         self._batch = BatchCache()
         for job in jobs:
-            self._fail(job, _internal(job, exc))
+            self._fail(job, internal_error(job, exc))
 
     # -- prefill ------------------------------------------------------------------------------------
 
@@ -153,11 +160,11 @@ class Scheduler:
     def _prefill_some(self, budget: int) -> int:
         """One group (or one chunk) of `_prefill_waiting` within `budget`; the budget it spent.
 
-        A step loads one adapter or builds one blend at most (PEFT does it in this thread: each more would
-        hold the running rows, and the requests of the first, for another): a request whose target would
-        need another keeps its place at the head of the queue for the next step, and the requests behind
-        it whose targets are in memory go ahead meanwhile (as vLLM schedules past the LoRAs it cannot load
-        yet). Rows and the KV cache budget keep strict arrival order.
+        A request whose adapter or blend is not in memory waits at the head of the queue while it is
+        prepared beside the batch (`preparing`), and a step attaches one at most (each more would hold the
+        running rows for another); the requests behind it whose targets are in memory go ahead meanwhile
+        (as vLLM schedules past the LoRAs it cannot load yet). Rows and the KV cache budget keep strict
+        arrival order.
         """
         deferred: list[Job] = []
         try:
@@ -179,8 +186,8 @@ class Scheduler:
                     break  # wait for rows to leave
                 if not self._kv_admits(job):
                     break  # wait for rows to leave and free their reservations
-                if not self._may_load and not self._pool.resident_for(job.request.model, job.request.blend):
-                    deferred.append(self.waiting.popleft())  # one load or build per step: for the next one
+                if not self._pool.ready_for(job.request.model, job.request.blend, load=self._may_load):
+                    deferred.append(self.waiting.popleft())  # being prepared, or one was attached this step
                     continue
                 if not self._admit(job):
                     self.waiting.popleft()
@@ -219,7 +226,7 @@ class Scheduler:
             for job in jobs:
                 if self.waiting and self.waiting[0] is job:
                     self.waiting.popleft()
-                self._fail(job, _internal(job, exc))
+                self._fail(job, internal_error(job, exc))
 
     def _admit(self, job: Job) -> bool:
         """Pin the job's adapter (loading it if needed) and reserve its KV cache; False if the adapter
@@ -231,7 +238,7 @@ class Scheduler:
             self._fail(job, exc)
             return False
         except Exception as exc:  # a broken adapter fails its request, not the engine
-            self._fail(job, _internal(job, exc))
+            self._fail(job, internal_error(job, exc))
             return False
         finally:
             self._may_load = self._may_load and self._pool.stats.built == built
@@ -354,7 +361,7 @@ class Scheduler:
         except Exception as exc:  # a failed batch step fails the requests in it; the engine keeps serving
             log.exception("decode step failed for %d rows", len(rows))
             for job in jobs_of(rows):
-                self._fail(job, _internal(job, exc))
+                self._fail(job, internal_error(job, exc))
             return
         self._batch.advance()
         self.stats.decode_steps += 1
@@ -374,7 +381,7 @@ class Scheduler:
                     raise token
                 row.step(token, logits[i], self._loaded, self._stop_ids)
             except Exception as exc:  # this request's failure must not take the others down
-                self._fail(row.job, _internal(row.job, exc))
+                self._fail(row.job, internal_error(row.job, exc))
 
     def _compact(self) -> None:
         """Drop finished and cancelled rows from the batch; finish requests whose rows are all done."""
@@ -415,17 +422,3 @@ class Scheduler:
             self._pool.release(job.key)
             job.key = None
         job.cache = None
-
-
-def _internal(job: Job, exc: Exception) -> HotloraError:
-    """Log why `job` failed; the error its client gets (a `HotloraError` already says what went wrong)."""
-    log.error(
-        "request failed: %s: %s",
-        type(exc).__name__,
-        exc,
-        exc_info=exc,
-        extra={"request_id": job.request.request_id},
-    )
-    if isinstance(exc, HotloraError):
-        return exc
-    return HotloraError(f"internal error while generating: {type(exc).__name__}: {exc}")

@@ -169,14 +169,15 @@ def test_a_blend_above_the_rank_cap_is_refused(blend_engine: Any) -> None:
 
 
 @pytest.mark.parametrize("beside_a_stream", [True, False], ids=["beside-a-stream", "idle"])
-def test_a_step_builds_one_blend_at_most(
+def test_a_step_attaches_one_blend_at_most(
     blend_engine: Any, monkeypatch: pytest.MonkeyPatch, beside_a_stream: bool
 ) -> None:
     """Two new blends and a base request arrive together: the first blend's request and the base request
-    (behind both blends in the queue) are decoding before the second build starts, and a stream already
-    running gets a token between the builds, so each waits for one build at a time; the stream's output
-    is what it is alone."""
+    (behind both blends in the queue) have started before the second blend enters the model, and a stream
+    already running gets a token between the two, so nobody waits for a blend it does not use, and no
+    step for more than one; the stream's output is what it is alone."""
     from hotlora_server.engine.adapter_pool import AdapterPool
+    from hotlora_server.engine.scheduler import Scheduler
 
     stream_request = chat_request(TINY_NAME, "go on and on", max_tokens=120)
     alone = asyncio.run(collect(blend_engine, stream_request)) if beside_a_stream else None
@@ -186,17 +187,20 @@ def test_a_step_builds_one_blend_at_most(
         _blend(("b", weight), ("d", 1 - weight)),
         chat_request(TINY_NAME, "I need no adapter", max_tokens=4),
     ]
-    builds: list[tuple[int, set[str]]] = []  # decode steps so far, the requests running
-    original = AdapterPool._build_blend
+    builds: list[tuple[int, set[str]]] = []  # decode steps so far, the requests started
+    started: set[str] = set()
+    original, start_rows = AdapterPool._add_blend, Scheduler._start_rows
 
-    def build(self: AdapterPool, blend: BlendSpec) -> Any:
-        scheduler = blend_engine._scheduler
-        builds.append(
-            (scheduler.stats.decode_steps, {row.job.request.request_id for row in scheduler.running})
-        )
-        return original(self, blend)
+    def build(self: AdapterPool, blend: BlendSpec, *args: Any) -> Any:
+        builds.append((blend_engine._scheduler.stats.decode_steps, set(started)))
+        return original(self, blend, *args)
 
-    monkeypatch.setattr(AdapterPool, "_build_blend", build)
+    def start(self: Scheduler, jobs: list[Any], *args: Any) -> None:
+        started.update(job.request.request_id for job in jobs)
+        start_rows(self, jobs, *args)
+
+    monkeypatch.setattr(AdapterPool, "_add_blend", build)
+    monkeypatch.setattr(Scheduler, "_start_rows", start)
 
     async def scenario() -> tuple[Any, list[Any]]:
         rest = None
@@ -219,7 +223,7 @@ def test_a_step_builds_one_blend_at_most(
     streamed, results = asyncio.run(scenario())
     assert len(builds) == 2 and builds[0][0] < builds[1][0]
     assert {new[0].request_id, new[2].request_id} <= builds[1][1], (
-        "requests waited for a build they do not use"
+        "requests waited for a blend they do not use"
     )
     assert all(usage.completion_tokens for _, usage in results)
     assert streamed == alone

@@ -1,0 +1,148 @@
+"""Cold adapters and blends prepared in one worker thread while the batch runs (the skeleton: `staging`).
+
+The pool asks `Preparations.start` for each waiting request's target: the first ask starts its
+preparation, and the request stays in the queue (those behind it go ahead) until it has ended. The engine
+thread then takes the result (`take`) and attaches it between two steps; a preparation that failed raises
+its error there, for the requests of that target alone, and leaves the served model as it was. Results
+are keyed by the store versions they were read from, so a re-registered adapter is prepared again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+
+from hotlora_adapters import AdapterError, StoredAdapter, inspect_adapter
+
+from ..blend_methods import combination_type
+from ..errors import InvalidRequestError
+from ..types import BlendSpec
+from .catalog import AdapterCatalog
+from .staging import Prepared, Skeleton
+
+log = logging.getLogger(__name__)
+
+Start = Callable[[str], Prepared | None]  # prepares under the given key; None: load it in the engine thread
+
+
+class Preparations:
+    """Preparations by pool entry (`AdapterPool`'s cache keys), run one at a time in their own thread.
+
+    `start`, `take` and `forget` are called from the engine thread only; the skeleton is used only by the
+    worker thread.
+    """
+
+    def __init__(self, skeleton: Skeleton, catalog: AdapterCatalog, keys: Iterator[str], kept: int) -> None:
+        self._skeleton = skeleton
+        self._catalog = catalog
+        self._keys = keys  # the pool's PEFT names: a prepared adapter keeps the one it was given
+        self._kept = kept  # ended preparations kept for requests that have not come back for them
+        self._futures: dict[tuple[Any, ...], Future[Prepared | None]] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._queue: queue.Queue[tuple[Callable[[], Prepared | None], Future[Prepared | None]]] = (
+            queue.Queue()
+        )
+        threading.Thread(target=self._run, name="hotlora-prepare", daemon=True).start()
+
+    def on_done(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` (from the worker thread) whenever a preparation ends, e.g. to wake the engine."""
+        self._listeners.append(listener)
+
+    def start(self, cache_key: tuple[Any, ...], start: Start) -> Future[Prepared | None]:
+        """The preparation of `cache_key`, started with `start` if it has not begun."""
+        future = self._futures.get(cache_key)
+        if future is None:
+            ended = [k for k, f in self._futures.items() if f.done()]  # oldest first
+            for stale in ended[: max(0, len(ended) - self._kept + 1)]:
+                del self._futures[stale]  # whoever still waits for it (a cancelled request?) starts it again
+            future = self._futures[cache_key] = Future()
+            key = next(self._keys)
+            self._queue.put((lambda: start(key), future))
+        return future
+
+    def take(self, cache_key: tuple[Any, ...]) -> Prepared | None:
+        """The ended preparation of `cache_key` (None: none, or the engine thread must load it); raises the
+        error it failed with. Waits for one still running: only management calls ask before it ends."""
+        future = self._futures.pop(cache_key, None)
+        return None if future is None else future.result()
+
+    def forget(self, name: str, current: str | None) -> None:
+        """Drop preparations that read another version of `name` than `current`: they are never served."""
+        for cache_key in [k for k in self._futures if _sources(k).get(name, current) != current]:
+            del self._futures[cache_key]
+
+    # -- what the worker thread runs ----------------------------------------------------------------
+
+    def adapter(self, entry: StoredAdapter) -> Start:
+        def start(key: str) -> Prepared | None:
+            try:
+                files = inspect_adapter(entry.path)
+            except AdapterError:  # changed since it was judged: the engine thread judges it again
+                return None
+            if not self._skeleton.holds(files):
+                return None
+            log.info("preparing adapter %s from %s", entry.name, entry.path)
+            prepared = self._skeleton.adapter(files, key)
+            return prepared if self._unchanged([entry]) else None
+
+        return start
+
+    def blend(self, blend: BlendSpec, entries: list[StoredAdapter]) -> Start:
+        def start(key: str) -> Prepared | None:
+            try:
+                sources = [inspect_adapter(entry.path) for entry in entries]
+            except AdapterError:
+                return None
+            if not all(self._skeleton.holds(files) for files in sources):
+                return None
+
+            def combine(model: Any, keys: list[str]) -> None:
+                torch.manual_seed(0)  # DARE prunes at random: build the same blend the same way every time
+                model.add_weighted_adapter(
+                    adapters=keys,
+                    weights=[weight for _, weight in blend.components],
+                    adapter_name=key,
+                    combination_type=combination_type(blend.method),
+                    density=blend.density,
+                )
+
+            log.info("preparing blend %s (%s)", blend.label(), blend.method)
+            try:
+                prepared = self._skeleton.blend(sources, combine, key)
+            except (ValueError, TypeError, RuntimeError) as exc:
+                raise InvalidRequestError(
+                    f"cannot blend {blend.label()} with '{blend.method}': {exc}", param="model"
+                ) from exc
+            return prepared if self._unchanged(entries) else None
+
+        return start
+
+    def _unchanged(self, entries: list[StoredAdapter]) -> bool:
+        """Whether the store still holds these versions: else a mix of two may have been read."""
+        versions = self._catalog.store.versions()
+        return all(versions.get(entry.name) == entry.version for entry in entries)
+
+    def _run(self) -> None:
+        while True:
+            start, future = self._queue.get()
+            try:
+                future.set_result(start())
+            except BaseException as exc:  # the requests that wait for it get the error
+                future.set_exception(exc)
+            del start, future  # the result is the engine thread's now: nothing here may keep it alive
+            for listener in self._listeners:
+                listener()
+
+
+def _sources(cache_key: tuple[Any, ...]) -> dict[str, str]:
+    """The store versions a pool entry is built from: ("adapter", name, version) or ("blend", components,
+    versions, ...)."""
+    if cache_key[0] == "adapter":
+        return {cache_key[1]: cache_key[2]}
+    return {name: version for (name, _), version in zip(cache_key[1], cache_key[2], strict=True)}
