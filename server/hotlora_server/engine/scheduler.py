@@ -24,11 +24,12 @@ from transformers import DynamicCache
 from ..errors import HotloraError
 from ..types import Usage
 from .adapter_pool import AdapterPool
-from .batch_cache import BatchCache, kv_layers, new_cache
+from .batch_cache import BatchCache, new_cache
 from .generate import decode_one_token, prefill
 from .kv_budget import KvBudget
 from .loader import LoadedModel
-from .prefix_cache import PrefixCache, fill_past, shorten_hit
+from .prefill_layout import GroupLayout
+from .prefix_cache import PrefixCache, fill_past
 from .rows import Job, Row, internal_error, jobs_of
 from .sampling import choose_tokens
 
@@ -256,57 +257,32 @@ class Scheduler:
         return not self._admitted or self._kv.holds(*self._reserved(job))
 
     def _prefill_group(self, jobs: list[Job]) -> None:
-        """Prefill whole prompts together and start their rows.
-
-        A prompt whose first blocks are in the prefix cache runs only the rest: the batch's cache starts
-        with every row's cached prefix left-padded to the longest, and the new tokens follow. Every row
-        runs as many new tokens as the longest (a row reuses less of its cached prefix when that is what
-        it takes; the forward computes that many columns for every row anyway), so no row has padding
-        between its prefix and its new tokens: each row's tokens are one run at the end of the cache, and
-        a sliding window counted in columns is counted in tokens.
-        """
+        """Prefill whole prompts together, each from its longest cached prefix (`GroupLayout`), and start
+        their rows."""
         device = self._loaded.device
         jobs = sorted(jobs, key=lambda job: job.key or "")  # an adapter's rows together: one LoRA slice each
         keys = [job.key for job in jobs]
         with self._pool.routing(keys, decode=False) as kwargs:  # type: ignore[arg-type]
             prefixes = self._prefixes()
             hits = [prefixes.lookup(job.key, job.prompt_ids) if prefixes else (0, None) for job in jobs]  # type: ignore[arg-type]
-            full = torch.tensor([len(job.prompt_ids) for job in jobs])
-            width = int((full - torch.tensor([count for count, _ in hits])).max())
-            hits = [shorten_hit(hit, max(0, int(n) - width)) for hit, n in zip(hits, full, strict=True)]
-            held = torch.tensor([count for count, _ in hits])
-            lengths = full - held
-            past = int(held.max())
-            pad = width - lengths  # non-zero only for rows without a cached prefix
-            ids = torch.tensor(
-                [[0] * int(p) + job.prompt_ids[int(h) :] for p, h, job in zip(pad, held, jobs, strict=True)]
-            )
-            columns = torch.arange(past + width)[None, :]
-            total_pad = past + width - full  # each row's tokens are the last `full` columns
-            valid = (columns >= total_pad[:, None]).to(device)
-            positions = (columns[:, past:] - past - pad[:, None]).clamp(min=0) + held[:, None]
+            layout = GroupLayout.of([job.prompt_ids for job in jobs], hits)
             cache = new_cache()
-            if past:
-                fill_past(cache, hits, past, device)
-            self.stats.prefill_tokens += int(lengths.sum())
-            self.stats.prefix_cache_hit_tokens += int(held.sum())
+            if layout.past:
+                fill_past(cache, layout.hits, layout.past, device)
+            self.stats.prefill_tokens += layout.computed
+            self.stats.prefix_cache_hit_tokens += layout.reused
             logits = prefill(
                 self._pool.model,
-                ids.to(device),
+                layout.ids.to(device),
                 cache,
-                attention_mask=valid.long(),
-                position_ids=positions.to(device),
+                attention_mask=layout.valid.to(device).long(),
+                position_ids=layout.positions.to(device),
                 **kwargs,
             )
         if prefixes is not None:
             for i, job in enumerate(jobs):
-                start = int(total_pad[i])
-                kv = [
-                    (layer.keys[i : i + 1, :, start:], layer.values[i : i + 1, :, start:])
-                    for layer in kv_layers(cache)
-                ]
-                prefixes.store(job.key, job.prompt_ids, kv)  # type: ignore[arg-type]
-        self._start_rows(jobs, cache, total_pad, logits)
+                prefixes.store(job.key, job.prompt_ids, layout.row_kv(cache, i))  # type: ignore[arg-type]
+        self._start_rows(jobs, cache, layout.pad, logits)
 
     def _prefill_chunk(self, job: Job) -> None:
         """Run the next chunk of a long prompt in the job's own cache; after the last, start its rows."""
