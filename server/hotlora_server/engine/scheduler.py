@@ -26,7 +26,7 @@ from ..types import Usage
 from .adapter_pool import AdapterPool
 from .batch_cache import BatchCache, new_cache
 from .generate import decode_one_token, prefill
-from .kv_budget import KvBudget
+from .kv_budget import KvBudget, KvReservations
 from .loader import LoadedModel
 from .prefill_layout import GroupLayout
 from .prefix_cache import PrefixCache, fill_past
@@ -73,8 +73,7 @@ class Scheduler:
         self._max_rows = max_num_seqs
         self._token_budget = max_num_batched_tokens
         self._prefix = prefix_cache
-        self._kv = kv_budget
-        self._admitted: dict[int, Job] = {}  # id -> request holding a KV reservation: prefilling or running
+        self._kv = KvReservations(kv_budget)
         self._may_load = True  # this step has not loaded an adapter or built a blend yet
         self.waiting: deque[Job] = deque()
         self.running: list[Row] = []
@@ -117,7 +116,7 @@ class Scheduler:
             self._reset_batch(exc)
         self.stats.requests_running = len(jobs_of(self.running))
         self.stats.batch_rows = len(self.running)
-        self.stats.kv_cache_usage = self._kv.bytes_for(*self._reserved()) / self._kv.capacity
+        self.stats.kv_cache_usage = self._kv.usage()
         self.stats.kv_cache_bytes = self._batch.nbytes()
 
     def fail_all(self, error: HotloraError) -> None:
@@ -185,7 +184,7 @@ class Scheduler:
             if job.key is None:
                 if rows and rows + job.request.n > self._max_rows:
                     break  # wait for rows to leave
-                if not self._kv_admits(job):
+                if not self._kv.admits(job):
                     break  # wait for rows to leave and free their reservations
                 if not self._pool.ready_for(job.request.model, job.request.blend, load=self._may_load):
                     deferred.append(self.waiting.popleft())  # being prepared, or one was attached this step
@@ -243,18 +242,8 @@ class Scheduler:
             return False
         finally:
             self._may_load = self._may_load and self._pool.stats.built == built
-        self._admitted[id(job)] = job
+        self._kv.add(job)
         return True
-
-    def _reserved(self, extra: Job | None = None) -> tuple[int, int]:
-        """(rows, longest reach) of the admitted requests, with `extra` added: their KV cache's worst case."""
-        jobs = [*self._admitted.values(), *([extra] if extra else [])]
-        return sum(job.request.n for job in jobs), max((job.reach for job in jobs), default=0)
-
-    def _kv_admits(self, job: Job) -> bool:
-        """Whether the KV cache budget holds `job`'s rows beside the admitted requests' (alone it always
-        does: `Engine` refuses a request that never fits)."""
-        return not self._admitted or self._kv.holds(*self._reserved(job))
 
     def _prefill_group(self, jobs: list[Job]) -> None:
         """Prefill whole prompts together, each from its longest cached prefix (`GroupLayout`), and start
@@ -393,7 +382,7 @@ class Scheduler:
             self._release(job)  # otherwise its rows release it when they leave the batch
 
     def _release(self, job: Job) -> None:
-        self._admitted.pop(id(job), None)
+        self._kv.discard(job)
         if job.key is not None:
             self._pool.release(job.key)
             job.key = None
