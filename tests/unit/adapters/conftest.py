@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from hotlora_adapters import BaseSpec
+import hotlora_adapters.fsutil as fsutil
+from hotlora_adapters import AdapterStore, BaseSpec
 
 TINY_LLAMA = dict(
     hidden_size=64,
@@ -104,6 +105,18 @@ def make_adapter(_saved_adapters: Callable[[str], Path], tmp_path: Path) -> Call
         return dest
 
     return make
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> AdapterStore:
+    """An empty store, not created yet (test_adapter_store.py has its own, with adapters in it)."""
+    return AdapterStore(tmp_path / "store")
+
+
+@pytest.fixture
+def no_renameat2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behave like a system without renameat2 (old glibc, not Linux, a file system refusing the flags)."""
+    monkeypatch.setattr(fsutil, "renameat2", lambda src, dst, flags: False)
 
 
 @pytest.fixture
