@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Protocol
 
-from .settings import Settings, is_loopback
+from .network import is_loopback
+from .settings import Settings
 from .types import EngineClient
 
 log = logging.getLogger("hotlora")

@@ -6,19 +6,18 @@ tests and embedders construct settings explicitly.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 
 from hotlora_adapters import default_home_dir, default_store_dir
 from hotlora_adapters.runtime.placement import Device, DType, Quantize
 
+from .network import HostNames, HttpTokens, Origins, ServerUrls, is_loopback
 from .protocol import MinP, PositiveInt, RepetitionPenalty, Temperature, TopK, TopP
 from .tools import DEFAULT_TOOL_PARSER, get_tool_parser
 
@@ -29,10 +28,6 @@ AUTO_MERGE_AFTER = 64  # `auto` merges an adapter once it had the whole batch fo
 
 _PATH_LISTS = {"allow_adapter_dir"}  # list settings: `os.pathsep`-separated in the environment
 _EMPTY_IS_AN_ERROR = {"api_key"}  # an empty value is refused rather than read as "not given"
-_HOST_NAME = re.compile(r"\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")  # a name, `.name` (and its subdomains) or `*`
-_ORIGIN = re.compile(r"\*|[a-z][a-z0-9+.-]*://[^/\s?#]+")  # `*` or scheme://host[:port], as browsers send it
-_URL = re.compile(r"https?://[^/\s?#]+")  # a server's root: scheme://host[:port]
-_TOKEN = re.compile(r"\*|[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP method or header name (RFC 9110 token)
 
 
 class GenerationDefaults(BaseModel):
@@ -89,7 +84,7 @@ class Settings(BaseModel):
         description="with --engine vllm: the Python of an environment with vLLM installed (vLLM pins its own "
         "torch); hotlora starts vLLM's OpenAI server with it on a private loopback port",
     )
-    vllm_url: tuple[str, ...] = Field(
+    vllm_url: ServerUrls = Field(
         (),
         description="with --engine vllm: a running vLLM server (started with --enable-lora and "
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, reading the adapter store by the same path), repeatable or "
@@ -120,7 +115,7 @@ class Settings(BaseModel):
         description="require 'Authorization: Bearer KEY' on every route but /health ($HOTLORA_API_KEY, which "
         "`ps` does not show; an empty key is refused)",
     )
-    allowed_hosts: tuple[str, ...] = Field(
+    allowed_hosts: HostNames = Field(
         (),
         description="Host names to answer besides localhost and IP addresses, comma-separated or repeated; "
         "`.example.com` is it and its subdomains, `*` any (without an API key other names get 403: DNS "
@@ -131,16 +126,16 @@ class Settings(BaseModel):
         description="allow a --host beyond loopback without an API key: anyone who can reach the port can use "
         "the server and change or delete its adapters",
     )
-    allowed_origins: tuple[str, ...] = Field(
+    allowed_origins: Origins = Field(
         (),
         description="web origins whose pages may call the API from a browser (CORS, vLLM's flag), "
         "comma-separated, repeated or a JSON list, e.g. https://app.example.com; `*` any (default: none, "
         "CORS off). Requests still need the API key when one is set",
     )
-    allowed_methods: tuple[str, ...] = Field(
+    allowed_methods: HttpTokens = Field(
         ("*",), description="with --allowed-origins: the HTTP methods those pages may use"
     )
-    allowed_headers: tuple[str, ...] = Field(
+    allowed_headers: HttpTokens = Field(
         ("*",), description="with --allowed-origins: the request headers those pages may send"
     )
     home: Path = Field(description="data folder for converted models and adapters ($HOTLORA_HOME)")
@@ -307,58 +302,6 @@ class Settings(BaseModel):
         get_tool_parser(name)  # a ValueError naming the parsers there are
         return name
 
-    @field_validator("allowed_hosts", mode="before")
-    @classmethod
-    def _host_list(cls, value: Any) -> Any:
-        """Comma-separated (`HOTLORA_ALLOWED_HOSTS=a.example,.b.example`) or repeated flags, or both."""
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            return value
-        hosts = [h.strip().lower() for item in items for h in str(item).split(",") if h.strip()]
-        bad = [h for h in hosts if not _HOST_NAME.fullmatch(h) and not _is_address(h)]
-        if bad:
-            raise ValueError(
-                f"not a host name: {', '.join(bad)} (give names such as `example.com`, `.example.com` for it "
-                "and its subdomains, or `*`; no scheme, port or path)"
-            )
-        return tuple(hosts)
-
-    @field_validator("allowed_origins", "allowed_methods", "allowed_headers", mode="before")
-    @classmethod
-    def _cors_list(cls, value: Any, info: ValidationInfo) -> Any:
-        """Comma-separated, repeated, or one JSON list (vLLM's form: `--allowed-origins '["https://a.example"]'`)."""
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            return value
-        entries: list[str] = []
-        for item in items:
-            text = str(item).strip()
-            parsed = _json_list(text) if text.startswith("[") else text.split(",")
-            entries.extend(e.strip() for e in parsed if e.strip())
-        if info.field_name == "allowed_origins":
-            entries = [e.lower().rstrip("/") for e in entries]
-            bad = [e for e in entries if not _ORIGIN.fullmatch(e)]
-            what = "origins such as `https://app.example.com` or `http://localhost:3000` (scheme, host, port; no path), or `*`"
-        else:
-            bad = [e for e in entries if not _TOKEN.fullmatch(e)]
-            what = "names such as `GET` or `Content-Type`, or `*`"
-        if bad:
-            raise ValueError(f"not valid: {', '.join(bad)} (give {what})")
-        return tuple(entries)
-
-    @field_validator("vllm_url", mode="before")
-    @classmethod
-    def _url_list(cls, value: Any) -> Any:
-        """Comma-separated or repeated; each an http(s) URL without a path (vLLM's routes sit at its root)."""
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            return value
-        urls = [u.strip().rstrip("/") for item in items for u in str(item).split(",") if u.strip()]
-        bad = [u for u in urls if not _URL.fullmatch(u)]
-        if bad:
-            raise ValueError(f"not a server URL: {', '.join(bad)} (give e.g. http://10.0.0.5:8000)")
-        return tuple(urls)
-
     @field_validator("override_generation_config", mode="before")
     @classmethod
     def _defaults_json(cls, value: Any) -> Any:
@@ -432,29 +375,3 @@ class Settings(BaseModel):
         store = values.get("adapters_dir") or default_store_dir({**env, "HOTLORA_HOME": str(home)})
         values["adapters_dir"] = Path(store).expanduser()
         return cls.model_validate(values)
-
-
-def _json_list(text: str) -> list[str]:
-    try:
-        items = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{text[:80]!r} is not a JSON list ({exc})") from None
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise ValueError(f"{text[:80]!r} is not a JSON list of strings")
-    return items
-
-
-def is_loopback(host: str) -> bool:
-    """Whether listening on `host` keeps the server on this machine: `localhost` or a loopback address
-    (any other name may resolve to anything, so it counts as exposed)."""
-    if host.lower() == "localhost":
-        return True
-    return _is_address(host) and ipaddress.ip_address(host.strip("[]")).is_loopback
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True

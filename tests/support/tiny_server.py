@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from support.tiny_llama import build_tiny_llama, special_tokens
+
 TINY_NAME = "tiny"
 ADAPTER_NAME = "tiny-adapter"
 TINY_CONTEXT = 256
@@ -24,25 +26,9 @@ API_KEY = "sk-test-key"
 
 def tiny_llama(vocab_size: int, tokenizer: Any) -> Any:
     """A tiny random llama (seeded: every build is the same) with `tokenizer`'s special tokens."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=TINY_CONTEXT,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    return build_tiny_llama(
+        vocab_size=vocab_size, max_position_embeddings=TINY_CONTEXT, **special_tokens(tokenizer)
     )
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return LlamaForCausalLM(config)
 
 
 def save_tiny_adapter(folder: Path, tokenizer: Any, seed: int, **lora: Any) -> Path:

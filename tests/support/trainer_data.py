@@ -1,8 +1,9 @@
-"""Helpers for the trainer tests: training data files."""
+"""Helpers for the trainer tests: training data files, and the trainer's command line."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,29 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 def chat_row(user: str, assistant: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+def trainer_argv(tmp_path: Path, base: Path, data: Path, *options: str) -> list[str]:
+    """`python -m hotlora_trainer` training adapter `bot` on `data` and `base` on the CPU, its home and store
+    under `tmp_path`, with `options` after."""
+    return [
+        sys.executable,
+        "-m",
+        "hotlora_trainer",
+        "--data",
+        str(data),
+        "--name",
+        "bot",
+        "--base",
+        str(base),
+        "--home",
+        str(tmp_path / "home"),
+        "--adapters-dir",
+        str(tmp_path / "store"),
+        "--device",
+        "cpu",
+        *options,
+    ]
 
 
 # Four Harvard sentences and their Pig Latin (lowercase, as the task writes it), and an unseen sentence:

@@ -14,11 +14,14 @@ vLLM's paged cache does, keeps a running row's output independent of what arrive
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .batch_cache import ROOM
+
+if TYPE_CHECKING:
+    from .rows import Job
 
 
 @dataclass(frozen=True)
@@ -47,3 +50,31 @@ class KvBudget:
     def tokens(self) -> int:
         """How many tokens of keys and values the budget holds (rows x columns, padding included)."""
         return self.capacity // self.per_token
+
+
+class KvReservations:
+    """The worst cases the admitted requests (prefilling or running) hold against the budget."""
+
+    def __init__(self, budget: KvBudget) -> None:
+        self.budget = budget
+        self._jobs: dict[int, Job] = {}  # id -> request holding a reservation
+
+    def add(self, job: Job) -> None:
+        self._jobs[id(job)] = job
+
+    def discard(self, job: Job) -> None:
+        self._jobs.pop(id(job), None)
+
+    def admits(self, job: Job) -> bool:
+        """Whether the budget holds `job`'s rows beside the admitted requests' (alone it always does:
+        `Engine` refuses a request that never fits)."""
+        return not self._jobs or self.budget.holds(*self._worst(job))
+
+    def usage(self) -> float:
+        """The admitted requests' worst case, as a fraction of the budget."""
+        return self.budget.bytes_for(*self._worst()) / self.budget.capacity
+
+    def _worst(self, extra: Job | None = None) -> tuple[int, int]:
+        """(rows, longest reach) of the admitted requests, with `extra` added: their KV cache's worst case."""
+        jobs = [*self._jobs.values(), *([extra] if extra else [])]
+        return sum(job.request.n for job in jobs), max((job.reach for job in jobs), default=0)

@@ -24,11 +24,12 @@ from transformers import DynamicCache
 from ..errors import HotloraError
 from ..types import Usage
 from .adapter_pool import AdapterPool
-from .batch_cache import BatchCache, kv_layers, new_cache
+from .batch_cache import BatchCache, new_cache
 from .generate import decode_one_token, prefill
-from .kv_budget import KvBudget
+from .kv_budget import KvBudget, KvReservations
 from .loader import LoadedModel
-from .prefix_cache import PrefixCache, fill_past, shorten_hit
+from .prefill_layout import GroupLayout
+from .prefix_cache import PrefixCache, fill_past
 from .rows import Job, Row, internal_error, jobs_of
 from .sampling import choose_tokens
 
@@ -72,8 +73,7 @@ class Scheduler:
         self._max_rows = max_num_seqs
         self._token_budget = max_num_batched_tokens
         self._prefix = prefix_cache
-        self._kv = kv_budget
-        self._admitted: dict[int, Job] = {}  # id -> request holding a KV reservation: prefilling or running
+        self._kv = KvReservations(kv_budget)
         self._may_load = True  # this step has not loaded an adapter or built a blend yet
         self.waiting: deque[Job] = deque()
         self.running: list[Row] = []
@@ -116,7 +116,7 @@ class Scheduler:
             self._reset_batch(exc)
         self.stats.requests_running = len(jobs_of(self.running))
         self.stats.batch_rows = len(self.running)
-        self.stats.kv_cache_usage = self._kv.bytes_for(*self._reserved()) / self._kv.capacity
+        self.stats.kv_cache_usage = self._kv.usage()
         self.stats.kv_cache_bytes = self._batch.nbytes()
 
     def fail_all(self, error: HotloraError) -> None:
@@ -184,7 +184,7 @@ class Scheduler:
             if job.key is None:
                 if rows and rows + job.request.n > self._max_rows:
                     break  # wait for rows to leave
-                if not self._kv_admits(job):
+                if not self._kv.admits(job):
                     break  # wait for rows to leave and free their reservations
                 if not self._pool.ready_for(job.request.model, job.request.blend, load=self._may_load):
                     deferred.append(self.waiting.popleft())  # being prepared, or one was attached this step
@@ -242,71 +242,36 @@ class Scheduler:
             return False
         finally:
             self._may_load = self._may_load and self._pool.stats.built == built
-        self._admitted[id(job)] = job
+        self._kv.add(job)
         return True
 
-    def _reserved(self, extra: Job | None = None) -> tuple[int, int]:
-        """(rows, longest reach) of the admitted requests, with `extra` added: their KV cache's worst case."""
-        jobs = [*self._admitted.values(), *([extra] if extra else [])]
-        return sum(job.request.n for job in jobs), max((job.reach for job in jobs), default=0)
-
-    def _kv_admits(self, job: Job) -> bool:
-        """Whether the KV cache budget holds `job`'s rows beside the admitted requests' (alone it always
-        does: `Engine` refuses a request that never fits)."""
-        return not self._admitted or self._kv.holds(*self._reserved(job))
-
     def _prefill_group(self, jobs: list[Job]) -> None:
-        """Prefill whole prompts together and start their rows.
-
-        A prompt whose first blocks are in the prefix cache runs only the rest: the batch's cache starts
-        with every row's cached prefix left-padded to the longest, and the new tokens follow. Every row
-        runs as many new tokens as the longest (a row reuses less of its cached prefix when that is what
-        it takes; the forward computes that many columns for every row anyway), so no row has padding
-        between its prefix and its new tokens: each row's tokens are one run at the end of the cache, and
-        a sliding window counted in columns is counted in tokens.
-        """
+        """Prefill whole prompts together, each from its longest cached prefix (`GroupLayout`), and start
+        their rows."""
         device = self._loaded.device
         jobs = sorted(jobs, key=lambda job: job.key or "")  # an adapter's rows together: one LoRA slice each
         keys = [job.key for job in jobs]
         with self._pool.routing(keys, decode=False) as kwargs:  # type: ignore[arg-type]
             prefixes = self._prefixes()
             hits = [prefixes.lookup(job.key, job.prompt_ids) if prefixes else (0, None) for job in jobs]  # type: ignore[arg-type]
-            full = torch.tensor([len(job.prompt_ids) for job in jobs])
-            width = int((full - torch.tensor([count for count, _ in hits])).max())
-            hits = [shorten_hit(hit, max(0, int(n) - width)) for hit, n in zip(hits, full, strict=True)]
-            held = torch.tensor([count for count, _ in hits])
-            lengths = full - held
-            past = int(held.max())
-            pad = width - lengths  # non-zero only for rows without a cached prefix
-            ids = torch.tensor(
-                [[0] * int(p) + job.prompt_ids[int(h) :] for p, h, job in zip(pad, held, jobs, strict=True)]
-            )
-            columns = torch.arange(past + width)[None, :]
-            total_pad = past + width - full  # each row's tokens are the last `full` columns
-            valid = (columns >= total_pad[:, None]).to(device)
-            positions = (columns[:, past:] - past - pad[:, None]).clamp(min=0) + held[:, None]
+            layout = GroupLayout.of([job.prompt_ids for job in jobs], hits)
             cache = new_cache()
-            if past:
-                fill_past(cache, hits, past, device)
-            self.stats.prefill_tokens += int(lengths.sum())
-            self.stats.prefix_cache_hit_tokens += int(held.sum())
+            if layout.past:
+                fill_past(cache, layout.hits, layout.past, device)
+            self.stats.prefill_tokens += layout.computed
+            self.stats.prefix_cache_hit_tokens += layout.reused
             logits = prefill(
                 self._pool.model,
-                ids.to(device),
+                layout.ids.to(device),
                 cache,
-                attention_mask=valid.long(),
-                position_ids=positions.to(device),
+                attention_mask=layout.valid.to(device).long(),
+                position_ids=layout.positions.to(device),
                 **kwargs,
             )
         if prefixes is not None:
             for i, job in enumerate(jobs):
-                start = int(total_pad[i])
-                kv = [
-                    (layer.keys[i : i + 1, :, start:], layer.values[i : i + 1, :, start:])
-                    for layer in kv_layers(cache)
-                ]
-                prefixes.store(job.key, job.prompt_ids, kv)  # type: ignore[arg-type]
-        self._start_rows(jobs, cache, total_pad, logits)
+                prefixes.store(job.key, job.prompt_ids, layout.row_kv(cache, i))  # type: ignore[arg-type]
+        self._start_rows(jobs, cache, layout.pad, logits)
 
     def _prefill_chunk(self, job: Job) -> None:
         """Run the next chunk of a long prompt in the job's own cache; after the last, start its rows."""
@@ -417,7 +382,7 @@ class Scheduler:
             self._release(job)  # otherwise its rows release it when they leave the batch
 
     def _release(self, job: Job) -> None:
-        self._admitted.pop(id(job), None)
+        self._kv.discard(job)
         if job.key is not None:
             self._pool.release(job.key)
             job.key = None

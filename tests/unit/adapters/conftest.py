@@ -16,28 +16,10 @@ from typing import Any
 
 import pytest
 
-from hotlora_adapters import BaseSpec
+import hotlora_adapters.fsutil as fsutil
+from hotlora_adapters import AdapterStore, BaseSpec
 
-TINY_LLAMA = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=256,
-)
-
-
-def tiny_llama(**overrides: Any):
-    """A tiny random LlamaForCausalLM (seeded, so every build is the same)."""
-    pytest.importorskip("peft")
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA, **overrides}))
+from support.tiny_llama import build_tiny_llama
 
 
 def base_spec_of(model) -> BaseSpec:  # noqa: ANN001 - a torch module
@@ -53,20 +35,22 @@ def save_lora(dest: Path, **lora_kwargs: Any) -> Path:
 
     with warnings.catch_warnings():  # PEFT's advice about the recipes used here is noise in test output
         warnings.simplefilter("ignore")
-        peft_model = get_peft_model(tiny_llama(), LoraConfig(**lora_kwargs))
+        peft_model = get_peft_model(build_tiny_llama(), LoraConfig(**lora_kwargs))
         peft_model.save_pretrained(str(dest))
     return dest
 
 
 @pytest.fixture(scope="session")
 def tiny_base_spec() -> BaseSpec:
-    return base_spec_of(tiny_llama())
+    pytest.importorskip("peft")
+    return base_spec_of(build_tiny_llama())
 
 
 @pytest.fixture(scope="session")
 def tiny_spec_with() -> Callable[..., BaseSpec]:
     """BaseSpec of a tiny llama with some LlamaConfig fields changed (e.g. hidden_size=96)."""
-    return lambda **overrides: base_spec_of(tiny_llama(**overrides))
+    pytest.importorskip("peft")
+    return lambda **overrides: base_spec_of(build_tiny_llama(**overrides))
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +88,18 @@ def make_adapter(_saved_adapters: Callable[[str], Path], tmp_path: Path) -> Call
         return dest
 
     return make
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> AdapterStore:
+    """An empty store, not created yet (test_adapter_store.py has its own, with adapters in it)."""
+    return AdapterStore(tmp_path / "store")
+
+
+@pytest.fixture
+def no_renameat2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behave like a system without renameat2 (old glibc, not Linux, a file system refusing the flags)."""
+    monkeypatch.setattr(fsutil, "renameat2", lambda src, dst, flags: False)
 
 
 @pytest.fixture

@@ -10,23 +10,17 @@ import pytest
 from hotlora_adapters import AdapterError
 from hotlora_adapters.base_files import base_spec_from_folder
 
+from support.tiny_llama import build_tiny_llama
+
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_spec_from_files_equals_the_loaded_models(tmp_path: Path, tied: bool) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from hotlora_adapters.runtime.base_model import base_spec
 
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=tied,
+    small = dict(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1
     )
-    model = LlamaForCausalLM(config)
+    model = build_tiny_llama(**small, tie_word_embeddings=tied)  # 2 layers, as TINY_LLAMA
     model.save_pretrained(tmp_path)
     from_files, loaded = base_spec_from_folder(tmp_path), base_spec(model)
     assert from_files.module_shapes == loaded.module_shapes

@@ -15,15 +15,14 @@ from hotlora_server.settings import Settings
 from hotlora_server.vllm.engine import VllmEngine
 
 from support.scripted_server import reply, running
+from support.tiny_llama import build_tiny_llama
 
 
 def test_a_server_that_cannot_read_the_store_is_refused(tmp_path: Path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
+    small = dict(
         vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
     )
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
+    build_tiny_llama(**small).save_pretrained(tmp_path / "base")  # 2 kv heads, as many as attention heads
     store = tmp_path / "store"
     not_found = {
         "error": {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,13 @@ from test_trainer_run import SENTENCES, run, store_entries
 from hotlora_trainer import DatasetError
 from hotlora_trainer.piglatin import to_pig_latin
 
-from support.trainer_data import chat_row, write_jsonl
+from support.trainer_data import chat_row, trainer_argv, write_jsonl
 
 
 def trainer(tmp_path: Path, base: Path, data: Path, *options: str, **popen: Any) -> subprocess.Popen[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "hotlora_trainer",
-        "--data",
-        str(data),
-        "--name",
-        "bot",
-        "--base",
-        str(base),
-    ]
-    argv += ["--home", str(tmp_path / "home"), "--adapters-dir", str(tmp_path / "store"), "--device", "cpu"]
-    argv += ["--r", "4", "--batch-size", "2", "--log-format", "json", *options]
+    argv = trainer_argv(
+        tmp_path, base, data, "--r", "4", "--batch-size", "2", "--log-format", "json", *options
+    )
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from hotlora_trainer.memory import ModelShape, estimate
 
+from support.tiny_llama import TINY_LLAMA
+
 # SmolLM2-135M's numbers: 30 layers, h = 576, 9 heads, 134,515,008 parameters (tied embeddings)
 SMOL = ModelShape(
     n_params=134_515_008,
@@ -93,9 +95,13 @@ def test_shape_and_trainable_count_of_a_real_model(tiny_base: Any) -> None:
 
     meta = meta_model(tiny_base)
     shape = model_shape(meta)
-    vocab, h, inter, layers, kv = shape.vocab_size, 64, 128, 2, 32  # 2 kv heads x head_dim 16
+    h, inter, layers, heads = (
+        TINY_LLAMA[k]
+        for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    )
+    vocab, kv = shape.vocab_size, TINY_LLAMA["num_key_value_heads"] * h // heads  # kv heads x head_dim
     per_layer_linear = h * h * 2 + h * kv * 2 + h * inter * 3  # q,o + k,v + gate,up,down
-    assert (shape.n_layers, shape.hidden_size, shape.n_heads) == (2, 64, 4)
+    assert (shape.n_layers, shape.hidden_size, shape.n_heads) == (layers, h, heads)
     assert shape.quantizable_params == layers * per_layer_linear  # lm_head (tied) is not quantized
     assert shape.n_params == vocab * h + layers * (per_layer_linear + 2 * h) + h  # embeddings, norms
     # LoRA: r * (in + out) per targeted linear layer

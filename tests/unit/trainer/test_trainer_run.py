@@ -15,7 +15,7 @@ from hotlora_adapters import AdapterStore
 from hotlora_trainer import TrainConfig, train
 from hotlora_trainer.piglatin import split_sentences, to_pig_latin
 
-from support.trainer_data import chat_row, write_jsonl
+from support.trainer_data import chat_row, trainer_argv, write_jsonl
 
 SENTENCES = [
     "The birch canoe slid.",
@@ -278,33 +278,13 @@ def test_hotlora_home_and_store_from_the_environment(tmp_path: Path, tiny_base: 
 def test_sigterm_mid_training_cleans_up_like_ctrl_c(tmp_path: Path, tiny_base: Path) -> None:
     import signal
     import subprocess
-    import sys
     import time
 
     data = write_jsonl(tmp_path / "d.jsonl", [chat_row(s, to_pig_latin(s)) for s in SENTENCES])
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hotlora_trainer",
-            "--data",
-            str(data),
-            "--name",
-            "bot",
-            "--base",
-            str(tiny_base),
-            "--home",
-            str(tmp_path / "home"),
-            "--adapters-dir",
-            str(tmp_path / "store"),
-            "--device",
-            "cpu",
-            "--max-steps",
-            "100000",
-            "--save-steps",
-            "100000",
-            "--no-progress",
-        ],
+        trainer_argv(
+            tmp_path, tiny_base, data, "--max-steps", "100000", "--save-steps", "100000", "--no-progress"
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
