@@ -88,18 +88,17 @@ def compute_dtype_name(device: str) -> str:
     return str(runtime.pick_dtype("auto", device)).removeprefix("torch.")
 
 
-def bf16_autocast(device: str, qlora: bool) -> bool:
+def bf16_autocast(device: str) -> bool:
     """Whether training runs under bfloat16 autocast (weights, LoRA and optimizer states stay as loaded).
 
     Always on CUDA. On a CPU only with native bf16 (AVX512-BF16 / AMX), where it makes a training step
-    clearly faster than float32 (docs/performance.md, "Training"); emulated bf16 would be slower. Not with
-    QLoRA on a CPU, whose 4-bit kernel computes in float32 here.
+    clearly faster than float32 (docs/performance.md, "Training"); emulated bf16 would be slower.
     """
     import torch
 
     if device == "cuda":
         return True
-    return device == "cpu" and not qlora and bool(getattr(torch.cpu, "_is_avx512_bf16_supported", bool)())
+    return device == "cpu" and bool(getattr(torch.cpu, "_is_avx512_bf16_supported", bool)())
 
 
 def load_tokenizer(source: Path | str, chat_template: str | None = None) -> Any:
@@ -118,8 +117,25 @@ def load_tokenizer(source: Path | str, chat_template: str | None = None) -> Any:
     return tokenizer
 
 
+def holds_4bit(device: str, qlora: bool) -> bool:
+    """Whether training holds the base in 4-bit: QLoRA off a CPU (on a CPU it is dequantized once)."""
+    return qlora and device.split(":", 1)[0] != "cpu"
+
+
+def base_weights(device: str, qlora: bool) -> str:
+    """What the base is trained as, for the manifest."""
+    if not qlora:
+        return compute_dtype_name(device)
+    return "nf4" if holds_4bit(device, qlora) else f"nf4, dequantized to {compute_dtype_name(device)}"
+
+
 def load_for_training(source: Path | str, *, device: str, qlora: bool, attn_implementation: str) -> Any:
-    """The base model on `device`, 4-bit NF4 with `qlora`, else at the compute dtype."""
+    """The base model on `device`, 4-bit NF4 with `qlora`, else at the compute dtype.
+
+    With `qlora` on a CPU the weights are quantized exactly as the server quantizes them and then
+    dequantized once: the values QLoRA's forward computes with, without bitsandbytes' CPU path
+    dequantizing every layer at every step (docs/performance.md, "Training"). On CUDA they stay 4-bit.
+    """
     from transformers import AutoModelForCausalLM
 
     dtype = runtime.pick_dtype("auto", device.split(":", 1)[0])
@@ -133,18 +149,8 @@ def load_for_training(source: Path | str, *, device: str, qlora: bool, attn_impl
         raise BaseModelError(f"cannot load the base model {source}: {e}") from e
     if not qlora:
         model.to(device)  # type: ignore[arg-type]  # transformers' wrapper around `to` hides its signature
-    if qlora and device == "cpu":
-        _keep_cpu_4bit_layout(model)
+    if qlora and not holds_4bit(device, qlora):
+        model = model.dequantize()
+        # transformers leaves the flag set, and TRL would then cast the LoRA weights to bfloat16
+        model.is_loaded_in_4bit = False
     return model
-
-
-def _keep_cpu_4bit_layout(model: Any) -> None:
-    """Stop bitsandbytes repacking 4-bit weights for AVX512-BF16 inference on a CPU.
-
-    It repacks at the first no-grad forward (evaluation, generation), and `state_dict()` — which PEFT
-    calls to save the adapter — unpacks with an inverse that corrupts the weights (bitsandbytes 0.50; the
-    server works around the same bug in `engine/cpu/bnb.py`). The trainer gives up the faster layout.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False

@@ -31,7 +31,7 @@ EPILOG = """\
 examples:
   hotlora train --task piglatin --name piglatin --server http://127.0.0.1:8000
   hotlora train --data support.jsonl --name support-bot --r 8 --epochs 2 --eval-split 0.1
-  hotlora train --data style.jsonl --name style --qlora --gradient-checkpointing --estimate-only
+  hotlora train --data style.jsonl --name style --gradient-checkpointing --estimate-only
 
 Rows are one of TRL's formats: {"messages": [...]} (loss on assistant turns), {"prompt", "completion"}
 (loss on the completion), {"text"} (loss on everything). Multi-GPU: accelerate launch -m hotlora_trainer ...
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument(
         "--bias", choices=["none", "all", "lora_only"], help="which biases train (default none)"
     )
-    lora.add_argument("--use-rslora", action="store_true", default=None, help="scale by alpha/sqrt(r)")
+    lora.add_argument("--use-rslora", action=argparse.BooleanOptionalAction, help="scale by alpha/sqrt(r)")
     lora.add_argument(
         "--init-lora-weights",
         choices=["default", "gaussian", "pissa", "olora", "loftq"],
@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = p.add_argument_group("training (TRL SFTConfig)")
     tr.add_argument(
-        "--epochs", type=float, help="num_train_epochs (default 3; --task piglatin: 1 over its 3000 rows)"
+        "--epochs",
+        type=float,
+        help="num_train_epochs (default 3; --task piglatin: 0.9 over its 3000 rows, 338 steps)",
     )
     tr.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
     tr.add_argument("--learning-rate", type=float, help="default 2e-4 (--task piglatin: 2e-3)")
@@ -95,19 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="max_length: longer rows are cut (default 512; --task piglatin: 128)",
     )
     tr.add_argument(
-        "--packing", action="store_true", default=None, help="pack several rows into each sequence"
+        "--packing", action=argparse.BooleanOptionalAction, help="pack several rows into each sequence"
     )
     tr.add_argument(
         "--qlora",
-        action="store_true",
-        default=None,
-        help="4-bit NF4 base + prepare_model_for_kbit_training (bitsandbytes)",
+        action=argparse.BooleanOptionalAction,
+        help="train on the 4-bit NF4 base the server serves (default on; --no-qlora for a server that "
+        "serves the base unquantized)",
     )
     tr.add_argument("--optim", choices=list(OPTIMIZERS), help="optimizer (default adamw_torch)")
     tr.add_argument(
         "--gradient-checkpointing",
-        action="store_true",
-        default=None,
+        action=argparse.BooleanOptionalAction,
         help="recompute activations in the backward pass: less memory, ~30%% slower",
     )
     tr.add_argument("--lr-scheduler-type", help="default linear")

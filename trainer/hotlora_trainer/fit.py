@@ -79,7 +79,7 @@ def _wrap_lora(run: Run) -> None:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     config = run.config
-    if config.qlora:
+    if getattr(run.model, "hf_quantizer", None) is not None:  # still 4-bit: QLoRA off a CPU
         run.model = prepare_model_for_kbit_training(
             run.model, use_gradient_checkpointing=config.gradient_checkpointing
         )
@@ -109,8 +109,8 @@ def _sft_trainer(run: Run) -> Any:
     train_ds = _token_dataset(run.train_enc)
     eval_ds = _token_dataset(run.eval_enc) if run.eval_enc else None
     total_steps = _total_steps(config, run.train_enc, run.world)
-    eval_kwargs: dict[str, Any] = {"eval_strategy": "no"}
-    if eval_ds is not None:
+    eval_kwargs: dict[str, Any] = {"eval_strategy": "no"}  # `fit` still computes eval_loss at the end
+    if eval_ds is not None and config.task is None:  # a task is judged by its own evaluation after training
         eval_kwargs = {
             "eval_strategy": "steps",
             "eval_steps": max(1, math.ceil(total_steps / 3)),
@@ -129,7 +129,7 @@ def _sft_trainer(run: Run) -> Any:
         save_steps=config.save_steps,
         save_total_limit=1,
         report_to="none",
-        bf16=bf16_autocast(run.kind, config.qlora),
+        bf16=bf16_autocast(run.kind),
         fp16=False,
         use_cpu=run.kind == "cpu",
         disable_tqdm=not run.progress_bar,

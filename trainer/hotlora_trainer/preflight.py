@@ -17,7 +17,15 @@ from hotlora_adapters import AdapterStore
 from hotlora_adapters.runtime.base_model import base_spec
 
 from . import piglatin
-from .base_model import compute_dtype_name, load_tokenizer, meta_model, model_shape, pick_device, resolve_base
+from .base_model import (
+    compute_dtype_name,
+    holds_4bit,
+    load_tokenizer,
+    meta_model,
+    model_shape,
+    pick_device,
+    resolve_base,
+)
 from .config import TrainConfig
 from .data import Dataset, load_jsonl
 from .encoding import encode_dataset, length_report
@@ -126,7 +134,7 @@ def _estimate(run: Run, shape: ModelShape, trainable: int, device: str) -> Memor
         batch_size=config.per_device_train_batch_size,
         seq_len=config.max_length if config.packing else min(config.max_length, longest),
         compute_dtype=compute_dtype_name(device),
-        qlora=config.qlora,
+        qlora=holds_4bit(device, config.qlora),
         optim=config.optim,
         attention=config.attn_implementation,
         gradient_checkpointing=config.gradient_checkpointing,

@@ -16,7 +16,7 @@ from typing import Any
 from hotlora_adapters import TRAINING_LOG_FILENAME, Manifest, inspect_adapter
 from hotlora_adapters.runtime.base_model import EMBEDDED_HUB_ID, EMBEDDED_MODEL_NAME
 
-from .base_model import bf16_autocast, compute_dtype_name
+from .base_model import base_weights, bf16_autocast, compute_dtype_name
 from .data import Dataset
 from .notify import curl_line, wait_until_served
 from .run import Run
@@ -144,7 +144,8 @@ def _manifest(run: Run, export: Path, metrics: dict[str, Any]) -> Manifest:
             "global_step": fitted.global_step,
             "device": kind,
             "compute_dtype": compute_dtype_name(kind),
-            "bf16_autocast": bf16_autocast(kind, config.qlora),
+            "base_weights": base_weights(kind, config.qlora),
+            "bf16_autocast": bf16_autocast(kind),
             "peak_memory_bytes": fitted.peak_memory,
             "peak_memory_kind": fitted.peak_kind,
             "memory_estimate": run.result.estimate.as_dict(),

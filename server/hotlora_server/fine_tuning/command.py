@@ -76,8 +76,8 @@ class Launch:
 
 
 def _option(flag: str, value: Any) -> list[str]:
-    if isinstance(value, bool):
-        return [flag] if value else []
+    if isinstance(value, bool):  # the trainer's switches take argparse's --no- form
+        return [flag if value else f"--no-{flag.removeprefix('--')}"]
     if isinstance(value, list):
         return [flag, *map(str, value)]
     return [flag, str(value)]

@@ -240,10 +240,14 @@ def test_a_jobs_command_line_is_what_the_trainer_reads(tmp_path: Path) -> None:
         "learning_rate": default_rate * 0.5,
     }
     assert {key: getattr(config, key) for key in expected} == expected
-    split = new_job(jobs, "file-x", options={"eval_split": 0.25})
-    assert (
-        config_from_args(build_parser().parse_args(launch.argv(split, tmp_path / "t", None)[3:])).eval_split
-        == 0.25
-    )
+
+    def config_of(options: dict[str, Any]) -> TrainConfig:
+        job = new_job(jobs, "file-x", options=options)
+        return config_from_args(build_parser().parse_args(launch.argv(job, tmp_path / "t", None)[3:]))
+
+    assert config_of({"eval_split": 0.25}).eval_split == 0.25
+    switched_off = {"qlora": False, "packing": False, "use_rslora": False, "gradient_checkpointing": False}
+    off = config_of(switched_off)  # the trainer's own default for qlora is on: false must reach it
+    assert {key: getattr(off, key) for key in switched_off} == switched_off
     env = launch.env({"PATH": "/bin", "HOTLORA_API_KEY": "secret"})
     assert "HOTLORA_API_KEY" not in env and env["OMP_NUM_THREADS"] == "1" and env["PATH"] == "/bin"

@@ -94,15 +94,15 @@ def test_defaults() -> None:
     config = TrainConfig(name="x", data=Path("d.jsonl"))
     assert config.target_modules == "all-linear"
     assert config.init_lora_weights is True
-    assert config.recipe()["qlora"] is False
+    assert config.recipe()["qlora"] is True  # the served base: 4-bit NF4
+    assert config.recipe()["load_in_4bit"] and config.recipe()["bnb_4bit_quant_type"] == "nf4"
+    assert "load_in_4bit" not in TrainConfig(name="x", data=Path("d"), qlora=False).recipe()
     assert TrainConfig(name="x", data=Path("d"), init_lora_weights="default").init_lora_weights is True
     assert TrainConfig(name="x", data=Path("d"), target_modules="q_proj,v_proj").target_modules == [
         "q_proj",
         "v_proj",
     ]
     assert TrainConfig(name="x", data=Path("d"), target_modules=["all-linear"]).target_modules == "all-linear"
-    qlora = TrainConfig(name="x", data=Path("d"), qlora=True).recipe()
-    assert qlora["load_in_4bit"] and qlora["bnb_4bit_quant_type"] == "nf4"
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_defaults() -> None:
         ({"name": "x", "data": "d", "task": "piglatin"}, "exactly one of --data"),
         ({"name": "x", "data": "d", "lora_dropout": 1.5}, "lora_dropout"),
         ({"name": "x", "data": "d", "init_lora_weights": "loftq"}, "one unmodified base"),
-        ({"name": "x", "data": "d", "qlora": True, "init_lora_weights": "pissa"}, "drop --qlora"),
+        ({"name": "x", "data": "d", "init_lora_weights": "pissa"}, "add --no-qlora"),
         ({"name": "x", "data": "d", "server": "localhost:8000"}, r"http\(s\) URL"),
         ({"name": "x", "data": "d", "optim": "sgd"}, "optim"),
     ],

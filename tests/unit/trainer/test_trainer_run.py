@@ -236,11 +236,43 @@ def test_piglatin_task_records_adapter_and_base_scores(
     assert any(row["base"] != row["adapter"] for row in log["evaluation"])  # one step of lr 1e-2 moves it
 
 
-def test_qlora_with_8bit_adam(tmp_path: Path, tiny_base: Path) -> None:
-    result = run(tmp_path, tiny_base, qlora=True, optim="adamw_8bit", max_steps=1)
+def test_qlora_on_a_cpu_trains_float32_lora_on_the_dequantized_4bit_base(
+    tmp_path: Path, tiny_base: Path
+) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    result = run(tmp_path, tiny_base, optim="adamw_8bit", max_steps=1)  # qlora: the default
     manifest = result.manifest.model_dump()
     assert manifest["recipe"]["qlora"] is True and manifest["recipe"]["optim"] == "adamw_8bit"
-    assert result.estimate.qlora
+    assert manifest["training"]["base_weights"] == "nf4, dequantized to float32"
+    assert not result.estimate.qlora  # the weights are held at float32, and estimated so
+    # TRL casts a 4-bit model's LoRA weights to bfloat16; the dequantized base keeps them float32
+    tensors = load_file(str(result.adapter_path / "adapter_model.safetensors"))
+    assert tensors and {t.dtype for t in tensors.values()} == {torch.float32}
+
+
+def test_the_base_trained_on_a_cpu_holds_the_served_4bit_values(tiny_base: Path) -> None:
+    import bitsandbytes as bnb
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hotlora_adapters.runtime.base_model import quantization_config
+    from hotlora_trainer.base_model import load_for_training
+
+    trained = load_for_training(tiny_base, device="cpu", qlora=True, attn_implementation="sdpa")
+    served = AutoModelForCausalLM.from_pretrained(  # as the server loads it (engine/loader.py)
+        tiny_base, dtype=torch.float32, quantization_config=quantization_config("nf4", torch.float32)
+    )
+    quantized = [(n, m) for n, m in served.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized
+    for name, module in quantized:
+        layer = trained.get_submodule(name)
+        assert type(layer) is torch.nn.Linear, name
+        assert torch.equal(
+            layer.weight, bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+        )
+    assert not trained.is_loaded_in_4bit and getattr(trained, "hf_quantizer", None) is None
 
 
 def test_pissa_is_saved_as_a_plain_lora_for_the_unchanged_base(tmp_path: Path, tiny_base: Path) -> None:
@@ -248,7 +280,7 @@ def test_pissa_is_saved_as_a_plain_lora_for_the_unchanged_base(tmp_path: Path, t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    result = run(tmp_path, tiny_base, init_lora_weights="pissa", max_steps=1)
+    result = run(tmp_path, tiny_base, init_lora_weights="pissa", qlora=False, max_steps=1)
     config = json.loads((result.adapter_path / "adapter_config.json").read_text())
     assert config["r"] == 8  # PEFT's conversion: rank 2r, relative to the original weights
     assert config["init_lora_weights"] is True
