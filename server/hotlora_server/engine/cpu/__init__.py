@@ -33,7 +33,8 @@ class CpuPathError(RuntimeError):
 
 @dataclass(frozen=True)
 class CpuPath(DevicePath):
-    """What `install` chose: the kernels library, the 4-bit path, and whether outputs are batch-invariant."""
+    """What `install` chose: the kernels library, the 4-bit path, and whether outputs are batch-invariant.
+    Its hooks keep bitsandbytes' packed CPU weights exact when PEFT or a merge reads them (`bnb`)."""
 
     @contextmanager
     def weights_held(self, model: torch.nn.Module) -> Iterator[None]:
