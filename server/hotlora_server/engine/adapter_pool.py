@@ -31,7 +31,6 @@ from ..errors import HotloraError, InvalidRequestError, ServiceUnavailableError
 from ..settings import MergePolicy
 from ..types import BlendSpec
 from .catalog import AdapterCatalog
-from .cpu.bnb import packing_held
 from .loader import LoadedModel
 from .lora_stack import LoraStack
 from .merge_policy import Merger
@@ -64,7 +63,7 @@ class AdapterPool:
         self._merge = Merger(merge_policy, loaded, self.stats)
         self.resident: frozenset[str] = frozenset()
         self._active: str | None = None  # what PEFT runs now; None: unknown (PEFT changed it)
-        self._stack = LoraStack(loaded.dtype, group=self._stack_group, kernels=loaded.kernels)
+        self._stack = LoraStack(loaded.dtype, group=self._stack_group, kernels=loaded.device_path.kernels)
         self._drop_listeners: list[Callable[[str], None]] = []
         skeleton = Skeleton(loaded.model, loaded.spec)
         self._preparing = Preparations(skeleton, catalog, self._keys, kept=max_resident)
@@ -218,7 +217,7 @@ class AdapterPool:
         resident = self._blend(blend)
         resident.refs += 1
         try:
-            with packing_held(self.model):  # save_pretrained calls state_dict(): see bnb_cpu
+            with self._loaded.device_path.weights_held(self.model):  # save_pretrained calls state_dict()
                 self.model.save_pretrained(str(target), selected_adapters=[resident.key])
         finally:
             self.release(resident.key)
@@ -290,7 +289,9 @@ class AdapterPool:
                 entry = self._catalog.get(entry.name)
                 continue
             try:
-                self.model = load_adapter(self.model, self._loaded.model, files, self._loaded.spec, key)
+                self.model = load_adapter(
+                    self.model, self._loaded.model, files, self._loaded.spec, key, self._loaded.device_path
+                )
             finally:  # loaded, or put back as it was: either way not what PEFT ran before
                 self._model_changed()
             if self._catalog.store.versions().get(entry.name) == entry.version:
@@ -327,7 +328,7 @@ class AdapterPool:
         key = next(self._keys)
         try:
             torch.manual_seed(0)  # DARE prunes at random: build the same blend the same way every time
-            with packing_held(self.model):
+            with self._loaded.device_path.weights_held(self.model):  # as above
                 self.model.add_weighted_adapter(
                     adapters=[s.key for s in sources],
                     weights=[weight for _, weight in blend.components],

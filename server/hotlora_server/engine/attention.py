@@ -17,7 +17,7 @@ import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from .cpu.kernels import CpuKernels
+from .device_path import RowKernels
 
 NAME = "hotlora_batch_invariant"
 
@@ -32,7 +32,7 @@ def batch_invariant_attention(
     scaling: float | None = None,
     softcap: float | None = None,
     *,
-    kernels: CpuKernels,
+    kernels: RowKernels,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function contract: `[rows, heads, q, dim]` in, `[rows, q, heads, dim]` out.
@@ -47,7 +47,7 @@ def batch_invariant_attention(
     return kernels.attention(query, key, value, attention_mask, scale, softcap), None
 
 
-def use_batch_invariant_attention(model: PreTrainedModel, kernels: CpuKernels) -> None:
+def use_batch_invariant_attention(model: PreTrainedModel, kernels: RowKernels) -> None:
     """Switch `model` (an SDPA-capable transformers model on the CPU, float32) to the kernels' attention."""
     AttentionInterface.register(NAME, partial(batch_invariant_attention, kernels=kernels))
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)

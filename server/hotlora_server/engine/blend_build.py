@@ -22,6 +22,7 @@ from hotlora_adapters import AdapterStore, check_compatible
 from hotlora_adapters.runtime.base_model import base_spec
 
 from ..blend_methods import combination_type
+from .device_path import PLAIN
 from .peft_load import load_adapter
 
 _BLEND = "blend"
@@ -42,7 +43,7 @@ def build(
     for i, (name, _) in enumerate(components):
         files = store.load_files(name, check=lambda f: check_compatible(f, spec))
         keys.append(f"source{i}")
-        model = load_adapter(model, base, files, spec, keys[-1])
+        model = load_adapter(model, base, files, spec, keys[-1], PLAIN)  # float32, not quantized
     torch.manual_seed(0)  # DARE prunes at random: the same blend the same way every time
     model.add_weighted_adapter(
         adapters=keys,

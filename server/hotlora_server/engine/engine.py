@@ -94,7 +94,7 @@ class Engine(StoreRoutes):
             created=self._created,
             quantization=loaded.quantization,
             context_length=loaded.context_length,
-            kernel=loaded.kernel,
+            kernel=loaded.device_path.kernel,
             batch_invariant=loaded.batch_invariant,
         )
         # an adapter is served on the base: the same quantization, context and kernel
@@ -160,7 +160,7 @@ class Engine(StoreRoutes):
             "model": loaded.name,
             "device": loaded.device.type,
             "quantization": loaded.quantization,
-            "kernel": loaded.kernel,
+            "kernel": loaded.device_path.kernel,
             "batch_invariant": str(loaded.batch_invariant).lower(),
         }
 
@@ -326,7 +326,7 @@ class Engine(StoreRoutes):
         log.info(
             "serving %s (%s, %s, %s) in %.1fs; adapters in %s: %s",
             loaded.name,
-            loaded.kernel,
+            loaded.device_path.kernel,
             loaded.device,
             str(loaded.dtype).removeprefix("torch."),
             time.perf_counter() - started,

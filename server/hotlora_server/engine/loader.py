@@ -1,5 +1,8 @@
 """Load the base model for serving: resolved and converted by the shared `hotlora_adapters.runtime`
-(as the trainer does), quantized, on its device, with the device's forward path installed."""
+(as the trainer does), quantized, on its device, with the device's forward path installed.
+
+The one module that chooses a device path (`DevicePath`): the rest of the engine gets it through
+`LoadedModel` and imports no device's modules."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from hotlora_adapters.runtime.base_model import (
 from ..settings import GenerationDefaults, Settings
 from . import cpu
 from .attention import use_batch_invariant_attention
-from .cpu.kernels import CpuKernels
+from .device_path import PLAIN, DevicePath
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,7 @@ class LoadedModel:
     dtype: torch.dtype
     context_length: int
     spec: BaseSpec
-    kernels: CpuKernels | None = None  # the CPU's fixed-order kernels; None: torch's own ops
-    kernel: str = ""  # how the base's layers multiply (the path chosen at load)
+    device_path: DevicePath = PLAIN  # the forward path chosen at load: its kernels and weight layout
     batch_invariant: bool = False  # whether a request's output is independent of its batch
     sampling_defaults: GenerationDefaults = GenerationDefaults()  # for the options a request leaves out
     vocab_size: int = 0  # the logits' width: token ids a request may name (logit_bias)
@@ -92,24 +94,22 @@ def load_model(settings: Settings) -> LoadedModel:
             tokenizer.chat_template = resolve_chat_template(settings.chat_template)
         except ChatTemplateError as exc:
             raise ModelLoadError(str(exc)) from exc
+    path: DevicePath
     if device.type == "cpu":
         try:
             path = cpu.install(model, settings, dtype)
         except cpu.CpuPathError as exc:
             raise ModelLoadError(str(exc)) from exc
-        kernels, kernel, capable = path.kernels, path.kernel, path.batch_invariant
         why = "it needs the compiled CPU kernels and float32 compute (see the warnings above)"
     else:
-        kernels, kernel, capable = (
-            None,
-            f"{settings.quantize} ({'bitsandbytes' if qconfig else 'torch'}, {device.type})",
-            False,
+        path = DevicePath(
+            kernel=f"{settings.quantize} ({'bitsandbytes' if qconfig else 'torch'}, {device.type})"
         )
         why = f"on {device.type} the matrix products' summation order follows the batch"
-    invariant = batch_invariance(settings.batch_invariant, capable, why)
+    invariant = batch_invariance(settings.batch_invariant, path.batch_invariant, why)
     if invariant:
-        assert kernels is not None  # only the compiled kernels make a CPU path capable of it
-        use_batch_invariant_attention(model, kernels)
+        assert path.kernels is not None  # only row kernels make a path capable of it
+        use_batch_invariant_attention(model, path.kernels)
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:
         if settings.max_model_len > context:
@@ -125,8 +125,7 @@ def load_model(settings: Settings) -> LoadedModel:
         dtype=dtype,
         context_length=context,
         spec=base_spec(model),
-        kernels=kernels,
-        kernel=kernel,
+        device_path=path,
         batch_invariant=invariant,
         sampling_defaults=sampling_defaults(settings, model, source),
         vocab_size=int(model.config.vocab_size),

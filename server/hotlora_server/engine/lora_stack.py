@@ -7,8 +7,8 @@ of the stackable resident adapters concatenated along the rank and the B matrice
 both stored transposed (`A.T: [in, W]`, `B.T: [W, out]`), in blocks of about `BLOCK` columns; adapter `k`
 owns the columns `[start_k, stop_k)` of one block. A prefill (many tokens per row, compute-bound) runs each
 adapter's own columns over its own rows only; a decode step multiplies each row by its own adapter's
-columns. On a float32 CPU both go through the fixed-order kernels (`cpu.kernels`: a row's delta has the
-same bits alone and in any batch, by construction); elsewhere through torch, a decode step for each block
+columns. With the device path's row kernels (float32 on a CPU: a row's delta has the same bits alone and
+in any batch, by construction) both go through them; elsewhere through torch, a decode step for each block
 some row uses as
 
     delta += ((x @ A.T) * mask) @ B.T
@@ -31,7 +31,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 
-from .cpu.kernels import CpuKernels, decode_items
+from .device_path import RowKernels
 
 BLOCK = 128  # columns per block: 8 adapters of rank 16 (fewer, larger GEMMs vs skipping unused ones)
 
@@ -166,7 +166,7 @@ class LoraStack:
         self,
         dtype: torch.dtype,
         group: Callable[[str], int] = lambda key: 0,
-        kernels: CpuKernels | None = None,
+        kernels: RowKernels | None = None,
     ) -> None:
         self.dtype = dtype
         self.kernels = kernels if dtype == torch.float32 else None  # they read float32 through raw pointers
@@ -213,7 +213,7 @@ class LoraStack:
         for block in sorted({slot.block for slot in slots if slot is not None}):
             columns = [(s.start, s.stop) if s is not None and s.block == block else (0, 0) for s in slots]
             if self.kernels is not None:
-                step.append((block, decode_items(columns)))
+                step.append((block, self.kernels.lora_items(columns)))
                 continue
             mask = torch.zeros(len(slots), self._widths[block], dtype=self.dtype)
             for row, (start, stop) in enumerate(columns):

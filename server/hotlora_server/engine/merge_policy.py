@@ -80,10 +80,10 @@ class Merger:
         expected, base = logits(key), logits(BASE)
         try:
             if self._kernel_error is None:
-                dense_base = merge(model, key, self._loaded.dtype, delta_scale=0.0)
+                dense_base = merge(model, key, self._loaded.dtype, self._loaded.device_path, delta_scale=0.0)
                 self._kernel_error = float((logits(BASE) - base).abs().max())
                 dense_base.unmerge()
-            merged = merge(model, key, self._loaded.dtype)
+            merged = merge(model, key, self._loaded.dtype, self._loaded.device_path)
         except NotMergeable as exc:
             self._refuse(key, label, exc)
             return

@@ -16,7 +16,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from peft.utils.integrations import dequantize_bnb_weight
 
-from .cpu.bnb import unpack_cpu_weights
+from .device_path import DevicePath
 
 
 class NotMergeable(ValueError):
@@ -65,14 +65,17 @@ def mergeable_layers(model: torch.nn.Module, key: str) -> list[tuple[LoraLayer, 
 
 
 @torch.inference_mode()
-def merge(model: torch.nn.Module, key: str, dtype: torch.dtype, delta_scale: float = 1.0) -> MergedAdapter:
-    """Fold adapter `key` into dense copies of the layers it targets (all-or-nothing).
+def merge(
+    model: torch.nn.Module, key: str, dtype: torch.dtype, device: DevicePath, delta_scale: float = 1.0
+) -> MergedAdapter:
+    """Fold adapter `key` into dense copies of the layers it targets (all-or-nothing); `device` is the path
+    the model was loaded with, which knows the layout its weights are kept in.
 
     `delta_scale=0` gives the dense base alone: the reference that measures the quantized kernel's own
     rounding, against which a merge is judged.
     """
     targets = mergeable_layers(model, key)
-    unpack_cpu_weights(model)  # dequantizing needs bitsandbytes' standard layout
+    device.to_standard_layout(model)  # dequantizing needs the library's standard layout
     merged = MergedAdapter(key)
     for layer, base in targets:
         # PEFT defines get_delta_weight on each LoRA layer class, not on their LoraLayer mixin

@@ -21,16 +21,19 @@ from peft import LoraConfig, PeftModel
 
 from hotlora_adapters import AdapterFiles, BaseSpec, peft_lora_kwargs
 
-from .cpu.bnb import packing_held
+from .device_path import DevicePath
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a batch routed by `adapter_names`
 
 
-def load_adapter(model: Any, base: torch.nn.Module, files: AdapterFiles, spec: BaseSpec, key: str) -> Any:
+def load_adapter(
+    model: Any, base: torch.nn.Module, files: AdapterFiles, spec: BaseSpec, key: str, device: DevicePath
+) -> Any:
     """Load `files` under the PEFT adapter name `key` into `model` (the base itself, or a `PeftModel`
-    wrapping it); return the model to serve. On failure the model is left as it was and the error raised."""
+    wrapping it, loaded with `device`); return the model to serve. On failure the model is left as it was
+    and the error raised."""
     config = LoraConfig(**peft_lora_kwargs(files, list(spec.module_shapes)), inference_mode=True)
-    with _undone_on_failure(model, base, key), packing_held(base):  # PEFT calls state_dict(): see bnb_cpu
+    with _undone_on_failure(model, base, key), device.weights_held(base):  # PEFT calls state_dict()
         if isinstance(model, PeftModel):
             model.add_adapter(key, config)
             model.load_adapter(str(files.path), adapter_name=key)

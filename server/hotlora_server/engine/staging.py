@@ -25,6 +25,7 @@ from peft.tuners.lora import LoraLayer
 
 from hotlora_adapters import AdapterFiles, BaseSpec, targeted_modules
 
+from .device_path import PLAIN
 from .peft_load import load_adapter
 
 _ANCHOR = "__skeleton__"  # keeps the skeleton wrapped when no adapter is staged in it
@@ -73,7 +74,7 @@ class Skeleton:
     @torch.inference_mode()  # as the served model's adapters: loaded in inference mode
     def adapter(self, files: AdapterFiles, key: str) -> Prepared:
         """Load `files` with PEFT under `key` and take it out, ready to attach."""
-        self.model = load_adapter(self.model, self.root, files, self._spec, key)
+        self.model = load_adapter(self.model, self.root, files, self._spec, key, PLAIN)  # stand-ins only
         return self._take(key)
 
     @torch.inference_mode()
@@ -85,7 +86,7 @@ class Skeleton:
         keys = [f"{key}_{i}" for i in range(len(sources))]
         try:
             for files, source in zip(sources, keys, strict=True):
-                self.model = load_adapter(self.model, self.root, files, self._spec, source)
+                self.model = load_adapter(self.model, self.root, files, self._spec, source, PLAIN)
             blend(self.model, keys)
             return self._take(key)
         finally:

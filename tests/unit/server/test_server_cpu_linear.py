@@ -89,4 +89,4 @@ def test_unquantized_the_server_runs_every_linear_layer_through_the_kernel(
     loaded = load_model(tiny_settings(tiny_dir, tmp_path, tmp_path / "store"))
     layers = [m for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)]
     assert layers and all(isinstance(m.forward, linear.FixedOrderLinear) for m in layers)
-    assert loaded.batch_invariant and "fixed-order" in loaded.kernel
+    assert loaded.batch_invariant and "fixed-order" in loaded.device_path.kernel

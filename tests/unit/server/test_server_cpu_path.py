@@ -45,10 +45,10 @@ def test_auto_takes_the_fused_kernel_where_bitsandbytes_has_one_else_the_fixed_o
     layers = _layers(loaded.model)
     fused = any(getattr(m, "support_avx512bf16_for_cpu", False) for m in layers)
     assert layers and all(isinstance(m.forward, FixedOrder4bit) != fused for m in layers)
-    assert ("fused AVX512-BF16" if fused else "hotlora fixed-order 4-bit kernel") in loaded.kernel
-    assert loaded.batch_invariant and loaded.kernels is not None
+    assert ("fused AVX512-BF16" if fused else "hotlora fixed-order 4-bit kernel") in loaded.device_path.kernel
+    assert loaded.batch_invariant and loaded.device_path.kernels is not None
     assert isinstance(loaded.model.get_output_embeddings().forward, FixedOrderLinear)
-    assert loaded.kernel in caplog.text and "batch invariance: on" in caplog.text
+    assert loaded.device_path.kernel in caplog.text and "batch invariance: on" in caplog.text
     assert loaded.model.config._attn_implementation == attention.NAME
 
 
@@ -61,7 +61,7 @@ def test_the_fixed_order_kernel_can_be_forced_and_bitsandbytes_too(tiny_dir: Pat
     own = _load(tiny_dir, tmp_path, cpu_4bit="bitsandbytes")
     assert not any(isinstance(m.forward, FixedOrder4bit) for m in _layers(own.model))
     if not _fused_here(own.model):  # bitsandbytes' fallback dequantizes at every forward: no guarantee
-        assert not own.batch_invariant and "dequantized at every forward" in own.kernel
+        assert not own.batch_invariant and "dequantized at every forward" in own.device_path.kernel
 
 
 def test_without_the_kernels_batch_invariance_is_off_and_said_so(
@@ -69,7 +69,7 @@ def test_without_the_kernels_batch_invariance_is_off_and_said_so(
 ) -> None:
     with caplog.at_level(logging.WARNING):
         loaded = _load(tiny_dir, tmp_path, cpu_kernels=False)
-    assert loaded.kernels is None and "bitsandbytes" in loaded.kernel
+    assert loaded.device_path.kernels is None and "bitsandbytes" in loaded.device_path.kernel
     assert not loaded.batch_invariant and "batch invariance is off" in caplog.text
     with pytest.raises(ModelLoadError, match="needs the compiled CPU kernels"):
         _load(tiny_dir, tmp_path, cpu_kernels=False, cpu_4bit="hotlora")
@@ -80,7 +80,7 @@ def test_no_batch_invariant_serves_the_devices_own_attention(tiny_dir: Path, tmp
     and the server says the guarantee is off."""
     needs_compiler()
     loaded = _load(tiny_dir, tmp_path, batch_invariant=False)
-    assert loaded.kernels is not None and not loaded.batch_invariant
+    assert loaded.device_path.kernels is not None and not loaded.batch_invariant
     assert loaded.model.config._attn_implementation != attention.NAME
 
 
@@ -126,7 +126,7 @@ def test_the_fixed_order_4bit_path_is_close_to_bitsandbytes_and_batch_invariant(
     loaded = _load(tiny_dir, tmp_path, cpu_4bit="hotlora")
     model = loaded.model
     for m in (reference, model):
-        use_batch_invariant_attention(m, loaded.kernels)
+        use_batch_invariant_attention(m, loaded.device_path.kernels)
     prompts = torch.randint(0, 1000, (9, 13), generator=torch.Generator().manual_seed(1))
     cache = DynamicCache(config=model.config)
     logits = prefill(model, prompts, cache)
@@ -148,10 +148,10 @@ def test_the_fixed_order_4bit_path_is_close_to_bitsandbytes_and_batch_invariant(
 def test_models_and_metrics_say_how_the_base_runs(client: Any, tiny_engine: Any) -> None:
     base = client.get("/v1/models").json()["data"][0]
     loaded = tiny_engine._loaded
-    assert base["kernel"] == loaded.kernel and base["batch_invariant"] is loaded.batch_invariant
+    assert base["kernel"] == loaded.device_path.kernel and base["batch_invariant"] is loaded.batch_invariant
     metrics = client.get("/metrics").text
     line = next(line for line in metrics.splitlines() if line.startswith("hotlora_model_info{"))
     assert (
-        f'kernel="{loaded.kernel}"' in line
+        f'kernel="{loaded.device_path.kernel}"' in line
         and f'batch_invariant="{str(loaded.batch_invariant).lower()}"' in line
     )

@@ -61,6 +61,7 @@ def _lora_layers(model: torch.nn.Module, key: str) -> dict[str, tuple[str, int, 
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_the_layers_peft_would_build_from_the_file(recipe: str, real_tokenizer: Any, tmp_path: Path) -> None:
     """PEFT reading the file itself and PEFT handed the resolved names build the same layers and logits."""
+    from hotlora_server.engine.device_path import PLAIN
     from hotlora_server.engine.peft_load import load_adapter
 
     vocab = len(real_tokenizer)
@@ -73,7 +74,7 @@ def test_the_layers_peft_would_build_from_the_file(recipe: str, real_tokenizer: 
         trained.save_pretrained(str(tmp_path))
         reference = PeftModel.from_pretrained(tiny_llama(vocab, real_tokenizer), str(tmp_path)).eval()
     base = tiny_llama(vocab, real_tokenizer)
-    ours = load_adapter(base, base, inspect_adapter(tmp_path), base_spec(base), "a0")
+    ours = load_adapter(base, base, inspect_adapter(tmp_path), base_spec(base), "a0", PLAIN)
     assert _lora_layers(ours, "a0") == _lora_layers(reference, "default")
     with torch.inference_mode():
         torch.testing.assert_close(

@@ -5,7 +5,8 @@ What runs where, and why:
   (`prefill_gemm`); elsewhere hotlora's fixed-order 4-bit kernel (`linear4`), because bitsandbytes'
   fallback dequantizes the whole weight at every forward. `--cpu-4bit` forces either.
 - float32 linear layers (the output layer; every layer with `--quantize none`): the fixed-order kernel.
-- LoRA deltas: `lora_stack` takes the kernels from `CpuPath.kernels`.
+- LoRA deltas and batch-invariant attention: the generic core takes the kernels from `CpuPath.kernels`.
+- bitsandbytes' packed CPU layout: `CpuPath` keeps it intact when PEFT reads the model (`bnb`).
 All of these come from one compiled library (`kernels`); without a C compiler (or `--no-cpu-kernels`)
 the server runs on bitsandbytes and BLAS alone and says that batch invariance is off.
 """
@@ -13,11 +14,14 @@ the server runs on bitsandbytes and BLAS alone and says that batch invariance is
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from ...settings import Settings
+from ..device_path import DevicePath
 from . import bnb, kernels, kernels_build, linear, linear4, prefill_gemm
 
 log = logging.getLogger(__name__)
@@ -28,12 +32,17 @@ class CpuPathError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class CpuPath:
-    """What `install` chose: the kernels library, the 4-bit path, and whether outputs are batch-invariant."""
+class CpuPath(DevicePath):
+    """What `install` chose: the kernels library, the 4-bit path, and whether outputs are batch-invariant.
+    Its hooks keep bitsandbytes' packed CPU weights exact when PEFT or a merge reads them (`bnb`)."""
 
-    kernels: kernels.CpuKernels | None
-    kernel: str  # how the base's layers multiply, as /v1/models shows it
-    batch_invariant: bool
+    @contextmanager
+    def weights_held(self, model: torch.nn.Module) -> Iterator[None]:
+        with bnb.packing_held(model):
+            yield
+
+    def to_standard_layout(self, model: torch.nn.Module) -> None:
+        bnb.unpack_cpu_weights(model)
 
 
 def install(model: torch.nn.Module, settings: Settings, dtype: torch.dtype) -> CpuPath:

@@ -167,6 +167,10 @@ class CpuKernels:
         ):
             raise MemoryError("the LoRA prefill kernel could not allocate its buffers")
 
+    def lora_items(self, columns: list[tuple[int, int]]) -> torch.Tensor:
+        """`decode_items`, for callers that hold only the kernels (the device path's `RowKernels`)."""
+        return decode_items(columns)
+
     def lora_decode(
         self, out: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor, items: torch.Tensor
     ) -> None:
