@@ -103,6 +103,8 @@ def test_a_run_registers_the_adapter_with_its_manifest(tmp_path: Path, tiny_base
     assert manifest["dataset"]["train_rows"] == 6 and manifest["dataset"]["eval_rows"] == 2
     metrics = manifest["eval_metrics"]
     assert metrics["train_loss"] > 0 and metrics["eval_loss"] > 0
+    log = json.loads((folder / "training_log.json").read_text())["log_history"]
+    assert [h["step"] for h in log if "eval_loss" in h] == [1, 2]  # a third of the run apart, and at the end
     training = manifest["training"]
     assert training["wall_time_s"] > 0 and training["peak_memory_bytes"] > 0 and training["global_step"] == 2
     assert training["memory_estimate"]["total"] == result.estimate.total
@@ -208,7 +210,7 @@ def test_piglatin_task_records_adapter_and_base_scores(
         tiny_base,
         task="piglatin",
         home=hotlora_home,  # the evaluation server's CPU kernels, compiled once per checkout
-        max_steps=1,
+        max_steps=2,
         per_device_train_batch_size=8,
         eval_max_new_tokens=4,
     )
@@ -227,6 +229,8 @@ def test_piglatin_task_records_adapter_and_base_scores(
     assert "The birch canoe" not in result.curl  # the sample is an evaluation sentence (lists 61-72)
     # the training log holds the base's and the adapter's reply to every evaluation sentence, side by side
     log = json.loads((result.adapter_path / "training_log.json").read_text())
+    # the task is judged by its served evaluation: its eval_loss once, after training
+    assert [h["step"] for h in log["log_history"] if "eval_loss" in h] == [2]
     _, evaluation = split_sentences()
     assert [row["input"] for row in log["evaluation"]] == [s.text for s in evaluation]
     for row in log["evaluation"]:
