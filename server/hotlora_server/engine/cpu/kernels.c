@@ -42,7 +42,6 @@ static inline vf lut_low(lut_t lut, vi q) { return _mm512_permutexvar_ps(q, lut.
 #include <immintrin.h>
 #define LANES 8
 typedef __m256 vf;
-typedef __m256i vi;
 static inline vf vload(const float *p) { return _mm256_loadu_ps(p); }
 static inline void vstore(float *p, vf v) { _mm256_storeu_ps(p, v); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
