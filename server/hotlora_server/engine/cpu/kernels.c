@@ -31,38 +31,84 @@ static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline vf vsplat(float s) { return _mm512_set1_ps(s); }
 static inline vf vzero(void) { return _mm512_setzero_ps(); }
-static inline vi bytes_u32(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
-static inline vi high4(vi q) { return _mm512_srli_epi32(q, 4); }
-static inline vi low4(vi q) { return q; } /* lut16 reads bits 0-3 only */
+static inline vi packed_bytes(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 typedef struct { vf t; } lut_t;
 static inline lut_t lut_make(const float *code) { return (lut_t){_mm512_loadu_ps(code)}; }
 static inline lut_t lut_scaled(lut_t lut, float s) { return (lut_t){_mm512_mul_ps(lut.t, _mm512_set1_ps(s))}; }
-static inline vf lut16(lut_t lut, vi idx) { return _mm512_permutexvar_ps(idx, lut.t); }
+static inline vf lut_high(lut_t lut, vi q) { return _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), lut.t); }
+static inline vf lut_low(lut_t lut, vi q) { return _mm512_permutexvar_ps(q, lut.t); } /* reads bits 0-3 */
+#define LUT_BY_VECTOR
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define LANES 8
 typedef __m256 vf;
-typedef __m256i vi;
 static inline vf vload(const float *p) { return _mm256_loadu_ps(p); }
 static inline void vstore(float *p, vf v) { _mm256_storeu_ps(p, v); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline vf vsplat(float s) { return _mm256_set1_ps(s); }
 static inline vf vzero(void) { return _mm256_setzero_ps(); }
-static inline vi bytes_u32(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
-static inline vi high4(vi q) { return _mm256_srli_epi32(q, 4); }
-static inline vi low4(vi q) { return q; } /* lut16 reads bits 0-3 only */
-typedef struct { vf lo, hi; } lut_t;
-static inline lut_t lut_make(const float *code) { return (lut_t){_mm256_loadu_ps(code), _mm256_loadu_ps(code + 8)}; }
-static inline lut_t lut_scaled(lut_t lut, float s)
+/* The code as four byte planes (plane j: byte j of each of the 16 floats, in both 128-bit lanes), so that
+ * a 16-entry lookup is one in-lane byte shuffle per plane: on AVX2 the two cross-lane `permutevar8x32`
+ * and the blend per 8 weights of a float table cost more. The floats come back bit for bit, then are
+ * scaled by the block's absmax: the same single rounding as a lookup in the scaled code. */
+typedef struct { __m256i p[4]; } lut_t;
+static inline __m256i byte_planes(const float *eight) /* [planes 0-3 of floats 0-3 | of floats 4-7] */
 {
-    const __m256 v = _mm256_set1_ps(s);
-    return (lut_t){_mm256_mul_ps(lut.lo, v), _mm256_mul_ps(lut.hi, v)};
+    const __m256i gather = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, /* */
+                                            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i v = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)eight), gather);
+    return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)); /* [p0 p0 p1 p1 | ...] */
 }
-static inline vf lut16(lut_t lut, vi idx)
+static inline lut_t lut_make(const float *code)
 {
-    const vf lo = _mm256_permutevar8x32_ps(lut.lo, idx), hi = _mm256_permutevar8x32_ps(lut.hi, idx);
-    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28))); /* bit 3 to the sign */
+    const __m256i a = byte_planes(code), b = byte_planes(code + 8);
+    const __m256i even = _mm256_unpacklo_epi64(a, b), odd = _mm256_unpackhi_epi64(a, b); /* planes 0|2, 1|3 */
+    return (lut_t){{_mm256_permute2x128_si256(even, even, 0x00), _mm256_permute2x128_si256(odd, odd, 0x00),
+                    _mm256_permute2x128_si256(even, even, 0x11), _mm256_permute2x128_si256(odd, odd, 0x11)}};
+}
+typedef struct { const lut_t *code; vf scale; } scaled_t;
+#define lut_scaled(lut, s) ((scaled_t){&(lut), _mm256_set1_ps(s)})
+/* Each byte's nibble per `spread` (from the bytes it picks, high nibbles in dwords 0 and 2 of a lane, low
+ * ones in 1 and 3), as indexes into the planes. */
+static inline __m256i nibbles(__m256i bytes, __m256i spread)
+{
+    const __m256i picked = _mm256_shuffle_epi8(bytes, spread);
+    const __m256i shifted = _mm256_srlv_epi32(picked, _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0));
+    return _mm256_and_si256(shifted, _mm256_set1_epi8(15));
+}
+/* The floats whose bytes are the 16-bit pairs b01 (bytes 0, 1) and b23 (bytes 2, 3), times scale. */
+#define PLANE_FLOATS(unpack, b01, b23, scale) _mm256_mul_ps(_mm256_castsi256_ps(unpack(b01, b23)), scale)
+#define PLANE_BYTES(unpack, plane, idx, j, k) \
+    unpack(_mm256_shuffle_epi8((plane)[j], idx), _mm256_shuffle_epi8((plane)[k], idx))
+/* 2 * LANES packed bytes at p: w[0], w[1] the high and low nibbles' values of the first LANES, w[2], w[3]
+ * of the next. The nibbles are laid out as [high 0-3, low 0-3, high 8-11, low 8-11 | high 4-7, low 4-7,
+ * high 12-15, low 12-15], so that the planes' unpacks give the floats in order. */
+static inline void lut_decode2(const scaled_t *t, const uint8_t *p, vf w[4])
+{
+    const __m256i spread = _mm256_setr_epi8(0, 1, 2, 3, 0, 1, 2, 3, 8, 9, 10, 11, 8, 9, 10, 11, /* */
+                                            4, 5, 6, 7, 4, 5, 6, 7, 12, 13, 14, 15, 12, 13, 14, 15);
+    const __m256i idx = nibbles(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p)), spread);
+    const __m256i *plane = t->code->p;
+    const __m256i q0 = _mm256_shuffle_epi8(plane[0], idx), q1 = _mm256_shuffle_epi8(plane[1], idx);
+    const __m256i q2 = _mm256_shuffle_epi8(plane[2], idx), q3 = _mm256_shuffle_epi8(plane[3], idx);
+    const __m256i lo01 = _mm256_unpacklo_epi8(q0, q1), lo23 = _mm256_unpacklo_epi8(q2, q3);
+    const __m256i hi01 = _mm256_unpackhi_epi8(q0, q1), hi23 = _mm256_unpackhi_epi8(q2, q3);
+    w[0] = PLANE_FLOATS(_mm256_unpacklo_epi16, lo01, lo23, t->scale);
+    w[1] = PLANE_FLOATS(_mm256_unpackhi_epi16, lo01, lo23, t->scale);
+    w[2] = PLANE_FLOATS(_mm256_unpacklo_epi16, hi01, hi23, t->scale);
+    w[3] = PLANE_FLOATS(_mm256_unpackhi_epi16, hi01, hi23, t->scale);
+}
+/* LANES packed bytes (a block's last, when blocksize is an odd multiple of 2 * LANES), the same way. */
+static inline void lut_decode(const scaled_t *t, const uint8_t *p, vf *whi, vf *wlo)
+{
+    const __m256i spread = _mm256_setr_epi8(0, 1, 2, 3, 0, 1, 2, 3, -1, -1, -1, -1, -1, -1, -1, -1, /* */
+                                            4, 5, 6, 7, 4, 5, 6, 7, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i idx = nibbles(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)p)), spread);
+    const __m256i b01 = PLANE_BYTES(_mm256_unpacklo_epi8, t->code->p, idx, 0, 1);
+    const __m256i b23 = PLANE_BYTES(_mm256_unpacklo_epi8, t->code->p, idx, 2, 3);
+    *whi = PLANE_FLOATS(_mm256_unpacklo_epi16, b01, b23, t->scale);
+    *wlo = PLANE_FLOATS(_mm256_unpackhi_epi16, b01, b23, t->scale);
 }
 #else /* portable: the compiler vectorizes what it can */
 #define LANES 4
@@ -78,9 +124,7 @@ static inline vf vfma(vf a, vf b, vf c)
 static inline vf vadd(vf a, vf b) { return a + b; }
 static inline vf vsplat(float s) { return (vf){s, s, s, s}; }
 static inline vf vzero(void) { return (vf){0, 0, 0, 0}; }
-static inline vi bytes_u32(const uint8_t *p) { return (vi){p[0], p[1], p[2], p[3]}; }
-static inline vi high4(vi q) { return q >> 4; }
-static inline vi low4(vi q) { return q & 15; }
+static inline vi packed_bytes(const uint8_t *p) { return (vi){p[0], p[1], p[2], p[3]}; }
 typedef struct { float v[16]; } lut_t;
 static inline lut_t lut_make(const float *code)
 {
@@ -96,6 +140,25 @@ static inline lut_t lut_scaled(lut_t lut, float s)
 static inline vf lut16(lut_t lut, vi idx)
 {
     return (vf){lut.v[idx[0]], lut.v[idx[1]], lut.v[idx[2]], lut.v[idx[3]]};
+}
+static inline vf lut_high(lut_t lut, vi q) { return lut16(lut, q >> 4); }
+static inline vf lut_low(lut_t lut, vi q) { return lut16(lut, q & 15); }
+#define LUT_BY_VECTOR
+#endif
+
+#ifdef LUT_BY_VECTOR
+typedef lut_t scaled_t;
+/* LANES packed bytes at p to the values of their high (*whi) and low (*wlo) nibbles. */
+static inline void lut_decode(const scaled_t *t, const uint8_t *p, vf *whi, vf *wlo)
+{
+    const vi q = packed_bytes(p);
+    *whi = lut_high(*t, q);
+    *wlo = lut_low(*t, q);
+}
+static inline void lut_decode2(const scaled_t *t, const uint8_t *p, vf w[4])
+{
+    lut_decode(t, p, &w[0], &w[1]);
+    lut_decode(t, p + LANES, &w[2], &w[3]);
 }
 #endif
 
@@ -171,7 +234,7 @@ void hotlora_gemm_nt(const float *x, int64_t ldx, const float *w, int64_t ldw, f
  * even then the odd product of each chunk of 2 * LANES columns in order, then the lanes in order. ---- */
 
 #define Q4_MR 4
-#define Q4_NC 2
+#define Q4_NC 4 /* columns: independent multiply-add chains, to hide their latency at one row */
 
 #define Q4_TILE(MR, NC)                                                                               \
     static void q4_##MR##_##NC(const float *xe, const float *xo, int64_t ldx, const uint8_t *w,      \
@@ -183,18 +246,28 @@ void hotlora_gemm_nt(const float *x, int64_t ldx, const float *w, int64_t ldw, f
             for (int c = 0; c < NC; c++) acc[r][c] = vzero();                                         \
         const int64_t half = K / 2, blocks = K / blocksize, step = blocksize / 2;                     \
         for (int64_t b = 0; b < blocks; b++) {                                                        \
-            lut_t scaled[NC];                                                                         \
+            scaled_t scaled[NC];                                                                      \
             for (int c = 0; c < NC; c++) scaled[c] = lut_scaled(lut, absmax[c * blocks + b]);         \
-            for (int64_t k = b * step; k < (b + 1) * step; k += LANES) {                              \
-                vf whi[NC], wlo[NC];                                                                  \
+            int64_t k = b * step;                                                                     \
+            for (; k + 2 * LANES <= (b + 1) * step; k += 2 * LANES) {                                 \
+                vf e[MR][2], o[MR][2];                                                                \
+                for (int r = 0; r < MR; r++)                                                          \
+                    for (int h = 0; h < 2; h++)                                                       \
+                        e[r][h] = vload(xe + r * ldx + k + h * LANES), o[r][h] = vload(xo + r * ldx + k + h * LANES); \
                 for (int c = 0; c < NC; c++) {                                                        \
-                    const vi q = bytes_u32(w + c * half + k);                                         \
-                    whi[c] = lut16(scaled[c], high4(q));                                              \
-                    wlo[c] = lut16(scaled[c], low4(q));                                               \
+                    vf wv[4];                                                                         \
+                    lut_decode2(&scaled[c], w + c * half + k, wv);                                    \
+                    for (int r = 0; r < MR; r++)                                                      \
+                        for (int h = 0; h < 2; h++)                                                   \
+                            acc[r][c] = vfma(o[r][h], wv[2 * h + 1], vfma(e[r][h], wv[2 * h], acc[r][c])); \
                 }                                                                                     \
-                for (int r = 0; r < MR; r++) {                                                        \
-                    const vf e = vload(xe + r * ldx + k), o = vload(xo + r * ldx + k);                \
-                    for (int c = 0; c < NC; c++) acc[r][c] = vfma(o, wlo[c], vfma(e, whi[c], acc[r][c])); \
+            }                                                                                         \
+            for (; k < (b + 1) * step; k += LANES) { /* blocksize an odd multiple of 2 * LANES */       \
+                for (int c = 0; c < NC; c++) {                                                        \
+                    vf whi, wlo;                                                                      \
+                    lut_decode(&scaled[c], w + c * half + k, &whi, &wlo);                             \
+                    for (int r = 0; r < MR; r++)                                                      \
+                        acc[r][c] = vfma(vload(xo + r * ldx + k), wlo, vfma(vload(xe + r * ldx + k), whi, acc[r][c])); \
                 }                                                                                     \
             }                                                                                         \
         }                                                                                             \
@@ -205,10 +278,13 @@ void hotlora_gemm_nt(const float *x, int64_t ldx, const float *w, int64_t ldw, f
 #define Q4_ROWS(NC) Q4_TILE(1, NC) Q4_TILE(2, NC) Q4_TILE(3, NC) Q4_TILE(4, NC)
 Q4_ROWS(1)
 Q4_ROWS(2)
+Q4_ROWS(3)
+Q4_ROWS(4)
 
 typedef void (*q4_fn)(const float *, const float *, int64_t, const uint8_t *, const float *, lut_t, int64_t,
                       float *, int64_t, int64_t);
-static const q4_fn Q4[Q4_MR][Q4_NC] = {{q4_1_1, q4_1_2}, {q4_2_1, q4_2_2}, {q4_3_1, q4_3_2}, {q4_4_1, q4_4_2}};
+#define Q4_COLS(MR) {q4_##MR##_1, q4_##MR##_2, q4_##MR##_3, q4_##MR##_4}
+static const q4_fn Q4[Q4_MR][Q4_NC] = {Q4_COLS(1), Q4_COLS(2), Q4_COLS(3), Q4_COLS(4)};
 
 /* Many rows: each thread dequantizes a few columns once, in the order the tiles above compute them, and
  * runs every row over them. Per element the same operations in the same order as `q4_*`, so a row has
@@ -221,11 +297,18 @@ static void q4_dequant(const uint8_t *w, const float *absmax, lut_t lut, int64_t
 {
     const int64_t step = blocksize / 2;
     for (int64_t b = 0; b < K / blocksize; b++) {
-        const lut_t scaled = lut_scaled(lut, absmax[b]);
-        for (int64_t k = b * step; k < (b + 1) * step; k += LANES) {
-            const vi q = bytes_u32(w + k);
-            vstore(out + 2 * k, lut16(scaled, high4(q)));
-            vstore(out + 2 * k + LANES, lut16(scaled, low4(q)));
+        const scaled_t scaled = lut_scaled(lut, absmax[b]);
+        int64_t k = b * step;
+        for (; k + 2 * LANES <= (b + 1) * step; k += 2 * LANES) {
+            vf wv[4];
+            lut_decode2(&scaled, w + k, wv);
+            for (int i = 0; i < 4; i++) vstore(out + 2 * k + i * LANES, wv[i]);
+        }
+        for (; k < (b + 1) * step; k += LANES) {
+            vf whi, wlo;
+            lut_decode(&scaled, w + k, &whi, &wlo);
+            vstore(out + 2 * k, whi);
+            vstore(out + 2 * k + LANES, wlo);
         }
     }
 }
