@@ -44,12 +44,10 @@ def test_density_is_required_exactly_where_the_registry_says(method: str) -> Non
 
 def _peft_check(combination_type: str, ranks: list[int]) -> int:
     """The rank PEFT's own check gives a blend of two or more adapters of `ranks` (ValueError if refused)."""
+    from peft import LoraConfig
     from peft.tuners.lora.model import LoraModel
 
-    configs = {
-        f"a{i}": SimpleNamespace(r=r, rank_pattern={}, target_parameters=None, target_modules={"q_proj"})
-        for i, r in enumerate(ranks)
-    }
+    configs = {f"a{i}": LoraConfig(r=r, target_modules=["q_proj"]) for i, r in enumerate(ranks)}
     fake: Any = SimpleNamespace(peft_config=configs, modules=list)
     _, rank, _ = LoraModel._check_add_weighted_adapter(fake, list(configs), combination_type, None)
     return int(rank)
