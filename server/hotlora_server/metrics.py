@@ -29,6 +29,8 @@ _GAUGES = {
     "adapters_resident": "Store adapters loaded in memory.",
     "kv_cache_usage": "KV cache reserved by admitted requests (their worst case), as a fraction of the budget.",
     "kv_cache_bytes": "Bytes the running batch's KV cache holds now.",
+    "decode_threads": "CPU threads a decode step runs on now: chosen by timing steps unless "
+    "--cpu-decode-threads fixes it (0 off the CPU).",
 }
 _COUNTERS = {
     "decode_steps": "Decode steps run (one token for every running row).",

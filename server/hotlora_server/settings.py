@@ -212,6 +212,12 @@ class Settings(BaseModel):
         "it dequantizes every weight at every forward) or hotlora's fixed-order 4-bit kernel; auto: "
         "bitsandbytes where its kernel is fused, else hotlora",
     )
+    cpu_decode_threads: int | None = Field(
+        None,
+        ge=1,
+        description="threads a decode step runs on a CPU; default: all of torch's, with a few steps now and "
+        "then timed on fewer, and fewer kept while they are faster (when other programs hold cores)",
+    )
     enable_prefix_caching: bool = Field(
         True,
         description="reuse the KV cache of prompt prefixes already computed (the system turn, shared context) "

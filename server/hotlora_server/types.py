@@ -217,6 +217,7 @@ class EngineStats:
     adapter_loads: int
     adapter_evictions: int
     adapter_merges: int
+    decode_threads: int = 0  # host threads a decode step runs on now (0: the device path leaves them)
     model_info: dict[str, str] = field(default_factory=dict)  # what is served, how: labels of one series
 
 

@@ -65,5 +65,15 @@ class DevicePath:
     def to_standard_layout(self, model: torch.nn.Module) -> None:
         """Return `model`'s weights to the quantization library's standard layout (before dequantizing)."""
 
+    @contextmanager
+    def decode_step(self, rows: int) -> Iterator[None]:
+        """Run one decode step of `rows` rows: a path may choose the host threads it runs on here."""
+        yield
+
+    @property
+    def decode_threads(self) -> int:
+        """Host threads a decode step runs on now (0: the path leaves them to torch)."""
+        return 0
+
 
 PLAIN = DevicePath()  # torch's own ops on weights in the library's layout: stand-ins, an unquantized base

@@ -149,6 +149,7 @@ class Engine(StoreRoutes):
             adapter_loads=pool.built,
             adapter_evictions=pool.evictions,
             adapter_merges=pool.merges,
+            decode_threads=self._loaded.device_path.decode_threads if self._loaded is not None else 0,
             model_info=self._model_info(),
         )
 

@@ -313,8 +313,9 @@ class Scheduler:
         keys = [row.job.key for row in rows]
         cache = self._batch.cache
         assert cache is not None  # running rows are rows of the batch's cache
+        step = self._loaded.device_path.decode_step(len(rows))  # times a step that did not raise
         try:
-            with self._pool.routing(keys, decode=True) as kwargs:  # type: ignore[arg-type]
+            with step, self._pool.routing(keys, decode=True) as kwargs:  # type: ignore[arg-type]
                 logits = decode_one_token(
                     self._pool.model,
                     tokens,

@@ -7,6 +7,7 @@ What runs where, and why:
 - float32 linear layers (the output layer; every layer with `--quantize none`): the fixed-order kernel.
 - LoRA deltas and batch-invariant attention: the generic core takes the kernels from `CpuPath.kernels`.
 - bitsandbytes' packed CPU layout: `CpuPath` keeps it intact when PEFT reads the model (`bnb`).
+- decode steps' thread count: chosen while serving by timing steps (`threads`), unless a flag fixes it.
 All of these come from one compiled library (`kernels`); without a C compiler (or `--no-cpu-kernels`)
 the server runs on bitsandbytes and BLAS alone and says that batch invariance is off.
 """
@@ -16,13 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ...settings import Settings
 from ..device_path import DevicePath
 from . import bnb, kernels, kernels_build, linear, linear4, prefill_gemm
+from .threads import DecodeThreads
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,10 @@ class CpuPathError(RuntimeError):
 @dataclass(frozen=True)
 class CpuPath(DevicePath):
     """What `install` chose: the kernels library, the 4-bit path, and whether outputs are batch-invariant.
-    Its hooks keep bitsandbytes' packed CPU weights exact when PEFT or a merge reads them (`bnb`)."""
+    Its hooks keep bitsandbytes' packed CPU weights exact when PEFT or a merge reads them (`bnb`), and run
+    each decode step on the thread count `threads` chooses."""
+
+    threads: DecodeThreads = field(default_factory=lambda: DecodeThreads(torch.get_num_threads()))
 
     @contextmanager
     def weights_held(self, model: torch.nn.Module) -> Iterator[None]:
@@ -43,6 +48,15 @@ class CpuPath(DevicePath):
 
     def to_standard_layout(self, model: torch.nn.Module) -> None:
         bnb.unpack_cpu_weights(model)
+
+    @contextmanager
+    def decode_step(self, rows: int) -> Iterator[None]:
+        with self.threads.step(rows):
+            yield
+
+    @property
+    def decode_threads(self) -> int:
+        return self.threads.trying or self.threads.current
 
 
 def install(model: torch.nn.Module, settings: Settings, dtype: torch.dtype) -> CpuPath:
@@ -55,9 +69,14 @@ def install(model: torch.nn.Module, settings: Settings, dtype: torch.dtype) -> C
             "--cpu-4bit hotlora needs the compiled CPU kernels: a C compiler (cc), float32 compute and "
             "--cpu-kernels (see the warnings above)"
         )
-    path = _install_linears(model, settings, lib)
-    if lib is not None and linear.install_output(model, lib):
-        log.info("logits through the fixed-order kernel (%s)", lib.path.name)
+    most = torch.get_num_threads()
+    threads = DecodeThreads(most, fixed=settings.cpu_decode_threads)
+    path = replace(_install_linears(model, settings, lib), threads=threads)
+    head = linear.install_output(model, lib) if lib is not None else None
+    if lib is not None and head is not None:
+        log.info(
+            "logits through the fixed-order kernel (%s), the output layer read as %s", lib.path.name, head
+        )
     if lib is None:
         log.warning(
             "batch invariance is off: without the compiled CPU kernels a request's output may depend on "
@@ -66,6 +85,12 @@ def install(model: torch.nn.Module, settings: Settings, dtype: torch.dtype) -> C
         )
     log.info(
         "CPU path: %s; batch invariance possible: %s", path.kernel, "yes" if path.batch_invariant else "no"
+    )
+    log.info(
+        "decode threads: %s",
+        f"{threads.current} (--cpu-decode-threads)"
+        if threads.fixed
+        else f"{threads.current} of {most}, fewer while timed steps show other programs slowing them",
     )
     return path
 
