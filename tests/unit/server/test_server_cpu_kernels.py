@@ -16,6 +16,7 @@ import torch
 from hotlora_server.engine.cpu import kernels_build
 from hotlora_server.engine.cpu.kernels import CpuKernels, decode_items
 
+from support.gguf_weights import q8_0
 from support.tiny_server import needs_compiler
 
 NONE = (0, 0)
@@ -50,6 +51,33 @@ def test_gemm_nt_matches_float64_and_gives_each_row_its_bits_alone(
     torch.testing.assert_close(together.double(), x.double() @ w.double().T, rtol=1e-5, atol=1e-4)
     for start, stop in SLICES:
         assert torch.equal(cpu_kernels.gemm_nt(x[start:stop], w), together[start:stop]), (start, stop)
+
+
+@pytest.mark.parametrize(("k", "n"), [(576, 1000), (64, 49), (32, 3)])
+def test_gemm_q8_gives_gemm_nts_bits_from_int8_and_scales(
+    cpu_kernels: CpuKernels, threads: int, k: int, n: int
+) -> None:
+    w = q8_0(n, k, seed=4)
+    compact = cpu_kernels.q8_weight(w)
+    assert compact is not None and compact.values.dtype == torch.int8
+    assert compact.values.numel() + 4 * compact.scales.numel() < w.numel() * 4 / 3  # a third of the bytes
+    x = torch.randn(20, k, generator=_gen(5))
+    together = cpu_kernels.gemm_nt(x, w)
+    assert torch.equal(cpu_kernels.gemm_q8(x, compact), together)
+    for start, stop in SLICES:
+        assert torch.equal(cpu_kernels.gemm_q8(x[start:stop], compact), together[start:stop]), (start, stop)
+
+
+def test_only_a_weight_that_is_exactly_int8_times_scales_is_held_so(cpu_kernels: CpuKernels) -> None:
+    assert cpu_kernels.q8_weight(torch.randn(8, 64, generator=_gen(6))) is None  # any float32 weight
+    assert cpu_kernels.q8_weight(q8_0(8, 64, seed=7)[:, :48].contiguous()) is None  # not whole blocks
+    nudged = q8_0(8, 64, seed=8)
+    nudged[3, 5] = torch.nextafter(nudged[3, 5], torch.tensor(1.0))  # one value a step off
+    assert cpu_kernels.q8_weight(nudged) is None
+    compact = cpu_kernels.q8_weight(q8_0(8, 64, seed=9))
+    assert compact is not None
+    with pytest.raises(ValueError, match="features"):
+        cpu_kernels.gemm_q8(torch.randn(2, 32), compact)
 
 
 def test_gemm_nt_takes_rows_with_a_stride(cpu_kernels: CpuKernels) -> None:

@@ -12,6 +12,7 @@ from hotlora_server.engine.cpu import linear
 from hotlora_server.engine.cpu.kernels import CpuKernels
 from hotlora_server.engine.loader import load_model
 
+from support.gguf_weights import q8_0
 from support.tiny_server import tiny_settings
 
 
@@ -35,13 +36,27 @@ def test_a_rows_logits_do_not_depend_on_how_many_rows_share_the_call(cpu_kernels
     weight = model.lm_head.weight
     hidden = torch.randn(20, 1, 576, generator=torch.Generator().manual_seed(1))
     plain = model.lm_head(hidden)
-    assert linear.install_output(model, cpu_kernels)
+    assert linear.install_output(model, cpu_kernels) == "float32"  # random weights: no int8 form
     together = model.lm_head(hidden)
     for start, stop in ((0, 1), (5, 6), (0, 2), (3, 17), (0, 15), (0, 16), (2, 20)):
         assert torch.equal(model.lm_head(hidden[start:stop]), together[start:stop]), (start, stop)
     assert model.lm_head(hidden[0]).shape == (1, 49152)
     torch.testing.assert_close(together, plain, rtol=1e-4, atol=1e-4)
     assert model.lm_head.weight is weight and model.embed.weight is weight  # no copy: still tied
+
+
+@torch.inference_mode()
+def test_an_output_layer_dequantized_from_q8_0_is_read_as_int8_with_the_same_bits(
+    cpu_kernels: CpuKernels,
+) -> None:
+    model = _Tied()
+    model.lm_head.weight.copy_(q8_0(49152, 576, seed=0))  # what the embedded GGUF's output layer holds
+    hidden = torch.randn(20, 1, 576, generator=torch.Generator().manual_seed(1))
+    read_as = linear.install_output(model, cpu_kernels)
+    assert read_as is not None and read_as.startswith("int8")
+    expected = cpu_kernels.gemm_nt(hidden.reshape(20, 576), model.lm_head.weight).view(20, 1, -1)
+    assert torch.equal(model.lm_head(hidden), expected)
+    assert model.embed.weight is model.lm_head.weight  # the float32 weight stays, tied to the embedding
 
 
 @torch.inference_mode()

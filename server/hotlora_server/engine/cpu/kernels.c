@@ -6,6 +6,7 @@
  * differ between CPUs with other vector widths, which is fine: a server runs on one).
  *
  *   hotlora_gemm_nt   y = x @ w.T, w [N, K] float32 (the output layer's logits)
+ *   hotlora_gemm_q8   the same product, bit for bit, for a w held as int8 times one scale per 32 values
  *   hotlora_gemm_q4   y = x @ dequant(w).T for bitsandbytes' 4-bit layout (the base's layers, decode)
  *   hotlora_gemm_q4_prefill  the same for a prefill's many rows, in panels
  *   hotlora_gemm_nn   y (+)= x @ w, w [K, N] float32 (a prefill's LoRA deltas on the stacked blocks)
@@ -31,6 +32,8 @@ static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline vf vsplat(float s) { return _mm512_set1_ps(s); }
 static inline vf vzero(void) { return _mm512_setzero_ps(); }
+static inline vf vint8(const int8_t *p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))); }
+static inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vi packed_bytes(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 typedef struct { vf t; } lut_t;
 static inline lut_t lut_make(const float *code) { return (lut_t){_mm512_loadu_ps(code)}; }
@@ -48,6 +51,8 @@ static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline vf vsplat(float s) { return _mm256_set1_ps(s); }
 static inline vf vzero(void) { return _mm256_setzero_ps(); }
+static inline vf vint8(const int8_t *p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))); }
+static inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 /* The code as four byte planes (plane j: byte j of each of the 16 floats, in both 128-bit lanes), so that
  * a 16-entry lookup is one in-lane byte shuffle per plane: on AVX2 the two cross-lane `permutevar8x32`
  * and the blend per 8 weights of a float table cost more. The floats come back bit for bit, then are
@@ -124,6 +129,8 @@ static inline vf vfma(vf a, vf b, vf c)
 static inline vf vadd(vf a, vf b) { return a + b; }
 static inline vf vsplat(float s) { return (vf){s, s, s, s}; }
 static inline vf vzero(void) { return (vf){0, 0, 0, 0}; }
+static inline vf vint8(const int8_t *p) { return (vf){p[0], p[1], p[2], p[3]}; }
+static inline vf vmul(vf a, vf b) { return a * b; }
 static inline vi packed_bytes(const uint8_t *p) { return (vi){p[0], p[1], p[2], p[3]}; }
 typedef struct { float v[16]; } lut_t;
 static inline lut_t lut_make(const float *code)
@@ -224,6 +231,59 @@ void hotlora_gemm_nt(const float *x, int64_t ldx, const float *w, int64_t ldw, f
             const int64_t m0 = i * NT_MR, n0 = j * NT_NC;
             NT[tile_size(M - m0, NT_MR) - 1][tile_size(N - n0, NT_NC) - 1](
                 x + m0 * ldx, ldx, w + n0 * ldw, ldw, y + m0 * ldy + n0, ldy, K);
+        }
+}
+
+/* ---- y = x @ w.T as hotlora_gemm_nt sums it, for w [N, K] held as int8 q [N, K] and float32 scales d
+ * [N, K / Q8_GROUP], w[n, k] = q[n, k] * d[n, k / Q8_GROUP] (a GGUF Q8_0 weight; the caller checks that the
+ * products are the float32 weight exactly, so each vector of w equals the one gemm_nt loads and every
+ * sum has the same bits), in a quarter of the bytes: a one-row product is bound by reading w. K is a
+ * multiple of Q8_GROUP, itself a multiple of LANES. ---- */
+
+#define Q8_GROUP 32
+
+#define Q8_TILE(MR, NC)                                                                               \
+    static void q8_##MR##_##NC(const float *x, int64_t ldx, const int8_t *q, const float *d, float *y,\
+                               int64_t ldy, int64_t K)                                               \
+    {                                                                                                 \
+        vf acc[MR][NC];                                                                               \
+        for (int r = 0; r < MR; r++)                                                                  \
+            for (int c = 0; c < NC; c++) acc[r][c] = vzero();                                         \
+        const int64_t groups = K / Q8_GROUP;                                                          \
+        for (int64_t k = 0; k < K; k += LANES) {                                                      \
+            vf wv[NC];                                                                                \
+            for (int c = 0; c < NC; c++)                                                              \
+                wv[c] = vmul(vint8(q + c * K + k), vsplat(d[c * groups + k / Q8_GROUP]));             \
+            for (int r = 0; r < MR; r++) {                                                            \
+                const vf xv = vload(x + r * ldx + k);                                                 \
+                for (int c = 0; c < NC; c++) acc[r][c] = vfma(xv, wv[c], acc[r][c]);                  \
+            }                                                                                         \
+        }                                                                                             \
+        for (int r = 0; r < MR; r++)                                                                  \
+            for (int c = 0; c < NC; c++) y[r * ldy + c] = hsum(acc[r][c]);                           \
+    }
+
+#define Q8_ROWS(NC) Q8_TILE(1, NC) Q8_TILE(2, NC) Q8_TILE(3, NC) Q8_TILE(4, NC)
+Q8_ROWS(1)
+Q8_ROWS(2)
+Q8_ROWS(3)
+
+typedef void (*q8_fn)(const float *, int64_t, const int8_t *, const float *, float *, int64_t, int64_t);
+static const q8_fn Q8[NT_MR][NT_NC] = {
+    {q8_1_1, q8_1_2, q8_1_3}, {q8_2_1, q8_2_2, q8_2_3}, {q8_3_1, q8_3_2, q8_3_3}, {q8_4_1, q8_4_2, q8_4_3}};
+
+int32_t hotlora_q8_group(void) { return Q8_GROUP; }
+
+void hotlora_gemm_q8(const float *x, int64_t ldx, const int8_t *q, const float *d, float *y, int64_t ldy,
+                     int64_t M, int64_t N, int64_t K, int32_t threads)
+{
+    const int64_t mt = (M + NT_MR - 1) / NT_MR, nt = (N + NT_NC - 1) / NT_NC, groups = K / Q8_GROUP;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (mt * nt > 1 && M * N * K >= 65536)
+    for (int64_t j = 0; j < nt; j++)
+        for (int64_t i = 0; i < mt; i++) {
+            const int64_t m0 = i * NT_MR, n0 = j * NT_NC;
+            Q8[tile_size(M - m0, NT_MR) - 1][tile_size(N - n0, NT_NC) - 1](
+                x + m0 * ldx, ldx, q + n0 * K, d + n0 * groups, y + m0 * ldy + n0, ldy, K);
         }
 }
 

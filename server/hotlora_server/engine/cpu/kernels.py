@@ -13,6 +13,7 @@ each output element in one fixed order of their own, so the guarantee holds by c
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,6 +44,10 @@ class CpuKernels:
         self._nt = library.hotlora_gemm_nt
         self._nt.argtypes = [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _I32]
         self._nt.restype = None
+        self._q8 = library.hotlora_gemm_q8
+        self._q8.argtypes = self._nt.argtypes
+        self._q8.restype = None
+        self.q8_group: int = library.hotlora_q8_group()  # values per scale of a `Q8Weight`
         self._q4 = library.hotlora_gemm_q4
         self._q4.argtypes = [_PTR, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _I32]
         self._q4.restype = _I32
@@ -73,6 +78,48 @@ class CpuKernels:
                 x.stride(0),
                 w.data_ptr(),
                 w.stride(0),
+                y.data_ptr(),
+                n,
+                m,
+                n,
+                k,
+                torch.get_num_threads(),
+            )
+        return y
+
+    def q8_weight(self, w: torch.Tensor) -> Q8Weight | None:
+        """`w` `[N, K]` as int8 values times one float32 scale per `q8_group` values along K, when every
+        value of `w` is exactly such a product (a GGUF Q8_0 weight dequantized, as the embedded model's
+        tied output layer is); None otherwise. `gemm_q8` then gives `gemm_nt`'s bits."""
+        _rows(w, "w")
+        n, k = w.shape
+        if k % self.q8_group or not w.is_contiguous():
+            return None
+        groups = k // self.q8_group
+        values = torch.empty(n, k, dtype=torch.int8)
+        scales = torch.empty(n, groups, dtype=torch.float32)
+        for start in range(0, n, 4096):  # in slices: a large vocabulary's temporaries stay small
+            blocks = w[start : start + 4096].reshape(-1, groups, self.q8_group)
+            scale = blocks.abs().amax(-1) / 127  # Q8_0's largest value is 127 times its scale
+            found = torch.round(blocks / torch.where(scale == 0, 1.0, scale).unsqueeze(-1))
+            if found.abs().amax() > 127 or not torch.equal(found * scale.unsqueeze(-1), blocks):
+                return None  # most weights fail in the first slice
+            values[start : start + 4096] = found.reshape(-1, k).to(torch.int8)
+            scales[start : start + 4096] = scale
+        return Q8Weight(values, scales)
+
+    def gemm_q8(self, x: torch.Tensor, weight: Q8Weight) -> torch.Tensor:
+        """`x @ w.T` for float32 `x` `[M, K]` and the weight `q8_weight` made of `w`: `gemm_nt`'s bits."""
+        _rows(x, "x")
+        (m, k), n = x.shape, weight.values.shape[0]
+        _check(k == weight.values.shape[1], f"x has {k} features, w {weight.values.shape[1]}")
+        y = torch.empty(m, n, dtype=torch.float32)
+        if m and n:
+            self._q8(
+                x.data_ptr(),
+                x.stride(0),
+                weight.values.data_ptr(),
+                weight.scales.data_ptr(),
                 y.data_ptr(),
                 n,
                 m,
@@ -276,6 +323,15 @@ class CpuKernels:
         ):
             raise MemoryError("the attention kernel could not allocate its buffers")
         return out
+
+
+@dataclass(frozen=True)
+class Q8Weight:
+    """A float32 weight `CpuKernels.q8_weight` found to be int8 `values` `[N, K]` times float32 `scales`
+    `[N, K / q8_group]`, exactly."""
+
+    values: torch.Tensor
+    scales: torch.Tensor
 
 
 class Q4Weight:

@@ -15,16 +15,17 @@ from typing import Any, TypeGuard
 
 import torch
 
-from .kernels import CpuKernels
+from .kernels import CpuKernels, Q8Weight
 
 
 class FixedOrderLinear:
     """A float32 `Linear` layer's forward through `CpuKernels.gemm_nt` (torch's for inputs that need
     gradients, which only training has)."""
 
-    def __init__(self, module: torch.nn.Linear, kernels: CpuKernels) -> None:
+    def __init__(self, module: torch.nn.Linear, kernels: CpuKernels, compact: Q8Weight | None = None) -> None:
         self.module = module
         self.kernels = kernels
+        self.compact = compact  # the weight as int8 times scales, exactly: the same bits from fewer bytes
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
         """A copy of the layer gets the plain forward: PEFT copies the output layer for an adapter that
@@ -38,7 +39,10 @@ class FixedOrderLinear:
         rows = input.reshape(-1, input.shape[-1]).to(torch.float32)
         if rows.stride(-1) != 1:
             rows = rows.contiguous()
-        out = self.kernels.gemm_nt(rows, self.module.weight)
+        if self.compact is not None:
+            out = self.kernels.gemm_q8(rows, self.compact)
+        else:
+            out = self.kernels.gemm_nt(rows, self.module.weight)
         if self.module.bias is not None:
             out = out + self.module.bias
         return out.to(input.dtype).view(*input.shape[:-1], -1)
@@ -55,13 +59,17 @@ def _takes(module: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
     )
 
 
-def install_output(model: torch.nn.Module, kernels: CpuKernels) -> bool:
-    """Route `model`'s output layer through `FixedOrderLinear`; False where it does not apply."""
+def install_output(model: torch.nn.Module, kernels: CpuKernels) -> str | None:
+    """Route `model`'s output layer through `FixedOrderLinear`, read as int8 times scales where its values
+    are exactly that (`CpuKernels.q8_weight`: one step reads the whole output layer, for one row); how it
+    is read, or None where it does not apply. Merges never change this weight in place (they swap in a
+    dense copy of a layer), so the compact copy stays exact."""
     head = model.get_output_embeddings()  # type: ignore[operator]  # a transformers model's method
     if not _takes(head):
-        return False
-    head.forward = FixedOrderLinear(head, kernels)  # type: ignore[method-assign]  # replaced on purpose
-    return True
+        return None
+    compact = kernels.q8_weight(head.weight)
+    head.forward = FixedOrderLinear(head, kernels, compact)  # type: ignore[method-assign]  # replaced on purpose
+    return "float32" if compact is None else "int8 x scales per 32 (its exact float32 values)"
 
 
 def install_all(model: torch.nn.Module, kernels: CpuKernels) -> int:
