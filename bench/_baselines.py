@@ -23,6 +23,35 @@ class Unavailable(RuntimeError):
 
 
 @contextmanager
+def launched(
+    name: str, cmd: list[str], port: int, log: Path, probe: str, timeout: float
+) -> Iterator[RunningServer]:
+    """`cmd`, a server on `port` with its output in `log`, once GET `probe` answers 200; stopped after.
+    Unavailable, with the last line it wrote, if it exits or never answers."""
+    with log.open("wb") as handle:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    server = RunningServer(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.monotonic() + timeout
+        while not answers(server, probe):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                last = (server.output().strip().splitlines() or ["(no output)"])[-1]
+                raise Unavailable(f"{name} did not start (exit code {proc.poll()}): {last}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        stop_server(server)
+
+
+def answers(server: RunningServer, route: str) -> bool:
+    try:
+        return httpx.get(f"{server.base_url}{route}", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextmanager
 def transformers_serving(model_dir: Path, log: Path, timeout: float = 300) -> Iterator[RunningServer]:
     """`transformers serve` with continuous batching on `model_dir` in 4-bit, on hotlora's device and dtype."""
     from transformers.utils.import_utils import is_serve_available
@@ -54,27 +83,8 @@ def transformers_serving(model_dir: Path, log: Path, timeout: float = 300) -> It
         "--port",
         str(port),
     ]
-    with log.open("wb") as handle:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    server = RunningServer(f"http://127.0.0.1:{port}", proc, log)
-    try:
-        deadline = time.monotonic() + timeout
-        while not healthy(server):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                last = (server.output().strip().splitlines() or ["(no output)"])[-1]
-                raise Unavailable(f"transformers serve did not start (exit code {proc.poll()}): {last}")
-            time.sleep(0.5)
+    with launched("transformers serve", cmd, port, log, "/health", timeout) as server:
         yield server
-    finally:
-        stop_server(server)
-
-
-def healthy(server: RunningServer) -> bool:
-    try:
-        return httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def bench_transformers(model_dir: Path, logs: Path, rounds: int, tokens: int) -> list[Summary]:

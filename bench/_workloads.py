@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 from _common import percentile
-from _streams import Request, Sample, run_clients
+from _streams import Request, Sample, TokenCount, run_clients
 
 SYSTEMS = {
     "hotlora": "hotlora",
@@ -24,6 +24,7 @@ SYSTEMS = {
     "hotlora-structured": "hotlora, response_format",
     "hotlora-loads": "hotlora, a stream beside loads",
     "transformers": "transformers serve",
+    "llamacpp": "llama.cpp server (same GGUF, Q4_1; one request at a time)",
     "naive": "naive (sequential PEFT)",
 }
 CONCURRENCY = 16
@@ -134,11 +135,19 @@ def adapter_churn(base_url: str) -> tuple[int, int]:
 
 
 def bench_server(
-    system: str, base_url: str, workloads: list[Workload], rounds: int, tokens: int, churn: bool = False
+    system: str,
+    base_url: str,
+    workloads: list[Workload],
+    rounds: int,
+    tokens: int,
+    churn: bool = False,
+    count: TokenCount | None = None,
 ) -> list[Summary]:
-    """Each workload after a warm-up of every model; `churn`: count hotlora's adapter evictions and loads."""
+    """Each workload after a warm-up of every model; `churn`: count hotlora's adapter evictions and loads;
+    `count`: a server's completion tokens where its streams carry no usage (see `stream_chat`)."""
     models = dict.fromkeys(m for w in workloads for m in w.models)
-    asyncio.run(run_clients(base_url, [(m, story_prompt(0)) for m in models], 1, 2))  # warm-up
+    warm_up = [(m, story_prompt(0)) for m in models]
+    asyncio.run(run_clients(base_url, warm_up, 1, 2, count=count))
     for response_format in dict.fromkeys(
         json.dumps(w.response_format) for w in workloads if w.response_format
     ):
@@ -149,7 +158,12 @@ def bench_server(
         before = adapter_churn(base_url) if churn else None
         samples, wall = asyncio.run(
             run_clients(
-                base_url, workload.requests(rounds), workload.concurrency, tokens, workload.response_format
+                base_url,
+                workload.requests(rounds),
+                workload.concurrency,
+                tokens,
+                workload.response_format,
+                count,
             )
         )
         after = adapter_churn(base_url) if churn else None

@@ -2,7 +2,7 @@
 
     python bench/serve_bench.py [--quick] [--tokens 64] [--rounds 3]
                                 [--only hotlora,hotlora-slots,hotlora-other,hotlora-variant,hotlora-structured,
-                                        hotlora-loads,transformers,naive]
+                                        hotlora-loads,transformers,llamacpp,naive]
                                 [--workloads "base,8 adapters,4 blends,12 blends"] [--home DIR] [--keep-logs]
 
 One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
@@ -27,6 +27,10 @@ One run measures, on one machine and the same 4-bit (nf4) SmolLM2-135M base:
   for its first chunk (the load, or the build, and its prefill);
 - `transformers serve --continuous-batching --quantization bnb-4bit` on the same converted base folder:
   c=1 and c=16 base (its bnb-4bit is nf4 with double quantization, hotlora's without);
+- llamacpp: llama.cpp's server (llama-cpp-python's, built by `./scripts/dev.sh llamacpp` into its own
+  .venv-llamacpp; skipped, saying so, without it) on the embedded base's own GGUF file, Q4_1 as shipped
+  (hotlora serves the same weights as nf4), on as many threads as there are cores: c=1 and c=16 base. It
+  serves one request at a time, so its c=16 queues;
 - naive: in this process, one request at a time, PEFT `set_adapter` + `model.generate`, over the same
   request list as hotlora's "c=16, 8 adapters".
 
@@ -58,11 +62,13 @@ import argparse
 import sys
 import tempfile
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
 from _baselines import Unavailable, bench_naive, bench_transformers
 from _common import machine_header, model_folder, publish, random_adapters, register_all
+from _llamacpp import bench_llamacpp
 from _load_gaps import LoadGap, bench_loads, loads_table
 from _serve_report import Row, results_table, targets_table, tpot_table
 from _workloads import (
@@ -196,11 +202,16 @@ def run_systems(args: argparse.Namespace, root: Path, logs: Path, kernels: dict[
     for system in hotloras:
         if system in args.only:
             rows += bench_hotlora(home, root / "store", logs, args, kernels, system)
-    if "transformers" in args.only:
-        try:
-            rows += bench_transformers(model_dir, logs, args.rounds, args.tokens)
-        except Unavailable as exc:
-            rows.append(Skipped("transformers", str(exc)))
+    baselines = {
+        "transformers": partial(bench_transformers, model_dir, logs, args.rounds, args.tokens),
+        "llamacpp": partial(bench_llamacpp, logs, args.rounds, args.tokens, kernels),
+    }
+    for system, bench in baselines.items():
+        if system in args.only:
+            try:
+                rows += bench()
+            except Unavailable as exc:
+                rows.append(Skipped(system, str(exc)))
     if "naive" in args.only:
         rows += bench_naive(home, library, args.rounds, args.tokens)
     return rows

