@@ -51,9 +51,9 @@ def test_fewer_threads_are_kept_while_they_are_faster(caplog: pytest.LogCaptureF
     machine = Machine({2: 0.150, 1: 0.050})  # another program holds a core
     threads = DecodeThreads(2, interval=8, probe=4, clock=machine.clock)
     with caplog.at_level(logging.INFO, "hotlora_server.engine.cpu.threads"):
-        machine.run(threads, 8 + 4 + 20)
-    assert machine.seen[:12] == [2] * 8 + [1] * 4  # all cores, then the probe
-    assert threads.current == 1 and machine.seen[12:20] == [1] * 8
+        machine.run(threads, 8 + 5 + 20)
+    assert machine.seen[:13] == [2] * 8 + [1] * 5  # all cores, then the probe (its first step not timed)
+    assert threads.current == 1 and machine.seen[13:21] == [1] * 8
     assert "decode threads 2 -> 1" in caplog.text
     assert torch.get_num_threads() == 2  # the step's count does not leak into the rest of the engine
 
@@ -61,20 +61,29 @@ def test_fewer_threads_are_kept_while_they_are_faster(caplog: pytest.LogCaptureF
 def test_all_cores_come_back_when_the_other_program_stops() -> None:
     machine = Machine({2: 0.150, 1: 0.050})
     threads = DecodeThreads(2, interval=8, probe=4, clock=machine.clock)
-    machine.run(threads, 12)
+    machine.run(threads, 13)
     assert threads.current == 1
     machine.costs = {2: 0.030, 1: 0.050}
-    machine.run(threads, 8 + 4)  # the next probe of all cores
+    machine.run(threads, 8 + 5)  # the next probe of all cores
     assert threads.current == 2
 
 
 def test_probes_that_lose_come_ever_more_rarely() -> None:
     machine = Machine({2: 0.030, 1: 0.050})  # a quiet machine
     threads = DecodeThreads(2, interval=8, longest=32, probe=4, clock=machine.clock)
-    machine.run(threads, 8 + 4 + 16 + 4 + 32 + 4 + 32 + 4)
+    machine.run(threads, 8 + 5 + 16 + 5 + 32 + 5 + 32 + 5)
     probed = [i for i, count in enumerate(machine.seen) if count == 1]
-    assert probed == [*range(8, 12), *range(28, 32), *range(64, 68), *range(100, 104)]
+    assert probed == [*range(8, 13), *range(29, 34), *range(66, 71), *range(103, 108)]
     assert threads.current == 2
+
+
+def test_steps_that_slow_down_are_probed_at_once() -> None:
+    machine = Machine({2: 0.030, 1: 0.050})
+    threads = DecodeThreads(2, interval=8, longest=1000, probe=4, clock=machine.clock)
+    machine.run(threads, 8 + 5 + 16 + 5 + 10)  # quiet: the next probe is 22 steps away
+    machine.costs = {2: 0.150, 1: 0.050}  # another program starts
+    machine.run(threads, 4 + 5)  # four slow steps, then the probe
+    assert threads.current == 1
 
 
 def test_a_probe_across_a_change_of_batch_compares_nothing() -> None:

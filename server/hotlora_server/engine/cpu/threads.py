@@ -3,9 +3,9 @@
 A decode step of a few rows is hundreds of short parallel regions, each ending at a barrier. On a quiet
 machine all cores are fastest; but when another program holds a core, every barrier waits for the thread
 that lost it, and all cores become several times slower than fewer (docs/performance.md). Which holds
-changes with what else runs, so now and then a few steps run with another thread count, and the faster
-count is kept: probes that lose come ever more rarely, a switch starts them afresh. A fixed count
-(`--cpu-decode-threads`) is never probed. The kernels give a row the same bits with any thread count, so
+changes with what else runs, so a few steps run with another thread count now and then, and at once when
+steps slow down, and the faster count is kept: probes that lose come more rarely, up to a bound, so that
+a machine growing quiet again is noticed too. A fixed count (`--cpu-decode-threads`) is never probed. The kernels give a row the same bits with any thread count, so
 the choice changes no output.
 """
 
@@ -33,10 +33,11 @@ def candidates(most: int) -> list[int]:
 class DecodeThreads:
     """The thread count of each decode step (`step`), probed against the others and kept when faster.
 
-    `probe` steps of another count are compared, by their median, with the last `probe` steps of the
-    current one with the same number of rows; the other count is taken when it is faster by more than
-    `margin`. Probes come after `interval` steps, doubled up to `longest` each time the current count
-    wins. Called from the engine thread only.
+    `probe` steps of another count (after one more that wakes its threads, not counted) are compared, by
+    their median, with the last `probe` steps of the current one with the same number of rows; the other
+    count is taken when it is faster by more than `margin`. Probes come after `interval` steps, doubled up
+    to `longest` each time the current count wins, and at once when the current count's steps have become
+    `slowdown` times slower than they were after the last probe. Called from the engine thread only.
     """
 
     def __init__(
@@ -44,14 +45,17 @@ class DecodeThreads:
         most: int,
         fixed: int | None = None,
         interval: int = 64,
-        longest: int = 1024,
+        longest: int = 256,
         probe: int = 4,
         margin: float = 0.1,
+        slowdown: float = 1.5,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._counts = [fixed] if fixed is not None else candidates(most)
         self.current = self._counts[0]
         self._base, self._longest, self._probe, self._margin = interval, longest, probe, margin
+        self._slowdown = slowdown
+        self._settled: dict[int, float] = {}  # rows: the current count's median step after the last probe
         self._interval = interval
         self._clock = clock
         self._since = 0  # steps of the current count since the last probe
@@ -80,8 +84,11 @@ class DecodeThreads:
         self._record(rows, threads, self._clock() - start)
 
     def _choose(self, rows: int) -> int:
-        probe_due = not self.fixed and self.trying is None and self._since >= self._interval
-        if probe_due and self._comparable(self._recent, rows):
+        if self.fixed or self.trying is not None or not self._comparable(self._recent, rows):
+            return self.trying if self.trying is not None else self.current
+        now = statistics.median(s for _, s in self._recent)
+        settled = self._settled.setdefault(rows, now)
+        if self._since >= self._interval or now > self._slowdown * settled:
             self.trying = self._counts[self._next]
             self._next = self._following(self._next)
         return self.trying if self.trying is not None else self.current
@@ -95,10 +102,10 @@ class DecodeThreads:
             self._end_probe(won=False)
             return
         self._trial.append((rows, seconds))
-        if len(self._trial) < self._probe:
+        if len(self._trial) <= self._probe:  # the first wakes the count's threads: not counted
             return
         mine = statistics.median(s for _, s in self._recent)
-        theirs = statistics.median(s for _, s in self._trial)
+        theirs = statistics.median(s for _, s in self._trial[1:])
         won = theirs < mine * (1 - self._margin)
         if won:
             log.info(
@@ -111,6 +118,8 @@ class DecodeThreads:
                 mine * 1e3,
             )
             self.current = threads
+            self._settled = {}  # the other batch sizes' steps were timed on the other count
+        self._settled[rows] = theirs if won else mine
         self._end_probe(won)
 
     def _end_probe(self, won: bool) -> None:
