@@ -129,6 +129,10 @@ class Preparations:
         return all(versions.get(entry.name) == entry.version for entry in entries)
 
     def _run(self) -> None:
+        # One thread for torch's own parallel sections here: the preparation runs beside the batch and
+        # must not take the engine's cores. A second OpenMP team would also outnumber the cores, and
+        # libgomp then stops its threads spinning between sections, which slows every decode step.
+        torch.set_num_threads(1)
         while True:
             start, future = self._queue.get()
             try:
