@@ -46,7 +46,11 @@ class _Slot:
 
 
 class _LayerStack:
-    """One LoRA layer's stacked weights, updated column by column as the resident adapters change."""
+    """One LoRA layer's stacked weights, updated column by column as the resident adapters change, and its
+    forward while the stack routes the batch: the base layer, then the rows' deltas. PEFT's own forward
+    then only calls the base layer (its adapters are disabled), so it is skipped: its checks and dispatch,
+    on every linear layer at every step, slowed a step of base rows by a quarter once any adapter was
+    loaded (docs/performance.md). PEFT's forward runs whenever PEFT routes the batch itself."""
 
     def __init__(self, layer: LoraLayer, stack: LoraStack) -> None:
         assert isinstance(layer, torch.nn.Module)  # PEFT mixes LoraLayer into its LoRA modules
@@ -54,12 +58,21 @@ class _LayerStack:
         self.blocks: list[
             tuple[torch.Tensor, torch.Tensor]
         ] = []  # per block: A.T [in, W], B.T [W, out] scaled
-        self._handle = layer.register_forward_hook(lambda m, a, o: self.hook(stack, m, a, o))
+        self._stack = stack
+        self._peft_forward = layer.forward
+        layer.forward = self.forward  # replaced on purpose, as the CPU path replaces base layers' forwards
 
     def detach(self) -> None:
-        """Take the hook off the layer and let go of the stacked copies."""
-        self._handle.remove()
+        """Give the layer PEFT's forward back and let go of the stacked copies."""
+        if self.layer.__dict__.get("forward") == self.forward:
+            del self.layer.forward
         self.blocks = []
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not self._stack.routing or args or kwargs:
+            return self._peft_forward(x, *args, **kwargs)
+        output = self.layer.base_layer(x)
+        return output if self._stack.route is None else self.add_deltas(self._stack, x, output)
 
     def fit(self, widths: list[int], dtype: torch.dtype) -> bool:
         """Give the blocks these widths: new blocks are zero, a grown block keeps its columns. True if this
@@ -101,13 +114,10 @@ class _LayerStack:
                 a_block[:, slot.start : slot.stop] = 0
                 b_block[slot.start : slot.stop] = 0
 
-    def hook(
-        self, stack: LoraStack, _module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor
-    ) -> Any:
+    def add_deltas(self, stack: LoraStack, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         route = stack.route
         if route is None or not self.blocks:
-            return None
-        x = args[0]
+            return output
         output = output.contiguous()  # the deltas are added through views of it
         kernels = stack.kernels
         if route.step is not None:  # a decode step: [rows, 1, features]
@@ -154,7 +164,7 @@ class _Route:
 
 
 class LoraStack:
-    """Stacked LoRA weights of a `PeftModel`'s stackable adapters, applied by forward hooks on its layers.
+    """Stacked LoRA weights of a `PeftModel`'s stackable adapters, applied by its layers' forwards.
 
     Adapters fill blocks in load order, each block holding one `group(key)` only: a batch's cost follows
     the blocks its adapters span, so adapters likely to be served together belong in the same blocks.
@@ -177,7 +187,8 @@ class LoraStack:
         self._groups: list[int] = []  # the group each block holds
         self._stale = True
         self._device = torch.device("cpu")
-        self.route: _Route | None = None  # set only inside `rows`
+        self.routing = False  # inside `rows`: the stack applies the deltas, PEFT's layers pass the base
+        self.route: _Route | None = None  # set only inside `rows`, when some row has an adapter
 
     def invalidate(self) -> None:
         """Adapters were loaded: update the stacks before the next forward that needs them."""
@@ -197,18 +208,18 @@ class LoraStack:
         one adapter, on a slice of the batch: callers keep an adapter's rows together (any order is right,
         only slower).
         """
-        if all(key == base for key in keys):
-            yield
-            return
-        slots = [None if key == base else self._slots[key] for key in keys]
-        self.route = _Route(self._step(slots), []) if decode else _Route(None, _runs(slots))
+        if not all(key == base for key in keys):
+            slots = [None if key == base else self._slots[key] for key in keys]
+            self.route = _Route(self._step(slots), []) if decode else _Route(None, _runs(slots))
+        self.routing = True
         try:
             yield
         finally:
+            self.routing = False
             self.route = None
 
     def _step(self, slots: list[_Slot | None]) -> list[tuple[int, torch.Tensor]]:
-        """Per block some row uses, what a decode step's hook needs for it (kernel items or torch mask)."""
+        """Per block some row uses, what a decode step's deltas need for it (kernel items or torch mask)."""
         step = []
         for block in sorted({slot.block for slot in slots if slot is not None}):
             columns = [(s.start, s.stop) if s is not None and s.block == block else (0, 0) for s in slots]
@@ -226,7 +237,7 @@ class LoraStack:
         """Follow the model's adapters: zero and free the columns of those gone, place the new ones.
 
         Called at once when an adapter is deleted (not only before the next forward), so that nothing of it
-        outlives it: its columns, and the stacks and hooks of the LoRA layers PEFT discarded with it."""
+        outlives it: its columns, and the stacks and forwards of the LoRA layers PEFT discarded with it."""
         modules = list(model.modules())
         layers = [m for m in modules if isinstance(m, LoraLayer)]
         present = {k for layer in layers for k in layer.lora_A}
@@ -255,7 +266,7 @@ class LoraStack:
         self._stale = False
 
     def _stack_of(self, layer: LoraLayer) -> _LayerStack:
-        """The stack of `layer`, made (and hooked) the first time it is seen."""
+        """The stack of `layer`, made (taking over its forward) the first time it is seen."""
         stack = self._layers.get(id(layer))
         return stack if stack is not None and stack.layer is layer else _LayerStack(layer, self)
 
