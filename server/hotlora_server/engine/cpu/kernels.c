@@ -182,15 +182,31 @@ static inline float hsum(vf v)
 
 static inline int tile_size(int64_t left, int size) { return left < size ? (int)left : size; }
 
-/* ---- y = x @ w.T, w [N, K] with contiguous rows: per element, lane l sums k = l, l + LANES, ... in
- * order, the lanes are added in order, then the k past the last whole vector, in order. ---- */
+/* ---- y = x @ w.T, w [N, K]: per element, lane l sums k = l, l + LANES, ... in order, the lanes are
+ * added in order, then the k past the last whole vector, in order. Written once over how w is read (a
+ * `*_w` reader: its vector of row c at k, one value, and the reader of the rows from n0 on), for float32
+ * rows (gemm_nt) and for int8 rows times one scale per Q8_GROUP values (gemm_q8: a GGUF Q8_0 weight,
+ * whose products the caller checked are the float32 weight exactly, so each vector equals the one gemm_nt
+ * loads and every sum has its bits, from a quarter of the bytes: a one-row product is bound by reading
+ * w). ---- */
 
 #define NT_MR 4
 #define NT_NC 3
+#define Q8_GROUP 32 /* a multiple of LANES: q8 rows have no k past the last whole vector */
 
-#define NT_TILE(MR, NC)                                                                               \
-    static void nt_##MR##_##NC(const float *x, int64_t ldx, const float *w, int64_t ldw, float *y,   \
-                               int64_t ldy, int64_t K)                                               \
+typedef struct { const float *w; int64_t ldw; } nt_w;
+#define NT_VEC(r, c, k) vload((r).w + (c) * (r).ldw + (k))
+#define NT_ONE(r, c, t) ((r).w[(c) * (r).ldw + (t)])
+#define NT_FROM(r, n0) ((nt_w){(r).w + (n0) * (r).ldw, (r).ldw})
+
+typedef struct { const int8_t *q; const float *d; int64_t k; } q8_w; /* k: values per row */
+#define Q8_VEC(r, c, t) vmul(vint8((r).q + (c) * (r).k + (t)), vsplat(Q8_SCALE(r, c, t)))
+#define Q8_ONE(r, c, t) ((float)(r).q[(c) * (r).k + (t)] * Q8_SCALE(r, c, t))
+#define Q8_SCALE(r, c, t) ((r).d[(c) * ((r).k / Q8_GROUP) + (t) / Q8_GROUP])
+#define Q8_FROM(r, n0) ((q8_w){(r).q + (n0) * (r).k, (r).d + (n0) * ((r).k / Q8_GROUP), (r).k})
+
+#define XW_TILE(NAME, W, VEC, ONE, MR, NC)                                                            \
+    static void NAME##_##MR##_##NC(const float *x, int64_t ldx, W w, float *y, int64_t ldy, int64_t K) \
     {                                                                                                 \
         vf acc[MR][NC];                                                                               \
         for (int r = 0; r < MR; r++)                                                                  \
@@ -198,7 +214,7 @@ static inline int tile_size(int64_t left, int size) { return left < size ? (int)
         int64_t k = 0;                                                                                \
         for (; k + LANES <= K; k += LANES) {                                                          \
             vf wv[NC];                                                                                \
-            for (int c = 0; c < NC; c++) wv[c] = vload(w + c * ldw + k);                              \
+            for (int c = 0; c < NC; c++) wv[c] = VEC(w, c, k);                                        \
             for (int r = 0; r < MR; r++) {                                                            \
                 const vf xv = vload(x + r * ldx + k);                                                 \
                 for (int c = 0; c < NC; c++) acc[r][c] = vfma(xv, wv[c], acc[r][c]);                  \
@@ -207,84 +223,52 @@ static inline int tile_size(int64_t left, int size) { return left < size ? (int)
         for (int r = 0; r < MR; r++)                                                                  \
             for (int c = 0; c < NC; c++) {                                                            \
                 float s = hsum(acc[r][c]);                                                            \
-                for (int64_t t = k; t < K; t++) s = __builtin_fmaf(x[r * ldx + t], w[c * ldw + t], s); \
+                for (int64_t t = k; t < K; t++) s = __builtin_fmaf(x[r * ldx + t], ONE(w, c, t), s);  \
                 y[r * ldy + c] = s;                                                                   \
             }                                                                                         \
     }
 
-#define NT_ROWS(NC) NT_TILE(1, NC) NT_TILE(2, NC) NT_TILE(3, NC) NT_TILE(4, NC)
-NT_ROWS(1)
-NT_ROWS(2)
-NT_ROWS(3)
+/* The tiles (1-NT_MR rows by 1-NT_NC columns) and the threaded driver over them. */
+#define XW_GEMM(NAME, W, VEC, ONE, FROM)                                                              \
+    XW_TILE(NAME, W, VEC, ONE, 1, 1) XW_TILE(NAME, W, VEC, ONE, 2, 1)                                 \
+    XW_TILE(NAME, W, VEC, ONE, 3, 1) XW_TILE(NAME, W, VEC, ONE, 4, 1)                                 \
+    XW_TILE(NAME, W, VEC, ONE, 1, 2) XW_TILE(NAME, W, VEC, ONE, 2, 2)                                 \
+    XW_TILE(NAME, W, VEC, ONE, 3, 2) XW_TILE(NAME, W, VEC, ONE, 4, 2)                                 \
+    XW_TILE(NAME, W, VEC, ONE, 1, 3) XW_TILE(NAME, W, VEC, ONE, 2, 3)                                 \
+    XW_TILE(NAME, W, VEC, ONE, 3, 3) XW_TILE(NAME, W, VEC, ONE, 4, 3)                                 \
+    static void NAME##_gemm(const float *x, int64_t ldx, W w, float *y, int64_t ldy, int64_t M,       \
+                            int64_t N, int64_t K, int32_t threads)                                    \
+    {                                                                                                 \
+        typedef void (*tile_fn)(const float *, int64_t, W, float *, int64_t, int64_t);                \
+        static const tile_fn TILES[NT_MR][NT_NC] = {                                                  \
+            {NAME##_1_1, NAME##_1_2, NAME##_1_3}, {NAME##_2_1, NAME##_2_2, NAME##_2_3},               \
+            {NAME##_3_1, NAME##_3_2, NAME##_3_3}, {NAME##_4_1, NAME##_4_2, NAME##_4_3}};              \
+        const int64_t mt = (M + NT_MR - 1) / NT_MR, nt = (N + NT_NC - 1) / NT_NC;                     \
+        _Pragma("omp parallel for collapse(2) schedule(static) num_threads(threads) if (mt * nt > 1 && M * N * K >= 65536)") \
+        for (int64_t j = 0; j < nt; j++)                                                              \
+            for (int64_t i = 0; i < mt; i++) {                                                        \
+                const int64_t m0 = i * NT_MR, n0 = j * NT_NC;                                         \
+                TILES[tile_size(M - m0, NT_MR) - 1][tile_size(N - n0, NT_NC) - 1](                    \
+                    x + m0 * ldx, ldx, FROM(w, n0), y + m0 * ldy + n0, ldy, K);                       \
+            }                                                                                         \
+    }
 
-typedef void (*nt_fn)(const float *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
-static const nt_fn NT[NT_MR][NT_NC] = {
-    {nt_1_1, nt_1_2, nt_1_3}, {nt_2_1, nt_2_2, nt_2_3}, {nt_3_1, nt_3_2, nt_3_3}, {nt_4_1, nt_4_2, nt_4_3}};
+XW_GEMM(nt, nt_w, NT_VEC, NT_ONE, NT_FROM)
+XW_GEMM(q8, q8_w, Q8_VEC, Q8_ONE, Q8_FROM)
 
 void hotlora_gemm_nt(const float *x, int64_t ldx, const float *w, int64_t ldw, float *y, int64_t ldy,
                      int64_t M, int64_t N, int64_t K, int32_t threads)
 {
-    const int64_t mt = (M + NT_MR - 1) / NT_MR, nt = (N + NT_NC - 1) / NT_NC;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (mt * nt > 1 && M * N * K >= 65536)
-    for (int64_t j = 0; j < nt; j++)
-        for (int64_t i = 0; i < mt; i++) {
-            const int64_t m0 = i * NT_MR, n0 = j * NT_NC;
-            NT[tile_size(M - m0, NT_MR) - 1][tile_size(N - n0, NT_NC) - 1](
-                x + m0 * ldx, ldx, w + n0 * ldw, ldw, y + m0 * ldy + n0, ldy, K);
-        }
+    nt_gemm(x, ldx, (nt_w){w, ldw}, y, ldy, M, N, K, threads);
 }
-
-/* ---- y = x @ w.T as hotlora_gemm_nt sums it, for w [N, K] held as int8 q [N, K] and float32 scales d
- * [N, K / Q8_GROUP], w[n, k] = q[n, k] * d[n, k / Q8_GROUP] (a GGUF Q8_0 weight; the caller checks that the
- * products are the float32 weight exactly, so each vector of w equals the one gemm_nt loads and every
- * sum has the same bits), in a quarter of the bytes: a one-row product is bound by reading w. K is a
- * multiple of Q8_GROUP, itself a multiple of LANES. ---- */
-
-#define Q8_GROUP 32
-
-#define Q8_TILE(MR, NC)                                                                               \
-    static void q8_##MR##_##NC(const float *x, int64_t ldx, const int8_t *q, const float *d, float *y,\
-                               int64_t ldy, int64_t K)                                               \
-    {                                                                                                 \
-        vf acc[MR][NC];                                                                               \
-        for (int r = 0; r < MR; r++)                                                                  \
-            for (int c = 0; c < NC; c++) acc[r][c] = vzero();                                         \
-        const int64_t groups = K / Q8_GROUP;                                                          \
-        for (int64_t k = 0; k < K; k += LANES) {                                                      \
-            vf wv[NC];                                                                                \
-            for (int c = 0; c < NC; c++)                                                              \
-                wv[c] = vmul(vint8(q + c * K + k), vsplat(d[c * groups + k / Q8_GROUP]));             \
-            for (int r = 0; r < MR; r++) {                                                            \
-                const vf xv = vload(x + r * ldx + k);                                                 \
-                for (int c = 0; c < NC; c++) acc[r][c] = vfma(xv, wv[c], acc[r][c]);                  \
-            }                                                                                         \
-        }                                                                                             \
-        for (int r = 0; r < MR; r++)                                                                  \
-            for (int c = 0; c < NC; c++) y[r * ldy + c] = hsum(acc[r][c]);                           \
-    }
-
-#define Q8_ROWS(NC) Q8_TILE(1, NC) Q8_TILE(2, NC) Q8_TILE(3, NC) Q8_TILE(4, NC)
-Q8_ROWS(1)
-Q8_ROWS(2)
-Q8_ROWS(3)
-
-typedef void (*q8_fn)(const float *, int64_t, const int8_t *, const float *, float *, int64_t, int64_t);
-static const q8_fn Q8[NT_MR][NT_NC] = {
-    {q8_1_1, q8_1_2, q8_1_3}, {q8_2_1, q8_2_2, q8_2_3}, {q8_3_1, q8_3_2, q8_3_3}, {q8_4_1, q8_4_2, q8_4_3}};
 
 int32_t hotlora_q8_group(void) { return Q8_GROUP; }
 
+/* K: a multiple of Q8_GROUP (the caller checks). */
 void hotlora_gemm_q8(const float *x, int64_t ldx, const int8_t *q, const float *d, float *y, int64_t ldy,
                      int64_t M, int64_t N, int64_t K, int32_t threads)
 {
-    const int64_t mt = (M + NT_MR - 1) / NT_MR, nt = (N + NT_NC - 1) / NT_NC, groups = K / Q8_GROUP;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (mt * nt > 1 && M * N * K >= 65536)
-    for (int64_t j = 0; j < nt; j++)
-        for (int64_t i = 0; i < mt; i++) {
-            const int64_t m0 = i * NT_MR, n0 = j * NT_NC;
-            Q8[tile_size(M - m0, NT_MR) - 1][tile_size(N - n0, NT_NC) - 1](
-                x + m0 * ldx, ldx, q + n0 * K, d + n0 * groups, y + m0 * ldy + n0, ldy, K);
-        }
+    q8_gemm(x, ldx, (q8_w){q, d, K}, y, ldy, M, N, K, threads);
 }
 
 /* ---- y = x @ dequant(w).T for bitsandbytes' 4-bit layout: w [N * K / 2] bytes, element 2i in the high
