@@ -250,7 +250,23 @@ def test_a_delete_is_followed_in_or_outside_inference_mode(
                 assert not layer_stack.blocks[slot.block][0][:, slot.start : slot.stop].any()
 
 
-def test_hooks_add_nothing_outside_a_routed_forward(peft_model: PeftModel) -> None:
+def test_outside_a_routed_forward_the_layers_run_peft_s_own(peft_model: PeftModel) -> None:
+    """The stack takes over its layers' forwards; outside `rows` they are PEFT's, adapters and all."""
+    stack = LoraStack(torch.float32)
+    assert stack.covers(peft_model, {"a", "b"})
+    ids = torch.randint(0, 1000, (1, 5), generator=torch.Generator().manual_seed(3))
+    expected = _peft_logits(peft_model, ids, ["b"])  # PEFT's per-row routing: `adapter_names`
+    peft_model.set_adapter("b")
+    try:
+        with torch.inference_mode():
+            torch.testing.assert_close(peft_model(input_ids=ids).logits, expected)
+            with peft_model.disable_adapter():
+                assert not torch.allclose(peft_model(input_ids=ids).logits, expected)  # "b" changes it
+    finally:
+        peft_model.set_adapter("a")
+
+
+def test_the_stack_adds_nothing_outside_a_routed_forward(peft_model: PeftModel) -> None:
     stack = LoraStack(torch.float32)
     assert stack.covers(peft_model, {"a"})
     ids = torch.randint(0, 1000, (1, 5), generator=torch.Generator().manual_seed(2))
