@@ -123,14 +123,19 @@ def summarize(
     )
 
 
+def metric(base_url: str, name: str) -> float:
+    """One series without labels from a hotlora server's /metrics."""
+    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
+        series, _, value = line.partition(" ")
+        if series == name:
+            return float(value)
+    raise RuntimeError(f"no {name} in {base_url}/metrics")
+
+
 def adapter_churn(base_url: str) -> tuple[int, int]:
     """hotlora's adapter evictions and loads (blends built included) so far, from its /metrics."""
-    values = {}
-    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
-        name, _, value = line.partition(" ")
-        values[name] = value
-    return int(float(values["hotlora_adapter_evictions_total"])), int(
-        float(values["hotlora_adapter_loads_total"])
+    return int(metric(base_url, "hotlora_adapter_evictions_total")), int(
+        metric(base_url, "hotlora_adapter_loads_total")
     )
 
 

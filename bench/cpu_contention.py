@@ -30,10 +30,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import torch
 from _common import machine_header, publish
-from _workloads import CONCURRENCY, Summary, Workload, bench_server
+from _workloads import CONCURRENCY, Summary, Workload, bench_server, metric
 
 from support.live_server import BASE_ID, serving
 
@@ -59,14 +58,6 @@ def busy(count: int, niceness: int) -> Iterator[None]:
         for proc in procs:
             proc.kill()
             proc.wait()
-
-
-def decode_threads(base_url: str) -> int:
-    """The server's `hotlora_decode_threads` gauge."""
-    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("hotlora_decode_threads "):
-            return int(float(line.split()[1]))
-    raise RuntimeError("no hotlora_decode_threads in /metrics")
 
 
 def main() -> int:
@@ -103,7 +94,7 @@ def main() -> int:
                                 workload.concurrency,
                                 runs[SERVERS[0]].tokens_per_s,
                                 runs[SERVERS[1]].tokens_per_s,
-                                decode_threads(chosen.base_url),
+                                int(metric(chosen.base_url, "hotlora_decode_threads")),
                             )
                         )
     table = [

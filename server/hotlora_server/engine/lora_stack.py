@@ -71,8 +71,7 @@ class _LayerStack:
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if not self._stack.routing or args or kwargs:
             return self._peft_forward(x, *args, **kwargs)
-        output = self.layer.base_layer(x)
-        return output if self._stack.route is None else self.add_deltas(self._stack, x, output)
+        return self.add_deltas(x, self.layer.base_layer(x))
 
     def fit(self, widths: list[int], dtype: torch.dtype) -> bool:
         """Give the blocks these widths: new blocks are zero, a grown block keeps its columns. True if this
@@ -114,7 +113,9 @@ class _LayerStack:
                 a_block[:, slot.start : slot.stop] = 0
                 b_block[slot.start : slot.stop] = 0
 
-    def add_deltas(self, stack: LoraStack, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    def add_deltas(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """`output` (the base layer's, for `x`) plus each routed row's delta; itself when none is routed."""
+        stack = self._stack
         route = stack.route
         if route is None or not self.blocks:
             return output

@@ -84,13 +84,12 @@ class DecodeThreads:
         self._record(rows, threads, self._clock() - start)
 
     def _choose(self, rows: int) -> int:
-        if self.fixed or self.trying is not None or not self._comparable(self._recent, rows):
-            return self.trying if self.trying is not None else self.current
-        now = statistics.median(s for _, s in self._recent)
-        settled = self._settled.setdefault(rows, now)
-        if self._since >= self._interval or now > self._slowdown * settled:
-            self.trying = self._counts[self._next]
-            self._next = self._following(self._next)
+        if self.trying is None and not self.fixed and self._comparable(rows):
+            now = statistics.median(s for _, s in self._recent)
+            settled = self._settled.setdefault(rows, now)
+            if self._since >= self._interval or now > self._slowdown * settled:
+                self.trying = self._counts[self._next]
+                self._next = self._following(self._next)
         return self.trying if self.trying is not None else self.current
 
     def _record(self, rows: int, threads: int, seconds: float) -> None:
@@ -98,7 +97,7 @@ class DecodeThreads:
             self._recent = [*self._recent, (rows, seconds)][-self._probe :]
             self._since += 1
             return
-        if not self._comparable(self._recent, rows):  # the batch changed: the probe compares nothing
+        if not self._comparable(rows):  # the batch changed: the probe compares nothing
             self._end_probe(won=False)
             return
         self._trial.append((rows, seconds))
@@ -133,8 +132,9 @@ class DecodeThreads:
         else:
             self._interval = min(2 * self._interval, self._longest)
 
-    def _comparable(self, steps: list[tuple[int, float]], rows: int) -> bool:
-        return len(steps) == self._probe and all(r == rows for r, _ in steps)
+    def _comparable(self, rows: int) -> bool:
+        """Whether the current count's last steps are as many as a probe, all of `rows` rows."""
+        return len(self._recent) == self._probe and all(r == rows for r, _ in self._recent)
 
     def _following(self, index: int) -> int:
         """The index after `index` in `_counts`, skipping the current count."""
