@@ -8,7 +8,7 @@ the weights in the library's layout, so its hooks do nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -64,6 +64,11 @@ class DevicePath:
 
     def to_standard_layout(self, model: torch.nn.Module) -> None:
         """Return `model`'s weights to the quantization library's standard layout (before dequantizing)."""
+
+    def products(self, layers: Sequence[torch.nn.Module], x: torch.Tensor) -> list[torch.Tensor] | None:
+        """The outputs of base `layers` that all read `x` (a layer's q, k and v; gate and up), from one call
+        where the path has one, each with the bits its own call gives; None: call each layer."""
+        return None
 
     @contextmanager
     def decode_step(self, rows: int) -> Iterator[None]:

@@ -28,7 +28,7 @@ from hotlora_adapters.runtime.base_model import (
 )
 
 from ..settings import GenerationDefaults, Settings
-from . import cpu
+from . import cpu, lean_layers
 from .attention import use_batch_invariant_attention
 from .device_path import PLAIN, DevicePath
 
@@ -110,6 +110,8 @@ def load_model(settings: Settings) -> LoadedModel:
     if invariant:
         assert path.kernels is not None  # only row kernels make a path capable of it
         use_batch_invariant_attention(model, path.kernels)
+    lean = lean_layers.install(model, path.products)
+    log.info("decoder layers through the lean forward: %d of %d", lean, model.config.num_hidden_layers)
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:
         if settings.max_model_len > context:

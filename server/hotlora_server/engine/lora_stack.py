@@ -291,6 +291,22 @@ class LoraStack:
         return _Slot(block, start, start + rank)
 
 
+def base_and_deltas(
+    module: torch.nn.Module,
+) -> tuple[torch.nn.Module, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None] | None:
+    """How `module`'s output for an input `x` is formed: its base layer's output, then for a LoRA layer
+    the stack's deltas added (`add(x, output)`) while the stack routes the batch. None where PEFT's own
+    forward forms it (the module must then be called). Lets a caller compute several base outputs at
+    once (`DevicePath.products`) and still apply every row's adapter."""
+    if not isinstance(module, LoraLayer):
+        return module, None
+    forward = module.__dict__.get("forward")
+    stack = getattr(forward, "__self__", None)
+    if not isinstance(stack, _LayerStack) or not stack._stack.routing:
+        return None
+    return module.base_layer, stack.add_deltas  # what the stack's forward calls
+
+
 def _free_columns(taken: list[tuple[int, int]], width: int, rank: int) -> int | None:
     """The first of `rank` free columns among `width`, around the sorted `taken` ranges; None if none."""
     start = 0

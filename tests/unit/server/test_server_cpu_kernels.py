@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import bitsandbytes.functional as bnbf
 import pytest
@@ -130,6 +131,44 @@ def test_gemm_q4_refuses_what_it_cannot_read(cpu_kernels: CpuKernels) -> None:
         with pytest.raises(ValueError):
             bad()
     assert not cpu_kernels.q4_fits(100, 50) and cpu_kernels.q4_fits(128, 64)
+
+
+def _q4_weights(kernels: CpuKernels, shapes: list[tuple[int, int]], seed: int) -> list[Any]:
+    """4-bit NF4 weights (blocksize 64) of `[out, in]` `shapes`."""
+    weights = []
+    for i, (n, k) in enumerate(shapes):
+        packed, state = bnbf.quantize_4bit(
+            torch.randn(n, k, generator=_gen(seed + i)), blocksize=64, quant_type="nf4"
+        )
+        weights.append(kernels.q4_weight(packed, state.absmax, state.code, 64, n))
+    return weights
+
+
+@pytest.mark.parametrize(
+    "shapes", [[(576, 576), (192, 576), (192, 576)], [(1536, 576), (1536, 576)], [(45, 128)]]
+)
+def test_gemm_q4_many_gives_each_weight_gemm_q4s_bits(
+    cpu_kernels: CpuKernels, threads: int, shapes: list[tuple[int, int]]
+) -> None:
+    """A layer's q, k and v (or gate and up, or a column count no tile divides) in one call: each output
+    has the bits of its own `gemm_q4` call, for every row count the call takes."""
+    weights = _q4_weights(cpu_kernels, shapes, seed=20)
+    x = torch.randn(cpu_kernels.q4_many_rows, shapes[0][1], generator=_gen(30))
+    for rows in range(1, cpu_kernels.q4_many_rows + 1):
+        together = cpu_kernels.gemm_q4_many(x[:rows], weights)
+        assert together is not None
+        for weight, out in zip(weights, together, strict=True):
+            assert torch.equal(out, cpu_kernels.gemm_q4(x[:rows], weight)), rows
+
+
+def test_gemm_q4_many_leaves_what_it_does_not_take_to_single_calls(cpu_kernels: CpuKernels) -> None:
+    weights = _q4_weights(cpu_kernels, [(8, 128)] * (cpu_kernels.q4_many + 1) + [(8, 64)], seed=40)
+    x = torch.randn(cpu_kernels.q4_many_rows + 1, 128, generator=_gen(41))
+    assert cpu_kernels.gemm_q4_many(x, weights[:2]) is None  # too many rows
+    assert cpu_kernels.gemm_q4_many(x[:1], weights[:-1]) is None  # too many weights
+    assert cpu_kernels.gemm_q4_many(x[:1], [weights[0], weights[-1]]) is None  # another input width
+    with pytest.raises(ValueError):
+        cpu_kernels.gemm_q4_many(x[:1].double(), weights[:2])
 
 
 # -- a prefill's LoRA deltas: x @ w on column slices of the stacked blocks ------------------------------

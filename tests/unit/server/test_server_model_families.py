@@ -21,61 +21,14 @@ import torch
 from hotlora_server.engine.attention import use_batch_invariant_attention
 from hotlora_server.types import BlendSpec
 
+from support.model_families import FAMILIES, tiny_model
 from support.tiny_server import chat_request, collect, running_engine, tiny_settings
 
-FAMILIES: dict[str, dict[str, Any]] = {
-    "llama": {},
-    "qwen2": {},  # biases on q, k, v
-    "qwen3": {"head_dim": 16},  # q and k norms
-    "mistral": {"head_dim": 16, "sliding_window": 8},
-    "gemma2": {
-        "head_dim": 16,
-        "sliding_window": 8,
-        "query_pre_attn_scalar": 16,
-        "attn_logit_softcapping": 0.5,
-    },
-    "gemma3_text": {
-        "head_dim": 16,
-        "sliding_window": 8,
-        "query_pre_attn_scalar": 16,
-        "sliding_window_pattern": 2,
-    },
-    "phi3": {},  # fused qkv_proj and gate_up_proj
-}
 PROMPTS = (
     "a shared system turn that the prefix cache keeps, then the first question",
     "a shared system turn that the prefix cache keeps, then another question entirely",
     "x",
 )
-
-
-def tiny_model(family: str, tokenizer: Any) -> Any:
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
-    config = AutoConfig.for_model(
-        family,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **FAMILIES[family],
-    )
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_config(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return model
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))

@@ -15,7 +15,7 @@ the server runs on bitsandbytes and BLAS alone and says that batch invariance is
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -48,6 +48,9 @@ class CpuPath(DevicePath):
 
     def to_standard_layout(self, model: torch.nn.Module) -> None:
         bnb.unpack_cpu_weights(model)
+
+    def products(self, layers: Sequence[torch.nn.Module], x: torch.Tensor) -> list[torch.Tensor] | None:
+        return linear4.many(layers, x)
 
     @contextmanager
     def decode_step(self, rows: int) -> Iterator[None]:

@@ -8,6 +8,7 @@
  *   hotlora_gemm_nt   y = x @ w.T, w [N, K] float32 (the output layer's logits)
  *   hotlora_gemm_q8   the same product, bit for bit, for a w held as int8 times one scale per 32 values
  *   hotlora_gemm_q4   y = x @ dequant(w).T for bitsandbytes' 4-bit layout (the base's layers, decode)
+ *   hotlora_gemm_q4_many     the same for several weights sharing one input, in one parallel region
  *   hotlora_gemm_q4_prefill  the same for a prefill's many rows, in panels
  *   hotlora_gemm_nn   y (+)= x @ w, w [K, N] float32 (a prefill's LoRA deltas on the stacked blocks)
  *   hotlora_lora_decode  a decode step's LoRA deltas, each row through its own adapter's columns only
@@ -279,6 +280,7 @@ void hotlora_gemm_q8(const float *x, int64_t ldx, const int8_t *q, const float *
 
 #define Q4_MR 4
 #define Q4_NC 4 /* columns: independent multiply-add chains, to hide their latency at one row */
+#define Q4_MANY 4 /* weights one hotlora_gemm_q4_many call takes */
 
 #define Q4_TILE(MR, NC)                                                                               \
     static void q4_##MR##_##NC(const float *xe, const float *xo, int64_t ldx, const uint8_t *w,      \
@@ -387,19 +389,58 @@ typedef void (*qp_fn)(const float *, const float *, int64_t, const float *, floa
 static const qp_fn QP[QP_MR][QP_NC] = {{qp_1_1, qp_1_2}, {qp_2_1, qp_2_2}, {qp_3_1, qp_3_2},
                                        {qp_4_1, qp_4_2}, {qp_5_1, qp_5_2}, {qp_6_1, qp_6_2}};
 
+/* x's even and odd columns (xe, xo: [M, K / 2]), as the tiles read them; NULL when out of memory. */
+static float *split_columns(const float *x, int64_t ldx, int64_t M, int64_t K)
+{
+    const int64_t half = K / 2;
+    float *xe = malloc((size_t)(M * K) * sizeof(float)), *xo = xe ? xe + M * half : NULL;
+    if (xe == NULL) return NULL;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < half; k++) {
+            xe[m * half + k] = x[m * ldx + 2 * k];
+            xo[m * half + k] = x[m * ldx + 2 * k + 1];
+        }
+    return xe;
+}
+
+/* One weight of a few-row product: y [M, N] (rows ldy apart) = x @ dequant(w).T. */
+typedef struct {
+    const uint8_t *w;
+    const float *absmax;
+    lut_t lut;
+    int64_t blocksize, N, ldy;
+    float *y;
+} q4_job;
+
+/* Every tile of every job in one parallel region, so that a layer's products that share their input
+ * (q, k and v; gate and up) cost one fork and join. A column's sums do not depend on its tile. */
+static void q4_tiles(const float *xe, int64_t M, int64_t K, const q4_job *jobs, int64_t count, int32_t threads)
+{
+    const int64_t half = K / 2, mt = (M + Q4_MR - 1) / Q4_MR;
+    const float *xo = xe + M * half;
+    int64_t first[Q4_MANY + 1] = {0};
+    for (int64_t i = 0; i < count; i++) first[i + 1] = first[i] + mt * ((jobs[i].N + Q4_NC - 1) / Q4_NC);
+#pragma omp parallel for schedule(static) num_threads(threads) if (first[count] > 1)
+    for (int64_t t = 0; t < first[count]; t++) {
+        int64_t i = 0;
+        while (t >= first[i + 1]) i++;
+        const q4_job *job = &jobs[i];
+        const int64_t j = (t - first[i]) / mt, m0 = ((t - first[i]) % mt) * Q4_MR, n0 = j * Q4_NC;
+        const int64_t blocks = K / job->blocksize;
+        Q4[tile_size(M - m0, Q4_MR) - 1][tile_size(job->N - n0, Q4_NC) - 1](
+            xe + m0 * half, xo + m0 * half, half, job->w + n0 * half, job->absmax + n0 * blocks, job->lut,
+            job->blocksize, job->y + m0 * job->ldy + n0, job->ldy, K);
+    }
+}
+
 /* Returns 0, or -1 when out of memory (y is then undefined). */
 int32_t hotlora_gemm_q4(const float *x, int64_t ldx, const uint8_t *w, const float *absmax, const float *code,
                         int64_t blocksize, float *y, int64_t ldy, int64_t M, int64_t N, int64_t K, int32_t threads)
 {
     const int64_t half = K / 2, blocks = K / blocksize;
     const lut_t lut = lut_make(code);
-    float *xe = malloc((size_t)(M * K) * sizeof(float)), *xo = xe ? xe + M * half : NULL;
+    float *xe = split_columns(x, ldx, M, K), *xo = xe ? xe + M * half : NULL;
     if (xe == NULL) return -1;
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t k = 0; k < half; k++) {
-            xe[m * half + k] = x[m * ldx + 2 * k];
-            xo[m * half + k] = x[m * ldx + 2 * k + 1];
-        }
     int32_t status = 0;
     if (M >= QP_MIN_ROWS) {
         const int64_t nt = (N + QP_NC - 1) / QP_NC;
@@ -419,18 +460,34 @@ int32_t hotlora_gemm_q4(const float *x, int64_t ldx, const uint8_t *w, const flo
             free(wd);
         }
     } else {
-        const int64_t mt = (M + Q4_MR - 1) / Q4_MR, nt = (N + Q4_NC - 1) / Q4_NC;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (mt * nt > 1)
-        for (int64_t j = 0; j < nt; j++)
-            for (int64_t i = 0; i < mt; i++) {
-                const int64_t m0 = i * Q4_MR, n0 = j * Q4_NC;
-                Q4[tile_size(M - m0, Q4_MR) - 1][tile_size(N - n0, Q4_NC) - 1](
-                    xe + m0 * half, xo + m0 * half, half, w + n0 * half, absmax + n0 * blocks, lut, blocksize,
-                    y + m0 * ldy + n0, ldy, K);
-            }
+        const q4_job job = {w, absmax, lut, blocksize, N, ldy, y};
+        q4_tiles(xe, M, K, &job, 1, threads);
     }
     free(xe);
     return status;
+}
+
+int32_t hotlora_q4_many(void) { return Q4_MANY; }
+int32_t hotlora_q4_many_rows(void) { return QP_MIN_ROWS - 1; }
+
+/* Up to Q4_MANY weights of the same input width times one x of fewer than QP_MIN_ROWS rows: `specs` holds
+ * per weight its w, absmax, code, blocksize, y and N (y's rows N apart). Each y has the bits
+ * hotlora_gemm_q4 gives it alone. Returns 0, -1 when out of memory, -2 for arguments it does not take. */
+int32_t hotlora_gemm_q4_many(const float *x, int64_t ldx, int64_t M, int64_t K, int64_t count, const int64_t *specs,
+                             int32_t threads)
+{
+    if (M < 1 || M >= QP_MIN_ROWS || count < 1 || count > Q4_MANY) return -2;
+    q4_job jobs[Q4_MANY];
+    for (int64_t i = 0; i < count; i++) {
+        const int64_t *s = specs + 6 * i;
+        jobs[i] = (q4_job){(const uint8_t *)(intptr_t)s[0], (const float *)(intptr_t)s[1],
+                           lut_make((const float *)(intptr_t)s[2]), s[3], s[5], s[5], (float *)(intptr_t)s[4]};
+    }
+    float *xe = split_columns(x, ldx, M, K);
+    if (xe == NULL) return -1;
+    q4_tiles(xe, M, K, jobs, count, threads);
+    free(xe);
+    return 0;
 }
 
 /* ---- y (=|+=) x @ w, w [K, N] row-major with row stride ldw: per element, one multiply-add per k, k in

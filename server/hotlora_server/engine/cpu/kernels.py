@@ -13,6 +13,7 @@ each output element in one fixed order of their own, so the guarantee holds by c
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,18 +22,21 @@ import torch
 _I64, _I32, _PTR = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
 
 
-def _check(ok: bool, message: str) -> None:
+def _check(ok: bool, message: str | Callable[[], str]) -> None:
+    """Raise `message` unless `ok`; a message that formats shapes is a callable, formatted only then (the
+    checks run at every kernel call)."""
     if not ok:
-        raise ValueError(message)
+        raise ValueError(message if isinstance(message, str) else message())
 
 
 def _rows(t: torch.Tensor, name: str, dtype: torch.dtype = torch.float32) -> None:
     """A 2-d CPU tensor of `dtype` whose rows are contiguous (any row stride)."""
     _check(
-        t.dim() == 2 and t.device.type == "cpu", f"{name}: expected a 2-d CPU tensor, got {tuple(t.shape)}"
+        t.dim() == 2 and t.device.type == "cpu",
+        lambda: f"{name}: expected a 2-d CPU tensor, got {tuple(t.shape)}",
     )
-    _check(t.dtype == dtype, f"{name}: expected {dtype}, got {t.dtype}")
-    _check(t.stride(1) == 1 and t.stride(0) >= t.shape[1], f"{name}: rows must be contiguous")
+    _check(t.dtype == dtype, lambda: f"{name}: expected {dtype}, got {t.dtype}")
+    _check(t.stride(1) == 1 and t.stride(0) >= t.shape[1], lambda: f"{name}: rows must be contiguous")
 
 
 class CpuKernels:
@@ -51,6 +55,11 @@ class CpuKernels:
         self._q4 = library.hotlora_gemm_q4
         self._q4.argtypes = [_PTR, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _I32]
         self._q4.restype = _I32
+        self._q4_many = library.hotlora_gemm_q4_many
+        self._q4_many.argtypes = [_PTR, _I64, _I64, _I64, _I64, _PTR, _I32]
+        self._q4_many.restype = _I32
+        self.q4_many: int = library.hotlora_q4_many()  # weights one `gemm_q4_many` call takes
+        self.q4_many_rows: int = library.hotlora_q4_many_rows()  # and the most rows
         self._q4_prefill = library.hotlora_gemm_q4_prefill
         self._q4_prefill.argtypes = self._q4.argtypes
         self._q4_prefill.restype = _I32
@@ -69,7 +78,7 @@ class CpuKernels:
         """`x @ w.T` for float32 `x` `[M, K]` and `w` `[N, K]`: the output layer's logits."""
         _rows(x, "x")
         _rows(w, "w")
-        _check(x.shape[1] == w.shape[1], f"x has {x.shape[1]} features, w {w.shape[1]}")
+        _check(x.shape[1] == w.shape[1], lambda: f"x has {x.shape[1]} features, w {w.shape[1]}")
         (m, k), n = x.shape, w.shape[0]
         y = torch.empty(m, n, dtype=torch.float32)
         if m and n:
@@ -112,7 +121,7 @@ class CpuKernels:
         """`x @ w.T` for float32 `x` `[M, K]` and the weight `q8_weight` made of `w`: `gemm_nt`'s bits."""
         _rows(x, "x")
         (m, k), n = x.shape, weight.values.shape[0]
-        _check(k == weight.values.shape[1], f"x has {k} features, w {weight.values.shape[1]}")
+        _check(k == weight.values.shape[1], lambda: f"x has {k} features, w {weight.values.shape[1]}")
         y = torch.empty(m, n, dtype=torch.float32)
         if m and n:
             self._q8(
@@ -143,10 +152,10 @@ class CpuKernels:
             "packed: expected contiguous uint8",
         )
         k = packed.numel() * 2 // n
-        _check(k * n == packed.numel() * 2, f"packed: {packed.numel()} bytes do not hold {n} rows")
+        _check(k * n == packed.numel() * 2, lambda: f"packed: {packed.numel()} bytes do not hold {n} rows")
         _check(
             self.q4_fits(k, blocksize),
-            f"{k} features in blocks of {blocksize}: not a 4-bit layout this kernel takes",
+            lambda: f"{k} features in blocks of {blocksize}: not a 4-bit layout this kernel takes",
         )
         _check(
             absmax.dtype == torch.float32 and absmax.is_contiguous() and absmax.numel() == n * k // blocksize,
@@ -170,7 +179,7 @@ class CpuKernels:
         m, k = x.shape
         _check(
             k == weight.in_features and x.stride(0) >= k,
-            f"x has {k} features, the weight {weight.in_features}",
+            lambda: f"x has {k} features, the weight {weight.in_features}",
         )
         y = torch.empty(m, weight.out_features, dtype=torch.float32)
         fn = self._q4_prefill if prefill else self._q4
@@ -185,6 +194,37 @@ class CpuKernels:
             raise MemoryError("the 4-bit kernel could not allocate its buffers")
         return y
 
+    def gemm_q4_many(self, x: torch.Tensor, weights: Sequence[Q4Weight]) -> list[torch.Tensor] | None:
+        """`gemm_q4(x, w)` for each of `weights` (same bits) in one call, which forks and joins the
+        threads once; None where it does not apply: more than `q4_many` weights or `q4_many_rows` rows,
+        or weights of another input width (the caller then multiplies one by one)."""
+        if not (x.dtype == torch.float32 and x.dim() == 2 and x.stride(1) == 1 and x.device.type == "cpu"):
+            _rows(x, "x")  # raises with the reason
+        m, k = x.shape
+        if not (
+            0 < m <= self.q4_many_rows
+            and len(weights) <= self.q4_many
+            and x.stride(0) >= k
+            and all(w.in_features == k for w in weights)
+        ):
+            return None
+        out = [torch.empty(m, w.out_features, dtype=torch.float32) for w in weights]
+        specs = [
+            v for w, y in zip(weights, out, strict=True) for v in (*w.pointers, y.data_ptr(), w.out_features)
+        ]
+        status = self._q4_many(
+            x.data_ptr(),
+            x.stride(0),
+            m,
+            k,
+            len(weights),
+            (_I64 * len(specs))(*specs),
+            torch.get_num_threads(),
+        )
+        if status:
+            raise MemoryError("the 4-bit kernel could not allocate its buffers")
+        return out
+
     def gemm_nn(self, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
         """`out = x @ w` (`accumulate`: `out += x @ w`, the product added once), float32 `x` `[M, K]`,
         `w` `[K, N]` and `out` `[M, N]`, each with contiguous rows (`w` may be a column slice)."""
@@ -193,7 +233,7 @@ class CpuKernels:
         (m, k), n = x.shape, w.shape[1]
         _check(
             w.shape[0] == k and tuple(out.shape) == (m, n),
-            f"shapes {tuple(x.shape)} @ {tuple(w.shape)} -> {tuple(out.shape)}",
+            lambda: f"shapes {tuple(x.shape)} @ {tuple(w.shape)} -> {tuple(out.shape)}",
         )
         if (
             m
@@ -286,19 +326,23 @@ class CpuKernels:
         kv_heads, keys = key.shape[1], key.shape[2]
         _check(
             tuple(key.shape) == tuple(value.shape) == (rows, kv_heads, keys, dim),
-            f"key {tuple(key.shape)} and value {tuple(value.shape)} do not fit query {tuple(query.shape)}",
+            lambda: (
+                f"key {tuple(key.shape)} and value {tuple(value.shape)} do not fit query {tuple(query.shape)}"
+            ),
         )
-        _check(kv_heads > 0 and heads % kv_heads == 0, f"{heads} heads do not share {kv_heads} kv heads")
+        _check(
+            kv_heads > 0 and heads % kv_heads == 0, lambda: f"{heads} heads do not share {kv_heads} kv heads"
+        )
         _check(all(t.stride(-1) == 1 for t in (query, key, value)), "the last dimension must be contiguous")
         _check(
             all(t.device.type == "cpu" for t in (query, key, value)), "attention's tensors must be on the CPU"
         )
         mask_args: tuple[int, int, int] = (0, 0, 0)
-        _check(mask is not None or q_len <= keys, f"causal: {q_len} queries over {keys} keys")
+        _check(mask is not None or q_len <= keys, lambda: f"causal: {q_len} queries over {keys} keys")
         if mask is not None:
             _check(
                 mask.dtype == torch.bool and tuple(mask.shape) == (rows, 1, q_len, keys),
-                f"mask: expected bool {(rows, 1, q_len, keys)}",
+                lambda: f"mask: expected bool {(rows, 1, q_len, keys)}",
             )
             mask = mask if mask.stride(-1) == 1 else mask.contiguous()
             mask_args = (mask.data_ptr(), mask.stride(0), mask.stride(2))

@@ -11,7 +11,8 @@ merging and `state_dict()` see the module they expect.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import bitsandbytes as bnb
 import torch
@@ -38,17 +39,45 @@ class FixedOrder4bit:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad and torch.is_grad_enabled():
             return self.fallback(x)
-        param = self.module._parameters["weight"]  # the dict, not `Module.__getattr__`: this runs every step
+        rows = _rows(x)
+        return self._finish(self.kernels.gemm_q4(rows, self._current(), prefill=is_prefilling()), x)
+
+    def _current(self) -> Q4Weight:
+        """The prepared weight, prepared again if the module's data moved (packing, unpacking)."""
+        param = self.module._parameters["weight"]  # the dict, not `Module.__getattr__`: this runs every call
         if param is None or param.data_ptr() != self.weight.pointers[0]:
             self.weight = self._prepare()
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.dtype != torch.float32 or rows.stride(-1) != 1:
-            rows = rows.to(torch.float32).contiguous()
-        out = self.kernels.gemm_q4(rows, self.weight, prefill=is_prefilling()).view(*x.shape[:-1], -1)
+        return self.weight
+
+    def _finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The kernel's `[rows, out]` as the layer's output for `x`: its shape and dtype, plus the bias."""
+        out = out.view(*x.shape[:-1], -1)
         if out.dtype != x.dtype:
             out = out.to(x.dtype)
-        bias = self.module.bias
+        bias = self.module._parameters.get("bias")
         return out if bias is None else out + bias.to(x.dtype)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """`x` as the kernels' float32 `[rows, in]` with contiguous rows (no copy in the usual case)."""
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.dtype != torch.float32 or rows.stride(-1) != 1:
+        rows = rows.to(torch.float32).contiguous()
+    return rows
+
+
+def many(layers: Sequence[torch.nn.Module], x: torch.Tensor) -> list[torch.Tensor] | None:
+    """The outputs of 4-bit `layers` that all read `x` (a decode step's: a few rows, no gradients), from
+    one kernel call with each output's own bits; None where any layer does not run `FixedOrder4bit` or
+    the call does not apply (then each layer is called on its own)."""
+    forwards = [layer.__dict__.get("forward") for layer in layers]
+    if is_prefilling() or not all(isinstance(f, FixedOrder4bit) for f in forwards):
+        return None
+    if x.requires_grad and torch.is_grad_enabled():
+        return None
+    fixed = cast(list[FixedOrder4bit], forwards)
+    out = fixed[0].kernels.gemm_q4_many(_rows(x), [f._current() for f in fixed])
+    return None if out is None else [f._finish(y, x) for f, y in zip(fixed, out, strict=True)]
 
 
 def takes(module: torch.nn.Module, kernels: CpuKernels) -> bool:
