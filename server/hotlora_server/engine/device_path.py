@@ -34,6 +34,11 @@ class RowKernels(Protocol):
         """`out = x @ w` (`accumulate`: `out += x @ w`)."""
         ...
 
+    def rotary(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """`x * cos + rotate_half(x) * sin` with the bits of torch's operations: `x` `[rows, heads,
+        positions, dim]`, `cos` and `sin` `[rows, positions, dim]`."""
+        ...
+
     def attention(
         self,
         query: torch.Tensor,

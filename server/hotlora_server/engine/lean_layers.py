@@ -22,6 +22,7 @@ from torch.nn.modules import module as torch_module
 from transformers import DynamicCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .device_path import PLAIN, DevicePath, RowKernels
 from .lora_stack import base_and_deltas
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,6 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     """transformers' `rotate_half`, shared by the families above."""
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-Products = Callable[[Sequence[torch.nn.Module], torch.Tensor], "list[torch.Tensor] | None"]
 
 
 def _hooked(module: torch.nn.Module) -> bool:
@@ -58,17 +56,32 @@ def _call(module: torch.nn.Module | None, x: torch.Tensor) -> torch.Tensor:
 
 
 def _together(
-    modules: Sequence[torch.nn.Module | None], x: torch.Tensor, products: Products | None
+    modules: Sequence[torch.nn.Module | None], x: torch.Tensor, path: DevicePath
 ) -> list[torch.Tensor]:
     """Each of `modules`' output for `x`, their base products from one call of the device path's
     `products` where it has one (then each LoRA layer's stacked deltas added), else one call each."""
     parts = [None if module is None or _hooked(module) else base_and_deltas(module) for module in modules]
-    if products is not None and all(part is not None and not _hooked(part[0]) for part in parts):
+    if all(part is not None and not _hooked(part[0]) for part in parts):
         ready = cast(list[tuple[torch.nn.Module, Any]], parts)
-        outputs = products([base for base, _ in ready], x)
+        outputs = path.products([base for base, _ in ready], x)
         if outputs is not None:
             return [y if add is None else add(x, y) for (_, add), y in zip(ready, outputs, strict=True)]
     return [_call(module, x) for module in modules]
+
+
+def _rotate(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    embeddings: tuple[torch.Tensor, torch.Tensor],
+    kernels: RowKernels | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' `apply_rotary_pos_emb`; through the row kernels (the same bits, one call for six
+    operations) where they take these tensors."""
+    cos, sin = embeddings
+    if kernels is not None and q.dtype == cos.dtype == torch.float32 and cos.shape[0] == q.shape[0]:
+        return kernels.rotary(q, cos, sin), kernels.rotary(k, cos, sin)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
 
 
 def _forward(module: torch.nn.Module | None, x: torch.Tensor) -> torch.Tensor:
@@ -82,9 +95,9 @@ class LeanLayer:
     forward passes (transformers' extra keyword arguments: packed sequences, recorded outputs) and a layer
     in training mode (attention dropout) run the layer's own forward."""
 
-    def __init__(self, layer: Any, products: Products | None = None) -> None:  # a transformers layer
+    def __init__(self, layer: Any, path: DevicePath) -> None:  # a transformers layer
         attn = layer.self_attn
-        self.products = products
+        self.path = path
         self.layer = layer
         self.original: Callable[..., torch.Tensor] = layer.forward
         # the submodules are read from these dicts at every call: PEFT swaps its LoRA layers in there
@@ -94,6 +107,13 @@ class LeanLayer:
         window = getattr(attn, "sliding_window", getattr(attn.config, "sliding_window", None))
         self.attention_kwargs = {} if window is None else {"sliding_window": window}
         self.eager: Callable[..., Any] = sys.modules[type(attn).__module__].eager_attention_forward
+        self.implementation: tuple[str, Callable[..., Any]] | None = None
+
+    def _attention(self, name: str) -> Callable[..., Any]:
+        """The attention function registered as `name`, looked up again only when the name changes."""
+        if self.implementation is None or self.implementation[0] != name:
+            self.implementation = (name, ALL_ATTENTION_FUNCTIONS.get_interface(name, self.eager))
+        return self.implementation[1]
 
     def __call__(
         self,
@@ -119,35 +139,32 @@ class LeanLayer:
         x = _forward(mods["input_layernorm"], hidden_states)
         shape = (*x.shape[:-1], -1, attn.head_dim)
         qkv = [attn_mods["q_proj"], attn_mods["k_proj"], attn_mods["v_proj"]]
-        q, k, v = (y.view(shape) for y in _together(qkv, x, self.products))
+        q, k, v = (y.view(shape) for y in _together(qkv, x, self.path))
         if "q_norm" in attn_mods:  # Qwen3 normalises each head's query and key
             q, k = _forward(attn_mods["q_norm"], q), _forward(attn_mods["k_norm"], k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        cos, sin = (t.unsqueeze(1) for t in position_embeddings)
-        q = (q * cos) + (_rotate_half(q) * sin)
-        k = (k * cos) + (_rotate_half(k) * sin)
+        q, k = _rotate(q, k, position_embeddings, self.path.kernels)
         if cache is not None:
             k, v = cache.update(k, v, attn.layer_idx)
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, self.eager)
-        out, _ = attention(
+        out, _ = self._attention(attn.config._attn_implementation)(
             attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling, **self.attention_kwargs
         )
         out = _call(attn_mods["o_proj"], out.reshape(*x.shape[:-1], -1).contiguous())
         hidden_states = hidden_states + out
         x = _forward(mods["post_attention_layernorm"], hidden_states)
-        gate, up = _together([mlp_mods["gate_proj"], mlp_mods["up_proj"]], x, self.products)
+        gate, up = _together([mlp_mods["gate_proj"], mlp_mods["up_proj"]], x, self.path)
         return hidden_states + _call(mlp_mods["down_proj"], _forward(mlp_mods["act_fn"], gate) * up)
 
 
-def install(model: Any, products: Products | None = None) -> int:  # a transformers model
+def install(model: Any, path: DevicePath = PLAIN) -> int:  # a transformers model
     """Give `model`'s decoder layers the lean forward where their class is Llama-shaped and a probe of the
-    first one matches its own forward bit for bit; return how many layers run it. `products`: the
-    device path's (`DevicePath.products`), for the layers' products that share an input."""
+    first one matches its own forward bit for bit; return how many layers run it. `path`: the device
+    path whose `products` and row kernels the layers use."""
     inner = getattr(model, "model", None)
     layers = list(getattr(inner, "layers", []))
     if not layers or any(type(layer).__name__ not in LLAMA_SHAPED for layer in layers):
         return 0
-    lean = [LeanLayer(layer, products) for layer in layers]
+    lean = [LeanLayer(layer, path) for layer in layers]
     if not _same_bits(model, lean[0]):
         log.warning("decoder layers keep transformers' forward: the lean forward's probe differs from it")
         return 0

@@ -110,7 +110,7 @@ def load_model(settings: Settings) -> LoadedModel:
     if invariant:
         assert path.kernels is not None  # only row kernels make a path capable of it
         use_batch_invariant_attention(model, path.kernels)
-    lean = lean_layers.install(model, path.products)
+    lean = lean_layers.install(model, path)
     log.info("decoder layers through the lean forward: %d of %d", lean, model.config.num_hidden_layers)
     context = model.config.max_position_embeddings
     if settings.max_model_len is not None:

@@ -356,6 +356,35 @@ def test_attention_refuses_what_it_cannot_read(cpu_kernels: CpuKernels) -> None:
             cpu_kernels.attention(*args, scale=0.5)
 
 
+@pytest.mark.parametrize(
+    ("rows", "heads", "positions", "dim"), [(1, 9, 1, 64), (3, 4, 5, 16), (2, 8, 7, 128), (2, 3, 2, 6)]
+)
+def test_rotary_gives_transformers_bits(
+    cpu_kernels: CpuKernels, rows: int, heads: int, positions: int, dim: int
+) -> None:
+    """Against transformers' own `apply_rotary_pos_emb` on a transposed (strided) view, as attention
+    layers hold q and k: every bit the same, vector lanes and scalar tails (dim 6) alike."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    x = torch.randn(rows, positions, heads, dim, generator=_gen(50)).transpose(1, 2)
+    cos, sin = torch.randn(2, rows, positions, dim, generator=_gen(51))
+    expected, _ = apply_rotary_pos_emb(x, x, cos, sin)
+    got = cpu_kernels.rotary(x, cos, sin)
+    assert got.is_contiguous() and torch.equal(got, expected)
+
+
+def test_rotary_refuses_what_it_cannot_read(cpu_kernels: CpuKernels) -> None:
+    x, cos = torch.randn(1, 2, 3, 8), torch.randn(1, 3, 8)
+    for bad in (
+        lambda: cpu_kernels.rotary(x.double(), cos, cos),
+        lambda: cpu_kernels.rotary(x[..., :7], cos[..., :7], cos[..., :7]),  # an odd dim has no halves
+        lambda: cpu_kernels.rotary(x, cos[:, :2], cos[:, :2]),  # positions the tensors disagree on
+        lambda: cpu_kernels.rotary(x.transpose(2, 3), cos, cos),  # dim not contiguous
+    ):
+        with pytest.raises(ValueError):
+            bad()
+
+
 def test_the_library_is_compiled_once_and_then_reused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ from transformers import DynamicCache
 
 from hotlora_server.engine import lean_layers
 from hotlora_server.engine.attention import use_batch_invariant_attention
+from hotlora_server.engine.device_path import PLAIN, DevicePath
 
 from support.model_families import tiny_model
 from support.tiny_server import ADAPTER_NAME, TINY_NAME, chat_request, running_engine, tiny_settings
@@ -62,14 +63,20 @@ def _counted_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+@pytest.mark.parametrize("row_kernels", [False, True], ids=["torch-rotary", "kernel-rotary"])
 @pytest.mark.parametrize("attention", ["batch-invariant", "sdpa", "eager"])
 @pytest.mark.parametrize("family", LEAN)
 def test_the_lean_forward_gives_the_models_own_bits(
-    family: str, attention: str, real_tokenizer: Any, cpu_kernels: Any, monkeypatch: pytest.MonkeyPatch
+    family: str,
+    attention: str,
+    row_kernels: bool,
+    real_tokenizer: Any,
+    cpu_kernels: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     expected = _generate(_attend(tiny_model(family, real_tokenizer), attention, cpu_kernels))
     model = _attend(tiny_model(family, real_tokenizer), attention, cpu_kernels)
-    assert lean_layers.install(model) == 2
+    assert lean_layers.install(model, DevicePath(kernels=cpu_kernels) if row_kernels else PLAIN) == 2
     calls = _counted_calls(monkeypatch)
     got = _generate(model)
     assert calls[0] == 9 * 2 * 7  # every forward, every layer, all seven linear layers
@@ -174,7 +181,7 @@ def test_served_tokens_and_logprobs_are_those_of_transformers_forward(
     monkeypatch.setattr(linear4, "many", counted)
     lean = served()
     assert grouped[0] > 0
-    monkeypatch.setattr(lean_layers, "install", lambda model, products=None: 0)
+    monkeypatch.setattr(lean_layers, "install", lambda model, path=None: 0)
     assert served() == lean
 
 

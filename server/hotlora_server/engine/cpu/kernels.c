@@ -13,6 +13,7 @@
  *   hotlora_gemm_nn   y (+)= x @ w, w [K, N] float32 (a prefill's LoRA deltas on the stacked blocks)
  *   hotlora_lora_decode  a decode step's LoRA deltas, each row through its own adapter's columns only
  *   hotlora_attention  softmax(q k^T) v per row, head and query, over the keys its mask allows
+ *   hotlora_rotary     rotary position embeddings, with the bits of transformers' torch operations
  */
 #include <math.h>
 #include <stdint.h>
@@ -31,6 +32,7 @@ static inline vf vload(const float *p) { return _mm512_loadu_ps(p); }
 static inline void vstore(float *p, vf v) { _mm512_storeu_ps(p, v); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 static inline vf vsplat(float s) { return _mm512_set1_ps(s); }
 static inline vf vzero(void) { return _mm512_setzero_ps(); }
 static inline vf vint8(const int8_t *p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))); }
@@ -50,6 +52,7 @@ static inline vf vload(const float *p) { return _mm256_loadu_ps(p); }
 static inline void vstore(float *p, vf v) { _mm256_storeu_ps(p, v); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 static inline vf vsplat(float s) { return _mm256_set1_ps(s); }
 static inline vf vzero(void) { return _mm256_setzero_ps(); }
 static inline vf vint8(const int8_t *p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))); }
@@ -128,6 +131,7 @@ static inline vf vfma(vf a, vf b, vf c)
     return c;
 }
 static inline vf vadd(vf a, vf b) { return a + b; }
+static inline vf vsub(vf a, vf b) { return a - b; }
 static inline vf vsplat(float s) { return (vf){s, s, s, s}; }
 static inline vf vzero(void) { return (vf){0, 0, 0, 0}; }
 static inline vf vint8(const int8_t *p) { return (vf){p[0], p[1], p[2], p[3]}; }
@@ -770,4 +774,50 @@ int32_t hotlora_attention(const float *q, int64_t q_row, int64_t q_head, int64_t
         free(acc);
     }
     return failed ? -1 : 0;
+}
+
+/* ---- Rotary position embeddings as transformers applies them: out = x * cos + rotate_half(x) * sin,
+ * where rotate_half(x) = [-x2, x1] for x = [x1, x2]: both products rounded, then their sum, as torch's
+ * three operations round. So the products must not be fused into a multiply-add: contraction is off in
+ * this function, for GCC and Clang. x [rows, heads, positions, dim] with any strides but a contiguous
+ * dim; cos and sin [rows, positions, dim] contiguous; out [rows, heads, positions, dim] contiguous. ---- */
+#if defined(__clang__)
+#define NO_CONTRACT
+#elif defined(__GNUC__)
+#define NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define NO_CONTRACT
+#endif
+
+NO_CONTRACT static void rotate_one(const float *x, const float *c, const float *s, int64_t dim, float *out)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    const int64_t half = dim / 2;
+    int64_t d = 0;
+    for (; d + LANES <= half; d += LANES) {
+        const vf x1 = vload(x + d), x2 = vload(x + half + d);
+        /* first half: x1 * cos - x2 * sin (the product of -x2, exactly the negated product) */
+        const vf a = vmul(x1, vload(c + d)), b = vmul(x2, vload(s + d));
+        vstore(out + d, vsub(a, b));
+        const vf e = vmul(x2, vload(c + half + d)), f = vmul(x1, vload(s + half + d));
+        vstore(out + half + d, vadd(e, f));
+    }
+    for (; d < half; d++) {
+        const float a = x[d] * c[d], b = -x[half + d] * s[d];
+        out[d] = a + b;
+        const float e = x[half + d] * c[half + d], f = x[d] * s[half + d];
+        out[half + d] = e + f;
+    }
+}
+
+void hotlora_rotary(const float *x, int64_t x_row, int64_t x_head, int64_t x_pos, int64_t rows, int64_t heads,
+                    int64_t positions, int64_t dim, const float *cos, const float *sin, float *out)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t h = 0; h < heads; h++)
+            for (int64_t p = 0; p < positions; p++)
+                rotate_one(x + r * x_row + h * x_head + p * x_pos, cos + (r * positions + p) * dim,
+                           sin + (r * positions + p) * dim, dim, out + ((r * heads + h) * positions + p) * dim);
 }

@@ -73,6 +73,9 @@ class CpuKernels:
         self._attention.argtypes = [*(_PTR, _I64, _I64, _I64) * 3, _PTR, _I64, _I64, _PTR, _I64, _I64, _I64]
         self._attention.argtypes += [_I64] * 6 + [ctypes.c_float, ctypes.c_float, _I32]
         self._attention.restype = _I32
+        self._rotary = library.hotlora_rotary
+        self._rotary.argtypes = [_PTR, *[_I64] * 7, _PTR, _PTR, _PTR]
+        self._rotary.restype = None
 
     def gemm_nt(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """`x @ w.T` for float32 `x` `[M, K]` and `w` `[N, K]`: the output layer's logits."""
@@ -366,6 +369,36 @@ class CpuKernels:
             torch.get_num_threads(),
         ):
             raise MemoryError("the attention kernel could not allocate its buffers")
+        return out
+
+    def rotary(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """transformers' `x * cos + rotate_half(x) * sin` with the bits of its torch operations, in one
+        call instead of six: float32 `x` `[rows, heads, positions, dim]` (any strides, `dim` contiguous),
+        `cos` and `sin` `[rows, positions, dim]`; returns a contiguous tensor of `x`'s shape."""
+        _check(x.dtype == cos.dtype == sin.dtype == torch.float32, "rotary takes float32 only")
+        _check(x.dim() == 4 and x.stride(-1) == 1 and x.shape[-1] % 2 == 0, "x: 4-d, an even contiguous dim")
+        rows, heads, positions, dim = x.shape
+        _check(
+            tuple(cos.shape) == tuple(sin.shape) == (rows, positions, dim)
+            and cos.is_contiguous()
+            and sin.is_contiguous(),
+            lambda: f"cos and sin: expected contiguous {(rows, positions, dim)}, got {tuple(cos.shape)}",
+        )
+        _check(all(t.device.type == "cpu" for t in (x, cos, sin)), "rotary's tensors must be on the CPU")
+        out = torch.empty(rows, heads, positions, dim, dtype=torch.float32)
+        self._rotary(
+            x.data_ptr(),
+            x.stride(0),
+            x.stride(1),
+            x.stride(2),
+            rows,
+            heads,
+            positions,
+            dim,
+            cos.data_ptr(),
+            sin.data_ptr(),
+            out.data_ptr(),
+        )
         return out
 
 
