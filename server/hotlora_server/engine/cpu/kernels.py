@@ -224,8 +224,9 @@ class CpuKernels:
             (_I64 * len(specs))(*specs),
             torch.get_num_threads(),
         )
-        if status:
+        if status == -1:
             raise MemoryError("the 4-bit kernel could not allocate its buffers")
+        _check(status == 0, "gemm_q4_many: the kernel refused its arguments")
         return out
 
     def gemm_nn(self, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
