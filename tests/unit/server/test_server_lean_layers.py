@@ -27,17 +27,21 @@ LEAN = ("llama", "qwen2", "qwen3", "mistral")
 @torch.inference_mode()
 def _generate(model: Any, steps: int = 8, **forward: Any) -> list[torch.Tensor]:
     """Every logit of a left-padded two-row prompt of 12 tokens, then `steps` greedy decode steps (past
-    Mistral's sliding window of 8)."""
+    Mistral's sliding window of 8), each row at its own positions as the engine gives them."""
     ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
     cache = DynamicCache(config=model.config)
-    logits = [model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, **forward).logits]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = [
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, **forward).logits
+    ]
     for _ in range(steps):
         mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
         token = logits[-1][:, -1].argmax(-1, keepdim=True)
+        positions = mask.sum(-1, keepdim=True) - 1
         logits.append(
-            model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True, **forward).logits
+            model(input_ids=token, attention_mask=mask, position_ids=positions, cache=cache, **forward).logits
         )
     return logits
 
@@ -77,9 +81,17 @@ def test_the_lean_forward_gives_the_models_own_bits(
     expected = _generate(_attend(tiny_model(family, real_tokenizer), attention, cpu_kernels))
     model = _attend(tiny_model(family, real_tokenizer), attention, cpu_kernels)
     assert lean_layers.install(model, DevicePath(kernels=cpu_kernels) if row_kernels else PLAIN) == 2
-    calls = _counted_calls(monkeypatch)
+    calls, rotations = _counted_calls(monkeypatch), [0]
+    rotary = type(cpu_kernels).rotary
+
+    def counted_rotary(self: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        rotations[0] += 1
+        return rotary(self, x, cos, sin)
+
+    monkeypatch.setattr(type(cpu_kernels), "rotary", counted_rotary)
     got = _generate(model)
     assert calls[0] == 9 * 2 * 7  # every forward, every layer, all seven linear layers
+    assert rotations[0] == (9 * 2 * 2 if row_kernels else 0)  # q and k in every layer of every forward
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
