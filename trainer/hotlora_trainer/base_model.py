@@ -88,14 +88,17 @@ def compute_dtype_name(device: str) -> str:
     return str(runtime.pick_dtype("auto", device)).removeprefix("torch.")
 
 
-def bf16_autocast(device: str) -> bool:
-    """Whether training runs under bfloat16 autocast (weights, LoRA and optimizer states stay as loaded).
+def bf16_autocast(device: str, requested: bool | None) -> bool:
+    """Whether training runs under bfloat16 autocast (weights, LoRA and optimizer states stay as loaded):
+    as `requested` (`--bf16` / `--no-bf16`), else by the device.
 
     Always on CUDA. On a CPU only with native bf16 (AVX512-BF16 / AMX), where it makes a training step
     clearly faster than float32 (docs/performance.md, "Training"); emulated bf16 would be slower.
     """
     import torch
 
+    if requested is not None:
+        return requested
     if device == "cuda":
         return True
     return device == "cpu" and bool(getattr(torch.cpu, "_is_avx512_bf16_supported", bool)())

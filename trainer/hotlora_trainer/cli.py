@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--attn-implementation", choices=["sdpa", "eager"], help="default sdpa")
     tr.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="train under bfloat16 autocast (default: on CUDA, and on CPUs with native bf16); --no-bf16: "
+        "float32 everywhere, the same numbers on any CPU",
+    )
+    tr.add_argument(
         "--chat-template",
         help="for a base without a chat template (or to replace it): `chatml`, a Jinja file, or the "
         "template itself; serve with the same --chat-template",

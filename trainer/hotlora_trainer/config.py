@@ -76,6 +76,9 @@ class TrainConfig(BaseModel):
     eval_data: Path | None = Field(None, description="a JSONL file of evaluation rows, in the data's format")
     resume: bool = False
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    bf16: bool | None = Field(
+        None, description="bfloat16 autocast; None: on CUDA, and on CPUs with native bf16 (AVX512-BF16, AMX)"
+    )
     chat_template: str | None = Field(
         None, description="chatml, a Jinja file, or a template: the server's flag"
     )

@@ -129,7 +129,7 @@ def _sft_trainer(run: Run) -> Any:
         save_steps=config.save_steps,
         save_total_limit=1,
         report_to="none",
-        bf16=bf16_autocast(run.kind),
+        bf16=bf16_autocast(run.kind, config.bf16),
         fp16=False,
         use_cpu=run.kind == "cpu",
         disable_tqdm=not run.progress_bar,

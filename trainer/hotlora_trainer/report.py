@@ -145,7 +145,7 @@ def _manifest(run: Run, export: Path, metrics: dict[str, Any]) -> Manifest:
             "device": kind,
             "compute_dtype": compute_dtype_name(kind),
             "base_weights": base_weights(kind, config.qlora),
-            "bf16_autocast": bf16_autocast(kind),
+            "bf16_autocast": bf16_autocast(kind, config.bf16),
             "peak_memory_bytes": fitted.peak_memory,
             "peak_memory_kind": fitted.peak_kind,
             "memory_estimate": run.result.estimate.as_dict(),

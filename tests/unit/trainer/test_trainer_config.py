@@ -272,3 +272,22 @@ def test_a_flag_prefix_is_refused_not_taken_for_another_flag(capsys: pytest.Capt
     with pytest.raises(SystemExit):  # `--lr` is a prefix of --lr-scheduler-type, not --learning-rate
         build_parser().parse_args(["--name", "bot", "--lr", "1e-2"])
     assert "unrecognized arguments: --lr 1e-2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("device", "flag", "expected"),
+    [("cuda", None, True), ("cuda", False, False), ("cpu", False, False), ("cpu", True, True)],
+)
+def test_bf16_autocast_follows_the_flag_else_the_device(
+    device: str, flag: bool | None, expected: bool
+) -> None:
+    from hotlora_trainer.base_model import bf16_autocast
+
+    assert bf16_autocast(device, flag) is expected
+
+
+def test_bf16_flag_reaches_the_config() -> None:
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["--data", "d.jsonl", "--name", "bot"])).bf16 is None  # by the device
+    assert config_from_args(parse(["--data", "d.jsonl", "--name", "bot", "--no-bf16"])).bf16 is False
+    assert config_from_args(parse(["--data", "d.jsonl", "--name", "bot", "--bf16"])).bf16 is True
