@@ -197,8 +197,8 @@ class Settings(BaseModel):
     cpu_kernels: bool = Field(
         True,
         description="on a CPU: hotlora's fixed-order kernels (4-bit layers where bitsandbytes has no fused "
-        "kernel, logits, LoRA deltas), compiled once with the system C compiler; batch invariance needs them. "
-        "Without a compiler, or off, torch and bitsandbytes alone",
+        "kernel, logits, LoRA deltas), compiled once with the system C and C++ compilers; batch invariance needs "
+        "them. Without the compilers, or off, torch and bitsandbytes alone",
     )
     batch_invariant: bool | None = Field(
         None,

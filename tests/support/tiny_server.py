@@ -165,9 +165,9 @@ def assert_error(
 
 
 def needs_compiler() -> None:
-    """Skip where the machine has no C compiler: the server runs without its CPU kernels there (and says
-    that batch invariance is off)."""
+    """Skip where the machine has no C or C++ compiler: the server runs without its CPU kernels there (and
+    says that batch invariance is off)."""
     from hotlora_server.engine.cpu import kernels_build
 
-    if kernels_build.compiler() is None:
-        pytest.skip("no C compiler here: the server runs without its fixed-order CPU kernels")
+    if kernels_build.compilers() is None:
+        pytest.skip("no C and C++ compilers here: the server runs without its fixed-order CPU kernels")

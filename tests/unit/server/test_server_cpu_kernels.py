@@ -385,6 +385,43 @@ def test_rotary_refuses_what_it_cannot_read(cpu_kernels: CpuKernels) -> None:
             bad()
 
 
+# -- as torch operators ------------------------------------------------------------------------------
+
+
+def test_a_decode_layers_kernels_compile_into_one_graph_with_the_same_bits(cpu_kernels: CpuKernels) -> None:
+    """torch.compile traces the operators (their Meta kernels give the shapes) without a graph break,
+    the mutating LoRA delta included, and the compiled function gives the eager bits."""
+    packed, state = bnbf.quantize_4bit(
+        torch.randn(96, 64, generator=_gen(60)), blocksize=64, quant_type="nf4"
+    )
+    weight = cpu_kernels.q4_weight(packed, state.absmax, state.code, 64, 96)
+    a_t, b_t = torch.randn(64, 8, generator=_gen(61)), torch.randn(8, 96, generator=_gen(62))
+    items = decode_items([(0, 8), NONE, (4, 8)])
+    cos, sin = torch.randn(2, 3, 1, 32, generator=_gen(63))
+
+    def layer(x: torch.Tensor) -> torch.Tensor:
+        y = cpu_kernels.gemm_q4(x, weight)
+        cpu_kernels.lora_decode(y, x, a_t, b_t, items)
+        q = cpu_kernels.rotary(y.view(3, 1, 3, 32).transpose(1, 2), cos, sin)
+        return cpu_kernels.attention(q, q, q, None, scale=0.25) + 1
+
+    x = torch.randn(3, 64, generator=_gen(64))
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x), layer(x))
+
+
+def test_on_meta_tensors_the_operators_give_shapes_and_checks_only(cpu_kernels: CpuKernels) -> None:
+    meta = torch.device("meta")
+    out = cpu_kernels.attention(*(torch.empty(2, 4, 3, 8, device=meta),) * 3, None, scale=0.5)
+    assert out.device == meta and tuple(out.shape) == (2, 3, 4, 8)
+    x, w = torch.empty(5, 64, device=meta), torch.empty(7, 64, device=meta)
+    assert tuple(cpu_kernels.gemm_nt(x, w).shape) == (5, 7)
+    with pytest.raises(ValueError, match="features"):
+        cpu_kernels.gemm_nt(x, torch.empty(7, 32, device=meta))
+    with pytest.raises(ValueError, match="two devices"):
+        cpu_kernels.gemm_nt(x, torch.empty(7, 64))
+
+
 def test_the_library_is_compiled_once_and_then_reused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -455,10 +492,7 @@ def test_without_a_working_compiler_there_are_no_kernels_and_no_debris(
 # -- only a library this user alone could have written is loaded ---------------------------------------
 
 STUB = """int hotlora_lanes(void) { return 12345; }
-void hotlora_gemm_nt(void) {}
-int hotlora_gemm_q4(void) { return 0; }
-int hotlora_gemm_nn(void) { return 0; }
-int hotlora_lora_decode(void) { return 0; }
+int hotlora_register(const char *ns) { return 0; }
 """
 
 
@@ -473,7 +507,9 @@ def _planted_library(path: Path) -> Path:
     """A library with every entry point the loader looks up, whose `hotlora_lanes` says 12345."""
     source = path.with_suffix(".c")
     source.write_text(STUB)
-    subprocess.run([kernels_build.compiler(), "-shared", "-fPIC", str(source), "-o", str(path)], check=True)
+    tools = kernels_build.compilers()
+    assert tools is not None
+    subprocess.run([tools[0], "-shared", "-fPIC", str(source), "-o", str(path)], check=True)
     return path
 
 

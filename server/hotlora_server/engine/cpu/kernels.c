@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
+
 /* ---- A small vector layer: LANES floats per vector, one rounding per multiply-add (spelled out:
  * compilers contract `a += b * c` into a fused multiply-add in some copies of a loop and not in others,
  * and a row's bits must not depend on which copy computed it). ---- */

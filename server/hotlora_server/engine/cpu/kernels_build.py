@@ -1,15 +1,19 @@
-"""Compiling the CPU kernels (`kernels.c`) once per machine, and loading only a library we can trust.
+"""Compiling the CPU kernels once per machine, and loading only a library we can trust.
 
-The library is compiled with the system C compiler (`-march=native`) into a cache folder, named by a hash
-of the source, flags, compiler and CPU; without a compiler there is no library and the server says that
-batch invariance is off. Loading a library runs its code, and its name is predictable, so it is loaded
-only from a folder and a file this user owns and no one else may write to.
+`kernels.c` is compiled with the system C compiler (`-march=native`) and linked with `kernels_ops.cpp`,
+which registers its entry points as torch operators (`kernels`), compiled with the system C++ compiler
+against this torch's headers and libraries (`torch.utils.cpp_extension` names them). The library goes
+into a cache folder, named by a hash of the sources, flags, compilers, torch version and CPU; without
+both compilers there is no library and the server says that batch invariance is off. Loading a library
+runs its code, and its name is predictable, so it is loaded only from a folder and a file this user owns
+and no one else may write to.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import logging
 import os
 import platform
@@ -18,6 +22,8 @@ import stat
 import subprocess
 import tempfile
 from pathlib import Path
+
+import torch
 
 from hotlora_adapters.private import (
     PRIVATE_DIR_MODE,
@@ -32,8 +38,14 @@ from .kernels import CpuKernels
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
-LIBS = ("-lm",)  # after the source: linkers that drop unused libraries read them in order
+HEADER = SOURCE.with_suffix(".h")
+OPS = Path(__file__).with_name("kernels_ops.cpp")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC")
+LIBS = ("-lm",)  # after the sources: linkers that drop unused libraries read them in order
+
+_loaded: dict[Path, CpuKernels] = {}  # a library is registered once per process, under its own namespace
+_built: dict[str, Path] = {}  # digest -> a library of that build this process loaded: copied, not compiled
+_namespaces = itertools.count()
 
 
 def _cpu_identity() -> str:
@@ -47,33 +59,71 @@ def _cpu_identity() -> str:
     )
 
 
-def compiler() -> str | None:
-    """The C compiler builds use: `$CC`, else `cc` or `gcc` on the PATH."""
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def compilers() -> tuple[str, str] | None:
+    """The C and C++ compilers builds use: `$CC` (else `cc` or `gcc`) and `$CXX` (else `c++` or `g++`);
+    None without either."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    return (cc, cxx) if cc and cxx else None
 
 
 def build(cache_dir: Path, source: Path = SOURCE) -> CpuKernels | None:
-    """The library, compiled into `cache_dir` if this machine has no build of it yet; None without a
-    working compiler (the reason is logged). `source`: another version of kernels.c (bench/kernel_ab.py)."""
-    cc = compiler()
-    if cc is None:
-        log.warning("no C compiler (cc): the CPU's fixed-order kernels are not available")
+    """The library, compiled into `cache_dir` if this machine has no build of it yet; None without
+    working compilers (the reason is logged). `source`: another version of kernels.c with the same entry
+    points (bench/kernel_ab.py)."""
+    tools = compilers()
+    if tools is None:
+        log.warning("no C and C++ compilers (cc, c++): the CPU's fixed-order kernels are not available")
         return None
     if not _private_folder(cache_dir):
         return None
+    parts = [p.read_text() for p in (source, HEADER, OPS)]
     digest = hashlib.sha256(
-        "\0".join([source.read_text(), *FLAGS, *LIBS, cc, _cpu_identity()]).encode()
+        "\0".join([*parts, *FLAGS, *LIBS, *tools, torch.__version__, _cpu_identity()]).encode()
     ).hexdigest()[:16]
     target = cache_dir / f"kernels-{digest}.so"
     for _ in range(2):  # a cached library that does not load (truncated, foreign) is built again once
-        if not _trusted(target) and not _compile(cc, source, target):
+        if not _trusted(target) and not (_copy_loaded(digest, target) or _compile(tools, source, target)):
             return None
         try:
-            return CpuKernels(ctypes.CDLL(str(target)), target)
-        except (OSError, AttributeError) as exc:
+            return _load(target, digest)
+        except (OSError, AttributeError, RuntimeError) as exc:
             log.warning("cannot load %s (%s); building it again", target, exc)
             target.unlink(missing_ok=True)
     return None
+
+
+def _load(target: Path, digest: str) -> CpuKernels:
+    """The library at `target` with its operators registered in a namespace of their own (one per
+    library this process loads: the same build may be loaded from two folders); loaded once per path."""
+    if target in _loaded:
+        return _loaded[target]
+    namespace = f"hotlora_{digest}_{next(_namespaces)}"
+    if ctypes.CDLL(str(target)).hotlora_register(namespace.encode()) != 0:
+        raise RuntimeError("torch refused its operators (see stderr)")
+    kernels = _loaded[target] = CpuKernels(getattr(torch.ops, namespace), target)
+    _built.setdefault(digest, target)
+    return kernels
+
+
+def _copy_loaded(digest: str, target: Path) -> bool:
+    """Put a copy of the same build this process already loaded at `target` (another home's cache: a
+    copy takes milliseconds, a build many seconds); False where there is none to copy."""
+    loaded = _built.get(digest)
+    if loaded is None or not _trusted(loaded):
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".so", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(loaded, "rb") as source:
+            shutil.copyfileobj(source, out)
+        os.chmod(tmp, PRIVATE_FILE_MODE)
+        os.replace(tmp, target)
+        return True
+    except OSError as exc:
+        log.warning("copying %s to %s failed (%s); compiling instead", loaded, target, exc)
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _private_folder(folder: Path) -> bool:
@@ -117,22 +167,45 @@ def _trusted(target: Path) -> bool:
     return False
 
 
-def _compile(compiler: str, source: Path, target: Path) -> bool:
-    """Compile into a temporary file renamed into place, so a concurrent start never loads half a library."""
-    fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".so", dir=target.parent)
-    os.close(fd)
+def _compile(tools: tuple[str, str], source: Path, target: Path) -> bool:
+    """Compile in a temporary folder and rename the library into place, so a concurrent start never loads
+    half a library and a failed build leaves nothing behind."""
+    from torch.utils import cpp_extension  # its import takes a while: only builds need it
+
+    cc, cxx = tools
+    work = Path(tempfile.mkdtemp(prefix=".kernels-", dir=target.parent))
+    objects, library = work / "kernels.o", work / "kernels.so"
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    torch_libs = [f for path in cpp_extension.library_paths() for f in (f"-L{path}", f"-Wl,-rpath,{path}")]
+    steps = [
+        [cc, *FLAGS, f"-I{HEADER.parent}", "-c", str(source), "-o", str(objects)],
+        [cxx, "-O2", "-std=c++20", "-fPIC", "-shared", abi, f"-I{HEADER.parent}"]
+        + [f"-I{path}" for path in cpp_extension.include_paths()]
+        + [
+            str(OPS),
+            str(objects),
+            "-o",
+            str(library),
+            "-fopenmp",
+            *torch_libs,
+            "-lc10",
+            "-ltorch_cpu",
+            *LIBS,
+        ],
+    ]
     try:
-        done = subprocess.run(
-            [compiler, *FLAGS, str(source), "-o", tmp, *LIBS], capture_output=True, text=True, timeout=300
-        )
-        if done.returncode == 0:
-            os.chmod(tmp, PRIVATE_FILE_MODE)  # the linker made it 0777 less the umask
-            os.replace(tmp, target)
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                reason = done.stderr[-2000:]
+                break
+        else:
+            os.chmod(library, PRIVATE_FILE_MODE)  # the linker made it 0777 less the umask
+            os.replace(library, target)
             return True
-        reason = done.stderr[-2000:]
     except (OSError, subprocess.TimeoutExpired) as exc:
         reason = str(exc)
     finally:
-        Path(tmp).unlink(missing_ok=True)
-    log.warning("compiling the CPU kernels with %s failed:\n%s", compiler, reason)
+        shutil.rmtree(work, ignore_errors=True)
+    log.warning("compiling the CPU kernels with %s and %s failed:\n%s", cc, cxx, reason)
     return False

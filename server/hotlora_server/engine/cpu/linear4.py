@@ -45,7 +45,7 @@ class FixedOrder4bit:
     def _current(self) -> Q4Weight:
         """The prepared weight, prepared again if the module's data moved (packing, unpacking)."""
         param = self.module._parameters["weight"]  # the dict, not `Module.__getattr__`: this runs every call
-        if param is None or param.data_ptr() != self.weight.pointers[0]:
+        if param is None or param.data_ptr() != self.weight.data_ptr:
             self.weight = self._prepare()
         return self.weight
 
