@@ -67,10 +67,10 @@ def test_adapter_load_keeps_the_base_exact(packed_tiny, adapter_store: Path) -> 
         assert torch.equal(peft_model(input_ids=ids, adapter_names=["__base__"]).logits, reference)
 
 
-def test_packed_decode_gives_the_bits_of_bitsandbytes_own_forward(packed_tiny) -> None:  # noqa: ANN001
+def test_packed_decode_gives_the_bits_of_bitsandbytes_own_forward(packed_tiny, cpu_kernels) -> None:  # noqa: ANN001
     model, ids, reference = packed_tiny
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert install_packed_decode(model) == len(layers) > 0
+    assert install_packed_decode(model, cpu_kernels) == len(layers) > 0
     assert all(isinstance(m.forward, PackedDecode) for m in layers)
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
@@ -82,3 +82,21 @@ def test_packed_decode_gives_the_bits_of_bitsandbytes_own_forward(packed_tiny) -
         unpack_cpu_weights(model)  # standard layout: bitsandbytes' forward packs again, then the direct call
         assert torch.equal(model(ids).logits, reference)
         assert torch.equal(model(ids).logits, reference)
+
+
+def test_the_packed_kernel_operator_refuses_what_it_cannot_read(packed_tiny, cpu_kernels) -> None:  # noqa: ANN001
+    model, _, _ = packed_tiny
+    layer = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    state = layer.weight.quant_state
+    x = torch.randn(2, layer.in_features)
+    call = cpu_kernels.bnb_gemv_4bit
+    args = (layer.weight.data, state.absmax, 0, state.blocksize, layer.out_features)
+    assert call(x, *args).shape == (2, layer.out_features)
+    for bad, message in (
+        (lambda: call(x.double(), *args), "float32 or bfloat16"),
+        (lambda: call(x[:, :-2], *args), "packed 4-bit values"),
+        (lambda: call(x, args[0], state.absmax.float(), *args[2:]), "absmax"),
+        (lambda: call(x, *args[:2], 2, *args[3:]), "quant_type"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            bad()

@@ -127,10 +127,11 @@ def _install_linears(model: torch.nn.Module, settings: Settings, lib: kernels.Cp
             "--cpu-4bit bitsandbytes" if settings.cpu_4bit == "bitsandbytes" else "no C compiler",
         )
         return CpuPath(lib, f"{settings.quantize} (bitsandbytes, dequantized at every forward)", False)
-    log.info(
-        "decode calls bitsandbytes' fused 4-bit kernel directly in %d layers",
-        bnb.install_packed_decode(model),
-    )
+    if lib is not None:
+        log.info(
+            "decode calls bitsandbytes' fused 4-bit kernel directly in %d layers",
+            bnb.install_packed_decode(model, lib),
+        )
     if settings.cpu_prefill == "bf16":
         layers, cached = prefill_gemm.install(model, int(settings.cpu_prefill_cache_gb * 2**30))
         log.info("prefill through bf16 GEMMs for %d 4-bit layers, %d with cached weights", layers, cached)

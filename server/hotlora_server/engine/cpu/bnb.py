@@ -10,9 +10,9 @@ model's output is silently corrupted. Two remedies, for two needs:
   flag is lowered for the duration and nothing is converted: adapter operations stay cheap.
 - `unpack_cpu_weights`: a correct inverse, for code that must read the base weights (merging).
 
-`PackedDecode` calls the packed kernel itself: bitsandbytes' Python path around it (dtype and shape checks,
-a tensor comparison to tell nf4 from fp4, four dispatches) costs more than the kernel on a model this
-small (docs/performance.md, "Design measurements").
+`PackedDecode` calls the packed kernel through one operator of the kernels library: bitsandbytes' Python
+path around it (dtype and shape checks, a tensor comparison to tell nf4 from fp4, conversions to and from
+bf16, a `ctypes` call) costs more than the kernel on a model this small (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from typing import TypeGuard
 import bitsandbytes as bnb
 import torch
 from bitsandbytes.cextension import lib
-from bitsandbytes.functional import QuantState, _convert_weight_packed_for_cpu_inverse, get_ptr
+from bitsandbytes.functional import QuantState, _convert_weight_packed_for_cpu_inverse
+
+from .kernels import CpuKernels
 
 
 def _packed_states(model: torch.nn.Module) -> Iterator[tuple[bnb.nn.Params4bit, QuantState]]:
@@ -86,47 +88,48 @@ def packs_on_cpu(module: torch.nn.Module) -> TypeGuard[bnb.nn.Linear4bit]:
 
 
 class PackedDecode:
-    """A CPU 4-bit layer's forward: bitsandbytes' own until it has packed the weight, then its kernel direct.
+    """A CPU 4-bit layer's forward: bitsandbytes' own until it has packed the weight, then its kernel
+    through one operator call (`CpuKernels.bnb_gemv_4bit`).
 
     Same kernel, same inputs (rows rounded to bf16), same bits as `Linear4bit.forward`; only the Python
     around it is gone.
     """
 
-    def __init__(self, module: bnb.nn.Linear4bit) -> None:
+    def __init__(self, module: bnb.nn.Linear4bit, kernels: CpuKernels) -> None:
         self.module = module
+        self.kernels = kernels
         self.fallback: Callable[[torch.Tensor], torch.Tensor] = module.forward
-        quant_type = module.weight.quant_state.quant_type  # type: ignore[attr-defined]  # Params4bit sets it in __new__
-        self.kernel = getattr(lib, f"gemv_4bit_inference_cpu_{quant_type}_bf16")
+        state = module.weight.quant_state  # type: ignore[attr-defined]  # Params4bit sets it in __new__
+        self.quant_type = QUANT_TYPES[state.quant_type]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.module.weight
+        weight = self.module._parameters["weight"]  # the dict, not `Module.__getattr__`: this runs every call
+        assert weight is not None
         state = weight.quant_state  # type: ignore[attr-defined]  # as above
         if not getattr(state, "packing_format_for_cpu", False):
             return self.fallback(x)  # bitsandbytes packs the weight now (or its layout is not ours)
-        rows_in = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
-        (rows, inner), outer = rows_in.shape, state.shape[0]
-        out = torch.empty(rows, outer, dtype=torch.bfloat16)
-        i64 = ctypes.c_int64
-        self.kernel(
-            i64(rows),
-            i64(outer),
-            i64(inner),
-            get_ptr(rows_in),
-            get_ptr(weight.data),
-            get_ptr(state.absmax),
-            get_ptr(out),
-            i64(state.blocksize),
-            i64(inner),
-            i64(outer),
+        out = self.kernels.bnb_gemv_4bit(
+            x, weight.data, state.absmax, self.quant_type, state.blocksize, state.shape[0]
         )
-        result = out.to(x.dtype).view(*x.shape[:-1], outer)
-        bias = self.module.bias
-        return result if bias is None else result + bias.to(x.dtype)
+        bias = self.module._parameters.get("bias")
+        return out if bias is None else out + bias.to(x.dtype)
 
 
-def install_packed_decode(model: torch.nn.Module) -> int:
+QUANT_TYPES = {"nf4": 0, "fp4": 1}  # bitsandbytes' numbers for them
+
+
+def bnb_gemv_kernels() -> tuple[int | None, int | None]:
+    """The addresses of bitsandbytes' fused CPU 4-bit kernels (nf4, fp4) in its loaded library, None
+    where it has none: the kernels library calls them (`PackedDecode`)."""
+    library = lib._lib  # the CDLL itself: bitsandbytes' wrapper answers a missing name with a stub
+    found = (getattr(library, f"gemv_4bit_inference_cpu_{name}_bf16", None) for name in QUANT_TYPES)
+    nf4, fp4 = (None if f is None else ctypes.cast(f, ctypes.c_void_p).value for f in found)
+    return nf4, fp4
+
+
+def install_packed_decode(model: torch.nn.Module, kernels: CpuKernels) -> int:
     """Give every layer of `model` that `packs_on_cpu` the direct kernel call; return how many."""
     layers = [module for module in model.modules() if packs_on_cpu(module)]
     for module in layers:
-        module.forward = PackedDecode(module)  # type: ignore[method-assign]  # replaced on purpose
+        module.forward = PackedDecode(module, kernels)  # type: ignore[method-assign]  # replaced on purpose
     return len(layers)

@@ -40,6 +40,7 @@ class CpuKernels:
         self._decode = ops.lora_decode.default
         self._attention = ops.attention.default
         self._rotary = ops.rotary.default
+        self._bnb_gemv = ops.bnb_gemv_4bit.default
 
     def gemm_nt(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """`x @ w.T` for float32 `x` `[M, K]` and `w` `[N, K]`, each with contiguous rows: the logits."""
@@ -139,6 +140,20 @@ class CpuKernels:
         (True: may attend) or None for causal over the last `q` keys; returns `[rows, q, heads, dim]`.
         `softcap` caps scores as `softcap * tanh(s / softcap)` (Gemma 2)."""
         return self._attention(query, key, value, mask, scale, softcap or 0.0)
+
+    def bnb_gemv_4bit(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        absmax: torch.Tensor,
+        quant_type: int,
+        blocksize: int,
+        out_features: int,
+    ) -> torch.Tensor:
+        """`x @ W.T` through bitsandbytes' fused CPU kernel, W in its packed CPU layout (`quant_type`: 0
+        nf4, 1 fp4): as `Linear4bit.forward` computes it, x rounded to bf16 and the product returned in
+        x's dtype, without its Python around the kernel."""
+        return self._bnb_gemv(x, weight, absmax, quant_type, blocksize, out_features)
 
     def rotary(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """transformers' `x * cos + rotate_half(x) * sin` with the bits of its torch operations, in one

@@ -33,6 +33,7 @@ from hotlora_adapters.private import (
     narrow_if_mine,
 )
 
+from .bnb import bnb_gemv_kernels
 from .kernels import CpuKernels
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ def _load(target: Path, digest: str) -> CpuKernels:
     if target in _loaded:
         return _loaded[target]
     namespace = f"hotlora_{digest}_{next(_namespaces)}"
-    if ctypes.CDLL(str(target)).hotlora_register(namespace.encode()) != 0:
+    register = ctypes.CDLL(str(target)).hotlora_register
+    register.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p]
+    if register(namespace.encode(), *bnb_gemv_kernels()) != 0:
         raise RuntimeError("torch refused its operators (see stderr)")
     kernels = _loaded[target] = CpuKernels(getattr(torch.ops, namespace), target)
     _built.setdefault(digest, target)

@@ -256,6 +256,40 @@ Tensor rotary(const Tensor &x, const Tensor &cos, const Tensor &sin) {
   return out;
 }
 
+// bitsandbytes' fused CPU 4-bit kernels (nf4, fp4), as `hotlora_register` was given them: rows of bf16
+// times a weight in bitsandbytes' packed CPU layout, `absmax` in bf16.
+using bnb_gemv_fn = void (*)(int64_t M, int64_t N, int64_t K, const void *x, const uint8_t *w, const void *absmax,
+                             void *out, int64_t blocksize, int64_t x_stride, int64_t out_stride);
+bnb_gemv_fn bnb_gemv[2] = {nullptr, nullptr};
+
+// A packed 4-bit layer's product through bitsandbytes' kernel, as `Linear4bit.forward` computes it: x
+// (float32 or bf16, any leading shape) rounded to bf16, the product in bf16, returned in x's dtype.
+Tensor bnb_gemv_4bit(const Tensor &x, const Tensor &weight, const Tensor &absmax, int64_t quant_type,
+                     int64_t blocksize, int64_t out_features) {
+  TORCH_CHECK_VALUE(x.dim() >= 1 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+                    "x: expected float32 or bfloat16, got ", x.scalar_type());
+  check_device({&x, &weight, &absmax}, "bnb_gemv_4bit");
+  TORCH_CHECK_VALUE(quant_type == 0 || quant_type == 1, "quant_type: 0 (nf4) or 1 (fp4), not ", quant_type);
+  const int64_t k = x.size(-1), m = k ? x.numel() / k : 0;
+  TORCH_CHECK_VALUE(out_features > 0 && weight.scalar_type() == at::kByte && weight.is_contiguous() &&
+                        weight.numel() * 2 == out_features * k,
+                    "weight: expected ", out_features, " x ", k, " packed 4-bit values");
+  TORCH_CHECK_VALUE(blocksize > 0 && k % blocksize == 0 && absmax.scalar_type() == at::kBFloat16 &&
+                        absmax.numel() == out_features * (k / blocksize),
+                    "absmax: expected bfloat16, one per block of ", blocksize);
+  const Tensor rows = x.reshape({m, k}).to(at::kBFloat16).contiguous();
+  Tensor out = at::empty({m, out_features}, x.options().dtype(at::kBFloat16));
+  if (cpu(x) && m) {
+    const bnb_gemv_fn fn = bnb_gemv[quant_type];
+    TORCH_CHECK_VALUE(fn != nullptr, "bitsandbytes' fused CPU 4-bit kernel was not found");
+    fn(m, out_features, k, rows.const_data_ptr(), weight.const_data_ptr<uint8_t>(), absmax.const_data_ptr(),
+       out.mutable_data_ptr(), blocksize, rows.stride(0), out.stride(0));
+  }
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = out_features;
+  return out.to(x.scalar_type()).view(shape);
+}
+
 template <typename F>
 void both(torch::Library &lib, const char *name, F fn) {
   lib.impl(name, torch::dispatch(c10::DispatchKey::CPU, fn));
@@ -267,7 +301,10 @@ std::vector<std::unique_ptr<torch::Library>> registered;  // a namespace lives w
 }  // namespace
 
 // Define and implement the operators in namespace `ns`; 0, or -1 (the reason on stderr) if torch refused.
-extern "C" int32_t hotlora_register(const char *ns) {
+// `bnb_nf4`, `bnb_fp4`: bitsandbytes' fused CPU kernels, or null where its library has none.
+extern "C" int32_t hotlora_register(const char *ns, void *bnb_nf4, void *bnb_fp4) {
+  bnb_gemv[0] = reinterpret_cast<bnb_gemv_fn>(bnb_nf4);
+  bnb_gemv[1] = reinterpret_cast<bnb_gemv_fn>(bnb_fp4);
   try {
     auto lib = std::make_unique<torch::Library>(torch::Library::DEF, ns, std::nullopt, __FILE__, __LINE__);
     lib->def("sizes() -> int[]", &sizes);
@@ -282,6 +319,8 @@ extern "C" int32_t hotlora_register(const char *ns) {
     lib->def("lora_decode(Tensor(a!) out, Tensor x, Tensor a_t, Tensor b_t, Tensor items) -> ()");
     lib->def("attention(Tensor query, Tensor key, Tensor value, Tensor? mask, float scale, float softcap) -> Tensor");
     lib->def("rotary(Tensor x, Tensor cos, Tensor sin) -> Tensor");
+    lib->def("bnb_gemv_4bit(Tensor x, Tensor weight, Tensor absmax, int quant_type, int blocksize, "
+             "int out_features) -> Tensor");
     both(*lib, "gemm_nt", TORCH_FN(gemm_nt));
     both(*lib, "gemm_q8", TORCH_FN(gemm_q8));
     both(*lib, "gemm_q4", TORCH_FN(gemm_q4));
@@ -290,6 +329,7 @@ extern "C" int32_t hotlora_register(const char *ns) {
     both(*lib, "lora_decode", TORCH_FN(lora_decode));
     both(*lib, "attention", TORCH_FN(attention));
     both(*lib, "rotary", TORCH_FN(rotary));
+    both(*lib, "bnb_gemv_4bit", TORCH_FN(bnb_gemv_4bit));
     registered.push_back(std::move(lib));
     return 0;
   } catch (const std::exception &e) {
