@@ -77,6 +77,20 @@ def test_probes_that_lose_come_ever_more_rarely() -> None:
     assert threads.current == 2
 
 
+def test_on_fewer_cores_probes_keep_coming_at_the_interval() -> None:
+    """Fewer threads won while a program ran; it has ended (say, an adapter load beside the batch): all
+    cores are tried again within `interval` steps, however often they lost before."""
+    machine = Machine({2: 0.150, 1: 0.050})
+    threads = DecodeThreads(2, interval=8, longest=1000, probe=4, clock=machine.clock)
+    machine.run(threads, 8 + 5 + 3 * (8 + 5))  # fewer wins, then all cores lose three probes
+    assert threads.current == 1
+    probed = [i for i, count in enumerate(machine.seen) if count == 2 and i >= 13]
+    assert probed == [*range(21, 26), *range(34, 39), *range(47, 52)]
+    machine.costs = {2: 0.030, 1: 0.050}
+    machine.run(threads, 8 + 5)
+    assert threads.current == 2
+
+
 def test_steps_that_slow_down_are_probed_at_once() -> None:
     machine = Machine({2: 0.030, 1: 0.050})
     threads = DecodeThreads(2, interval=8, longest=1000, probe=4, clock=machine.clock)

@@ -4,8 +4,9 @@ A decode step of a few rows is hundreds of short parallel regions, each ending a
 machine all cores are fastest; but when another program holds a core, every barrier waits for the thread
 that lost it, and all cores become several times slower than fewer (docs/performance.md). Which holds
 changes with what else runs, so a few steps run with another thread count now and then, and at once when
-steps slow down, and the faster count is kept: probes that lose come more rarely, up to a bound, so that
-a machine growing quiet again is noticed too. A fixed count (`--cpu-decode-threads`) is never probed. The kernels give a row the same bits with any thread count, so
+steps slow down, and the faster count is kept. While all cores serve, probes that lose come more rarely, up
+to a bound; on fewer, every `interval` steps, so that a machine growing quiet again (a program ended, an
+adapter finished loading beside the batch) gets its cores back soon. A fixed count (`--cpu-decode-threads`) is never probed. The kernels give a row the same bits with any thread count, so
 the choice changes no output.
 """
 
@@ -35,8 +36,8 @@ class DecodeThreads:
 
     `probe` steps of another count (after one more that wakes its threads, not counted) are compared, by
     their median, with the last `probe` steps of the current one with the same number of rows; the other
-    count is taken when it is faster by more than `margin`. Probes come after `interval` steps, doubled up
-    to `longest` each time the current count wins, and at once when the current count's steps have become
+    count is taken when it is faster by more than `margin`. Probes come after `interval` steps (doubled up
+    to `longest` each time all cores win), and at once when the current count's steps have become
     `slowdown` times slower than they were after the last probe. Called from the engine thread only.
     """
 
@@ -129,7 +130,7 @@ class DecodeThreads:
             self._recent = []
             self._interval = self._base
             self._next = self._following(self._counts.index(self.current))
-        else:
+        elif self.current == self._counts[0]:
             self._interval = min(2 * self._interval, self._longest)
 
     def _comparable(self, rows: int) -> bool:
