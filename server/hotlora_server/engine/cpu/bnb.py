@@ -87,6 +87,9 @@ def packs_on_cpu(module: torch.nn.Module) -> TypeGuard[bnb.nn.Linear4bit]:
     )
 
 
+QUANT_TYPES = {"nf4": 0, "fp4": 1}  # bitsandbytes' numbers for them
+
+
 class PackedDecode:
     """A CPU 4-bit layer's forward: bitsandbytes' own until it has packed the weight, then its kernel
     through one operator call (`CpuKernels.bnb_gemv_4bit`).
@@ -113,9 +116,6 @@ class PackedDecode:
         )
         bias = self.module._parameters.get("bias")
         return out if bias is None else out + bias.to(x.dtype)
-
-
-QUANT_TYPES = {"nf4": 0, "fp4": 1}  # bitsandbytes' numbers for them
 
 
 def bnb_gemv_kernels() -> tuple[int | None, int | None]:

@@ -45,7 +45,6 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC")
 LIBS = ("-lm",)  # after the sources: linkers that drop unused libraries read them in order
 
 _loaded: dict[Path, CpuKernels] = {}  # a library is registered once per process, under its own namespace
-_built: dict[str, Path] = {}  # digest -> a library of that build this process loaded: copied, not compiled
 _namespaces = itertools.count()
 
 
@@ -84,7 +83,7 @@ def build(cache_dir: Path, source: Path = SOURCE) -> CpuKernels | None:
     ).hexdigest()[:16]
     target = cache_dir / f"kernels-{digest}.so"
     for _ in range(2):  # a cached library that does not load (truncated, foreign) is built again once
-        if not _trusted(target) and not (_copy_loaded(digest, target) or _compile(tools, source, target)):
+        if not _trusted(target) and not (_copy_loaded(target) or _compile(tools, source, target)):
             return None
         try:
             return _load(target, digest)
@@ -105,14 +104,14 @@ def _load(target: Path, digest: str) -> CpuKernels:
     if register(namespace.encode(), *bnb_gemv_kernels()) != 0:
         raise RuntimeError("torch refused its operators (see stderr)")
     kernels = _loaded[target] = CpuKernels(getattr(torch.ops, namespace), target)
-    _built.setdefault(digest, target)
     return kernels
 
 
-def _copy_loaded(digest: str, target: Path) -> bool:
-    """Put a copy of the same build this process already loaded at `target` (another home's cache: a
-    copy takes milliseconds, a build many seconds); False where there is none to copy."""
-    loaded = _built.get(digest)
+def _copy_loaded(target: Path) -> bool:
+    """Put a copy of the same build this process already loaded (the same file name: the digest names
+    it) at `target` (another home's cache: a copy takes milliseconds, a build many seconds); False where
+    there is none to copy."""
+    loaded = next((path for path in _loaded if path.name == target.name and path != target), None)
     if loaded is None or not _trusted(loaded):
         return False
     fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".so", dir=target.parent)
