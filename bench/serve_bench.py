@@ -164,8 +164,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--load-stream-tokens",
         type=int,
-        default=240,
-        help="hotlora-loads: tokens of the stream that runs beside the loads (default 240)",
+        default=800,
+        help="hotlora-loads: tokens of the stream that runs beside the loads (default 800)",
     )
     parser.add_argument(
         "--home",

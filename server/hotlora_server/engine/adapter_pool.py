@@ -68,6 +68,7 @@ class AdapterPool:
         skeleton = Skeleton(loaded.model, loaded.spec)
         self._preparing = Preparations(skeleton, catalog, self._keys, kept=max_resident)
         self.on_prepared = self._preparing.on_done
+        self.turns = self._preparing.turns  # the engine's steps and the preparations take turns
 
     # -- what requests use --------------------------------------------------------------------------
 
@@ -139,6 +140,14 @@ class AdapterPool:
             return
         self._activate(next(iter(distinct)) if len(distinct) == 1 else _MIXED)
         yield {"adapter_names": routed} if self._active == _MIXED else {}
+
+    def interleaves(self, keys: set[str]) -> bool:
+        """Whether a decode step may run in the middle of another forward while the two route rows of
+        `keys` (`prefill_slices`): neither may change what the model computes for the other, so no merges
+        (`--merge-policy never`) and every adapter on the stack, which routes each forward by itself."""
+        if not self._merge.never:
+            return False
+        return not isinstance(self.model, PeftModel) or self._stack.covers(self.model, keys - {BASE})
 
     @property
     def merged(self) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import gc
 import logging
 import threading
 import time
@@ -183,6 +184,7 @@ class Engine(StoreRoutes):
             self._watcher.stop()
         self._mailbox.close()
         self._thread.join(timeout)
+        gc.unfreeze()  # what this engine held may become garbage now
 
     # -- request preparation (worker threads) --------------------------------------------------------
 
@@ -334,6 +336,11 @@ class Engine(StoreRoutes):
             self._settings.adapters_dir,
             ", ".join(adapters) or "none",
         )
+        # The loaded model's objects stay for the process's life: frozen, no full garbage collection walks
+        # them again (as vLLM does after start-up). Unfrozen, one took a third of a second, in whichever
+        # thread allocated, and every running stream waited for it (docs/performance.md).
+        gc.collect()
+        gc.freeze()
         self._ready.set()
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,8 +189,22 @@ class LoraStack:
         self._groups: list[int] = []  # the group each block holds
         self._stale = True
         self._device = torch.device("cpu")
-        self.routing = False  # inside `rows`: the stack applies the deltas, PEFT's layers pass the base
-        self.route: _Route | None = None  # set only inside `rows`, when some row has an adapter
+        # inside `rows`: (the route, None if no row has an adapter); the stack applies the deltas and PEFT's
+        # layers pass the base. Per context: a sliced prefill's forward and a decode step take turns
+        self._rows: ContextVar[tuple[_Route | None] | None] = ContextVar(
+            f"hotlora_rows_{id(self)}", default=None
+        )
+
+    @property
+    def routing(self) -> bool:
+        """Whether the forward running here is routed by the stack (inside `rows`)."""
+        return self._rows.get() is not None
+
+    @property
+    def route(self) -> _Route | None:
+        """The routed forward's rows, or None: no row has an adapter, or not inside `rows`."""
+        rows = self._rows.get()
+        return None if rows is None else rows[0]
 
     def invalidate(self) -> None:
         """Adapters were loaded: update the stacks before the next forward that needs them."""
@@ -209,15 +224,15 @@ class LoraStack:
         one adapter, on a slice of the batch: callers keep an adapter's rows together (any order is right,
         only slower).
         """
+        route = None
         if not all(key == base for key in keys):
             slots = [None if key == base else self._slots[key] for key in keys]
-            self.route = _Route(self._step(slots), []) if decode else _Route(None, _runs(slots))
-        self.routing = True
+            route = _Route(self._step(slots), []) if decode else _Route(None, _runs(slots))
+        token = self._rows.set((route,))
         try:
             yield
         finally:
-            self.routing = False
-            self.route = None
+            self._rows.reset(token)
 
     def _step(self, slots: list[_Slot | None]) -> list[tuple[int, torch.Tensor]]:
         """Per block some row uses, what a decode step's deltas need for it (kernel items or torch mask)."""

@@ -48,6 +48,11 @@ class Merger:
         self._unmergeable: set[str] = set()
 
     @property
+    def never(self) -> bool:
+        """Whether this policy never merges: what the base computes never changes."""
+        return self._policy == "never"
+
+    @property
     def key(self) -> str | None:
         """The merged adapter's key, or None."""
         return self.merged.key if self.merged is not None else None

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 import torch
@@ -30,6 +34,44 @@ log = logging.getLogger(__name__)
 
 Start = Callable[[str], Prepared | None]  # prepares under the given key; None: load it in the engine thread
 
+WAIT_LIMIT = 0.5  # seconds a preparation waits for an engine step at most (a lock it holds may hold the step)
+
+
+class Turns:
+    """The engine thread's steps and a preparation take turns: while one runs, the engine thread gives it
+    time between two steps and it pauses during them. Run at once, the preparation held the interpreter
+    lock that a decode step takes back after each torch op (a wait of up to the switch interval each
+    time) and a core the step's threads need: the running streams' steps took several times as long
+    (docs/performance.md). Taking turns, a step is as fast as without; only the preparation, and the
+    request that waits for it, takes longer."""
+
+    def __init__(self) -> None:
+        self._engine = threading.Lock()  # held by the engine thread during a step
+        self._preparing = threading.Event()
+
+    @contextmanager
+    def step(self, share: float) -> Iterator[None]:
+        """One engine step (engine thread); before it, `share` seconds for a preparation that runs."""
+        if share > 0 and self._preparing.is_set():
+            time.sleep(share)
+        with self._engine:
+            yield
+
+    @contextmanager
+    def preparation(self) -> Iterator[None]:
+        """A preparation in the calling thread, pausing at each Python or C call while a step runs."""
+        self._preparing.set()
+        sys.setprofile(self._pause)
+        try:
+            yield
+        finally:
+            sys.setprofile(None)
+            self._preparing.clear()
+
+    def _pause(self, frame: FrameType, event: str, arg: Any) -> None:
+        if self._engine.locked() and self._engine.acquire(timeout=WAIT_LIMIT):
+            self._engine.release()
+
 
 class Preparations:
     """Preparations by pool entry (`AdapterPool`'s cache keys), run one at a time in their own thread.
@@ -45,6 +87,7 @@ class Preparations:
         self._kept = kept  # ended preparations kept for requests that have not come back for them
         self._futures: dict[tuple[Any, ...], Future[Prepared | None]] = {}
         self._listeners: list[Callable[[], None]] = []
+        self.turns = Turns()
         self._queue: queue.Queue[tuple[Callable[[], Prepared | None], Future[Prepared | None]]] = (
             queue.Queue()
         )
@@ -136,7 +179,8 @@ class Preparations:
         while True:
             start, future = self._queue.get()
             try:
-                future.set_result(start())
+                with self.turns.preparation():
+                    future.set_result(start())
             except BaseException as exc:  # the requests that wait for it get the error
                 future.set_exception(exc)
             del start, future  # the result is the engine thread's now: nothing here may keep it alive

@@ -4,7 +4,9 @@ Each scheduler step (in the engine thread) first spends up to `max_num_batched_t
 prefilling waiting requests in arrival order, those that arrive meanwhile included, while the rows and
 the KV cache budget (`kv_budget`) hold them — a long prompt is prefilled in chunks of that size over
 several steps, so it never stalls the rows already decoding for long — then runs one decode step over
-every running row. A row carries its own adapter (or blend, or
+every running row. While rows run, a prefill's forward is itself sliced (`prefill_slices`): about every
+decode step's time it pauses between two decoder layers for a decode step of the running rows, so that
+an arrival does not hold their next token for its whole prefill. A row carries its own adapter (or blend, or
 the base), sampling parameters, seed, stop sequences and token budget; rows of one request (`n`) share
 its prefill, which starts from the prompt's longest cached prefix when prefix caching is on. Cancelled
 requests leave at the next step.
@@ -13,6 +15,8 @@ requests leave at the next step.
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ from .generate import decode_one_token, prefill
 from .kv_budget import KvBudget, KvReservations
 from .loader import LoadedModel
 from .prefill_layout import GroupLayout
+from .prefill_slices import PrefillSlices
 from .prefix_cache import PrefixCache, fill_past
 from .rows import Job, Row, internal_error, jobs_of
 from .sampling import choose_tokens
@@ -36,6 +41,9 @@ from .sampling import choose_tokens
 log = logging.getLogger(__name__)
 
 PREFILLS_PER_STEP = 2  # prefill forwards before a decode step: a burst's first arrivals, then the rest
+SLICE_STEPS = 1.0  # a prefill's slice beside running rows lasts about this many decode steps
+PREPARATION_SHARE = 1.0  # decode steps' time a preparation gets before each step while rows run
+STEPS_TIMED = 16  # the latest decode steps whose median time sizes a prefill's slices
 
 
 @dataclass
@@ -78,6 +86,8 @@ class Scheduler:
         self.waiting: deque[Job] = deque()
         self.running: list[Row] = []
         self._batch = BatchCache()
+        self._slices = PrefillSlices(loaded.model)
+        self._step_times: deque[float] = deque(maxlen=STEPS_TIMED)  # seconds of the latest decode steps
         self.stats = SchedulerStats()
 
     @property
@@ -103,12 +113,14 @@ class Scheduler:
         else that escapes a step fails the requests in the batch, which is then started afresh.
         """
         self._may_load = True
+        share = statistics.median(self._step_times) * PREPARATION_SHARE if self.running else 0.0
         try:
-            self._prefill_waiting(arrivals)
-            self._compact()
-            if self.running:
-                self._decode()
+            with self._pool.turns.step(share):
+                self._prefill_waiting(arrivals)
                 self._compact()
+                if self.running:
+                    self._decode()
+                    self._compact()
         except Exception as exc:  # the batch's state is unknown now: end its requests, keep serving
             log.exception(
                 "batch step failed; failing the %d requests in the batch", len(jobs_of(self.running))
@@ -219,14 +231,37 @@ class Scheduler:
         return prefixes.cached(job.key, job.prompt_ids) if prefixes is not None and job.key is not None else 0
 
     def _guarded(self, jobs: list[Job], prefill_step: Callable[[], None]) -> None:
-        """Run a prefill; if it fails, fail only the requests it was for."""
+        """Run a prefill, in slices beside the running rows where it may be (`_sliced`); if it fails, fail
+        only the requests it was for."""
         try:
-            prefill_step()
+            if self._sliced(jobs):
+                seconds = statistics.median(self._step_times) * SLICE_STEPS
+                self._slices.run(prefill_step, seconds, self._decode_between)
+            else:
+                prefill_step()
         except Exception as exc:  # these requests' failure must not take the others down
             for job in jobs:
                 if self.waiting and self.waiting[0] is job:
                     self.waiting.popleft()
                 self._fail(job, internal_error(job, exc))
+
+    def _sliced(self, jobs: list[Job]) -> bool:
+        """Whether a prefill for `jobs` runs in slices: rows run, and decode steps may run in the middle of
+        it (the pool's adapters route both forwards as before, no merge changes the base in between)."""
+        if not self.running or not self._step_times or not self._slices.layers:
+            return False
+        keys = {job.key for job in jobs} | {row.job.key for row in self.running}
+        return self._pool.interleaves(keys)  # type: ignore[arg-type]  # admitted jobs have keys
+
+    def _decode_between(self) -> bool:
+        """A decode step between two slices of a prefill; whether rows are left to decode at the next."""
+        try:
+            self._decode()
+            self._compact()
+        except Exception as exc:  # as in `step`: the batch's state is unknown now
+            log.exception("decode step beside a prefill failed; failing the batch's requests")
+            self._reset_batch(exc)
+        return bool(self.running)
 
     def _admit(self, job: Job) -> bool:
         """Pin the job's adapter (loading it if needed) and reserve its KV cache; False if the adapter
@@ -314,6 +349,7 @@ class Scheduler:
         cache = self._batch.cache
         assert cache is not None  # running rows are rows of the batch's cache
         step = self._loaded.device_path.decode_step(len(rows))  # times a step that did not raise
+        started = time.perf_counter()
         try:
             with step, self._pool.routing(keys, decode=True) as kwargs:  # type: ignore[arg-type]
                 logits = decode_one_token(
@@ -333,6 +369,7 @@ class Scheduler:
         self.stats.decode_steps += 1
         self.stats.decoded_rows += len(rows)
         self._sample(rows, logits)
+        self._step_times.append(time.perf_counter() - started)
 
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> None:
         """Sample every row's next token and emit its text. A row that fails (logits that are not finite,

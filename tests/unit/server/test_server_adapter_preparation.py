@@ -215,3 +215,65 @@ def test_a_failing_preparation_fails_only_its_requests(engine: Any) -> None:
     assert "cannot blend odd*0.5+other*0.5 with 'linear'" in str(error) and "same r" in str(error)
     assert streamed == alone
     assert (dict(pool._resident), set(pool.model.peft_config), pool.stats.built) == before
+
+
+def _preparing(turns: Any, work: Callable[[], None]) -> tuple[Any, Any]:
+    """`work` run as a preparation in its own thread; the thread and an event set once it runs."""
+    import threading
+
+    running = threading.Event()
+
+    def prepare() -> None:
+        with turns.preparation():
+            running.set()
+            work()
+
+    thread = threading.Thread(target=prepare, daemon=True)
+    thread.start()
+    assert running.wait(10)
+    return thread, running
+
+
+def test_a_preparation_pauses_while_the_engine_thread_steps() -> None:
+    import threading
+
+    from hotlora_server.engine.preparing import Turns
+
+    turns, calls, done = Turns(), [0], threading.Event()
+
+    def work() -> None:
+        while not done.is_set():  # a C call: a pause point
+            calls[0] += 1
+
+    thread, _ = _preparing(turns, work)
+    with turns.step(0.0):
+        time.sleep(0.05)  # it reaches a pause point
+        before = calls[0]
+        time.sleep(0.2)
+        assert calls[0] == before
+    time.sleep(0.05)
+    assert calls[0] > before  # on again between steps
+    done.set()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_step_waiting_for_a_lock_a_paused_preparation_holds_is_not_a_deadlock() -> None:
+    import threading
+
+    from hotlora_server.engine.preparing import WAIT_LIMIT, Turns
+
+    turns, lock, holding = Turns(), threading.Lock(), threading.Event()
+
+    def work() -> None:
+        with lock:
+            holding.set()
+            time.sleep(0.1)  # the step starts meanwhile; then the preparation pauses, holding the lock
+
+    thread, _ = _preparing(turns, work)
+    assert holding.wait(10)
+    started = time.monotonic()
+    with turns.step(0.0), lock:
+        waited = time.monotonic() - started
+    thread.join(10)
+    assert not thread.is_alive() and waited >= WAIT_LIMIT  # it went on after its longest wait
