@@ -43,11 +43,14 @@ class PrefillSlices:
         layers = getattr(getattr(model, "model", None), "layers", None)
         self.layers = list(layers) if isinstance(layers, torch.nn.ModuleList) else []
 
-    def run(self, prefill: Callable[[], None], seconds: float, between: Callable[[], bool]) -> None:
-        """Run `prefill`; each time its forward has run for `seconds` since it started or last resumed,
-        pause it at a decoder layer's start and call `between()`, which must not raise and says whether
-        to go on pausing. Exceptions of `prefill` propagate."""
-        current = _Slice(greenlet.getcurrent(), seconds, time.perf_counter())
+    def run(
+        self, prefill: Callable[[], None], seconds: float, since: float, between: Callable[[], bool]
+    ) -> None:
+        """Run `prefill`; each time `seconds` have passed since `since` (a `time.perf_counter()`: when the
+        running rows last got a token) or since it last resumed, pause its forward at a decoder layer's
+        start and call `between()`, which must not raise and says whether to go on pausing. Exceptions of
+        `prefill` propagate."""
+        current = _Slice(greenlet.getcurrent(), seconds, since)
 
         def body() -> None:
             _CURRENT.set(current)  # in the greenlet's own context: the engine's layers never pause

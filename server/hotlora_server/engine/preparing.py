@@ -47,6 +47,7 @@ class Turns:
 
     def __init__(self) -> None:
         self._engine = threading.Lock()  # held by the engine thread during a step
+        self._stepping = False  # the engine thread holds `_engine` (written by it alone)
         self._preparing = threading.Event()
 
     @contextmanager
@@ -55,7 +56,23 @@ class Turns:
         if share > 0 and self._preparing.is_set():
             time.sleep(share)
         with self._engine:
+            self._stepping = True
+            try:
+                yield
+            finally:
+                self._stepping = False
+
+    @contextmanager
+    def engine_waits(self) -> Iterator[None]:
+        """The engine thread waits for a preparation (a management call in a step): it runs meanwhile."""
+        if not self._stepping:
             yield
+            return
+        self._engine.release()
+        try:
+            yield
+        finally:
+            self._engine.acquire()
 
     @contextmanager
     def preparation(self) -> Iterator[None]:
@@ -113,7 +130,10 @@ class Preparations:
         """The ended preparation of `cache_key` (None: none, or the engine thread must load it); raises the
         error it failed with. Waits for one still running: only management calls ask before it ends."""
         future = self._futures.pop(cache_key, None)
-        return None if future is None else future.result()
+        if future is None:
+            return None
+        with self.turns.engine_waits():
+            return future.result()
 
     def forget(self, name: str, current: str | None) -> None:
         """Drop preparations that read another version of `name` than `current`: they are never served."""

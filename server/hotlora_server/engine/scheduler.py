@@ -88,6 +88,7 @@ class Scheduler:
         self._batch = BatchCache()
         self._slices = PrefillSlices(loaded.model)
         self._step_times: deque[float] = deque(maxlen=STEPS_TIMED)  # seconds of the latest decode steps
+        self._decoded_at = 0.0  # when the last decode step ended (`time.perf_counter()`)
         self.stats = SchedulerStats()
 
     @property
@@ -236,7 +237,7 @@ class Scheduler:
         try:
             if self._sliced(jobs):
                 seconds = statistics.median(self._step_times) * SLICE_STEPS
-                self._slices.run(prefill_step, seconds, self._decode_between)
+                self._slices.run(prefill_step, seconds, self._decoded_at, self._decode_between)
             else:
                 prefill_step()
         except Exception as exc:  # these requests' failure must not take the others down
@@ -369,7 +370,8 @@ class Scheduler:
         self.stats.decode_steps += 1
         self.stats.decoded_rows += len(rows)
         self._sample(rows, logits)
-        self._step_times.append(time.perf_counter() - started)
+        self._decoded_at = time.perf_counter()
+        self._step_times.append(self._decoded_at - started)
 
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> None:
         """Sample every row's next token and emit its text. A row that fails (logits that are not finite,

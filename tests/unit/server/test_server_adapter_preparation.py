@@ -277,3 +277,24 @@ def test_a_step_waiting_for_a_lock_a_paused_preparation_holds_is_not_a_deadlock(
         waited = time.monotonic() - started
     thread.join(10)
     assert not thread.is_alive() and waited >= WAIT_LIMIT  # it went on after its longest wait
+
+
+def test_the_engine_thread_waiting_for_a_preparation_in_a_step_lets_it_run() -> None:
+    """A management call in a step may wait for a preparation (`Preparations.take`): it must not pause."""
+    import threading
+
+    from hotlora_server.engine.preparing import Turns
+
+    turns, go, done = Turns(), threading.Event(), threading.Event()
+
+    def work() -> None:
+        go.wait()
+        for _ in range(100):  # a hundred pause points, each up to WAIT_LIMIT if it paused
+            time.monotonic()
+        done.set()
+
+    thread, _ = _preparing(turns, work)
+    with turns.step(0.0), turns.engine_waits():
+        go.set()
+        assert done.wait(5)
+    thread.join(10)

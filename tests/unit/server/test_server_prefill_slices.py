@@ -4,6 +4,7 @@ for the rows decoded in between, and the scheduler slicing beside running rows o
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def test_a_prefill_paused_at_every_layer_gives_one_forwards_bits(
 
     sliced_cache, sliced = DynamicCache(), []
     beside, step = stream()
-    slices.run(lambda: sliced.append(prefill(model, prompt, sliced_cache)), 0.0, step)
+    slices.run(lambda: sliced.append(prefill(model, prompt, sliced_cache)), 0.0, time.perf_counter(), step)
 
     assert len(slices.layers) > 1 and len(beside) == len(slices.layers) + 1  # a pause before each layer
     assert torch.equal(sliced[0], whole) and _same(sliced_cache, whole_cache)
@@ -88,7 +89,7 @@ def test_a_failing_prefill_raises_to_the_engine_and_stops_pausing(tiny_dir: Path
         raise RuntimeError("broken prefill")
 
     with pytest.raises(RuntimeError, match="broken prefill"):
-        slices.run(broken, 0.0, lambda: pauses.append(1) is None)
+        slices.run(broken, 0.0, time.perf_counter(), lambda: pauses.append(1) is None)
     assert len(pauses) == len(slices.layers)
     prefill(model, torch.tensor([[1, 2, 3]]), DynamicCache())  # outside a sliced run: no pause, no switch
     assert len(pauses) == len(slices.layers)
