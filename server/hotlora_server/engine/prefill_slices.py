@@ -45,11 +45,11 @@ class PrefillSlices:
 
     def run(
         self, prefill: Callable[[], None], seconds: float, since: float, between: Callable[[], bool]
-    ) -> None:
+    ) -> float:
         """Run `prefill`; each time `seconds` have passed since `since` (a `time.perf_counter()`: when the
         running rows last got a token) or since it last resumed, pause its forward at a decoder layer's
-        start and call `between()`, which must not raise and says whether to go on pausing. Exceptions of
-        `prefill` propagate."""
+        start and call `between()`, which must not raise and says whether to go on pausing. Returns the
+        seconds `prefill` ran (the pauses not counted); exceptions of `prefill` propagate."""
         current = _Slice(greenlet.getcurrent(), seconds, since)
 
         def body() -> None:
@@ -59,12 +59,15 @@ class PrefillSlices:
         child = greenlet.greenlet(body)
         hooks = [layer.register_forward_pre_hook(_boundary) for layer in self.layers]
         try:
+            ran, resumed = 0.0, time.perf_counter()
             child.switch()
             while not child.dead:
+                ran += time.perf_counter() - resumed
                 if not between():
                     current.seconds = math.inf
-                current.started = time.perf_counter()
+                current.started = resumed = time.perf_counter()
                 child.switch()
+            return ran + time.perf_counter() - resumed
         finally:
             for hook in hooks:
                 hook.remove()

@@ -42,8 +42,11 @@ log = logging.getLogger(__name__)
 
 PREFILLS_PER_STEP = 2  # prefill forwards before a decode step: a burst's first arrivals, then the rest
 SLICE_STEPS = 1.0  # a prefill's slice beside running rows lasts about this many decode steps
+WHOLE_STEPS = 2.0  # a prefill expected to take at most this many decode steps runs whole
+SLICED_ROWS = 4  # prefills are sliced beside at most this many running rows (streams people watch)...
+STREAMING_TOKENS = 8  # ...each of which has streamed at least this many tokens (not a burst's start)
 PREPARATION_SHARE = 1.0  # decode steps' time a preparation gets before each step while rows run
-STEPS_TIMED = 16  # the latest decode steps whose median time sizes a prefill's slices
+STEPS_TIMED = 16  # the latest decode steps (and prefills) whose median times size a prefill's slices
 
 
 @dataclass
@@ -89,6 +92,7 @@ class Scheduler:
         self._slices = PrefillSlices(loaded.model)
         self._step_times: deque[float] = deque(maxlen=STEPS_TIMED)  # seconds of the latest decode steps
         self._decoded_at = 0.0  # when the last decode step ended (`time.perf_counter()`)
+        self._prefill_times: deque[tuple[float, int]] = deque(maxlen=STEPS_TIMED)  # seconds, tokens
         self.stats = SchedulerStats()
 
     @property
@@ -215,12 +219,12 @@ class Scheduler:
             elif group:
                 break  # the group goes first: arrival order
             else:
-                self._guarded([job], partial(self._prefill_chunk, job))
+                self._guarded([job], partial(self._prefill_chunk, job), cost)
                 return cost
             budget -= cost
             rows += job.request.n
         if group:
-            self._guarded(group, lambda: self._prefill_group(group))
+            self._guarded(group, lambda: self._prefill_group(group), start - budget)
         return start - budget
 
     def _prefixes(self) -> PrefixCache | None:
@@ -231,26 +235,42 @@ class Scheduler:
         prefixes = self._prefixes()
         return prefixes.cached(job.key, job.prompt_ids) if prefixes is not None and job.key is not None else 0
 
-    def _guarded(self, jobs: list[Job], prefill_step: Callable[[], None]) -> None:
-        """Run a prefill, in slices beside the running rows where it may be (`_sliced`); if it fails, fail
-        only the requests it was for."""
+    def _guarded(self, jobs: list[Job], prefill_step: Callable[[], None], tokens: int) -> None:
+        """Run a prefill of `tokens` computed tokens, in slices beside the running rows where it may be and
+        would hold them too long (`_sliced`); if it fails, fail only the requests it was for."""
         try:
-            if self._sliced(jobs):
+            started = time.perf_counter()
+            if self._sliced(jobs, tokens):
                 seconds = statistics.median(self._step_times) * SLICE_STEPS
-                self._slices.run(prefill_step, seconds, self._decoded_at, self._decode_between)
+                spent = self._slices.run(prefill_step, seconds, self._decoded_at, self._decode_between)
             else:
                 prefill_step()
+                spent = time.perf_counter() - started
+            self._prefill_times.append((spent, max(tokens, 1)))
         except Exception as exc:  # these requests' failure must not take the others down
             for job in jobs:
                 if self.waiting and self.waiting[0] is job:
                     self.waiting.popleft()
                 self._fail(job, internal_error(job, exc))
 
-    def _sliced(self, jobs: list[Job]) -> bool:
-        """Whether a prefill for `jobs` runs in slices: rows run, and decode steps may run in the middle of
-        it (the pool's adapters route both forwards as before, no merge changes the base in between)."""
-        if not self.running or not self._step_times or not self._slices.layers:
+    def _sliced(self, jobs: list[Job], tokens: int) -> bool:
+        """Whether a prefill for `jobs` runs in slices: a few rows stream (up to `SLICED_ROWS`, each past
+        its first `STREAMING_TOKENS`), no other request waits behind it, it is expected to hold the rows longer than `WHOLE_STEPS` of their steps
+        (`tokens` at the latest prefills' median time per token), and decode steps may run in the middle of
+        it (the pool's adapters route both forwards as before, no merge changes the base in between). A
+        prefill that runs whole costs the rows one gap; sliced, it costs its own requests a decode step
+        per slice, and a full batch its TTFT and throughput (docs/performance.md): worth it beside a few
+        streams, not in a full batch or a burst."""
+        if not 0 < len(self.running) <= SLICED_ROWS or not self._step_times or not self._slices.layers:
             return False
+        if any(row.generated < STREAMING_TOKENS for row in self.running):
+            return False
+        if any(job not in jobs for job in self.waiting):
+            return False  # a backlog (a burst): the waiting requests' TTFT comes first
+        if self._prefill_times:
+            rate = statistics.median(seconds / count for seconds, count in self._prefill_times)
+            if rate * tokens <= statistics.median(self._step_times) * WHOLE_STEPS:
+                return False
         keys = {job.key for job in jobs} | {row.job.key for row in self.running}
         return self._pool.interleaves(keys)  # type: ignore[arg-type]  # admitted jobs have keys
 
