@@ -4,12 +4,12 @@ Each scheduler step (in the engine thread) first spends up to `max_num_batched_t
 prefilling waiting requests in arrival order, those that arrive meanwhile included, while the rows and
 the KV cache budget (`kv_budget`) hold them — a long prompt is prefilled in chunks of that size over
 several steps, so it never stalls the rows already decoding for long — then runs one decode step over
-every running row. While rows run, a prefill's forward is itself sliced (`prefill_slices`): about every
-decode step's time it pauses between two decoder layers for a decode step of the running rows, so that
-an arrival does not hold their next token for its whole prefill. A row carries its own adapter (or blend, or
-the base), sampling parameters, seed, stop sequences and token budget; rows of one request (`n`) share
-its prefill, which starts from the prompt's longest cached prefix when prefix caching is on. Cancelled
-requests leave at the next step.
+every running row. Beside a few streams, a prefill that would stall them is itself sliced
+(`prefill_slices`): about every decode step's time it pauses between two decoder layers for a decode
+step of the running rows, so that an arrival does not hold their next token for its whole prefill. A
+row carries its own adapter (or blend, or the base), sampling parameters, seed, stop sequences and
+token budget; rows of one request (`n`) share its prefill, which starts from the prompt's longest
+cached prefix when prefix caching is on. Cancelled requests leave at the next step.
 """
 
 from __future__ import annotations
@@ -255,12 +255,12 @@ class Scheduler:
 
     def _sliced(self, jobs: list[Job], tokens: int) -> bool:
         """Whether a prefill for `jobs` runs in slices: a few rows stream (up to `SLICED_ROWS`, each past
-        its first `STREAMING_TOKENS`), no other request waits behind it, it is expected to hold the rows longer than `WHOLE_STEPS` of their steps
-        (`tokens` at the latest prefills' median time per token), and decode steps may run in the middle of
-        it (the pool's adapters route both forwards as before, no merge changes the base in between). A
-        prefill that runs whole costs the rows one gap; sliced, it costs its own requests a decode step
-        per slice, and a full batch its TTFT and throughput (docs/performance.md): worth it beside a few
-        streams, not in a full batch or a burst."""
+        its first `STREAMING_TOKENS`), no other request waits behind it, it is expected to hold the rows
+        longer than `WHOLE_STEPS` of their steps (`tokens` at the latest prefills' median time per token),
+        and decode steps may run in the middle of it (the pool's adapters route both forwards as before,
+        no merge changes the base in between). A prefill that runs whole costs the rows one gap; sliced,
+        it costs its own requests a decode step per slice, and a full batch its TTFT and throughput
+        (docs/performance.md): worth it beside a few streams, not in a full batch or a burst."""
         if not 0 < len(self.running) <= SLICED_ROWS or not self._step_times or not self._slices.layers:
             return False
         if any(row.generated < STREAMING_TOKENS for row in self.running):
